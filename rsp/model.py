@@ -1,0 +1,240 @@
+"""The RSP model (spec §1-§6) and its registry.
+
+One shared ViT encoder encodes the current frame and a noisy copy of the future frame. A
+posterior (both CLS tokens) and a prior (current CLS only) give a latent; a cross-attention decoder
+predicts every patch of the clean future frame from the current frame's tokens plus one token made
+from the posterior sample. A balanced, free-bits KL ties posterior and prior; an MAE loss on the
+masked future frame goes through the same decoder.
+
+    loss = L_future + kl_scale * max(KL_balanced, kl_freebit) + L_mae
+
+Module names and registration order are the reference's, so state-dict keys, their order and
+their shapes match it (and its checkpoints load strictly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rsp import latent
+from rsp.blocks import DecoderBlock, LayerNorm, sincos_pos_embed_2d
+from rsp.config import ConfigError, ModelConfig
+from rsp.encoder import ViTEncoder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of a registered model (spec §2)."""
+
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    timm_name: Optional[str] = None  # timm ViT that the encoder loads into strictly
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, spec: ModelSpec) -> None:
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = spec
+
+
+register_model("rsp_vit_small_patch8", ModelSpec(8, 384, 12, 6, timm_name="vit_small_patch8_224"))
+register_model("rsp_vit_small_patch16", ModelSpec(16, 384, 12, 6, timm_name="vit_small_patch16_224"))
+register_model("rsp_vit_base_patch16", ModelSpec(16, 768, 12, 12, timm_name="vit_base_patch16_224"))
+register_model("rsp_vit_large_patch16", ModelSpec(16, 1024, 24, 16, timm_name="vit_large_patch16_224"))
+# A few-MFLOP model for tests and smoke runs (use model.img_size=64): same code paths, tiny widths.
+register_model("rsp_vit_tiny_patch8", ModelSpec(8, 96, 3, 3, decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4))
+
+
+@dataclass
+class RSPOutput:
+    loss: torch.Tensor  # scalar, the training objective
+    pred: torch.Tensor  # (B, N, p*p*3) prediction of the future frame's patches (posterior sample)
+    logs: dict[str, torch.Tensor]  # detached scalars: loss_post, loss_prior, kl_loss, kl_value, mae_loss
+
+
+class RSP(ViTEncoder):
+    def __init__(self, cfg: ModelConfig):
+        spec = MODELS[cfg.name]
+        super().__init__(cfg.img_size, spec.patch_size, spec.embed_dim, spec.depth, spec.num_heads, spec.mlp_ratio)
+        self.cfg = cfg
+        D, Dd = spec.embed_dim, spec.decoder_embed_dim
+        num_patches = self.patch_embed.num_patches
+
+        if cfg.latent != "none":
+            width = latent.logits_size(cfg.latent, cfg.stoch, cfg.discrete)
+            self.to_posterior = nn.Sequential(nn.Linear(2 * D, 2 * D), nn.ReLU(), nn.Linear(2 * D, width))
+            self.to_prior = nn.Sequential(nn.Linear(D, 2 * D), nn.ReLU(), nn.Linear(2 * D, width))
+        if cfg.mae_aux != "off":
+            self.decoder_embed_mae = nn.Linear(D, Dd)
+        self.decoder_embed_deter = nn.Linear(D, Dd)
+        if cfg.latent != "none":
+            self.decoder_embed_stoch = nn.Linear(latent.sample_size(cfg.latent, cfg.stoch, cfg.discrete), Dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, Dd), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [DecoderBlock(Dd, spec.decoder_num_heads, spec.mlp_ratio) for _ in range(spec.decoder_depth)]
+        )
+        self.decoder_norm = LayerNorm(Dd)
+        self.decoder_pred = nn.Linear(Dd, spec.patch_size**2 * 3)
+        if cfg.mae_aux == "separate":  # ablation: the MAE branch gets a decoder of its own
+            self.mae_mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
+            self.mae_decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, Dd), requires_grad=False)
+            self.mae_decoder_blocks = nn.ModuleList(
+                [DecoderBlock(Dd, spec.decoder_num_heads, spec.mlp_ratio) for _ in range(spec.decoder_depth)]
+            )
+            self.mae_decoder_norm = LayerNorm(Dd)
+            self.mae_decoder_pred = nn.Linear(Dd, spec.patch_size**2 * 3)
+        self.initialize_weights()
+
+    # --- initialization (spec §6) ----------------------------------------------------------------
+
+    def initialize_weights(self) -> None:
+        self.reset_pos_embed()
+        decoder_pos = sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], *self.grid_size)[None]
+        self.decoder_pos_embed.data.copy_(decoder_pos)
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear on flattened patches
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        if self.cfg.mae_aux == "separate":
+            self.mae_decoder_pos_embed.data.copy_(decoder_pos)
+            nn.init.normal_(self.mae_mask_token, std=0.02)
+        self.apply(_init_linear_and_norm)
+
+    # --- targets and losses ---------------------------------------------------------------------
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, p*p*3), patches row-major, channels last inside a patch."""
+        p = self.patch_size
+        B, C, H, W = imgs.shape
+        x = imgs.reshape(B, C, H // p, p, W // p, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(B, (H // p) * (W // p), p * p * C)
+
+    def target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Patchified target; with norm_pix_loss each patch is standardized with its unbiased variance."""
+        t = self.patchify(imgs)
+        if self.cfg.norm_pix_loss:
+            t = (t - t.mean(dim=-1, keepdim=True)) / (t.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        return t
+
+    @staticmethod
+    def reconstruction_loss(target: torch.Tensor, pred: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        err = (pred.float() - target.float()) ** 2  # (B, N, p*p*3)
+        if mask is None:
+            return err.mean()
+        per_patch = err.mean(dim=-1)  # (B, N)
+        return (per_patch * mask).sum() / mask.sum()  # mean over removed patches only
+
+    # --- decoder --------------------------------------------------------------------------------
+
+    def _decode(self, memory: torch.Tensor, separate: bool = False) -> torch.Tensor:
+        """Queries = mask token + position embedding at every position (incl. CLS), attending to
+        `memory` (B, M, Dd). Returns (B, N, p*p*3) with the CLS position dropped."""
+        pre = "mae_" if separate else ""
+        mask_token, pos = getattr(self, f"{pre}mask_token"), getattr(self, f"{pre}decoder_pos_embed")
+        x = (mask_token + pos).expand(memory.shape[0], -1, -1)  # (B, 1 + N, Dd)
+        for block in getattr(self, f"{pre}decoder_blocks"):
+            x = block(x, memory)
+        x = getattr(self, f"{pre}decoder_pred")(getattr(self, f"{pre}decoder_norm")(x))
+        return x[:, 1:]
+
+    def decode_future(self, src_h: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
+        """Future-frame prediction from src tokens (B, 1 + N, D) and a flat latent sample (B, S).
+        The z token comes first and gets no position embedding (spec §5)."""
+        memory = self.decoder_embed_deter(src_h) + self.decoder_pos_embed  # (B, 1 + N, Dd)
+        if z is not None:
+            memory = torch.cat([self.decoder_embed_stoch(z)[:, None], memory], dim=1)  # (B, 2 + N, Dd)
+        return self._decode(memory)
+
+    def decode_mae(self, h: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Reconstruction from the visible tokens (B, 1 + kept, D): mask tokens fill the removed
+        positions, the shuffle is undone, CLS re-prepended; that sequence is the memory."""
+        h = self.decoder_embed_mae(h)  # (B, 1 + kept, Dd)
+        B, N = ids_restore.shape
+        mask_token = self.mae_mask_token if self.cfg.mae_aux == "separate" else self.mask_token
+        pos = self.mae_decoder_pos_embed if self.cfg.mae_aux == "separate" else self.decoder_pos_embed
+        patches = torch.cat([h[:, 1:], mask_token.expand(B, N + 1 - h.shape[1], -1)], dim=1)  # (B, N, Dd)
+        patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, h.shape[2]))
+        memory = torch.cat([h[:, :1], patches], dim=1) + pos  # (B, 1 + N, Dd)
+        return self._decode(memory, separate=self.cfg.mae_aux == "separate")
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, prior_generator: Optional[torch.Generator] = None) -> RSPOutput:
+        """src, tgt (B, 3, H, W) normalized frames x_t and x_{t+k}. With `prior_generator`, also
+        decode a prior sample (drawn from that generator, no gradient) and log its loss: the
+        reference computes it every step only for logging, so we compute it on logging steps."""
+        cfg = self.cfg
+        target = self.target(tgt)  # (B, N, p*p*3)
+        src_h = self.forward_encoder(src)[0]  # (B, 1 + N, D)
+        logs: dict[str, torch.Tensor] = {}
+        z = post_logits = prior_logits = None
+        kl_term = torch.zeros((), device=src.device)
+        if cfg.latent != "none":
+            noisy = tgt + cfg.noise_scale * torch.randn_like(tgt)  # noise only on the posterior's input
+            tgt_h = self.forward_encoder(noisy)[0]
+            post_logits = self.to_posterior(torch.cat([src_h[:, 0], tgt_h[:, 0]], dim=-1))  # (B, logits)
+            prior_logits = self.to_prior(src_h[:, 0])
+            z = latent.distribution(post_logits, cfg.latent, cfg.stoch, cfg.discrete).rsample().flatten(1)
+            kl_loss, kl_value = latent.balanced_kl(
+                post_logits, prior_logits, cfg.latent, cfg.stoch, cfg.discrete, cfg.kl_balance, cfg.kl_freebit
+            )
+            kl_term = cfg.kl_scale * kl_loss
+            logs.update(kl_loss=kl_loss.detach(), kl_value=kl_value.detach())
+        pred = self.decode_future(src_h, z)
+        loss_post = self.reconstruction_loss(target, pred)
+        loss = loss_post + kl_term
+        logs["loss_post"] = loss_post.detach()
+        if cfg.mae_aux != "off":
+            h, mask, ids_restore = self.forward_encoder(tgt, cfg.mask_ratio)
+            mae_loss = self.reconstruction_loss(target, self.decode_mae(h, ids_restore), mask)
+            loss = loss + mae_loss
+            logs["mae_loss"] = mae_loss.detach()
+        if prior_generator is not None and prior_logits is not None:
+            with torch.no_grad():
+                z_prior = latent.sample_with_generator(prior_logits, cfg.latent, cfg.stoch, cfg.discrete, prior_generator)
+                logs["loss_prior"] = self.reconstruction_loss(target, self.decode_future(src_h, z_prior))
+        logs["loss"] = loss.detach()
+        return RSPOutput(loss=loss, pred=pred, logs=logs)
+
+
+def _init_linear_and_norm(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def create_model(name: str | ModelConfig, **overrides) -> RSP:
+    """`create_model("rsp_vit_small_patch16", kl_scale=0.1)` or `create_model(ModelConfig(...))`.
+    Raises ValueError naming every invalid field (unknown names list the valid ones)."""
+    if isinstance(name, ModelConfig):
+        cfg = name
+        if overrides:
+            raise ValueError("pass either a ModelConfig or keyword overrides, not both")
+    else:
+        valid = [f.name for f in fields(ModelConfig) if f.name != "name"]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown model field(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        cfg = ModelConfig(name=name, **overrides)
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(problems, what="model configuration")
+    return RSP(cfg)
