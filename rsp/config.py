@@ -252,6 +252,9 @@ class RuntimeConfig:
     watchdog_minutes: float = field(default=30.0, metadata=RUNTIME_ONLY)  # no step for this long: fail
     dist_timeout_minutes: float = field(default=10.0, metadata=RUNTIME_ONLY)  # collective/rendezvous timeout
     progress_bar: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto (a TTY) | on | off
+    # End an attempt after this many optimizer steps, with a checkpoint, as if asked to stop: the run
+    # continues exactly on its next start (short debug queues; deterministic interruption in tests).
+    stop_after_steps: Optional[int] = field(default=None, metadata=RUNTIME_ONLY)
 
     def problems(self) -> list[str]:
         out = []
@@ -265,6 +268,8 @@ class RuntimeConfig:
             out.append(f"runtime.watchdog_minutes ({self.watchdog_minutes}) must be > 0")
         if self.dist_timeout_minutes <= 0:
             out.append(f"runtime.dist_timeout_minutes ({self.dist_timeout_minutes}) must be > 0")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            out.append(f"runtime.stop_after_steps ({self.stop_after_steps}) must be >= 1 or null")
         if self.progress_bar not in ("auto", "on", "off"):
             out.append(f"runtime.progress_bar ({self.progress_bar!r}) must be auto, on or off")
         return out

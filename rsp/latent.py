@@ -29,12 +29,15 @@ def sample_size(kind: str, stoch: int, discrete: int) -> int:
 def distribution(logits: torch.Tensor, kind: str, stoch: int, discrete: int) -> td.Distribution:
     """(B, logits_size) -> a distribution over (B, stoch, discrete) one-hots or (B, stoch) reals,
     independent across variables (event dims summed in log-probs and KLs)."""
+    # validate_args=False: a non-finite value must reach the loss, where the trainer detects it on
+    # every rank at once, instead of raising inside one rank's forward.
     if kind == "discrete":
         logits = logits.reshape(-1, stoch, discrete)
-        return td.Independent(td.OneHotCategoricalStraightThrough(logits=logits), 1)
+        return td.Independent(td.OneHotCategoricalStraightThrough(logits=logits, validate_args=False), 1, validate_args=False)
     if kind == "gaussian":
         mean, raw_std = logits.chunk(2, dim=-1)
-        return td.Independent(td.Normal(mean, F.softplus(raw_std) + GAUSSIAN_MIN_STD), 1)
+        normal = td.Normal(mean, F.softplus(raw_std) + GAUSSIAN_MIN_STD, validate_args=False)
+        return td.Independent(normal, 1, validate_args=False)
     raise ValueError(f"unknown latent kind {kind!r}; valid: discrete, gaussian")
 
 
@@ -46,12 +49,24 @@ def sample_with_generator(
     changes the training trajectory."""
     with torch.no_grad():
         if kind == "discrete":
-            probs = logits.reshape(-1, discrete).softmax(dim=-1)  # (B * stoch, discrete)
+            probs = torch.nan_to_num(logits).reshape(-1, discrete).softmax(dim=-1)  # (B * stoch, discrete)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             return F.one_hot(idx, discrete).to(logits.dtype).reshape(logits.shape[0], stoch * discrete)
         mean, raw_std = logits.chunk(2, dim=-1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + (F.softplus(raw_std) + GAUSSIAN_MIN_STD) * noise
+
+
+def kl_divergence(q_logits: torch.Tensor, p_logits: torch.Tensor, kind: str, stoch: int, discrete: int) -> torch.Tensor:
+    """Analytic KL(q || p) per sample, summed over the latent variables: (B,).
+    Categorical: sum_c q_c (log q_c - log p_c) on log-softmax-normalized logits (the formula of
+    torch.distributions, computed directly so non-finite logits give a non-finite KL instead of a
+    validation error inside one rank)."""
+    if kind == "discrete":
+        log_q = q_logits.reshape(-1, stoch, discrete).log_softmax(dim=-1)
+        log_p = p_logits.reshape(-1, stoch, discrete).log_softmax(dim=-1)
+        return (log_q.exp() * (log_q - log_p)).sum(dim=(-2, -1))
+    return td.kl_divergence(distribution(q_logits, kind, stoch, discrete), distribution(p_logits, kind, stoch, discrete))
 
 
 def balanced_kl(
@@ -68,8 +83,7 @@ def balanced_kl(
     The first term trains the posterior towards the prior, the second the prior towards the
     posterior; below `freebit` nats the loss is constant and passes no gradient.
     Returns (kl_loss, kl_value), both scalars."""
-    dist = lambda logits: distribution(logits, kind, stoch, discrete)  # noqa: E731
-    post_to_prior = td.kl_divergence(dist(post_logits), dist(prior_logits.detach()))  # (B,)
-    prior_to_post = td.kl_divergence(dist(post_logits.detach()), dist(prior_logits))  # (B,)
+    post_to_prior = kl_divergence(post_logits, prior_logits.detach(), kind, stoch, discrete)  # (B,)
+    prior_to_post = kl_divergence(post_logits.detach(), prior_logits, kind, stoch, discrete)  # (B,)
     kl_value = (balance * post_to_prior + (1.0 - balance) * prior_to_post).mean()
     return kl_value.clamp(min=freebit), kl_value

@@ -173,11 +173,21 @@ class RSP(ViTEncoder):
 
     # --- forward --------------------------------------------------------------------------------
 
+    def _check_pair(self, src: torch.Tensor, tgt: torch.Tensor) -> None:
+        """Training frames must have the training size: the decoder's position embedding is fixed."""
+        side = self.cfg.img_size
+        if src.shape != tgt.shape or src.dim() != 4 or tuple(src.shape[1:]) != (3, side, side):
+            raise ValueError(
+                f"src {tuple(src.shape)} and tgt {tuple(tgt.shape)} must both be (B, 3, {side}, {side}) "
+                f"(model.img_size={side}); crop the frames to {side} px or build the model with that img_size"
+            )
+
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, prior_generator: Optional[torch.Generator] = None) -> RSPOutput:
         """src, tgt (B, 3, H, W) normalized frames x_t and x_{t+k}. With `prior_generator`, also
         decode a prior sample (drawn from that generator, no gradient) and log its loss: the
         reference computes it every step only for logging, so we compute it on logging steps."""
         cfg = self.cfg
+        self._check_pair(src, tgt)
         target = self.target(tgt)  # (B, N, p*p*3)
         src_h = self.forward_encoder(src)[0]  # (B, 1 + N, D)
         logs: dict[str, torch.Tensor] = {}
@@ -188,7 +198,10 @@ class RSP(ViTEncoder):
             tgt_h = self.forward_encoder(noisy)[0]
             post_logits = self.to_posterior(torch.cat([src_h[:, 0], tgt_h[:, 0]], dim=-1))  # (B, logits)
             prior_logits = self.to_prior(src_h[:, 0])
-            z = latent.distribution(post_logits, cfg.latent, cfg.stoch, cfg.discrete).rsample().flatten(1)
+            # nan_to_num only matters once training has diverged: sampling then still works and the
+            # (non-finite) KL below reports the divergence through the loss.
+            sampling_logits = torch.nan_to_num(post_logits)
+            z = latent.distribution(sampling_logits, cfg.latent, cfg.stoch, cfg.discrete).rsample().flatten(1)
             kl_loss, kl_value = latent.balanced_kl(
                 post_logits, prior_logits, cfg.latent, cfg.stoch, cfg.discrete, cfg.kl_balance, cfg.kl_freebit
             )

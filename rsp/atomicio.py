@@ -1,0 +1,102 @@
+"""Crash-safe file writes: a temporary file in the same directory, fsync, atomic rename, fsync of
+the directory. A reader sees either the old file or the complete new one, never a torn one, even
+when the writer is killed with SIGKILL or the node loses power after the call returns.
+
+Used for checkpoints, manifests, run records and evaluation result records, i.e. everything that
+many processes on a shared filesystem may read while it is being replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+TMP_MARKER = ".tmp-"  # temporary files carry this in their name; `remove_stale_temporaries` clears them
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HashingFile:
+    """Write-only file wrapper that computes the sha256 and size of everything written through it."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self.raw.write(view)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[HashingFile]:
+    """Context manager yielding a hashing binary file; on success the data replaces `path`
+    atomically and durably; on any exception the temporary file is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}{TMP_MARKER}")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = HashingFile(raw)
+            yield hashing
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write `data` to `path` crash-safely; returns its sha256 (hex)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+    return f.sha256.hexdigest()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete temporary files a killed writer left behind in `directory`; returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if TMP_MARKER in p.name and p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale

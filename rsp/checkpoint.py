@@ -1,0 +1,240 @@
+"""Checkpoints that survive kills: commit protocol, manifests, verified loading, retention.
+
+Layout of `<run>/checkpoints/`:
+
+    step_00001000.pt     torch.save'd dict; loads with torch.load(weights_only=True)
+    step_00001000.json   manifest, written once the .pt is durable: step, sha256, bytes, config hash
+    latest.json          pointer to the newest committed manifest, written last
+    pins/                step_00001000.pt.<tag>: checkpoints that a pending evaluation still needs
+
+Commit order: .pt (temporary file, fsync, rename) -> manifest (same) -> latest.json. A kill at any
+moment leaves the previous checkpoints intact: an orphan .pt without a manifest is ignored and
+removed at the next start; a manifest whose file is missing, truncated or altered fails the sha256
+check and the loader falls back to the previous valid checkpoint, saying why.
+
+The .pt file holds {"format", "model", "optimizer", "scaler", "step", "data_position", "rng",
+"config", "config_hash", "world_size", "model_name", "code_version"}; the weights alone are
+readable as `ckpt["model"]`, like the reference's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries, sha256_file
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rsp-checkpoint/1"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    step: int
+    file: str  # name of the .pt file in the same directory
+    sha256: str
+    bytes: int
+    config_hash: str
+    milestone: bool  # permanent: retention never removes it, evaluation jobs are scheduled for it
+    model_name: str
+    code_version: str
+    created: float  # unix time of the commit
+    format: str = FORMAT
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        data = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was required; the message names the files and why."""
+
+
+class CheckpointStore:
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def commit(self, step: int, payload: dict, *, config_hash: str, milestone: bool, model_name: str, code_version: str) -> Manifest:
+        """Durably write one checkpoint and its manifest, then move the `latest` pointer."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        target = self.dir / checkpoint_name(step)
+        with atomic_writer(target) as f:
+            torch.save(payload, f)
+        manifest = Manifest(
+            step=step, file=target.name, sha256=f.sha256.hexdigest(), bytes=f.size, config_hash=config_hash,
+            milestone=milestone, model_name=model_name, code_version=code_version, created=time.time(),
+        )
+        atomic_write_json(self._manifest_path(target), dataclasses.asdict(manifest))
+        atomic_write_json(self.dir / "latest.json", {"step": step, "manifest": self._manifest_path(target).name})
+        return manifest
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def manifests(self) -> list[Manifest]:
+        """Every readable manifest, oldest first (unreadable ones are logged and skipped)."""
+        out = []
+        for path in sorted(self.dir.glob("step_*.json")):
+            try:
+                out.append(Manifest.read(path))
+            except (ValueError, TypeError, OSError) as exc:
+                log.warning("ignoring unreadable checkpoint manifest %s: %s", path, exc)
+        return sorted(out, key=lambda m: m.step)
+
+    def verify(self, manifest: Manifest) -> Optional[str]:
+        """None when the manifest's file is complete and unaltered, else the reason it is not."""
+        path = self.dir / manifest.file
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != manifest.bytes:
+            return f"{path} has {size} bytes, its manifest says {manifest.bytes} (truncated or rewritten)"
+        if sha256_file(path) != manifest.sha256:
+            return f"{path} does not match the sha256 in its manifest (corrupted)"
+        return None
+
+    def newest_valid(self) -> tuple[Optional[Manifest], list[str]]:
+        """The newest checkpoint that passes verification, and the reasons newer ones were rejected."""
+        rejected = []
+        for manifest in reversed(self.manifests()):
+            reason = self.verify(manifest)
+            if reason is None:
+                return manifest, rejected
+            rejected.append(reason)
+            log.warning("skipping checkpoint step %d: %s", manifest.step, reason)
+        return None, rejected
+
+    def load(self, manifest: Manifest, map_location: Any = "cpu") -> dict:
+        return torch.load(self.dir / manifest.file, map_location=map_location, weights_only=True)
+
+    # --- housekeeping ---------------------------------------------------------------------------
+
+    def clean_partial_writes(self) -> list[Path]:
+        """Remove what a killed writer left: temporaries and .pt files that never got a manifest."""
+        removed = remove_stale_temporaries(self.dir)
+        committed = {m.file for m in self.manifests()}
+        for path in self.dir.glob("step_*.pt"):
+            if path.name not in committed:
+                path.unlink()
+                removed.append(path)
+        for path in removed:
+            log.warning("removed partial checkpoint write %s", path)
+        return removed
+
+    def pin(self, step: int, tag: str) -> Path:
+        """Protect checkpoint `step` from retention until `unpin(step, tag)` (a pending evaluation)."""
+        path = self.dir / "pins" / f"{checkpoint_name(step)}.{tag}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        return path
+
+    def unpin(self, step: int, tag: str) -> None:
+        (self.dir / "pins" / f"{checkpoint_name(step)}.{tag}").unlink(missing_ok=True)
+
+    def pinned_steps(self) -> set[int]:
+        pins = self.dir / "pins"
+        return {int(p.name.split("_")[1].split(".")[0]) for p in pins.glob("step_*.pt.*")} if pins.is_dir() else set()
+
+    def prune(self, keep_last: int) -> list[int]:
+        """Delete all but the newest `keep_last` ordinary checkpoints; milestones and pinned
+        checkpoints stay. The manifest goes first so no reader ever trusts a half-deleted pair."""
+        pinned = self.pinned_steps()
+        ordinary = [m for m in self.manifests() if not m.milestone]
+        removed = []
+        for manifest in ordinary[: max(0, len(ordinary) - keep_last)]:
+            if manifest.step in pinned:
+                continue
+            self._manifest_path(self.dir / manifest.file).unlink(missing_ok=True)
+            (self.dir / manifest.file).unlink(missing_ok=True)
+            removed.append(manifest.step)
+        return removed
+
+    @staticmethod
+    def _manifest_path(pt_path: Path) -> Path:
+        return pt_path.with_suffix(".json")
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load one of our checkpoint files for reading its weights (evaluation, export). When its
+    manifest is beside it, the sha256 is verified first. Loads with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    manifest_path = path.with_suffix(".json")
+    if manifest_path.is_file():
+        reason = CheckpointStore(path.parent).verify(Manifest.read(manifest_path))
+        if reason:
+            raise CheckpointError(f"refusing to load {path}: {reason}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def cpu_snapshot(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists/tuples with every tensor detached, cloned and moved to the
+    CPU: training can go on mutating parameters while a background thread writes the copy."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundCommitter:
+    """Runs `CheckpointStore.commit` calls one at a time on a background thread, so a checkpoint
+    costs the training loop only its CPU snapshot. A failed write is re-raised by the next
+    `submit` or `wait` (it is never lost silently)."""
+
+    def __init__(self, on_done: Callable[[Manifest], None]):
+        self._on_done = on_done
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, commit: Callable[[], Manifest]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                self._on_done(commit())
+            except BaseException as exc:  # re-raised on the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def describe(manifest: Manifest) -> str:
+    kind = "milestone" if manifest.milestone else "checkpoint"
+    return f"{kind} step {manifest.step} ({manifest.bytes / 2**20:.1f} MiB, {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(manifest.created))})"
+
+
+def ensure_dir_writable(directory: Path) -> None:
+    """Fail early (at submit time) when checkpoints could not be written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"checkpoint directory {directory} is not writable; choose another output directory")

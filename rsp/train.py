@@ -1,0 +1,361 @@
+"""The pretraining loop: DDP (gloo on CPU, nccl on GPU), gradient accumulation, mixed precision,
+crash-safe checkpoints, exact resume and a cooperative stop.
+
+Every start is a resume: `train()` looks for the newest valid checkpoint in the run directory and
+continues from it bitwise exactly (model, optimizer, scaler, step, data position, every rank's RNG
+state), or starts from step 0 when there is none. Time is counted in optimizer steps.
+
+Per optimizer step there is exactly one extra collective: a small all-reduce that carries the loss
+parts (for logging), a non-finite flag (every rank raises together, none hangs), the stop flag
+(every rank stops at the same step) and the broken-video counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from rsp import rng
+from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
+from rsp.config import TrainConfig, diff, fingerprint, to_dict, validate
+from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
+from rsp.distributed import (
+    DistEnv, all_gather_objects, all_reduce_sum, barrier, cpu_threads_per_process, init_process_group,
+    resolve_device, shutdown,
+)
+from rsp.encoder import load_strict
+from rsp.lifecycle import ProgressWatchdog, StopRequest
+from rsp.metrics import MetricsLogger
+from rsp.model import create_model
+from rsp.optim import build_optimizer, resolve_schedule
+from rsp.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised on every rank at the same step when any rank's loss is not finite."""
+
+
+class ResumeError(RuntimeError):
+    """The run directory holds checkpoints this run must not (or cannot) continue from."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "finished" | "stopped" (stopped: resume me from `step`)
+    step: int  # optimizer steps completed
+    total_steps: int
+    stop_reason: Optional[str] = None
+    resumed_from: Optional[int] = None  # checkpoint step this attempt started from
+
+
+@dataclass
+class TrainHooks:
+    # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
+    on_commit: Optional[Callable[[Manifest], None]] = None
+
+
+def train(
+    cfg: TrainConfig, env: DistEnv, run_dir: str | Path, stop: Optional[StopRequest] = None,
+    hooks: Optional[TrainHooks] = None, tb_dir: Optional[Path] = None,
+) -> TrainResult:
+    """Train (or continue training) the run in `run_dir` until its last step or a stop request.
+    TensorBoard events go to `tb_dir` (default: <run_dir>/tb)."""
+    validate(cfg)
+    device = resolve_device(cfg.runtime.device, env)
+    init_process_group(env, device, cfg.runtime.dist_timeout_minutes)
+    try:
+        trainer = Trainer(cfg, env, Path(run_dir), device, stop or StopRequest(), hooks or TrainHooks())
+        return trainer.run(tb_dir)
+    finally:
+        shutdown()
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("runtime.precision=fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return requested
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, env: DistEnv, run_dir: Path, device: torch.device, stop: StopRequest, hooks: TrainHooks):
+        self.cfg, self.env, self.run_dir, self.device, self.stop, self.hooks = cfg, env, run_dir, device, stop, hooks
+        torch.set_num_threads(cpu_threads_per_process(env))
+        torch.use_deterministic_algorithms(cfg.runtime.deterministic)
+        torch.backends.cudnn.benchmark = not cfg.runtime.deterministic
+        seed = cfg.runtime.seed
+        self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed)
+        self.sampler = EpochSampler(len(self.dataset), cfg.data.batch_size, env.rank, env.world_size, seed)
+        self.schedule = resolve_schedule(cfg, self.sampler.batches_per_epoch, env.world_size)
+        self.config_hash = fingerprint(cfg, extra={"world_size": env.world_size})
+        rng.seed_process(seed, rng.MODEL_INIT_STREAM)  # identical initial weights on every rank
+        self.model = create_model(cfg.model).to(device)
+        self.optimizer = build_optimizer(self.model, cfg, self.schedule.base_lr)
+        self.precision = resolve_precision(cfg.runtime.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if env.distributed else None
+        )
+        self.store = CheckpointStore(run_dir / "checkpoints")
+        self.committer = BackgroundCommitter(self._after_commit)
+        self.budget = BrokenVideoBudget(cfg.data.max_broken_fraction)
+        self.counters = {"broken_videos": 0, "videos_read": 0}
+        self.last_saved = -1
+        self.resumed_from = self._resume()
+        self.step = self.resumed_from or 0
+
+    # --- resume ---------------------------------------------------------------------------------
+
+    def _resume(self) -> Optional[int]:
+        """Load the newest valid checkpoint (rank 0 verifies checksums and picks; all ranks load it)."""
+        choice = None
+        if self.env.is_main:
+            self.store.clean_partial_writes()
+            manifest, rejected = self.store.newest_valid()
+            if manifest is None and rejected:
+                choice = {"error": rejected}
+            elif manifest is not None:
+                choice = {"step": manifest.step, "rejected": rejected}
+        choice = all_gather_objects(choice, self.env)[0]
+        if choice is None:
+            rng.seed_process(self.cfg.runtime.seed, rng.TRAIN_STREAM, self.env.rank)
+            return None
+        if "error" in choice:
+            raise ResumeError(
+                f"{self.store.dir} holds checkpoints but none is valid: {'; '.join(choice['error'])}. "
+                "Nothing was loaded or overwritten. Restore the files, or move the directory aside to start over."
+            )
+        manifest = next(m for m in self.store.manifests() if m.step == choice["step"])
+        self._load(manifest)
+        if self.env.is_main:
+            log.info("resumed from %s in %s", describe(manifest), self.store.dir)
+        return manifest.step
+
+    def _load(self, manifest: Manifest) -> None:
+        path = self.store.dir / manifest.file
+        state = self.store.load(manifest, map_location="cpu")
+        if state["config_hash"] != self.config_hash:
+            differences = diff(state["config"], to_dict(self.cfg))
+            if state.get("world_size") != self.env.world_size:
+                differences.append(f"world_size: {state.get('world_size')} != {self.env.world_size}")
+            raise ResumeError(
+                f"{path} was written by a different configuration ({'; '.join(differences) or 'runtime-only fields'}); "
+                "refusing to continue it with this one. Use the original configuration, or a new run directory."
+            )
+        load_strict(self.model, state["model"], str(path))
+        self._check_optimizer_layout(state["optimizer"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng.restore(state["rng"][self.env.rank])
+        self.counters = dict(state["counters"])
+        self.last_saved = manifest.step
+
+    def _check_optimizer_layout(self, saved: dict, path: Path) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        sizes = [len(g["params"]) for g in saved["param_groups"]]
+        mine = [len(g["params"]) for g in self.optimizer.param_groups]
+        problems = [f"parameter groups hold {sizes} tensors in the file vs {mine} here"] if sizes != mine else []
+        for index, state in saved["state"].items():
+            if index < len(params) and "exp_avg" in state and state["exp_avg"].shape != params[index].shape:
+                problems.append(f"tensor {index}: {tuple(state['exp_avg'].shape)} vs {tuple(params[index].shape)}")
+        if problems:
+            raise ResumeError(f"{path}: optimizer state is for another parameter layout ({'; '.join(problems[:5])})")
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def _batches(self, micro_step: int) -> Iterator[dict]:
+        """Micro-batches from global micro-step `micro_step` on, across epoch boundaries."""
+        epoch, offset = divmod(micro_step, self.sampler.batches_per_epoch)
+        while True:
+            self.sampler.set_position(epoch, offset)
+            yield from make_loader(self.dataset, self.sampler, self.cfg.data, self.cfg.runtime.seed)
+            epoch, offset = epoch + 1, 0
+
+    # --- one optimizer step ---------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _train_step(self, batches: Iterator[dict], logging_step: bool) -> dict:
+        cfg, env = self.cfg, self.env
+        accum = cfg.optim.accum_iter
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(self.step)
+        sums: dict[str, float] = {}
+        broken = videos = 0
+        waited = 0.0
+        module = self.ddp or self.model
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - t0
+            src = batch["src"].flatten(0, 1).to(self.device, non_blocking=True)  # (B * R, 3, S, S)
+            tgt = batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True)
+            prior_gen = (
+                rng.derived_generator(self.device, cfg.runtime.seed, rng.PRIOR_LOG_STREAM, env.rank, self.step, micro)
+                if logging_step else None
+            )
+            sync = self.ddp is None or micro == accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with self._autocast():
+                    out = module(src, tgt, prior_generator=prior_gen)
+                self.scaler.scale(out.loss / accum).backward()
+            for key, value in out.logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / accum
+            broken += batch["broken"]
+            videos += batch["src"].shape[0]
+            self.budget.record(batch["broken_paths"])
+        grad_norm = self._finish_gradients(logging_step)
+        reduced = self._agree(sums, broken, videos)
+        if reduced["nonfinite"]:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1} on {int(reduced['nonfinite'])} rank(s): "
+                + ", ".join(f"{k}={v:.6g}" for k, v in reduced["means"].items())
+                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in sums.items())}); the last checkpoint is intact"
+            )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.counters["broken_videos"] += reduced["broken"]
+        self.counters["videos_read"] += reduced["read"]
+        self.budget.check(self.counters["broken_videos"], self.counters["videos_read"])
+        return {**reduced, "grad_norm": grad_norm, "data_wait": waited}
+
+    def _finish_gradients(self, logging_step: bool) -> Optional[float]:
+        """Unscale, clip when configured, and measure the global grad norm on logging steps."""
+        clip = self.cfg.optim.clip_grad
+        if clip is None and not logging_step:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip is not None:
+            return float(torch.nn.utils.clip_grad_norm_(params, clip))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+    def _agree(self, sums: dict[str, float], broken: int, videos: int) -> dict:
+        """The step's one extra collective: loss parts, non-finite flag, stop flag, data counts."""
+        keys = sorted(sums)
+        local = [sums[k] for k in keys]
+        nonfinite = float(not all(math.isfinite(v) for v in local))
+        vector = torch.tensor(
+            [nonfinite, float(self.stop.requested), float(broken), float(videos + broken), *local],
+            dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu",
+        )
+        total = all_reduce_sum(vector, self.env).tolist()
+        world = self.env.world_size
+        return {
+            "nonfinite": total[0], "stop": total[1] > 0, "broken": int(total[2]), "read": int(total[3]),
+            "means": {k: v / world for k, v in zip(keys, total[4:])},
+        }
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _is_milestone(self, step: int) -> bool:
+        every = self.cfg.checkpoint.milestone_every_steps
+        return step == self.schedule.total_steps or (every > 0 and step % every == 0)
+
+    def _save(self, wait: bool) -> None:
+        """All ranks hand in their RNG state; rank 0 snapshots and commits (in the background
+        unless `wait`); the training loop goes on as soon as the snapshot is taken."""
+        states = all_gather_objects(rng.capture(), self.env)
+        self.last_saved = self.step
+        if not self.env.is_main:
+            return
+        epoch, offset = divmod(self.step * self.cfg.optim.accum_iter, self.sampler.batches_per_epoch)
+        payload = cpu_snapshot(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+        )
+        payload.update(
+            format="rsp-checkpoint/1", step=self.step, data_position={"epoch": epoch, "batch_in_epoch": offset},
+            counters=dict(self.counters), rng=states, config=to_dict(self.cfg), config_hash=self.config_hash,
+            world_size=self.env.world_size, model_name=self.cfg.model.name, code_version=code_version(),
+        )
+        commit = partial(
+            self.store.commit, self.step, payload, config_hash=self.config_hash, milestone=self._is_milestone(self.step),
+            model_name=self.cfg.model.name, code_version=code_version(),
+        )
+        if self.cfg.checkpoint.async_write and not wait:
+            self.committer.submit(commit)
+        else:
+            self.committer.wait()
+            self._after_commit(commit())
+
+    def _after_commit(self, manifest: Manifest) -> None:
+        removed = self.store.prune(self.cfg.checkpoint.keep_last)
+        log.debug("committed %s; pruned %s", describe(manifest), removed)
+        if self.hooks.on_commit is not None:
+            try:
+                self.hooks.on_commit(manifest)
+            except Exception:  # a failing hook (e.g. eval submission) must not kill training
+                log.exception("checkpoint hook failed for step %d", manifest.step)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self, tb_dir: Optional[Path] = None) -> TrainResult:
+        cfg, total = self.cfg, self.schedule.total_steps
+        if self.env.is_main:
+            log.info(
+                "training %s: %d steps (%d per pass over %d videos), effective batch %d videos, lr %.3g, %s, world %d",
+                cfg.model.name, total, self.schedule.steps_per_pass, len(self.dataset), self.schedule.effective_batch,
+                self.schedule.base_lr, self.precision, self.env.world_size,
+            )
+        metrics = MetricsLogger(self.run_dir, self.env.is_main, self.step, total, cfg.runtime.progress_bar, tb_dir)
+        pairs_per_step = self.schedule.effective_batch * cfg.data.repeated_sampling
+        module = self.ddp or self.model
+        module.train()
+        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+        start, stopped = self.step, None
+        try:
+            with ProgressWatchdog(cfg.runtime.watchdog_minutes * 60) as watchdog:
+                batches = self._batches(self.step * cfg.optim.accum_iter)
+                while self.step < total:
+                    logging_step = (self.step + 1) % cfg.runtime.log_every_steps == 0 or self.step + 1 == total
+                    result = self._train_step(batches, logging_step)
+                    self.step += 1
+                    watchdog.kick()
+                    window_steps += 1
+                    window_wait += result["data_wait"]
+                    if logging_step:
+                        elapsed = time.perf_counter() - window_start
+                        scalars = dict(result["means"])
+                        scalars.update(
+                            lr=self.schedule.lr_at(self.step - 1), grad_norm=result["grad_norm"],
+                            pairs_per_s=pairs_per_step * window_steps / elapsed, data_wait_share=window_wait / elapsed,
+                            broken_videos=float(self.counters["broken_videos"]),
+                        )
+                        metrics.log(self.step, scalars)
+                        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+                    metrics.advance(self.step)
+                    if result["stop"]:
+                        stopped = self.stop.reason or "peer request"
+                    elif cfg.runtime.stop_after_steps and self.step - start == cfg.runtime.stop_after_steps:
+                        stopped = "stop_after_steps"
+                    if self.step % cfg.checkpoint.every_steps == 0 or self.step == total or stopped:
+                        self._save(wait=bool(stopped) or self.step == total)
+                        watchdog.kick()
+                    if stopped:
+                        break
+                self.committer.wait()
+        finally:
+            metrics.close()
+        barrier(self.env)
+        if stopped:
+            log.info("stopped at step %d/%d (%s); checkpoint committed, resume me", self.step, total, stopped)
+            return TrainResult("stopped", self.step, total, stopped, self.resumed_from)
+        return TrainResult("finished", self.step, total, None, self.resumed_from)

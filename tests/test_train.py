@@ -1,0 +1,237 @@
+"""The training engine: exact resume, crash-safe checkpoints, loud failures, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsp.checkpoint import CheckpointStore
+from rsp.config import to_dict
+from rsp.distributed import DistEnv, RendezvousError, init_process_group
+from rsp.lifecycle import StopRequest
+from rsp.train import NonFiniteLossError, ResumeError, train
+from train_helpers import assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):
+    full = tmp_path / "uninterrupted"
+    assert train(tiny_config(train_videos), DistEnv(), full).status == "finished"
+    chopped = tmp_path / "interrupted"
+    first = train(tiny_config(train_videos, runtime={"stop_after_steps": 3, "deterministic": True, "log_every_steps": 1}), DistEnv(), chopped)
+    assert (first.status, first.step) == ("stopped", 3)
+    second = train(tiny_config(train_videos, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}), DistEnv(), chopped)
+    assert (second.status, second.resumed_from, second.step) == ("stopped", 3, 5)
+    third = train(tiny_config(train_videos), DistEnv(), chopped)
+    assert (third.status, third.resumed_from, third.step) == ("finished", 5, 8)
+    assert_same_training_state(full, chopped)
+    assert [r["step"] for r in loss_trace(chopped)] == list(range(1, 9))
+
+
+def test_resume_with_loader_workers_and_accumulation(train_videos, tmp_path):
+    sections = {"data": {"num_workers": 2, "batch_size": 2}, "optim": {"lr": 1e-3, "accum_iter": 2}}
+    full, chopped = tmp_path / "full", tmp_path / "chopped"
+    train(tiny_config(train_videos, schedule={"total_steps": 5, "warmup_steps": 1}, **sections), DistEnv(), full)
+    cfg = tiny_config(train_videos, schedule={"total_steps": 5, "warmup_steps": 1}, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}, **sections)
+    train(cfg, DistEnv(), chopped)
+    train(tiny_config(train_videos, schedule={"total_steps": 5, "warmup_steps": 1}, **sections), DistEnv(), chopped)
+    assert_same_training_state(full, chopped)
+
+
+def torchrun(cfg, run_dir: Path, tmp_path: Path, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    cfg_file = tmp_path / f"cfg-{time.monotonic_ns()}.json"
+    cfg_file.write_text(json.dumps(to_dict(cfg)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_two_process_resume_is_bitwise_identical(train_videos, tmp_path):
+    full, chopped = tmp_path / "full", tmp_path / "chopped"
+    schedule = {"total_steps": 4, "warmup_steps": 1}
+    done = torchrun(tiny_config(train_videos, schedule=schedule), full, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    part = torchrun(tiny_config(train_videos, schedule=schedule, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}), chopped, tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    assert '"status": "stopped", "step": 2' in part.stdout
+    rest = torchrun(tiny_config(train_videos, schedule=schedule), chopped, tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert_same_training_state(full, chopped)
+    state = final_state(chopped)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # ranks draw different noise
+
+
+def test_corrupt_and_partial_checkpoints_fall_back_to_the_newest_valid(train_videos, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(train_videos, runtime={"stop_after_steps": 6, "deterministic": True, "log_every_steps": 1})
+    train(cfg, DistEnv(), run)
+    ckpts = run / "checkpoints"
+    newest = ckpts / "step_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn write
+    (ckpts / "step_00000099.pt").write_bytes(b"no manifest: a write killed before its commit")
+    (ckpts / "step_00000007.pt.tmp-abc").write_bytes(b"leftover temporary")
+    result = train(tiny_config(train_videos), DistEnv(), run)
+    assert result.resumed_from == 4 and result.status == "finished"
+    assert not (ckpts / "step_00000099.pt").exists() and not (ckpts / "step_00000007.pt.tmp-abc").exists()
+    full = tmp_path / "full"
+    train(tiny_config(train_videos), DistEnv(), full)
+    assert_same_tensors(final_state(full)["model"], final_state(run)["model"], "model")
+
+
+def test_all_checkpoints_corrupt_refuses_instead_of_starting_over(train_videos, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train_videos, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}), DistEnv(), run)
+    for pt in (run / "checkpoints").glob("*.pt"):
+        pt.write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="none is valid.*step_00000002.pt"):
+        train(tiny_config(train_videos), DistEnv(), run)
+    assert (run / "checkpoints" / "step_00000002.pt").read_bytes() == b"garbage"  # nothing overwritten
+
+
+def test_checkpoint_from_another_config_is_refused_with_the_difference(train_videos, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train_videos, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}), DistEnv(), run)
+    other = tiny_config(train_videos, model={"name": "rsp_vit_tiny_patch8", "img_size": 32, "kl_scale": 0.5})
+    with pytest.raises(ResumeError, match=r"step_00000002\.pt.*model\.kl_scale: 0\.01 != 0\.5"):
+        train(other, DistEnv(), run)
+
+
+def test_optimizer_state_for_another_layout_is_detected(train_videos, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train_videos, runtime={"stop_after_steps": 2, "deterministic": True, "log_every_steps": 1}), DistEnv(), run)
+    store = CheckpointStore(run / "checkpoints")
+    manifest = store.manifests()[-1]
+    state = store.load(manifest)
+    state["optimizer"]["state"][5]["exp_avg"] = torch.zeros(3, 3)
+    for m in store.manifests():  # rewrite as a properly committed checkpoint with the bad state
+        (store.dir / m.file).unlink()
+        (store.dir / m.file).with_suffix(".json").unlink()
+    store.commit(manifest.step, state, config_hash=manifest.config_hash, milestone=False, model_name=manifest.model_name, code_version="x")
+    with pytest.raises(ResumeError, match="optimizer state is for another parameter layout.*tensor 5"):
+        train(tiny_config(train_videos), DistEnv(), run)
+
+
+def test_kill_minus_9_during_checkpointing_never_loses_the_run(train_videos, tmp_path):
+    """SIGKILL a training process at an arbitrary moment while it checkpoints every step; the
+    next start resumes from a valid checkpoint and the run ends bitwise like an uninterrupted one."""
+    cfg = tiny_config(train_videos, schedule={"total_steps": 30, "warmup_steps": 2}, checkpoint={"every_steps": 1, "keep_last": 2})
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train(cfg, DistEnv(), full)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(to_dict(cfg)))
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(killed)], env=env, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while len(list((killed / "checkpoints").glob("step_*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    result = train(cfg, DistEnv(), killed)
+    assert result.status == "finished" and result.resumed_from is not None
+    assert_same_tensors(final_state(full)["model"], final_state(killed)["model"], "model")
+    assert_same_tensors(final_state(full)["optimizer"], final_state(killed)["optimizer"], "optimizer")
+
+
+class CrashAtStep(StopRequest):
+    """Raises while the trainer reads the stop flag at a given step: a crash after logging."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.reads, self.step = 0, step
+
+    @property
+    def requested(self) -> bool:
+        self.reads += 1
+        if self.reads == self.step:
+            raise RuntimeError("simulated crash")
+        return False
+
+
+def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = tiny_config(train_videos, checkpoint={"every_steps": 4, "keep_last": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, DistEnv(), run, stop=CrashAtStep(7))  # steps 1-6 logged, checkpoint at 4
+    train(cfg, DistEnv(), run)
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train_loss", "loss_post", "loss_prior", "loss_kl", "kl", "loss_mae", "lr", "grad_norm",
+                "pairs_per_s", "data_wait_share", "broken_videos"}
+    assert expected <= tags
+    steps = [e.step for e in acc.Scalars("train_loss")]
+    assert steps == list(range(1, 9)), steps
+    assert [r["step"] for r in loss_trace(run)] == list(range(1, 9))
+    reference = tmp_path / "reference"
+    train(cfg, DistEnv(), reference)
+    ref = EventAccumulator(str(reference / "tb"))
+    ref.Reload()
+    assert [e.value for e in acc.Scalars("train_loss")] == [e.value for e in ref.Scalars("train_loss")]
+
+
+def test_non_finite_loss_raises_on_every_rank(train_videos, tmp_path):
+    cfg = tiny_config(train_videos, optim={"lr": 1e30}, schedule={"total_steps": 6, "warmup_steps": 0})
+    proc = torchrun(cfg, tmp_path / "run", tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("NonFiniteLossError: non-finite loss at step") == 2, proc.stderr[-4000:]
+    assert "loss_post=" in proc.stderr and "the last checkpoint is intact" in proc.stderr
+
+
+def test_non_finite_loss_single_process_names_the_step_and_parts(train_videos, tmp_path):
+    cfg = tiny_config(train_videos, optim={"lr": 1e30}, schedule={"total_steps": 6, "warmup_steps": 0})
+    with pytest.raises(NonFiniteLossError, match=r"step \d.*kl_loss=.*loss_post=.*mae_loss="):
+        train(cfg, DistEnv(), tmp_path / "run")
+
+
+def test_failed_rendezvous_raises_instead_of_training_alone():
+    env = DistEnv(rank=1, world_size=2, master_addr="127.0.0.1", master_port=1)  # nobody listens there
+    start = time.monotonic()
+    with pytest.raises(RendezvousError, match="rank 1/2 could not rendezvous"):
+        init_process_group(env, torch.device("cpu"), timeout_minutes=0.05)
+    assert time.monotonic() - start < 60
+
+
+def test_incomplete_distributed_environment_is_an_error():
+    with pytest.raises(RendezvousError, match="MASTER_ADDR, MASTER_PORT missing"):
+        DistEnv.from_environ({"RANK": "0", "WORLD_SIZE": "2"})
+    assert DistEnv.from_environ({}) == DistEnv()
+
+
+def test_watchdog_turns_a_hang_into_a_failure(tmp_path):
+    script = "from rsp.lifecycle import ProgressWatchdog\nimport time\nwith ProgressWatchdog(1.0):\n    time.sleep(30)\n"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1 and time.monotonic() - start < 20
+    assert "Timeout" in proc.stderr and "time.sleep" in proc.stderr or "line 4" in proc.stderr
+
+
+def test_cooperative_stop_saves_at_the_current_step(train_videos, tmp_path):
+    class StopAfterReads(StopRequest):
+        def __init__(self):
+            super().__init__()
+            self.reads = 0
+
+        @property
+        def requested(self) -> bool:
+            self.reads += 1
+            if self.reads == 5:
+                self.reason = "SIGUSR2"
+            return self.reads >= 5
+
+    result = train(tiny_config(train_videos), DistEnv(), tmp_path / "run", stop=StopAfterReads())
+    assert (result.status, result.step, result.stop_reason) == ("stopped", 5, "SIGUSR2")
+    assert CheckpointStore(tmp_path / "run" / "checkpoints").manifests()[-1].step == 5  # no step lost

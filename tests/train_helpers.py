@@ -1,0 +1,67 @@
+"""Shared pieces of the training-engine tests: a tiny config and bitwise run comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from rsp.checkpoint import CheckpointStore
+from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+
+# Logged values that depend on wall time; everything else must match bitwise across resumes.
+TIMING_KEYS = {"time", "pairs_per_s", "data_wait_share"}
+
+
+def tiny_config(root: Path, **sections) -> TrainConfig:
+    """A few-second run of the tiny model on generated videos; `sections` override fields by
+    section, e.g. runtime={"stop_after_steps": 3}."""
+    cfg = TrainConfig(
+        model=ModelConfig(name="rsp_vit_tiny_patch8", img_size=32),
+        data=DataConfig(root=str(root), batch_size=2, max_gap=8, num_workers=0),
+        optim=OptimConfig(lr=1e-3),
+        schedule=ScheduleConfig(total_steps=8, warmup_steps=2),
+        checkpoint=CheckpointConfig(every_steps=2, keep_last=2),
+        runtime=RuntimeConfig(log_every_steps=1, deterministic=True),
+    )
+    for section, values in sections.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    return cfg
+
+
+def final_state(run_dir: Path) -> dict:
+    store = CheckpointStore(run_dir / "checkpoints")
+    manifest, _ = store.newest_valid()
+    return store.load(manifest)
+
+
+def loss_trace(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """Recursively: identical structure, and every tensor bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensors differ at {where}: max abs diff {(a.float() - b.float()).abs().max()}"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"values differ at {where}: {a!r} != {b!r}"
+
+
+def assert_same_training_state(run_a: Path, run_b: Path) -> None:
+    a, b = final_state(run_a), final_state(run_b)
+    assert a["step"] == b["step"]
+    for key in ("model", "optimizer", "scaler", "counters", "data_position"):
+        assert_same_tensors(a[key], b[key], key)
+    assert loss_trace(run_a) == loss_trace(run_b)
