@@ -61,6 +61,8 @@ class TrainResult:
 
 @dataclass
 class TrainHooks:
+    # Rank 0, once the schedule is known: (start step, total steps).
+    on_start: Optional[Callable[[int, int], None]] = None
     # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
     on_commit: Optional[Callable[[Manifest], None]] = None
 
@@ -315,6 +317,8 @@ class Trainer:
                 cfg.model.name, total, self.schedule.steps_per_pass, len(self.dataset), self.schedule.effective_batch,
                 self.schedule.base_lr, self.precision, self.env.world_size,
             )
+        if self.env.is_main and self.hooks.on_start is not None:
+            self.hooks.on_start(self.step, total)
         metrics = MetricsLogger(self.run_dir, self.env.is_main, self.step, total, cfg.runtime.progress_bar, tb_dir)
         pairs_per_step = self.schedule.effective_batch * cfg.data.repeated_sampling
         module = self.ddp or self.model

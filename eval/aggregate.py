@@ -1,0 +1,215 @@
+"""All result records of an output root -> one table, plots, the paper-style comparison.
+
+    python eval/aggregate.py [OUTPUT_ROOT] [--out DIR] [--no-plots] [--no-tensorboard]
+
+Writes into DIR (default OUTPUT_ROOT/results):
+    results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics;
+                                   `best` marks each run's best checkpoint (DAVIS J&F, else VIP mIoU,
+                                   else JHMDB PCK@0.1)
+    results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
+    paper.md                       our best checkpoints beside the published table (spec rsp.md §9)
+    plots/<metric>_vs_step.png     every run's curve over training
+    plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint
+    tensorboard/                   hparams summaries: compare a sweep in TensorBoard's HPARAMS tab
+A corrupt or partial record is skipped with a warning naming it; two records for the same key keep
+the newer one and the conflict is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import pandas as pd
+
+from eval.records import ResultRecord, find_record_files, read_records
+
+# Headline metrics, in the paper's order; values are fractions, shown in percent.
+HEADLINE = [("davis", "J&F-Mean"), ("davis", "J-Mean"), ("davis", "F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1"), ("jhmdb", "PCK@0.2")]
+BEST_BY = [("davis", "J&F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1")]
+# Published ViT-S/16 K400 400-epoch results (spec rsp.md §9), in percent.
+PUBLISHED = {
+    "SimCLR": (53.9, 51.7, 56.2, 31.9, 37.9, 66.1),
+    "MoCo v3": (57.7, 54.6, 60.8, 32.4, 38.4, 67.6),
+    "DINO": (59.5, 56.5, 62.5, 33.4, 41.1, 70.3),
+    "MAE": (53.5, 50.4, 56.7, 32.5, 43.0, 71.3),
+    "SiamMAE": (58.1, 56.6, 59.6, 33.3, 44.7, 73.0),
+    "RSP (paper)": (60.1, 57.4, 62.8, 33.8, 44.6, 73.4),
+}
+PAPER_COLUMNS = ["DAVIS J&F", "J", "F", "VIP mIoU", "JHMDB PCK@0.1", "PCK@0.2"]
+
+
+def column(task: str, metric: str) -> str:
+    return f"{task}:{metric}"
+
+
+def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
+    """One row per (run, step); a column per metric (task:metric) and per sweep axis."""
+    rows: dict[tuple[str, int], dict] = {}
+    for r in records:
+        row = rows.setdefault((r.run_id, r.step), {"run": r.run_name, "run_id": r.run_id, "step": r.step, "model": r.model_name, **{f"axis:{k}": v for k, v in r.sweep_axes.items()}})
+        for metric, value in r.metrics.items():
+            row[column(r.task, metric)] = value
+        row.setdefault("protocols", {})[r.task] = r.protocol.get("preset", "")
+    table = pd.DataFrame(list(rows.values()))
+    if table.empty:
+        return table
+    table["protocols"] = table["protocols"].map(lambda p: ", ".join(f"{t}={v}" for t, v in sorted(p.items())))
+    table = table.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+    table["best"] = False
+    key = next((column(t, m) for t, m in BEST_BY if column(t, m) in table), None)
+    if key is not None:
+        best = table.dropna(subset=[key]).groupby("run_id")[key].idxmax()
+        table.loc[best.values, "best"] = True
+    return table
+
+
+def markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
+    """A GitHub Markdown table (no extra dependency); `percent` columns shown x100, 1 decimal."""
+    def cell(name: str, value) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return "-"
+        if name in percent and isinstance(value, (int, float)):
+            return f"{100 * value:.1f}"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c).replace("|", "\\|") for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def paper_view(table: pd.DataFrame) -> str:
+    lines = ["| method | " + " | ".join(PAPER_COLUMNS) + " |", "|---|" + "---|" * len(PAPER_COLUMNS)]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in PUBLISHED.items()]
+    for row in table[table["best"]].to_dict("records") if not table.empty else []:
+        values = [row.get(column(t, m)) for t, m in HEADLINE]
+        cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}" for v in values]
+        lines.append(f"| ours: {row['run']} (step {row['step']}, {row['model']}) | " + " | ".join(cells) + " |")
+    note = ("Published: ViT-S/16, Kinetics-400, 400 epochs (Jang et al., ICML 2024). Ours: each run's best "
+            "checkpoint; compare like with like (model, data, epochs, evaluation protocol in results.md).")
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    metrics = [c for c in table.columns if ":" in c and not c.startswith("axis:")]
+    axes = [c for c in table.columns if c.startswith("axis:")]
+    best = table[table["best"]]
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run, group in table.dropna(subset=[metric]).groupby("run"):
+            ax.plot(group["step"], group[metric], marker="o", label=run)
+        ax.set(xlabel="training step", ylabel=metric, title=f"{metric} over training")
+        ax.legend(fontsize="small")
+        paths.append(_save(fig, out / f"{_safe(metric)}_vs_step.png"))
+        for axis in axes:
+            points = best.dropna(subset=[metric, axis]).sort_values(axis, key=lambda s: s.map(_sort_key))
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot([str(v) for v in points[axis]], points[metric], marker="o")
+            ax.set(xlabel=axis.removeprefix("axis:"), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix('axis:')}")
+            paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix('axis:'))}.png"))
+    return paths
+
+
+def _sort_key(v):
+    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_hparams(table: pd.DataFrame, out: Path) -> None:
+    """One hparams summary per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.rmtree(out, ignore_errors=True)
+    for row in table[table["best"]].to_dict("records"):
+        hparams = {k.removeprefix("axis:"): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if k.startswith("axis:")}
+        hparams.update(model=row["model"], step=row["step"])
+        metrics = {k: v for k, v in row.items() if ":" in k and not k.startswith("axis:") and isinstance(v, float) and not math.isnan(v)}
+        with SummaryWriter(str(out / f"{row['run']}-{row['run_id']}")) as writer:
+            writer.add_hparams(hparams, metrics, run_name=".")
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    out: Path
+    warnings: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.table.empty:
+            return f"no result records found; warnings: {len(self.warnings)}"
+        shown = ["run", "step", "best", *[c for c in self.table.columns if c.startswith("axis:")]]
+        shown += [column(t, m) for t, m in HEADLINE if column(t, m) in self.table]
+        lines = [markdown(self.table[shown], percent=[c for c in shown if ":" in c and not c.startswith("axis:")]), ""]
+        lines.append(f"results: {self.out / 'results.csv'} (.md, .table.json), paper view: {self.out / 'paper.md'}")
+        lines += [f"plot: {p}" for p in self.plots]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s): " + "; ".join(self.warnings[:5]))
+        return "\n".join(lines)
+
+
+def aggregate(output_root: str | Path, out: Optional[str | Path] = None, plots: bool = True, tensorboard: bool = True) -> Report:
+    root = Path(output_root)
+    out = Path(out) if out else root / "results"
+    records, warnings = read_records(find_record_files(root))
+    table = build_table(records)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(table, out, warnings)
+    if table.empty:
+        return report
+    table.to_csv(out / "results.csv", index=False)
+    table.to_json(out / "results.table.json", orient="table", index=False)
+    percent = [c for c in table.columns if ":" in c and not c.startswith("axis:")]
+    (out / "results.md").write_text(markdown(table, percent) + "\n")
+    (out / "paper.md").write_text(paper_view(table))
+    if plots:
+        report.plots = plot_all(table, out / "plots")
+    if tensorboard:
+        write_hparams(table, out / "tensorboard")
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output_root", nargs="?", default="runs")
+    p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-tensorboard", action="store_true")
+    args = p.parse_args(argv)
+    report = aggregate(args.output_root, args.out, plots=not args.no_plots, tensorboard=not args.no_tensorboard)
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Result records: one immutable JSON file per (run, checkpoint step, task, protocol hash).
+
+Many evaluation jobs on many nodes write results at once, often onto a network filesystem, where
+appends to one shared CSV interleave and SQLite locking is unreliable (spec launch.md #11). So each
+job writes its own file, atomically (temporary file + fsync + rename): a reader sees a complete
+record or none. The aggregator reads them all; a corrupt or partial file is skipped with a warning
+that names it; two records for the same key keep the newer one and report the conflict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from rsp.atomicio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = "record.json"
+FORMAT = "rsp-result/1"
+
+
+@dataclass
+class ResultRecord:
+    run_id: str
+    run_name: str
+    config_hash: str  # of the training run (rsp.config.fingerprint)
+    step: int  # checkpoint step evaluated
+    task: str  # davis | jhmdb | vip
+    protocol_hash: str  # eval.config.protocol_hash
+    protocol: dict[str, Any]  # every setting that produced the numbers
+    metrics: dict[str, float]
+    checkpoint_sha256: str
+    checkpoint_path: str
+    code_version: str
+    job_id: str
+    wall_time_s: float
+    sweep_axes: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+    created: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    format: str = FORMAT
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return (self.run_id, self.step, self.task, self.protocol_hash)
+
+
+def write_record(path: str | Path, record: ResultRecord) -> Path:
+    path = Path(path)
+    atomic_write_json(path, dataclasses.asdict(record))
+    return path
+
+
+def parse_record(path: Path) -> ResultRecord:
+    """Read one record; ValueError (naming the file) when it is not a complete, valid record."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from exc
+    names = {f.name for f in dataclasses.fields(ResultRecord)}
+    required = {f.name for f in dataclasses.fields(ResultRecord) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if not isinstance(data, dict) or missing:
+        raise ValueError(f"{path}: missing fields {', '.join(missing)}")
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown format {data.get('format')!r}")
+    metrics = data["metrics"]
+    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
+        raise ValueError(f"{path}: metrics must be finite numbers, got {metrics!r}")
+    return ResultRecord(**{k: v for k, v in data.items() if k in names})
+
+
+def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
+    """Parse many records. Returns the kept records (newest per key) and warnings: every skipped
+    file and every conflict, by name."""
+    by_key: dict[tuple, tuple[ResultRecord, Path]] = {}
+    warnings = []
+    for path in paths:
+        try:
+            record = parse_record(path)
+        except ValueError as exc:
+            warnings.append(f"skipped corrupt or partial record {exc}")
+            continue
+        if record.key in by_key:
+            other, other_path = by_key[record.key]
+            newer, older_path = (record, other_path) if record.created >= other.created else (other, path)
+            warnings.append(f"conflict for {record.key}: kept the newer {path if newer is record else other_path}, ignored {older_path}")
+            by_key[record.key] = (newer, path if newer is record else other_path)
+        else:
+            by_key[record.key] = (record, path)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return [r for r, _ in by_key.values()], warnings
+
+
+def find_record_files(output_root: str | Path) -> list[Path]:
+    """Every record under an output root: <root>/<run>/evals/step_*/<task>-<hash>/record.json."""
+    return sorted(Path(output_root).glob(f"*/evals/step_*/*/{RECORD_NAME}"))

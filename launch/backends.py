@@ -1,0 +1,219 @@
+"""Where jobs run: one interface over submitit's SLURM and local executors and an in-process mode.
+
+    backend = make_backend("slurm", folder)
+    job_ids = backend.submit([job_a, job_b], resources)     # SLURM: one job array
+    states = backend.states(job_ids)                          # one batched squeue + sacct call
+
+This module is the only place that talks to a scheduler. Every sbatch script it produces runs the
+snapshot's code, kills the whole step when one rank dies (--kill-on-bad-exit), is requeueable, and
+ends with `python -m launch.requeue` so every way an attempt can end goes through one policy.
+Values that reach the script are quoted (shlex) or passed as sbatch flags by submitit.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import submitit
+
+from launch.snapshot import Snapshot
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks for. Jobs with equal Resources can share one SLURM array."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: Optional[float] = None
+    time_minutes: int = 60
+    signal_delay_s: int = 120
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    extra_sbatch: tuple[tuple[str, str], ...] = ()
+    array_parallelism: int = 64
+    dependency: Optional[str] = None  # e.g. "afterok:123"
+    job_name: str = "rsp"
+    requeue_teardown: bool = True  # training jobs: run launch.requeue after srun
+
+    @classmethod
+    def from_cluster(cls, cluster: Any, job_name: str, **overrides: Any) -> "Resources":
+        fields = dict(
+            nodes=cluster.nodes, tasks_per_node=cluster.processes_per_node, gpus_per_node=cluster.gpus_per_node,
+            cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_minutes=cluster.time_minutes,
+            signal_delay_s=cluster.signal_delay_s, partition=cluster.partition, account=cluster.account,
+            qos=cluster.qos, constraint=cluster.constraint, exclusive=cluster.exclusive,
+            extra_sbatch=tuple(sorted(cluster.extra_sbatch.items())), array_parallelism=cluster.array_parallelism,
+            job_name=job_name,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    def group_key(self) -> tuple:
+        """Everything but the name: runs that differ only in name share an array."""
+        return tuple((k, v) for k, v in self.__dict__.items() if k != "job_name")
+
+
+def snapshot_setup(snapshot: Optional[Snapshot]) -> list[str]:
+    if snapshot is None:
+        return []
+    path = shlex.quote(str(snapshot.path))
+    return [
+        f"export PYTHONPATH={path}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"export RSP_CODE_VERSION={shlex.quote(snapshot.version)}",
+        f"cd {path}",
+    ]
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, folder: Path, snapshot: Optional[Snapshot] = None):
+        self.folder = Path(folder)
+        self.snapshot = snapshot
+
+    def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
+        raise NotImplementedError
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def executor(self, resources: Resources) -> submitit.SlurmExecutor:
+        ex = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(sys.executable))
+        r = resources
+        params: dict[str, Any] = dict(
+            job_name=r.job_name, nodes=r.nodes, ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus_per_task,
+            time=r.time_minutes, signal_delay_s=r.signal_delay_s, array_parallelism=r.array_parallelism,
+            setup=snapshot_setup(self.snapshot), srun_args=["--kill-on-bad-exit=1"],
+            additional_parameters={"requeue": True, "kill-on-invalid-dep": "yes", **dict(r.extra_sbatch)},
+        )
+        optional = dict(
+            gpus_per_node=r.gpus_per_node or None, mem=f"{r.mem_gb:g}GB" if r.mem_gb else None, partition=r.partition,
+            account=r.account, qos=r.qos, constraint=r.constraint, exclusive=True if r.exclusive else None,
+            dependency=r.dependency,
+        )
+        params.update({k: v for k, v in optional.items() if v is not None})
+        if r.requeue_teardown:
+            folder = shlex.quote(str(self.folder))
+            params["teardown"] = ["rc=$?", f"{shlex.quote(sys.executable)} -m launch.requeue --folder {folder} --exit-code $rc"]
+        ex.update_parameters(**params)
+        return ex
+
+    def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
+        ex = self.executor(resources)
+        if len(functions) == 1:
+            return [ex.submit(functions[0]).job_id]
+        with ex.batch():
+            jobs = [ex.submit(fn) for fn in functions]
+        return [job.job_id for job in jobs]
+
+    def sbatch_script(self, resources: Resources) -> str:
+        """The exact script `submit` would hand to sbatch (for dry runs)."""
+        ex = self.executor(resources)
+        return ex._make_submission_file_text(ex._submitit_command_str, uid="DRYRUN")
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return slurm_states(job_ids)
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """States of many jobs with one squeue call (active jobs) and one sacct call (the rest)."""
+    if not job_ids:
+        return {}
+    states: dict[str, str] = {}
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i|%T", "--jobs", ",".join(sorted(set(job_ids)))],
+        capture_output=True, text=True, timeout=60,
+    )
+    for line in out.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        states[jid.strip()] = state.strip()
+    rest = [j for j in job_ids if j not in states]
+    if rest:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(rest)))],
+            capture_output=True, text=True, timeout=60,
+        )
+        for line in out.stdout.splitlines():
+            jid, _, state = line.partition("|")
+            states.setdefault(jid.strip(), state.split()[0] if state else "UNKNOWN")
+    return {j: states.get(j, "UNKNOWN") for j in job_ids}
+
+
+class LocalBackend(Backend):
+    """This machine: submitit's local executor (one subprocess per task, the timeout signal, and
+    restarts on the requeue exit status). Job ids are the controllers' process ids."""
+
+    name = "local"
+
+    def executor(self, resources: Resources) -> submitit.LocalExecutor:
+        ex = submitit.LocalExecutor(folder=self.folder)
+        ex.update_parameters(
+            timeout_min=resources.time_minutes, tasks_per_node=resources.tasks_per_node,
+            gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s,
+            setup=snapshot_setup(self.snapshot),
+        )
+        return ex
+
+    def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
+        ex = self.executor(resources)
+        return [ex.submit(fn).job_id for fn in functions]
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return {j: local_state(j) for j in job_ids}
+
+
+def local_state(job_id: str) -> str:
+    """RUNNING while the local controller process lives, else DONE."""
+    try:
+        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return "DONE"
+    return "RUNNING" if b"submitit" in cmdline else "DONE"
+
+
+class DebugBackend(Backend):
+    """In-process and synchronous: breakpoints work; one process only."""
+
+    name = "debug"
+
+    def __init__(self, folder: Path, snapshot: Optional[Snapshot] = None):
+        super().__init__(folder, None)  # runs the live code: that is the point of debugging
+        self.results: dict[str, Any] = {}
+
+    def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
+        ids = []
+        for fn in functions:
+            job_id = f"debug-{os.getpid()}-{len(self.results)}"
+            self.results[job_id] = fn()
+            ids.append(job_id)
+        return ids
+
+    def states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return {j: "DONE" for j in job_ids}
+
+
+BACKENDS = {"slurm": SlurmBackend, "local": LocalBackend, "debug": DebugBackend}
+
+
+def make_backend(name: str, folder: Path, snapshot: Optional[Snapshot] = None) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    return BACKENDS[name](folder, snapshot)

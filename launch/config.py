@@ -1,0 +1,182 @@
+"""The launcher's configuration: a training config (rsp.config) plus where it runs and how it is
+evaluated, composed by Hydra from the YAML files under experiments/.
+
+    python launch/submit.py experiment=rsp_vits16_k400 cluster=slurm cluster.nodes=4 model.kl_scale=0.1
+
+Dataclasses are the single source of truth (registered in Hydra's ConfigStore as `run_schema`);
+experiments/experiment/*.yaml and experiments/cluster/*.yaml only override them. `compose()`
+checks every override against the schema first, so all misspelled keys and badly typed values are
+reported at once, each with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from rsp.config import RUNTIME_ONLY, ConfigError, TrainConfig
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+BACKENDS = ("local", "slurm", "debug")
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how a run executes. Only nodes x tasks_per_node (the world size) shapes results."""
+
+    backend: str = "local"  # local (this machine, subprocesses) | slurm | debug (in-process, breakpoints work)
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: CPU job (gloo)
+    tasks_per_node: Optional[int] = None  # processes per node; default: gpus_per_node, or 1 without GPUs
+    cpus_per_task: int = 2
+    mem_gb: Optional[float] = None  # per node; None: the partition's default
+    time_minutes: int = 1440  # wall-time limit of one attempt
+    signal_delay_s: int = 120  # SIGUSR2 this long before the limit: time to finish a step and checkpoint
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    extra_sbatch: dict[str, str] = field(default_factory=dict)  # any other sbatch flag, e.g. {reservation: x}
+    array_parallelism: int = 64  # sweeps: at most this many tasks of one array run at once
+    max_preemptions: int = 100  # requeue budgets, per end reason
+    max_timeouts: int = 50
+    max_failures: int = 3  # crashes, node failures, kills
+    wait: bool = True  # local backend: follow the run in this terminal until it and its evaluations end
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+@dataclass
+class EvaluationConfig:
+    """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations.py)."""
+
+    tasks: list[str] = field(default_factory=list)  # davis | jhmdb | vip
+    presets: dict[str, str] = field(default_factory=lambda: {"davis": "rsp", "jhmdb": "auto", "vip": "auto"})  # eval.config.PRESETS
+    data_roots: dict[str, str] = field(default_factory=dict)  # task -> dataset root
+    synthetic: bool = False  # generate small benchmark sets in the official layouts when a root is missing
+    overrides: dict[str, Any] = field(default_factory=dict)  # task -> {eval config field: value}, e.g. {davis: {topk: 5}}
+    device: str = "auto"
+    cpus_per_task: int = 2
+    gpus: int = 0
+    time_minutes: int = 120
+    mem_gb: Optional[float] = None
+
+
+@dataclass
+class RunConfig(TrainConfig):
+    """One pretraining run as submitted: what to train (TrainConfig) + name, where, how evaluated."""
+
+    name: str = field(default="rsp", metadata=RUNTIME_ONLY)  # readable part of the run directory's name
+    output_root: str = field(default="runs", metadata=RUNTIME_ONLY)  # runs live in <output_root>/<name>-<id>/
+    cluster: ClusterConfig = field(default_factory=ClusterConfig, metadata=RUNTIME_ONLY)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata=RUNTIME_ONLY)
+
+
+def train_config(run: RunConfig) -> TrainConfig:
+    """The part of a run config that rsp/ sees."""
+    return TrainConfig(**{f.name: getattr(run, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (EXPERIMENTS_DIR / group).glob("*.yaml"))
+
+
+def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema: model.kl_scale, cluster.nodes, ..."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += schema_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def check_overrides(overrides: list[str]) -> list[str]:
+    """Problems with `key=value` overrides, found before composing: syntax errors, unknown groups
+    or options, unknown keys (with the closest valid key), values of the wrong type. All at once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    keys = schema_keys()
+    base = OmegaConf.structured(RunConfig)
+    problems = []
+    for item in overrides:
+        try:
+            override = parser.parse_override(item)
+        except Exception as exc:  # hydra's OverrideParseException
+            problems.append(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}")
+            continue
+        key = override.key_or_group
+        if key in ("experiment", "cluster"):
+            value = override.value()
+            if value not in options(key):
+                problems.append(f"{key}={value!r} is not one of: {', '.join(options(key))}")
+            continue
+        if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key, keys):
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            sections = ", ".join(sorted({k.split(".")[0] for k in keys}))
+            hint = f"; did you mean {close[0]}?" if close else f"; valid top-level keys: {sections}"
+            problems.append(f"{key} is not a configuration key{hint}")
+            continue
+        if override.is_delete():
+            continue
+        try:
+            OmegaConf.update(base, key, override.value(), merge=True)
+        except Exception as exc:  # omegaconf's ValidationError, ConfigTypeError, ...
+            problems.append(f"{key}={override.value()!r}: {str(exc).splitlines()[0]}")
+    return problems
+
+
+DICT_FIELDS = ("cluster.extra_sbatch", "evaluation.presets", "evaluation.data_roots", "evaluation.overrides")
+
+
+def _is_dict_entry(key: str, keys: list[str]) -> bool:
+    """cluster.extra_sbatch.reservation, evaluation.overrides.davis.topk: entries of dict fields."""
+    return any(key.startswith(f"{d}.") for d in DICT_FIELDS)
+
+
+def compose(overrides: list[str], experiment: Optional[str] = None) -> RunConfig:
+    """Compose experiments/config.yaml with `overrides` into a RunConfig (not yet validated)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    overrides = list(overrides)
+    if experiment is not None and not any(o.startswith("experiment=") for o in overrides):
+        overrides.insert(0, f"experiment={experiment}")
+    problems = check_overrides(overrides)
+    if problems:
+        raise ConfigError(problems, what="command line")
+    # Entries of dict fields may be new keys: "++" is Hydra's add-or-override.
+    overrides = [f"++{o}" if any(o.startswith(f"{d}.") for d in DICT_FIELDS) else o for o in overrides]
+    register_schema()
+    with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base="1.3", job_name="rsp"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    return to_run_config(cfg)
+
+
+def to_run_config(cfg: Any) -> RunConfig:
+    """DictConfig (possibly with Hydra's extra keys) -> RunConfig dataclass, converted once."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), container)
+    return OmegaConf.to_object(merged)

@@ -1,0 +1,154 @@
+"""The callable that every rank of a pretraining job runs, pickled by submitit at submit time and
+unpickled from the run's code snapshot.
+
+It turns the scheduler's environment into a `DistEnv` (MASTER_ADDR from the allocation, a port that
+cannot collide, published through the run directory), replaces submitit's SIGUSR2 handler (which
+checkpoints inside the handler) with a cooperative stop flag, records the attempt, trains, and
+records how the attempt ended. What happens next (requeue or not) is `launch.requeue.decide`: run by
+the SLURM batch script's teardown, or here for the local backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from launch.config import ClusterConfig, train_config
+from launch.requeue import attempt_key, decide
+from launch.rundir import Attempt, RunDirectory
+from rsp.distributed import DistEnv, RendezvousError
+from rsp.lifecycle import StopRequest, install_stop_signals
+from rsp.train import TrainHooks, train
+
+log = logging.getLogger(__name__)
+
+LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
+TIMEOUT_MARGIN_S = 90  # SLURM checks limits on a 30 s tick: a timeout signal can come early or late
+
+
+def reachable_address(host: str, is_slurm: bool) -> str:
+    """An address of `host` the other ranks can connect to: DNS first, then SLURM's NodeAddr (fake
+    or renamed nodes have a NodeAddr but no DNS entry)."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        pass
+    if is_slurm:
+        out = subprocess.run(["scontrol", "show", "node", host, "-o"], capture_output=True, text=True, timeout=30)
+        for field in out.stdout.split():
+            if field.startswith("NodeAddr="):
+                return field.split("=", 1)[1]
+    raise RendezvousError(f"cannot resolve the first node of the allocation ({host}); no DNS entry and no NodeAddr")
+
+
+def classify_stop(signal_name: Optional[str], cluster: ClusterConfig, started: float) -> str:
+    """Why the job was asked to stop: SIGUSR2 near the time limit is a timeout, earlier a preemption
+    (SLURM sends the same signal for both); anything else is an outside stop request."""
+    if signal_name != "SIGUSR2":
+        return "stopped"
+    end = float(os.environ.get("SLURM_JOB_END_TIME", started + cluster.time_minutes * 60))
+    return "timeout" if time.time() >= end - cluster.signal_delay_s - TIMEOUT_MARGIN_S else "preempted"
+
+
+def configure_logging(path: Path, rank: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+@dataclass
+class TrainingJob:
+    run_dir: str
+    backend: str  # local | slurm | debug
+
+    def environment(self, run: RunDirectory) -> tuple[DistEnv, str, str, list[str]]:
+        """(DistEnv, job id, attempt key, hosts) from submitit's view of the allocation."""
+        if self.backend == "debug":
+            return DistEnv(), f"debug-{os.getpid()}", f"debug/{os.getpid()}", [socket.gethostname()]
+        import submitit
+
+        job = submitit.JobEnvironment()
+        is_slurm = self.backend == "slurm"
+        hosts = list(job.hostnames) if is_slurm else ["127.0.0.1"]
+        key = attempt_key(job.job_id) if is_slurm else f"{job.job_id}/{os.getppid()}"
+        env = DistEnv(
+            rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
+            local_world_size=max(1, job.num_tasks // job.num_nodes),
+            master_addr=reachable_address(hosts[0], is_slurm),
+            rendezvous_file=str(run.path / "rendezvous" / f"{key.replace('/', '-')}.json"),
+        )
+        return env, job.job_id, key, hosts
+
+    def __call__(self) -> dict:
+        run = RunDirectory(self.run_dir)
+        cfg = run.config()
+        started = time.time()
+        env, job_id, key, hosts = self.environment(run)
+        configure_logging(run.path / "logs" / key.replace("/", "-") / f"rank_{env.rank}.log", env.rank)
+        stop = StopRequest()
+        if self.backend != "debug":
+            install_stop_signals(stop, (signal.SIGUSR2, signal.SIGTERM))  # replaces submitit's handlers
+        attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0) if env.is_main else None
+        hooks = TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
+        if env.is_main and cfg.evaluation.tasks and run.checkpoints.manifests():
+            self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
+        try:
+            result = train(train_config(cfg), env, run.path, stop, hooks)
+        except BaseException as exc:
+            if env.is_main:
+                run.end_attempt(attempt, "crashed", run.last_checkpoint_step() or 0, exit_code=1, error=_tail(exc))
+                self._after_attempt(run, cfg.cluster)
+            raise
+        reason = "finished" if result.status == "finished" else classify_stop(stop.reason, cfg.cluster, started)
+        if env.is_main:
+            run.end_attempt(attempt, reason, result.step, exit_code=0)
+            if reason == "finished":
+                run.set_status("finished", f"finished at step {result.step}")
+            self._after_attempt(run, cfg.cluster)
+        return {"status": result.status, "reason": reason, "step": result.step, "total_steps": result.total_steps}
+
+    def _after_attempt(self, run: RunDirectory, cluster: ClusterConfig) -> None:
+        """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""
+        if self.backend != "local":
+            return
+        decision = decide(run.policy_attempts(), cluster)
+        log.info("%s", decision.reason)
+        if decision.requeue:
+            raise SystemExit(LOCAL_REQUEUE_EXIT)
+        if decision.final_state == "failed":
+            run.set_status("failed", decision.reason)
+
+    def _milestone_hook(self, run: RunDirectory, cfg):
+        if not cfg.evaluation.tasks:
+            return None
+
+        def on_commit(manifest) -> None:
+            if manifest.milestone:
+                self._schedule_evaluations(run, manifest.step)
+
+        return on_commit
+
+    def _schedule_evaluations(self, run: RunDirectory, step: Optional[int]) -> None:
+        from launch.evaluations import schedule_for_checkpoint
+
+        try:
+            schedule_for_checkpoint(run, step, self.backend)
+        except Exception:  # evaluations can be backfilled; training goes on
+            log.exception("could not schedule evaluations of %s (step %s)", run.path.name, step)
+
+
+def _tail(exc: BaseException, lines: int = 12) -> str:
+    return "".join(traceback.format_exception(exc)[-lines:])

@@ -1,0 +1,118 @@
+"""The plan of a sweep: for each run its id, name, overrides, resources, current state and the
+action submitting would take; then the submission itself (only `submit`/`retry` rows).
+
+States come from the run directories plus one batched scheduler query (launch/state.py): pending,
+running and finished runs are never submitted twice; failed runs only with --retry-failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from launch.backends import Resources
+from launch.config import RunConfig
+from launch.rundir import RunDirectory, run_id
+from launch.state import SUBMITTABLE, RunState, reconcile
+from launch.sweep import Sweep, SweepRun, expand, record_membership
+from launch.validate import absolutize, problems
+from rsp.config import ConfigError
+
+
+@dataclass
+class PlanRow:
+    run: SweepRun
+    rundir: RunDirectory
+    state: RunState
+    action: str  # submit | retry | nothing
+    resources: Resources
+
+
+@dataclass
+class Plan:
+    sweep: Sweep
+    rows: list[PlanRow]
+    backend: str
+    output_root: Path
+
+    def pending_rows(self) -> list[PlanRow]:
+        return [r for r in self.rows if r.action in ("submit", "retry")]
+
+    def submit(self) -> int:
+        from launch.submit import ensure_generated_data, submit_runs
+
+        rows = self.pending_rows()
+        if not rows:
+            print(f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} are pending, running, finished or failed")
+            record_membership(self.sweep, [r.run for r in self.rows if r.rundir.exists])
+            return 0
+        for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
+            ensure_generated_data(cfg)
+        job_ids = submit_runs([r.run.cfg for r in rows], self.backend, self.output_root)
+        record_membership(self.sweep, [r.run for r in self.rows if r.rundir.exists or r in rows])
+        arrays = len({j.split("_")[0] for j in job_ids})
+        print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
+        return 0
+
+
+_CHECKPOINT_BYTES: dict[str, float] = {}
+
+
+def checkpoint_bytes_of(cfg: RunConfig) -> float:
+    """Checkpoint size per distinct model config (building even a meta-device L/16 costs ~0.1 s)."""
+    from launch.submit import checkpoint_bytes
+
+    key = repr(cfg.model)
+    if key not in _CHECKPOINT_BYTES:
+        _CHECKPOINT_BYTES[key] = checkpoint_bytes(cfg)
+    return _CHECKPOINT_BYTES[key]
+
+
+def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool = False) -> Plan:
+    from launch.submit import resources_for
+
+    runs = expand(sweep, extra)
+    for run in runs:
+        absolutize(run.cfg, cwd)
+    by_problem: dict[str, list[str]] = {}
+    for run in runs:
+        for problem in problems(run.cfg, checkpoint_bytes_of(run.cfg)):
+            by_problem.setdefault(problem, []).append(run.name)
+    if by_problem:
+        found = [
+            f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()
+        ]
+        raise ConfigError(found, what=f"sweep {sweep.name} (nothing was submitted)")
+    backends = {r.cfg.cluster.backend for r in runs}
+    if len(backends) != 1:
+        raise ConfigError([f"a sweep runs on one backend; its runs ask for {sorted(backends)}"], what="sweep")
+    output_root = Path(runs[0].cfg.output_root)
+    dirs = [RunDirectory.for_config(r.cfg) for r in runs]
+    states = reconcile(dirs, output_root)
+    wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
+    rows = []
+    for run, rundir, state in zip(runs, dirs, states):
+        action = ("retry" if state.state == "failed" else "submit") if state.state in wanted else "nothing"
+        rows.append(PlanRow(run, rundir, state, action, resources_for(run.cfg)))
+    return Plan(sweep, rows, backends.pop(), output_root)
+
+
+def describe_resources(r: Resources) -> str:
+    gpus = f"x{r.gpus_per_node}gpu" if r.gpus_per_node else ""
+    return f"{r.nodes}n{gpus} {r.tasks_per_node}t {r.time_minutes}min"
+
+
+def print_plan(plan: Plan, out=sys.stdout) -> None:
+    axis_keys = plan.sweep.axis_keys
+    header = ["run id", "name", *axis_keys, "resources", "state", "action"]
+    body = [
+        [run_id(r.run.cfg), r.run.name, *[str(r.run.axis_values.get(k)) for k in axis_keys], describe_resources(r.resources), r.state.state, r.action]
+        for r in plan.rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    for line in [header, ["-" * w for w in widths], *body]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
+    counts = {a: sum(r.action == a for r in plan.rows) for a in ("submit", "retry", "nothing")}
+    print(f"sweep {plan.sweep.name}: {len(plan.rows)} runs; submit {counts['submit']}, retry {counts['retry']}, nothing {counts['nothing']}", file=out)

@@ -1,0 +1,213 @@
+"""One directory per run, shared by every attempt, every tool and every evaluation.
+
+    <output_root>/<name>-<run id>/
+        run.json            identity: run id, name, config hash, world size, created
+        config.yaml         the resolved configuration (human-readable; run.json holds it too)
+        submissions/NNN.json  each submit: time, command, cwd, user, host, code version, snapshot,
+                            environment, backend, job id
+        attempts/NNN.json   each attempt: job id, hosts, start/end time and step, end reason, exit code
+        logs/attempt_NNN/   per-attempt, per-rank logs
+        checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
+        evals/              per-checkpoint evaluation outputs and result records
+        status.json         written once the run is over: finished | failed (+ why)
+
+Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.config
+fingerprint, world size included): the same experiment submitted twice maps to the same
+directory; worker counts, log cadence, cluster partition or time limit do not change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from launch.config import RunConfig, train_config
+from rsp.atomicio import atomic_write_json, atomic_write_text
+from rsp.checkpoint import CheckpointStore
+from rsp.config import fingerprint, from_dict, to_dict
+
+END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")
+ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
+
+
+def run_id(cfg: RunConfig) -> str:
+    return config_hash(cfg)[:12]
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Identical to the hash the trainer stores in every checkpoint of this run."""
+    return fingerprint(train_config(cfg), extra={"world_size": cfg.cluster.world_size})
+
+
+def slug(name: str) -> str:
+    """A directory- and shell-safe version of a run name (quotes, spaces, newlines removed)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60]
+    return cleaned or "run"
+
+
+@dataclass
+class Attempt:
+    number: int
+    job_id: str
+    key: str  # unique per attempt: "<job id>/<SLURM restart count>" (a requeued job keeps its id)
+    hosts: list[str]
+    start_time: float
+    start_step: int
+    end_time: Optional[float] = None
+    end_step: Optional[int] = None
+    end_reason: Optional[str] = None  # one of END_REASONS
+    exit_code: Optional[int] = None
+    error: Optional[str] = None  # last lines of the traceback when it crashed
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, cfg: RunConfig) -> "RunDirectory":
+        """The directory of `cfg`'s run: an existing one with the same id (whatever its name), else a new path."""
+        root = Path(cfg.output_root)
+        rid = run_id(cfg)
+        existing = sorted(root.glob(f"*-{rid}")) if root.is_dir() else []
+        return cls(existing[0] if existing else root / f"{slug(cfg.name)}-{rid}")
+
+    # --- identity -------------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    def create(self, cfg: RunConfig) -> None:
+        """Write run.json and config.yaml once; later submissions only add records."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.exists:
+            return
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write_json(
+            self.path / "run.json",
+            {
+                "run_id": run_id(cfg), "name": cfg.name, "config_hash": config_hash(cfg),
+                "world_size": cfg.cluster.world_size, "created": time.time(), "config": to_dict(cfg),
+            },
+        )
+
+    def info(self) -> dict:
+        return json.loads((self.path / "run.json").read_text())
+
+    def config(self) -> RunConfig:
+        return from_dict(RunConfig, self.info()["config"])
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        return CheckpointStore(self.path / "checkpoints")
+
+    # --- submissions ----------------------------------------------------------------------------
+
+    def record_submission(self, backend: str, job_id: str, code_version: str, snapshot: Optional[str], extra: Optional[dict] = None) -> Path:
+        records = self.path / "submissions"
+        number = len(list(records.glob("*.json"))) if records.is_dir() else 0
+        path = records / f"{number:03d}.json"
+        atomic_write_json(
+            path,
+            {
+                "time": time.time(), "backend": backend, "job_id": job_id, "command": sys.argv, "cwd": os.getcwd(),
+                "user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable,
+                "code_version": code_version, "snapshot": snapshot,
+                "environment": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ}, **(extra or {}),
+            },
+        )
+        return path
+
+    def submissions(self) -> list[dict]:
+        records = self.path / "submissions"
+        return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))] if records.is_dir() else []
+
+    # --- attempts -------------------------------------------------------------------------------
+
+    def attempts(self) -> list[Attempt]:
+        records = self.path / "attempts"
+        if not records.is_dir():
+            return []
+        return [Attempt(**json.loads(p.read_text())) for p in sorted(records.glob("*.json"))]
+
+    def save_attempt(self, attempt: Attempt) -> None:
+        atomic_write_json(self.path / "attempts" / f"{attempt.number:03d}.json", dataclasses.asdict(attempt))
+
+    def begin_attempt(self, job_id: str, key: str, hosts: list[str], start_step: int) -> Attempt:
+        """Record a new attempt; an earlier one that never recorded its end was killed from outside
+        (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint."""
+        previous = self.attempts()
+        if previous and previous[-1].end_reason is None:
+            stale = previous[-1]
+            stale.end_reason, stale.end_time, stale.end_step = "interrupted", time.time(), start_step
+            self.save_attempt(stale)
+        attempt = Attempt(len(previous), job_id, key, hosts, time.time(), start_step)
+        self.save_attempt(attempt)
+        return attempt
+
+    def end_attempt(self, attempt: Attempt, reason: str, step: int, exit_code: Optional[int] = None, error: Optional[str] = None) -> None:
+        if reason not in END_REASONS:
+            raise ValueError(f"unknown attempt end reason {reason!r}; valid: {', '.join(END_REASONS)}")
+        attempt.end_reason, attempt.end_time, attempt.end_step = reason, time.time(), step
+        attempt.exit_code, attempt.error = exit_code, error
+        self.save_attempt(attempt)
+
+    def reset_budgets(self) -> None:
+        """--retry-failed: the requeue budgets and the breaker count attempts from now on."""
+        atomic_write_json(self.path / "budget_reset.json", {"from_attempt": len(self.attempts()), "time": time.time()})
+
+    def policy_attempts(self) -> list[Attempt]:
+        """The attempts the requeue policy counts (those since the last --retry-failed)."""
+        reset = self.path / "budget_reset.json"
+        start = json.loads(reset.read_text())["from_attempt"] if reset.is_file() else 0
+        return self.attempts()[start:]
+
+    # --- final status ---------------------------------------------------------------------------
+
+    def status(self) -> Optional[dict]:
+        path = self.path / "status.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def set_status(self, state: str, reason: str, **extra: Any) -> None:
+        atomic_write_json(self.path / "status.json", {"state": state, "reason": reason, "time": time.time(), **extra})
+
+    def clear_status(self) -> None:
+        (self.path / "status.json").unlink(missing_ok=True)
+
+    def record_progress(self, start_step: int, total_steps: int) -> None:
+        atomic_write_json(self.path / "progress.json", {"start_step": start_step, "total_steps": total_steps, "time": time.time()})
+
+    def total_steps(self) -> Optional[int]:
+        path = self.path / "progress.json"
+        return json.loads(path.read_text())["total_steps"] if path.is_file() else None
+
+    def latest_logged_step(self) -> int:
+        """Step of the last line of metrics.jsonl (read from the end: cheap on long logs)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return 0
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError):
+                continue
+        return 0
+
+    def last_checkpoint_step(self) -> Optional[int]:
+        manifests = self.checkpoints.manifests()
+        return manifests[-1].step if manifests else None

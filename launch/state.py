@@ -1,0 +1,71 @@
+"""What state a run is in, from its directory plus one batched scheduler query for all runs.
+
+    missing     no run directory yet
+    pending     its job waits in the queue          (scheduler says so)
+    running     its job runs                        (scheduler says so)
+    finished    status.json says finished           (the run directory says so)
+    failed      status.json says failed             (budget exhausted or breaker tripped)
+    incomplete  started, not finished, no job alive (killed from outside, or a requeue was lost):
+                submitting it again resumes from its newest valid checkpoint
+
+Never duplicating a run rests on this: submit only `missing` and `incomplete` runs (and `failed`
+ones when asked), never `pending`, `running` or `finished` ones.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launch.backends import ACTIVE_STATES, BACKENDS
+from launch.rundir import RunDirectory
+
+SUBMITTABLE = ("missing", "incomplete")
+
+
+@dataclass
+class RunState:
+    run: RunDirectory
+    state: str
+    job_id: Optional[str] = None
+    backend: Optional[str] = None
+    scheduler_state: Optional[str] = None
+    detail: str = ""
+
+
+def last_job(run: RunDirectory) -> tuple[Optional[str], Optional[str]]:
+    submissions = run.submissions()
+    if not submissions:
+        return None, None
+    return submissions[-1]["backend"], submissions[-1]["job_id"]
+
+
+def reconcile(runs: Sequence[RunDirectory], folder: Optional[Path] = None) -> list[RunState]:
+    """States of many runs: one scheduler call per backend, however many runs."""
+    jobs_by_backend: dict[str, list[str]] = defaultdict(list)
+    last = {}
+    for run in runs:
+        backend, job_id = last_job(run) if run.exists else (None, None)
+        last[run.path] = (backend, job_id)
+        if job_id and backend in ("slurm", "local"):
+            jobs_by_backend[backend].append(job_id)
+    scheduler = {}
+    for backend, ids in jobs_by_backend.items():
+        scheduler.update(BACKENDS[backend](folder or Path(".")).states(ids))
+    return [_state_of(run, *last[run.path], scheduler) for run in runs]
+
+
+def _state_of(run: RunDirectory, backend: Optional[str], job_id: Optional[str], scheduler: dict) -> RunState:
+    if not run.exists:
+        return RunState(run, "missing", detail="not submitted yet")
+    status = run.status()
+    if status is not None:
+        return RunState(run, status["state"], job_id, backend, scheduler.get(job_id), status["reason"])
+    sched = scheduler.get(job_id)
+    if sched in ACTIVE_STATES:
+        state = "pending" if sched in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING") else "running"
+        return RunState(run, state, job_id, backend, sched, f"job {job_id} is {sched}")
+    detail = f"job {job_id} ended ({sched})" if job_id else "no job recorded"
+    return RunState(run, "incomplete", job_id, backend, sched, f"{detail} before the run finished; resubmit to resume")

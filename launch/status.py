@@ -1,0 +1,112 @@
+"""The state of runs at a glance: one table, one batched squeue/sacct call per refresh.
+
+    python launch/status.py                      # every run under ./runs
+    python launch/status.py /scratch/me/runs     # another output root
+    python launch/status.py sweep=kl_weight      # one sweep, its axis values as columns
+    python launch/status.py --watch 30           # refresh every 30 s
+
+Columns: run, id, state, step/total, attempts and how they ended, last checkpoint, time lost to
+requeues (gaps between an attempt's end and the next one's start, plus steps redone after a crash),
+evaluations done/expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from launch.rundir import RunDirectory
+from launch.state import RunState, reconcile
+from launch.sweep import is_member, sweep_axes_of
+
+SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F"}
+
+
+def lost_time(run: RunDirectory) -> tuple[float, int]:
+    """(seconds between attempts, steps redone) over all attempts."""
+    attempts = run.attempts()
+    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in zip(attempts, attempts[1:]) if a.end_time)
+    redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in zip(attempts, attempts[1:]))
+    return gap, redone
+
+
+def human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def row(state: RunState, axis_keys: Sequence[str]) -> list[str]:
+    run = state.run
+    if not run.exists:
+        return [run.path.name, "-", state.state, "-", "-", "-", "-", "-", *["-"] * len(axis_keys)]
+    info = run.info()
+    attempts = run.attempts()
+    ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
+    manifests = run.checkpoints.manifests()
+    last = f"{manifests[-1].step} ({human(time.time() - manifests[-1].created)} ago)" if manifests else "-"
+    gap, redone = lost_time(run)
+    total = run.total_steps()
+    step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
+    axes = sweep_axes_of(run.path)
+    evals = evaluation_counts(run)
+    return [
+        info["name"], info["run_id"], state.state + (f" [{state.job_id}]" if state.job_id else ""),
+        f"{step}/{total or '?'}", f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
+        last, f"{human(gap)}+{redone} steps" if attempts else "-", evals, *[str(axes.get(k, "-")) for k in axis_keys],
+    ]
+
+
+def evaluation_counts(run: RunDirectory) -> str:
+    from launch.evaluations import evaluation_summary
+
+    done, expected = evaluation_summary(run)
+    return f"{done}/{expected}" if expected else "-"
+
+
+def find_runs(root: Path, sweep: Optional[str]) -> list[RunDirectory]:
+    runs = [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
+    return [r for r in runs if sweep is None or is_member(r.path, sweep)]
+
+
+def render(root: Path, sweep: Optional[str]) -> str:
+    runs = find_runs(root, sweep)
+    if not runs:
+        return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
+    axis_keys = sorted({k for r in runs for k in sweep_axes_of(r.path)}) if sweep else []
+    header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", *axis_keys]
+    body = [row(s, axis_keys) for s in reconcile(runs, root)]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths], *body]]
+    states = Counter(r[2].split(" [")[0] for r in body)
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "   (attempts: F finished, T timeout, P preempted, S stopped, C crashed, K killed, R running)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
+    p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
+    ns = p.parse_args(argv)
+    sweep = next((a.split("=", 1)[1] for a in ns.args if a.startswith("sweep=")), None)
+    roots = [a for a in ns.args if not a.startswith("sweep=")]
+    root = Path(roots[0] if roots else "runs")
+    while True:
+        print(render(root, sweep), flush=True)
+        if not ns.watch:
+            return 0
+        time.sleep(ns.watch)
+        print()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

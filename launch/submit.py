@@ -1,0 +1,159 @@
+"""Submit a pretraining run (or a sweep of them): the front door.
+
+    python launch/submit.py experiment=rsp_vits16_k400 cluster=slurm cluster.nodes=4 model.kl_scale=0.1
+    python launch/submit.py experiment=smoke                      # this machine, followed to the end
+    python launch/submit.py sweep=kl_weight --dry-run             # the plan, nothing submitted
+    python launch/submit.py experiment=smoke --dry-run            # resolved config + exact job script
+
+Everything is validated before anything is queued. Submitting a run that is already pending,
+running or finished starts nothing and says where it is; an incomplete one (killed from outside)
+is resubmitted and resumes; a failed one only with --retry-failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import yaml
+
+from launch.backends import Resources, SlurmBackend, make_backend
+from launch.config import RunConfig, compose
+from launch.job import TrainingJob
+from launch.rundir import RunDirectory, run_id
+from launch.snapshot import take_snapshot
+from launch.state import SUBMITTABLE, RunState, reconcile
+from launch.validate import absolutize, validate
+from rsp.config import ConfigError, to_dict
+
+log = logging.getLogger("launch.submit")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="launch/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config / plan and the job script; submit nothing")
+    p.add_argument("--retry-failed", action="store_true", help="resubmit runs that failed (budgets start over)")
+    p.add_argument("--no-wait", action="store_true", help="local backend: return once submitted instead of following the run")
+    return p.parse_intermixed_args(argv)
+
+
+def checkpoint_bytes(cfg: RunConfig) -> float:
+    """Model + two AdamW moments in fp32, counted on the meta device (no memory, no time)."""
+    import torch
+
+    from rsp.model import create_model
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in create_model(cfg.model).parameters())
+    return params * 4 * 3
+
+
+def resources_for(cfg: RunConfig) -> Resources:
+    return Resources.from_cluster(cfg.cluster, job_name=f"{cfg.name}-{run_id(cfg)}")
+
+
+def prepare(overrides: Sequence[str], cwd: Path) -> RunConfig:
+    return absolutize(compose(list(overrides)), cwd)
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    script = None
+    if cfg.cluster.backend == "slurm":
+        script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
+    return validate(cfg, checkpoint_bytes(cfg), script)
+
+
+def ensure_generated_data(cfg: RunConfig) -> None:
+    """Smoke-style runs generate their data at submit time, once (idempotent)."""
+    if cfg.data.synthetic_videos:
+        from rsp.synthetic import ensure_synthetic_dataset
+
+        ensure_synthetic_dataset(cfg.data.root, cfg.data.synthetic_videos)
+    if cfg.evaluation.synthetic and cfg.evaluation.tasks:
+        from launch.evaluations import ensure_benchmarks
+
+        ensure_benchmarks(cfg.evaluation)
+
+
+def describe_state(state: RunState) -> str:
+    return f"{state.run.path.name}: {state.state} ({state.detail}) in {state.run.path}"
+
+
+def submit_runs(cfgs: Sequence[RunConfig], backend_name: str, output_root: Path) -> list[str]:
+    """Snapshot the code once, create the run directories, submit one job per run (SLURM: one
+    array per group of identical resources), record each submission."""
+    snapshot = take_snapshot(output_root / ".code")
+    folder = output_root / ".jobs" / time.strftime("%Y%m%d-%H%M%S")
+    backend = make_backend(backend_name, folder, snapshot)
+    runs = [RunDirectory.for_config(cfg) for cfg in cfgs]
+    for run, cfg in zip(runs, cfgs):
+        run.create(cfg)
+        if run.status() and run.status()["state"] == "failed":
+            run.clear_status()
+            run.reset_budgets()
+    jobs = [TrainingJob(str(run.path), backend_name) for run in runs]
+    job_ids = backend.submit(jobs, resources_for(cfgs[0])) if len(cfgs) == 1 else []
+    if len(cfgs) > 1:
+        from launch.sweep import submit_arrays
+
+        job_ids = submit_arrays(backend, jobs, [resources_for(c) for c in cfgs])
+    for run, job_id in zip(runs, job_ids):
+        run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), {"folder": str(folder)})
+    return job_ids
+
+
+def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
+    run = RunDirectory.for_config(cfg)
+    state = reconcile([run], Path(cfg.output_root))[0]
+    wanted = SUBMITTABLE + (("failed",) if args.retry_failed else ())
+    action = "submit" if state.state in wanted else "nothing"
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(f"run {cfg.name} (id {run_id(cfg)}) -> {run.path}\nstate: {state.state} ({state.detail})\naction: {action}")
+        if cfg.cluster.backend == "slurm":
+            print("\n# sbatch script (submitted as is, with the job's pickle):")
+            print(SlurmBackend(Path(cfg.output_root) / ".jobs" / "DRYRUN").sbatch_script(resources_for(cfg)))
+        return 0
+    if action == "nothing":
+        hint = "; pass --retry-failed to run it again" if state.state == "failed" else ""
+        print(f"nothing submitted: {describe_state(state)}{hint}")
+        return 0
+    ensure_generated_data(cfg)
+    job_ids = submit_runs([cfg], cfg.cluster.backend, Path(cfg.output_root))
+    print(f"submitted {cfg.cluster.backend} job {job_ids[0]} for run {cfg.name} (id {run_id(cfg)})\nrun directory: {run.path}")
+    if cfg.cluster.backend == "local" and cfg.cluster.wait and not args.no_wait:
+        from launch.follow import follow
+
+        return follow(run, job_ids[0])
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        sweeps = [o for o in args.overrides if o.startswith("sweep=")]
+        if sweeps:
+            from launch.sweep import submit_sweep
+
+            rest = [o for o in args.overrides if not o.startswith("sweep=")]
+            return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
+        cfg = check(prepare(args.overrides, Path.cwd()))
+        return submit_one(cfg, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""Sweeps: a YAML file that fans out into many runs, submitted idempotently as job arrays.
+
+    python launch/submit.py sweep=kl_weight --dry-run     # the plan: id, name, overrides, resources, state, action
+    python launch/submit.py sweep=kl_weight               # submit what is missing; 0 jobs if nothing is
+    python launch/status.py sweep=kl_weight               # one table, axis values as columns
+
+Schema (sweeps/*.yaml; documented in the README):
+
+    experiment: rsp_vits16_k400        # base experiment (experiments/experiment/*.yaml)
+    overrides: [cluster=slurm]          # Hydra overrides for every run (groups allowed here)
+    name: "kl{model.kl_scale}"          # run name template: {section.key} is the run's value
+    axes:                               # the grid is the product of all axes
+      - key: model.kl_scale
+        values: [0.0, 0.001, 0.01, 0.1]
+        overrides:                      # optional, per value: more key=value for that value only
+          0.0: [model.kl_freebit=0]
+      - zip:                            # one axis whose keys advance together (equal lengths)
+          model.name: [rsp_vit_small_patch16, rsp_vit_base_patch16]
+          cluster.nodes: [2, 4]
+
+The base experiment is composed by Hydra once; each run applies its axis values to a copy of the
+resolved config (schema-typed), so planning 1,000 runs takes well under 2 s. Every run keeps all
+launcher guarantees: its own run directory (same identity rules as single runs), requeue, exact
+resume, per-attempt logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import json
+import subprocess
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from launch.backends import Backend, Resources
+from launch.config import RunConfig, compose, schema_keys
+from rsp.atomicio import atomic_write_json
+from rsp.config import ConfigError, from_dict, to_dict
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
+
+
+@dataclass
+class SweepRun:
+    name: str
+    axis_values: dict[str, Any]  # key -> value for every axis key
+    overrides: list[str]  # the key=value assignments that make this run (for the plan)
+    cfg: Optional[RunConfig] = None
+
+
+@dataclass
+class Sweep:
+    name: str
+    experiment: str
+    overrides: list[str]
+    name_template: str
+    axes: list[list[dict[str, Any]]]  # per axis: its values, each {key: value}
+    per_value: list[dict[str, list[str]]] = field(default_factory=list)  # per axis: str(value) -> overrides
+    description: str = ""
+
+    @property
+    def axis_keys(self) -> list[str]:
+        return [k for axis in self.axes for k in axis[0]] if self.axes else []
+
+
+def sweep_path(name: str) -> Path:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        valid = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
+        raise ConfigError([f"sweep {name!r} not found ({path}); valid: {valid}"], what="sweep")
+    return path
+
+
+def load_sweep(name: str) -> Sweep:
+    """Parse and check a sweep file; every problem of the file is reported at once."""
+    path = sweep_path(name)
+    raw = yaml.safe_load(path.read_text()) or {}
+    problems = [f"unknown top-level key {k!r} in {path.name}; valid: {', '.join(SWEEP_KEYS)}" for k in raw if k not in SWEEP_KEYS]
+    keys = set(schema_keys())
+    axes, per_value, seen = [], [], {}
+    for i, axis in enumerate(raw.get("axes") or []):
+        columns = axis.get("zip") if "zip" in axis else ({axis["key"]: axis.get("values")} if "key" in axis else None)
+        if not columns:
+            problems.append(f"axes[{i}] needs either key + values, or zip: {{key: [values], ...}}")
+            continue
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in columns.items()}
+        for key, n in lengths.items():
+            if key not in keys:
+                close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.5)
+                problems.append(f"axes[{i}]: {key} is not a configuration key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+            if n == -1:
+                problems.append(f"axes[{i}]: {key} needs a list of values")
+            elif n == 0:
+                problems.append(f"axes[{i}]: {key} has no values (an empty axis yields no runs)")
+            if key in seen:
+                problems.append(f"axes[{i}] and axes[{seen[key]}] both set {key}; an axis key may appear once")
+            seen[key] = i
+        if len(set(lengths.values())) > 1:
+            problems.append(f"axes[{i}] zips lists of different lengths {lengths}; zipped lists advance together")
+        if problems:
+            continue
+        values = [dict(zip(columns, combo)) for combo in zip(*columns.values())]
+        axes.append(values)
+        per_value.append({str(k): list(v) for k, v in (axis.get("overrides") or {}).items()})
+    if not axes and not problems:
+        problems.append(f"{path.name} defines no axes")
+    if problems:
+        raise ConfigError(problems, what=f"sweep {path.name} (nothing was submitted)")
+    return Sweep(
+        name=path.stem, experiment=raw.get("experiment", "smoke"), overrides=list(raw.get("overrides") or []),
+        name_template=raw.get("name", path.stem + "-{model.name}"), axes=axes, per_value=per_value,
+        description=raw.get("description", ""),
+    )
+
+
+# --- expansion ------------------------------------------------------------------------------------
+
+
+def _field_type(cls: type, dotted: str) -> Any:
+    for part in dotted.split(".")[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    return typing.get_type_hints(cls)[dotted.rsplit(".", 1)[-1]]
+
+
+def _type_ok(hint: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_type_ok(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree[p]
+    tree[leaf] = value
+
+
+def _parse_assignment(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError([f"per-value override {text!r} is not of the form key=value"], what="sweep")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: Optional[RunConfig] = None) -> list[SweepRun]:
+    """All runs of the sweep with their configs. Raises ConfigError listing every bad value, every
+    duplicate run, every key set twice."""
+    from launch.rundir import run_id
+
+    base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
+    base_tree = to_dict(base)
+    runs, problems = [], []
+    for combo in itertools.product(*[list(enumerate(axis)) for axis in sweep.axes]):
+        assignments: dict[str, Any] = {}
+        for axis_index, (_, values) in enumerate(combo):
+            assignments.update(values)
+            for key, value in values.items():
+                for text in sweep.per_value[axis_index].get(str(value), []):
+                    k, v = _parse_assignment(text)
+                    assignments[k] = v
+        tree = copy.deepcopy(base_tree)
+        for key, value in assignments.items():
+            try:
+                hint = _field_type(RunConfig, key)
+            except KeyError:
+                problems.append(f"{key} is not a configuration key")
+                continue
+            if not _type_ok(hint, value):
+                problems.append(f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+                continue
+            _set(tree, key, value)
+        if problems:
+            continue
+        cfg = from_dict(RunConfig, tree)
+        cfg.name = sweep.name_template.format(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
+        runs.append(SweepRun(cfg.name, {k: v for _, values in combo for k, v in values.items()}, [f"{k}={v}" for k, v in assignments.items()], cfg))
+    if problems:
+        raise ConfigError(sorted(set(problems)), what=f"sweep {sweep.name} (nothing was submitted)")
+    by_id: dict[str, list[str]] = {}
+    for run in runs:
+        by_id.setdefault(run_id(run.cfg), []).append(" ".join(run.overrides))
+    duplicates = [f"runs {' | '.join(v)} are the same experiment (run id {k}); remove one" for k, v in by_id.items() if len(v) > 1]
+    if duplicates:
+        raise ConfigError(duplicates, what=f"sweep {sweep.name} (nothing was submitted)")
+    return runs
+
+
+# --- submission -----------------------------------------------------------------------------------
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (an array's indices run 0..MaxArraySize-1)."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("MaxArraySize"):
+            return int(line.split("=", 1)[1])
+    return 1001  # SLURM's default
+
+
+def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
+    """Indices of runs grouped by identical resources, each group split into arrays of <= limit."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(resources):
+        groups.setdefault(r.group_key(), []).append(i)
+    return [idx[s : s + limit] for idx in groups.values() for s in range(0, len(idx), limit)]
+
+
+def submit_arrays(backend: Backend, jobs: Sequence[Any], resources: Sequence[Resources]) -> list[str]:
+    """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
+    limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
+    ids: list[Optional[str]] = [None] * len(jobs)
+    for chunk in array_chunks(resources, limit):
+        first = resources[chunk[0]]
+        shared = Resources(**{**first.__dict__, "job_name": first.job_name.rsplit("-", 1)[0]})
+        for i, job_id in zip(chunk, backend.submit([jobs[i] for i in chunk], shared)):
+            ids[i] = job_id
+    return ids  # type: ignore[return-value]
+
+
+def record_membership(sweep: Sweep, runs: Sequence[SweepRun]) -> None:
+    from launch.rundir import RunDirectory
+
+    for run in runs:
+        rundir = RunDirectory.for_config(run.cfg)
+        atomic_write_json(rundir.path / "sweeps" / f"{sweep.name}.json", {"sweep": sweep.name, "axes": run.axis_values})
+
+
+def is_member(path: Path, sweep: str) -> bool:
+    return (path / "sweeps" / f"{sweep}.json").is_file()
+
+
+def sweep_axes_of(path: Path) -> dict[str, Any]:
+    """Axis values of every sweep a run belongs to (for result records and tables)."""
+    out: dict[str, Any] = {}
+    for record in sorted((path / "sweeps").glob("*.json")) if (path / "sweeps").is_dir() else []:
+        out.update(json.loads(record.read_text())["axes"])
+    return out
+
+
+def submit_sweep(name: str, extra: Sequence[str], args: Any, cwd: Path) -> int:
+    """Plan (and unless --dry-run, submit) a sweep; print the plan table."""
+    from launch.plan import plan_sweep, print_plan
+
+    plan = plan_sweep(load_sweep(name), extra, cwd, retry_failed=args.retry_failed)
+    print_plan(plan)
+    if args.dry_run:
+        return 0
+    return plan.submit()
