@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 TMP_MARKER = ".tmp-"  # temporary files carry this in their name; `remove_stale_temporaries` clears them
+PARTIAL_PREFIX = ".partial-"  # `atomic_path` temporaries: a prefix keeps the extension (ffmpeg needs it)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -67,6 +68,24 @@ def atomic_writer(path: str | Path) -> Iterator[HashingFile]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path of `path` for a writer that needs a file name (ffmpeg, tar,
+    PyAV); when the block succeeds the file is fsynced and renamed onto `path`, else removed. The
+    temporary keeps the extension (`.partial-<pid>-<name>`) so format detection still works."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     """Write `data` to `path` crash-safely; returns its sha256 (hex)."""
     with atomic_writer(path) as f:
@@ -95,7 +114,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if TMP_MARKER in p.name and p.is_file()]
+    stale = [p for p in directory.iterdir() if (TMP_MARKER in p.name or p.name.startswith(PARTIAL_PREFIX)) and p.is_file()]
     for p in stale:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -108,6 +108,7 @@ class DataConfig:
     crop_min_scale: float = 0.5  # RandomResizedCrop area fraction, lower bound
     crop_max_scale: float = 1.0  # RandomResizedCrop area fraction, upper bound
     hflip_prob: float = 0.5  # probability of flipping both frames of a pair
+    seek: str = "fast"  # fast: decord random access | accurate: sequential decode (files not re-encoded by rsp.prepare)
     batch_size: int = 64  # videos per process per micro-step (each yields repeated_sampling pairs)
     max_broken_fraction: float = 0.01  # stop the run when more than this share of reads fails
     num_workers: int = field(default=8, metadata=RUNTIME_ONLY)  # loader processes per rank
@@ -134,6 +135,8 @@ class DataConfig:
             out.append(f"data.hflip_prob ({self.hflip_prob}) must lie in [0, 1]")
         if self.batch_size < 1:
             out.append(f"data.batch_size ({self.batch_size}) must be >= 1 video per process")
+        if self.seek not in ("fast", "accurate"):
+            out.append(f"data.seek ({self.seek!r}) must be fast or accurate")
         if not 0 <= self.max_broken_fraction < 1:
             out.append(f"data.max_broken_fraction ({self.max_broken_fraction}) must lie in [0, 1)")
         if self.num_workers < 0:

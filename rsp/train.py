@@ -98,8 +98,9 @@ class Trainer:
         torch.use_deterministic_algorithms(cfg.runtime.deterministic)
         torch.backends.cudnn.benchmark = not cfg.runtime.deterministic
         seed = cfg.runtime.seed
-        self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed)
+        self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed, seek=cfg.data.seek)
         self.sampler = EpochSampler(len(self.dataset), cfg.data.batch_size, env.rank, env.world_size, seed)
+        self.loader = make_loader(self.dataset, self.sampler, cfg.data, seed)  # workers persist across epochs
         self.schedule = resolve_schedule(cfg, self.sampler.batches_per_epoch, env.world_size)
         self.config_hash = fingerprint(cfg, extra={"world_size": env.world_size})
         rng.seed_process(seed, rng.MODEL_INIT_STREAM)  # identical initial weights on every rank
@@ -183,7 +184,7 @@ class Trainer:
         epoch, offset = divmod(micro_step, self.sampler.batches_per_epoch)
         while True:
             self.sampler.set_position(epoch, offset)
-            yield from make_loader(self.dataset, self.sampler, self.cfg.data, self.cfg.runtime.seed)
+            yield from self.loader
             epoch, offset = epoch + 1, 0
 
     # --- one optimizer step ---------------------------------------------------------------------

@@ -1,0 +1,176 @@
+"""Prepare Kinetics-400 for RSP pretraining (spec §7): `python -m rsp.prepare <step> --root DIR`.
+
+The Kinetics-specific steps live in rsp/kinetics.py; the labels step is here because it serves
+any directory of class folders (`labels --root DIR --videos-dir SUBDIR`).
+
+Steps, in order (`all` runs them one after another); each is idempotent and can be interrupted
+and rerun, redoing no finished file:
+    download  train list, annotations, replacement archive, tar.gz parts (HTTP Range resume,
+              sizes checked against the server's)
+    extract   parts -> raw/, replacement archive -> raw_replacement/ (flat)
+    arrange   raw/ -> arranged/<class>/ from annotations/train.csv; replacements win
+    rescale   arranged/ -> train_256/: short side 256, aspect kept, even sides, keyframe every 30
+              frames, no audio (ffmpeg, called with an argument list)
+    labels    labels.csv listing the videos of train_256/ decord can read with enough frames;
+              labels_dropped.csv says which were dropped and why
+
+Failures of single files (an unavailable or undecodable video) never stop a step; they are
+logged and listed in reports/<step>_failures.csv. A step that cannot run at all (no archives, no
+ffmpeg, server unreachable for the list) raises and the command exits non-zero.
+Train with data.root=DIR (labels.csv is found automatically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+from rsp import kinetics
+from rsp.kinetics import KineticsLayout, StepReport, run_parallel
+from rsp.atomicio import atomic_path
+from rsp.video import OUR_LABELS, LabelEntry, VideoFile, VideoReadError, list_videos, write_labels
+
+log = logging.getLogger("rsp.prepare")
+
+STEPS = ("download", "extract", "arrange", "rescale", "labels")
+
+
+def run_step(step: str, args: argparse.Namespace) -> StepReport:
+    layout = KineticsLayout(Path(args.root))
+    if step == "download":
+        return kinetics.download(layout, args.base_url, args.jobs, args.timeout)
+    if step == "extract":
+        return kinetics.extract(layout, args.jobs)
+    if step == "arrange":
+        return kinetics.arrange(layout)
+    if step == "rescale":
+        return kinetics.rescale(
+            layout, args.short_side, args.keyint, args.jobs, args.ffmpeg, args.preset, args.crf, args.timeout
+        )
+    if step == "labels":
+        video_dir = layout.root / (args.videos_dir or layout.videos(args.short_side).name)
+        return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs)
+    raise ValueError(f"unknown step {step!r}; valid: {', '.join(STEPS)}, all")
+
+
+# --- the labels step (any class-folder video directory, not only Kinetics) ------------------------
+
+
+def probe_video(path: Path) -> tuple[int, str]:
+    """(frame count, "") when decord opens `path` and decodes its first and last frame, else (-1, reason)."""
+    try:
+        video = VideoFile(path)
+        if video.num_frames == 0:
+            return 0, "decord finds no frames"
+        video.read([0, video.num_frames - 1])
+        return video.num_frames, ""
+    except VideoReadError as err:
+        return -1, err.reason
+
+
+def write_labels_file(root: Path, video_dir: Path, min_frames: int = 5, jobs: int = 4) -> StepReport:
+    """Probe every video under `video_dir` (class folders) and write `root/labels.csv`, dropping
+    videos decord cannot read or with fewer than `min_frames` frames; the dropped ones and why go
+    to `root/labels_dropped.csv`. Probe results are cached (by size and mtime) in
+    `root/.labels_probe_cache.jsonl`, so an interrupted run resumes where it stopped."""
+    if not video_dir.is_relative_to(root):
+        raise ValueError(f"video_dir ({video_dir}) must lie inside the data root ({root}): labels paths are relative to it")
+    videos = list_videos(video_dir)
+    if not videos:
+        raise FileNotFoundError(f"no videos in class folders under {video_dir}; run the rescale step first")
+    classes = {name: i for i, name in enumerate(sorted({v.parent.name for v in videos}))}
+    cache_path = root / ".labels_probe_cache.jsonl"
+    cache = _read_probe_cache(cache_path)
+    keys = {v: _probe_key(root, v) for v in videos}
+    pending = [v for v in videos if keys[v]["path"] not in cache or cache[keys[v]["path"]]["key"] != keys[v]]
+    report = StepReport("labels", skipped=len(videos) - len(pending))
+    with cache_path.open("a") as cache_file:
+        for video, result, error in run_parallel(probe_video, pending, jobs, "labels"):
+            frames, reason = result if not error else (-1, error)
+            cache[keys[video]["path"]] = {"key": keys[video], "frames": frames, "reason": reason}
+            cache_file.write(json.dumps(cache[keys[video]["path"]]) + "\n")
+            cache_file.flush()
+            report.done += 1
+    kept = []
+    for video in videos:
+        rel = keys[video]["path"]
+        frames, reason = cache[rel]["frames"], cache[rel]["reason"]
+        if not reason and frames < min_frames:
+            reason = f"{frames} frames, fewer than --min-frames {min_frames}"
+        if reason:
+            report.failed.append((rel, reason))
+        else:
+            kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames))
+    write_labels(root / OUR_LABELS, kept)
+    with atomic_path(root / "labels_dropped.csv") as tmp:
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *report.failed])
+    return report
+
+
+def _probe_key(root: Path, video: Path) -> dict:
+    stat = video.stat()
+    return {"path": video.relative_to(root).as_posix(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_probe_cache(path: Path) -> dict[str, dict]:
+    cache = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                cache[record["key"]["path"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by an interruption
+    return cache
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rsp.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("step", choices=(*STEPS, "all"))
+    parser.add_argument("--root", required=True, help="preparation root; becomes data.root for training")
+    parser.add_argument("--jobs", type=int, default=4, help="parallel processes")
+    parser.add_argument("--base-url", default=kinetics.DEFAULT_BASE_URL, help="Kinetics-400 server (download)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP read or per ffmpeg run")
+    parser.add_argument("--short-side", type=int, default=256, help="pixels (rescale, labels)")
+    parser.add_argument("--keyint", type=int, default=30, help="frames between keyframes (rescale)")
+    parser.add_argument("--preset", default="veryfast", help="libx264 preset (rescale)")
+    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (rescale)")
+    parser.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable (rescale)")
+    parser.add_argument(
+        "--videos-dir", default="", help="labels: class-folder directory relative to --root (default train_<short side>)"
+    )
+    parser.add_argument(
+        "--min-frames", type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for step in STEPS if args.step == "all" else (args.step,):
+        try:
+            report = run_step(step, args)
+        except (OSError, ValueError, kinetics.DownloadError) as err:  # the step cannot run at all
+            log.error("%s: %s", step, err)
+            return 2
+        log.info(report.summary())
+        for path, reason in report.failed[:5]:
+            log.warning("%s failed: %s: %s", step, path, reason)
+        written = report.write_failures(Path(args.root))
+        if written:
+            log.warning("%s: %d failure(s) listed in %s", step, len(report.failed), written)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

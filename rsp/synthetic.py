@@ -1,0 +1,321 @@
+"""Generated video datasets for tests, benchmarks and the smoke experiment.
+
+`generate_dataset` writes a prepared Kinetics-layout dataset: `<root>/train/<class>/<video>.mp4`
+(h264, written with PyAV) plus our `labels.csv`. `generate_kinetics_raw` writes what the Kinetics
+servers hold (train-list file, tar.gz parts, `annotations/train.csv`, the replacement archive for
+corrupted videos), small enough to test `rsp.prepare` end to end.
+
+Frames show textured shapes moving over a drifting textured background, so every frame differs
+from its neighbours (an off-by-one read is visible) and crops contain structure. Everything is a
+function of the seed.
+
+    python -m rsp.synthetic dataset --root data/synth --videos 64 --height 96 --width 128 --frames 60
+    python -m rsp.synthetic kinetics-raw --out data/k400_raw --videos 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import tarfile
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+
+from rsp.atomicio import atomic_path
+from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
+
+log = logging.getLogger(__name__)
+
+RAW_CLASS_NAMES = ("abseiling", "playing guitar", "passing American football (in game)", "riding a bike")
+
+
+# --- frames and files -----------------------------------------------------------------------------
+
+
+def synthetic_frames(rng: np.random.Generator, num_frames: int, height: int, width: int) -> Iterator[np.ndarray]:
+    """Yield `num_frames` uint8 (height, width, 3) RGB frames of moving textured shapes."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scale = min(height, width)
+    gratings = [
+        dict(
+            freq=rng.uniform(-0.25, 0.25, 2) * 2 * np.pi / 4,  # radians per pixel (y, x)
+            drift=rng.uniform(-1.5, 1.5, 2),  # pixels per frame (y, x)
+            color=rng.uniform(-40, 40, 3),
+            phase=rng.uniform(0, 2 * np.pi),
+        )
+        for _ in range(3)
+    ]
+    shapes = [
+        dict(
+            start=rng.uniform(0, 1, 2) * (height, width),
+            velocity=rng.uniform(-0.04, 0.04, 2) * scale,  # pixels per frame
+            radius=rng.uniform(0.1, 0.25) * scale,
+            rect=bool(rng.integers(2)),
+            color=rng.uniform(30, 225, 3),
+            stripes=rng.uniform(0.3, 1.2),  # radians per pixel
+        )
+        for _ in range(3)
+    ]
+    for t in range(num_frames):
+        frame = np.full((height, width, 3), 128.0, np.float32)
+        for g in gratings:
+            wave = np.sin(g["freq"][0] * (yy - g["drift"][0] * t) + g["freq"][1] * (xx - g["drift"][1] * t) + g["phase"])
+            frame += wave[..., None] * g["color"]
+        for s in shapes:
+            cy = _bounce(s["start"][0] + s["velocity"][0] * t, height)
+            cx = _bounce(s["start"][1] + s["velocity"][1] * t, width)
+            dy, dx = (yy - cy) / s["radius"], (xx - cx) / s["radius"]
+            mask = np.maximum(abs(dy), abs(dx)) <= 1 if s["rect"] else dy**2 + dx**2 <= 1
+            texture = s["color"] * (0.75 + 0.25 * np.sin(s["stripes"] * (xx + yy - t)))[..., None]
+            frame[mask] = texture[mask]
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _bounce(x: float, size: int) -> float:
+    # triangle wave: a shape that leaves [0, size] comes back in, so it stays in view
+    period = 2 * size
+    m = x % period
+    return m if m <= size else period - m
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int = 30,
+    keyint: int = 30,
+    preset: str = "veryfast",
+    crf: int = 23,
+) -> None:
+    """Encode uint8 (H, W, 3) frames as h264 mp4 with a keyframe every `keyint` frames; atomic.
+    `crf` 0 is lossless (identical input frames decode identically)."""
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        stream = None
+        for index, frame in enumerate(frames):
+            if stream is None:
+                stream = container.add_stream("libx264", rate=Fraction(fps))
+                stream.height, stream.width = frame.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.gop_size = keyint
+                # scenecut=0: keyframes exactly every `keyint` frames (benchmarks compare intervals).
+                # mbtree=0: with macroblock-tree rate control, x264 as PyAV bundles it writes a
+                # different video for the same frames from run to run; threads=1: the output of
+                # x264 depends on its thread count, which would differ between machines.
+                params = f"keyint={keyint}:scenecut=0:mbtree=0:threads=1"
+                stream.options = {"preset": preset, "crf": str(crf), "x264-params": params}
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        if stream is None:
+            raise ValueError(f"no frames to write to {path}; pass at least one frame")
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+# --- prepared datasets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    path: Path
+    seed: Sequence[int]
+    num_frames: int
+    height: int
+    width: int
+    fps: int
+    keyint: int
+
+
+def _write_spec(spec: VideoSpec) -> None:
+    if spec.path.exists():  # written atomically, so an existing file is complete
+        return
+    rng = np.random.default_rng(list(spec.seed))
+    write_video(spec.path, synthetic_frames(rng, spec.num_frames, spec.height, spec.width), spec.fps, spec.keyint)
+
+
+def _write_all(specs: list[VideoSpec], jobs: int) -> None:
+    if jobs <= 1:
+        for spec in specs:
+            _write_spec(spec)
+        return
+    with ProcessPoolExecutor(jobs) as pool:
+        list(pool.map(_write_spec, specs, chunksize=4))
+
+
+def generate_dataset(
+    root: str | Path,
+    num_videos: int,
+    num_classes: int = 4,
+    height: int = 96,
+    width: int = 128,
+    num_frames: int = 60,
+    fps: int = 30,
+    keyint: int = 30,
+    seed: int = 0,
+    jobs: int = 1,
+) -> Path:
+    """Write `num_videos` videos in `num_classes` class folders under `root/train` and our labels
+    file; videos that already exist are kept. Returns the labels file."""
+    if num_videos < 1 or num_classes < 1:
+        raise ValueError(f"num_videos ({num_videos}) and num_classes ({num_classes}) must be >= 1")
+    if height % 2 or width % 2:
+        raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma)")
+    root = Path(root)
+    entries, specs = [], []
+    for i in range(num_videos):
+        class_idx = i % num_classes
+        rel = f"train/class_{class_idx:03d}/video_{i:06d}.mp4"
+        entries.append(LabelEntry(rel, class_idx, f"class_{class_idx:03d}", num_frames))
+        specs.append(VideoSpec(root / rel, (seed, i), num_frames, height, width, fps, keyint))
+    _write_all(specs, jobs)
+    labels = root / OUR_LABELS
+    write_labels(labels, entries)
+    return labels
+
+
+def ensure_synthetic_dataset(root: str | Path, num_videos: int, **kwargs) -> Path:
+    """Generate a dataset at `root` (see `generate_dataset`) unless it has a labels file; returns it.
+
+    Safe to call from every rank at once: files are written atomically with identical content."""
+    labels = Path(root) / OUR_LABELS
+    if labels.is_file():
+        found = len(read_labels(labels))
+        if found != num_videos:
+            log.warning("%s lists %d videos, not the %d requested; using it as it is", labels, found, num_videos)
+        return labels
+    log.info("generating %d synthetic videos under %s", num_videos, root)
+    return generate_dataset(root, num_videos, **kwargs)
+
+
+# --- raw Kinetics mirror ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawKinetics:
+    """What `generate_kinetics_raw` wrote, by video file name (`<youtube_id>_<start>_<end>.mp4`)."""
+
+    good: list[str]  # in a part, decodable
+    replaced: list[str]  # truncated in its part, intact in the replacement archive
+    broken: list[str]  # truncated in its part, not replaced (preparation must drop them)
+    unavailable: list[str]  # listed in train.csv, in no archive
+    label_of: dict[str, str]
+
+
+def generate_kinetics_raw(
+    out: str | Path,
+    num_videos: int,
+    num_parts: int = 2,
+    num_replaced: int = 2,
+    num_broken: int = 1,
+    num_unavailable: int = 1,
+    num_frames: int = 24,
+    seed: int = 0,
+    jobs: int = 1,
+) -> RawKinetics:
+    """Mirror the Kinetics-400 server layout under `out`: `train/k400_train_path.txt` (one part name
+    per line, relative to the list), `train/part_<i>.tar.gz`, `annotations/train.csv`,
+    `replacement_for_corrupted_k400.tgz`. Sizes alternate landscape and portrait; keyframes every
+    250 frames, like web video."""
+    out, rng = Path(out), np.random.default_rng(seed)
+    names = [f"{_youtube_id(rng)}_{10 * i:06d}_{10 * i + 10:06d}.mp4" for i in range(num_videos)]
+    label_of = {n: RAW_CLASS_NAMES[i % len(RAW_CLASS_NAMES)] for i, n in enumerate(names)}
+    replaced, broken = names[:num_replaced], names[num_replaced : num_replaced + num_broken]
+    unavailable = names[len(names) - num_unavailable :] if num_unavailable else []
+    in_parts = [n for n in names if n not in unavailable]
+    sizes = ((64, 80), (80, 64), (72, 96))  # (height, width): landscape and portrait
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        work = Path(tmp)
+        specs = [VideoSpec(work / n, (seed, i), num_frames, *sizes[i % 3], fps=25, keyint=250) for i, n in enumerate(names)]
+        _write_all(specs, jobs)
+        part_names = [f"part_{p}.tar.gz" for p in range(num_parts)]
+        for p, part in enumerate(part_names):
+            members = {n: _damaged(work / n) if n in replaced + broken else (work / n).read_bytes() for n in in_parts[p::num_parts]}
+            _write_tar(out / "train" / part, members)
+        replacement = {f"replacement_for_corrupted_k400/{n}": (work / n).read_bytes() for n in replaced}
+        _write_tar(out / "replacement_for_corrupted_k400.tgz", replacement)
+    with atomic_path(out / "train" / "k400_train_path.txt") as tmp:
+        tmp.write_text("".join(f"{n}\n" for n in part_names))
+    with atomic_path(out / "annotations" / "train.csv") as tmp:
+        tmp.write_text(_annotations_csv(names, label_of))
+    good = [n for n in in_parts if n not in replaced + broken]
+    return RawKinetics(good, replaced, broken, unavailable, label_of)
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), 11))
+
+
+def _damaged(path: Path) -> bytes:
+    return path.read_bytes()[: path.stat().st_size // 3]  # loses the moov atom: undecodable
+
+
+def _write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _annotations_csv(names: list[str], label_of: dict[str, str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("label", "youtube_id", "time_start", "time_end", "split", "is_cc"))
+    for n in names:
+        youtube_id, start, end = n[:-4].rsplit("_", 2)
+        writer.writerow((label_of[n], youtube_id, int(start), int(end), "train", 0))
+    return buffer.getvalue()
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rsp.synthetic", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ds = sub.add_parser("dataset", help="a prepared Kinetics-layout dataset with labels.csv")
+    ds.add_argument("--root", required=True)
+    ds.add_argument("--videos", type=int, required=True)
+    ds.add_argument("--classes", type=int, default=4)
+    ds.add_argument("--height", type=int, default=96)
+    ds.add_argument("--width", type=int, default=128)
+    ds.add_argument("--frames", type=int, default=60)
+    ds.add_argument("--fps", type=int, default=30)
+    ds.add_argument("--keyint", type=int, default=30, help="frames between keyframes")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--jobs", type=int, default=1)
+    raw = sub.add_parser("kinetics-raw", help="a small mirror of the Kinetics-400 download server")
+    raw.add_argument("--out", required=True)
+    raw.add_argument("--videos", type=int, required=True)
+    raw.add_argument("--parts", type=int, default=2)
+    raw.add_argument("--frames", type=int, default=24)
+    raw.add_argument("--seed", type=int, default=0)
+    raw.add_argument("--jobs", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "dataset":
+        labels = generate_dataset(
+            args.root, args.videos, args.classes, args.height, args.width, args.frames, args.fps, args.keyint, args.seed, args.jobs
+        )
+        print(f"wrote {args.videos} videos and {labels}")
+    else:
+        made = generate_kinetics_raw(args.out, args.videos, args.parts, num_frames=args.frames, seed=args.seed, jobs=args.jobs)
+        print(
+            f"wrote {args.out}: {len(made.good)} good, {len(made.replaced)} replaced, "
+            f"{len(made.broken)} broken, {len(made.unavailable)} unavailable videos"
+        )
+
+
+if __name__ == "__main__":
+    main()
