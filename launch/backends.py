@@ -23,7 +23,9 @@ from typing import Any, Callable, Optional, Sequence
 import submitit
 
 from launch.snapshot import Snapshot
+from rsp.atomicio import atomic_write_json
 
+RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (read by launch.requeue)
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
 
 
@@ -57,6 +59,7 @@ class Resources:
             signal_delay_s=cluster.signal_delay_s, partition=cluster.partition, account=cluster.account,
             qos=cluster.qos, constraint=cluster.constraint, exclusive=cluster.exclusive,
             extra_sbatch=tuple(sorted(cluster.extra_sbatch.items())), array_parallelism=cluster.array_parallelism,
+            dependency="afterok:" + ":".join(j.strip() for j in cluster.after.split(",")) if cluster.after else None,
             job_name=job_name,
         )
         fields.update(overrides)
@@ -95,8 +98,8 @@ class Backend:
 class SlurmBackend(Backend):
     name = "slurm"
 
-    def executor(self, resources: Resources) -> submitit.SlurmExecutor:
-        ex = submitit.SlurmExecutor(folder=self.folder, python=shlex.quote(sys.executable))
+    def executor(self, resources: Resources, folder: Path) -> submitit.SlurmExecutor:
+        ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
         r = resources
         params: dict[str, Any] = dict(
             job_name=r.job_name, nodes=r.nodes, ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus_per_task,
@@ -111,13 +114,19 @@ class SlurmBackend(Backend):
         )
         params.update({k: v for k, v in optional.items() if v is not None})
         if r.requeue_teardown:
-            folder = shlex.quote(str(self.folder))
-            params["teardown"] = ["rc=$?", f"{shlex.quote(sys.executable)} -m launch.requeue --folder {folder} --exit-code $rc"]
+            quoted = shlex.quote(str(folder))
+            params["teardown"] = ["rc=$?", f"{shlex.quote(sys.executable)} -m launch.requeue --folder {quoted} --exit-code $rc"]
         ex.update_parameters(**params)
         return ex
 
     def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
-        ex = self.executor(resources)
+        """One sbatch call (an array when several functions) in a folder of its own. Its runs.json
+        maps array index -> run directory, written before sbatch, so the teardown finds its run
+        without unpickling the job (which would import torch on the requeue's critical path)."""
+        folder = self.folder / f"{len(list(self.folder.glob('[0-9]*'))) if self.folder.is_dir() else 0:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / RUNS_FILE, [getattr(fn, "run_dir", None) for fn in functions])
+        ex = self.executor(resources, folder)
         if len(functions) == 1:
             return [ex.submit(functions[0]).job_id]
         with ex.batch():
@@ -126,7 +135,7 @@ class SlurmBackend(Backend):
 
     def sbatch_script(self, resources: Resources) -> str:
         """The exact script `submit` would hand to sbatch (for dry runs)."""
-        ex = self.executor(resources)
+        ex = self.executor(resources, self.folder)
         return ex._make_submission_file_text(ex._submitit_command_str, uid="DRYRUN")
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:

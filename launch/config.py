@@ -43,6 +43,7 @@ class ClusterConfig:
     constraint: Optional[str] = None
     exclusive: bool = False
     extra_sbatch: dict[str, str] = field(default_factory=dict)  # any other sbatch flag, e.g. {reservation: x}
+    after: Optional[str] = None  # job id(s), comma-separated: start only once they ended successfully (afterok)
     array_parallelism: int = 64  # sweeps: at most this many tasks of one array run at once
     max_preemptions: int = 100  # requeue budgets, per end reason
     max_timeouts: int = 50

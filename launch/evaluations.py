@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
-from rsp.checkpoint import CheckpointStore, checkpoint_name
+from rsp.manifest import checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ def expected(run: RunDirectory, cfg: Optional[RunConfig] = None, all_checkpoints
 
     cfg = cfg or run.config()
     out = []
-    for manifest in run.checkpoints.manifests():
+    for manifest in run.manifests():
         if not (manifest.milestone or all_checkpoints):
             continue
         for task in cfg.evaluation.tasks:
-            ecfg = eval_config_for(cfg, task, run.checkpoints.dir / manifest.file, Path("."))
+            ecfg = eval_config_for(cfg, task, run.path / "checkpoints" / manifest.file, Path("."))
             out.append((manifest.step, task, eval_dir(run, manifest.step, task, protocol_hash(ecfg))))
     return out
 

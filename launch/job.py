@@ -103,7 +103,7 @@ class TrainingJob:
             install_stop_signals(stop, (signal.SIGUSR2, signal.SIGTERM))  # replaces submitit's handlers
         attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0) if env.is_main else None
         hooks = TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
-        if env.is_main and cfg.evaluation.tasks and run.checkpoints.manifests():
+        if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
         try:
             result = train(train_config(cfg), env, run.path, stop, hooks)

@@ -17,7 +17,7 @@ from launch.config import RunConfig
 from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.sweep import Sweep, SweepRun, expand, record_membership
-from launch.validate import absolutize, problems
+from launch.validate import absolutize, checkpoint_size, problems
 from rsp.config import ConfigError
 
 
@@ -62,11 +62,9 @@ _CHECKPOINT_BYTES: dict[str, float] = {}
 
 def checkpoint_bytes_of(cfg: RunConfig) -> float:
     """Checkpoint size per distinct model config (building even a meta-device L/16 costs ~0.1 s)."""
-    from launch.submit import checkpoint_bytes
-
     key = repr(cfg.model)
     if key not in _CHECKPOINT_BYTES:
-        _CHECKPOINT_BYTES[key] = checkpoint_bytes(cfg)
+        _CHECKPOINT_BYTES[key] = checkpoint_size(cfg)
     return _CHECKPOINT_BYTES[key]
 
 

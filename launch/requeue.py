@@ -17,6 +17,7 @@ checkpoint). The local backend applies the same `decide()` in-process (launch/jo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -105,18 +106,20 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: Optional[list[
     run.set_status(decision.final_state or "failed", decision.reason)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from submitit.core.utils import DelayedSubmission, JobPaths
+def run_of_this_job(folder: Path) -> RunDirectory:
+    """The run directory of this (array task of a) job, from the folder's runs.json."""
+    runs = json.loads((folder / "runs.json").read_text())
+    return RunDirectory(runs[int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))])
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="SLURM teardown: record the attempt's end and requeue or finish the run")
     parser.add_argument("--folder", required=True, help="submitit folder of the job")
     parser.add_argument("--exit-code", type=int, required=True, help="srun's exit status")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s requeue %(levelname)s: %(message)s")
     job_id = slurm_job_id()
-    submitted = JobPaths(Path(args.folder), job_id=job_id).submitted_pickle
-    job = DelayedSubmission.load(submitted).function
-    run = RunDirectory(job.run_dir)
+    run = run_of_this_job(Path(args.folder))
     finalize_attempt(run, job_id, args.exit_code)
     apply(run, decide(run.policy_attempts(), run.config().cluster), ["scontrol", "requeue", job_id])
     return 0

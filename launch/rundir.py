@@ -34,7 +34,7 @@ import yaml
 
 from launch.config import RunConfig, train_config
 from rsp.atomicio import atomic_write_json, atomic_write_text
-from rsp.checkpoint import CheckpointStore
+from rsp.manifest import Manifest, list_manifests
 from rsp.config import fingerprint, from_dict, to_dict
 
 END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")
@@ -110,8 +110,15 @@ class RunDirectory:
         return from_dict(RunConfig, self.info()["config"])
 
     @property
-    def checkpoints(self) -> CheckpointStore:
+    def checkpoints(self):
+        """The run's rsp.checkpoint.CheckpointStore (imports torch: only for loading and pinning)."""
+        from rsp.checkpoint import CheckpointStore
+
         return CheckpointStore(self.path / "checkpoints")
+
+    def manifests(self) -> list[Manifest]:
+        """Committed checkpoints, oldest first (torch-free: status and the SLURM teardown use it)."""
+        return list_manifests(self.path / "checkpoints")
 
     # --- submissions ----------------------------------------------------------------------------
 
@@ -209,5 +216,5 @@ class RunDirectory:
         return 0
 
     def last_checkpoint_step(self) -> Optional[int]:
-        manifests = self.checkpoints.manifests()
+        manifests = self.manifests()
         return manifests[-1].step if manifests else None

@@ -52,7 +52,7 @@ def row(state: RunState, axis_keys: Sequence[str]) -> list[str]:
     info = run.info()
     attempts = run.attempts()
     ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
-    manifests = run.checkpoints.manifests()
+    manifests = run.manifests()
     last = f"{manifests[-1].step} ({human(time.time() - manifests[-1].created)} ago)" if manifests else "-"
     gap, redone = lost_time(run)
     total = run.total_steps()

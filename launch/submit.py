@@ -27,7 +27,7 @@ import yaml
 from launch.backends import Resources, SlurmBackend, make_backend
 from launch.config import RunConfig, compose
 from launch.job import TrainingJob
-from launch.rundir import RunDirectory, run_id
+from launch.rundir import RunDirectory, run_id, slug
 from launch.snapshot import take_snapshot
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.validate import absolutize, validate
@@ -47,19 +47,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def checkpoint_bytes(cfg: RunConfig) -> float:
-    """Model + two AdamW moments in fp32, counted on the meta device (no memory, no time)."""
-    import torch
-
-    from rsp.model import create_model
-
-    with torch.device("meta"):
-        params = sum(p.numel() for p in create_model(cfg.model).parameters())
-    return params * 4 * 3
-
-
 def resources_for(cfg: RunConfig) -> Resources:
-    return Resources.from_cluster(cfg.cluster, job_name=f"{cfg.name}-{run_id(cfg)}")
+    # A slug: sbatch reads #SBATCH lines itself, and a newline in a job name would split one.
+    return Resources.from_cluster(cfg.cluster, job_name=f"{slug(cfg.name)}-{run_id(cfg)}")
 
 
 def prepare(overrides: Sequence[str], cwd: Path) -> RunConfig:
@@ -70,7 +60,7 @@ def check(cfg: RunConfig) -> RunConfig:
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    return validate(cfg, checkpoint_bytes(cfg), script)
+    return validate(cfg, sbatch_script=script)
 
 
 def ensure_generated_data(cfg: RunConfig) -> None:

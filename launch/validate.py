@@ -26,7 +26,7 @@ from rsp.config import ConfigError
 
 EVAL_TASKS = ("davis", "jhmdb", "vip")
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
-START_UP_S = 120  # imports, data loader start, rendezvous, resume
+MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
 
 
 def cluster_problems(c: ClusterConfig) -> list[str]:
@@ -50,6 +50,10 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
         out.append(f"cluster.mem_gb ({c.mem_gb}) must be > 0 or null")
     if c.signal_delay_s < 10:
         out.append(f"cluster.signal_delay_s ({c.signal_delay_s}) must be >= 10 s to finish a step and checkpoint")
+    if c.after and c.backend != "slurm":
+        out.append(f"cluster.after ({c.after}) needs cluster=slurm: only a scheduler can hold a job until others end")
+    elif c.after and not all(part.strip().replace("_", "").isdigit() for part in c.after.split(",")):
+        out.append(f"cluster.after ({c.after!r}) must be SLURM job ids separated by commas, e.g. 1234,1235")
     if c.backend in ("local", "debug") and c.nodes != 1:
         out.append(f"cluster.nodes ({c.nodes}) must be 1 with cluster={c.backend} (one machine); use cluster=slurm for multi-node runs")
     if c.backend == "debug" and c.world_size != 1:
@@ -82,11 +86,16 @@ def batch_problems(cfg: RunConfig) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def writable(path: Path) -> str | None:
-    """None when files can be created under `path` (creating it if needed), else why not.
+    """None when `path` could be created and written, else why not. Probes the nearest existing
+    ancestor with a temporary file, so a refused submission leaves no directory behind.
     Cached: a sweep checks each distinct path once."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
             pass
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -133,10 +142,10 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
             f"{checkpoint_bytes / 2**30:.1f} GiB checkpoint (~{write_s:.0f} s at {CHECKPOINT_WRITE_MB_S:.0f} MB/s); "
             f"raise it to at least {int(2 * write_s + 10)}"
         )
-    if c.time_minutes * 60 < c.signal_delay_s + START_UP_S:
+    if c.time_minutes * 60 < c.signal_delay_s + MIN_TRAINING_S:
         out.append(
-            f"cluster.time_minutes ({c.time_minutes}) leaves no time to train: start-up (~{START_UP_S} s) plus the "
-            f"checkpoint window (cluster.signal_delay_s={c.signal_delay_s}) exceed it; raise cluster.time_minutes"
+            f"cluster.time_minutes ({c.time_minutes}) leaves no time to train: the stop signal comes "
+            f"cluster.signal_delay_s={c.signal_delay_s} s before the limit; raise cluster.time_minutes"
         )
     return out
 
@@ -190,17 +199,36 @@ def slurm_problems(script: str) -> list[str]:
     return [f"SLURM rejects the requested resources: {reason}; adjust cluster.* (partition, nodes, gpus_per_node, time_minutes, ...)"]
 
 
-def problems(cfg: RunConfig, checkpoint_bytes: float = 0.0, sbatch_script: str | None = None) -> list[str]:
+def checkpoint_size(cfg: RunConfig) -> float:
+    """Bytes of a checkpoint: model + two AdamW moments in fp32, counted on the meta device (no
+    memory, no time). 0 when the model config is invalid (reported by its own rules)."""
+    import torch
+
+    from rsp.model import create_model
+
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in create_model(cfg.model).parameters())
+    except ValueError:
+        return 0.0
+    return params * 4 * 3
+
+
+def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_script: str | None = None) -> list[str]:
+    if checkpoint_bytes is None:
+        checkpoint_bytes = checkpoint_size(cfg)
     out = cfg.problems() + cluster_problems(cfg.cluster) + batch_problems(cfg) + data_problems(cfg)
     out += evaluation_problems(cfg.evaluation) + time_problems(cfg, checkpoint_bytes)
-    if (reason := writable(Path(cfg.output_root))) is not None:
+    if "\n" in cfg.output_root or "\r" in cfg.output_root:
+        out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
+    elif (reason := writable(Path(cfg.output_root))) is not None:
         out.append(f"output_root ({cfg.output_root}) is not writable: {reason}; choose another output_root")
     if sbatch_script is not None and not out:
         out += slurm_problems(sbatch_script)
     return out
 
 
-def validate(cfg: RunConfig, checkpoint_bytes: float = 0.0, sbatch_script: str | None = None) -> RunConfig:
+def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_script: str | None = None) -> RunConfig:
     found = problems(cfg, checkpoint_bytes, sbatch_script)
     if found:
         raise ConfigError(found, what="run configuration (nothing was submitted)")

@@ -20,47 +20,19 @@ readable as `ckpt["model"]`, like the reference's files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries, sha256_file
+from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
+from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, verify
 
 log = logging.getLogger(__name__)
-
-FORMAT = "rsp-checkpoint/1"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    step: int
-    file: str  # name of the .pt file in the same directory
-    sha256: str
-    bytes: int
-    config_hash: str
-    milestone: bool  # permanent: retention never removes it, evaluation jobs are scheduled for it
-    model_name: str
-    code_version: str
-    created: float  # unix time of the commit
-    format: str = FORMAT
-
-    @classmethod
-    def read(cls, path: Path) -> "Manifest":
-        data = json.loads(path.read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required; the message names the files and why."""
@@ -90,25 +62,11 @@ class CheckpointStore:
 
     def manifests(self) -> list[Manifest]:
         """Every readable manifest, oldest first (unreadable ones are logged and skipped)."""
-        out = []
-        for path in sorted(self.dir.glob("step_*.json")):
-            try:
-                out.append(Manifest.read(path))
-            except (ValueError, TypeError, OSError) as exc:
-                log.warning("ignoring unreadable checkpoint manifest %s: %s", path, exc)
-        return sorted(out, key=lambda m: m.step)
+        return list_manifests(self.dir)
 
     def verify(self, manifest: Manifest) -> Optional[str]:
         """None when the manifest's file is complete and unaltered, else the reason it is not."""
-        path = self.dir / manifest.file
-        if not path.is_file():
-            return f"{path} is missing"
-        size = path.stat().st_size
-        if size != manifest.bytes:
-            return f"{path} has {size} bytes, its manifest says {manifest.bytes} (truncated or rewritten)"
-        if sha256_file(path) != manifest.sha256:
-            return f"{path} does not match the sha256 in its manifest (corrupted)"
-        return None
+        return verify(self.dir, manifest)
 
     def newest_valid(self) -> tuple[Optional[Manifest], list[str]]:
         """The newest checkpoint that passes verification, and the reasons newer ones were rejected."""

@@ -251,6 +251,9 @@ class RuntimeConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16 (+ GradScaler)
     device: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto | cpu | cuda
     deterministic: bool = field(default=False, metadata=RUNTIME_ONLY)  # torch deterministic algorithms
+    # CPU threads per process; None: the CPUs this process may use / processes on its node. Bitwise
+    # equality across runs also needs equal thread counts (they change float reduction order).
+    cpu_threads: Optional[int] = field(default=None, metadata=RUNTIME_ONLY)
     log_every_steps: int = field(default=10, metadata=RUNTIME_ONLY)  # optimizer steps between log lines
     watchdog_minutes: float = field(default=30.0, metadata=RUNTIME_ONLY)  # no step for this long: fail
     dist_timeout_minutes: float = field(default=10.0, metadata=RUNTIME_ONLY)  # collective/rendezvous timeout
@@ -267,6 +270,8 @@ class RuntimeConfig:
             out.append(f"runtime.device ({self.device!r}) must be one of {', '.join(DEVICES)}")
         if self.log_every_steps < 1:
             out.append(f"runtime.log_every_steps ({self.log_every_steps}) must be >= 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            out.append(f"runtime.cpu_threads ({self.cpu_threads}) must be >= 1 or null")
         if self.watchdog_minutes <= 0:
             out.append(f"runtime.watchdog_minutes ({self.watchdog_minutes}) must be > 0")
         if self.dist_timeout_minutes <= 0:

@@ -94,7 +94,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, run_dir: Path, device: torch.device, stop: StopRequest, hooks: TrainHooks):
         self.cfg, self.env, self.run_dir, self.device, self.stop, self.hooks = cfg, env, run_dir, device, stop, hooks
-        torch.set_num_threads(cpu_threads_per_process(env))
+        torch.set_num_threads(cfg.runtime.cpu_threads or cpu_threads_per_process(env))
         torch.use_deterministic_algorithms(cfg.runtime.deterministic)
         torch.backends.cudnn.benchmark = not cfg.runtime.deterministic
         seed = cfg.runtime.seed

@@ -1,0 +1,121 @@
+"""Shared pieces of the launcher tests: submitting through launch/submit.py, waiting for runs,
+and explaining a failure with the run's own records and logs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from launch.rundir import RunDirectory
+from launch.submit import main as submit_main
+
+TINY = [
+    "experiment=smoke", "evaluation.tasks=[]", "data.synthetic_videos=0", "data.num_workers=0", "data.batch_size=2",
+    "data.max_gap=8", "model.img_size=32", "runtime.deterministic=true", "runtime.cpu_threads=1", "runtime.log_every_steps=1",
+    "checkpoint.milestone_every_steps=0", "cluster.cpus_per_task=1", "cluster.signal_delay_s=30",
+]
+
+
+def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, backend: str = "slurm") -> list[str]:
+    return [*TINY, f"cluster={backend}", f"data.root={videos}", f"output_root={root}", f"schedule.total_steps={steps}",
+            "schedule.warmup_steps=2", f"checkpoint.every_steps={every}", *extra]
+
+
+def hydra_quote(value: str) -> str:
+    """A Hydra override value that stays one string whatever it holds (quotes, spaces, newlines)."""
+    return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...' 
+
+
+def submit(args: Sequence[str]) -> tuple[int, str]:
+    """Run launch/submit.py's main in this process; returns (exit status, everything it printed)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        rc = submit_main(list(args))
+    return rc, buffer.getvalue()
+
+
+def only_run(root: Path) -> RunDirectory:
+    runs = [p.parent for p in root.glob("*/run.json")]
+    assert len(runs) == 1, f"expected one run under {root}, found {runs}"
+    return RunDirectory(runs[0])
+
+
+def job_id(run: RunDirectory) -> str:
+    return run.submissions()[-1]["job_id"]
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, explain: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
+
+
+def explain(run: RunDirectory) -> str:
+    """Everything a failing test needs: attempts, status, scheduler state, log tails."""
+    parts = [f"run {run.path}", f"status: {run.status()}"]
+    parts += [f"attempt: {json.dumps(a.__dict__)}" for a in run.attempts()]
+    subs = run.submissions()
+    if subs:
+        jid = subs[-1]["job_id"]
+        sacct = subprocess.run(["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True)
+        parts.append(f"sacct: {sacct.stdout.strip()}")
+        folder = Path(subs[-1].get("folder", ""))
+        for log in sorted(folder.glob(f"**/{jid.split('_')[0]}*_log.*"))[-4:]:
+            parts.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
+    for log in sorted(run.path.glob("logs/*/rank_*.log"))[-3:]:
+        parts.append(f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+    return "\n".join(parts)
+
+
+def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
+    wait_for(lambda: (run.status() or {}).get("state") in ("finished", "failed"), timeout, f"{run.path.name} to end", lambda: explain(run))
+    status = run.status()
+    assert status["state"] == "finished", explain(run)
+    return status
+
+
+def steps_lost(run: RunDirectory) -> int:
+    """Steps an attempt computed that the next one had to compute again."""
+    attempts = run.attempts()
+    return sum(max(0, (a.end_step or 0) - b.start_step) for a, b in zip(attempts, attempts[1:]))
+
+
+class Driver(threading.Thread):
+    """Does `action(run)` once `ready(run)` holds, in the background, so that a scenario interferes
+    with a run while it trains even though the tests that check the outcome run one after another."""
+
+    def __init__(self, root: Path, ready: Callable[[RunDirectory], bool], action: Callable[[RunDirectory], None], timeout: float = 600):
+        super().__init__(daemon=True)
+        self.root, self.ready, self.action, self.timeout = root, ready, action, timeout
+        self.error: Exception | None = None
+        self.done_at: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            run = only_run(self.root)
+            wait_for(lambda: self.ready(run), self.timeout, f"{self.root.name} to be ready", lambda: explain(run))
+            self.action(run)
+            self.done_at = time.time()
+        except Exception as exc:  # reported by the test that owns the scenario
+            self.error = exc
+
+    def result(self) -> None:
+        self.join(self.timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.done_at is not None, f"driver of {self.root} never acted"

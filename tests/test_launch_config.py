@@ -1,0 +1,225 @@
+"""Launcher logic that needs no scheduler: composition, validation rules (one test each), run
+identity, the requeue policy, sweep expansion, array splitting, the generated sbatch script."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from launch.backends import Resources, SlurmBackend
+from launch.config import compose
+from launch.requeue import decide
+from launch.rundir import Attempt, RunDirectory, run_id, slug
+from launch.sweep import Sweep, array_chunks, expand, load_sweep
+from launch.validate import absolutize, problems
+from rsp.config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
+    base = [f"data.root={videos}", "data.synthetic_videos=0", "evaluation.tasks=[]", f"output_root={tmp_path / 'runs'}"]
+    return absolutize(compose([*base, *overrides]), tmp_path)
+
+
+# --- composition ---------------------------------------------------------------------------------
+
+
+def test_composition_reports_every_bad_override_at_once_with_suggestions():
+    with pytest.raises(ConfigError) as err:
+        compose(["experiment=rsp_vits16_k40", "cluster=slurmm", "model.kl_scal=0.1", "cluster.nodes=four", "optim.lr=null"])
+    msgs = err.value.problems
+    assert len(msgs) == 4
+    assert any("experiment='rsp_vits16_k40' is not one of: rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m for m in msgs)
+    assert any("cluster='slurmm' is not one of: debug, local, slurm" in m for m in msgs)
+    assert any("model.kl_scal is not a configuration key; did you mean model.kl_scale?" in m for m in msgs)
+    assert any("cluster.nodes='four'" in m and "Integer" in m for m in msgs)
+
+
+def test_any_field_overrides_and_paper_recipe_composes():
+    cfg = compose(["experiment=rsp_vits16_k400", "cluster=slurm", "cluster.nodes=4", "model.kl_scale=0.1", "evaluation.overrides.davis.topk=5"])
+    assert (cfg.cluster.backend, cfg.cluster.nodes, cfg.model.kl_scale) == ("slurm", 4, 0.1)
+    assert (cfg.model.name, cfg.optim.effective_batch, cfg.schedule.epochs, cfg.optim.blr) == ("rsp_vit_small_patch16", 1536, 400, 1.5e-4)
+    assert cfg.evaluation.overrides["davis"]["topk"] == 5
+
+
+# --- validation: one test per rule ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["optim.effective_batch=64"], "but the recipe's optim.effective_batch is 64; set optim.accum_iter=8"),
+        (["optim.effective_batch=100"], "choose data.batch_size and optim.accum_iter so that 1 x batch x accum = 100"),
+        (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
+        (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
+        (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
+        (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
+        (["model.name=rsp_vit_large_patch16", "cluster.signal_delay_s=20"], "leaves too little time to finish a step and write a 3.9 GiB checkpoint"),
+        (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.time_minutes (1) leaves no time to train"),
+        (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
+        (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
+        (["data.labels=missing.csv"], "data.labels ('missing.csv') does not exist"),
+        (["data.batch_size=64"], "lists 16 videos, fewer than one optimizer step needs (64)"),
+        (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
+        (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
+        (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
+        (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
+        (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
+        (["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"], "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip"),
+        (["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"], "evaluation.data_roots.davis (/nonexistent/davis) does not exist"),
+        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"], "preset ('fast') is not a known preset"),
+    ],
+)
+def test_validation_rule(train_videos, tmp_path, overrides, expected):
+    found = problems(cfg_with(tmp_path, train_videos, *overrides))
+    assert any(expected in p for p in found), found
+
+
+def test_validation_collects_all_problems_and_a_good_config_has_none(train_videos, tmp_path):
+    assert problems(cfg_with(tmp_path, train_videos)) == []
+    found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=2", "cluster.nodes=2"))
+    assert len(found) == 3
+    assert not (tmp_path / "runs").exists()  # validating creates nothing
+
+
+# --- run identity --------------------------------------------------------------------------------
+
+
+def test_run_id_ignores_runtime_only_settings_and_tracks_everything_else(train_videos, tmp_path):
+    base = run_id(cfg_with(tmp_path, train_videos))
+    same = ["data.num_workers=3", "runtime.log_every_steps=7", "cluster.time_minutes=99", "cluster.partition=gpu",
+            "name=other", "checkpoint.every_steps=10", "evaluation.tasks=[davis]"]
+    for override in same:
+        assert run_id(cfg_with(tmp_path, train_videos, override)) == base, override
+    for override in ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]:
+        assert run_id(cfg_with(tmp_path, train_videos, override)) != base, override
+
+
+def test_slugs_are_safe_directory_and_job_names():
+    assert slug("it's a \"quoted\"\nrun; rm -rf /") == "it-s-a-quoted-run-rm--rf"
+    assert slug("\n\n") == "run" and len(slug("x" * 500)) == 60
+
+
+def test_run_directory_is_found_again_whatever_the_name(train_videos, tmp_path):
+    cfg = cfg_with(tmp_path, train_videos)
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    renamed = cfg_with(tmp_path, train_videos, "name=renamed")
+    assert RunDirectory.for_config(renamed).path == run.path
+
+
+# --- requeue policy ------------------------------------------------------------------------------
+
+
+def attempts(*ends: tuple[str, int]) -> list[Attempt]:
+    out, step = [], 0
+    for i, (reason, end) in enumerate(ends):
+        out.append(Attempt(i, "7", f"7/{i}", ["n1"], 0.0, step, 1.0, end, reason))
+        step = end
+    return out
+
+
+def test_requeue_policy_by_reason_with_separate_budgets(train_videos, tmp_path):
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_timeouts=2, max_preemptions=1, max_failures=1)
+    assert decide(attempts(("finished", 10)), cluster).final_state == "finished"
+    assert decide(attempts(("timeout", 5)), cluster).requeue
+    assert decide(attempts(("timeout", 5), ("timeout", 9)), cluster).requeue
+    assert decide(attempts(("timeout", 5), ("timeout", 9), ("timeout", 12)), cluster).final_state == "failed"
+    assert decide(attempts(("timeout", 5), ("timeout", 9), ("preempted", 12)), cluster).requeue  # own budget
+    assert "preemption budget exhausted" in decide(attempts(("preempted", 5), ("preempted", 9)), cluster).reason
+    assert decide(attempts(("crashed", 5)), cluster).requeue
+    assert decide(attempts(("crashed", 5), ("interrupted", 8)), cluster).final_state == "failed"
+
+
+def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=10)
+    decision = decide(attempts(("timeout", 5), ("crashed", 7), ("crashed", 7)), cluster)
+    assert not decision.requeue and "breaker" in decision.reason and "step 7" in decision.reason
+    assert decide(attempts(("crashed", 7), ("crashed", 9)), cluster).requeue  # progress was made
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+
+def write_sweep(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_shipped_sweeps_expand(train_videos):
+    sizes = {"kl_weight": 6, "frame_gap": 5, "model_size": 3, "latent": 3, "mae_aux": 3}
+    for name, n in sizes.items():
+        runs = expand(load_sweep(name), [f"data.root={train_videos}"])
+        assert len(runs) == n and len({run_id(r.cfg) for r in runs}) == n, name
+    latent = {r.cfg.model.latent: r.cfg.model.kl_scale for r in expand(load_sweep("latent"), [])}
+    assert latent == {"discrete": 0.01, "gaussian": 0.01, "none": 0.0}  # per-value override
+    sizes = {r.cfg.model.name: (r.cfg.cluster.nodes, r.cfg.data.batch_size) for r in expand(load_sweep("model_size"), [])}
+    assert sizes["rsp_vit_large_patch16"] == (4, 48)
+    assert all(n * 8 * b == 1536 for n, b in sizes.values())  # the recipe's effective batch holds
+
+
+def test_grid_and_zip_axes_and_name_template(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, """
+experiment: smoke
+name: "kl{model.kl_scale}-{model.latent}-gap{data.max_gap}"
+axes:
+  - key: model.kl_scale
+    values: [0.001, 0.01]
+  - zip:
+      model.latent: [discrete, gaussian, discrete]
+      data.max_gap: [8, 8, 12]
+"""))
+    runs = expand(sweep, ["evaluation.tasks=[]"])
+    assert len(runs) == 6
+    assert {r.name for r in runs} == {f"kl{k}-{l}-gap{g}" for k in (0.001, 0.01) for l, g in (("discrete", 8), ("gaussian", 8), ("discrete", 12))}
+    assert sweep.axis_keys == ["model.kl_scale", "model.latent", "data.max_gap"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("axes:\n  - key: model.kl_scal\n    values: [1]\n", "model.kl_scal is not a configuration key; did you mean model.kl_scale"),
+        ("axes:\n  - key: model.kl_scale\n    values: []\n", "has no values (an empty axis yields no runs)"),
+        ("axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n", "model.kl_scale='high' has the wrong type (expected float)"),
+        ("axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n", "both set data.max_gap"),
+        ("axes:\n  - key: runtime.log_every_steps\n    values: [1, 2]\n", "are the same experiment"),
+        ("axes:\n  - zip:\n      data.max_gap: [1, 2]\n      data.min_gap: [1]\n", "zips lists of different lengths"),
+        ("axis:\n  - key: data.max_gap\n", "unknown top-level key 'axis'"),
+    ],
+)
+def test_bad_sweeps_report_every_problem_and_submit_nothing(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        expand(load_sweep(write_sweep(tmp_path, "experiment: smoke\n" + text)), ["evaluation.tasks=[]"])
+    assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_arrays_group_by_resources_and_split_at_max_array_size():
+    small, big = Resources(nodes=1, job_name="a"), Resources(nodes=4, time_minutes=2880, job_name="b")
+    resources = [small] * 5 + [big] * 3 + [Resources(nodes=1, job_name="c")]
+    chunks = array_chunks(resources, limit=2)
+    assert sorted(len(c) for c in chunks) == [1, 2, 2, 2, 2]  # 6 small in 3 chunks, 3 big in 2
+    assert len(chunks) == sum(-(-n // 2) for n in (6, 3))
+    assert all(len({resources[i].group_key() for i in c}) == 1 for c in chunks)
+
+
+# --- the sbatch script -----------------------------------------------------------------------------
+
+
+def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy(tmp_path):
+    from launch.snapshot import Snapshot
+
+    folder = tmp_path / "it's a folder"
+    backend = SlurmBackend(folder, Snapshot(tmp_path / "code dir", "abc123"))
+    script = backend.sbatch_script(Resources(nodes=2, tasks_per_node=4, gpus_per_node=4, time_minutes=90, signal_delay_s=120,
+                                             partition="gpu", extra_sbatch=(("reservation", "x y"),), job_name="run-1"))
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=90", "#SBATCH --reservation='x y'", "--kill-on-bad-exit=1",
+                 f"export PYTHONPATH='{tmp_path}/code dir'", "rc=$?", "-m launch.requeue --folder"):
+        assert line in script, line
+    assert script.index("srun") < script.index("rc=$?")  # the policy runs after the ranks end
+    assert "'" + str(folder).replace("'", "'\"'\"'") in script  # quoted for bash, never bare

@@ -1,0 +1,231 @@
+"""The launcher against the real local SLURM cluster (started once per session by tests/conftest.py).
+
+Scenarios are submitted together at module start (the `submitted` fixture) and run concurrently on
+the two fake nodes; each test then waits for its own run. Preemption preempts every job of the
+preemptible partition, so it runs last, alone. Exactness is checked against uninterrupted
+reference runs of the same training config, bitwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.config import train_config
+from launch.rundir import RunDirectory
+from launch_helpers import (
+    Driver, explain, hydra_quote, job_id, only_run, overrides, squeue_ids, steps_lost, submit, wait_finished, wait_for,
+)
+from rsp.config import to_dict
+from rsp.distributed import DistEnv
+from rsp.train import train
+from train_helpers import assert_same_training_state
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+LONG = 400  # steps: a run that is still training when the test interferes with it
+
+
+@pytest.fixture(scope="module")
+def submitted(slurm_cluster, train_videos, tmp_path_factory):
+    """Submit the concurrent scenarios; returns name -> output root."""
+    base = tmp_path_factory.mktemp("launch")
+    plan = {
+        "single": overrides(train_videos, base / "single", 12, 4),
+        "two_nodes": overrides(train_videos, base / "two_nodes", 12, 4, "cluster.nodes=2"),
+        "usr2": overrides(train_videos, base / "usr2", LONG, 50),
+        "requeue": overrides(train_videos, base / "requeue", LONG, 50),
+        "kill9": overrides(train_videos, base / "kill9", LONG, 50, "cluster.nodes=2"),
+        "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
+        "upstream": overrides(train_videos, base / "upstream", LONG, 100),
+    }
+    roots = {}
+    for name, args in plan.items():
+        rc, out = submit(args)
+        assert rc == 0 and "submitted slurm job" in out, out
+        roots[name] = Path([a for a in args if a.startswith("output_root=")][0].split("=", 1)[1])
+    drivers = {
+        "usr2": Driver(roots["usr2"], lambda r: r.latest_logged_step() >= 3,
+                       lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True)),
+        "requeue": Driver(roots["requeue"], lambda r: bool(r.manifests()),
+                          lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True)),
+        "kill9": Driver(roots["kill9"], lambda r: bool(r.manifests()), lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
+    }
+    return {"roots": roots, "drivers": drivers}
+
+
+def reference(run: RunDirectory, tmp_path: Path) -> Path:
+    """The same training config trained uninterrupted in this process (one rank)."""
+    ref = tmp_path / "reference"
+    train(train_config(run.config()), DistEnv(), ref)
+    return ref
+
+
+def reference_two_ranks(run: RunDirectory, tmp_path: Path) -> Path:
+    ref = tmp_path / "reference2"
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(to_dict(train_config(run.config()))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(ref)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ref
+
+
+def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, tmp_path):
+    run = only_run(submitted["roots"]["single"])
+    wait_finished(run)
+    attempts = run.attempts()
+    assert [a.end_reason for a in attempts] == ["finished"] and attempts[0].exit_code == 0
+    before = squeue_ids()
+    rc, out = submit(overrides(run.config().data.root, submitted["roots"]["single"], 12, 4))
+    assert rc == 0 and "nothing submitted" in out and "finished" in out and str(run.path) in out
+    assert not squeue_ids() - before and len(run.submissions()) == 1
+    assert_same_training_state(run.path, reference(run, tmp_path))
+
+
+def test_resubmitting_a_running_run_starts_nothing(submitted):
+    run = only_run(submitted["roots"]["upstream"])
+    wait_for(lambda: run.latest_logged_step() >= 1, 240, "the run to train", lambda: explain(run))
+    if run.status() is not None:
+        pytest.fail(f"{run.path} ended before it could be resubmitted while running; make it longer")
+    rc, out = submit(overrides(run.config().data.root, submitted["roots"]["upstream"], LONG, 100))
+    assert rc == 0 and "nothing submitted" in out and ("running" in out or "pending" in out), out
+    assert len(run.submissions()) == 1
+
+
+def test_two_node_gloo_ddp(submitted, tmp_path):
+    run = only_run(submitted["roots"]["two_nodes"])
+    wait_finished(run)
+    state = run.checkpoints.load(run.checkpoints.manifests()[-1])
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert len(run.attempts()[0].hosts) == 2
+    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
+
+
+def test_scancel_signal_usr2_stops_checkpoints_and_requeues(submitted, tmp_path):
+    run = only_run(submitted["roots"]["usr2"])
+    submitted["drivers"]["usr2"].result()
+    wait_finished(run)
+    attempts = run.attempts()
+    assert attempts[0].end_reason in ("preempted", "stopped") and len(attempts) >= 2, explain(run)
+    assert attempts[1].start_step == attempts[0].end_step > 0 and steps_lost(run) == 0
+    assert_same_training_state(run.path, reference(run, tmp_path))
+
+
+def test_external_scontrol_requeue_resumes_from_the_newest_checkpoint(submitted, tmp_path):
+    run = only_run(submitted["roots"]["requeue"])
+    submitted["drivers"]["requeue"].result()
+    wait_finished(run)
+    attempts = run.attempts()
+    assert len(attempts) >= 2 and attempts[0].end_reason in ("interrupted", "stopped", "preempted", "crashed"), explain(run)
+    assert attempts[1].start_step >= 50
+    assert_same_training_state(run.path, reference(run, tmp_path))
+
+
+def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submitted, tmp_path):
+    run = only_run(submitted["roots"]["kill9"])
+    submitted["drivers"]["kill9"].result()
+    wait_finished(run)
+    attempts = run.attempts()
+    assert attempts[0].end_reason in ("crashed", "interrupted") and attempts[-1].end_reason == "finished", explain(run)
+    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
+
+
+def rank_process(job: str, rank: int) -> int:
+    """PID of the training process of `rank` in SLURM job `job` (found through /proc)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = dict(e.split("=", 1) for e in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in e)
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if environ.get("SLURM_JOB_ID") == job and environ.get("SLURM_PROCID") == str(rank) and b"submitit.core._submit" in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no process of rank {rank} of job {job}")
+
+
+def test_time_limit_requeue_resumes_exactly(submitted, tmp_path):
+    run = only_run(submitted["roots"]["timeout"])
+    wait_finished(run, timeout=900)
+    attempts = run.attempts()
+    assert any(a.end_reason == "timeout" for a in attempts), explain(run)
+    assert attempts[-1].end_reason == "finished" and steps_lost(run) == 0, explain(run)
+    assert len({a.key for a in attempts}) == len(attempts) and len({a.job_id for a in attempts}) == 1  # same job id
+    assert_same_training_state(run.path, reference(run, tmp_path))
+
+
+def test_dependency_chain_waits_for_its_upstream_job(submitted, train_videos, tmp_path):
+    upstream = only_run(submitted["roots"]["upstream"])
+    root = tmp_path / "downstream"
+    rc, out = submit(overrides(train_videos, root, 12, 4, f"cluster.after={job_id(upstream)}", "model.kl_scale=0.02"))
+    assert rc == 0, out
+    downstream = only_run(root)
+    if upstream.status() is None:  # still running: the downstream job must be held back
+        reason = subprocess.run(["squeue", "-h", "-j", job_id(downstream), "-o", "%r"], capture_output=True, text=True).stdout.strip()
+        assert reason in ("Dependency", "None", ""), reason
+    wait_finished(upstream)
+    wait_finished(downstream)
+    assert downstream.attempts()[0].start_time >= upstream.attempts()[-1].end_time
+
+
+def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_videos, tmp_path):
+    root = tmp_path / "it's a \"root\" with spaces"
+    name = "it's a \"quoted\"\nrun; echo pwned"
+    args = overrides(train_videos, Path("PLACEHOLDER"), 4, 2)
+    args = [a for a in args if not a.startswith("output_root=")]
+    rc, out = submit([*args, f"output_root={hydra_quote(str(root))}", f"name={hydra_quote(name)}"])
+    assert rc == 0, out
+    run = only_run(root)
+    wait_finished(run)
+    assert run.info()["name"] == name and "\n" not in run.path.name and "'" not in run.path.name
+    assert not Path("pwned").exists() and not (root / "pwned").exists()
+    rc, out = submit([*args, f"output_root={hydra_quote(f'{tmp_path}/line{chr(10)}break')}"])
+    assert rc == 2 and "contains a line break" in out, out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["experiment=rsp_vitz_k400"], "experiment='rsp_vitz_k400' is not one of: rsp_vitb16_k400"),
+        (["model.kl_scal=0.1"], "did you mean model.kl_scale?"),
+        (["cluster.nodes=3"], "SLURM rejects the requested resources"),
+        (["cluster.cpus_per_task=64"], "SLURM rejects the requested resources"),
+        (["data.root=/nonexistent/k400"], "data.root (/nonexistent/k400) does not exist"),
+        (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
+        (["cluster.after=abc"], "cluster.after ('abc') must be SLURM job ids"),
+    ],
+)
+def test_bad_input_fails_at_submit_before_anything_is_queued(slurm_cluster, train_videos, tmp_path, extra, message):
+    before = squeue_ids()
+    rc, out = submit([*overrides(train_videos, tmp_path / "bad", 4, 2), *extra])
+    assert rc == 2 and message in out, out
+    assert not squeue_ids() - before and not (tmp_path / "bad").exists()  # nothing new queued, nothing created
+
+
+def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, train_videos, tmp_path):
+    """Last: it preempts everything on the preemptible partition."""
+    for root in submitted["roots"].values():
+        wait_finished(only_run(root), timeout=900)
+    root = tmp_path / "preempt"
+    rc, out = submit(overrides(train_videos, root, LONG, 100, "cluster.nodes=2"))
+    assert rc == 0, out
+    run = only_run(root)
+    wait_for(lambda: run.latest_logged_step() >= 5, 300, "the run to train", lambda: explain(run))
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N2", "-n8", "--wrap", "sleep 8"], capture_output=True, text=True, check=True)
+    wait_finished(run, timeout=600)
+    attempts = run.attempts()
+    assert attempts[0].end_reason == "preempted" and attempts[-1].end_reason == "finished", explain(run)
+    assert steps_lost(run) == 0 and attempts[1].start_step == attempts[0].end_step
+    state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", high.stdout.strip(), "-o", "State"], capture_output=True, text=True).stdout
+    assert "COMPLETED" in state
+    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
