@@ -64,6 +64,10 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
         return table
     table["protocols"] = table["protocols"].map(lambda p: ", ".join(f"{t}={v}" for t, v in sorted(p.items())))
     table = table.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+    axes = sorted(c for c in table.columns if c.startswith("axis:"))
+    headline = [column(t, m) for t, m in HEADLINE if column(t, m) in table]
+    others = sorted(c for c in table.columns if ":" in c and c not in axes and c not in headline)
+    table = table[["run", "run_id", "step", "model", *axes, *headline, *others, "protocols"]]
     table["best"] = False
     key = next((column(t, m) for t, m in BEST_BY if column(t, m) in table), None)
     if key is not None:

@@ -102,7 +102,8 @@ def describe_resources(r: Resources) -> str:
     return f"{r.nodes}n{gpus} {r.tasks_per_node}t {r.time_minutes}min"
 
 
-def print_plan(plan: Plan, out=sys.stdout) -> None:
+def print_plan(plan: Plan, out=None) -> None:
+    out = out or sys.stdout
     axis_keys = plan.sweep.axis_keys
     header = ["run id", "name", *axis_keys, "resources", "state", "action"]
     body = [

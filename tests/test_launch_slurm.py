@@ -42,7 +42,7 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
         "two_nodes": overrides(train_videos, base / "two_nodes", 12, 4, "cluster.nodes=2"),
         "usr2": overrides(train_videos, base / "usr2", LONG, 50),
         "requeue": overrides(train_videos, base / "requeue", LONG, 50),
-        "kill9": overrides(train_videos, base / "kill9", LONG, 50, "cluster.nodes=2"),
+        "kill9": overrides(train_videos, base / "kill9", LONG, 50, "cluster.nodes=2"),  # same training as "preempt"
         "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
         "upstream": overrides(train_videos, base / "upstream", LONG, 100),
     }
@@ -61,15 +61,23 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
     return {"roots": roots, "drivers": drivers}
 
 
+REFERENCES: dict[tuple[str, int], Path] = {}  # (config hash, ranks) -> reference run: scenarios share them
+
+
 def reference(run: RunDirectory, tmp_path: Path) -> Path:
     """The same training config trained uninterrupted in this process (one rank)."""
-    ref = tmp_path / "reference"
-    train(train_config(run.config()), DistEnv(), ref)
-    return ref
+    key = (run.info()["config_hash"], 1)
+    if key not in REFERENCES:
+        REFERENCES[key] = tmp_path / "reference"
+        train(train_config(run.config()), DistEnv(), REFERENCES[key])
+    return REFERENCES[key]
 
 
 def reference_two_ranks(run: RunDirectory, tmp_path: Path) -> Path:
-    ref = tmp_path / "reference2"
+    key = (run.info()["config_hash"], 2)
+    if key in REFERENCES:
+        return REFERENCES[key]
+    ref = REFERENCES[key] = tmp_path / "reference2"
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(to_dict(train_config(run.config()))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

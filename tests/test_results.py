@@ -1,0 +1,179 @@
+"""Result records, the aggregator, and evaluation scheduling per checkpoint (no scheduler needed:
+the debug backend runs evaluation jobs in-process)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eval.aggregate import aggregate, build_table
+from eval.records import ResultRecord, find_record_files, read_records, write_record
+from launch.config import compose, train_config
+from launch.evaluations import FAILED, EvaluationJob, claim, eval_dir, expected, schedule
+from launch.rundir import RunDirectory
+from launch.validate import absolutize
+from rsp.checkpoint import CheckpointStore
+from rsp.distributed import DistEnv
+from rsp.train import train
+
+
+def record(run_id="r1", step=10, task="davis", metrics=None, created=None, axes=None, name="run") -> ResultRecord:
+    return ResultRecord(
+        run_id=run_id, run_name=name, config_hash="c" * 64, step=step, task=task, protocol_hash="p" * 64,
+        protocol={"preset": "rsp"}, metrics=metrics or {"J&F-Mean": 0.5, "J-Mean": 0.45, "F-Mean": 0.55},
+        checkpoint_sha256="s" * 64, checkpoint_path="/x.pt", code_version="abc", job_id="1", wall_time_s=1.0,
+        sweep_axes=axes or {}, model_name="rsp_vit_tiny_patch8", created=created or time.time(),
+    )
+
+
+def record_path(root: Path, r: ResultRecord) -> Path:
+    return root / f"{r.run_name}-{r.run_id}" / "evals" / f"step_{r.step:08d}" / f"{r.task}-{r.protocol_hash[:12]}" / "record.json"
+
+
+def _write_one(args) -> None:
+    root, i = args
+    r = record(run_id=f"run{i:03d}", step=i)
+    write_record(record_path(Path(root), r), r)
+
+
+def test_64_concurrent_writers_give_64_readable_records(tmp_path):
+    with multiprocessing.get_context("fork").Pool(16) as pool:
+        pool.map(_write_one, [(str(tmp_path), i) for i in range(64)])
+    files = find_record_files(tmp_path)
+    records, warnings = read_records(files)
+    assert len(files) == 64 and len(records) == 64 and warnings == []
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name.startswith(".partial-")]
+
+
+def test_corrupt_partial_and_conflicting_records(tmp_path, caplog):
+    good = record(step=10)
+    write_record(record_path(tmp_path, good), good)
+    partial = record_path(tmp_path, record(step=20))
+    partial.parent.mkdir(parents=True)
+    partial.write_text('{"run_id": "r1", "step": 20, "metr')
+    nan = record(step=30, metrics={"J&F-Mean": float("nan")})
+    write_record(record_path(tmp_path, nan), nan)
+    older = record(step=40, metrics={"J&F-Mean": 0.1}, created=100.0)
+    newer = record(step=40, metrics={"J&F-Mean": 0.9}, created=200.0)
+    write_record(record_path(tmp_path, older), older)
+    other_place = tmp_path / "copy-r1" / "evals" / "step_00000040" / "davis-dup" / "record.json"
+    write_record(other_place, newer)
+    records, warnings = read_records(find_record_files(tmp_path))
+    assert sorted(r.step for r in records) == [10, 40]
+    assert next(r for r in records if r.step == 40).metrics["J&F-Mean"] == 0.9
+    assert any(str(partial) in w and "unreadable" in w for w in warnings)
+    assert any("metrics must be finite" in w for w in warnings)
+    assert any("conflict" in w and str(other_place) in w for w in warnings)
+    report = aggregate(tmp_path, tmp_path / "out")  # never aborts on bad records
+    assert len(report.table) == 2 and len(report.warnings) == 3
+
+
+def test_aggregate_writes_table_markdown_typed_json_plots_paper_view_and_hparams(tmp_path):
+    for kl, values in [(0.001, [0.50, 0.58, 0.55]), (0.01, [0.52, 0.60, 0.61])]:
+        for step, jf in zip((100, 200, 300), values):
+            axes = {"model.kl_scale": kl}
+            write_record(record_path(tmp_path, r := record(f"id{kl}", step, "davis", {"J&F-Mean": jf, "J-Mean": jf - 0.02, "F-Mean": jf + 0.02}, axes=axes, name=f"kl{kl}")), r)
+            write_record(record_path(tmp_path, r := record(f"id{kl}", step, "jhmdb", {"PCK@0.1": 0.4, "PCK@0.2": 0.7}, axes=axes, name=f"kl{kl}")), r)
+    report = aggregate(tmp_path, tmp_path / "out")
+    table = pd.read_json(tmp_path / "out" / "results.table.json", orient="table")
+    assert len(table) == 6 and set(table["axis:model.kl_scale"]) == {0.001, 0.01}
+    best = table[table["best"]].set_index("run")["step"].to_dict()
+    assert best == {"kl0.001": 200, "kl0.01": 300}
+    assert (tmp_path / "out" / "results.csv").read_text().count("\n") == 7
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| kl0.01 | id0.01 | 300 | rsp_vit_tiny_patch8 | 0.01 | 61.0 | 59.0 | 63.0 | 40.0 | 70.0 |" in md
+    paper = (tmp_path / "out" / "paper.md").read_text()
+    assert "| RSP (paper) | 60.1 | 57.4 | 62.8 | 33.8 | 44.6 | 73.4 |" in paper
+    assert "| ours: kl0.01 (step 300, rsp_vit_tiny_patch8) | 61.0 | 59.0 | 63.0 | - | 40.0 | 70.0 |" in paper
+    names = {p.name for p in report.plots}
+    assert {"davis_J_F-Mean_vs_step.png", "davis_J_F-Mean_vs_model.kl_scale.png", "jhmdb_PCK_0.1_vs_step.png"} <= names
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in report.plots)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next((tmp_path / "out" / "tensorboard").iterdir())))
+    acc.Reload()
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(acc.PluginTagToContent("hparams"))
+
+
+def test_a_single_point_still_plots(tmp_path):
+    write_record(record_path(tmp_path, r := record(metrics={"mIoU": 0.3}, task="vip", axes={"data.max_gap": 48})), r)
+    report = aggregate(tmp_path, tmp_path / "out")
+    assert len(report.plots) == 2 and all(p.stat().st_size > 1000 for p in report.plots)
+
+
+def test_aggregating_nothing_says_so(tmp_path):
+    assert "no result records found" in aggregate(tmp_path, tmp_path / "out").summary()
+
+
+# --- scheduling evaluations per checkpoint -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(train_videos, tmp_path_factory):
+    """A tiny run with milestone checkpoints at steps 2 and 4, trained directly (no scheduler)."""
+    base = tmp_path_factory.mktemp("results")
+    cfg = absolutize(compose([
+        f"data.root={train_videos}", "data.synthetic_videos=0", "data.num_workers=0", "data.batch_size=2", "data.max_gap=8",
+        "model.img_size=32", "schedule.total_steps=4", "schedule.warmup_steps=1", "checkpoint.every_steps=1",
+        "checkpoint.milestone_every_steps=2", "checkpoint.keep_last=1", "cluster=debug", f"output_root={base / 'runs'}",
+        "evaluation.tasks=[davis,vip]", "evaluation.synthetic=true", f"evaluation.data_roots.davis={base / 'davis'}",
+        f"evaluation.data_roots.vip={base / 'vip'}", "evaluation.overrides.davis.frame_size=64", "evaluation.overrides.vip.frame_size=96",
+    ]), base)
+    from launch.evaluations import ensure_benchmarks
+
+    ensure_benchmarks(cfg.evaluation)
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    train(train_config(cfg), DistEnv(), run.path)
+    return run
+
+
+def test_retention_keeps_milestones_and_pinned_checkpoints(trained_run):
+    steps = [m.step for m in trained_run.manifests()]
+    assert steps == [2, 3, 4]  # keep_last=1 removed step 1; 2 and 4 are milestones; 3 is the newest ordinary
+    store = trained_run.checkpoints
+    store.pin(3, "pending-eval")
+    assert store.prune(keep_last=0) == [] and (store.dir / "step_00000003.pt").exists()
+    store.unpin(3, "pending-eval")
+    assert store.prune(keep_last=1) == []
+
+
+def test_each_evaluation_is_claimed_at_most_once(tmp_path):
+    assert claim(tmp_path / "e") and not claim(tmp_path / "e")
+
+
+def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
+    due = expected(trained_run)
+    assert [(s, t) for s, t, _ in due] == [(2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
+    ids = schedule(trained_run, None, "debug")
+    assert len(ids) == 2  # debug/local: one job per checkpoint runs its tasks in turn
+    assert schedule(trained_run, None, "debug") == []  # at most once
+    records, warnings = read_records(find_record_files(trained_run.path.parent))
+    assert len(records) == 4 and not warnings
+    r = next(r for r in records if r.step == 4 and r.task == "davis")
+    info = trained_run.info()
+    manifest = next(m for m in trained_run.manifests() if m.step == 4)
+    assert (r.run_id, r.config_hash, r.checkpoint_sha256) == (info["run_id"], info["config_hash"], manifest.sha256)
+    assert r.protocol["preset"].startswith("rsp") and 0 <= r.metrics["J&F-Mean"] <= 1 and r.wall_time_s > 0
+    assert not list((trained_run.path / "checkpoints" / "pins").glob("*"))  # unpinned once recorded
+    table = build_table(records)
+    assert list(table["step"]) == [2, 4] and table["best"].sum() == 1
+
+
+def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tmp_path):
+    job = EvaluationJob(str(trained_run.path), 1, ["davis"])  # step 1 was pruned by retention
+    with pytest.raises(RuntimeError, match="evaluation of step 1 failed for davis"):
+        job()
+    from eval.config import protocol_hash
+    from launch.evaluations import eval_config_for
+
+    cfg = trained_run.config()
+    ecfg = eval_config_for(cfg, "davis", trained_run.path / "checkpoints" / "step_00000001.pt", Path("."))
+    failure = json.loads((eval_dir(trained_run, 1, "davis", protocol_hash(ecfg)) / FAILED).read_text())
+    assert "step_00000001.pt" in failure["error"] and "vanished" in failure["error"]

@@ -1,0 +1,82 @@
+"""Sweeps against the real local SLURM cluster: a 2x2 sweep end to end as one job array,
+idempotent resubmission, failed runs retried only when asked, arrays split at MaxArraySize."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from launch.rundir import RunDirectory
+from launch.status import render
+from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
+
+pytestmark = pytest.mark.slurm
+
+
+def write_sweep(tmp_path: Path, videos: Path, root: Path, axes: str, steps: int = 6) -> Path:
+    common = [*TINY, "cluster=slurm", f"data.root={videos}", f"output_root={root}", f"schedule.total_steps={steps}",
+              "schedule.warmup_steps=1", "checkpoint.every_steps=3", "cluster.max_failures=0"]
+    lines = "\n".join(f"  - {o!r}" for o in common if not o.startswith("experiment="))
+    path = tmp_path / "sweep_test.yaml"
+    path.write_text(f"experiment: smoke\nname: \"kl{{model.kl_scale}}-lr{{optim.lr}}\"\noverrides:\n{lines}\naxes:\n{axes}")
+    return path
+
+
+def runs_of(root: Path) -> list[RunDirectory]:
+    return [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
+
+
+def all_ended(root: Path, n: int) -> bool:
+    runs = runs_of(root)
+    return len(runs) == n and all(r.status() is not None for r in runs)
+
+
+def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_cluster, train_videos, tmp_path):
+    root = tmp_path / "runs"
+    # lr 1e30 diverges at once: with cluster.max_failures=0 those runs fail (deterministically)
+    sweep = write_sweep(tmp_path, train_videos, root, "  - key: model.kl_scale\n    values: [0.001, 0.01]\n"
+                                                       "  - key: optim.lr\n    values: [0.001, 1.0e+30]\n")
+    rc, out = submit([f"sweep={sweep}"])
+    assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
+    ids = {s["job_id"] for r in runs_of(root) for s in r.submissions()}
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
+    wait_for(lambda: all_ended(root, 4), 420, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    states = {r.info()["name"]: r.status()["state"] for r in runs_of(root)}
+    assert states == {"kl0.001-lr0.001": "finished", "kl0.01-lr0.001": "finished",
+                      "kl0.001-lr1e+30": "failed", "kl0.01-lr1e+30": "failed"}, states
+    table = render(root, "sweep_test")
+    assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
+    assert table.count("finished") >= 2 and table.count("failed") >= 2
+
+    before = squeue_ids()
+    rc, out = submit([f"sweep={sweep}"])
+    assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
+    assert not squeue_ids() - before
+
+    failed = [r for r in runs_of(root) if r.status()["state"] == "failed"]
+    attempts_before = {r.path: len(r.attempts()) for r in failed}
+    rc, out = submit([f"sweep={sweep}", "--retry-failed"])
+    assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
+    wait_for(lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed), 300,
+             "the retried runs to end", lambda: "\n".join(explain(r) for r in failed))
+    counts = {r.info()["name"]: len(r.submissions()) for r in runs_of(root)}
+    assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
+
+
+def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos, tmp_path):
+    slurm_cluster.set_max_array_size(2)
+    try:
+        root = tmp_path / "runs"
+        sweep = write_sweep(tmp_path, train_videos, root, "  - key: model.kl_scale\n    values: [0.001, 0.002, 0.003]\n", steps=2)
+        rc, out = submit([f"sweep={sweep}"])
+        assert rc == 0 and "submitted 3 run(s) of sweep sweep_test as 2 slurm submission(s)" in out, out
+        ids = [s["job_id"] for r in runs_of(root) for s in r.submissions()]
+        arrays = {}
+        for job in ids:
+            arrays.setdefault(job.split("_")[0], []).append(job)
+        assert sorted(len(v) for v in arrays.values()) == [1, 2]  # ceil(3 / 2) sbatch calls
+        subprocess.run(["scancel", *arrays], check=True)
+    finally:
+        slurm_cluster.set_max_array_size(1001)
