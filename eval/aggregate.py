@@ -45,6 +45,7 @@ PUBLISHED = {
     "RSP (paper)": (60.1, 57.4, 62.8, 33.8, 44.6, 73.4),
 }
 PAPER_COLUMNS = ["DAVIS J&F", "J", "F", "VIP mIoU", "JHMDB PCK@0.1", "PCK@0.2"]
+MAX_LEGEND = 12
 
 
 def column(task: str, metric: str) -> str:
@@ -113,15 +114,17 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    metrics = [c for c in table.columns if ":" in c and not c.startswith("axis:")]
+    metrics = [column(t, m) for t, m in HEADLINE if column(t, m) in table]  # every metric is in the CSV
     axes = [c for c in table.columns if c.startswith("axis:")]
     best = table[table["best"]]
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for run, group in table.dropna(subset=[metric]).groupby("run"):
+        groups = table.dropna(subset=[metric]).groupby("run")
+        for run, group in groups:
             ax.plot(group["step"], group[metric], marker="o", label=run)
         ax.set(xlabel="training step", ylabel=metric, title=f"{metric} over training")
-        ax.legend(fontsize="small")
+        if groups.ngroups <= MAX_LEGEND:  # beyond that a legend hides the plot; the CSV names the runs
+            ax.legend(fontsize="small")
         paths.append(_save(fig, out / f"{_safe(metric)}_vs_step.png"))
         for axis in axes:
             points = best.dropna(subset=[metric, axis]).sort_values(axis, key=lambda s: s.map(_sort_key))
@@ -150,16 +153,23 @@ def _safe(name: str) -> str:
 
 
 def write_hparams(table: pd.DataFrame, out: Path) -> None:
-    """One hparams summary per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep."""
-    from torch.utils.tensorboard import SummaryWriter
+    """One hparams session per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep.
+    Written with torch's summary protos and one event file per run (no SummaryWriter thread each)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+    from torch.utils.tensorboard.summary import scalar
+    from torch.utils.tensorboard.writer import FileWriter
 
     shutil.rmtree(out, ignore_errors=True)
     for row in table[table["best"]].to_dict("records"):
         hparams = {k.removeprefix("axis:"): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if k.startswith("axis:")}
-        hparams.update(model=row["model"], step=row["step"])
+        hparams.update(model=row["model"], step=int(row["step"]))
         metrics = {k: v for k, v in row.items() if ":" in k and not k.startswith("axis:") and isinstance(v, float) and not math.isnan(v)}
-        with SummaryWriter(str(out / f"{row['run']}-{row['run_id']}")) as writer:
-            writer.add_hparams(hparams, metrics, run_name=".")
+        writer = FileWriter(str(out / f"{row['run']}-{row['run_id']}"))
+        for summary in hparams_summaries(hparams, metrics):
+            writer.add_summary(summary)
+        for name, value in metrics.items():
+            writer.add_summary(scalar(name, value), int(row["step"]))
+        writer.close()
 
 
 @dataclass

@@ -229,7 +229,8 @@ def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, tra
     assert rc == 0, out
     run = only_run(root)
     wait_for(lambda: run.latest_logged_step() >= 5, 300, "the run to train", lambda: explain(run))
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N2", "-n8", "--wrap", "sleep 8"], capture_output=True, text=True, check=True)
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N2", "-n8", f"--output={tmp_path / 'high-%j.out'}", "--wrap", "sleep 8"],
+                          capture_output=True, text=True, check=True)
     wait_finished(run, timeout=600)
     attempts = run.attempts()
     assert attempts[0].end_reason == "preempted" and attempts[-1].end_reason == "finished", explain(run)

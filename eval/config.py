@@ -1,0 +1,191 @@
+"""Typed configuration of an evaluation: which checkpoint, which task, which propagation protocol.
+
+`EvalConfig` is the single source of truth for `python -m eval.run` (registered in Hydra's
+ConfigStore as "eval") and for the results pipeline (`eval.run.evaluate(cfg)`). Fields that cannot
+change the numbers (paths, device, batch sizes, worker counts) carry ``metadata=RUNTIME_ONLY``;
+`protocol_hash(cfg)` hashes the resolved protocol only, so the same evaluation of the same
+checkpoint always has the same hash wherever it runs.
+
+Propagation presets (spec eval.md §1, §4). Published numbers name the protocol that produced them:
+    dino     topk 5, queue 7,  radius 12, T 0.1   DINO's DAVIS defaults (ViT-S/16 ~61.8 J&F)
+    rsp      topk 7, queue 30, radius 30, T 0.1   RSP's published DAVIS numbers
+    siammae  topk 7, queue 20, radius 20, T 0.7   CropMAE / SiamMAE-style evaluations
+    vip      topk 10, queue 20, radius 20, T 0.7  SiamMAE-style VIP evaluation (T is our choice:
+                                                  the spec gives no VIP temperature)
+`preset=auto` picks rsp for DAVIS, siammae for JHMDB and vip for VIP; any of topk, n_last_frames,
+radius, temperature set explicitly overrides the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from rsp.config import RUNTIME_ONLY, ConfigError
+
+TASKS = ("davis", "jhmdb", "vip")
+CHECKPOINT_FORMATS = ("auto", "ours", "rsp_reference", "timm", "dino", "mae")
+DINO_BRANCHES = ("teacher", "student")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PropagationParams:
+    """Label-propagation hyperparameters (spec eval.md §1)."""
+
+    topk: int  # sources kept per target cell, jointly over all context frames
+    n_last_frames: int  # length of the FIFO queue of previous frames (their soft predictions)
+    radius: int  # grid cells; a source counts only if |di| <= radius and |dj| <= radius; 0: no limit
+    temperature: float  # affinity = exp(cos / temperature)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.topk < 1:
+            out.append(f"topk ({self.topk}) must be >= 1 source per target cell")
+        if self.n_last_frames < 0:
+            out.append(f"n_last_frames ({self.n_last_frames}) must be >= 0 frames")
+        if self.radius < 0:
+            out.append(f"radius ({self.radius}) must be >= 0 grid cells (0 disables the neighbourhood)")
+        if not self.temperature > 0:
+            out.append(f"temperature ({self.temperature}) must be > 0")
+        return out
+
+
+PRESETS: dict[str, PropagationParams] = {
+    "dino": PropagationParams(topk=5, n_last_frames=7, radius=12, temperature=0.1),
+    "rsp": PropagationParams(topk=7, n_last_frames=30, radius=30, temperature=0.1),
+    "siammae": PropagationParams(topk=7, n_last_frames=20, radius=20, temperature=0.7),
+    "vip": PropagationParams(topk=10, n_last_frames=20, radius=20, temperature=0.7),
+}
+TASK_DEFAULT_PRESET = {"davis": "rsp", "jhmdb": "siammae", "vip": "vip"}
+# Frame size per task when frame_size is unset (px): DAVIS short side (long side floored to a
+# multiple of 64, spec §1), JHMDB square side (spec §3), VIP long side (spec §4).
+TASK_DEFAULT_FRAME_SIZE = {"davis": 480, "jhmdb": 320, "vip": 880}
+OVERRIDABLE = ("topk", "n_last_frames", "radius", "temperature")
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation of one checkpoint on one task. Paths may be relative to the working directory."""
+
+    checkpoint: str = field(default="", metadata=RUNTIME_ONLY)  # .pt/.pth file to evaluate
+    checkpoint_format: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto | ours | rsp_reference | timm | dino | mae
+    trust_checkpoint: bool = field(default=False, metadata=RUNTIME_ONLY)  # allow pickled objects (reference RSP files)
+    dino_branch: str = "teacher"  # DINO training checkpoints: which network to evaluate
+    num_heads: Optional[int] = None  # attention heads; None: from our registry, else width / 64
+    task: str = "davis"  # davis | jhmdb | vip
+    preset: str = "auto"  # a name in PRESETS, or auto (the task's default)
+    topk: Optional[int] = None  # overrides the preset when set
+    n_last_frames: Optional[int] = None  # overrides the preset when set
+    radius: Optional[int] = None  # overrides the preset when set (grid cells)
+    temperature: Optional[float] = None  # overrides the preset when set
+    frame_size: Optional[int] = None  # px; None: the task's default (TASK_DEFAULT_FRAME_SIZE)
+    pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (spec §3)
+    pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (spec §3)
+    data_root: str = field(default="", metadata=RUNTIME_ONLY)  # dataset root in its official layout
+    split: str = "val"  # DAVIS ImageSets/2017/<split>.txt, VIP lists/<split>_videos.txt
+    jhmdb_split: int = 1  # JHMDB: test videos of splits/*_test_split<N>.txt (spec §3: split 1)
+    davis_resolution: str = "480p"  # DAVIS subfolder of JPEGImages/ and Annotations/
+    sequences: list[str] = field(default_factory=list)  # a subset of the split's sequences (empty: all)
+    output_dir: str = field(default="", metadata=RUNTIME_ONLY)  # "": <run>/eval/<stem>-<task>-<hash[:10]> (eval.run)
+    device: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto (cuda when present) | cpu | cuda
+    batch_frames: int = field(default=0, metadata=RUNTIME_ONLY)  # frames per forward pass; 0: auto (GPU 8, CPU ~2k tokens)
+    workers: int = field(default=0, metadata=RUNTIME_ONLY)  # processes for the DAVIS metric; 0: one per core
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.checkpoint:
+            out.append("checkpoint is empty; pass checkpoint=PATH to a .pt/.pth file")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            out.append(f"checkpoint_format ({self.checkpoint_format!r}) must be one of {', '.join(CHECKPOINT_FORMATS)}")
+        if self.dino_branch not in DINO_BRANCHES:
+            out.append(f"dino_branch ({self.dino_branch!r}) must be one of {', '.join(DINO_BRANCHES)}")
+        if self.task not in TASKS:
+            out.append(f"task ({self.task!r}) must be one of {', '.join(TASKS)}")
+        if self.preset != "auto" and self.preset not in PRESETS:
+            out.append(f"preset ({self.preset!r}) is not a known preset; valid: auto, {', '.join(PRESETS)}")
+        elif self.task in TASKS:
+            out += propagation_params(self).problems()
+        if not self.data_root:
+            out.append("data_root is empty; pass data_root=PATH to the dataset in its official layout")
+        if self.frame_size is not None and self.frame_size < 16:
+            out.append(f"frame_size ({self.frame_size}) must be >= 16 px (or null for the task's default)")
+        if self.pose_topk < 1:
+            out.append(f"pose_topk ({self.pose_topk}) must be >= 1 grid cell")
+        if not self.pose_sigma > 0:
+            out.append(f"pose_sigma ({self.pose_sigma}) must be > 0 grid cells")
+        if self.device not in DEVICES:
+            out.append(f"device ({self.device!r}) must be one of {', '.join(DEVICES)}")
+        if self.batch_frames < 0:
+            out.append(f"batch_frames ({self.batch_frames}) must be >= 1, or 0 for automatic")
+        if self.jhmdb_split not in (1, 2, 3):
+            out.append(f"jhmdb_split ({self.jhmdb_split}) must be 1, 2 or 3")
+        if self.workers < 0:
+            out.append(f"workers ({self.workers}) must be >= 0 (0: one per core)")
+        if self.num_heads is not None and self.num_heads < 1:
+            out.append(f"num_heads ({self.num_heads}) must be >= 1 or null")
+        return out
+
+
+def validate(cfg: EvalConfig) -> EvalConfig:
+    """Raise `ConfigError` listing every problem of `cfg`; return it unchanged when there is none."""
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(problems, what="evaluation configuration")
+    return cfg
+
+
+def preset_name(cfg: EvalConfig) -> str:
+    return TASK_DEFAULT_PRESET.get(cfg.task, "rsp") if cfg.preset == "auto" else cfg.preset
+
+
+def propagation_params(cfg: EvalConfig) -> PropagationParams:
+    """The preset's values with every explicitly set override applied."""
+    base = PRESETS[preset_name(cfg)]
+    changes = {name: getattr(cfg, name) for name in OVERRIDABLE if getattr(cfg, name) is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def frame_size(cfg: EvalConfig) -> int:
+    return cfg.frame_size if cfg.frame_size is not None else TASK_DEFAULT_FRAME_SIZE[cfg.task]
+
+
+def protocol(cfg: EvalConfig) -> dict:
+    """Every setting that produced the numbers: the resolved preset plus the task's own settings.
+    `preset` names the preset and lists the overrides (e.g. "rsp+topk=5")."""
+    params = propagation_params(cfg)
+    base = PRESETS[preset_name(cfg)]
+    overrides = [f"{k}={getattr(params, k)}" for k in OVERRIDABLE if getattr(params, k) != getattr(base, k)]
+    out = {
+        "task": cfg.task,
+        "preset": "+".join([preset_name(cfg), *overrides]),
+        **dataclasses.asdict(params),
+        "frame_size": frame_size(cfg),
+        "split": cfg.split,
+        "sequences": sorted(cfg.sequences),
+        "dino_branch": cfg.dino_branch,
+    }
+    if cfg.task == "davis":
+        out["davis_resolution"] = cfg.davis_resolution
+    if cfg.task == "jhmdb":
+        out.update(pose_topk=cfg.pose_topk, pose_sigma=cfg.pose_sigma, jhmdb_split=cfg.jhmdb_split)
+        del out["split"]
+    return out
+
+
+def protocol_hash(cfg: EvalConfig) -> str:
+    """Stable hex sha256 of the settings that change the numbers (not paths, devices or the preset's
+    name: `preset=rsp` and the same four values given explicitly hash the same)."""
+    payload = {k: v for k, v in protocol(cfg).items() if k != "preset"}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def register_configs() -> None:
+    """Register `EvalConfig` as the Hydra config "eval" (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="eval", node=EvalConfig)

@@ -1,0 +1,113 @@
+"""DAVIS-2017 semi-supervised video object segmentation by label propagation (spec eval.md §1).
+
+On-disk layout (official):
+    <root>/ImageSets/2017/<split>.txt           sequence names, one per line
+    <root>/JPEGImages/<resolution>/<seq>/*.jpg  frames (00000.jpg, ...)
+    <root>/Annotations/<resolution>/<seq>/*.png indexed PNGs, index = object id (255 = void)
+Predictions go to <out>/<seq>/<frame>.png (the official results layout), frame 0 = ground truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from eval.config import PropagationParams
+from eval.features import short_side_size
+from eval.indexmaps import read_index_png, read_palette, write_index_png
+from eval.segmentation import propagate_index_maps
+
+log = logging.getLogger(__name__)
+
+VOID = 255  # DAVIS marks uncertain pixels 255; the official tool counts them as background
+
+
+@dataclass(frozen=True)
+class DavisSequence:
+    name: str
+    frames: tuple[Path, ...]  # sorted JPEGs
+    annotations: tuple[Path, ...]  # sorted PNGs; annotations[0] belongs to frames[0]
+
+
+def read_davis(root: str | Path, split: str = "val", resolution: str = "480p", sequences: Sequence[str] = ()) -> list[DavisSequence]:
+    """The split's sequences, checked: frames exist, the first frame is annotated, every annotation
+    has its frame. Raises naming the missing file and how to get it."""
+    root = Path(root)
+    listing = root / "ImageSets" / "2017" / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(
+            f"{listing} is missing: {root} is not a DAVIS-2017 root (prepare one with "
+            f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist"
+        )
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if sequences:
+        unknown = sorted(set(sequences) - set(names))
+        if unknown:
+            raise ValueError(f"sequences {', '.join(unknown)} are not in {listing}; valid: {', '.join(names)}")
+        names = [n for n in names if n in set(sequences)]
+    if not names:
+        raise ValueError(f"{listing} lists no sequences; list one name per line")
+    return [_read_sequence(root, resolution, name) for name in names]
+
+
+def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
+    frame_dir = root / "JPEGImages" / resolution / name
+    mask_dir = root / "Annotations" / resolution / name
+    frames = tuple(sorted(frame_dir.glob("*.jpg")))
+    masks = tuple(sorted(mask_dir.glob("*.png")))
+    if not frames:
+        raise FileNotFoundError(f"no frames (*.jpg) in {frame_dir}; the sequence {name} is incomplete, re-extract DAVIS")
+    if not masks or masks[0].stem != frames[0].stem:
+        raise FileNotFoundError(
+            f"{mask_dir / (frames[0].stem + '.png')} is missing: semi-supervised propagation needs the "
+            f"first frame's annotation of {name}"
+        )
+    frame_stems = {f.stem for f in frames}
+    orphans = [m for m in masks if m.stem not in frame_stems]
+    if orphans:
+        raise FileNotFoundError(f"{frame_dir / (orphans[0].stem + '.jpg')} is missing but {orphans[0]} annotates it")
+    return DavisSequence(name, frames, masks)
+
+
+def first_frame_labels(seq: DavisSequence):
+    """(index map with void as background, number of labels C = max id + 1) of frame 0."""
+    first = read_index_png(seq.annotations[0])
+    first[first == VOID] = 0
+    return first, int(first.max()) + 1
+
+
+def segment_sequence(
+    seq: DavisSequence,
+    encoder: torch.nn.Module,
+    params: PropagationParams,
+    out_dir: Path,
+    device: torch.device,
+    short_side: int = 480,
+    batch_frames: int = 0,
+    writer: ThreadPoolExecutor | None = None,
+) -> int:
+    """Propagate frame 0's objects through `seq` and write <out_dir>/<seq>/<frame>.png (frame 0 is
+    the ground truth). PNGs are written on `writer`'s threads while the next frame propagates.
+    Returns the number of frames written."""
+    first, num_labels = first_frame_labels(seq)
+    size = short_side_size(*first.shape, short_side)
+    palette = read_palette(seq.annotations[0])
+    target = out_dir / seq.name
+    target.mkdir(parents=True, exist_ok=True)
+    own_writer = writer is None
+    writer = writer or ThreadPoolExecutor(max_workers=2)
+    pending = [writer.submit(write_index_png, target / f"{seq.frames[0].stem}.png", first, palette)]
+    maps = propagate_index_maps(seq.frames, first, encoder, params, size, device, batch_frames, num_labels)
+    for t, index in maps:
+        pending.append(writer.submit(write_index_png, target / f"{seq.frames[t].stem}.png", index, palette))
+    for job in pending:
+        job.result()  # re-raise write errors here
+    if own_writer:
+        writer.shutdown()
+    log.info("%s: %d frames propagated at %dx%d", seq.name, len(seq.frames), size[1], size[0])
+    return len(seq.frames)

@@ -1,0 +1,93 @@
+"""Index maps: palette PNGs on disk, one-hot label grids, and soft labels back to an index map.
+
+An index map is a (H, W) uint8 array whose value is an object id (DAVIS, 0 = background) or a
+class id (VIP). DAVIS stores them as indexed ("P" mode) PNGs; predictions are written the same
+way, since the official tools read the index, never the colour (spec eval.md §1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+INDEX_MODES = ("P", "L")  # palette PNGs, or 8-bit grey PNGs that hold the index directly
+
+
+def davis_palette() -> list[int]:
+    """The 256-colour palette of the DAVIS / PASCAL VOC annotations (768 ints): colour i spreads
+    the bits of i over the high bits of R, G and B (1 -> dark red, 2 -> dark green, ...)."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """(H, W) uint8 index map of an indexed or grey PNG; RGB files raise (their colours are not ids)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in INDEX_MODES:
+                raise ValueError(
+                    f"{path} is a {image.mode} image, not an indexed (P) or grey (L) PNG: its pixel values "
+                    "must be object/class ids. Save index maps with Image.fromarray(ids, mode='P') and a palette."
+                )
+            return np.array(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"index map {path} is missing; every scored frame needs one") from None
+
+
+def read_palette(path: Path) -> list[int]:
+    """The palette of an indexed PNG (the DAVIS palette when the file has none)."""
+    with Image.open(path) as image:
+        palette = image.getpalette() if image.mode == "P" else None
+    return palette if palette else davis_palette()
+
+
+def write_index_png(path: Path, index_map: np.ndarray, palette: list[int]) -> None:
+    image = Image.fromarray(np.ascontiguousarray(index_map, dtype=np.uint8), mode="P")
+    image.putpalette(palette)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def one_hot_grid(index_map: np.ndarray, grid: tuple[int, int], num_labels: int | None = None):
+    """First-frame labels (spec §1): the index map resized to the (h, w) feature grid with NEAREST
+    (PIL, straight from the original size), one-hot with C = max id + 1. Returns (h*w, C) float32."""
+    import torch
+
+    h, w = grid
+    small = np.array(Image.fromarray(index_map).resize((w, h), Image.NEAREST), dtype=np.int64)
+    num_labels = int(index_map.max()) + 1 if num_labels is None else num_labels
+    return torch.nn.functional.one_hot(torch.from_numpy(small).flatten(), num_labels).float()
+
+
+def soft_to_index_map(soft, patch_size: int, out_size: tuple[int, int]) -> np.ndarray:
+    """Soft labels (C, h, w) at grid resolution -> (H, W) uint8 index map (spec §1): bilinear
+    upsampling by the patch size (align_corners False), per-channel min-max rescale of channels
+    whose max is > 0, argmax over channels, NEAREST resize to the original frame size.
+
+    The rescale is exactly the reference's (x - min) / max(x - min); a constant positive channel
+    becomes NaN there and wins the argmax, as it does in the reference (torch treats NaN as max)."""
+    import torch
+    import torch.nn.functional as F
+
+    up = F.interpolate(soft[None], scale_factor=patch_size, mode="bilinear", align_corners=False,
+                       recompute_scale_factor=False)[0]  # (C, h*p, w*p)
+    low, high = up.amin(dim=(1, 2)), up.amax(dim=(1, 2))  # (C,)
+    span = high - low  # = max(x - min) in fp32, as the reference computes it
+    for c in (high > 0).nonzero()[:, 0].tolist():
+        up[c].sub_(low[c]).div_(span[c])
+    index = up.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    H, W = out_size
+    if index.shape != (H, W):
+        index = np.array(Image.fromarray(index).resize((W, H), Image.NEAREST))
+    return index

@@ -1,0 +1,161 @@
+"""Evaluate one checkpoint on one task: the programmatic entry point and the CLI.
+
+    python -m eval.run checkpoint=PATH task=davis preset=rsp data_root=data/DAVIS
+    python -m eval.run checkpoint=PATH task=jhmdb data_root=data/JHMDB topk=10
+    python -m eval.run checkpoint=PATH task=vip data_root=data/VIP_Fine device=cuda
+
+Arguments are Hydra overrides of `eval.config.EvalConfig`. Outputs go to `output_dir` (default
+<run>/eval/<checkpoint stem>-<task>-<protocol hash[:10]>): predictions in the task's
+layout, metrics.json (metrics, protocol, protocol hash, wall time) and, for DAVIS, the official
+global_results-<split>.csv and per-sequence_results-<split>.csv. Every file is rewritten on each
+run, so stale results are never reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from eval import davis, jf, jhmdb, vip
+from eval.backbone import Backbone, load_backbone
+from eval.config import EvalConfig, frame_size, propagation_params, protocol, protocol_hash, register_configs, validate
+from rsp.atomicio import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOutcome:
+    task: str  # "davis" | "jhmdb" | "vip"
+    metrics: dict[str, float]  # DAVIS: J&F-Mean, J-Mean, ... (fractions); JHMDB: PCK@0.1, PCK@0.2; VIP: mIoU
+    protocol: dict  # every setting that produced the numbers, with "protocol_hash"
+    output_dir: Path  # predictions + metrics.json
+    wall_time_s: float
+
+
+def default_output_dir(cfg: EvalConfig) -> Path:
+    """<run>/eval/... for our <run>/checkpoints/step_X.pt, else eval/... beside the checkpoint."""
+    checkpoint = Path(cfg.checkpoint)
+    base = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return base / "eval" / f"{checkpoint.stem}-{cfg.task}-{protocol_hash(cfg)[:10]}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: EvalConfig) -> EvalOutcome:
+    """Run `cfg` end to end and write its outputs; returns the metrics and the protocol."""
+    validate(cfg)
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(cfg.checkpoint, cfg.checkpoint_format, trust_pickle=cfg.trust_checkpoint,
+                             dino_branch=cfg.dino_branch, num_heads=cfg.num_heads)
+    run_task = {"davis": _run_davis, "jhmdb": _run_jhmdb, "vip": _run_vip}[cfg.task]
+    metrics = run_task(cfg, backbone, device, out_dir)
+    details = {
+        **protocol(cfg),
+        "protocol_hash": protocol_hash(cfg),
+        "checkpoint": str(cfg.checkpoint),
+        "checkpoint_format": backbone.format,
+        "patch_size": backbone.patch_size,
+        "embed_dim": backbone.encoder.embed_dim,
+    }
+    wall = time.perf_counter() - start
+    atomic_write_json(out_dir / "metrics.json", {"task": cfg.task, "metrics": metrics, "protocol": details,
+                                                 "wall_time_s": wall, "device": str(device)})
+    return EvalOutcome(cfg.task, metrics, details, out_dir, wall)
+
+
+def _run_davis(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
+    sequences = davis.read_davis(cfg.data_root, cfg.split, cfg.davis_resolution, cfg.sequences)
+    params = propagation_params(cfg)
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        for seq in sequences:
+            davis.segment_sequence(seq, backbone.encoder, params, out_dir, device, frame_size(cfg), cfg.batch_frames, writer)
+    scores = jf.evaluate(sequences, out_dir, cfg.workers)
+    jf.write_csvs(scores, out_dir, cfg.split)
+    return scores.global_metrics()
+
+
+def _run_jhmdb(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
+    videos = jhmdb.read_jhmdb(cfg.data_root, cfg.jhmdb_split, cfg.sequences)
+    metrics, predictions = jhmdb.evaluate(videos, backbone.encoder, propagation_params(cfg), frame_size(cfg), device,
+                                          cfg.pose_topk, cfg.pose_sigma, cfg.batch_frames)
+    atomic_write_json(out_dir / "keypoints.json", predictions)  # video -> (frames 1.., 15, [x, y]) px
+    return metrics
+
+
+def _run_vip(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
+    videos = vip.read_vip(cfg.data_root, cfg.split, cfg.sequences)
+    return vip.evaluate(videos, backbone.encoder, propagation_params(cfg), frame_size(cfg), device, out_dir, cfg.batch_frames)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def config_from_overrides(overrides: list[str]) -> EvalConfig:
+    """Hydra's override grammar on `EvalConfig` (compose API: no working-directory change, no
+    Hydra output folder). Unknown keys raise and name the valid ones."""
+    from hydra import compose, initialize
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    register_configs()
+    with initialize(version_base=None, config_path=None):
+        try:
+            composed = compose(config_name="eval", overrides=overrides)
+        except ConfigCompositionException as exc:
+            valid = ", ".join(EvalConfig.__dataclass_fields__)
+            raise ValueError(f"{exc}; valid keys: {valid}") from exc
+    return OmegaConf.to_object(composed)
+
+
+def usage() -> str:
+    import dataclasses
+
+    lines = [__doc__.strip(), "", "Keys (key=value, Hydra override syntax):"]
+    for f in dataclasses.fields(EvalConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name}={default!r}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(usage())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_overrides(argv)
+    outcome = evaluate(cfg)
+    width = max(len(k) for k in outcome.metrics)
+    print(f"{outcome.task} ({outcome.protocol['preset']}, hash {outcome.protocol['protocol_hash'][:10]}) "
+          f"in {outcome.wall_time_s:.1f} s")
+    for name, value in outcome.metrics.items():
+        print(f"  {name:<{width}}  {value:.4f}")
+    print(f"outputs: {outcome.output_dir}")
+    print(json.dumps({"task": outcome.task, "metrics": outcome.metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,40 @@
+"""Segmentation by label propagation: frames + the first frame's index map -> index maps of the
+others (spec eval.md §1). Shared by DAVIS (object ids) and VIP (part classes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from eval.config import PropagationParams
+from eval.features import extract_features, iter_frames
+from eval.indexmaps import one_hot_grid, soft_to_index_map
+from eval.propagation import propagate
+
+
+@torch.inference_mode()
+def propagate_index_maps(
+    frames: Sequence[Path],
+    first: np.ndarray,
+    encoder: torch.nn.Module,
+    params: PropagationParams,
+    size: tuple[int, int],
+    device: torch.device,
+    batch_frames: int = 0,
+    num_labels: Optional[int] = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (t, (H, W) uint8 index map) for t = 1..len(frames)-1. `first` is frame 0's index map
+    (H, W); the network sees frames resized to `size` (h, w), both divisible by the patch size."""
+    p = encoder.patch_size
+    if size[0] % p or size[1] % p:
+        raise ValueError(f"input size {size[1]}x{size[0]} is not divisible by the patch size {p}")
+    grid = (size[0] // p, size[1] // p)
+    H, W = first.shape
+    features = extract_features(encoder, iter_frames(frames, (H, W)), size, device, batch_frames)
+    labels = one_hot_grid(first, grid, num_labels).to(device)
+    C = labels.shape[1]
+    for t, soft in propagate(features, labels, grid, params):
+        yield t, soft_to_index_map(soft.T.reshape(C, *grid), p, (H, W))
