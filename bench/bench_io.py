@@ -1,0 +1,41 @@
+"""Shared by the benchmark scripts: where results go, and printing a table plus its JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    return {"host": platform.node(), "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
+    """Print rows as an aligned table and write {machine, rows, **extra} to bench/results/<name>.json."""
+    if rows:
+        keys = list(rows[0])
+        cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
+        widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        for c in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+    for k, v in (extra or {}).items():
+        print(f"{k}: {_fmt(v)}")
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2, default=str))
+    print(f"wrote {path}")
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
