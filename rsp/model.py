@@ -196,8 +196,10 @@ class RSP(ViTEncoder):
         if cfg.latent != "none":
             noisy = tgt + cfg.noise_scale * torch.randn_like(tgt)  # noise only on the posterior's input
             tgt_h = self.forward_encoder(noisy)[0]
-            post_logits = self.to_posterior(torch.cat([src_h[:, 0], tgt_h[:, 0]], dim=-1))  # (B, logits)
-            prior_logits = self.to_prior(src_h[:, 0])
+            # The distributions and the KL run in fp32 even under bf16/fp16 autocast: a 32-way
+            # softmax and a sum of 32 KL terms lose most of their precision in 8 mantissa bits.
+            post_logits = self.to_posterior(torch.cat([src_h[:, 0], tgt_h[:, 0]], dim=-1)).float()  # (B, logits)
+            prior_logits = self.to_prior(src_h[:, 0]).float()
             # nan_to_num only matters once training has diverged: sampling then still works and the
             # (non-finite) KL below reports the divergence through the loss.
             sampling_logits = torch.nan_to_num(post_logits)
