@@ -18,7 +18,6 @@ frame's grid (spec eval.md §1).
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from rsp.encoder import ViTEncoder, is_encoder_key
+from rsp.interop import load_torch_file, strip_wrapper_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ DROPPED_PREFIXES = (
     "decoder_", "mask_token", "mae_", "to_posterior.", "to_prior.",  # RSP / MAE decoders and latent
     "head.", "head_dist.", "pre_logits.",  # classification and DINO projection heads
 )
-WRAPPER_PREFIXES = ("module.", "backbone.")  # DDP and DINO's MultiCropWrapper
 OUR_CHECKPOINT_NAME = re.compile(r"step_\d{8}\.pt")
 
 
@@ -72,7 +71,7 @@ def load_backbone(
             f"or checkpoint_format={detected}"
         )
     state, heads = _state_dict_and_heads(raw, detected, dino_branch, path)
-    state = strip_wrappers(state)
+    state = strip_wrapper_prefixes(state)
     encoder_state, dropped = split_encoder_keys(state, path)
     try:
         encoder = ViTEncoder.from_state_dict(encoder_state, num_heads=num_heads or heads)
@@ -87,25 +86,14 @@ def load_backbone(
 
 
 def _load_file(path: Path, trust_pickle: bool) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass checkpoint=PATH to an existing .pt/.pth file")
     if OUR_CHECKPOINT_NAME.fullmatch(path.name) and path.with_suffix(".json").is_file():
         from rsp.checkpoint import load_checkpoint_file  # verifies the sha256 in the manifest
 
         return load_checkpoint_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} contains pickled Python objects (e.g. the reference RSP's argparse Namespace) "
-                "that weights_only loading refuses. Loading it runs code from the file: only if you trust "
-                "where it came from, pass trust_checkpoint=true."
-            ) from exc
-        log.warning("loading %s with weights_only=False (trusted by the user)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint ({exc}); check the file is complete") from exc
+        return load_torch_file(path, trust_pickle)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; pass checkpoint=PATH to an existing .pt/.pth file") from exc
 
 
 def detect_format(raw: Any) -> str:
@@ -142,16 +130,6 @@ def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> 
     if fmt == "mae":
         return raw["model"], None
     return raw, None
-
-
-def strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP's "module." and DINO's "backbone." prefixes (in any order, repeated)."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
-    return out
 
 
 def split_encoder_keys(state: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:

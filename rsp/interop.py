@@ -16,6 +16,7 @@ Every load is strict: a missing, unexpected or mis-shaped key raises a ValueErro
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +32,8 @@ from rsp.model import MODELS, RSP, create_model
 REFERENCE_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "scaler", "args")
 # Wrappers that prefix every key: DistributedDataParallel ("module.") and the downstream
 # evaluation code of the reference ("backbone."); spec §8.
-WRAPPER_PREFIXES = ("module.", "backbone.")
+WRAPPER_PREFIXES = ("module.", "backbone.")  # DDP and DINO's MultiCropWrapper
+log = logging.getLogger(__name__)
 # The reference registers each model twice: `rsp_vit_small_patch16` and the same builder under
 # `rsp_vit_small_patch16_dec512d8b`; its checkpoints may carry either name in args.model.
 REFERENCE_NAME_SUFFIX = "_dec512d8b"
@@ -68,21 +70,31 @@ def timm_vit(model: ViTEncoder) -> VisionTransformer:
 # --- in: checkpoint files ---------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
+def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
     """torch.load on the CPU with weights_only=True; a file that needs the full unpickler (the
     reference's, with its argparse Namespace) is read only when `trust_pickle` is True."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of an existing .pt/.pth file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_pickle:
-            reason = str(err).strip().splitlines()[0]
             raise ValueError(
-                f"{path} cannot be read with weights_only=True ({reason}): it contains pickled Python "
-                "objects (reference checkpoints store an argparse Namespace under 'args'), and unpickling "
-                "can execute arbitrary code. If the file comes from a source you trust (e.g. the authors' "
-                "released checkpoint-199.pth), pass trust_pickle=True."
+                f"{path} contains pickled Python objects that weights_only=True loading refuses (reference "
+                "checkpoints store an argparse Namespace under 'args'), and unpickling can execute arbitrary "
+                "code. If the file comes from a source you trust (e.g. the authors' released "
+                "checkpoint-199.pth), pass trust_pickle=True, or trust_checkpoint=true to python -m eval.run."
             ) from err
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        log.warning("loading %s with weights_only=False (trusted by the user)", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({err}); check that the file is complete") from err
+
+
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
+    """A checkpoint in the reference format (a dict with "model"), read with `load_torch_file`."""
+    ckpt = load_torch_file(path, trust_pickle)
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         found = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(
@@ -94,11 +106,12 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict[str, A
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove DDP's `module.` (and the evaluation wrappers' `backbone.`) from every key."""
+    """Remove DDP's `module.` and DINO's / evaluation wrappers' `backbone.` from every key, in any
+    order and however often they are nested."""
     out = {}
     for key, value in state_dict.items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
         out[key] = value
     return out
 
