@@ -82,22 +82,21 @@ class RSP(ViTEncoder):
         self.decoder_embed_deter = nn.Linear(D, Dd)
         if cfg.latent != "none":
             self.decoder_embed_stoch = nn.Linear(latent.sample_size(cfg.latent, cfg.stoch, cfg.discrete), Dd)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, Dd), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(
-            [DecoderBlock(Dd, spec.decoder_num_heads, spec.mlp_ratio) for _ in range(spec.decoder_depth)]
-        )
-        self.decoder_norm = LayerNorm(Dd)
-        self.decoder_pred = nn.Linear(Dd, spec.patch_size**2 * 3)
+        self._add_decoder("", spec, num_patches)
         if cfg.mae_aux == "separate":  # ablation: the MAE branch gets a decoder of its own
-            self.mae_mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
-            self.mae_decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, Dd), requires_grad=False)
-            self.mae_decoder_blocks = nn.ModuleList(
-                [DecoderBlock(Dd, spec.decoder_num_heads, spec.mlp_ratio) for _ in range(spec.decoder_depth)]
-            )
-            self.mae_decoder_norm = LayerNorm(Dd)
-            self.mae_decoder_pred = nn.Linear(Dd, spec.patch_size**2 * 3)
+            self._add_decoder("mae_", spec, num_patches)
         self.initialize_weights()
+
+    def _add_decoder(self, prefix: str, spec: ModelSpec, num_patches: int) -> None:
+        """Register a decoder's parts as top-level attributes in the reference's order
+        (mask_token, decoder_pos_embed, decoder_blocks, decoder_norm, decoder_pred), with `prefix`."""
+        Dd = spec.decoder_embed_dim
+        setattr(self, f"{prefix}mask_token", nn.Parameter(torch.zeros(1, 1, Dd)))
+        setattr(self, f"{prefix}decoder_pos_embed", nn.Parameter(torch.zeros(1, num_patches + 1, Dd), requires_grad=False))
+        blocks = [DecoderBlock(Dd, spec.decoder_num_heads, spec.mlp_ratio) for _ in range(spec.decoder_depth)]
+        setattr(self, f"{prefix}decoder_blocks", nn.ModuleList(blocks))
+        setattr(self, f"{prefix}decoder_norm", LayerNorm(Dd))
+        setattr(self, f"{prefix}decoder_pred", nn.Linear(Dd, spec.patch_size**2 * 3))
 
     # --- initialization (spec §6) ----------------------------------------------------------------
 
