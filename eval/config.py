@@ -184,6 +184,19 @@ def protocol_hash(cfg: EvalConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def select_sequences(listed: list[str], wanted: list[str] | tuple[str, ...], listing: object) -> list[str]:
+    """`listed` (a split's videos, in order) restricted to `wanted` (EvalConfig.sequences; empty: all).
+    Raises naming `listing` (the file or files that list the split) for unknown names and empty splits."""
+    if wanted:
+        unknown = sorted(set(wanted) - set(listed))
+        if unknown:
+            raise ValueError(f"sequences {', '.join(unknown)} are not in {listing}; valid: {', '.join(listed)}")
+        listed = [name for name in listed if name in set(wanted)]
+    if not listed:
+        raise ValueError(f"{listing} lists no videos; list one name per line")
+    return listed
+
+
 def register_configs() -> None:
     """Register `EvalConfig` as the Hydra config "eval" (idempotent)."""
     from hydra.core.config_store import ConfigStore

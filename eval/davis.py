@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from eval.config import PropagationParams
+from eval.config import PropagationParams, select_sequences
 from eval.features import short_side_size
 from eval.indexmaps import read_index_png, read_palette, write_index_png
 from eval.segmentation import propagate_index_maps
@@ -45,14 +45,7 @@ def read_davis(root: str | Path, split: str = "val", resolution: str = "480p", s
             f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist"
         )
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if sequences:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise ValueError(f"sequences {', '.join(unknown)} are not in {listing}; valid: {', '.join(names)}")
-        names = [n for n in names if n in set(sequences)]
-    if not names:
-        raise ValueError(f"{listing} lists no sequences; list one name per line")
-    return [_read_sequence(root, resolution, name) for name in names]
+    return [_read_sequence(root, resolution, name) for name in select_sequences(names, sequences, listing)]
 
 
 def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.io import loadmat
 
-from eval.config import PropagationParams
+from eval.config import PropagationParams, select_sequences
 from eval.features import extract_features, iter_frames, load_rgb
 from eval.propagation import propagate
 
@@ -51,14 +51,8 @@ def read_jhmdb(root: str | Path, split: int = 1, sequences: Sequence[str] = ()) 
             parts = line.split()
             if len(parts) == 2 and parts[1] == "2":
                 names.append(f"{cls}/{Path(parts[0]).stem}")
-    if sequences:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise ValueError(f"videos {', '.join(unknown)} are not test videos of split {split}")
-        names = [n for n in names if n in set(sequences)]
-    if not names:
-        raise ValueError(f"the split files {', '.join(map(str, split_files))} list no test videos (label 2)")
-    return [_read_video(root, name) for name in names]
+    listing = f"the test videos (label 2) of {root / 'splits'}/*_test_split{split}.txt"
+    return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
 
 
 def _read_video(root: Path, name: str) -> JhmdbVideo:

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.config import PropagationParams
+from eval.config import PropagationParams, select_sequences
 from eval.features import long_side_size
 from eval.indexmaps import davis_palette, read_index_png, write_index_png
 from eval.segmentation import propagate_index_maps
@@ -47,14 +47,7 @@ def read_vip(root: str | Path, split: str = "val", sequences: Sequence[str] = ()
             f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist"
         )
     names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if sequences:
-        unknown = sorted(set(sequences) - set(names))
-        if unknown:
-            raise ValueError(f"videos {', '.join(unknown)} are not in {listing}")
-        names = [n for n in names if n in set(sequences)]
-    if not names:
-        raise ValueError(f"{listing} lists no videos; list one name per line")
-    return [_read_video(root, name) for name in names]
+    return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
 
 
 def _read_video(root: Path, name: str) -> VipVideo:

@@ -101,7 +101,7 @@ def test_davis_reader_names_missing_files(tmp_path):
     with pytest.raises(ValueError, match="sequences nope are not in"):
         read_davis(root, sequences=["nope"])
     (root / "ImageSets" / "2017" / "val.txt").write_text("\n")
-    with pytest.raises(ValueError, match="lists no sequences"):
+    with pytest.raises(ValueError, match="val.txt lists no videos"):
         read_davis(root)
 
 
