@@ -53,6 +53,11 @@ class ResultRecord:
         return (self.run_id, self.step, self.task, self.protocol_hash)
 
 
+FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord))
+REQUIRED_FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord)
+                            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
 def write_record(path: str | Path, record: ResultRecord) -> Path:
     path = Path(path)
     atomic_write_json(path, dataclasses.asdict(record))
@@ -65,17 +70,17 @@ def parse_record(path: Path) -> ResultRecord:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable ({exc})") from exc
-    names = {f.name for f in dataclasses.fields(ResultRecord)}
-    required = {f.name for f in dataclasses.fields(ResultRecord) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing = sorted(required - set(data))
-    if not isinstance(data, dict) or missing:
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object (got {type(data).__name__})")
+    missing = sorted(REQUIRED_FIELDS - set(data))
+    if missing:
         raise ValueError(f"{path}: missing fields {', '.join(missing)}")
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {data.get('format')!r}")
     metrics = data["metrics"]
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
         raise ValueError(f"{path}: metrics must be finite numbers, got {metrics!r}")
-    return ResultRecord(**{k: v for k, v in data.items() if k in names})
+    return ResultRecord(**{k: v for k, v in data.items() if k in FIELDS})
 
 
 def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
