@@ -88,17 +88,27 @@ class StepReport:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Where `failed` is already listed, when the step writes the list itself (labels_dropped.csv).
+    listed_in: Path | None = None
 
     def summary(self) -> str:
         return f"{self.step}: {self.done} done, {self.skipped} already done, {len(self.failed)} failed"
 
     def write_failures(self, root: Path) -> Path | None:
+        """List the failures in `root/reports/<step>_failures.csv` unless the step has listed them
+        itself; the file that lists them, or None when nothing failed."""
         if not self.failed:
             return None
-        with atomic_path(root / "reports" / f"{self.step}_failures.csv") as tmp:
-            with tmp.open("w", newline="") as f:
-                csv.writer(f).writerows([("path", "reason"), *self.failed])
-        return root / "reports" / f"{self.step}_failures.csv"
+        if self.listed_in is None:
+            self.listed_in = root / "reports" / f"{self.step}_failures.csv"
+            write_failure_list(self.listed_in, self.failed)
+        return self.listed_in
+
+
+def write_failure_list(path: Path, failed: Sequence[tuple[str, str]]) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *failed])
 
 
 def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, desc: str) -> Iterator[tuple[Any, Any, str]]:

@@ -15,22 +15,21 @@ and rerun, redoing no finished file:
               labels_dropped.csv says which were dropped and why
 
 Failures of single files (an unavailable or undecodable video) never stop a step; they are
-logged and listed in reports/<step>_failures.csv. A step that cannot run at all (no archives, no
-ffmpeg, server unreachable for the list) raises and the command exits non-zero.
+logged and listed in reports/<step>_failures.csv (labels: in labels_dropped.csv). A step that
+cannot run at all (no archives, no ffmpeg, server unreachable for the list) raises and the
+command exits non-zero.
 Train with data.root=DIR (labels.csv is found automatically).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from pathlib import Path
 
 from rsp import kinetics
-from rsp.kinetics import KineticsLayout, StepReport, run_parallel
-from rsp.atomicio import atomic_path
+from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
 from rsp.video import OUR_LABELS, LabelEntry, VideoFile, VideoReadError, list_videos, write_labels
 
 log = logging.getLogger("rsp.prepare")
@@ -105,9 +104,8 @@ def write_labels_file(root: Path, video_dir: Path, min_frames: int = 5, jobs: in
         else:
             kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames))
     write_labels(root / OUR_LABELS, kept)
-    with atomic_path(root / "labels_dropped.csv") as tmp:
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows([("path", "reason"), *report.failed])
+    report.listed_in = root / "labels_dropped.csv"  # written even when empty: no stale list survives a rerun
+    write_failure_list(report.listed_in, report.failed)
     return report
 
 
