@@ -4,10 +4,9 @@ Layout of `<run>/checkpoints/`:
 
     step_00001000.pt     torch.save'd dict; loads with torch.load(weights_only=True)
     step_00001000.json   manifest, written once the .pt is durable: step, sha256, bytes, config hash
-    latest.json          pointer to the newest committed manifest, written last
     pins/                step_00001000.pt.<tag>: checkpoints that a pending evaluation still needs
 
-Commit order: .pt (temporary file, fsync, rename) -> manifest (same) -> latest.json. A kill at any
+Commit order: .pt (temporary file, fsync, rename) -> manifest (same). A kill at any
 moment leaves the previous checkpoints intact: an orphan .pt without a manifest is ignored and
 removed at the next start; a manifest whose file is missing, truncated or altered fails the sha256
 check and the loader falls back to the previous valid checkpoint, saying why.
@@ -45,7 +44,7 @@ class CheckpointStore:
     # --- writing --------------------------------------------------------------------------------
 
     def commit(self, step: int, payload: dict, *, config_hash: str, milestone: bool, model_name: str, code_version: str) -> Manifest:
-        """Durably write one checkpoint and its manifest, then move the `latest` pointer."""
+        """Durably write one checkpoint, then its manifest (which makes it committed)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / checkpoint_name(step)
         with atomic_writer(target) as f:
@@ -55,7 +54,6 @@ class CheckpointStore:
             milestone=milestone, model_name=model_name, code_version=code_version, created=time.time(),
         )
         atomic_write_json(self._manifest_path(target), dataclasses.asdict(manifest))
-        atomic_write_json(self.dir / "latest.json", {"step": step, "manifest": self._manifest_path(target).name})
         return manifest
 
     # --- reading --------------------------------------------------------------------------------
