@@ -114,7 +114,7 @@ class EvaluationJob:
         info = run.info()
         store = run.checkpoints
         checkpoint = store.dir / checkpoint_name(self.step)
-        written = []
+        written, failed = [], []
         for task in self.tasks:
             ecfg = eval_config_for(cfg, task, checkpoint, Path("."))
             out = eval_dir(run, self.step, task, protocol_hash(ecfg))
@@ -137,11 +137,11 @@ class EvaluationJob:
                 )
                 written.append(str(write_record(out / "record.json", record)))
             except Exception as exc:
+                failed.append(task)
                 atomic_write_json(out / FAILED, {"error": "".join(traceback.format_exception(exc)[-8:]), "time": time.time()})
                 log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
             finally:
                 store.unpin(self.step, out.name)
-        failed = [t for t in self.tasks if t not in " ".join(written)]
         if failed:
             raise RuntimeError(f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}")
         return written
