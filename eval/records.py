@@ -96,9 +96,9 @@ def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
             continue
         if record.key in by_key:
             other, other_path = by_key[record.key]
-            newer, older_path = (record, other_path) if record.created >= other.created else (other, path)
-            warnings.append(f"conflict for {record.key}: kept the newer {path if newer is record else other_path}, ignored {older_path}")
-            by_key[record.key] = (newer, path if newer is record else other_path)
+            kept, ignored = ((record, path), other_path) if record.created >= other.created else ((other, other_path), path)
+            warnings.append(f"conflict for {record.key}: kept the newer {kept[1]}, ignored {ignored}")
+            by_key[record.key] = kept
         else:
             by_key[record.key] = (record, path)
     for warning in warnings:
