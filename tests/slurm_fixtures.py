@@ -25,10 +25,10 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 
+from fixtures_data import unavailable
 from launch.local_cluster import ClusterError, LocalSlurmCluster, running_clusters
 
 TEST_STATE_DIR = Path(__file__).resolve().parents[1] / ".slurm-test"
@@ -36,13 +36,6 @@ SESSION_LOCK = Path(tempfile.gettempdir()) / "rsp-local-slurm-session.lock"
 SESSION_LOCK_WAIT_S = 900  # how long a session waits for another one to finish with the cluster
 
 log = logging.getLogger(__name__)
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """In CI a missing cluster is a failure (the real component must be tested); elsewhere a skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
 
 
 @contextmanager
@@ -100,7 +93,7 @@ def slurm_cluster() -> Iterator[LocalSlurmCluster]:
         else:
             problem = ""
         if problem:  # outside the except block: the report is the message, not a chained traceback
-            _unavailable(f"no local SLURM cluster: {problem}")
+            unavailable(f"no local SLURM cluster: {problem}")
         stack.callback(cluster.stop)  # runs after os.environ is restored, before the lock is released
         stack.enter_context(_exported(cluster.env))
         yield cluster

@@ -8,7 +8,6 @@ mode on the copy the preparation's rescale step re-encodes.
 
 from __future__ import annotations
 
-import shutil
 from functools import partial
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_data import INEXACT_SEEK, data_config, real_videos  # noqa: F401 (fixture)
+from fixtures_data import INEXACT_SEEK, data_config, needs_ffmpeg, real_videos  # noqa: F401 (fixtures)
 from rsp.data import FramePairDataset
 from rsp.kinetics import ffmpeg_command, rescale_video
 from rsp.prepare import write_labels_file
@@ -91,10 +90,8 @@ def test_accurate_mode_is_exact_on_the_files_decord_seeks_wrongly(real_root):
     assert _assert_items_match_sequential(ds, keys) >= 4 * len(keys) - 3
 
 
-def test_prepared_copies_are_exact_in_fast_mode(real_videos, tmp_path):
+def test_prepared_copies_are_exact_in_fast_mode(needs_ffmpeg, real_videos, tmp_path):
     # the preparation re-encodes every video: clean timestamps, keyframe every 30 frames
-    if shutil.which("ffmpeg") is None:
-        pytest.fail("ffmpeg is missing; install Debian's ffmpeg package")
     command = partial(ffmpeg_command, "ffmpeg", short_side=128, keyint=30, preset="ultrafast", crf=23)
     for name in INEXACT_SEEK:
         assert rescale_video((real_videos[name], tmp_path / "train" / "real" / f"{Path(name).stem}.mp4"), command, 120)

@@ -19,11 +19,13 @@ import decord
 import numpy as np
 import pytest
 
-from fixtures_data import TINY, http_server
+from fixtures_data import TINY, http_server, needs_ffmpeg  # noqa: F401 (fixture)
 from rsp import kinetics, prepare
 from rsp.kinetics import DownloadError, KineticsLayout, download_file, ffmpeg_command, rescale_video
 from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
 from rsp.video import list_videos
+
+pytestmark = pytest.mark.usefixtures("needs_ffmpeg")
 
 MIRROR_FILES = (
     "train/k400_train_path.txt",
@@ -32,14 +34,6 @@ MIRROR_FILES = (
     "annotations/train.csv",
     "replacement_for_corrupted_k400.tgz",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def needs_ffmpeg() -> None:
-    if shutil.which("ffmpeg") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("ffmpeg is missing; the test setup must install Debian's ffmpeg")
-        pytest.skip("ffmpeg is not installed")
 
 
 @pytest.fixture(scope="module")
