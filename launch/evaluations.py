@@ -43,13 +43,19 @@ BENCHMARK_SIZES = {  # generated benchmarks for smoke runs: seconds to write, se
 
 
 def eval_config_for(cfg: RunConfig, task: str, checkpoint: Path, output_dir: Path):
+    return task_eval_config(cfg.evaluation, task, checkpoint=str(checkpoint), output_dir=str(output_dir))
+
+
+def task_eval_config(e: EvaluationConfig, task: str, **paths: str):
+    """The eval.config.EvalConfig of `task` under the evaluation settings `e`. `paths` (checkpoint,
+    output_dir, data_root) set or replace the runtime-only paths; submit-time validation builds the
+    config here too, with stand-in paths, so every field it sets is checked before anything runs."""
     from eval.config import EvalConfig
     from rsp.config import from_dict
 
-    e = cfg.evaluation
     base = {
-        "checkpoint": str(checkpoint), "checkpoint_format": "ours", "task": task, "preset": e.presets.get(task, "auto"),
-        "data_root": e.data_roots.get(task, ""), "output_dir": str(output_dir), "device": e.device,
+        "checkpoint_format": "ours", "task": task, "preset": e.presets.get(task, "auto"),
+        "data_root": e.data_roots.get(task, ""), "device": e.device, **paths,
     }
     return from_dict(EvalConfig, {**base, **dict(e.overrides.get(task, {}))})
 

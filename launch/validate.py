@@ -167,18 +167,16 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
 
 
 def protocol_problems(e: EvaluationConfig) -> list[str]:
-    """Presets and per-task overrides, checked by eval's own rules (with a stand-in checkpoint)."""
-    from eval.config import EvalConfig
-
-    from rsp.config import from_dict
+    """The evaluation config of each task, built as the evaluation jobs build it (stand-in
+    checkpoint and data root: those are checked above) and checked by eval's own rules."""
+    from launch.evaluations import task_eval_config
 
     out = []
     for task in e.tasks:
         if task not in EVAL_TASKS:
             continue
-        fields = {"checkpoint": "<checkpoint>", "task": task, "preset": e.presets.get(task, "auto"), "data_root": "<root>"}
         try:
-            ecfg = from_dict(EvalConfig, {**fields, **dict(e.overrides.get(task, {}))})
+            ecfg = task_eval_config(e, task, checkpoint="<checkpoint>", data_root="<root>")
         except (ConfigError, TypeError) as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue

@@ -72,6 +72,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"], "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip"),
         (["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"], "evaluation.data_roots.davis (/nonexistent/davis) does not exist"),
         (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"], "preset ('fast') is not a known preset"),
+        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=tpu"], "device ('tpu') must be one of auto, cpu, cuda"),
     ],
 )
 def test_validation_rule(train_videos, tmp_path, overrides, expected):
