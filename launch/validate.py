@@ -21,10 +21,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from eval.config import TASKS as EVAL_TASKS
 from launch.config import BACKENDS, ClusterConfig, EvaluationConfig, RunConfig
 from rsp.config import ConfigError
 
-EVAL_TASKS = ("davis", "jhmdb", "vip")
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
 
