@@ -21,12 +21,13 @@ import logging
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image
+
+from rsp.kinetics import DownloadError, download_file
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,16 @@ RSP_DAVIS_SIZE = (880, 480)  # (width, height) of RSP's pre-resized DAVIS
 
 
 def download(url: str, target: Path) -> Path:
-    """Fetch `url` to `target` through a .part file (an interrupted download is never mistaken for
-    a complete one); skip when `target` exists."""
+    """Fetch `url` to `target` with rsp.kinetics.download_file: through a .part file whose size must
+    match the server's, resumed by a rerun; skip when `target` exists."""
     if target.is_file():
         log.info("using %s", target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
     log.info("downloading %s", url)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 20)
-    except OSError as exc:
+        download_file(url, target)
+    except DownloadError as exc:
         raise OSError(f"could not download {url} ({exc}); check the network or fetch it by hand into {target.parent}") from exc
-    partial.rename(target)
     return target
 
 

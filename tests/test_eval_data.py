@@ -3,10 +3,7 @@ through a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
-import threading
 import zipfile
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
+import fixtures_data
 from eval import prepare
 from eval.davis import read_davis, segment_sequence
 from eval.config import PRESETS
@@ -157,13 +155,24 @@ def test_vip_reader_names_missing_files(tmp_path):
 def http_server(tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with fixtures_data.http_server(served) as (url, _):
+        yield served, url
+
+
+def test_a_cut_download_is_never_taken_for_the_archive_and_a_rerun_resumes_it(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    data = np.random.default_rng(0).bytes(100_000)
+    (served / "archive.zip").write_bytes(data)
+    target = tmp_path / "dl" / "archive.zip"
+    with fixtures_data.http_server(served) as (url, log):
+        log.truncate_once.add("/archive.zip")
+        with pytest.raises(OSError, match="fetch it by hand"):
+            prepare.download(f"{url}/archive.zip", target)
+        assert not target.exists()
+        assert prepare.download(f"{url}/archive.zip", target) == target
+        assert log.requests[-1][2].startswith("bytes=")  # resumed, not fetched again
+    assert target.read_bytes() == data
 
 
 def zip_folder(folder, archive, top: str = ""):

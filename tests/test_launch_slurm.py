@@ -8,12 +8,9 @@ reference runs of the same training config, bitwise.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +20,9 @@ from launch.rundir import RunDirectory
 from launch_helpers import (
     Driver, explain, hydra_quote, job_id, only_run, overrides, squeue_ids, steps_lost, submit, wait_finished, wait_for,
 )
-from rsp.config import to_dict
 from rsp.distributed import DistEnv
 from rsp.train import train
-from train_helpers import assert_same_training_state
+from train_helpers import assert_same_training_state, torchrun
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -74,17 +70,13 @@ def reference(run: RunDirectory, tmp_path: Path) -> Path:
 
 
 def reference_two_ranks(run: RunDirectory, tmp_path: Path) -> Path:
+    """The same training config trained uninterrupted with two ranks under torchrun."""
     key = (run.info()["config_hash"], 2)
-    if key in REFERENCES:
-        return REFERENCES[key]
-    ref = REFERENCES[key] = tmp_path / "reference2"
-    cfg_file = tmp_path / "cfg.json"
-    cfg_file.write_text(json.dumps(to_dict(train_config(run.config()))))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(ref)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ref
+    if key not in REFERENCES:
+        REFERENCES[key] = tmp_path / "reference2"
+        proc = torchrun(train_config(run.config()), REFERENCES[key], tmp_path, nproc=2, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return REFERENCES[key]
 
 
 def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, tmp_path):

@@ -18,9 +18,7 @@ from rsp.config import to_dict
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
 from rsp.train import NonFiniteLossError, ResumeError, train
-from train_helpers import assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config
-
-REPO = Path(__file__).resolve().parent.parent
+from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
 
 def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):
@@ -45,15 +43,6 @@ def test_resume_with_loader_workers_and_accumulation(train_videos, tmp_path):
     train(cfg, DistEnv(), chopped)
     train(tiny_config(train_videos, schedule={"total_steps": 5, "warmup_steps": 1}, **sections), DistEnv(), chopped)
     assert_same_training_state(full, chopped)
-
-
-def torchrun(cfg, run_dir: Path, tmp_path: Path, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
-    cfg_file = tmp_path / f"cfg-{time.monotonic_ns()}.json"
-    cfg_file.write_text(json.dumps(to_dict(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(run_dir)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def test_two_process_resume_is_bitwise_identical(train_videos, tmp_path):

@@ -1,15 +1,24 @@
-"""Shared pieces of the training-engine tests: a tiny config and bitwise run comparison."""
+"""Shared pieces of the training-engine tests: a tiny config, a torchrun launch and bitwise run
+comparison."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 from rsp.checkpoint import CheckpointStore
-from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from rsp.config import (
+    CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig, to_dict,
+)
+
+REPO = Path(__file__).resolve().parent.parent
 
 # Logged values that depend on wall time; everything else must match bitwise across resumes.
 TIMING_KEYS = {"time", "pairs_per_s", "data_wait_share"}
@@ -29,6 +38,17 @@ def tiny_config(root: Path, **sections) -> TrainConfig:
     for section, values in sections.items():
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
     return cfg
+
+
+def torchrun(cfg: TrainConfig, run_dir: Path, tmp_path: Path, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Train `cfg` into `run_dir` with `nproc` local ranks under torchrun (tests/dist_train_worker.py);
+    the config travels as a JSON file in `tmp_path`."""
+    cfg_file = tmp_path / f"cfg-{time.monotonic_ns()}.json"
+    cfg_file.write_text(json.dumps(to_dict(cfg)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(run_dir)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def final_state(run_dir: Path) -> dict:
