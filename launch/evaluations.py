@@ -209,10 +209,8 @@ def schedule(run: RunDirectory, steps: Optional[Sequence[int]], backend_name: st
 
 
 def _snapshot_of(run: RunDirectory) -> Optional[tuple[str, str]]:
-    subs = run.submissions()
-    if subs and subs[-1].get("snapshot"):
-        return subs[-1]["snapshot"], subs[-1]["code_version"]
-    return None
+    last = run.last_submission()
+    return (last["snapshot"], last["code_version"]) if last and last.get("snapshot") else None
 
 
 def ensure_benchmarks(e: EvaluationConfig) -> None:
@@ -268,7 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     for path in sorted(Path(args.output_root).glob("*/run.json")):
         run = RunDirectory(path.parent)
-        backend = args.backend or (run.submissions()[-1]["backend"] if run.submissions() else "local")
+        backend = args.backend or (run.last_submission() or {"backend": "local"})["backend"]
         ids = schedule(run, None, backend, args.retry_failed, args.all_checkpoints)
         print(f"{run.path.name}: {len(ids)} evaluation job(s) submitted {' '.join(ids)}")
     return 0

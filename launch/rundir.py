@@ -141,6 +141,12 @@ class RunDirectory:
         records = self.path / "submissions"
         return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))] if records.is_dir() else []
 
+    def last_submission(self) -> Optional[dict]:
+        """The newest submission record (reads that one file only), None before the first submit."""
+        records = self.path / "submissions"
+        newest = max(records.glob("*.json"), default=None) if records.is_dir() else None
+        return json.loads(newest.read_text()) if newest is not None else None
+
     # --- attempts -------------------------------------------------------------------------------
 
     def attempts(self) -> list[Attempt]:

@@ -36,10 +36,8 @@ class RunState:
 
 
 def last_job(run: RunDirectory) -> tuple[Optional[str], Optional[str]]:
-    submissions = run.submissions()
-    if not submissions:
-        return None, None
-    return submissions[-1]["backend"], submissions[-1]["job_id"]
+    last = run.last_submission()
+    return (last["backend"], last["job_id"]) if last else (None, None)
 
 
 def reconcile(runs: Sequence[RunDirectory], folder: Optional[Path] = None) -> list[RunState]:

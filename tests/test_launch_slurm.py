@@ -25,7 +25,6 @@ from rsp.train import train
 from train_helpers import assert_same_training_state, torchrun
 
 pytestmark = pytest.mark.slurm
-REPO = Path(__file__).resolve().parent.parent
 LONG = 400  # steps: a run that is still training when the test interferes with it
 
 
