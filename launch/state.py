@@ -30,8 +30,6 @@ class RunState:
     run: RunDirectory
     state: str
     job_id: Optional[str] = None
-    backend: Optional[str] = None
-    scheduler_state: Optional[str] = None
     detail: str = ""
 
 
@@ -41,29 +39,30 @@ def last_job(run: RunDirectory) -> tuple[Optional[str], Optional[str]]:
 
 
 def reconcile(runs: Sequence[RunDirectory], folder: Optional[Path] = None) -> list[RunState]:
-    """States of many runs: one scheduler call per backend, however many runs."""
+    """States of many runs: one scheduler call per backend, however many runs. Runs whose
+    status.json is final are not asked about: their directory already says how they ended."""
     jobs_by_backend: dict[str, list[str]] = defaultdict(list)
-    last = {}
+    known = []
     for run in runs:
+        status = run.status() if run.exists else None
         backend, job_id = last_job(run) if run.exists else (None, None)
-        last[run.path] = (backend, job_id)
-        if job_id and backend in ("slurm", "local"):
+        known.append((run, status, job_id))
+        if status is None and job_id and backend in ("slurm", "local"):
             jobs_by_backend[backend].append(job_id)
     scheduler = {}
     for backend, ids in jobs_by_backend.items():
         scheduler.update(BACKENDS[backend](folder or Path(".")).states(ids))
-    return [_state_of(run, *last[run.path], scheduler) for run in runs]
+    return [_state_of(run, status, job_id, scheduler) for run, status, job_id in known]
 
 
-def _state_of(run: RunDirectory, backend: Optional[str], job_id: Optional[str], scheduler: dict) -> RunState:
+def _state_of(run: RunDirectory, status: Optional[dict], job_id: Optional[str], scheduler: dict) -> RunState:
     if not run.exists:
         return RunState(run, "missing", detail="not submitted yet")
-    status = run.status()
     if status is not None:
-        return RunState(run, status["state"], job_id, backend, scheduler.get(job_id), status["reason"])
+        return RunState(run, status["state"], job_id, status["reason"])
     sched = scheduler.get(job_id)
     if sched in ACTIVE_STATES:
         state = "pending" if sched in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING") else "running"
-        return RunState(run, state, job_id, backend, sched, f"job {job_id} is {sched}")
+        return RunState(run, state, job_id, f"job {job_id} is {sched}")
     detail = f"job {job_id} ended ({sched})" if job_id else "no job recorded"
-    return RunState(run, "incomplete", job_id, backend, sched, f"{detail} before the run finished; resubmit to resume")
+    return RunState(run, "incomplete", job_id, f"{detail} before the run finished; resubmit to resume")
