@@ -12,11 +12,9 @@ from launch.backends import Resources, SlurmBackend
 from launch.config import compose
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
-from launch.sweep import Sweep, array_chunks, expand, load_sweep
+from launch.sweep import array_chunks, expand, load_sweep
 from launch.validate import absolutize, problems
 from rsp.config import ConfigError
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

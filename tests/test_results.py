@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from launch.config import compose, train_config
 from launch.evaluations import FAILED, EvaluationJob, claim, eval_dir, expected, schedule
 from launch.rundir import RunDirectory
 from launch.validate import absolutize
-from rsp.checkpoint import CheckpointStore
 from rsp.distributed import DistEnv
 from rsp.train import train
 
