@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
 from launch.local_cluster import LocalSlurmCluster  # noqa: E402
-from launch.rundir import RunDirectory  # noqa: E402
+from launch.status import find_runs  # noqa: E402
 from launch.submit import main as submit  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 
@@ -52,8 +52,8 @@ def one_run(tmp: Path, videos: Path, i: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         assert submit(args) == 0
     returned = time.time()
-    run = RunDirectory(next(root.glob("*/run.json")).parent)
-    job = run.submissions()[-1]["job_id"]
+    [run] = find_runs(root, sweep=None)  # one config, one run directory
+    job = run.last_submission()["job_id"]
     running = poll(lambda: scheduler_state(job) == "RUNNING")
     poll(lambda: run.latest_logged_step() >= 5)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
-from rsp.manifest import checkpoint_name
+from rsp.manifest import Manifest, checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,16 @@ def eval_dir(run: RunDirectory, step: int, task: str, protocol_hash: str) -> Pat
     return run.path / "evals" / f"step_{step:08d}" / f"{task}-{protocol_hash[:12]}"
 
 
-def expected(run: RunDirectory, cfg: Optional[RunConfig] = None, all_checkpoints: bool = False) -> list[tuple[int, str, Path]]:
-    """(step, task, directory) of every evaluation this run should have."""
+def expected(
+    run: RunDirectory, cfg: Optional[RunConfig] = None, all_checkpoints: bool = False, manifests: Optional[list[Manifest]] = None,
+) -> list[tuple[int, str, Path]]:
+    """(step, task, directory) of every evaluation this run should have (`cfg` and `manifests`:
+    the run's, when the caller already read them)."""
     from eval.config import protocol_hash
 
     cfg = cfg or run.config()
     out = []
-    for manifest in run.manifests():
+    for manifest in run.manifests() if manifests is None else manifests:
         if not (manifest.milestone or all_checkpoints):
             continue
         for task in cfg.evaluation.tasks:
@@ -79,10 +82,11 @@ def expected(run: RunDirectory, cfg: Optional[RunConfig] = None, all_checkpoints
     return out
 
 
-def evaluation_summary(run: RunDirectory) -> tuple[int, int]:
-    """(evaluations with a record, evaluations expected so far)."""
+def evaluation_summary(run: RunDirectory, info: Optional[dict] = None, manifests: Optional[list[Manifest]] = None) -> tuple[int, int]:
+    """(evaluations with a record, evaluations expected so far); `info` (run.json) and `manifests`:
+    the run's, when the caller already read them."""
     try:
-        todo = expected(run)
+        todo = expected(run, run.config(info), manifests=manifests)
     except Exception:  # an unreadable config must not break a status table
         return 0, 0
     return sum((d / "record.json").is_file() for _, _, d in todo), len(todo)

@@ -106,8 +106,9 @@ class RunDirectory:
     def info(self) -> dict:
         return json.loads((self.path / "run.json").read_text())
 
-    def config(self) -> RunConfig:
-        return from_dict(RunConfig, self.info()["config"])
+    def config(self, info: Optional[dict] = None) -> RunConfig:
+        """The run's configuration; pass `info` (run.json, already read) to not read it again."""
+        return from_dict(RunConfig, (info or self.info())["config"])
 
     @property
     def checkpoints(self):

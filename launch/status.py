@@ -17,21 +17,21 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from launch.rundir import RunDirectory
+from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
 from launch.sweep import is_member, sweep_axes_of
+from rsp.manifest import Manifest
 
 SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F"}
 
 
-def lost_time(run: RunDirectory) -> tuple[float, int]:
-    """(seconds between attempts, steps redone) over all attempts."""
-    attempts = run.attempts()
+def lost_time(attempts: Sequence[Attempt]) -> tuple[float, int]:
+    """(seconds between attempts, steps redone) over a run's attempts (RunDirectory.attempts())."""
     gap = sum(max(0.0, b.start_time - a.end_time) for a, b in zip(attempts, attempts[1:]) if a.end_time)
     redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in zip(attempts, attempts[1:]))
     return gap, redone
@@ -45,7 +45,8 @@ def human(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def row(state: RunState, axis_keys: Sequence[str]) -> list[str]:
+def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list[str]:
+    """One line of the table; `axes`: the run's sweep axis values (sweep_axes_of)."""
     run = state.run
     if not run.exists:
         return [run.path.name, "-", state.state, "-", "-", "-", "-", "-", *["-"] * len(axis_keys)]
@@ -54,11 +55,10 @@ def row(state: RunState, axis_keys: Sequence[str]) -> list[str]:
     ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
     manifests = run.manifests()
     last = f"{manifests[-1].step} ({human(time.time() - manifests[-1].created)} ago)" if manifests else "-"
-    gap, redone = lost_time(run)
+    gap, redone = lost_time(attempts)
     total = run.total_steps()
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
-    axes = sweep_axes_of(run.path)
-    evals = evaluation_counts(run)
+    evals = evaluation_counts(run, info, manifests)
     return [
         info["name"], info["run_id"], state.state + (f" [{state.job_id}]" if state.job_id else ""),
         f"{step}/{total or '?'}", f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
@@ -66,10 +66,10 @@ def row(state: RunState, axis_keys: Sequence[str]) -> list[str]:
     ]
 
 
-def evaluation_counts(run: RunDirectory) -> str:
+def evaluation_counts(run: RunDirectory, info: dict, manifests: list[Manifest]) -> str:
     from launch.evaluations import evaluation_summary
 
-    done, expected = evaluation_summary(run)
+    done, expected = evaluation_summary(run, info, manifests)
     return f"{done}/{expected}" if expected else "-"
 
 
@@ -82,9 +82,10 @@ def render(root: Path, sweep: Optional[str]) -> str:
     runs = find_runs(root, sweep)
     if not runs:
         return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
-    axis_keys = sorted({k for r in runs for k in sweep_axes_of(r.path)}) if sweep else []
+    axes = {r.path: sweep_axes_of(r.path) for r in runs} if sweep else {}
+    axis_keys = sorted({k for values in axes.values() for k in values})
     header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", *axis_keys]
-    body = [row(s, axis_keys) for s in reconcile(runs, root)]
+    body = [row(s, axis_keys, axes.get(s.run.path, {})) for s in reconcile(runs, root)]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths], *body]]
     states = Counter(r[2].split(" [")[0] for r in body)
