@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
 from launch.rundir import RunDirectory
 from launch.status import render
 from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
@@ -79,4 +80,4 @@ def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos
         assert sorted(len(v) for v in arrays.values()) == [1, 2]  # ceil(3 / 2) sbatch calls
         subprocess.run(["scancel", *arrays], check=True)
     finally:
-        slurm_cluster.set_max_array_size(1001)
+        slurm_cluster.set_max_array_size(DEFAULT_MAX_ARRAY_SIZE)
