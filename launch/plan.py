@@ -46,12 +46,12 @@ class Plan:
         rows = self.pending_rows()
         if not rows:
             print(f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} are pending, running, finished or failed")
-            record_membership(self.sweep, [r.run for r in self.rows if r.rundir.exists])
+            record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists])
             return 0
         for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
             ensure_generated_data(cfg)
-        job_ids = submit_runs([r.run.cfg for r in rows], self.backend, self.output_root)
-        record_membership(self.sweep, [r.run for r in self.rows if r.rundir.exists or r in rows])
+        job_ids = submit_runs([r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root)
+        record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists or r in rows])
         arrays = len({j.split("_")[0] for j in job_ids})
         print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
         return 0
@@ -87,7 +87,7 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
     if len(backends) != 1:
         raise ConfigError([f"a sweep runs on one backend; its runs ask for {sorted(backends)}"], what="sweep")
     output_root = Path(runs[0].cfg.output_root)
-    dirs = [RunDirectory.for_config(r.cfg) for r in runs]
+    dirs = RunDirectory.for_configs([r.cfg for r in runs])
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
     rows = []

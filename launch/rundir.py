@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
@@ -78,10 +78,21 @@ class RunDirectory:
     @classmethod
     def for_config(cls, cfg: RunConfig) -> "RunDirectory":
         """The directory of `cfg`'s run: an existing one with the same id (whatever its name), else a new path."""
-        root = Path(cfg.output_root)
-        rid = run_id(cfg)
-        existing = sorted(root.glob(f"*-{rid}")) if root.is_dir() else []
-        return cls(existing[0] if existing else root / f"{slug(cfg.name)}-{rid}")
+        return cls.for_configs([cfg])[0]
+
+    @classmethod
+    def for_configs(cls, cfgs: Sequence[RunConfig]) -> list["RunDirectory"]:
+        """for_config of many runs, listing each output root once (a sweep may plan 1,000 runs)."""
+        by_root: dict[Path, dict[str, Path]] = {}
+        out = []
+        for cfg in cfgs:
+            root, rid = Path(cfg.output_root), run_id(cfg)
+            if root not in by_root:  # run id -> the first existing entry "<anything>-<run id>"
+                by_root[root] = {}
+                for path in sorted(root.glob("*-*")) if root.is_dir() else []:
+                    by_root[root].setdefault(path.name.rsplit("-", 1)[1], path)
+            out.append(cls(by_root[root].get(rid, root / f"{slug(cfg.name)}-{rid}")))
+        return out
 
     # --- identity -------------------------------------------------------------------------------
 

@@ -79,24 +79,26 @@ def describe_state(state: RunState) -> str:
     return f"{state.run.path.name}: {state.state} ({state.detail}) in {state.run.path}"
 
 
-def submit_runs(cfgs: Sequence[RunConfig], backend_name: str, output_root: Path) -> list[str]:
-    """Snapshot the code once, create the run directories, submit one job per run (SLURM: one
-    array per group of identical resources), record each submission."""
+def submit_runs(
+    cfgs: Sequence[RunConfig], runs: Sequence[RunDirectory], resources: Sequence[Resources], backend_name: str, output_root: Path,
+) -> list[str]:
+    """Snapshot the code once, create the run directories (`runs`, one per config:
+    RunDirectory.for_config), submit one job per run with its `resources` (resources_for; SLURM:
+    one array per group of identical resources), record each submission."""
     snapshot = take_snapshot(output_root / ".code")
     folder = output_root / ".jobs" / time.strftime("%Y%m%d-%H%M%S")
     backend = make_backend(backend_name, folder, snapshot)
-    runs = [RunDirectory.for_config(cfg) for cfg in cfgs]
     for run, cfg in zip(runs, cfgs):
         run.create(cfg)
         if run.status() and run.status()["state"] == "failed":
             run.clear_status()
             run.reset_budgets()
     jobs = [TrainingJob(str(run.path), backend_name) for run in runs]
-    job_ids = backend.submit(jobs, resources_for(cfgs[0])) if len(cfgs) == 1 else []
+    job_ids = backend.submit(jobs, resources[0]) if len(cfgs) == 1 else []
     if len(cfgs) > 1:
         from launch.sweep import submit_arrays
 
-        job_ids = submit_arrays(backend, jobs, [resources_for(c) for c in cfgs])
+        job_ids = submit_arrays(backend, jobs, resources)
     for run, job_id in zip(runs, job_ids):
         run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), {"folder": str(folder)})
     return job_ids
@@ -119,7 +121,7 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
         print(f"nothing submitted: {describe_state(state)}{hint}")
         return 0
     ensure_generated_data(cfg)
-    job_ids = submit_runs([cfg], cfg.cluster.backend, Path(cfg.output_root))
+    job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
     print(f"submitted {cfg.cluster.backend} job {job_ids[0]} for run {cfg.name} (id {run_id(cfg)})\nrun directory: {run.path}")
     if cfg.cluster.backend == "local" and cfg.cluster.wait and not args.no_wait:
         from launch.follow import follow

@@ -34,7 +34,7 @@ import subprocess
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import yaml
 
@@ -42,6 +42,9 @@ from launch.backends import Backend, Resources
 from launch.config import RunConfig, compose, schema_keys
 from rsp.atomicio import atomic_write_json
 from rsp.config import ConfigError, from_dict, to_dict
+
+if TYPE_CHECKING:
+    from launch.rundir import RunDirectory
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
@@ -233,11 +236,9 @@ def submit_arrays(backend: Backend, jobs: Sequence[Any], resources: Sequence[Res
     return ids  # type: ignore[return-value]
 
 
-def record_membership(sweep: Sweep, runs: Sequence[SweepRun]) -> None:
-    from launch.rundir import RunDirectory
-
-    for run in runs:
-        rundir = RunDirectory.for_config(run.cfg)
+def record_membership(sweep: Sweep, runs: Sequence[tuple[SweepRun, RunDirectory]]) -> None:
+    """Mark each (run, its directory) as a member of `sweep`, with its axis values."""
+    for run, rundir in runs:
         atomic_write_json(rundir.path / "sweeps" / f"{sweep.name}.json", {"sweep": sweep.name, "axes": run.axis_values})
 
 
