@@ -4,7 +4,7 @@ others (spec eval.md §1). Shared by DAVIS (object ids) and VIP (part classes)."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Container, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,9 +25,12 @@ def propagate_index_maps(
     device: torch.device,
     batch_frames: int = 0,
     num_labels: Optional[int] = None,
+    wanted: Optional[Container[int]] = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (t, (H, W) uint8 index map) for t = 1..len(frames)-1. `first` is frame 0's index map
-    (H, W); the network sees frames resized to `size` (h, w), both divisible by the patch size."""
+    """Yields (t, (H, W) uint8 index map) for t = 1..len(frames)-1 in `wanted` (default all); every frame
+    is propagated, but only wanted ones pay for the full-size index map (VIP scores a few frames).
+    `first` is frame 0's index map (H, W); the network sees frames resized to `size` (h, w), both
+    divisible by the patch size."""
     p = encoder.patch_size
     if size[0] % p or size[1] % p:
         raise ValueError(f"input size {size[1]}x{size[0]} is not divisible by the patch size {p}")
@@ -37,4 +40,5 @@ def propagate_index_maps(
     labels = one_hot_grid(first, grid, num_labels).to(device)
     C = labels.shape[1]
     for t, soft in propagate(features, labels, grid, params):
-        yield t, soft_to_index_map(soft.T.reshape(C, *grid), p, (H, W))
+        if wanted is None or t in wanted:
+            yield t, soft_to_index_map(soft.T.reshape(C, *grid), p, (H, W))

@@ -91,10 +91,9 @@ def score_video(video: VipVideo, encoder: torch.nn.Module, params: PropagationPa
     size = long_side_size(*first.shape, long_side, p)
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     palette = davis_palette()
-    for t, index in propagate_index_maps(video.frames, first, encoder, params, size, device, batch_frames):
+    scored = {t for t, frame in enumerate(video.frames) if frame.stem in video.annotations}
+    for t, index in propagate_index_maps(video.frames, first, encoder, params, size, device, batch_frames, wanted=scored):
         stem = video.frames[t].stem
-        if stem not in video.annotations:
-            continue
         gt = read_index_png(video.annotations[stem])
         if gt.shape != index.shape:
             raise ValueError(f"annotation {video.annotations[stem]} is {gt.shape[1]}x{gt.shape[0]}, its frame {index.shape[1]}x{index.shape[0]}")
