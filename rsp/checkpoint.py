@@ -43,15 +43,19 @@ class CheckpointStore:
 
     # --- writing --------------------------------------------------------------------------------
 
-    def commit(self, step: int, payload: dict, *, config_hash: str, milestone: bool, model_name: str, code_version: str) -> Manifest:
-        """Durably write one checkpoint, then its manifest (which makes it committed)."""
+    def commit(self, step: int, payload: dict, *, milestone: bool) -> Manifest:
+        """Durably write one checkpoint, then its manifest (which makes it committed). The payload's
+        config_hash, model_name and code_version are copied into the manifest; its format is set here."""
+        missing = [key for key in ("config_hash", "model_name", "code_version") if key not in payload]
+        if missing:
+            raise ValueError(f"checkpoint payload lacks {', '.join(missing)}; the manifest is made from them")
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / checkpoint_name(step)
         with atomic_writer(target) as f:
-            torch.save(payload, f)
+            torch.save({**payload, "format": FORMAT}, f)
         manifest = Manifest(
-            step=step, file=target.name, sha256=f.sha256.hexdigest(), bytes=f.size, config_hash=config_hash,
-            milestone=milestone, model_name=model_name, code_version=code_version, created=time.time(),
+            step=step, file=target.name, sha256=f.sha256.hexdigest(), bytes=f.size, config_hash=payload["config_hash"],
+            milestone=milestone, model_name=payload["model_name"], code_version=payload["code_version"], created=time.time(),
         )
         atomic_write_json(self._manifest_path(target), dataclasses.asdict(manifest))
         return manifest

@@ -285,14 +285,11 @@ class Trainer:
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         )
         payload.update(
-            format="rsp-checkpoint/1", step=self.step, data_position={"epoch": epoch, "batch_in_epoch": offset},
+            step=self.step, data_position={"epoch": epoch, "batch_in_epoch": offset},
             counters=dict(self.counters), rng=states, config=to_dict(self.cfg), config_hash=self.config_hash,
             world_size=self.env.world_size, model_name=self.cfg.model.name, code_version=code_version(),
         )
-        commit = partial(
-            self.store.commit, self.step, payload, config_hash=self.config_hash, milestone=self._is_milestone(self.step),
-            model_name=self.cfg.model.name, code_version=code_version(),
-        )
+        commit = partial(self.store.commit, self.step, payload, milestone=self._is_milestone(self.step))
         if self.cfg.checkpoint.async_write and not wait:
             self.committer.submit(commit)
         else:

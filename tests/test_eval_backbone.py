@@ -31,9 +31,9 @@ def same_features(a: ViTEncoder, b: ViTEncoder) -> bool:
 def test_our_checkpoint_is_verified_and_loses_its_decoder(tmp_path):
     model = create_model("rsp_vit_tiny_patch8", img_size=64)
     store = CheckpointStore(tmp_path / "run" / "checkpoints")
-    payload = {"format": "rsp-checkpoint/1", "model": model.state_dict(), "step": 100, "model_name": "rsp_vit_tiny_patch8",
-               "config": {"model": {"name": "rsp_vit_tiny_patch8", "img_size": 64}}, "config_hash": "abc"}
-    store.commit(100, payload, config_hash="abc", milestone=True, model_name="rsp_vit_tiny_patch8", code_version="test")
+    payload = {"model": model.state_dict(), "step": 100, "model_name": "rsp_vit_tiny_patch8",
+               "config": {"model": {"name": "rsp_vit_tiny_patch8", "img_size": 64}}, "config_hash": "abc", "code_version": "test"}
+    store.commit(100, payload, milestone=True)
     path = store.dir / "step_00000100.pt"
     backbone = load_backbone(path)
     assert backbone.format == "ours" and backbone.patch_size == 8
