@@ -19,12 +19,10 @@ import torch
 
 from eval.config import PropagationParams, select_sequences
 from eval.features import short_side_size
-from eval.indexmaps import read_index_png, read_palette, write_index_png
+from eval.indexmaps import read_index_png_and_palette, void_to_background, write_index_png
 from eval.segmentation import propagate_index_maps
 
 log = logging.getLogger(__name__)
-
-VOID = 255  # DAVIS marks uncertain pixels 255; the official tool counts them as background
 
 
 @dataclass(frozen=True)
@@ -67,13 +65,6 @@ def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
     return DavisSequence(name, frames, masks)
 
 
-def first_frame_labels(seq: DavisSequence):
-    """(index map with void as background, number of labels C = max id + 1) of frame 0."""
-    first = read_index_png(seq.annotations[0])
-    first[first == VOID] = 0
-    return first, int(first.max()) + 1
-
-
 def segment_sequence(
     seq: DavisSequence,
     encoder: torch.nn.Module,
@@ -87,15 +78,15 @@ def segment_sequence(
     """Propagate frame 0's objects through `seq` and write <out_dir>/<seq>/<frame>.png (frame 0 is
     the ground truth). PNGs are written on `writer`'s threads while the next frame propagates.
     Returns the number of frames written."""
-    first, num_labels = first_frame_labels(seq)
+    first, palette = read_index_png_and_palette(seq.annotations[0])
+    void_to_background(first)
     size = short_side_size(*first.shape, short_side)
-    palette = read_palette(seq.annotations[0])
     target = out_dir / seq.name
     target.mkdir(parents=True, exist_ok=True)
     own_writer = writer is None
     writer = writer or ThreadPoolExecutor(max_workers=2)
     pending = [writer.submit(write_index_png, target / f"{seq.frames[0].stem}.png", first, palette)]
-    maps = propagate_index_maps(seq.frames, first, encoder, params, size, device, batch_frames, num_labels)
+    maps = propagate_index_maps(seq.frames, first, encoder, params, size, device, batch_frames)
     for t, index in maps:
         pending.append(writer.submit(write_index_png, target / f"{seq.frames[t].stem}.png", index, palette))
     for job in pending:

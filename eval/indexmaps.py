@@ -7,12 +7,15 @@ way, since the official tools read the index, never the colour (spec eval.md §1
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 INDEX_MODES = ("P", "L")  # palette PNGs, or 8-bit grey PNGs that hold the index directly
+VOID = 255  # DAVIS marks uncertain pixels 255; the official tool counts them as background
 
 
 def davis_palette() -> list[int]:
@@ -33,23 +36,47 @@ def davis_palette() -> list[int]:
 
 def read_index_png(path: Path) -> np.ndarray:
     """(H, W) uint8 index map of an indexed or grey PNG; RGB files raise (their colours are not ids)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in INDEX_MODES:
-                raise ValueError(
-                    f"{path} is a {image.mode} image, not an indexed (P) or grey (L) PNG: its pixel values "
-                    "must be object/class ids. Save index maps with Image.fromarray(ids, mode='P') and a palette."
-                )
-            return np.array(image, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"index map {path} is missing; every scored frame needs one") from None
+    with _open_index_png(path) as image:
+        return np.array(image, dtype=np.uint8)
+
+
+def read_index_png_and_palette(path: Path) -> tuple[np.ndarray, list[int]]:
+    """read_index_png and read_palette of one file, opening it once."""
+    with _open_index_png(path) as image:
+        return np.array(image, dtype=np.uint8), _palette_of(image)
 
 
 def read_palette(path: Path) -> list[int]:
     """The palette of an indexed PNG (the DAVIS palette when the file has none)."""
     with Image.open(path) as image:
-        palette = image.getpalette() if image.mode == "P" else None
+        return _palette_of(image)
+
+
+def _palette_of(image: Image.Image) -> list[int]:
+    palette = image.getpalette() if image.mode == "P" else None
     return palette if palette else davis_palette()
+
+
+@contextmanager
+def _open_index_png(path: Path) -> Iterator[Image.Image]:
+    try:
+        image = Image.open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"index map {path} is missing; every scored frame needs one") from None
+    with image:
+        if image.mode not in INDEX_MODES:
+            raise ValueError(
+                f"{path} is a {image.mode} image, not an indexed (P) or grey (L) PNG: its pixel values "
+                "must be object/class ids. Save index maps with Image.fromarray(ids, mode='P') and a palette."
+            )
+        yield image
+
+
+def void_to_background(index_map: np.ndarray) -> np.ndarray:
+    """Sets DAVIS's void id (uncertain pixels) to background 0 in place, as the official tool
+    counts them; returns `index_map`."""
+    index_map[index_map == VOID] = 0
+    return index_map
 
 
 def write_index_png(path: Path, index_map: np.ndarray, palette: list[int]) -> None:

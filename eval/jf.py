@@ -26,9 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from eval.indexmaps import read_index_png
+from eval.indexmaps import read_index_png, void_to_background
 
-VOID = 255
 BOUNDARY_FRACTION = 0.008  # tolerance radius = ceil(0.008 * sqrt(H^2 + W^2)) px
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
@@ -81,8 +80,7 @@ def boundary_radius(height: int, width: int) -> int:
 
 def score_sequence(name: str, annotations: Sequence[Path], predictions_dir: Path) -> list[ObjectScores]:
     """Scores of every object of one sequence, from its annotation PNGs and <predictions_dir>/<frame>.png."""
-    first = read_index_png(annotations[0])
-    first[first == VOID] = 0
+    first = void_to_background(read_index_png(annotations[0]))
     num_objects = int(first.max())
     scored = list(annotations[1:-1])
     if not scored:
@@ -104,7 +102,7 @@ def _read_gt(path: Path, shape: tuple[int, int], num_objects: int) -> np.ndarray
     gt = read_index_png(path)
     if gt.shape != shape:
         raise ValueError(f"annotation {path} is {gt.shape[1]}x{gt.shape[0]}, the first frame's is {shape[1]}x{shape[0]}")
-    gt[gt == VOID] = 0
+    void_to_background(gt)
     if gt.max() > num_objects:
         raise ValueError(
             f"annotation {path} has object id {gt.max()} but the first frame has only {num_objects} objects; "

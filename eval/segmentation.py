@@ -24,7 +24,6 @@ def propagate_index_maps(
     size: tuple[int, int],
     device: torch.device,
     batch_frames: int = 0,
-    num_labels: Optional[int] = None,
     wanted: Optional[Container[int]] = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (t, (H, W) uint8 index map) for t = 1..len(frames)-1 in `wanted` (default all); every frame
@@ -37,7 +36,7 @@ def propagate_index_maps(
     grid = (size[0] // p, size[1] // p)
     H, W = first.shape
     features = extract_features(encoder, iter_frames(frames, (H, W)), size, device, batch_frames)
-    labels = one_hot_grid(first, grid, num_labels).to(device)
+    labels = one_hot_grid(first, grid).to(device)
     C = labels.shape[1]
     for t, soft in propagate(features, labels, grid, params):
         if wanted is None or t in wanted:
