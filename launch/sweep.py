@@ -65,7 +65,7 @@ class Sweep:
     overrides: list[str]
     name_template: str
     axes: list[list[dict[str, Any]]]  # per axis: its values, each {key: value}
-    per_value: list[dict[str, list[str]]] = field(default_factory=list)  # per axis: str(value) -> overrides
+    per_value: list[dict[str, list[tuple[str, Any]]]] = field(default_factory=list)  # per axis: str(value) -> [(key, value)] (checked)
     description: str = ""
 
     @property
@@ -89,6 +89,7 @@ def load_sweep(name: str) -> Sweep:
     keys = set(schema_keys())
     axes, per_value, seen = [], [], {}
     for i, axis in enumerate(raw.get("axes") or []):
+        before = len(problems)
         columns = axis.get("zip") if "zip" in axis else ({axis["key"]: axis.get("values")} if "key" in axis else None)
         if not columns:
             problems.append(f"axes[{i}] needs either key + values, or zip: {{key: [values], ...}}")
@@ -107,20 +108,49 @@ def load_sweep(name: str) -> Sweep:
             seen[key] = i
         if len(set(lengths.values())) > 1:
             problems.append(f"axes[{i}] zips lists of different lengths {lengths}; zipped lists advance together")
-        if problems:
+        if len(problems) > before:
             continue
-        values = [dict(zip(columns, combo)) for combo in zip(*columns.values())]
-        axes.append(values)
-        per_value.append({str(k): list(v) for k, v in (axis.get("overrides") or {}).items()})
+        problems += [p for key, values in columns.items() for p in _value_problems(key, values)]
+        axes.append([dict(zip(columns, combo)) for combo in zip(*columns.values())])
+        per_value.append(_per_value_assignments(axis.get("overrides") or {}, columns, problems))
     if not axes and not problems:
         problems.append(f"{path.name} defines no axes")
     if problems:
-        raise ConfigError(problems, what=f"sweep {path.name} (nothing was submitted)")
+        raise ConfigError(list(dict.fromkeys(problems)), what=f"sweep {path.name} (nothing was submitted)")
     return Sweep(
         name=path.stem, experiment=raw.get("experiment", "smoke"), overrides=list(raw.get("overrides") or []),
         name_template=raw.get("name", path.stem + "-{model.name}"), axes=axes, per_value=per_value,
         description=raw.get("description", ""),
     )
+
+
+def _value_problems(key: str, values: Sequence[Any]) -> list[str]:
+    """Why `key` cannot take each of `values` (the schema's type), checked once per sweep file."""
+    try:
+        hint = _field_type(RunConfig, key)
+    except KeyError:
+        return [f"{key} is not a configuration key"]
+    return [f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})" for value in values if not _type_ok(hint, value)]
+
+
+def _per_value_assignments(overrides: dict, columns: dict[str, list], problems: list[str]) -> dict[str, list[tuple[str, Any]]]:
+    """An axis' per-value overrides, parsed and type-checked once: str(value) -> [(key, value)].
+    Entries for a value the axis does not have are never applied (and not checked)."""
+    present = {str(v) for values in columns.values() for v in values}
+    out = {}
+    for value, texts in overrides.items():
+        if str(value) not in present:
+            continue
+        out[str(value)] = []
+        for text in texts:
+            try:
+                key, parsed = _parse_assignment(text)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            problems += _value_problems(key, [parsed])
+            out[str(value)].append((key, parsed))
+    return out
 
 
 # --- expansion ------------------------------------------------------------------------------------
@@ -162,39 +192,25 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: Optional[RunConfig] = None) -> list[SweepRun]:
-    """All runs of the sweep with their configs. Raises ConfigError listing every bad value, every
-    duplicate run, every key set twice."""
+    """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
+    (load_sweep reported bad keys, bad values and keys set twice)."""
     from launch.rundir import run_id
 
     base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
     base_tree = to_dict(base)
-    runs, problems = [], []
+    runs = []
     for combo in itertools.product(*[list(enumerate(axis)) for axis in sweep.axes]):
         assignments: dict[str, Any] = {}
         for axis_index, (_, values) in enumerate(combo):
             assignments.update(values)
             for key, value in values.items():
-                for text in sweep.per_value[axis_index].get(str(value), []):
-                    k, v = _parse_assignment(text)
-                    assignments[k] = v
+                assignments.update(sweep.per_value[axis_index].get(str(value), []))
         tree = copy.deepcopy(base_tree)
-        for key, value in assignments.items():
-            try:
-                hint = _field_type(RunConfig, key)
-            except KeyError:
-                problems.append(f"{key} is not a configuration key")
-                continue
-            if not _type_ok(hint, value):
-                problems.append(f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
-                continue
-            _set(tree, key, value)
-        if problems:
-            continue
+        for key, value in assignments.items():  # keys and types were checked by load_sweep
+            _set(tree, key, copy.deepcopy(value))  # runs share no list or dict
         cfg = from_dict(RunConfig, tree)
         cfg.name = sweep.name_template.format(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
         runs.append(SweepRun(cfg.name, {k: v for _, values in combo for k, v in values.items()}, [f"{k}={v}" for k, v in assignments.items()], cfg))
-    if problems:
-        raise ConfigError(sorted(set(problems)), what=f"sweep {sweep.name} (nothing was submitted)")
     by_id: dict[str, list[str]] = {}
     for run in runs:
         by_id.setdefault(run_id(run.cfg), []).append(" ".join(run.overrides))
