@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from typing import Optional
 
 from launch.backends import local_state
 from launch.rundir import RunDirectory
@@ -12,28 +14,46 @@ from launch.rundir import RunDirectory
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 
 
-def new_metric_lines(run: RunDirectory, after_step: int) -> list[dict]:
-    path = run.path / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
+class MetricsTail:
+    """The records appended to a metrics.jsonl since the last call, without reading it again from
+    the top. A resumed run rewrites the file truncated to its checkpoint (rsp.metrics): a new inode
+    or a shorter file starts over from the beginning."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.inode: Optional[int] = None
+
+    def new_records(self) -> list[dict]:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if record.get("step", 0) > after_step:
-            out.append(record)
-    return out
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if stat.st_ino != self.inode or stat.st_size < self.offset:
+            self.inode, self.offset = stat.st_ino, 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read on the next call
+        self.offset += len(complete)
+        out = []
+        for line in complete.decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
 
 
 def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     shown = 0
+    tail = MetricsTail(run.path / "metrics.jsonl")
     try:
         while True:
             alive = local_state(job_id) == "RUNNING"
-            for record in new_metric_lines(run, shown):
-                total = run.total_steps() or "?"
+            records = [r for r in tail.new_records() if r.get("step", 0) > shown]  # a rewritten log is read from the top again
+            total = (run.total_steps() or "?") if records else "?"
+            for record in records:
                 values = "  ".join(f"{k} {record[k]:.4g}" for k in SHOWN if isinstance(record.get(k), (int, float)))
                 print(f"step {record['step']}/{total}  {values}", flush=True)
                 shown = record["step"]

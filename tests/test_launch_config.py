@@ -222,3 +222,22 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
         assert line in script, line
     assert script.index("srun") < script.index("rc=$?")  # the policy runs after the ranks end
     assert "'" + str(folder).replace("'", "'\"'\"'") in script  # quoted for bash, never bare
+
+
+# --- following a local run -------------------------------------------------------------------------
+
+
+def test_following_reads_each_metrics_line_once_and_starts_over_when_the_log_is_rewritten(tmp_path):
+    from launch.follow import MetricsTail
+    from rsp.atomicio import atomic_write_text
+
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.new_records() == []  # no log yet
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    assert [r["step"] for r in tail.new_records()] == [1, 2]  # the line being written waits
+    with open(path, "a") as f:
+        f.write('ss": 0.5}\n')
+    assert tail.new_records() == [{"step": 3, "loss": 0.5}] and tail.new_records() == []
+    atomic_write_text(path, '{"step": 1}\n{"step": 2}\n')  # a resume truncates the log to its checkpoint
+    assert [r["step"] for r in tail.new_records()] == [1, 2]
