@@ -117,9 +117,8 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def reference_model_config(args: argparse.Namespace | Mapping[str, Any]) -> ModelConfig:
-    """The ModelConfig of a reference run, from its command-line arguments (main_pretrain_rsp.py:
-    --model, --input_size, --norm_pix_loss, --mask_ratio, --noise-scale, --kl-scale, --kl-balance,
-    --kl-freebit, --stoch, --discrete)."""
+    """The ModelConfig of a reference run, from its checkpoint's command-line arguments, refusing
+    arguments no loadable checkpoint can have."""
     values = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
     missing = [k for k in ("model", "input_size") if k not in values]
     if missing:
@@ -127,16 +126,24 @@ def reference_model_config(args: argparse.Namespace | Mapping[str, Any]) -> Mode
             f"checkpoint args lack {', '.join(missing)}, so the model cannot be rebuilt from them; "
             "pass model=create_model(...) to load_reference_checkpoint instead"
         )
-    name = str(values["model"]).removesuffix(REFERENCE_NAME_SUFFIX)
-    if name not in MODELS:
+    cfg = model_config_from_reference_args(values)
+    if cfg.name not in MODELS:
         raise ValueError(f"checkpoint args.model ({values['model']!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}")
-    if values.get("discrete", 32) == 0:
+    if cfg.discrete == 0:
         # discrete=0 selects the reference's Gaussian branch, which crashes (spec §4): no trained
         # checkpoint can have it, and our working Gaussian latent is parameterized differently.
         raise ValueError("checkpoint args.discrete is 0 (the reference's Gaussian latent); no such checkpoint can be loaded")
+    return cfg
+
+
+def model_config_from_reference_args(values: Mapping[str, Any]) -> ModelConfig:
+    """The ModelConfig that the reference's main_pretrain_rsp.py arguments describe: --model (with
+    or without REFERENCE_NAME_SUFFIX), --input_size, --norm_pix_loss, --mask_ratio, --noise-scale,
+    --kl-scale, --kl-balance, --kl-freebit, --stoch, --discrete (argparse names; absent ones keep
+    ModelConfig's defaults). Unchecked: `rsp.config.validate` judges the result."""
     defaults = ModelConfig()
     return ModelConfig(
-        name=name,
+        name=str(values["model"]).removesuffix(REFERENCE_NAME_SUFFIX),
         img_size=int(values["input_size"]),
         latent="discrete",
         mae_aux="shared",

@@ -25,11 +25,11 @@ from typing import Optional, Sequence
 
 from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from rsp.distributed import DistEnv
+from rsp.interop import model_config_from_reference_args
 from rsp.lifecycle import StopRequest, install_stop_signals
 from rsp.train import train
 
 EXIT_STOPPED = 3
-REFERENCE_NAME_SUFFIX = "_dec512d8b"  # the reference registers e.g. rsp_vit_small_patch16_dec512d8b
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,13 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.ratio != "1.0":
         raise ValueError(f"--ratio {args.ratio}: subsets are not supported; prepare a labels file for the subset instead")
-    name = args.model.removesuffix(REFERENCE_NAME_SUFFIX)
     return TrainConfig(
-        model=ModelConfig(
-            name=name, img_size=args.input_size, norm_pix_loss=args.norm_pix_loss, mask_ratio=args.mask_ratio,
-            noise_scale=args.noise_scale, kl_scale=args.kl_scale, kl_balance=args.kl_balance,
-            kl_freebit=args.kl_freebit, stoch=args.stoch, discrete=args.discrete,
-        ),
+        model=model_config_from_reference_args(vars(args)),
         data=DataConfig(
             root=args.data_path, max_gap=args.max_distance, repeated_sampling=args.repeated_sampling,
             batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=args.pin_mem,
