@@ -50,6 +50,14 @@ def load_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.nda
     return rgb
 
 
+def image_hw(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header, without decoding it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
 def preprocess(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, h, w) normalized float32. Bilinear resize like the reference's
     cv2.resize (half-pixel centres, no antialiasing) rounded back to 8 bits as cv2 does, then /255
@@ -105,3 +113,20 @@ def extract_features(
     if not out:
         raise ValueError("no frames to encode")
     return torch.cat(out)
+
+
+def encode_frames(
+    encoder: torch.nn.Module,
+    frames: Sequence[Path],
+    frame_hw: tuple[int, int],
+    size: tuple[int, int],
+    device: torch.device,
+    batch_frames: int = 0,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Features (N, h*w, D) of the frame files (each must be `frame_hw` (H, W)) resized to `size`
+    (h*p, w*p), and the feature grid (h, w). Raises when the patch size does not divide `size`."""
+    p = encoder.patch_size
+    if size[0] % p or size[1] % p:
+        raise ValueError(f"input size {size[1]}x{size[0]} is not divisible by the patch size {p}")
+    features = extract_features(encoder, iter_frames(frames, frame_hw), size, device, batch_frames)
+    return features, (size[0] // p, size[1] // p)

@@ -21,7 +21,7 @@ import torch
 from scipy.io import loadmat
 
 from eval.config import PropagationParams, select_sequences
-from eval.features import extract_features, iter_frames, load_rgb
+from eval.features import encode_frames, image_hw
 from eval.propagation import propagate
 
 NUM_JOINTS = 15
@@ -118,11 +118,9 @@ def predict_video(video: JhmdbVideo, encoder: torch.nn.Module, params: Propagati
                   device: torch.device, topk: int, sigma: float, batch_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, ground-truth) joints (T-1, 15, 2) for frames 1..T-1."""
     gt = read_joints(video)
-    frame_hw = load_rgb(video.frames[0]).shape[:2]
+    frame_hw = image_hw(video.frames[0])
     p = encoder.patch_size
-    size = (side // p * p, side // p * p)
-    grid = (size[0] // p, size[1] // p)
-    features = extract_features(encoder, iter_frames(video.frames, frame_hw), size, device, batch_frames)
+    features, grid = encode_frames(encoder, video.frames, frame_hw, (side // p * p, side // p * p), device, batch_frames)
     labels = joint_labels(gt[0], frame_hw, grid, sigma).to(device)
     pred = [decode_joints(soft, grid, frame_hw, topk) for _, soft in propagate(features, labels, grid, params)]
     return np.stack(pred), gt[1:]

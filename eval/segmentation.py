@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from eval.config import PropagationParams
-from eval.features import extract_features, iter_frames
+from eval.features import encode_frames
 from eval.indexmaps import one_hot_grid, soft_to_index_map
 from eval.propagation import propagate
 
@@ -30,14 +30,10 @@ def propagate_index_maps(
     is propagated, but only wanted ones pay for the full-size index map (VIP scores a few frames).
     `first` is frame 0's index map (H, W); the network sees frames resized to `size` (h, w), both
     divisible by the patch size."""
-    p = encoder.patch_size
-    if size[0] % p or size[1] % p:
-        raise ValueError(f"input size {size[1]}x{size[0]} is not divisible by the patch size {p}")
-    grid = (size[0] // p, size[1] // p)
     H, W = first.shape
-    features = extract_features(encoder, iter_frames(frames, (H, W)), size, device, batch_frames)
+    features, grid = encode_frames(encoder, frames, (H, W), size, device, batch_frames)
     labels = one_hot_grid(first, grid).to(device)
     C = labels.shape[1]
     for t, soft in propagate(features, labels, grid, params):
         if wanted is None or t in wanted:
-            yield t, soft_to_index_map(soft.T.reshape(C, *grid), p, (H, W))
+            yield t, soft_to_index_map(soft.T.reshape(C, *grid), encoder.patch_size, (H, W))
