@@ -120,18 +120,19 @@ class EvaluationJob:
         from rsp.provenance import code_version
 
         run = RunDirectory(self.run_dir)
-        cfg = run.config()
         info = run.info()
+        cfg = run.config(info)
         store = run.checkpoints
         checkpoint = store.dir / checkpoint_name(self.step)
+        manifest = next((m for m in store.manifests() if m.step == self.step), None)
         written, failed = [], []
         for task in self.tasks:
             ecfg = eval_config_for(cfg, task, checkpoint, Path("."))
-            out = eval_dir(run, self.step, task, protocol_hash(ecfg))
-            ecfg.output_dir = str(out / "predictions")
+            phash = protocol_hash(ecfg)
+            out = eval_dir(run, self.step, task, phash)
+            ecfg.output_dir = str(out / "predictions")  # runtime-only: the hash stays
             started = time.time()
             try:
-                manifest = next((m for m in store.manifests() if m.step == self.step), None)
                 if manifest is None or not checkpoint.is_file():
                     raise FileNotFoundError(
                         f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
@@ -140,7 +141,7 @@ class EvaluationJob:
                 outcome = evaluate(ecfg)
                 record = ResultRecord(
                     run_id=info["run_id"], run_name=info["name"], config_hash=info["config_hash"], step=self.step,
-                    task=task, protocol_hash=protocol_hash(ecfg), protocol=outcome.protocol, metrics=outcome.metrics,
+                    task=task, protocol_hash=phash, protocol=outcome.protocol, metrics=outcome.metrics,
                     checkpoint_sha256=manifest.sha256, checkpoint_path=str(checkpoint), code_version=code_version(),
                     job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())), wall_time_s=time.time() - started,
                     sweep_axes=sweep_axes_of(run.path), model_name=info["config"]["model"]["name"],
@@ -233,8 +234,8 @@ def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3
     """Local follow mode: wait until every expected evaluation has a record or failed, then print
     the results table of the run's output root."""
     deadline = time.time() + timeout_s
+    todo = expected(run)  # training has ended: its milestones are all committed
     while True:
-        todo = expected(run)
         open_ = [d for _, _, d in todo if not (d / "record.json").is_file() and not (d / FAILED).is_file()]
         if not open_ or time.time() > deadline:
             break
