@@ -1,8 +1,10 @@
-"""Shared by the benchmark scripts: where results go, and printing a table plus its JSON."""
+"""Shared by the benchmark scripts: where results go, the machine they ran on, and printing a
+table plus its JSON."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -13,12 +15,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    return {"host": platform.node(), "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
-            "torch": torch.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
-    """Print rows as an aligned table and write {machine, rows, **extra} to bench/results/<name>.json."""
+    """Print rows as an aligned table and the extras, then `write` them."""
     if rows:
         keys = list(rows[0])
         cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
@@ -28,6 +31,12 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | N
             print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
     for k, v in (extra or {}).items():
         print(f"{k}: {_fmt(v)}")
+    return write(name, rows, extra, out)
+
+
+def write(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
+    """Write {machine, rows, **extra} to `out` (default bench/results/<name>.json). Benchmarks that
+    print their own table call it directly."""
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2, default=str))

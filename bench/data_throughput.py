@@ -21,22 +21,25 @@ largest unique memory (USS, polled every 0.25 s).
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
-import platform
+import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import psutil
-import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F1
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rsp.config import DataConfig
-from rsp.data import (
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.transforms import InterpolationMode  # noqa: E402
+from torchvision.transforms import functional as F1  # noqa: E402
+
+from bench.bench_io import write  # noqa: E402
+from rsp.config import DataConfig  # noqa: E402
+from rsp.data import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
     EpochSampler,
@@ -46,8 +49,8 @@ from rsp.data import (
     make_loader,
     sample_pair_indices,
 )
-from rsp.synthetic import generate_dataset
-from rsp.video import OUR_LABELS, VideoFile, read_labels, write_labels
+from rsp.synthetic import ensure_synthetic_dataset  # noqa: E402
+from rsp.video import VideoFile, read_labels, write_labels  # noqa: E402
 
 SHORT_SIDE, LONG_SIDE, FRAMES, FPS = 256, 340, 300, 30
 
@@ -170,10 +173,9 @@ def ensure_videos(work: Path, keyint: int, count: int, entries: int) -> tuple[Pa
     """Generated videos and a labels file listing them repeatedly, `entries` rows in all, so that
     one epoch holds every timed batch (both loaders read the same files equally often)."""
     root = work / f"k{keyint}_{count}"
-    if not (root / OUR_LABELS).exists():
-        print(f"generating {count} videos {LONG_SIDE}x{SHORT_SIDE}, {FRAMES} frames, keyframe every {keyint} ...")
-        generate_dataset(root, count, 4, SHORT_SIDE, LONG_SIDE, FRAMES, FPS, keyint, seed=0, jobs=os.cpu_count() or 1)
-    videos = read_labels(root / OUR_LABELS)
+    labels = ensure_synthetic_dataset(root, count, num_classes=4, height=SHORT_SIDE, width=LONG_SIDE, num_frames=FRAMES,
+                                      fps=FPS, keyint=keyint, seed=0, jobs=os.cpu_count() or 1)
+    videos = read_labels(labels)
     name = f"labels_{entries}.csv"
     write_labels(root / name, [videos[i % len(videos)] for i in range(entries)])
     return root, name
@@ -189,6 +191,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # "generating N synthetic videos under ..."
     out = Path(args.out)
     rows = []
     for keyint in args.keyints:
@@ -210,15 +213,8 @@ def main() -> None:
                 )
     table = summarize(rows)
     print("\n" + table)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "data_throughput",
-        "config": vars(args) | {"video": f"{LONG_SIDE}x{SHORT_SIDE}, {FRAMES} frames, {FPS} fps, h264"},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "results": rows,
-    }
-    (out / "data_throughput.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {out / 'data_throughput.json'}")
+    config = vars(args) | {"video": f"{LONG_SIDE}x{SHORT_SIDE}, {FRAMES} frames, {FPS} fps, h264"}
+    write("data_throughput", rows, {"config": config}, out=out / "data_throughput.json")
 
 
 def summarize(rows: list[dict]) -> str:

@@ -44,19 +44,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import platform
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rsp.blocks import set_fused_attention
-from rsp.model import MODELS, RSP, create_model
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from bench.bench_io import write  # noqa: E402
+from rsp.blocks import set_fused_attention  # noqa: E402
+from rsp.model import MODELS, RSP, create_model  # noqa: E402
 
 # Dense peak TFLOP/s per GPU (bf16 tensor cores, plain fp32), from the vendors' data sheets. The
 # first name fragment found in torch.cuda.get_device_name() wins, so specific names come first.
@@ -347,10 +350,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     result = benchmark(args)
     print(format_table(result))
-    out = args.out or Path(__file__).resolve().parent / "results" / f"model_step_{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    log(f"wrote {out}")
+    write(f"model_step_{args.device}", result["rows"], {"meta": result["meta"]}, out=args.out)
 
 
 if __name__ == "__main__":
