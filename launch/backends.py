@@ -25,6 +25,7 @@ import submitit
 from launch.snapshot import Snapshot
 from rsp.atomicio import atomic_write_json
 
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (read by launch.requeue)
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
 
@@ -164,6 +165,22 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
             jid, _, state = line.partition("|")
             states.setdefault(jid.strip(), state.split()[0] if state else "UNKNOWN")
     return {j: states.get(j, "UNKNOWN") for j in job_ids}
+
+
+def parse_slurm_config(text: str) -> dict[str, str]:
+    """`scontrol show config` output as key -> value."""
+    config = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            config[key.strip()] = value.strip()
+    return config
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (an array's indices run 0..MaxArraySize-1)."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
+    return int(parse_slurm_config(out).get("MaxArraySize", DEFAULT_MAX_ARRAY_SIZE))
 
 
 class LocalBackend(Backend):

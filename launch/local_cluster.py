@@ -24,8 +24,9 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from launch.backends import DEFAULT_MAX_ARRAY_SIZE, parse_slurm_config
+
 SCRIPTS_DIR = Path(__file__).resolve().parent / "cluster"
-DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 MAX_ARRAY_SIZE_LIMIT = 4_000_001  # SLURM refuses larger values; 0 would disable arrays
 STOP_TIMEOUT_S = 120  # cancelling jobs (30 s) + stopping six daemons (20 s each at worst)
 
@@ -146,12 +147,7 @@ class LocalSlurmCluster:
             env={**os.environ, **self.env}, check=False,
         )
         _check(result)
-        config = {}
-        for line in result.stdout.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                config[key.strip()] = value.strip()
-        return config
+        return parse_slurm_config(result.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import copy
 import difflib
 import itertools
 import json
-import subprocess
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import yaml
 
-from launch.backends import Backend, Resources
+from launch.backends import Backend, Resources, max_array_size
 from launch.config import RunConfig, compose, schema_keys
 from rsp.atomicio import atomic_write_json
 from rsp.config import ConfigError, from_dict, to_dict
@@ -221,15 +220,6 @@ def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: Optional[Run
 
 
 # --- submission -----------------------------------------------------------------------------------
-
-
-def max_array_size() -> int:
-    """The cluster's MaxArraySize (an array's indices run 0..MaxArraySize-1)."""
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
-    for line in out.splitlines():
-        if line.strip().startswith("MaxArraySize"):
-            return int(line.split("=", 1)[1])
-    return 1001  # SLURM's default
 
 
 def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
