@@ -19,8 +19,8 @@ import torch
 
 from eval.config import PropagationParams, select_sequences
 from eval.features import short_side_size
-from eval.indexmaps import read_index_png_and_palette, void_to_background, write_index_png
-from eval.segmentation import propagate_index_maps
+from eval.indexmaps import read_index_png_and_palette, void_to_background
+from eval.segmentation import index_png_writer, propagate_index_maps
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,9 @@ def segment_sequence(
     size = short_side_size(*first.shape, short_side)
     target = out_dir / seq.name
     target.mkdir(parents=True, exist_ok=True)
-    own_writer = writer is None
-    writer = writer or ThreadPoolExecutor(max_workers=2)
-    pending = [writer.submit(write_index_png, target / f"{seq.frames[0].stem}.png", first, palette)]
-    maps = propagate_index_maps(seq.frames, first, encoder, params, size, device, batch_frames)
-    for t, index in maps:
-        pending.append(writer.submit(write_index_png, target / f"{seq.frames[t].stem}.png", index, palette))
-    for job in pending:
-        job.result()  # re-raise write errors here
-    if own_writer:
-        writer.shutdown()
+    with index_png_writer(writer) as write:
+        write(target / f"{seq.frames[0].stem}.png", first, palette)
+        for t, index in propagate_index_maps(seq.frames, first, encoder, params, size, device, batch_frames):
+            write(target / f"{seq.frames[t].stem}.png", index, palette)
     log.info("%s: %d frames propagated at %dx%d", seq.name, len(seq.frames), size[1], size[0])
     return len(seq.frames)

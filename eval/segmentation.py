@@ -3,15 +3,17 @@ others (spec eval.md §1). Shared by DAVIS (object ids) and VIP (part classes)."
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Container, Iterator, Optional, Sequence
+from typing import Callable, Container, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from eval.config import PropagationParams
 from eval.features import encode_frames
-from eval.indexmaps import one_hot_grid, soft_to_index_map
+from eval.indexmaps import one_hot_grid, soft_to_index_map, write_index_png
 from eval.propagation import propagate
 
 
@@ -37,3 +39,23 @@ def propagate_index_maps(
     for t, soft in propagate(features, labels, grid, params):
         if wanted is None or t in wanted:
             yield t, soft_to_index_map(soft.T.reshape(C, *grid), encoder.patch_size, (H, W))
+
+
+PngWrite = Callable[[Path, np.ndarray, list[int]], None]  # (path, (H, W) index map, palette)
+
+
+@contextmanager
+def index_png_writer(pool: Optional[ThreadPoolExecutor] = None) -> Iterator[PngWrite]:
+    """A write(path, index_map, palette) that saves PNGs on `pool`'s threads (two of its own when
+    None) while the caller propagates the next frame; leaving the block waits for every write and
+    re-raises the first error."""
+    own_pool = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=2)
+    pending = []
+    try:
+        yield lambda path, index_map, palette: pending.append(pool.submit(write_index_png, path, index_map, palette))
+        for job in pending:
+            job.result()
+    finally:
+        if own_pool:
+            pool.shutdown()

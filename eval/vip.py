@@ -21,8 +21,8 @@ import torch
 
 from eval.config import PropagationParams, select_sequences
 from eval.features import long_side_size
-from eval.indexmaps import davis_palette, read_index_png, write_index_png
-from eval.segmentation import propagate_index_maps
+from eval.indexmaps import davis_palette, read_index_png
+from eval.segmentation import index_png_writer, propagate_index_maps
 
 NUM_CLASSES = 20
 CLASSES = (
@@ -92,14 +92,16 @@ def score_video(video: VipVideo, encoder: torch.nn.Module, params: PropagationPa
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     palette = davis_palette()
     scored = {t for t, frame in enumerate(video.frames) if frame.stem in video.annotations}
-    for t, index in propagate_index_maps(video.frames, first, encoder, params, size, device, batch_frames, wanted=scored):
-        stem = video.frames[t].stem
-        gt = read_index_png(video.annotations[stem])
-        if gt.shape != index.shape:
-            raise ValueError(f"annotation {video.annotations[stem]} is {gt.shape[1]}x{gt.shape[0]}, its frame {index.shape[1]}x{index.shape[0]}")
-        matrix += confusion(gt, index)
-        if out_dir is not None:
-            write_index_png(out_dir / video.name / f"{stem}.png", index, palette)
+    maps = propagate_index_maps(video.frames, first, encoder, params, size, device, batch_frames, wanted=scored)
+    with index_png_writer() as write:
+        for t, index in maps:
+            stem = video.frames[t].stem
+            gt = read_index_png(video.annotations[stem])
+            if gt.shape != index.shape:
+                raise ValueError(f"annotation {video.annotations[stem]} is {gt.shape[1]}x{gt.shape[0]}, its frame {index.shape[1]}x{index.shape[0]}")
+            matrix += confusion(gt, index)
+            if out_dir is not None:
+                write(out_dir / video.name / f"{stem}.png", index, palette)
     return matrix
 
 
