@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from rsp.config import RUNTIME_ONLY, ConfigError
@@ -182,6 +183,14 @@ def protocol_hash(cfg: EvalConfig) -> str:
     payload = {k: v for k, v in protocol(cfg).items() if k != "preset"}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_listing(listing: Path, hint: str) -> list[str]:
+    """The names in a split's listing file, one per line (blank lines skipped). A missing file
+    raises FileNotFoundError naming it, followed by `hint` (how to get a valid root)."""
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing} is missing: {hint}")
+    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
 
 
 def select_sequences(listed: list[str], wanted: list[str] | tuple[str, ...], listing: object) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from eval.config import PropagationParams, select_sequences
+from eval.config import PropagationParams, read_listing, select_sequences
 from eval.features import short_side_size
 from eval.indexmaps import read_index_png_and_palette, void_to_background
 from eval.segmentation import index_png_writer, propagate_index_maps
@@ -37,12 +37,8 @@ def read_davis(root: str | Path, split: str = "val", resolution: str = "480p", s
     has its frame. Raises naming the missing file and how to get it."""
     root = Path(root)
     listing = root / "ImageSets" / "2017" / f"{split}.txt"
-    if not listing.is_file():
-        raise FileNotFoundError(
-            f"{listing} is missing: {root} is not a DAVIS-2017 root (prepare one with "
-            f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist"
-        )
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    names = read_listing(listing, f"{root} is not a DAVIS-2017 root (prepare one with "
+                                  f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist")
     return [_read_sequence(root, resolution, name) for name in select_sequences(names, sequences, listing)]
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval.config import PropagationParams, select_sequences
+from eval.config import PropagationParams, read_listing, select_sequences
 from eval.features import long_side_size
 from eval.indexmaps import davis_palette, read_index_png
 from eval.segmentation import index_png_writer, propagate_index_maps
@@ -41,12 +41,8 @@ class VipVideo:
 def read_vip(root: str | Path, split: str = "val", sequences: Sequence[str] = ()) -> list[VipVideo]:
     root = Path(root)
     listing = root / "lists" / f"{split}_videos.txt"
-    if not listing.is_file():
-        raise FileNotFoundError(
-            f"{listing} is missing: {root} is not a VIP_Fine root (prepare one with "
-            f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist"
-        )
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    names = read_listing(listing, f"{root} is not a VIP_Fine root (prepare one with "
+                                  f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist")
     return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
 
 
