@@ -133,7 +133,7 @@ def check_overrides(overrides: list[str]) -> list[str]:
             if value not in options(key):
                 problems.append(f"{key}={value!r} is not one of: {', '.join(options(key))}")
             continue
-        if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key, keys):
+        if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key):
             close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
             sections = ", ".join(sorted({k.split(".")[0] for k in keys}))
             hint = f"; did you mean {close[0]}?" if close else f"; valid top-level keys: {sections}"
@@ -151,8 +151,9 @@ def check_overrides(overrides: list[str]) -> list[str]:
 DICT_FIELDS = ("cluster.extra_sbatch", "evaluation.presets", "evaluation.data_roots", "evaluation.overrides")
 
 
-def _is_dict_entry(key: str, keys: list[str]) -> bool:
-    """cluster.extra_sbatch.reservation, evaluation.overrides.davis.topk: entries of dict fields."""
+def _is_dict_entry(key: str) -> bool:
+    """cluster.extra_sbatch.reservation, evaluation.overrides.davis.topk: entries of dict fields
+    (also true of a whole override, key=value)."""
     return any(key.startswith(f"{d}.") for d in DICT_FIELDS)
 
 
@@ -168,7 +169,7 @@ def compose(overrides: list[str], experiment: Optional[str] = None) -> RunConfig
     if problems:
         raise ConfigError(problems, what="command line")
     # Entries of dict fields may be new keys: "++" is Hydra's add-or-override.
-    overrides = [f"++{o}" if any(o.startswith(f"{d}.") for d in DICT_FIELDS) else o for o in overrides]
+    overrides = [f"++{o}" if _is_dict_entry(o) else o for o in overrides]
     register_schema()
     with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base="1.3", job_name="rsp"):
         cfg = hydra_compose(config_name="config", overrides=overrides)

@@ -65,7 +65,6 @@ class Sweep:
     name_template: str
     axes: list[list[dict[str, Any]]]  # per axis: its values, each {key: value}
     per_value: list[dict[str, list[tuple[str, Any]]]] = field(default_factory=list)  # per axis: str(value) -> [(key, value)] (checked)
-    description: str = ""
 
     @property
     def axis_keys(self) -> list[str]:
@@ -119,7 +118,6 @@ def load_sweep(name: str) -> Sweep:
     return Sweep(
         name=path.stem, experiment=raw.get("experiment", "smoke"), overrides=list(raw.get("overrides") or []),
         name_template=raw.get("name", path.stem + "-{model.name}"), axes=axes, per_value=per_value,
-        description=raw.get("description", ""),
     )
 
 
