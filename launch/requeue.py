@@ -84,17 +84,17 @@ def attempt_key(job_id: str) -> str:
 
 def finalize_attempt(run: RunDirectory, job_id: str, exit_code: int) -> list[Attempt]:
     """Make sure the attempt that just ran has an end record: the job writes one unless it died
-    (kill -9, watchdog exit, segfault) or never got as far as recording its start."""
+    (kill -9, watchdog exit, segfault) or never got as far as recording its start. Returns all of
+    the run's attempts as now recorded (read once; updated in place)."""
     key = attempt_key(job_id)
     attempts = run.attempts()
     step = run.last_checkpoint_step() or 0
     if not attempts or attempts[-1].key != key:
-        run.begin_attempt(job_id, key, [], step)
-        attempts = run.attempts()
+        attempts.append(run.begin_attempt(job_id, key, [], step, previous=attempts))
     last = attempts[-1]
     if last.end_reason is None:
         run.end_attempt(last, "crashed", step, exit_code=exit_code, error=f"ranks exited with status {exit_code} before recording an end")
-    return run.attempts()
+    return attempts
 
 
 def apply(run: RunDirectory, decision: Decision, requeue_command: Optional[list[str]]) -> None:
@@ -120,8 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s requeue %(levelname)s: %(message)s")
     job_id = slurm_job_id()
     run = run_of_this_job(Path(args.folder))
-    finalize_attempt(run, job_id, args.exit_code)
-    apply(run, decide(run.policy_attempts(), run.config().cluster), ["scontrol", "requeue", job_id])
+    attempts = finalize_attempt(run, job_id, args.exit_code)
+    apply(run, decide(run.policy_attempts(attempts), run.config().cluster), ["scontrol", "requeue", job_id])
     return 0
 
 

@@ -170,10 +170,11 @@ class RunDirectory:
     def save_attempt(self, attempt: Attempt) -> None:
         atomic_write_json(self.path / "attempts" / f"{attempt.number:03d}.json", dataclasses.asdict(attempt))
 
-    def begin_attempt(self, job_id: str, key: str, hosts: list[str], start_step: int) -> Attempt:
+    def begin_attempt(self, job_id: str, key: str, hosts: list[str], start_step: int, previous: Optional[list[Attempt]] = None) -> Attempt:
         """Record a new attempt; an earlier one that never recorded its end was killed from outside
-        (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint."""
-        previous = self.attempts()
+        (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint.
+        `previous`: the run's attempts when the caller already read them (closed in place)."""
+        previous = self.attempts() if previous is None else previous
         if previous and previous[-1].end_reason is None:
             stale = previous[-1]
             stale.end_reason, stale.end_time, stale.end_step = "interrupted", time.time(), start_step
@@ -193,11 +194,12 @@ class RunDirectory:
         """--retry-failed: the requeue budgets and the breaker count attempts from now on."""
         atomic_write_json(self.path / "budget_reset.json", {"from_attempt": len(self.attempts()), "time": time.time()})
 
-    def policy_attempts(self) -> list[Attempt]:
-        """The attempts the requeue policy counts (those since the last --retry-failed)."""
+    def policy_attempts(self, attempts: Optional[list[Attempt]] = None) -> list[Attempt]:
+        """The attempts the requeue policy counts (those since the last --retry-failed); `attempts`:
+        all of the run's, when the caller already read them."""
         reset = self.path / "budget_reset.json"
         start = json.loads(reset.read_text())["from_attempt"] if reset.is_file() else 0
-        return self.attempts()[start:]
+        return (self.attempts() if attempts is None else attempts)[start:]
 
     # --- final status ---------------------------------------------------------------------------
 
