@@ -48,15 +48,26 @@ PAPER_COLUMNS = ["DAVIS J&F", "J", "F", "VIP mIoU", "JHMDB PCK@0.1", "PCK@0.2"]
 MAX_LEGEND = 12
 
 
+AXIS = "axis:"  # prefix of a sweep axis's column; a metric's is "<task>:"
+
+
 def column(task: str, metric: str) -> str:
     return f"{task}:{metric}"
+
+
+def is_axis(name: str) -> bool:
+    return name.startswith(AXIS)
+
+
+def is_metric(name: str) -> bool:
+    return ":" in name and not is_axis(name)
 
 
 def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
     """One row per (run, step); a column per metric (task:metric) and per sweep axis."""
     rows: dict[tuple[str, int], dict] = {}
     for r in records:
-        row = rows.setdefault((r.run_id, r.step), {"run": r.run_name, "run_id": r.run_id, "step": r.step, "model": r.model_name, **{f"axis:{k}": v for k, v in r.sweep_axes.items()}})
+        row = rows.setdefault((r.run_id, r.step), {"run": r.run_name, "run_id": r.run_id, "step": r.step, "model": r.model_name, **{AXIS + k: v for k, v in r.sweep_axes.items()}})
         for metric, value in r.metrics.items():
             row[column(r.task, metric)] = value
         row.setdefault("protocols", {})[r.task] = r.protocol.get("preset", "")
@@ -65,9 +76,9 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
         return table
     table["protocols"] = table["protocols"].map(lambda p: ", ".join(f"{t}={v}" for t, v in sorted(p.items())))
     table = table.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
-    axes = sorted(c for c in table.columns if c.startswith("axis:"))
+    axes = sorted(filter(is_axis, table.columns))
     headline = [column(t, m) for t, m in HEADLINE if column(t, m) in table]
-    others = sorted(c for c in table.columns if ":" in c and c not in axes and c not in headline)
+    others = sorted(c for c in table.columns if is_metric(c) and c not in headline)
     table = table[["run", "run_id", "step", "model", *axes, *headline, *others, "protocols"]]
     table["best"] = False
     key = next((column(t, m) for t, m in BEST_BY if column(t, m) in table), None)
@@ -115,7 +126,7 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     metrics = [column(t, m) for t, m in HEADLINE if column(t, m) in table]  # every metric is in the CSV
-    axes = [c for c in table.columns if c.startswith("axis:")]
+    axes = list(filter(is_axis, table.columns))
     best = table[table["best"]]
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -130,8 +141,8 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
             points = best.dropna(subset=[metric, axis]).sort_values(axis, key=lambda s: s.map(_sort_key))
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot([str(v) for v in points[axis]], points[metric], marker="o")
-            ax.set(xlabel=axis.removeprefix("axis:"), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix('axis:')}")
-            paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix('axis:'))}.png"))
+            ax.set(xlabel=axis.removeprefix(AXIS), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix(AXIS)}")
+            paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix(AXIS))}.png"))
     return paths
 
 
@@ -161,9 +172,9 @@ def write_hparams(table: pd.DataFrame, out: Path) -> None:
 
     shutil.rmtree(out, ignore_errors=True)
     for row in table[table["best"]].to_dict("records"):
-        hparams = {k.removeprefix("axis:"): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if k.startswith("axis:")}
+        hparams = {k.removeprefix(AXIS): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if is_axis(k)}
         hparams.update(model=row["model"], step=int(row["step"]))
-        metrics = {k: v for k, v in row.items() if ":" in k and not k.startswith("axis:") and isinstance(v, float) and not math.isnan(v)}
+        metrics = {k: v for k, v in row.items() if is_metric(k) and isinstance(v, float) and not math.isnan(v)}
         writer = FileWriter(str(out / f"{row['run']}-{row['run_id']}"))
         for summary in hparams_summaries(hparams, metrics):
             writer.add_summary(summary)
@@ -182,9 +193,9 @@ class Report:
     def summary(self) -> str:
         if self.table.empty:
             return f"no result records found; warnings: {len(self.warnings)}"
-        shown = ["run", "step", "best", *[c for c in self.table.columns if c.startswith("axis:")]]
+        shown = ["run", "step", "best", *filter(is_axis, self.table.columns)]
         shown += [column(t, m) for t, m in HEADLINE if column(t, m) in self.table]
-        lines = [markdown(self.table[shown], percent=[c for c in shown if ":" in c and not c.startswith("axis:")]), ""]
+        lines = [markdown(self.table[shown], percent=list(filter(is_metric, shown))), ""]
         lines.append(f"results: {self.out / 'results.csv'} (.md, .table.json), paper view: {self.out / 'paper.md'}")
         lines += [f"plot: {p}" for p in self.plots]
         if self.warnings:
@@ -203,7 +214,7 @@ def aggregate(output_root: str | Path, out: Optional[str | Path] = None, plots: 
         return report
     table.to_csv(out / "results.csv", index=False)
     table.to_json(out / "results.table.json", orient="table", index=False)
-    percent = [c for c in table.columns if ":" in c and not c.startswith("axis:")]
+    percent = list(filter(is_metric, table.columns))
     (out / "results.md").write_text(markdown(table, percent) + "\n")
     (out / "paper.md").write_text(paper_view(table))
     if plots:
