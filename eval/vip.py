@@ -24,11 +24,11 @@ from eval.features import long_side_size
 from eval.indexmaps import davis_palette, read_index_png
 from eval.segmentation import index_png_writer, propagate_index_maps
 
-NUM_CLASSES = 20
-CLASSES = (
+CLASSES = (  # VIP's part classes, by id
     "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
     "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe", "left-shoe",
 )
+NUM_CLASSES = len(CLASSES)  # 20
 
 
 @dataclass(frozen=True)
