@@ -22,11 +22,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import submitit
 
+from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
 from rsp.atomicio import atomic_write_json
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
-RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (read by launch.requeue)
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
 
 
@@ -237,7 +237,7 @@ class DebugBackend(Backend):
         return {j: "DONE" for j in job_ids}
 
 
-BACKENDS = {"slurm": SlurmBackend, "local": LocalBackend, "debug": DebugBackend}
+BACKENDS = {"local": LocalBackend, "slurm": SlurmBackend, "debug": DebugBackend}  # the values of cluster.backend
 
 
 def make_backend(name: str, folder: Path, snapshot: Optional[Snapshot] = None) -> Backend:

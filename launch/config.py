@@ -22,14 +22,13 @@ from omegaconf import OmegaConf
 from rsp.config import RUNTIME_ONLY, ConfigError, TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
-BACKENDS = ("local", "slurm", "debug")
 
 
 @dataclass
 class ClusterConfig:
     """Where and how a run executes. Only nodes x tasks_per_node (the world size) shapes results."""
 
-    backend: str = "local"  # local (this machine, subprocesses) | slurm | debug (in-process, breakpoints work)
+    backend: str = "local"  # a name in launch.backends.BACKENDS: local (this machine, subprocesses) | slurm | debug (in-process, breakpoints work)
     nodes: int = 1
     gpus_per_node: int = 0  # 0: CPU job (gloo)
     tasks_per_node: Optional[int] = None  # processes per node; default: gpus_per_node, or 1 without GPUs

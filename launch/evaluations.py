@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from eval.records import RECORD_NAME
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
@@ -89,7 +90,7 @@ def evaluation_summary(run: RunDirectory, info: Optional[dict] = None, manifests
         todo = expected(run, run.config(info), manifests=manifests)
     except Exception:  # an unreadable config must not break a status table
         return 0, 0
-    return sum((d / "record.json").is_file() for _, _, d in todo), len(todo)
+    return sum((d / RECORD_NAME).is_file() for _, _, d in todo), len(todo)
 
 
 def claim(directory: Path) -> bool:
@@ -146,7 +147,7 @@ class EvaluationJob:
                     job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())), wall_time_s=time.time() - started,
                     sweep_axes=sweep_axes_of(run.path), model_name=info["config"]["model"]["name"],
                 )
-                written.append(str(write_record(out / "record.json", record)))
+                written.append(str(write_record(out / RECORD_NAME, record)))
             except Exception as exc:
                 failed.append(task)
                 atomic_write_json(out / FAILED, {"error": "".join(traceback.format_exception(exc)[-8:]), "time": time.time()})
@@ -183,7 +184,7 @@ def schedule(run: RunDirectory, steps: Optional[Sequence[int]], backend_name: st
     cfg = run.config()
     todo: dict[int, list[tuple[str, Path]]] = {}
     for step, task, directory in expected(run, cfg, all_checkpoints):
-        if steps is not None and step not in steps or (directory / "record.json").is_file():
+        if steps is not None and step not in steps or (directory / RECORD_NAME).is_file():
             continue
         if retry_failed and (directory / FAILED).is_file():
             (directory / FAILED).unlink()
@@ -236,7 +237,7 @@ def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3
     deadline = time.time() + timeout_s
     todo = expected(run)  # training has ended: its milestones are all committed
     while True:
-        open_ = [d for _, _, d in todo if not (d / "record.json").is_file() and not (d / FAILED).is_file()]
+        open_ = [d for _, _, d in todo if not (d / RECORD_NAME).is_file() and not (d / FAILED).is_file()]
         if not open_ or time.time() > deadline:
             break
         time.sleep(poll_s)

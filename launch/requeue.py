@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from launch.config import ClusterConfig
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import RUNS_FILE, Attempt, RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: Optional[list[
 
 def run_of_this_job(folder: Path) -> RunDirectory:
     """The run directory of this (array task of a) job, from the folder's runs.json."""
-    runs = json.loads((folder / "runs.json").read_text())
+    runs = json.loads((folder / RUNS_FILE).read_text())
     return RunDirectory(runs[int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))])
 
 

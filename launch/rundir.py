@@ -37,6 +37,7 @@ from rsp.atomicio import atomic_write_json, atomic_write_text
 from rsp.manifest import Manifest, list_manifests
 from rsp.config import fingerprint, from_dict, to_dict
 
+RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
 END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 

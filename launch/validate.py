@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 from eval.config import TASKS as EVAL_TASKS
-from launch.config import BACKENDS, ClusterConfig, EvaluationConfig, RunConfig
+from launch.backends import BACKENDS
+from launch.config import ClusterConfig, EvaluationConfig, RunConfig
 from rsp.config import ConfigError
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
