@@ -104,8 +104,8 @@ def detect_format(raw: Any) -> str:
     if "teacher" in raw or "student" in raw:
         return "dino"
     if isinstance(raw.get("model"), dict):
-        model = raw["model"]
-        is_rsp = any(k.startswith(("decoder_embed_deter", "to_prior.", "module.decoder_embed_deter")) for k in model)
+        model = strip_wrapper_prefixes(raw["model"])  # bare names: DDP / eval wrappers prefix them
+        is_rsp = any(k.startswith(("decoder_embed_deter", "to_prior.")) for k in model)
         return "rsp_reference" if is_rsp and "args" in raw else "mae"
     if raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         return "timm"

@@ -61,6 +61,18 @@ def test_reference_rsp_checkpoint_needs_the_trust_switch(tmp_path):
     assert same_features(backbone.encoder, ViTEncoder.from_state_dict(model.encoder_state_dict(), num_heads=3))
 
 
+@pytest.mark.parametrize("prefix", ["backbone.", "module.backbone."])
+def test_reference_rsp_checkpoint_is_recognized_under_any_wrapper_prefix(tmp_path, prefix):
+    model = create_model("rsp_vit_tiny_patch8", img_size=64)
+    path = tmp_path / "checkpoint-199.pth"
+    args = argparse.Namespace(model="rsp_vit_tiny_patch8", input_size=64)
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "optimizer": {}, "epoch": 199, "scaler": {}, "args": args}, path)
+    backbone = load_backbone(path, "rsp_reference", trust_pickle=True)
+    assert backbone.format == "rsp_reference"
+    assert backbone.encoder.blocks[0].attn.num_heads == 3  # from args.model, which only this format reads
+
+
 def test_timm_state_dict_drops_the_classifier(tmp_path):
     vit = tiny_vit(0)
     state = {**vit.encoder_state_dict(), "head.weight": torch.zeros(10, 64), "head.bias": torch.zeros(10)}
