@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 from rsp.encoder import ViTEncoder, is_encoder_key
-from rsp.interop import load_torch_file, strip_wrapper_prefixes
+from rsp.interop import REFERENCE_NAME_SUFFIX, load_torch_file, strip_wrapper_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> 
         spec = MODELS.get(raw.get("model_name") or raw["config"]["model"]["name"])
         return raw["model"], spec.num_heads if spec else None
     if fmt == "rsp_reference":
-        # The reference names its models like ours plus the decoder's shape ("..._dec512d8b").
-        name = str(getattr(raw.get("args"), "model", "")).removesuffix("_dec512d8b")
+        # The reference names its models like ours, or like ours plus the decoder's shape.
+        name = str(getattr(raw.get("args"), "model", "")).removesuffix(REFERENCE_NAME_SUFFIX)
         return raw["model"], MODELS[name].num_heads if name in MODELS else None
     if fmt == "dino":
         if dino_branch not in raw:
