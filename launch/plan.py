@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 from launch.backends import Resources
-from launch.config import RunConfig
 from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.sweep import Sweep, SweepRun, expand, record_membership
-from launch.validate import absolutize, checkpoint_size, problems
+from launch.validate import absolutize, problems
 from rsp.config import ConfigError
 
 
@@ -57,17 +56,6 @@ class Plan:
         return 0
 
 
-_CHECKPOINT_BYTES: dict[str, float] = {}
-
-
-def checkpoint_bytes_of(cfg: RunConfig) -> float:
-    """Checkpoint size per distinct model config (building even a meta-device L/16 costs ~0.1 s)."""
-    key = repr(cfg.model)
-    if key not in _CHECKPOINT_BYTES:
-        _CHECKPOINT_BYTES[key] = checkpoint_size(cfg)
-    return _CHECKPOINT_BYTES[key]
-
-
 def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool = False) -> Plan:
     from launch.submit import resources_for
 
@@ -76,7 +64,7 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
         absolutize(run.cfg, cwd)
     by_problem: dict[str, list[str]] = {}
     for run in runs:
-        for problem in problems(run.cfg, checkpoint_bytes_of(run.cfg)):
+        for problem in problems(run.cfg):
             by_problem.setdefault(problem, []).append(run.name)
     if by_problem:
         found = [

@@ -15,6 +15,7 @@ as a ConfigError. Each message names the key, the bad value, the rule and the fi
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from eval.config import TASKS as EVAL_TASKS
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
-from rsp.config import ConfigError
+from rsp.config import ConfigError, to_dict
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
@@ -200,14 +201,21 @@ def slurm_problems(script: str) -> list[str]:
 
 def checkpoint_size(cfg: RunConfig) -> float:
     """Bytes of a checkpoint: model + two AdamW moments in fp32, counted on the meta device (no
-    memory, no time). 0 when the model config is invalid (reported by its own rules)."""
+    memory). 0 when the model config is invalid (reported by its own rules). Cached per distinct
+    model config: even on the meta device an L/16 takes ~0.1 s to build, and a sweep asks per run."""
+    return _checkpoint_size(json.dumps(to_dict(cfg.model), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint_size(model_json: str) -> float:
     import torch
 
+    from rsp.config import ModelConfig, from_dict
     from rsp.model import create_model
 
     try:
         with torch.device("meta"):
-            params = sum(p.numel() for p in create_model(cfg.model).parameters())
+            params = sum(p.numel() for p in create_model(from_dict(ModelConfig, json.loads(model_json))).parameters())
     except ValueError:
         return 0.0
     return params * 4 * 3
