@@ -25,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from eval.records import RECORD_NAME
 from launch.config import EvaluationConfig, RunConfig
