@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from rsp.config import DataConfig
 from rsp.synthetic import ensure_synthetic_dataset
-from rsp.video import SEEK_MODES, DataError, VideoFile, VideoReadError, read_labels, resolve_labels_file
+from rsp.video import DataError, VideoFile, VideoReadError, read_labels, resolve_labels_file
 
 __all__ = [
     "DataError",
@@ -171,20 +171,18 @@ class DecodedItem:
 class FramePairDataset(Dataset):
     """Videos listed in the labels file under `cfg.root`, indexed by (epoch, index) keys.
 
-    `seek="accurate"` decodes sequentially instead of seeking: exact on files with broken
+    `cfg.seek="accurate"` decodes sequentially instead of seeking: exact on files with broken
     timestamps that were not re-encoded by `rsp.prepare`, and much slower (rsp/video.py)."""
 
-    def __init__(self, cfg: DataConfig, img_size: int, seed: int, seek: str = "fast"):
+    def __init__(self, cfg: DataConfig, img_size: int, seed: int):
         problems = cfg.problems()
         if problems:
             raise DataError("invalid data config: " + "; ".join(problems))
-        if img_size < 1 or seed < 0 or seek not in SEEK_MODES:
-            raise ValueError(
-                f"img_size ({img_size}) must be >= 1, seed ({seed}) >= 0 and seek ({seek!r}) one of {SEEK_MODES}"
-            )
+        if img_size < 1 or seed < 0:
+            raise ValueError(f"img_size ({img_size}) must be >= 1 and seed ({seed}) >= 0")
         if not cfg.root:
             raise DataError("data.root is empty; set it to the dataset root (the directory holding the labels file)")
-        self.cfg, self.img_size, self.seed, self.seek = cfg, img_size, seed, seek
+        self.cfg, self.img_size, self.seed = cfg, img_size, seed
         root = Path(cfg.root)
         if cfg.synthetic_videos > 0:
             ensure_synthetic_dataset(root, cfg.synthetic_videos)
@@ -262,7 +260,7 @@ class FramePairDataset(Dataset):
         reader = VideoFile(path)
         cfg = self.cfg
         indices = sample_pair_indices(rng, reader.num_frames, cfg.repeated_sampling, cfg.min_gap, cfg.max_gap, path)
-        frames = reader.read(indices.reshape(-1), self.seek)  # (2R, H, W, 3), one decord call
+        frames = reader.read(indices.reshape(-1), self.cfg.seek)  # (2R, H, W, 3), one decord call
         return indices, frames.reshape(cfg.repeated_sampling, 2, *frames.shape[1:])
 
     def _transform(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,7 +98,7 @@ class Trainer:
         torch.use_deterministic_algorithms(cfg.runtime.deterministic)
         torch.backends.cudnn.benchmark = not cfg.runtime.deterministic
         seed = cfg.runtime.seed
-        self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed, seek=cfg.data.seek)
+        self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed)
         self.sampler = EpochSampler(len(self.dataset), cfg.data.batch_size, env.rank, env.world_size, seed)
         self.loader = make_loader(self.dataset, self.sampler, cfg.data, seed)  # workers persist across epochs
         self.schedule = resolve_schedule(cfg, self.sampler.batches_per_epoch, env.world_size)

@@ -83,7 +83,7 @@ def test_random_access_matches_sequential_decoding_where_decord_is_exact(real_ro
 
 
 def test_accurate_mode_is_exact_on_the_files_decord_seeks_wrongly(real_root):
-    ds = FramePairDataset(data_config(real_root), img_size=32, seed=0, seek="accurate")
+    ds = FramePairDataset(data_config(real_root, seek="accurate"), img_size=32, seed=0)
     inexact = [i for i, p in enumerate(ds.paths) if p.name in INEXACT_SEEK]
     assert len(inexact) == len(INEXACT_SEEK)
     keys = [(epoch, i) for i in inexact for epoch in range(3)]
