@@ -70,10 +70,11 @@ class CheckpointStore:
         """None when the manifest's file is complete and unaltered, else the reason it is not."""
         return verify(self.dir, manifest)
 
-    def newest_valid(self) -> tuple[Optional[Manifest], list[str]]:
-        """The newest checkpoint that passes verification, and the reasons newer ones were rejected."""
+    def newest_valid(self, manifests: Optional[list[Manifest]] = None) -> tuple[Optional[Manifest], list[str]]:
+        """The newest checkpoint that passes verification, and the reasons newer ones were rejected.
+        `manifests`: this directory's, when the caller has just listed them."""
         rejected = []
-        for manifest in reversed(self.manifests()):
+        for manifest in reversed(self.manifests() if manifests is None else manifests):
             reason = self.verify(manifest)
             if reason is None:
                 return manifest, rejected
@@ -86,10 +87,11 @@ class CheckpointStore:
 
     # --- housekeeping ---------------------------------------------------------------------------
 
-    def clean_partial_writes(self) -> list[Path]:
-        """Remove what a killed writer left: temporaries and .pt files that never got a manifest."""
+    def clean_partial_writes(self, manifests: Optional[list[Manifest]] = None) -> list[Path]:
+        """Remove what a killed writer left: temporaries and .pt files that never got a manifest.
+        `manifests`: this directory's, when the caller has just listed them."""
         removed = remove_stale_temporaries(self.dir)
-        committed = {m.file for m in self.manifests()}
+        committed = {m.file for m in (self.manifests() if manifests is None else manifests)}
         for path in self.dir.glob("step_*.pt"):
             if path.name not in committed:
                 path.unlink()

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -126,12 +126,13 @@ class Trainer:
         """Load the newest valid checkpoint (rank 0 verifies checksums and picks; all ranks load it)."""
         choice = None
         if self.env.is_main:
-            self.store.clean_partial_writes()
-            manifest, rejected = self.store.newest_valid()
+            manifests = self.store.manifests()
+            self.store.clean_partial_writes(manifests)
+            manifest, rejected = self.store.newest_valid(manifests)
             if manifest is None and rejected:
                 choice = {"error": rejected}
             elif manifest is not None:
-                choice = {"step": manifest.step, "rejected": rejected}
+                choice = {"manifest": asdict(manifest)}  # the other ranks need not list the manifests again
         choice = all_gather_objects(choice, self.env)[0]
         if choice is None:
             rng.seed_process(self.cfg.runtime.seed, rng.TRAIN_STREAM, self.env.rank)
@@ -141,7 +142,7 @@ class Trainer:
                 f"{self.store.dir} holds checkpoints but none is valid: {'; '.join(choice['error'])}. "
                 "Nothing was loaded or overwritten. Restore the files, or move the directory aside to start over."
             )
-        manifest = next(m for m in self.store.manifests() if m.step == choice["step"])
+        manifest = Manifest(**choice["manifest"])
         self._load(manifest)
         if self.env.is_main:
             log.info("resumed from %s in %s", describe(manifest), self.store.dir)
