@@ -320,12 +320,20 @@ def to_dict(cfg: Any) -> dict:
 
 def identity_dict(cfg: Any) -> dict:
     """The fields of `cfg` that can change results: every field not marked RUNTIME_ONLY."""
+    return without_runtime_only(to_dict(cfg), type(cfg))
+
+
+def without_runtime_only(data: dict, cls: type) -> dict:
+    """`data`, a config of dataclass `cls` as a nested dict (`to_dict`, or read back from a
+    checkpoint), without the fields `cls` marks RUNTIME_ONLY; keys `cls` does not know are kept."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     out = {}
-    for f in dataclasses.fields(cfg):
-        if not f.metadata.get("affects_results", True):
+    for key, value in data.items():
+        if key in known and not known[key].metadata.get("affects_results", True):
             continue
-        value = getattr(cfg, f.name)
-        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else value
+        hint = _strip_optional(hints[key]) if key in known else None
+        out[key] = without_runtime_only(value, hint) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
     return out
 
 

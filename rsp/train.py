@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rsp import rng
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
-from rsp.config import TrainConfig, diff, fingerprint, to_dict, validate
+from rsp.config import TrainConfig, diff, fingerprint, identity_dict, to_dict, validate, without_runtime_only
 from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
 from rsp.distributed import (
     DistEnv, all_gather_objects, all_reduce_sum, barrier, cpu_threads_per_process, init_process_group,
@@ -152,11 +152,13 @@ class Trainer:
         path = self.store.dir / manifest.file
         state = self.store.load(manifest, map_location="cpu")
         if state["config_hash"] != self.config_hash:
-            differences = diff(state["config"], to_dict(self.cfg))
+            # only what the fingerprint covers: a changed runtime-only field never blocks a resume
+            differences = diff(without_runtime_only(state["config"], TrainConfig), identity_dict(self.cfg))
             if state.get("world_size") != self.env.world_size:
                 differences.append(f"world_size: {state.get('world_size')} != {self.env.world_size}")
+            reason = "; ".join(differences) or "the fingerprints differ, the fields do not"
             raise ResumeError(
-                f"{path} was written by a different configuration ({'; '.join(differences) or 'runtime-only fields'}); "
+                f"{path} was written by a different configuration ({reason}); "
                 "refusing to continue it with this one. Use the original configuration, or a new run directory."
             )
         load_strict(self.model, state["model"], str(path))
