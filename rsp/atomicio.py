@@ -109,12 +109,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete temporary files a killed writer left behind in `directory`; returns them."""
+def remove_stale_temporaries(directory: str | Path, recursive: bool = False) -> list[Path]:
+    """Delete temporary files a killed writer left behind in `directory` (and, when `recursive`,
+    in every folder below it); returns them."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if (TMP_MARKER in p.name or p.name.startswith(PARTIAL_PREFIX)) and p.is_file()]
+    candidates = directory.rglob("*") if recursive else directory.iterdir()
+    stale = [p for p in candidates if (TMP_MARKER in p.name or p.name.startswith(PARTIAL_PREFIX)) and p.is_file()]
     for p in stale:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -22,6 +22,8 @@ from typing import Mapping, Optional
 import torch
 import torch.distributed as dist
 
+from rsp.atomicio import atomic_write_text
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -113,10 +115,7 @@ def file_published_store(env: DistEnv, timeout: datetime.timedelta) -> dist.TCPS
     path = Path(env.rendezvous_file)
     if env.rank == 0:
         store = dist.TCPStore(env.master_addr, 0, env.world_size, True, timeout, wait_for_workers=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"addr": env.master_addr, "port": store.port}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"addr": env.master_addr, "port": store.port}))
         return store
     deadline = time.monotonic() + timeout.total_seconds()
     while not path.exists():

@@ -35,8 +35,8 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from rsp.atomicio import atomic_path
-from rsp.video import VIDEO_SUFFIXES, list_videos, remove_partials
+from rsp.atomicio import atomic_path, remove_stale_temporaries
+from rsp.video import VIDEO_SUFFIXES, list_videos
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,8 @@ def extract_archive(archive: Path, dest: Path) -> bool:
 
 def extract(layout: KineticsLayout, jobs: int = 4) -> StepReport:
     report = StepReport("extract")
-    remove_partials(layout.raw)
-    remove_partials(layout.raw_replacement)
+    remove_stale_temporaries(layout.raw, recursive=True)
+    remove_stale_temporaries(layout.raw_replacement, recursive=True)
     jobs_list = [(a, layout.raw) for a in sorted(layout.train_list.parent.glob("*.tar.gz"))]
     if layout.replacement_archive.exists():
         jobs_list.append((layout.replacement_archive, layout.raw_replacement))
@@ -345,7 +345,7 @@ def rescale(
     if executable is None:
         raise FileNotFoundError(f"ffmpeg ({ffmpeg!r}) not found on PATH; install it (apt install ffmpeg) or pass --ffmpeg")
     out_dir = layout.videos(short_side)
-    remove_partials(out_dir)
+    remove_stale_temporaries(out_dir, recursive=True)
     jobs_list = [(src, out_dir / src.parent.name / f"{src.stem}.mp4") for src in list_videos(layout.arranged)]
     report = StepReport("rescale", skipped=sum(dst.exists() for _, dst in jobs_list))
     pending = [job for job in jobs_list if not job[1].exists()]

@@ -195,7 +195,7 @@ def _read_pickle(path: Path) -> list[LabelEntry]:
     return entries
 
 
-# --- atomic output --------------------------------------------------------------------------------
+# --- class folders --------------------------------------------------------------------------------
 
 
 def list_videos(directory: Path) -> list[Path]:
@@ -205,11 +205,3 @@ def list_videos(directory: Path) -> list[Path]:
         for p in directory.glob("*/*")
         if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(PARTIAL_PREFIX) and p.is_file()
     )
-
-
-def remove_partials(directory: Path) -> int:
-    """Delete files left by interrupted writes under `directory`; returns how many."""
-    stale = list(directory.rglob(f"{PARTIAL_PREFIX}*")) if directory.exists() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
