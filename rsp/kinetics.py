@@ -347,10 +347,10 @@ def rescale(
     out_dir = layout.videos(short_side)
     remove_stale_temporaries(out_dir, recursive=True)
     jobs_list = [(src, out_dir / src.parent.name / f"{src.stem}.mp4") for src in list_videos(layout.arranged)]
-    report = StepReport("rescale", skipped=sum(dst.exists() for _, dst in jobs_list))
     pending = [job for job in jobs_list if not job[1].exists()]
+    report = StepReport("rescale", skipped=len(jobs_list) - len(pending))
     command = partial(ffmpeg_command, executable, short_side=short_side, keyint=keyint, preset=preset, crf=crf)
     work = partial(rescale_video, command=command, timeout=timeout)
-    for (src, _), _, error in run_parallel(work, pending, jobs, "rescale"):
-        _count(report, src, True, error)
+    for (src, _), encoded, error in run_parallel(work, pending, jobs, "rescale"):
+        _count(report, src, encoded, error)
     return report
