@@ -56,6 +56,8 @@ class ResultRecord:
 FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord))
 REQUIRED_FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord)
                             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
+FIELD_TYPES = {f.name: _JSON_TYPES[f.type.split("[")[0]] for f in dataclasses.fields(ResultRecord)}
 
 
 def write_record(path: str | Path, record: ResultRecord) -> Path:
@@ -77,6 +79,10 @@ def parse_record(path: Path) -> ResultRecord:
         raise ValueError(f"{path}: missing fields {', '.join(missing)}")
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {data.get('format')!r}")
+    wrong = [f"{k} ({data[k]!r})" for k, types in FIELD_TYPES.items()
+             if k in data and (not isinstance(data[k], types) or isinstance(data[k], bool))]
+    if wrong:
+        raise ValueError(f"{path}: wrong value types: {', '.join(wrong)}")
     metrics = data["metrics"]
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
         raise ValueError(f"{path}: metrics must be finite numbers, got {metrics!r}")
