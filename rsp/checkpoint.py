@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -193,10 +192,3 @@ class BackgroundCommitter:
 def describe(manifest: Manifest) -> str:
     kind = "milestone" if manifest.milestone else "checkpoint"
     return f"{kind} step {manifest.step} ({manifest.bytes / 2**20:.1f} MiB, {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(manifest.created))})"
-
-
-def ensure_dir_writable(directory: Path) -> None:
-    """Fail early (at submit time) when checkpoints could not be written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if not os.access(directory, os.W_OK):
-        raise PermissionError(f"checkpoint directory {directory} is not writable; choose another output directory")

@@ -18,7 +18,6 @@ Layout under the preparation root (`KineticsLayout`):
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import shutil
 import subprocess
@@ -37,8 +36,6 @@ from tqdm import tqdm
 
 from rsp.atomicio import atomic_path, remove_stale_temporaries
 from rsp.video import VIDEO_SUFFIXES, list_videos
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/kinetics/400"
 CHUNK = 1 << 20  # bytes per read while downloading or extracting

@@ -39,21 +39,13 @@ class StopRequest:
         return self._event.is_set()
 
 
-def install_stop_signals(stop: StopRequest, signals: Iterable[int] = (signal.SIGUSR2, signal.SIGTERM)) -> dict[int, object]:
-    """Make `signals` set `stop` (and nothing else). Returns the previous handlers, so a caller
-    can restore them. Must run on the main thread."""
-    previous = {}
+def install_stop_signals(stop: StopRequest, signals: Iterable[int] = (signal.SIGUSR2, signal.SIGTERM)) -> None:
+    """Make `signals` set `stop` (and nothing else). Must run on the main thread."""
 
     def handler(signum, frame):  # noqa: ARG001 - signal handler signature
         stop.request(signal.Signals(signum).name)
 
     for sig in signals:
-        previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def restore_signals(previous: dict[int, object]) -> None:
-    for sig, handler in previous.items():
         signal.signal(sig, handler)
 
 

@@ -95,10 +95,6 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
 
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -53,10 +53,6 @@ class Schedule:
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def epoch_of(self, step: int, repeated_sampling: int) -> float:
-        """Nominal (paper) epoch reached after `step` optimizer steps."""
-        return step / self.steps_per_pass * repeated_sampling
-
 
 def resolve_schedule(cfg: TrainConfig, batches_per_pass: int, world_size: int) -> Schedule:
     """Convert nominal epochs to optimizer steps. `batches_per_pass` is the number of micro-batches

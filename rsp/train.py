@@ -116,7 +116,6 @@ class Trainer:
         self.committer = BackgroundCommitter(self._after_commit)
         self.budget = BrokenVideoBudget(cfg.data.max_broken_fraction)
         self.counters = {"broken_videos": 0, "videos_read": 0}
-        self.last_saved = -1
         self.resumed_from = self._resume()
         self.step = self.resumed_from or 0
 
@@ -167,7 +166,6 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         rng.restore(state["rng"][self.env.rank])
         self.counters = dict(state["counters"])
-        self.last_saved = manifest.step
 
     def _check_optimizer_layout(self, saved: dict, path: Path) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -280,7 +278,6 @@ class Trainer:
         """All ranks hand in their RNG state; rank 0 snapshots and commits (in the background
         unless `wait`); the training loop goes on as soon as the snapshot is taken."""
         states = all_gather_objects(rng.capture(), self.env)
-        self.last_saved = self.step
         if not self.env.is_main:
             return
         epoch, offset = divmod(self.step * self.cfg.optim.accum_iter, self.sampler.batches_per_epoch)
