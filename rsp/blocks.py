@@ -28,19 +28,17 @@ def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, cls_token: bool = True) -> torch.Tensor:
-    """MAE's fixed 2-D embedding (spec §3): the first dim/2 channels encode the column index, the
-    last dim/2 the row index; patches in row-major order; an all-zero row for the CLS token.
-    Returns float32 (1 + grid_h * grid_w, dim) (without the CLS row when cls_token is False)."""
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """MAE's fixed 2-D embedding (spec §3): an all-zero first row for the CLS token, then the
+    patches in row-major order, the first dim/2 channels encoding the column index and the last
+    dim/2 the row index. Returns float32 (1 + grid_h * grid_w, dim)."""
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need a dimension divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
     emb = torch.cat(
         [sincos_pos_embed_1d(dim // 2, cols.flatten()), sincos_pos_embed_1d(dim // 2, rows.flatten())], dim=1
     )
-    if cls_token:
-        emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
-    return emb.float()
+    return torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0).float()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: bool) -> torch.Tensor:
