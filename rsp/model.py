@@ -139,10 +139,10 @@ class RSP(ViTEncoder):
 
     # --- decoder --------------------------------------------------------------------------------
 
-    def _decode(self, memory: torch.Tensor, separate: bool = False) -> torch.Tensor:
+    def _decode(self, memory: torch.Tensor, pre: str = "") -> torch.Tensor:
         """Queries = mask token + position embedding at every position (incl. CLS), attending to
-        `memory` (B, M, Dd). Returns (B, N, p*p*3) with the CLS position dropped."""
-        pre = "mae_" if separate else ""
+        `memory` (B, M, Dd); `pre` names the decoder ("" main, "mae_" separate MAE decoder).
+        Returns (B, N, p*p*3) with the CLS position dropped."""
         mask_token, pos = getattr(self, f"{pre}mask_token"), getattr(self, f"{pre}decoder_pos_embed")
         x = (mask_token + pos).expand(memory.shape[0], -1, -1)  # (B, 1 + N, Dd)
         for block in getattr(self, f"{pre}decoder_blocks"):
@@ -163,12 +163,12 @@ class RSP(ViTEncoder):
         positions, the shuffle is undone, CLS re-prepended; that sequence is the memory."""
         h = self.decoder_embed_mae(h)  # (B, 1 + kept, Dd)
         B, N = ids_restore.shape
-        mask_token = self.mae_mask_token if self.cfg.mae_aux == "separate" else self.mask_token
-        pos = self.mae_decoder_pos_embed if self.cfg.mae_aux == "separate" else self.decoder_pos_embed
+        pre = "mae_" if self.cfg.mae_aux == "separate" else ""  # else it shares the main decoder
+        mask_token, pos = getattr(self, f"{pre}mask_token"), getattr(self, f"{pre}decoder_pos_embed")
         patches = torch.cat([h[:, 1:], mask_token.expand(B, N + 1 - h.shape[1], -1)], dim=1)  # (B, N, Dd)
         patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, h.shape[2]))
         memory = torch.cat([h[:, :1], patches], dim=1) + pos  # (B, 1 + N, Dd)
-        return self._decode(memory, separate=self.cfg.mae_aux == "separate")
+        return self._decode(memory, pre)
 
     # --- forward --------------------------------------------------------------------------------
 
