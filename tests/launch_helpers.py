@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from launch.rundir import RunDirectory
+from launch.status import lost_time
 from launch.submit import main as submit_main
 
 TINY = [
@@ -47,7 +48,7 @@ def only_run(root: Path) -> RunDirectory:
 
 
 def job_id(run: RunDirectory) -> str:
-    return run.submissions()[-1]["job_id"]
+    return run.last_submission()["job_id"]
 
 
 def squeue_ids() -> set[str]:
@@ -90,8 +91,7 @@ def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
 
 def steps_lost(run: RunDirectory) -> int:
     """Steps an attempt computed that the next one had to compute again."""
-    attempts = run.attempts()
-    return sum(max(0, (a.end_step or 0) - b.start_step) for a, b in zip(attempts, attempts[1:]))
+    return lost_time(run.attempts())[1]
 
 
 class Driver(threading.Thread):
