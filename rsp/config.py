@@ -15,6 +15,7 @@ names the key, the bad value, the rule and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -326,13 +327,12 @@ def identity_dict(cfg: Any) -> dict:
 def without_runtime_only(data: dict, cls: type) -> dict:
     """`data`, a config of dataclass `cls` as a nested dict (`to_dict`, or read back from a
     checkpoint), without the fields `cls` marks RUNTIME_ONLY; keys `cls` does not know are kept."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    known, hints = _schema(cls)
     out = {}
     for key, value in data.items():
         if key in known and not known[key].metadata.get("affects_results", True):
             continue
-        hint = _strip_optional(hints[key]) if key in known else None
+        hint = hints.get(key)
         out[key] = without_runtime_only(value, hint) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
     return out
 
@@ -363,8 +363,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Build config dataclass `cls` from a nested dict; unknown keys raise and list the valid ones."""
     if not isinstance(data, dict):
         raise ConfigError([f"{where or cls.__name__} must be a mapping, got {type(data).__name__}"])
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known, hints = _schema(cls)
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(
@@ -372,13 +371,21 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         )
     kwargs = {}
     for name, value in data.items():
-        hint = _strip_optional(hints[name])
+        hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value, f"{where}{name}.")
         elif hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """(fields by name, resolved type hints without Optional) of config dataclass `cls`, computed once:
+    resolving string annotations costs ~0.1 ms per class, and sweeps hash thousands of configs."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: f for f in dataclasses.fields(cls)}, {name: _strip_optional(hints[name]) for name in hints}
 
 
 def _strip_optional(hint: Any) -> Any:
