@@ -15,9 +15,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
@@ -26,9 +32,9 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | N
         keys = list(rows[0])
         cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
         widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-        print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+        print("  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
         for c in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+            print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     for k, v in (extra or {}).items():
         print(f"{k}: {_fmt(v)}")
     return write(name, rows, extra, out)

@@ -102,7 +102,7 @@ class UniqueMemoryPoller:
         self.interval_s, self.peaks, self._stop = interval_s, {}, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "UniqueMemoryPoller":
+    def __enter__(self) -> UniqueMemoryPoller:
         self._thread.start()
         return self
 
@@ -173,8 +173,18 @@ def ensure_videos(work: Path, keyint: int, count: int, entries: int) -> tuple[Pa
     """Generated videos and a labels file listing them repeatedly, `entries` rows in all, so that
     one epoch holds every timed batch (both loaders read the same files equally often)."""
     root = work / f"k{keyint}_{count}"
-    labels = ensure_synthetic_dataset(root, count, num_classes=4, height=SHORT_SIDE, width=LONG_SIDE, num_frames=FRAMES,
-                                      fps=FPS, keyint=keyint, seed=0, jobs=os.cpu_count() or 1)
+    labels = ensure_synthetic_dataset(
+        root,
+        count,
+        num_classes=4,
+        height=SHORT_SIDE,
+        width=LONG_SIDE,
+        num_frames=FRAMES,
+        fps=FPS,
+        keyint=keyint,
+        seed=0,
+        jobs=os.cpu_count() or 1,
+    )
     videos = read_labels(labels)
     name = f"labels_{entries}.csv"
     write_labels(root / name, [videos[i % len(videos)] for i in range(entries)])
@@ -198,9 +208,7 @@ def main() -> None:
         entries = args.batch_size * args.batches
         root, labels = ensure_videos(out / "data_cache", keyint, args.videos, entries)
         for workers in args.workers:
-            cfg = DataConfig(
-                root=str(root), labels=labels, batch_size=args.batch_size, num_workers=workers, pin_memory=False
-            )
+            cfg = DataConfig(root=str(root), labels=labels, batch_size=args.batch_size, num_workers=workers, pin_memory=False)
             for name, cls in (("naive", TimedNaive), ("ours", TimedOurs)):
                 result = measure(cls(cfg, args.img_size, seed=0), cfg, args.batches, seed=keyint)
                 rows.append({"keyint": keyint, "workers": workers, "loader": name, **result})

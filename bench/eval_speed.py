@@ -36,6 +36,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the reference-style oracles live with the tests
 
+from eval_oracle import (  # noqa: E402
+    loop_neighbourhood_mask,
+    reference_davis_scores,
+    reference_label_propagation,
+    reference_segment_sequence,
+)
+
 from eval import jf  # noqa: E402
 from eval.config import PRESETS  # noqa: E402
 from eval.davis import read_davis, segment_sequence  # noqa: E402
@@ -43,9 +50,6 @@ from eval.features import extract_features, iter_frames, short_side_size  # noqa
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, write_index_png  # noqa: E402
 from eval.propagation import fp32_matmul, neighbourhood_mask, propagate  # noqa: E402
 from eval.synthetic import write_davis  # noqa: E402
-from eval_oracle import (  # noqa: E402
-    loop_neighbourhood_mask, reference_davis_scores, reference_label_propagation, reference_segment_sequence,
-)
 from rsp.encoder import ViTEncoder  # noqa: E402
 
 
@@ -135,12 +139,18 @@ def propagation_section(features, first, grid, device, reference_frames):
         reference_label_propagation(features[full + t], feats, segs, mask, params.topk, params.temperature)
         sync(device)
         reference.append(time.perf_counter() - start)
-    ratio = statistics.median(o / p for o, p in zip(ours, product))
-    return {"grid": list(grid), "context_frames": full, "frames_timed": len(ours),
-            "product_gflop": round(2 * hw * full * hw * D / 1e9, 1), "product_s": statistics.median(product),
-            "ours_s_per_frame": statistics.median(ours), "ours_over_product": ratio,
-            "reference_s_per_frame": statistics.median(reference),
-            "reference_over_ours": statistics.median(reference) / statistics.median(ours)}
+    ratio = statistics.median(o / p for o, p in zip(ours, product, strict=True))
+    return {
+        "grid": list(grid),
+        "context_frames": full,
+        "frames_timed": len(ours),
+        "product_gflop": round(2 * hw * full * hw * D / 1e9, 1),
+        "product_s": statistics.median(product),
+        "ours_s_per_frame": statistics.median(ours),
+        "ours_over_product": ratio,
+        "reference_s_per_frame": statistics.median(reference),
+        "reference_over_ours": statistics.median(reference) / statistics.median(ours),
+    }
 
 
 def mask_section(grid, loop_seconds):
@@ -162,18 +172,40 @@ def end_to_end_section(seq, encoder, device, out_dir, short_side):
             sync(device)
     timings = {}
     with Clock() as reference:
-        reference_segment_sequence(seq.frames, seq.annotations[0], encoder, out_dir / "reference" / seq.name, params.topk,
-                                   params.n_last_frames, params.radius, params.temperature, short_side, timings=timings)
+        reference_segment_sequence(
+            seq.frames,
+            seq.annotations[0],
+            encoder,
+            out_dir / "reference" / seq.name,
+            params.topk,
+            params.n_last_frames,
+            params.radius,
+            params.temperature,
+            short_side,
+            timings=timings,
+        )
     differing = sum(
-        int((read_index_png(out_dir / "ours" / seq.name / f"{f.stem}.png")
-             != read_index_png(out_dir / "reference" / seq.name / f"{f.stem}.png")).sum())
+        int(
+            (
+                read_index_png(out_dir / "ours" / seq.name / f"{f.stem}.png")
+                != read_index_png(out_dir / "reference" / seq.name / f"{f.stem}.png")
+            ).sum()
+        )
         for f in seq.frames
     )
-    return {"frames": len(seq.frames), "ours_s": ours.wall, "reference_s": reference.wall,
-            "speedup": reference.wall / ours.wall, "ours_cpu_s": ours.cpu, "reference_cpu_s": reference.cpu,
-            "speedup_cpu_time": reference.cpu / ours.cpu, "differing_pixels": differing,
-            "reference_mask_s": timings["mask_s"], "peak_rss_increase_mib": (memory.peak - memory.base) / 2**20,
-            "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}, timings
+    return {
+        "frames": len(seq.frames),
+        "ours_s": ours.wall,
+        "reference_s": reference.wall,
+        "speedup": reference.wall / ours.wall,
+        "ours_cpu_s": ours.cpu,
+        "reference_cpu_s": reference.cpu,
+        "speedup_cpu_time": reference.cpu / ours.cpu,
+        "differing_pixels": differing,
+        "reference_mask_s": timings["mask_s"],
+        "peak_rss_increase_mib": (memory.peak - memory.base) / 2**20,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }, timings
 
 
 def jf_section(root, results, workers):
@@ -194,11 +226,20 @@ def jf_section(root, results, workers):
         fast_metrics = fast.global_metrics()
     with Clock() as reference:
         reference_metrics, reference_rows = reference_davis_scores(seqs, results)
-    return {"sequences": len(seqs), "frames": len(seqs[0].annotations), "objects": len(fast.objects),
-            "workers": workers, "ours_s": ours.wall, "reference_s": reference.wall, "speedup": reference.wall / ours.wall,
-            "ours_cpu_s": ours.cpu, "reference_cpu_s": reference.cpu, "speedup_cpu_time": reference.cpu / ours.cpu,
-            "identical": fast_metrics == reference_metrics and fast.per_object() == reference_rows,
-            "J&F-Mean": fast_metrics["J&F-Mean"]}
+    return {
+        "sequences": len(seqs),
+        "frames": len(seqs[0].annotations),
+        "objects": len(fast.objects),
+        "workers": workers,
+        "ours_s": ours.wall,
+        "reference_s": reference.wall,
+        "speedup": reference.wall / ours.wall,
+        "ours_cpu_s": ours.cpu,
+        "reference_cpu_s": reference.cpu,
+        "speedup_cpu_time": reference.cpu / ours.cpu,
+        "identical": fast_metrics == reference_metrics and fast.per_object() == reference_rows,
+        "J&F-Mean": fast_metrics["J&F-Mean"],
+    }
 
 
 def patch8_memory_section(device, frames):
@@ -228,13 +269,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.frames, args.height, args.width, args.jf_sequences, args.jf_frames, args.reference_frames = 34, 96, 160, 3, 8, 1
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+    )
     torch.manual_seed(0)
     encoder = ViTEncoder(224, 16, 384, 12, 6).eval()  # ViT-S/16 shape, random weights: speed only
     short_side = min(480, args.height)
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    report = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
     report["load_average_start"] = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,7 +293,9 @@ def main() -> int:
         features = extract_features(encoder, iter_frames(seq.frames), size, device)
         labels = one_hot_grid(first, grid).to(device)
         report["propagation"] = propagation_section(features, labels, grid, device, args.reference_frames)
-        report["propagation"]["reference_in_e2e_s_per_frame"] = statistics.median(timings["propagation_s"][30:] or timings["propagation_s"])
+        report["propagation"]["reference_in_e2e_s_per_frame"] = statistics.median(
+            timings["propagation_s"][30:] or timings["propagation_s"]
+        )
         report["mask"] = mask_section(grid, timings["mask_s"])
         jf_root = write_davis(tmp / "jf", args.jf_sequences, args.jf_frames, args.height, args.width, objects=(1, 3), seed=2)
         report["j&f"] = jf_section(jf_root, tmp / "jf_results", os.cpu_count() or 1)
@@ -266,19 +314,37 @@ def print_table(r: dict) -> None:
     p, m, e, j = r["propagation"], r["mask"], r["end_to_end"], r["j&f"]
     rows = [
         ("device", f"{r['device']} ({r['threads']} threads)", ""),
-        (f"propagation / frame, grid {p['grid'][0]}x{p['grid'][1]}, {p['context_frames']} ctx",
-         f"{p['ours_s_per_frame'] * 1e3:.1f} ms", f"{p['ours_over_product']:.2f}x the product"),
+        (
+            f"propagation / frame, grid {p['grid'][0]}x{p['grid'][1]}, {p['context_frames']} ctx",
+            f"{p['ours_s_per_frame'] * 1e3:.1f} ms",
+            f"{p['ours_over_product']:.2f}x the product",
+        ),
         (f"affinity product alone ({p['product_gflop']} GFLOP)", f"{p['product_s'] * 1e3:.1f} ms", "roofline"),
-        ("reference label_propagation / frame", f"{p['reference_s_per_frame'] * 1e3:.1f} ms",
-         f"{p['reference_over_ours']:.2f}x ours"),
-        (f"mask {m['grid'][0]}x{m['grid'][1]} r{m['radius']}: vectorized / loops",
-         f"{m['vectorized_s'] * 1e3:.2f} ms / {m['loop_s']:.1f} s", f"patch 8: {m['vectorized_patch8_s'] * 1e3:.1f} ms"),
-        (f"end to end, {e['frames']} frames: ours / reference", f"{e['ours_s']:.1f} s / {e['reference_s']:.1f} s",
-         f"{e['speedup']:.2f}x ({e['speedup_cpu_time']:.2f}x in CPU time), {e['differing_pixels']} px differ"),
-        (f"J&F, {j['sequences']} seq x {j['frames']} frames ({j['objects']} obj)", f"{j['ours_s']:.1f} s / {j['reference_s']:.1f} s",
-         f"{j['speedup']:.2f}x ({j['speedup_cpu_time']:.2f}x in CPU time), identical: {j['identical']}"),
-        ("peak memory, end to end", f"+{e['peak_rss_increase_mib']:.0f} MiB RSS",
-         f"CUDA {e['peak_cuda_mib']:.0f} MiB" if e["peak_cuda_mib"] else ""),
+        (
+            "reference label_propagation / frame",
+            f"{p['reference_s_per_frame'] * 1e3:.1f} ms",
+            f"{p['reference_over_ours']:.2f}x ours",
+        ),
+        (
+            f"mask {m['grid'][0]}x{m['grid'][1]} r{m['radius']}: vectorized / loops",
+            f"{m['vectorized_s'] * 1e3:.2f} ms / {m['loop_s']:.1f} s",
+            f"patch 8: {m['vectorized_patch8_s'] * 1e3:.1f} ms",
+        ),
+        (
+            f"end to end, {e['frames']} frames: ours / reference",
+            f"{e['ours_s']:.1f} s / {e['reference_s']:.1f} s",
+            f"{e['speedup']:.2f}x ({e['speedup_cpu_time']:.2f}x in CPU time), {e['differing_pixels']} px differ",
+        ),
+        (
+            f"J&F, {j['sequences']} seq x {j['frames']} frames ({j['objects']} obj)",
+            f"{j['ours_s']:.1f} s / {j['reference_s']:.1f} s",
+            f"{j['speedup']:.2f}x ({j['speedup_cpu_time']:.2f}x in CPU time), identical: {j['identical']}",
+        ),
+        (
+            "peak memory, end to end",
+            f"+{e['peak_rss_increase_mib']:.0f} MiB RSS",
+            f"CUDA {e['peak_cuda_mib']:.0f} MiB" if e["peak_cuda_mib"] else "",
+        ),
     ]
     if "patch8_memory" in r:
         q = r["patch8_memory"]
@@ -286,8 +352,10 @@ def print_table(r: dict) -> None:
     width = max(len(a) for a, _, _ in rows)
     for a, b, c in rows:
         print(f"{a:<{width}}  {b:>24}  {c}")
-    print(f"total {r['total_s']:.0f} s; load average {r['load_average_start'][0]:.1f} at the start, "
-          f"{r['load_average_end'][0]:.1f} at the end (other jobs on this machine slow both sides)")
+    print(
+        f"total {r['total_s']:.0f} s; load average {r['load_average_start'][0]:.1f} at the start, "
+        f"{r['load_average_end'][0]:.1f} at the end (other jobs on this machine slow both sides)"
+    )
 
 
 if __name__ == "__main__":

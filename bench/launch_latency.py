@@ -44,10 +44,23 @@ def poll(predicate, timeout: float = 300, every: float = 0.05) -> float:
 
 def one_run(tmp: Path, videos: Path, i: int) -> dict:
     root = tmp / f"runs{i}"
-    args = ["experiment=smoke", "cluster=slurm", "evaluation.tasks=[]", f"data.root={videos}", "data.synthetic_videos=0",
-            "data.num_workers=0", "model.img_size=32", "data.batch_size=2", "data.max_gap=8", "schedule.total_steps=400",
-            "checkpoint.every_steps=100", "checkpoint.milestone_every_steps=0", f"output_root={root}", "cluster.cpus_per_task=1",
-            f"runtime.seed={i}"]
+    args = [
+        "experiment=smoke",
+        "cluster=slurm",
+        "evaluation.tasks=[]",
+        f"data.root={videos}",
+        "data.synthetic_videos=0",
+        "data.num_workers=0",
+        "model.img_size=32",
+        "data.batch_size=2",
+        "data.max_gap=8",
+        "schedule.total_steps=400",
+        "checkpoint.every_steps=100",
+        "checkpoint.milestone_every_steps=0",
+        f"output_root={root}",
+        "cluster.cpus_per_task=1",
+        f"runtime.seed={i}",
+    ]
     start = time.time()
     with contextlib.redirect_stdout(io.StringIO()):
         assert submit(args) == 0
@@ -63,9 +76,15 @@ def one_run(tmp: Path, videos: Path, i: int) -> dict:
     running_again = poll(lambda: scheduler_state(job) == "RUNNING" or len(run.attempts()) >= 2, every=0.02)
     poll(lambda: run.status() is not None, timeout=600)
     attempts = run.attempts()
-    return {"run": i, "submit_returns_s": returned - start, "submit_to_running_s": running - start,
-            "attempt_end_to_running_s": running_again - ended, "stop_reason": attempts[0].end_reason,
-            "steps_lost": max(0, (attempts[0].end_step or 0) - attempts[1].start_step), "final": run.status()["state"]}
+    return {
+        "run": i,
+        "submit_returns_s": returned - start,
+        "submit_to_running_s": running - start,
+        "attempt_end_to_running_s": running_again - ended,
+        "stop_reason": attempts[0].end_reason,
+        "steps_lost": max(0, (attempts[0].end_step or 0) - attempts[1].start_step),
+        "final": run.status()["state"],
+    }
 
 
 def main() -> None:

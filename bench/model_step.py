@@ -49,8 +49,8 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -147,9 +147,7 @@ class PeakMemory:
 
 
 def training_step(model: torch.nn.Module, src: torch.Tensor, tgt: torch.Tensor, precision: str) -> None:
-    autocast = (
-        torch.autocast(src.device.type, dtype=DTYPES[precision]) if precision != "fp32" else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(src.device.type, dtype=DTYPES[precision]) if precision != "fp32" else contextlib.nullcontext()
     with autocast:
         loss = model(src, tgt).loss
     loss.backward()
@@ -201,7 +199,7 @@ def time_attention_modes(
     return results
 
 
-def peak_tflops(device: torch.device, override: Optional[float]) -> dict[str, Optional[float]]:
+def peak_tflops(device: torch.device, override: float | None) -> dict[str, float | None]:
     if override is not None:
         return {"bf16": override, "fp32": None}
     if device.type != "cuda":
@@ -252,9 +250,16 @@ def benchmark(args: argparse.Namespace) -> dict:
         row["mfu"] = row["executed_tflops"] / peak if peak else None
     meta = dict(
         device=torch.cuda.get_device_name(device) if cuda else cpu_name(),
-        device_type=device.type, torch=torch.__version__, threads=torch.get_num_threads(),
-        matmul_size=args.matmul_size, matmul_tflops_before=_tera(matmul_before), matmul_tflops_after=_tera(matmul_after),
-        peak_tflops=peaks, warmup=warmup, steps=steps, compiled=args.compile,
+        device_type=device.type,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        matmul_size=args.matmul_size,
+        matmul_tflops_before=_tera(matmul_before),
+        matmul_tflops_after=_tera(matmul_after),
+        peak_tflops=peaks,
+        warmup=warmup,
+        steps=steps,
+        compiled=args.compile,
     )
     return {"meta": meta, "rows": rows}
 
@@ -264,10 +269,17 @@ def make_row(common: dict, mode: str, timed: dict[str, dict], executed: float, r
     step_s = statistics.median(timed[mode]["step_s"])
     pairs_per_s = common["batch"] / step_s
     return dict(
-        common, attention=mode, step_s=step_s, step_times_s=timed[mode]["step_s"], pairs_per_s=pairs_per_s,
-        gflop_per_pair_executed=executed / 1e9, gflop_per_pair_reference=reference / 1e9,
-        executed_tflops=executed * pairs_per_s / 1e12, model_tflops=reference * pairs_per_s / 1e12,
-        peak_added_mib=timed[mode]["peak_added"] / 2**20, peak_total_mib=timed[mode]["peak_total"] / 2**20,
+        common,
+        attention=mode,
+        step_s=step_s,
+        step_times_s=timed[mode]["step_s"],
+        pairs_per_s=pairs_per_s,
+        gflop_per_pair_executed=executed / 1e9,
+        gflop_per_pair_reference=reference / 1e9,
+        executed_tflops=executed * pairs_per_s / 1e12,
+        model_tflops=reference * pairs_per_s / 1e12,
+        peak_added_mib=timed[mode]["peak_added"] / 2**20,
+        peak_total_mib=timed[mode]["peak_total"] / 2**20,
         fused_speedup=statistics.median(timed["unfused"]["step_s"]) / step_s if mode == "fused" else None,
         cpu_share=statistics.median(timed[mode]["cpu_share"]) if common["device_type"] == "cpu" else None,
     )
@@ -304,7 +316,10 @@ COLUMNS: tuple[tuple[str, str, Callable[[dict], str]], ...] = (
 
 def format_table(result: dict) -> str:
     meta = result["meta"]
-    mm = ", ".join(f"{p} {max(meta['matmul_tflops_before'][p], meta['matmul_tflops_after'][p]):.3f} TF/s" for p in meta["matmul_tflops_before"])
+    mm = ", ".join(
+        f"{p} {max(meta['matmul_tflops_before'][p], meta['matmul_tflops_after'][p]):.3f} TF/s"
+        for p in meta["matmul_tflops_before"]
+    )
     lines = [
         f"device: {meta['device']} ({meta['device_type']}, {meta['threads']} threads), torch {meta['torch']}",
         f"matmul {meta['matmul_size']}^3: {mm}",
@@ -319,17 +334,25 @@ def log(message: str) -> None:
     print(f"[model_step] {message}", flush=True)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=lambda s: s.split(","), default=["rsp_vit_small_patch16", "rsp_vit_base_patch16"],
-                        help="comma-separated registered model names")
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=["rsp_vit_small_patch16", "rsp_vit_base_patch16"],
+        help="comma-separated registered model names",
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 8 on cpu, 128 on cuda)")
     parser.add_argument("--img-size", type=int, default=224, help="px")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per mode (default: 1 cpu, 3 cuda)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode (default: 2 cpu, 10 cuda)")
-    parser.add_argument("--precision", type=lambda s: s.split(","), default=None,
-                        help="comma-separated fp32,bf16 (bf16 = autocast; default: fp32 on cpu, fp32,bf16 on cuda)")
+    parser.add_argument(
+        "--precision",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated fp32,bf16 (bf16 = autocast; default: fp32 on cpu, fp32,bf16 on cuda)",
+    )
     parser.add_argument("--compile", action="store_true", help="run the timed steps through torch.compile (GPU runs)")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the reference matmul")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device's dense bf16 peak for MFU (default: table)")
@@ -346,7 +369,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = benchmark(args)
     print(format_table(result))

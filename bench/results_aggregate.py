@@ -19,7 +19,11 @@ from bench.bench_io import report  # noqa: E402
 from eval.aggregate import aggregate  # noqa: E402
 from eval.records import ResultRecord, write_record  # noqa: E402
 
-METRICS = {"davis": ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"], "jhmdb": ["PCK@0.1", "PCK@0.2"], "vip": ["mIoU"]}
+METRICS = {
+    "davis": ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"],
+    "jhmdb": ["PCK@0.1", "PCK@0.2"],
+    "vip": ["mIoU"],
+}
 
 
 def write_records(root: Path, runs: int, steps: int, tasks: list[str]) -> int:
@@ -28,13 +32,25 @@ def write_records(root: Path, runs: int, steps: int, tasks: list[str]) -> int:
         for s in range(1, steps + 1):
             for task in tasks:
                 record = ResultRecord(
-                    run_id=f"{r:012x}", run_name=f"run{r}", config_hash="c" * 64, step=1000 * s, task=task,
-                    protocol_hash="p" * 64, protocol={"preset": "rsp"}, metrics={m: (r * 7 + s) % 100 / 100 for m in METRICS[task]},
-                    checkpoint_sha256="s" * 64, checkpoint_path="/x.pt", code_version="v", job_id=str(n), wall_time_s=1.0,
+                    run_id=f"{r:012x}",
+                    run_name=f"run{r}",
+                    config_hash="c" * 64,
+                    step=1000 * s,
+                    task=task,
+                    protocol_hash="p" * 64,
+                    protocol={"preset": "rsp"},
+                    metrics={m: (r * 7 + s) % 100 / 100 for m in METRICS[task]},
+                    checkpoint_sha256="s" * 64,
+                    checkpoint_path="/x.pt",
+                    code_version="v",
+                    job_id=str(n),
+                    wall_time_s=1.0,
                     sweep_axes={"model.kl_scale": [0.001, 0.01, 0.1][r % 3], "data.max_gap": [16, 32, 48, 64][r % 4]},
                     model_name="rsp_vit_small_patch16",
                 )
-                write_record(root / f"run{r}-{r:012x}" / "evals" / f"step_{1000 * s:08d}" / f"{task}-pppppppppppp" / "record.json", record)
+                write_record(
+                    root / f"run{r}-{r:012x}" / "evals" / f"step_{1000 * s:08d}" / f"{task}-pppppppppppp" / "record.json", record
+                )
                 n += 1
     return n
 
@@ -55,8 +71,16 @@ def main() -> None:
         for label, plots in (("table only", False), ("table + plots + hparams", True)):
             start = time.perf_counter()
             out = aggregate(root, Path(tmp) / f"out-{plots}", plots=plots, tensorboard=plots)
-            rows.append({"what": label, "records": count, "rows": len(out.table), "seconds": time.perf_counter() - start,
-                         "plots": len(out.plots), "warnings": len(out.warnings)})
+            rows.append(
+                {
+                    "what": label,
+                    "records": count,
+                    "rows": len(out.table),
+                    "seconds": time.perf_counter() - start,
+                    "plots": len(out.plots),
+                    "warnings": len(out.warnings),
+                }
+            )
     report("results_aggregate", rows, {"target_s": 3.0, "write_records_s": write_s})
 
 

@@ -49,8 +49,16 @@ def main() -> None:
             seconds = time.perf_counter() - start
             chunks = array_chunks([r.resources for r in plan.rows], args.max_array_size)
             groups = len({r.resources.group_key() for r in plan.rows})
-            rows.append({"repeat": repeat, "runs": len(plan.rows), "plan_s": seconds, "resource_groups": groups,
-                         "sbatch_calls": len(chunks), "expected_calls": groups * -(-len(plan.rows) // args.max_array_size)})
+            rows.append(
+                {
+                    "repeat": repeat,
+                    "runs": len(plan.rows),
+                    "plan_s": seconds,
+                    "resource_groups": groups,
+                    "sbatch_calls": len(chunks),
+                    "expected_calls": groups * -(-len(plan.rows) // args.max_array_size),
+                }
+            )
     report("sweep_plan", rows, {"target_s": 2.0, "best_plan_s": min(r["plan_s"] for r in rows)})
 
 

@@ -39,8 +39,10 @@ def train_config(args, videos: Path) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(name=args.model, img_size=args.img),
         data=DataConfig(root=str(videos), batch_size=args.batch, num_workers=args.workers, pin_memory=False),
-        optim=OptimConfig(lr=1e-4), schedule=ScheduleConfig(total_steps=args.steps + 2, warmup_steps=1),
-        checkpoint=CheckpointConfig(every_steps=10_000), runtime=RuntimeConfig(log_every_steps=1, progress_bar="off"),
+        optim=OptimConfig(lr=1e-4),
+        schedule=ScheduleConfig(total_steps=args.steps + 2, warmup_steps=1),
+        checkpoint=CheckpointConfig(every_steps=10_000),
+        runtime=RuntimeConfig(log_every_steps=1, progress_bar="off"),
     )
 
 
@@ -48,9 +50,16 @@ def run_worker(cfg: TrainConfig, mode: str, nproc: int, tmp: Path) -> dict:
     cfg_file = tmp / f"cfg-{mode}-{nproc}.json"
     cfg_file.write_text(json.dumps(to_dict(cfg)))
     out = tmp / f"out-{mode}-{nproc}.json"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    subprocess.run([*launcher, str(WORKER), mode, str(cfg_file), str(tmp / f"run-{mode}-{nproc}"), str(out)],
-                   check=True, env={**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // nproc))})
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
+    subprocess.run(
+        [*launcher, str(WORKER), mode, str(cfg_file), str(tmp / f"run-{mode}-{nproc}"), str(out)],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // nproc))},
+    )
     return json.loads(out.read_text())
 
 
@@ -69,9 +78,14 @@ def checkpoint_cost(model_name: str, every_steps: int, step_s: float, tmp: Path)
     start = time.perf_counter()
     manifest = CheckpointStore(tmp / "ckpt").commit(1, payload, milestone=False)
     write_s = time.perf_counter() - start
-    return {"checkpoint_mib": manifest.bytes / 2**20, "snapshot_s": snapshot_s, "background_write_s": write_s,
-            "every_steps": every_steps, "overhead_pct_async": 100 * snapshot_s / (every_steps * step_s),
-            "overhead_pct_if_synchronous": 100 * (snapshot_s + write_s) / (every_steps * step_s)}
+    return {
+        "checkpoint_mib": manifest.bytes / 2**20,
+        "snapshot_s": snapshot_s,
+        "background_write_s": write_s,
+        "every_steps": every_steps,
+        "overhead_pct_async": 100 * snapshot_s / (every_steps * step_s),
+        "overhead_pct_if_synchronous": 100 * (snapshot_s + write_s) / (every_steps * step_s),
+    }
 
 
 def main() -> None:
@@ -80,7 +94,9 @@ def main() -> None:
     p.add_argument("--img", type=int, default=112)
     p.add_argument("--batch", type=int, default=4, help="videos per process (x repeated_sampling 2 pairs)")
     p.add_argument("--steps", type=int, default=6, help="timed steps (after 2 warm-up steps)")
-    p.add_argument("--workers", type=int, default=DataConfig().num_workers, help="loader workers per process (default: the config's)")
+    p.add_argument(
+        "--workers", type=int, default=DataConfig().num_workers, help="loader workers per process (default: the config's)"
+    )
     p.add_argument("--videos", type=int, default=64)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,11 +111,17 @@ def main() -> None:
         step_s = next(r["step_s"] for r in rows if r["processes"] == 1 and r["mode"] == "end-to-end")
         ckpt = checkpoint_cost("rsp_vit_small_patch16", CheckpointConfig().every_steps, step_s, tmp)
     e2e = {r["processes"]: r for r in rows if r["mode"] == "end-to-end"}
-    report("train_throughput", rows, {
-        "setting": f"{args.model} at {args.img} px, {args.batch} videos x 2 pairs per process, {args.workers} loader workers",
-        "data_wait_share_1proc": e2e[1]["data_wait_share"], "data_wait_share_2proc": e2e[2]["data_wait_share"],
-        "checkpoint": ckpt, "targets": {"data_wait_share": "< 0.10", "checkpoint_overhead_pct": "< 5"},
-    })
+    report(
+        "train_throughput",
+        rows,
+        {
+            "setting": f"{args.model} at {args.img} px, {args.batch} videos x 2 pairs per process, {args.workers} loader workers",
+            "data_wait_share_1proc": e2e[1]["data_wait_share"],
+            "data_wait_share_2proc": e2e[2]["data_wait_share"],
+            "checkpoint": ckpt,
+            "targets": {"data_wait_share": "< 0.10", "checkpoint_overhead_pct": "< 5"},
+        },
+    )
 
 
 if __name__ == "__main__":

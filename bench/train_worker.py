@@ -1,6 +1,6 @@
 """Run by bench/train_throughput.py (alone or under torchrun): time training steps of one config.
 
-    train_worker.py end-to-end|model-only CONFIG.json RUN_DIR OUT.json
+train_worker.py end-to-end|model-only CONFIG.json RUN_DIR OUT.json
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def end_to_end(cfg: TrainConfig, env: DistEnv, run_dir: Path) -> dict:
     total = time.perf_counter() - start
     if not env.is_main:
         return {}
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][WARMUP:]
+    logged = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text().splitlines()][WARMUP:]
     pairs = cfg.data.batch_size * cfg.data.repeated_sampling * env.world_size
-    step_s = sum(pairs / l["pairs_per_s"] for l in lines) / len(lines)
-    wait = sum(l["data_wait_share"] * pairs / l["pairs_per_s"] for l in lines) / (step_s * len(lines))
+    step_s = sum(pairs / m["pairs_per_s"] for m in logged) / len(logged)
+    wait = sum(m["data_wait_share"] * pairs / m["pairs_per_s"] for m in logged) / (step_s * len(logged))
     return {"step_s": step_s, "pairs_per_s": pairs / step_s, "data_wait_share": wait, "wall_incl_startup_s": total}
 
 
@@ -45,7 +45,10 @@ def model_only(cfg: TrainConfig, env: DistEnv) -> dict:
     module = DistributedDataParallel(model) if env.distributed else model
     opt = build_optimizer(model, cfg, 1e-4)
     n = cfg.data.batch_size * cfg.data.repeated_sampling
-    src, tgt = torch.randn(n, 3, cfg.model.img_size, cfg.model.img_size), torch.randn(n, 3, cfg.model.img_size, cfg.model.img_size)
+    src, tgt = (
+        torch.randn(n, 3, cfg.model.img_size, cfg.model.img_size),
+        torch.randn(n, 3, cfg.model.img_size, cfg.model.img_size),
+    )
     times = []
     for _ in range(WARMUP + cfg.schedule.total_steps - WARMUP):
         start = time.perf_counter()

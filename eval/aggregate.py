@@ -21,9 +21,9 @@ import argparse
 import math
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -33,7 +33,14 @@ import pandas as pd
 from eval.records import ResultRecord, find_record_files, read_records
 
 # Headline metrics, in the paper's order; values are fractions, shown in percent.
-HEADLINE = [("davis", "J&F-Mean"), ("davis", "J-Mean"), ("davis", "F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1"), ("jhmdb", "PCK@0.2")]
+HEADLINE = [
+    ("davis", "J&F-Mean"),
+    ("davis", "J-Mean"),
+    ("davis", "F-Mean"),
+    ("vip", "mIoU"),
+    ("jhmdb", "PCK@0.1"),
+    ("jhmdb", "PCK@0.2"),
+]
 BEST_BY = [("davis", "J&F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1")]
 # Published ViT-S/16 K400 400-epoch results (spec rsp.md §9), in percent.
 PUBLISHED = {
@@ -67,7 +74,16 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
     """One row per (run, step); a column per metric (task:metric) and per sweep axis."""
     rows: dict[tuple[str, int], dict] = {}
     for r in records:
-        row = rows.setdefault((r.run_id, r.step), {"run": r.run_name, "run_id": r.run_id, "step": r.step, "model": r.model_name, **{AXIS + k: v for k, v in r.sweep_axes.items()}})
+        row = rows.setdefault(
+            (r.run_id, r.step),
+            {
+                "run": r.run_name,
+                "run_id": r.run_id,
+                "step": r.step,
+                "model": r.model_name,
+                **{AXIS + k: v for k, v in r.sweep_axes.items()},
+            },
+        )
         for metric, value in r.metrics.items():
             row[column(r.task, metric)] = value
         row.setdefault("protocols", {})[r.task] = r.protocol.get("preset", "")
@@ -90,6 +106,7 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
 
 def markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
     """A GitHub Markdown table (no extra dependency); `percent` columns shown x100, 1 decimal."""
+
     def cell(name: str, value) -> str:
         if isinstance(value, float) and math.isnan(value):
             return "-"
@@ -101,7 +118,10 @@ def markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 
     header = "| " + " | ".join(str(c).replace("|", "\\|") for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row)) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(cell(c, v) for c, v in zip(frame.columns, row, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body])
 
 
@@ -112,8 +132,10 @@ def paper_view(table: pd.DataFrame) -> str:
         values = [row.get(column(t, m)) for t, m in HEADLINE]
         cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}" for v in values]
         lines.append(f"| ours: {row['run']} (step {row['step']}, {row['model']}) | " + " | ".join(cells) + " |")
-    note = ("Published: ViT-S/16, Kinetics-400, 400 epochs (Jang et al., ICML 2024). Ours: each run's best "
-            "checkpoint; compare like with like (model, data, epochs, evaluation protocol in results.md).")
+    note = (
+        "Published: ViT-S/16, Kinetics-400, 400 epochs (Jang et al., ICML 2024). Ours: each run's best "
+        "checkpoint; compare like with like (model, data, epochs, evaluation protocol in results.md)."
+    )
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
@@ -141,7 +163,9 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
             points = best.dropna(subset=[metric, axis]).sort_values(axis, key=lambda s: s.map(_sort_key))
             fig, ax = plt.subplots(figsize=(6, 4))
             ax.plot([str(v) for v in points[axis]], points[metric], marker="o")
-            ax.set(xlabel=axis.removeprefix(AXIS), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix(AXIS)}")
+            ax.set(
+                xlabel=axis.removeprefix(AXIS), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix(AXIS)}"
+            )
             paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix(AXIS))}.png"))
     return paths
 
@@ -172,7 +196,9 @@ def write_hparams(table: pd.DataFrame, out: Path) -> None:
 
     shutil.rmtree(out, ignore_errors=True)
     for row in table[table["best"]].to_dict("records"):
-        hparams = {k.removeprefix(AXIS): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if is_axis(k)}
+        hparams = {
+            k.removeprefix(AXIS): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if is_axis(k)
+        }
         hparams.update(model=row["model"], step=int(row["step"]))
         metrics = {k: v for k, v in row.items() if is_metric(k) and isinstance(v, float) and not math.isnan(v)}
         writer = FileWriter(str(out / f"{row['run']}-{row['run_id']}"))
@@ -203,7 +229,7 @@ class Report:
         return "\n".join(lines)
 
 
-def aggregate(output_root: str | Path, out: Optional[str | Path] = None, plots: bool = True, tensorboard: bool = True) -> Report:
+def aggregate(output_root: str | Path, out: str | Path | None = None, plots: bool = True, tensorboard: bool = True) -> Report:
     root = Path(output_root)
     out = Path(out) if out else root / "results"
     records, warnings = read_records(find_record_files(root))
@@ -224,8 +250,10 @@ def aggregate(output_root: str | Path, out: Optional[str | Path] = None, plots: 
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("output_root", nargs="?", default="runs")
     p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
     p.add_argument("--no-plots", action="store_true")

@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 
 # Non-encoder parts, dropped explicitly (spec rsp.md §4-§5, MAE, DINO, timm classifiers).
 DROPPED_PREFIXES = (
-    "decoder_", "mask_token", "mae_", "to_posterior.", "to_prior.",  # RSP / MAE decoders and latent
-    "head.", "head_dist.", "pre_logits.",  # classification and DINO projection heads
+    "decoder_",
+    "mask_token",
+    "mae_",
+    "to_posterior.",
+    "to_prior.",  # RSP / MAE decoders and latent
+    "head.",
+    "head_dist.",
+    "pre_logits.",  # classification and DINO projection heads
 )
 OUR_CHECKPOINT_NAME = re.compile(r"step_\d{8}\.pt")
 
@@ -56,7 +62,7 @@ def load_backbone(
     *,
     trust_pickle: bool = False,
     dino_branch: str = "teacher",
-    num_heads: Optional[int] = None,
+    num_heads: int | None = None,
 ) -> Backbone:
     """Read `path`, pick the encoder's weights and build a strictly loaded `ViTEncoder` (eval mode)."""
     path = Path(path)
@@ -112,7 +118,7 @@ def detect_format(raw: Any) -> str:
     raise ValueError(f"unrecognized checkpoint layout with top-level keys {', '.join(map(str, list(raw)[:10]))}")
 
 
-def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> tuple[dict, Optional[int]]:
+def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> tuple[dict, int | None]:
     """The (still prefixed) state dict to read, and the head count when the file says it."""
     from rsp.model import MODELS
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from rsp.config import RUNTIME_ONLY, ConfigError
 
@@ -76,14 +75,14 @@ class EvalConfig:
     checkpoint_format: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto | ours | rsp_reference | timm | dino | mae
     trust_checkpoint: bool = field(default=False, metadata=RUNTIME_ONLY)  # allow pickled objects (reference RSP files)
     dino_branch: str = "teacher"  # DINO training checkpoints: which network to evaluate
-    num_heads: Optional[int] = None  # attention heads; None: from our registry, else width / 64
+    num_heads: int | None = None  # attention heads; None: from our registry, else width / 64
     task: str = "davis"  # davis | jhmdb | vip
     preset: str = "auto"  # a name in PRESETS, or auto (the task's default)
-    topk: Optional[int] = None  # overrides the preset when set
-    n_last_frames: Optional[int] = None  # overrides the preset when set
-    radius: Optional[int] = None  # overrides the preset when set (grid cells)
-    temperature: Optional[float] = None  # overrides the preset when set
-    frame_size: Optional[int] = None  # px; None: the task's default (TASK_DEFAULT_FRAME_SIZE)
+    topk: int | None = None  # overrides the preset when set
+    n_last_frames: int | None = None  # overrides the preset when set
+    radius: int | None = None  # overrides the preset when set (grid cells)
+    temperature: float | None = None  # overrides the preset when set
+    frame_size: int | None = None  # px; None: the task's default (TASK_DEFAULT_FRAME_SIZE)
     pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (spec §3)
     pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (spec §3)
     data_root: str = field(default="", metadata=RUNTIME_ONLY)  # dataset root in its official layout

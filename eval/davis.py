@@ -10,10 +10,10 @@ Predictions go to <out>/<seq>/<frame>.png (the official results layout), frame 0
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -32,13 +32,18 @@ class DavisSequence:
     annotations: tuple[Path, ...]  # sorted PNGs; annotations[0] belongs to frames[0]
 
 
-def read_davis(root: str | Path, split: str = "val", resolution: str = "480p", sequences: Sequence[str] = ()) -> list[DavisSequence]:
+def read_davis(
+    root: str | Path, split: str = "val", resolution: str = "480p", sequences: Sequence[str] = ()
+) -> list[DavisSequence]:
     """The split's sequences, checked: frames exist, the first frame is annotated, every annotation
     has its frame. Raises naming the missing file and how to get it."""
     root = Path(root)
     listing = root / "ImageSets" / "2017" / f"{split}.txt"
-    names = read_listing(listing, f"{root} is not a DAVIS-2017 root (prepare one with "
-                                  f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist")
+    names = read_listing(
+        listing,
+        f"{root} is not a DAVIS-2017 root (prepare one with "
+        f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist",
+    )
     return [_read_sequence(root, resolution, name) for name in select_sequences(names, sequences, listing)]
 
 

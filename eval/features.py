@@ -6,9 +6,9 @@ Features do not depend on labels, so every frame of a video is encoded up front 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

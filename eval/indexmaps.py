@@ -7,9 +7,9 @@ way, since the official tools read the index, never the colour (spec eval.md §1
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -107,8 +107,9 @@ def soft_to_index_map(soft, patch_size: int, out_size: tuple[int, int]) -> np.nd
     import torch
     import torch.nn.functional as F
 
-    up = F.interpolate(soft[None], scale_factor=patch_size, mode="bilinear", align_corners=False,
-                       recompute_scale_factor=False)[0]  # (C, h*p, w*p)
+    up = F.interpolate(soft[None], scale_factor=patch_size, mode="bilinear", align_corners=False, recompute_scale_factor=False)[
+        0
+    ]  # (C, h*p, w*p)
     low, high = up.amin(dim=(1, 2)), up.amax(dim=(1, 2))  # (C,)
     span = high - low  # = max(x - min) in fp32, as the reference computes it
     for c in (high > 0).nonzero()[:, 0].tolist():

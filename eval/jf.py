@@ -19,10 +19,10 @@ import math
 import multiprocessing
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -48,10 +48,10 @@ class DavisScores:
         if not self.objects:
             raise ValueError("no objects were scored; check the sequence list")
         # np.mean of each list, as the official tool does (a 2-D mean sums in another order)
-        J = [float(np.mean(column)) for column in zip(*(statistics(o.J) for o in self.objects))]
-        F = [float(np.mean(column)) for column in zip(*(statistics(o.F) for o in self.objects))]
+        J = [float(np.mean(column)) for column in zip(*(statistics(o.J) for o in self.objects), strict=True)]
+        F = [float(np.mean(column)) for column in zip(*(statistics(o.F) for o in self.objects), strict=True)]
         values = [(J[0] + F[0]) / 2.0, J[0], J[1], J[2], F[0], F[1], F[2]]
-        return {name: float(v) for name, v in zip(GLOBAL_COLUMNS, values)}
+        return {name: float(v) for name, v in zip(GLOBAL_COLUMNS, values, strict=True)}
 
     def per_object(self) -> list[tuple[str, float, float]]:
         return [(o.name, statistics(o.J)[0], statistics(o.F)[0]) for o in self.objects]
@@ -235,7 +235,7 @@ def evaluate(sequences: Sequence, results_dir: Path, workers: int = 0) -> DavisS
         results = [score_sequence(*job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-            results = list(pool.map(score_sequence, *zip(*jobs)))
+            results = list(pool.map(score_sequence, *zip(*jobs, strict=True)))
     return DavisScores([obj for seq in results for obj in seq])
 
 

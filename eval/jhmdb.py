@@ -12,9 +12,9 @@ background, 1 where every joint channel is 0. Frames are resized to 320x320.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -114,8 +114,16 @@ def pck(pred: np.ndarray, gt: np.ndarray, alphas: Sequence[float] = (0.1, 0.2)) 
 
 
 @torch.inference_mode()
-def predict_video(video: JhmdbVideo, encoder: torch.nn.Module, params: PropagationParams, side: int,
-                  device: torch.device, topk: int, sigma: float, batch_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def predict_video(
+    video: JhmdbVideo,
+    encoder: torch.nn.Module,
+    params: PropagationParams,
+    side: int,
+    device: torch.device,
+    topk: int,
+    sigma: float,
+    batch_frames: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, ground-truth) joints (T-1, 15, 2) for frames 1..T-1."""
     gt = read_joints(video)
     frame_hw = image_hw(video.frames[0])
@@ -126,8 +134,16 @@ def predict_video(video: JhmdbVideo, encoder: torch.nn.Module, params: Propagati
     return np.stack(pred), gt[1:]
 
 
-def evaluate(videos: Sequence[JhmdbVideo], encoder, params: PropagationParams, side: int, device: torch.device,
-             topk: int = 5, sigma: float = 0.5, batch_frames: int = 0) -> tuple[dict[str, float], dict[str, list]]:
+def evaluate(
+    videos: Sequence[JhmdbVideo],
+    encoder,
+    params: PropagationParams,
+    side: int,
+    device: torch.device,
+    topk: int = 5,
+    sigma: float = 0.5,
+    batch_frames: int = 0,
+) -> tuple[dict[str, float], dict[str, list]]:
     """(PCK@0.1 and @0.2 over all videos, predicted joints per video as lists)."""
     preds, gts, per_video = [], [], {}
     for video in videos:

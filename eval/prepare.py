@@ -22,8 +22,8 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from PIL import Image
 
@@ -95,8 +95,7 @@ def resize_davis(root: Path, size: tuple[int, int] = RSP_DAVIS_SIZE, resolution:
     return name
 
 
-def prepare_davis(root: Path, url: str = DAVIS_URL, resize: Optional[tuple[int, int]] = None,
-                  downloads: Optional[Path] = None) -> list:
+def prepare_davis(root: Path, url: str = DAVIS_URL, resize: tuple[int, int] | None = None, downloads: Path | None = None) -> list:
     from eval.davis import read_davis
 
     archive = download(url, (downloads or root.parent) / Path(url).name)
@@ -107,7 +106,7 @@ def prepare_davis(root: Path, url: str = DAVIS_URL, resize: Optional[tuple[int, 
     return sequences
 
 
-def prepare_jhmdb(root: Path, base_url: str = JHMDB_BASE_URL, downloads: Optional[Path] = None) -> list:
+def prepare_jhmdb(root: Path, base_url: str = JHMDB_BASE_URL, downloads: Path | None = None) -> list:
     from eval.jhmdb import read_jhmdb
 
     for name in JHMDB_ARCHIVES:
@@ -132,7 +131,7 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=("davis", "jhmdb", "vip"))
     parser.add_argument("--root", type=Path, required=True, help="where the prepared dataset goes")

@@ -23,8 +23,8 @@ What makes it fast, with the reference's results:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ TIE_MARGIN = 8  # extra candidates per row that catch affinities tied with the k
 DEFAULT_CHUNK_BYTES = {"cpu": 96 * 2**20, "cuda": 512 * 2**20}  # affinity rows per chunk, in bytes
 
 
-def neighbourhood_mask(h: int, w: int, radius: int, device: torch.device | str | None = None) -> Optional[torch.Tensor]:
+def neighbourhood_mask(h: int, w: int, radius: int, device: torch.device | str | None = None) -> torch.Tensor | None:
     """(h*w, h*w) bool, True where |di| <= radius and |dj| <= radius; None when nothing is masked
     (radius 0 disables the restriction, as in the reference, and a radius spanning the grid keeps all)."""
     if radius <= 0 or radius >= max(h, w) - 1:
@@ -73,7 +73,7 @@ def propagate(
     first_labels: torch.Tensor,
     grid: tuple[int, int],
     params: PropagationParams,
-    chunk_bytes: Optional[int] = None,
+    chunk_bytes: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """features (N, h*w, D) as the encoder gives them (normalized here); first_labels (h*w, C)
     (one-hot of frame 0). Yields (t, soft labels (h*w, C)) for t = 1..N-1, on the features' device."""
@@ -100,8 +100,13 @@ def propagate(
         n_ctx = 1 + filled
         with fp32_matmul():
             soft = propagate_frame(
-                as_target(features[t]), ctx_feats[:n_ctx].view(-1, D), ctx_labels[:n_ctx].view(-1, ctx_labels.shape[-1]),
-                bias, params, chunk_rows(n_ctx), buffer,
+                as_target(features[t]),
+                ctx_feats[:n_ctx].view(-1, D),
+                ctx_labels[:n_ctx].view(-1, ctx_labels.shape[-1]),
+                bias,
+                params,
+                chunk_rows(n_ctx),
+                buffer,
             )
         if queue:
             slot = 1 + (t - 1) % queue  # overwrites the oldest queued frame once the queue is full
@@ -115,10 +120,10 @@ def propagate_frame(
     target: torch.Tensor,
     sources: torch.Tensor,
     source_labels: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     params: PropagationParams,
     chunk_rows: int,
-    buffer: Optional[torch.Tensor] = None,
+    buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """target (hw, D), sources (S, D) with S = n_ctx * hw, source_labels (S, C), bias (hw, hw) of
     0 / -inf or None; `buffer` (flat, >= chunk_rows * S elements) is reused when given.

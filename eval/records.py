@@ -15,9 +15,10 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rsp.atomicio import atomic_write_json
 
@@ -54,8 +55,11 @@ class ResultRecord:
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord))
-REQUIRED_FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord)
-                            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+REQUIRED_FIELDS = frozenset(
+    f.name
+    for f in dataclasses.fields(ResultRecord)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+)
 _JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "dict": (dict,)}
 FIELD_TYPES = {f.name: _JSON_TYPES[f.type.split("[")[0]] for f in dataclasses.fields(ResultRecord)}
 
@@ -79,8 +83,11 @@ def parse_record(path: Path) -> ResultRecord:
         raise ValueError(f"{path}: missing fields {', '.join(missing)}")
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {data.get('format')!r}")
-    wrong = [f"{k} ({data[k]!r})" for k, types in FIELD_TYPES.items()
-             if k in data and (not isinstance(data[k], types) or isinstance(data[k], bool))]
+    wrong = [
+        f"{k} ({data[k]!r})"
+        for k, types in FIELD_TYPES.items()
+        if k in data and (not isinstance(data[k], types) or isinstance(data[k], bool))
+    ]
     if wrong:
         raise ValueError(f"{path}: wrong value types: {', '.join(wrong)}")
     metrics = data["metrics"]

@@ -20,7 +20,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -63,8 +62,13 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone(cfg.checkpoint, cfg.checkpoint_format, trust_pickle=cfg.trust_checkpoint,
-                             dino_branch=cfg.dino_branch, num_heads=cfg.num_heads)
+    backbone = load_backbone(
+        cfg.checkpoint,
+        cfg.checkpoint_format,
+        trust_pickle=cfg.trust_checkpoint,
+        dino_branch=cfg.dino_branch,
+        num_heads=cfg.num_heads,
+    )
     run_task = {"davis": _run_davis, "jhmdb": _run_jhmdb, "vip": _run_vip}[cfg.task]
     metrics = run_task(cfg, backbone, device, out_dir)
     details = {
@@ -76,8 +80,10 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         "embed_dim": backbone.encoder.embed_dim,
     }
     wall = time.perf_counter() - start
-    atomic_write_json(out_dir / "metrics.json", {"task": cfg.task, "metrics": metrics, "protocol": details,
-                                                 "wall_time_s": wall, "device": str(device)})
+    atomic_write_json(
+        out_dir / "metrics.json",
+        {"task": cfg.task, "metrics": metrics, "protocol": details, "wall_time_s": wall, "device": str(device)},
+    )
     return EvalOutcome(cfg.task, metrics, details, out_dir, wall)
 
 
@@ -94,8 +100,16 @@ def _run_davis(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_di
 
 def _run_jhmdb(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
     videos = jhmdb.read_jhmdb(cfg.data_root, cfg.jhmdb_split, cfg.sequences)
-    metrics, predictions = jhmdb.evaluate(videos, backbone.encoder, propagation_params(cfg), frame_size(cfg), device,
-                                          cfg.pose_topk, cfg.pose_sigma, cfg.batch_frames)
+    metrics, predictions = jhmdb.evaluate(
+        videos,
+        backbone.encoder,
+        propagation_params(cfg),
+        frame_size(cfg),
+        device,
+        cfg.pose_topk,
+        cfg.pose_sigma,
+        cfg.batch_frames,
+    )
     atomic_write_json(out_dir / "keypoints.json", predictions)  # video -> (frames 1.., 15, [x, y]) px
     return metrics
 
@@ -135,7 +149,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
         print(usage())
@@ -144,8 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = config_from_overrides(argv)
     outcome = evaluate(cfg)
     width = max(len(k) for k in outcome.metrics)
-    print(f"{outcome.task} ({outcome.protocol['preset']}, hash {outcome.protocol['protocol_hash'][:10]}) "
-          f"in {outcome.wall_time_s:.1f} s")
+    print(
+        f"{outcome.task} ({outcome.protocol['preset']}, hash {outcome.protocol['protocol_hash'][:10]}) "
+        f"in {outcome.wall_time_s:.1f} s"
+    )
     for name, value in outcome.metrics.items():
         print(f"  {name:<{width}}  {value:.4f}")
     print(f"outputs: {outcome.output_dir}")

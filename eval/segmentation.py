@@ -3,10 +3,10 @@ others (spec eval.md §1). Shared by DAVIS (object ids) and VIP (part classes)."
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Container, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ def propagate_index_maps(
     size: tuple[int, int],
     device: torch.device,
     batch_frames: int = 0,
-    wanted: Optional[Container[int]] = None,
+    wanted: Container[int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yields (t, (H, W) uint8 index map) for t = 1..len(frames)-1 in `wanted` (default all); every frame
     is propagated, but only wanted ones pay for the full-size index map (VIP scores a few frames).
@@ -45,7 +45,7 @@ PngWrite = Callable[[Path, np.ndarray, list[int]], None]  # (path, (H, W) index 
 
 
 @contextmanager
-def index_png_writer(pool: Optional[ThreadPoolExecutor] = None) -> Iterator[PngWrite]:
+def index_png_writer(pool: ThreadPoolExecutor | None = None) -> Iterator[PngWrite]:
     """A write(path, index_map, palette) that saves PNGs on `pool`'s threads (two of its own when
     None) while the caller propagates the next frame; leaving the block waits for every write and
     re-raises the first error."""

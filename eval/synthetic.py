@@ -97,8 +97,16 @@ def davis_sprites(rng: np.random.Generator, H: int, W: int, n_objects: int) -> l
     return sprites
 
 
-def write_davis(root: str | Path, n_sequences: int = 3, n_frames: int = 10, height: int = 96, width: int = 160,
-                objects: tuple[int, int] = (2, 3), seed: int = 0, resolution: str = "480p") -> Path:
+def write_davis(
+    root: str | Path,
+    n_sequences: int = 3,
+    n_frames: int = 10,
+    height: int = 96,
+    width: int = 160,
+    objects: tuple[int, int] = (2, 3),
+    seed: int = 0,
+    resolution: str = "480p",
+) -> Path:
     """A DAVIS-2017 root with `n_sequences` generated sequences in ImageSets/2017/val.txt."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -123,11 +131,41 @@ def write_davis(root: str | Path, n_sequences: int = 3, n_frames: int = 10, heig
 
 # JHMDB's 15 joints: neck, belly, face, r/l shoulder, r/l hip, r/l elbow, r/l knee, r/l wrist, r/l ankle,
 # as offsets from the hips' centre in units of the figure's height.
-JHMDB_SKELETON = np.array([
-    [0.0, -0.55], [0.0, -0.25], [0.0, -0.72], [-0.12, -0.5], [0.12, -0.5], [-0.08, 0.0], [0.08, 0.0],
-    [-0.2, -0.3], [0.2, -0.3], [-0.1, 0.25], [0.1, 0.25], [-0.25, -0.1], [0.25, -0.1], [-0.1, 0.5], [0.1, 0.5],
-])
-JHMDB_LIMBS = [(2, 0), (0, 1), (1, 5), (1, 6), (0, 3), (0, 4), (3, 7), (4, 8), (7, 11), (8, 12), (5, 9), (6, 10), (9, 13), (10, 14)]
+JHMDB_SKELETON = np.array(
+    [
+        [0.0, -0.55],
+        [0.0, -0.25],
+        [0.0, -0.72],
+        [-0.12, -0.5],
+        [0.12, -0.5],
+        [-0.08, 0.0],
+        [0.08, 0.0],
+        [-0.2, -0.3],
+        [0.2, -0.3],
+        [-0.1, 0.25],
+        [0.1, 0.25],
+        [-0.25, -0.1],
+        [0.25, -0.1],
+        [-0.1, 0.5],
+        [0.1, 0.5],
+    ]
+)
+JHMDB_LIMBS = [
+    (2, 0),
+    (0, 1),
+    (1, 5),
+    (1, 6),
+    (0, 3),
+    (0, 4),
+    (3, 7),
+    (4, 8),
+    (7, 11),
+    (8, 12),
+    (5, 9),
+    (6, 10),
+    (9, 13),
+    (10, 14),
+]
 SWINGING = {7: 0.06, 8: -0.06, 11: 0.1, 12: -0.1, 9: -0.05, 10: 0.05, 13: -0.09, 14: 0.09}  # joint -> amplitude
 
 
@@ -139,8 +177,9 @@ def jhmdb_joints(t: int, centre: np.ndarray, velocity: np.ndarray, scale: float,
     return centre + velocity * t + joints * scale
 
 
-def write_jhmdb(root: str | Path, n_videos: int = 2, n_frames: int = 10, height: int = 240, width: int = 320,
-                seed: int = 0, split: int = 1) -> Path:
+def write_jhmdb(
+    root: str | Path, n_videos: int = 2, n_frames: int = 10, height: int = 240, width: int = 320, seed: int = 0, split: int = 1
+) -> Path:
     """A JHMDB root: Rename_Images/<cls>/<vid>/%05d.png, joint_positions/<cls>/<vid>/joint_positions.mat
     (pos_img 2 x 15 x T, 1-indexed) and splits/<cls>_test_split<split>.txt (2 = test)."""
     root = Path(root)
@@ -184,8 +223,14 @@ def write_jhmdb(root: str | Path, n_videos: int = 2, n_frames: int = 10, height:
 # (class id, top, left, height, width) of each part, in units of the person's height (VIP's classes:
 # 2 hair, 13 face, 5 upper-clothes, 14/15 right/left arm, 9 pants, 18/19 right/left shoe).
 VIP_PARTS = [
-    (5, 0.2, 0.1, 0.35, 0.3), (14, 0.22, -0.02, 0.3, 0.1), (15, 0.22, 0.42, 0.3, 0.1), (9, 0.55, 0.12, 0.35, 0.26),
-    (18, 0.9, 0.08, 0.08, 0.14), (19, 0.9, 0.28, 0.08, 0.14), (13, 0.05, 0.17, 0.15, 0.16), (2, 0.0, 0.15, 0.07, 0.2),
+    (5, 0.2, 0.1, 0.35, 0.3),
+    (14, 0.22, -0.02, 0.3, 0.1),
+    (15, 0.22, 0.42, 0.3, 0.1),
+    (9, 0.55, 0.12, 0.35, 0.26),
+    (18, 0.9, 0.08, 0.08, 0.14),
+    (19, 0.9, 0.28, 0.08, 0.14),
+    (13, 0.05, 0.17, 0.15, 0.16),
+    (2, 0.0, 0.15, 0.07, 0.2),
 ]
 
 
@@ -201,8 +246,16 @@ def vip_sprites(rng: np.random.Generator, H: int, W: int) -> list[Sprite]:
     return sprites
 
 
-def write_vip(root: str | Path, n_videos: int = 2, n_frames: int = 11, height: int = 96, width: int = 160,
-              annotate_every: int = 5, seed: int = 0, split: str = "val") -> Path:
+def write_vip(
+    root: str | Path,
+    n_videos: int = 2,
+    n_frames: int = 11,
+    height: int = 96,
+    width: int = 160,
+    annotate_every: int = 5,
+    seed: int = 0,
+    split: str = "val",
+) -> Path:
     """A VIP_Fine-style root: Images/<vid>/*.jpg, Annotations/Category_ids/<vid>/*.png on every
     `annotate_every`-th frame (frame 0 included), lists/<split>_videos.txt."""
     root = Path(root)

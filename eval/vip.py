@@ -12,9 +12,9 @@ background in the first frame. mIoU comes from one 20x20 confusion matrix over a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,26 @@ from eval.indexmaps import davis_palette, read_index_png
 from eval.segmentation import index_png_writer, propagate_index_maps
 
 CLASSES = (  # VIP's part classes, by id
-    "background", "hat", "hair", "sun-glasses", "upper-clothes", "dress", "coat", "socks", "pants", "gloves",
-    "scarf", "skirt", "torso-skin", "face", "right-arm", "left-arm", "right-leg", "left-leg", "right-shoe", "left-shoe",
+    "background",
+    "hat",
+    "hair",
+    "sun-glasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "gloves",
+    "scarf",
+    "skirt",
+    "torso-skin",
+    "face",
+    "right-arm",
+    "left-arm",
+    "right-leg",
+    "left-leg",
+    "right-shoe",
+    "left-shoe",
 )
 NUM_CLASSES = len(CLASSES)  # 20
 
@@ -41,8 +59,11 @@ class VipVideo:
 def read_vip(root: str | Path, split: str = "val", sequences: Sequence[str] = ()) -> list[VipVideo]:
     root = Path(root)
     listing = root / "lists" / f"{split}_videos.txt"
-    names = read_listing(listing, f"{root} is not a VIP_Fine root (prepare one with "
-                                  f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist")
+    names = read_listing(
+        listing,
+        f"{root} is not a VIP_Fine root (prepare one with "
+        f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist",
+    )
     return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
 
 
@@ -77,8 +98,15 @@ def mean_iou(matrix: np.ndarray) -> float:
     return float(np.nanmean(iou))
 
 
-def score_video(video: VipVideo, encoder: torch.nn.Module, params: PropagationParams, long_side: int,
-                device: torch.device, out_dir: Path | None = None, batch_frames: int = 0) -> np.ndarray:
+def score_video(
+    video: VipVideo,
+    encoder: torch.nn.Module,
+    params: PropagationParams,
+    long_side: int,
+    device: torch.device,
+    out_dir: Path | None = None,
+    batch_frames: int = 0,
+) -> np.ndarray:
     """Confusion matrix of the video's scored frames; predictions of those frames go to
     <out_dir>/<video>/<frame>.png when out_dir is given."""
     first = read_index_png(video.annotations[video.frames[0].stem])
@@ -94,15 +122,25 @@ def score_video(video: VipVideo, encoder: torch.nn.Module, params: PropagationPa
             stem = video.frames[t].stem
             gt = read_index_png(video.annotations[stem])
             if gt.shape != index.shape:
-                raise ValueError(f"annotation {video.annotations[stem]} is {gt.shape[1]}x{gt.shape[0]}, its frame {index.shape[1]}x{index.shape[0]}")
+                raise ValueError(
+                    f"annotation {video.annotations[stem]} is {gt.shape[1]}x{gt.shape[0]}, "
+                    f"its frame {index.shape[1]}x{index.shape[0]}"
+                )
             matrix += confusion(gt, index)
             if out_dir is not None:
                 write(out_dir / video.name / f"{stem}.png", index, palette)
     return matrix
 
 
-def evaluate(videos: Sequence[VipVideo], encoder, params: PropagationParams, long_side: int, device: torch.device,
-             out_dir: Path | None = None, batch_frames: int = 0) -> dict[str, float]:
+def evaluate(
+    videos: Sequence[VipVideo],
+    encoder,
+    params: PropagationParams,
+    long_side: int,
+    device: torch.device,
+    out_dir: Path | None = None,
+    batch_frames: int = 0,
+) -> dict[str, float]:
     matrix = sum(score_video(v, encoder, params, long_side, device, out_dir, batch_frames) for v in videos)
     if not matrix.sum():
         raise ValueError("no annotated frame after the first in any video; nothing to score")

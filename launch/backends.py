@@ -16,9 +16,10 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import submitit
 
@@ -27,7 +28,18 @@ from launch.snapshot import Snapshot
 from rsp.atomicio import atomic_write_json
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "PREEMPTED",
+}
 
 
 @dataclass(frozen=True)
@@ -38,28 +50,37 @@ class Resources:
     tasks_per_node: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 2
-    mem_gb: Optional[float] = None
+    mem_gb: float | None = None
     time_minutes: int = 60
     signal_delay_s: int = 120
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     exclusive: bool = False
     extra_sbatch: tuple[tuple[str, str], ...] = ()
     array_parallelism: int = 64
-    dependency: Optional[str] = None  # e.g. "afterok:123"
+    dependency: str | None = None  # e.g. "afterok:123"
     job_name: str = "rsp"
     requeue_teardown: bool = True  # training jobs: run launch.requeue after srun
 
     @classmethod
-    def from_cluster(cls, cluster: Any, job_name: str, **overrides: Any) -> "Resources":
+    def from_cluster(cls, cluster: Any, job_name: str, **overrides: Any) -> Resources:
         fields = dict(
-            nodes=cluster.nodes, tasks_per_node=cluster.processes_per_node, gpus_per_node=cluster.gpus_per_node,
-            cpus_per_task=cluster.cpus_per_task, mem_gb=cluster.mem_gb, time_minutes=cluster.time_minutes,
-            signal_delay_s=cluster.signal_delay_s, partition=cluster.partition, account=cluster.account,
-            qos=cluster.qos, constraint=cluster.constraint, exclusive=cluster.exclusive,
-            extra_sbatch=tuple(sorted(cluster.extra_sbatch.items())), array_parallelism=cluster.array_parallelism,
+            nodes=cluster.nodes,
+            tasks_per_node=cluster.processes_per_node,
+            gpus_per_node=cluster.gpus_per_node,
+            cpus_per_task=cluster.cpus_per_task,
+            mem_gb=cluster.mem_gb,
+            time_minutes=cluster.time_minutes,
+            signal_delay_s=cluster.signal_delay_s,
+            partition=cluster.partition,
+            account=cluster.account,
+            qos=cluster.qos,
+            constraint=cluster.constraint,
+            exclusive=cluster.exclusive,
+            extra_sbatch=tuple(sorted(cluster.extra_sbatch.items())),
+            array_parallelism=cluster.array_parallelism,
             dependency="afterok:" + ":".join(j.strip() for j in cluster.after.split(",")) if cluster.after else None,
             job_name=job_name,
         )
@@ -71,7 +92,7 @@ class Resources:
         return tuple((k, v) for k, v in self.__dict__.items() if k != "job_name")
 
 
-def snapshot_setup(snapshot: Optional[Snapshot]) -> list[str]:
+def snapshot_setup(snapshot: Snapshot | None) -> list[str]:
     if snapshot is None:
         return []
     path = shlex.quote(str(snapshot.path))
@@ -85,7 +106,7 @@ def snapshot_setup(snapshot: Optional[Snapshot]) -> list[str]:
 class Backend:
     name = "base"
 
-    def __init__(self, folder: Path, snapshot: Optional[Snapshot] = None):
+    def __init__(self, folder: Path, snapshot: Snapshot | None = None):
         self.folder = Path(folder)
         self.snapshot = snapshot
 
@@ -103,14 +124,25 @@ class SlurmBackend(Backend):
         ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
         r = resources
         params: dict[str, Any] = dict(
-            job_name=r.job_name, nodes=r.nodes, ntasks_per_node=r.tasks_per_node, cpus_per_task=r.cpus_per_task,
-            time=r.time_minutes, signal_delay_s=r.signal_delay_s, array_parallelism=r.array_parallelism,
-            setup=snapshot_setup(self.snapshot), srun_args=["--kill-on-bad-exit=1"],
+            job_name=r.job_name,
+            nodes=r.nodes,
+            ntasks_per_node=r.tasks_per_node,
+            cpus_per_task=r.cpus_per_task,
+            time=r.time_minutes,
+            signal_delay_s=r.signal_delay_s,
+            array_parallelism=r.array_parallelism,
+            setup=snapshot_setup(self.snapshot),
+            srun_args=["--kill-on-bad-exit=1"],
             additional_parameters={"requeue": True, "kill-on-invalid-dep": "yes", **dict(r.extra_sbatch)},
         )
         optional = dict(
-            gpus_per_node=r.gpus_per_node or None, mem=f"{r.mem_gb:g}GB" if r.mem_gb else None, partition=r.partition,
-            account=r.account, qos=r.qos, constraint=r.constraint, exclusive=True if r.exclusive else None,
+            gpus_per_node=r.gpus_per_node or None,
+            mem=f"{r.mem_gb:g}GB" if r.mem_gb else None,
+            partition=r.partition,
+            account=r.account,
+            qos=r.qos,
+            constraint=r.constraint,
+            exclusive=True if r.exclusive else None,
             dependency=r.dependency,
         )
         params.update({k: v for k, v in optional.items() if v is not None})
@@ -150,7 +182,9 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
     states: dict[str, str] = {}
     out = subprocess.run(
         ["squeue", "-h", "-r", "-o", "%i|%T", "--jobs", ",".join(sorted(set(job_ids)))],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     for line in out.stdout.splitlines():
         jid, _, state = line.partition("|")
@@ -159,7 +193,9 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
     if rest:
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(rest)))],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         for line in out.stdout.splitlines():
             jid, _, state = line.partition("|")
@@ -192,8 +228,10 @@ class LocalBackend(Backend):
     def executor(self, resources: Resources) -> submitit.LocalExecutor:
         ex = submitit.LocalExecutor(folder=self.folder)
         ex.update_parameters(
-            timeout_min=resources.time_minutes, tasks_per_node=resources.tasks_per_node,
-            gpus_per_node=resources.gpus_per_node, signal_delay_s=resources.signal_delay_s,
+            timeout_min=resources.time_minutes,
+            tasks_per_node=resources.tasks_per_node,
+            gpus_per_node=resources.gpus_per_node,
+            signal_delay_s=resources.signal_delay_s,
             setup=snapshot_setup(self.snapshot),
         )
         return ex
@@ -220,7 +258,7 @@ class DebugBackend(Backend):
 
     name = "debug"
 
-    def __init__(self, folder: Path, snapshot: Optional[Snapshot] = None):
+    def __init__(self, folder: Path, snapshot: Snapshot | None = None):
         super().__init__(folder, None)  # runs the live code: that is the point of debugging
         self.submitted = 0  # numbers this backend's job ids
 
@@ -240,7 +278,7 @@ class DebugBackend(Backend):
 BACKENDS = {"local": LocalBackend, "slurm": SlurmBackend, "debug": DebugBackend}  # the values of cluster.backend
 
 
-def make_backend(name: str, folder: Path, snapshot: Optional[Snapshot] = None) -> Backend:
+def make_backend(name: str, folder: Path, snapshot: Snapshot | None = None) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
     return BACKENDS[name](folder, snapshot)

@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -28,21 +28,22 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 class ClusterConfig:
     """Where and how a run executes. Only nodes x tasks_per_node (the world size) shapes results."""
 
-    backend: str = "local"  # a name in launch.backends.BACKENDS: local (this machine, subprocesses) | slurm | debug (in-process, breakpoints work)
+    # A name in launch.backends.BACKENDS: local (this machine, subprocesses) | slurm | debug (in-process, breakpoints work).
+    backend: str = "local"
     nodes: int = 1
     gpus_per_node: int = 0  # 0: CPU job (gloo)
-    tasks_per_node: Optional[int] = None  # processes per node; default: gpus_per_node, or 1 without GPUs
+    tasks_per_node: int | None = None  # processes per node; default: gpus_per_node, or 1 without GPUs
     cpus_per_task: int = 2
-    mem_gb: Optional[float] = None  # per node; None: the partition's default
+    mem_gb: float | None = None  # per node; None: the partition's default
     time_minutes: int = 1440  # wall-time limit of one attempt
     signal_delay_s: int = 120  # SIGUSR2 this long before the limit: time to finish a step and checkpoint
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     exclusive: bool = False
     extra_sbatch: dict[str, str] = field(default_factory=dict)  # any other sbatch flag, e.g. {reservation: x}
-    after: Optional[str] = None  # job id(s), comma-separated: start only once they ended successfully (afterok)
+    after: str | None = None  # job id(s), comma-separated: start only once they ended successfully (afterok)
     array_parallelism: int = 64  # sweeps: at most this many tasks of one array run at once
     max_preemptions: int = 100  # requeue budgets, per end reason
     max_timeouts: int = 50
@@ -63,7 +64,9 @@ class EvaluationConfig:
     """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations.py)."""
 
     tasks: list[str] = field(default_factory=list)  # davis | jhmdb | vip
-    presets: dict[str, str] = field(default_factory=lambda: {"davis": "rsp", "jhmdb": "auto", "vip": "auto"})  # eval.config.PRESETS
+    presets: dict[str, str] = field(
+        default_factory=lambda: {"davis": "rsp", "jhmdb": "auto", "vip": "auto"}
+    )  # eval.config.PRESETS
     data_roots: dict[str, str] = field(default_factory=dict)  # task -> dataset root
     synthetic: bool = False  # generate small benchmark sets in the official layouts when a root is missing
     overrides: dict[str, Any] = field(default_factory=dict)  # task -> {eval config field: value}, e.g. {davis: {topk: 5}}
@@ -71,7 +74,7 @@ class EvaluationConfig:
     cpus_per_task: int = 2
     gpus: int = 0
     time_minutes: int = 120
-    mem_gb: Optional[float] = None
+    mem_gb: float | None = None
 
 
 @dataclass
@@ -156,7 +159,7 @@ def _is_dict_entry(key: str) -> bool:
     return any(key.startswith(f"{d}.") for d in DICT_FIELDS)
 
 
-def compose(overrides: list[str], experiment: Optional[str] = None) -> RunConfig:
+def compose(overrides: list[str], experiment: str | None = None) -> RunConfig:
     """Compose experiments/config.yaml with `overrides` into a RunConfig (not yet validated)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

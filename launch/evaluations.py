@@ -23,9 +23,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from eval.records import RECORD_NAME
 from launch.config import EvaluationConfig, RunConfig
@@ -55,8 +55,12 @@ def task_eval_config(e: EvaluationConfig, task: str, **paths: str):
     from rsp.config import from_dict
 
     base = {
-        "checkpoint_format": "ours", "task": task, "preset": e.presets.get(task, "auto"),
-        "data_root": e.data_roots.get(task, ""), "device": e.device, **paths,
+        "checkpoint_format": "ours",
+        "task": task,
+        "preset": e.presets.get(task, "auto"),
+        "data_root": e.data_roots.get(task, ""),
+        "device": e.device,
+        **paths,
     }
     return from_dict(EvalConfig, {**base, **dict(e.overrides.get(task, {}))})
 
@@ -66,7 +70,10 @@ def eval_dir(run: RunDirectory, step: int, task: str, protocol_hash: str) -> Pat
 
 
 def expected(
-    run: RunDirectory, cfg: Optional[RunConfig] = None, all_checkpoints: bool = False, manifests: Optional[list[Manifest]] = None,
+    run: RunDirectory,
+    cfg: RunConfig | None = None,
+    all_checkpoints: bool = False,
+    manifests: list[Manifest] | None = None,
 ) -> list[tuple[int, str, Path]]:
     """(step, task, directory) of every evaluation this run should have (`cfg` and `manifests`:
     the run's, when the caller already read them)."""
@@ -83,7 +90,7 @@ def expected(
     return out
 
 
-def evaluation_summary(run: RunDirectory, info: Optional[dict] = None, manifests: Optional[list[Manifest]] = None) -> tuple[int, int]:
+def evaluation_summary(run: RunDirectory, info: dict | None = None, manifests: list[Manifest] | None = None) -> tuple[int, int]:
     """(evaluations with a record, evaluations expected so far); `info` (run.json) and `manifests`:
     the run's, when the caller already read them."""
     try:
@@ -141,11 +148,21 @@ class EvaluationJob:
                     )
                 outcome = evaluate(ecfg)
                 record = ResultRecord(
-                    run_id=info["run_id"], run_name=info["name"], config_hash=info["config_hash"], step=self.step,
-                    task=task, protocol_hash=phash, protocol=outcome.protocol, metrics=outcome.metrics,
-                    checkpoint_sha256=manifest.sha256, checkpoint_path=str(checkpoint), code_version=code_version(),
-                    job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())), wall_time_s=time.time() - started,
-                    sweep_axes=sweep_axes_of(run.path), model_name=info["config"]["model"]["name"],
+                    run_id=info["run_id"],
+                    run_name=info["name"],
+                    config_hash=info["config_hash"],
+                    step=self.step,
+                    task=task,
+                    protocol_hash=phash,
+                    protocol=outcome.protocol,
+                    metrics=outcome.metrics,
+                    checkpoint_sha256=manifest.sha256,
+                    checkpoint_path=str(checkpoint),
+                    code_version=code_version(),
+                    job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
+                    wall_time_s=time.time() - started,
+                    sweep_axes=sweep_axes_of(run.path),
+                    model_name=info["config"]["model"]["name"],
                 )
                 written.append(str(write_record(out / RECORD_NAME, record)))
             except Exception as exc:
@@ -155,11 +172,13 @@ class EvaluationJob:
             finally:
                 store.unpin(self.step, out.name)
         if failed:
-            raise RuntimeError(f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}")
+            raise RuntimeError(
+                f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}"
+            )
         return written
 
 
-def schedule_for_checkpoint(run: RunDirectory, step: Optional[int], backend: str) -> None:
+def schedule_for_checkpoint(run: RunDirectory, step: int | None, backend: str) -> None:
     """Called by the training job (rank 0) when milestone `step` is durable, and with step=None at
     the start of every attempt (milestones a killed attempt committed but could not schedule).
     Submission runs in a subprocess with the job's own SLURM_* variables removed, so they cannot
@@ -175,7 +194,13 @@ def schedule_for_checkpoint(run: RunDirectory, step: Optional[int], backend: str
         raise RuntimeError(f"scheduling evaluations of step {step} failed: {proc.stderr[-2000:]}")
 
 
-def schedule(run: RunDirectory, steps: Optional[Sequence[int]], backend_name: str, retry_failed: bool = False, all_checkpoints: bool = False) -> list[str]:
+def schedule(
+    run: RunDirectory,
+    steps: Sequence[int] | None,
+    backend_name: str,
+    retry_failed: bool = False,
+    all_checkpoints: bool = False,
+) -> list[str]:
     """Submit the evaluations of `steps` (None: every checkpoint due) that were never submitted
     (and, with retry_failed, those that failed). Returns the job ids."""
     from launch.backends import Resources, make_backend
@@ -196,12 +221,22 @@ def schedule(run: RunDirectory, steps: Optional[Sequence[int]], backend_name: st
         return []
     e = cfg.evaluation
     resources = Resources(
-        nodes=1, tasks_per_node=1, gpus_per_node=e.gpus, cpus_per_task=e.cpus_per_task, mem_gb=e.mem_gb,
-        time_minutes=e.time_minutes, partition=cfg.cluster.partition, account=cfg.cluster.account, qos=cfg.cluster.qos,
-        job_name=f"eval-{run.path.name}", requeue_teardown=False,
+        nodes=1,
+        tasks_per_node=1,
+        gpus_per_node=e.gpus,
+        cpus_per_task=e.cpus_per_task,
+        mem_gb=e.mem_gb,
+        time_minutes=e.time_minutes,
+        partition=cfg.cluster.partition,
+        account=cfg.cluster.account,
+        qos=cfg.cluster.qos,
+        job_name=f"eval-{run.path.name}",
+        requeue_teardown=False,
     )
     snapshot = _snapshot_of(run)
-    backend = make_backend(backend_name, run.path / "evals" / ".jobs", Snapshot(Path(snapshot[0]), snapshot[1]) if snapshot else None)
+    backend = make_backend(
+        backend_name, run.path / "evals" / ".jobs", Snapshot(Path(snapshot[0]), snapshot[1]) if snapshot else None
+    )
     ids = []
     for step, items in sorted(todo.items()):
         groups = [[t] for t, _ in items] if backend_name == "slurm" else [[t for t, _ in items]]
@@ -214,7 +249,7 @@ def schedule(run: RunDirectory, steps: Optional[Sequence[int]], backend_name: st
     return ids
 
 
-def _snapshot_of(run: RunDirectory) -> Optional[tuple[str, str]]:
+def _snapshot_of(run: RunDirectory) -> tuple[str, str] | None:
     last = run.last_submission()
     return (last["snapshot"], last["code_version"]) if last and last.get("snapshot") else None
 
@@ -252,9 +287,11 @@ def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3
     return 0 if not failed and not open_ else 1
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m launch.evaluations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m launch.evaluations", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("schedule", help="submit the evaluations of one run's checkpoint(s)")
     s.add_argument("run_dir")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 from launch.backends import local_state
 from launch.rundir import RunDirectory
@@ -22,7 +21,7 @@ class MetricsTail:
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
-        self.inode: Optional[int] = None
+        self.inode: int | None = None
 
     def new_records(self) -> list[dict]:
         try:

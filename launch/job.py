@@ -20,11 +20,10 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from launch.config import ClusterConfig, train_config
 from launch.requeue import attempt_key, decide
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import RunDirectory
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, install_stop_signals
 from rsp.train import TrainHooks, train
@@ -50,7 +49,7 @@ def reachable_address(host: str, is_slurm: bool) -> str:
     raise RendezvousError(f"cannot resolve the first node of the allocation ({host}); no DNS entry and no NodeAddr")
 
 
-def classify_stop(signal_name: Optional[str], cluster: ClusterConfig, started: float) -> str:
+def classify_stop(signal_name: str | None, cluster: ClusterConfig, started: float) -> str:
     """Why the job was asked to stop: SIGUSR2 near the time limit is a timeout, earlier a preemption
     (SLURM sends the same signal for both); anything else is an outside stop request."""
     if signal_name != "SIGUSR2":
@@ -85,7 +84,9 @@ class TrainingJob:
         hosts = list(job.hostnames) if is_slurm else ["127.0.0.1"]
         key = attempt_key(job.job_id) if is_slurm else f"{job.job_id}/{os.getppid()}"
         env = DistEnv(
-            rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
+            rank=job.global_rank,
+            world_size=job.num_tasks,
+            local_rank=job.local_rank,
             local_world_size=max(1, job.num_tasks // job.num_nodes),
             master_addr=reachable_address(hosts[0], is_slurm),
             rendezvous_file=str(run.path / "rendezvous" / f"{key.replace('/', '-')}.json"),
@@ -102,7 +103,9 @@ class TrainingJob:
         if self.backend != "debug":
             install_stop_signals(stop, (signal.SIGUSR2, signal.SIGTERM))  # replaces submitit's handlers
         attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0) if env.is_main else None
-        hooks = TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
+        hooks = (
+            TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
+        )
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
         try:
@@ -141,7 +144,7 @@ class TrainingJob:
 
         return on_commit
 
-    def _schedule_evaluations(self, run: RunDirectory, step: Optional[int]) -> None:
+    def _schedule_evaluations(self, run: RunDirectory, step: int | None) -> None:
         from launch.evaluations import schedule_for_checkpoint
 
         try:

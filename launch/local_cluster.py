@@ -93,8 +93,12 @@ class LocalSlurmCluster:
         stopping what it started, e.g. when a cluster from another state dir holds the ports.
         """
         result = run_script(
-            "start.sh", str(self.state_dir), "--max-array-size", str(self.max_array_size),
-            "--timeout", str(max(1, round(timeout_s))),
+            "start.sh",
+            str(self.state_dir),
+            "--max-array-size",
+            str(self.max_array_size),
+            "--timeout",
+            str(max(1, round(timeout_s))),
             timeout_s=timeout_s + STOP_TIMEOUT_S,  # start.sh stops what it started when it fails
         )
         _check(result)
@@ -143,8 +147,12 @@ class LocalSlurmCluster:
     def show_config(self) -> dict[str, str]:
         """`scontrol show config` of the running cluster as key -> value."""
         result = subprocess.run(
-            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30,
-            env={**os.environ, **self.env}, check=False,
+            ["scontrol", "show", "config"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, **self.env},
+            check=False,
         )
         _check(result)
         return parse_slurm_config(result.stdout)
@@ -156,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         description="A two-node SLURM cluster with accounting and a preemptible partition on this machine.",
     )
     parser.add_argument("command", choices=["install", "start", "stop", "status"])
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="config, database, logs and PIDs (default: $RSP_SLURM_DIR or ./.slurm)")
-    parser.add_argument("--max-array-size", type=int, default=DEFAULT_MAX_ARRAY_SIZE,
-                        help="SLURM's MaxArraySize (start only)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="config, database, logs and PIDs (default: $RSP_SLURM_DIR or ./.slurm)"
+    )
+    parser.add_argument("--max-array-size", type=int, default=DEFAULT_MAX_ARRAY_SIZE, help="SLURM's MaxArraySize (start only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "install":

@@ -8,9 +8,9 @@ running and finished runs are never submitted twice; failed runs only with --ret
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from launch.backends import Resources
 from launch.rundir import RunDirectory, run_id
@@ -44,12 +44,17 @@ class Plan:
 
         rows = self.pending_rows()
         if not rows:
-            print(f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} are pending, running, finished or failed")
+            print(
+                f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} "
+                "are pending, running, finished or failed"
+            )
             record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists])
             return 0
         for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
             ensure_generated_data(cfg)
-        job_ids = submit_runs([r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root)
+        job_ids = submit_runs(
+            [r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root
+        )
         record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists or r in rows])
         arrays = len({j.split("_")[0] for j in job_ids})
         print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
@@ -79,7 +84,7 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
     rows = []
-    for run, rundir, state in zip(runs, dirs, states):
+    for run, rundir, state in zip(runs, dirs, states, strict=True):
         action = ("retry" if state.state == "failed" else "submit") if state.state in wanted else "nothing"
         rows.append(PlanRow(run, rundir, state, action, resources_for(run.cfg)))
     return Plan(sweep, rows, backends.pop(), output_root)
@@ -95,11 +100,22 @@ def print_plan(plan: Plan, out=None) -> None:
     axis_keys = plan.sweep.axis_keys
     header = ["run id", "name", *axis_keys, "resources", "state", "action"]
     body = [
-        [run_id(r.run.cfg), r.run.name, *[str(r.run.axis_values.get(k)) for k in axis_keys], describe_resources(r.resources), r.state.state, r.action]
+        [
+            run_id(r.run.cfg),
+            r.run.name,
+            *[str(r.run.axis_values.get(k)) for k in axis_keys],
+            describe_resources(r.resources),
+            r.state.state,
+            r.action,
+        ]
         for r in plan.rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     for line in [header, ["-" * w for w in widths], *body]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip(), file=out)
     counts = {a: sum(r.action == a for r in plan.rows) for a in ("submit", "retry", "nothing")}
-    print(f"sweep {plan.sweep.name}: {len(plan.rows)} runs; submit {counts['submit']}, retry {counts['retry']}, nothing {counts['nothing']}", file=out)
+    print(
+        f"sweep {plan.sweep.name}: {len(plan.rows)} runs; "
+        f"submit {counts['submit']}, retry {counts['retry']}, nothing {counts['nothing']}",
+        file=out,
+    )

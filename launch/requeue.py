@@ -22,9 +22,9 @@ import logging
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from launch.config import ClusterConfig
 from launch.rundir import RUNS_FILE, Attempt, RunDirectory
@@ -44,7 +44,7 @@ CATEGORY = {
 class Decision:
     requeue: bool
     reason: str
-    final_state: Optional[str] = None  # finished | failed when the run is over
+    final_state: str | None = None  # finished | failed when the run is over
 
 
 def budget(cluster: ClusterConfig, category: str) -> int:
@@ -61,8 +61,10 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig) -> Decision:
         before = attempts[-2]
         if CATEGORY.get(before.end_reason) == "failure" and before.end_step == last.end_step:
             return Decision(
-                False, f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step}; "
-                "resuming does not help (see their logs and errors)", "failed",
+                False,
+                f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step}; "
+                "resuming does not help (see their logs and errors)",
+                "failed",
             )
     used = Counter(CATEGORY.get(a.end_reason) for a in attempts)[category]
     allowed = budget(cluster, category)
@@ -93,11 +95,13 @@ def finalize_attempt(run: RunDirectory, job_id: str, exit_code: int) -> list[Att
         attempts.append(run.begin_attempt(job_id, key, [], step, previous=attempts))
     last = attempts[-1]
     if last.end_reason is None:
-        run.end_attempt(last, "crashed", step, exit_code=exit_code, error=f"ranks exited with status {exit_code} before recording an end")
+        run.end_attempt(
+            last, "crashed", step, exit_code=exit_code, error=f"ranks exited with status {exit_code} before recording an end"
+        )
     return attempts
 
 
-def apply(run: RunDirectory, decision: Decision, requeue_command: Optional[list[str]]) -> None:
+def apply(run: RunDirectory, decision: Decision, requeue_command: list[str] | None) -> None:
     log.info("run %s: %s", run.path.name, decision.reason)
     if decision.requeue:
         if requeue_command:
@@ -112,7 +116,7 @@ def run_of_this_job(folder: Path) -> RunDirectory:
     return RunDirectory(runs[int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SLURM teardown: record the attempt's end and requeue or finish the run")
     parser.add_argument("--folder", required=True, help="submitit folder of the job")
     parser.add_argument("--exit-code", type=int, required=True, help="srun's exit status")

@@ -26,16 +26,17 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
 from launch.config import RunConfig, train_config
 from rsp.atomicio import atomic_write_json, atomic_write_text
-from rsp.manifest import Manifest, list_manifests
 from rsp.config import fingerprint, from_dict, to_dict
+from rsp.manifest import Manifest, list_manifests
 
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
 END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")
@@ -65,11 +66,11 @@ class Attempt:
     hosts: list[str]
     start_time: float
     start_step: int
-    end_time: Optional[float] = None
-    end_step: Optional[int] = None
-    end_reason: Optional[str] = None  # one of END_REASONS
-    exit_code: Optional[int] = None
-    error: Optional[str] = None  # last lines of the traceback when it crashed
+    end_time: float | None = None
+    end_step: int | None = None
+    end_reason: str | None = None  # one of END_REASONS
+    exit_code: int | None = None
+    error: str | None = None  # last lines of the traceback when it crashed
 
 
 class RunDirectory:
@@ -77,12 +78,12 @@ class RunDirectory:
         self.path = Path(path)
 
     @classmethod
-    def for_config(cls, cfg: RunConfig) -> "RunDirectory":
+    def for_config(cls, cfg: RunConfig) -> RunDirectory:
         """The directory of `cfg`'s run: an existing one with the same id (whatever its name), else a new path."""
         return cls.for_configs([cfg])[0]
 
     @classmethod
-    def for_configs(cls, cfgs: Sequence[RunConfig]) -> list["RunDirectory"]:
+    def for_configs(cls, cfgs: Sequence[RunConfig]) -> list[RunDirectory]:
         """for_config of many runs, listing each output root once (a sweep may plan 1,000 runs)."""
         by_root: dict[Path, dict[str, Path]] = {}
         out = []
@@ -110,15 +111,19 @@ class RunDirectory:
         atomic_write_json(
             self.path / "run.json",
             {
-                "run_id": run_id(cfg), "name": cfg.name, "config_hash": config_hash(cfg),
-                "world_size": cfg.cluster.world_size, "created": time.time(), "config": to_dict(cfg),
+                "run_id": run_id(cfg),
+                "name": cfg.name,
+                "config_hash": config_hash(cfg),
+                "world_size": cfg.cluster.world_size,
+                "created": time.time(),
+                "config": to_dict(cfg),
             },
         )
 
     def info(self) -> dict:
         return json.loads((self.path / "run.json").read_text())
 
-    def config(self, info: Optional[dict] = None) -> RunConfig:
+    def config(self, info: dict | None = None) -> RunConfig:
         """The run's configuration; pass `info` (run.json, already read) to not read it again."""
         return from_dict(RunConfig, (info or self.info())["config"])
 
@@ -135,17 +140,27 @@ class RunDirectory:
 
     # --- submissions ----------------------------------------------------------------------------
 
-    def record_submission(self, backend: str, job_id: str, code_version: str, snapshot: Optional[str], extra: Optional[dict] = None) -> Path:
+    def record_submission(
+        self, backend: str, job_id: str, code_version: str, snapshot: str | None, extra: dict | None = None
+    ) -> Path:
         records = self.path / "submissions"
         number = len(list(records.glob("*.json"))) if records.is_dir() else 0
         path = records / f"{number:03d}.json"
         atomic_write_json(
             path,
             {
-                "time": time.time(), "backend": backend, "job_id": job_id, "command": sys.argv, "cwd": os.getcwd(),
-                "user": getpass.getuser(), "host": socket.gethostname(), "python": sys.executable,
-                "code_version": code_version, "snapshot": snapshot,
-                "environment": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ}, **(extra or {}),
+                "time": time.time(),
+                "backend": backend,
+                "job_id": job_id,
+                "command": sys.argv,
+                "cwd": os.getcwd(),
+                "user": getpass.getuser(),
+                "host": socket.gethostname(),
+                "python": sys.executable,
+                "code_version": code_version,
+                "snapshot": snapshot,
+                "environment": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ},
+                **(extra or {}),
             },
         )
         return path
@@ -154,7 +169,7 @@ class RunDirectory:
         records = self.path / "submissions"
         return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))] if records.is_dir() else []
 
-    def last_submission(self) -> Optional[dict]:
+    def last_submission(self) -> dict | None:
         """The newest submission record (reads that one file only), None before the first submit."""
         records = self.path / "submissions"
         newest = max(records.glob("*.json"), default=None) if records.is_dir() else None
@@ -171,7 +186,9 @@ class RunDirectory:
     def save_attempt(self, attempt: Attempt) -> None:
         atomic_write_json(self.path / "attempts" / f"{attempt.number:03d}.json", dataclasses.asdict(attempt))
 
-    def begin_attempt(self, job_id: str, key: str, hosts: list[str], start_step: int, previous: Optional[list[Attempt]] = None) -> Attempt:
+    def begin_attempt(
+        self, job_id: str, key: str, hosts: list[str], start_step: int, previous: list[Attempt] | None = None
+    ) -> Attempt:
         """Record a new attempt; an earlier one that never recorded its end was killed from outside
         (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint.
         `previous`: the run's attempts when the caller already read them (closed in place)."""
@@ -184,7 +201,9 @@ class RunDirectory:
         self.save_attempt(attempt)
         return attempt
 
-    def end_attempt(self, attempt: Attempt, reason: str, step: int, exit_code: Optional[int] = None, error: Optional[str] = None) -> None:
+    def end_attempt(
+        self, attempt: Attempt, reason: str, step: int, exit_code: int | None = None, error: str | None = None
+    ) -> None:
         if reason not in END_REASONS:
             raise ValueError(f"unknown attempt end reason {reason!r}; valid: {', '.join(END_REASONS)}")
         attempt.end_reason, attempt.end_time, attempt.end_step = reason, time.time(), step
@@ -195,7 +214,7 @@ class RunDirectory:
         """--retry-failed: the requeue budgets and the breaker count attempts from now on."""
         atomic_write_json(self.path / "budget_reset.json", {"from_attempt": len(self.attempts()), "time": time.time()})
 
-    def policy_attempts(self, attempts: Optional[list[Attempt]] = None) -> list[Attempt]:
+    def policy_attempts(self, attempts: list[Attempt] | None = None) -> list[Attempt]:
         """The attempts the requeue policy counts (those since the last --retry-failed); `attempts`:
         all of the run's, when the caller already read them."""
         reset = self.path / "budget_reset.json"
@@ -204,7 +223,7 @@ class RunDirectory:
 
     # --- final status ---------------------------------------------------------------------------
 
-    def status(self) -> Optional[dict]:
+    def status(self) -> dict | None:
         path = self.path / "status.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
@@ -215,9 +234,11 @@ class RunDirectory:
         (self.path / "status.json").unlink(missing_ok=True)
 
     def record_progress(self, start_step: int, total_steps: int) -> None:
-        atomic_write_json(self.path / "progress.json", {"start_step": start_step, "total_steps": total_steps, "time": time.time()})
+        atomic_write_json(
+            self.path / "progress.json", {"start_step": start_step, "total_steps": total_steps, "time": time.time()}
+        )
 
-    def total_steps(self) -> Optional[int]:
+    def total_steps(self) -> int | None:
         path = self.path / "progress.json"
         return json.loads(path.read_text())["total_steps"] if path.is_file() else None
 
@@ -236,6 +257,6 @@ class RunDirectory:
                 continue
         return 0
 
-    def last_checkpoint_step(self) -> Optional[int]:
+    def last_checkpoint_step(self) -> int | None:
         manifests = self.manifests()
         return manifests[-1].step if manifests else None

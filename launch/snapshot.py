@@ -31,7 +31,10 @@ def source_files(root: Path) -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *PACKAGES],
-            cwd=root, capture_output=True, check=True, timeout=60,
+            cwd=root,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout.decode()
         files = [Path(p) for p in out.split("\0") if p]
     except (OSError, subprocess.SubprocessError):

@@ -15,9 +15,9 @@ ones when asked), never `pending`, `running` or `finished` ones.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from launch.backends import ACTIVE_STATES, BACKENDS
 from launch.rundir import RunDirectory
@@ -29,16 +29,16 @@ SUBMITTABLE = ("missing", "incomplete")
 class RunState:
     run: RunDirectory
     state: str
-    job_id: Optional[str] = None
+    job_id: str | None = None
     detail: str = ""
 
 
-def last_job(run: RunDirectory) -> tuple[Optional[str], Optional[str]]:
+def last_job(run: RunDirectory) -> tuple[str | None, str | None]:
     last = run.last_submission()
     return (last["backend"], last["job_id"]) if last else (None, None)
 
 
-def reconcile(runs: Sequence[RunDirectory], folder: Optional[Path] = None) -> list[RunState]:
+def reconcile(runs: Sequence[RunDirectory], folder: Path | None = None) -> list[RunState]:
     """States of many runs: one scheduler call per backend, however many runs. Runs whose
     status.json is final are not asked about: their directory already says how they ended."""
     jobs_by_backend: dict[str, list[str]] = defaultdict(list)
@@ -55,7 +55,7 @@ def reconcile(runs: Sequence[RunDirectory], folder: Optional[Path] = None) -> li
     return [_state_of(run, status, job_id, scheduler) for run, status, job_id in known]
 
 
-def _state_of(run: RunDirectory, status: Optional[dict], job_id: Optional[str], scheduler: dict) -> RunState:
+def _state_of(run: RunDirectory, status: dict | None, job_id: str | None, scheduler: dict) -> RunState:
     if not run.exists:
         return RunState(run, "missing", detail="not submitted yet")
     if status is not None:

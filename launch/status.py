@@ -16,8 +16,10 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -32,8 +34,8 @@ SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "inte
 
 def lost_time(attempts: Sequence[Attempt]) -> tuple[float, int]:
     """(seconds between attempts, steps redone) over a run's attempts (RunDirectory.attempts())."""
-    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in zip(attempts, attempts[1:]) if a.end_time)
-    redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in zip(attempts, attempts[1:]))
+    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
+    redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in pairwise(attempts))
     return gap, redone
 
 
@@ -60,9 +62,15 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
     evals = evaluation_counts(run, info, manifests)
     return [
-        info["name"], info["run_id"], state.state + (f" [{state.job_id}]" if state.job_id else ""),
-        f"{step}/{total or '?'}", f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
-        last, f"{human(gap)}+{redone} steps" if attempts else "-", evals, *[str(axes.get(k, "-")) for k in axis_keys],
+        info["name"],
+        info["run_id"],
+        state.state + (f" [{state.job_id}]" if state.job_id else ""),
+        f"{step}/{total or '?'}",
+        f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
+        last,
+        f"{human(gap)}+{redone} steps" if attempts else "-",
+        evals,
+        *[str(axes.get(k, "-")) for k in axis_keys],
     ]
 
 
@@ -73,12 +81,12 @@ def evaluation_counts(run: RunDirectory, info: dict, manifests: list[Manifest]) 
     return f"{done}/{expected}" if expected else "-"
 
 
-def find_runs(root: Path, sweep: Optional[str]) -> list[RunDirectory]:
+def find_runs(root: Path, sweep: str | None) -> list[RunDirectory]:
     runs = [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
     return [r for r in runs if sweep is None or is_member(r.path, sweep)]
 
 
-def render(root: Path, sweep: Optional[str]) -> str:
+def render(root: Path, sweep: str | None) -> str:
     runs = find_runs(root, sweep)
     if not runs:
         return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
@@ -86,15 +94,23 @@ def render(root: Path, sweep: Optional[str]) -> str:
     axis_keys = sorted({k for values in axes.values() for k in values})
     header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", *axis_keys]
     body = [row(s, axis_keys, axes.get(s.run.path, {})) for s in reconcile(runs, root)]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, ["-" * w for w in widths], *body]]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    lines = [
+        "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+        for line in [header, ["-" * w for w in widths], *body]
+    ]
     states = Counter(r[2].split(" [")[0] for r in body)
-    lines.append(", ".join(f"{n} {s}" for s, n in sorted(states.items())) + "   (attempts: F finished, T timeout, P preempted, S stopped, C crashed, K killed, R running)")
+    lines.append(
+        ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        + "   (attempts: F finished, T timeout, P preempted, S stopped, C crashed, K killed, R running)"
+    )
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
     p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
     ns = p.parse_args(argv)

@@ -16,8 +16,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
@@ -36,7 +36,7 @@ from rsp.config import ConfigError, to_dict
 log = logging.getLogger("launch.submit")
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="launch/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -80,7 +80,11 @@ def describe_state(state: RunState) -> str:
 
 
 def submit_runs(
-    cfgs: Sequence[RunConfig], runs: Sequence[RunDirectory], resources: Sequence[Resources], backend_name: str, output_root: Path,
+    cfgs: Sequence[RunConfig],
+    runs: Sequence[RunDirectory],
+    resources: Sequence[Resources],
+    backend_name: str,
+    output_root: Path,
 ) -> list[str]:
     """Snapshot the code once, create the run directories (`runs`, one per config:
     RunDirectory.for_config), submit one job per run with its `resources` (resources_for; SLURM:
@@ -88,7 +92,7 @@ def submit_runs(
     snapshot = take_snapshot(output_root / ".code")
     folder = output_root / ".jobs" / time.strftime("%Y%m%d-%H%M%S")
     backend = make_backend(backend_name, folder, snapshot)
-    for run, cfg in zip(runs, cfgs):
+    for run, cfg in zip(runs, cfgs, strict=True):
         run.create(cfg)
         if run.status() and run.status()["state"] == "failed":
             run.clear_status()
@@ -99,7 +103,7 @@ def submit_runs(
         from launch.sweep import submit_arrays
 
         job_ids = submit_arrays(backend, jobs, resources)
-    for run, job_id in zip(runs, job_ids):
+    for run, job_id in zip(runs, job_ids, strict=True):
         run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), {"folder": str(folder)})
     return job_ids
 
@@ -130,7 +134,7 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     args = parse_args(argv)
     try:

@@ -31,9 +31,10 @@ import difflib
 import itertools
 import json
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -54,7 +55,7 @@ class SweepRun:
     name: str
     axis_values: dict[str, Any]  # key -> value for every axis key
     overrides: list[str]  # the key=value assignments that make this run (for the plan)
-    cfg: Optional[RunConfig] = None
+    cfg: RunConfig | None = None
 
 
 @dataclass
@@ -64,7 +65,9 @@ class Sweep:
     overrides: list[str]
     name_template: str
     axes: list[list[dict[str, Any]]]  # per axis: its values, each {key: value}
-    per_value: list[dict[str, list[tuple[str, Any]]]] = field(default_factory=list)  # per axis: str(value) -> [(key, value)] (checked)
+    per_value: list[dict[str, list[tuple[str, Any]]]] = field(
+        default_factory=list
+    )  # per axis: str(value) -> [(key, value)] (checked)
 
     @property
     def axis_keys(self) -> list[str]:
@@ -96,7 +99,9 @@ def load_sweep(name: str) -> Sweep:
         for key, n in lengths.items():
             if key not in keys:
                 close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.5)
-                problems.append(f"axes[{i}]: {key} is not a configuration key" + (f"; did you mean {', '.join(close)}?" if close else ""))
+                problems.append(
+                    f"axes[{i}]: {key} is not a configuration key" + (f"; did you mean {', '.join(close)}?" if close else "")
+                )
             if n == -1:
                 problems.append(f"axes[{i}]: {key} needs a list of values")
             elif n == 0:
@@ -109,15 +114,19 @@ def load_sweep(name: str) -> Sweep:
         if len(problems) > before:
             continue
         problems += [p for key, values in columns.items() for p in _value_problems(key, values)]
-        axes.append([dict(zip(columns, combo)) for combo in zip(*columns.values())])
+        axes.append([dict(zip(columns, combo, strict=True)) for combo in zip(*columns.values(), strict=True)])
         per_value.append(_per_value_assignments(axis.get("overrides") or {}, columns, problems))
     if not axes and not problems:
         problems.append(f"{path.name} defines no axes")
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), what=f"sweep {path.name} (nothing was submitted)")
     return Sweep(
-        name=path.stem, experiment=raw.get("experiment", "smoke"), overrides=list(raw.get("overrides") or []),
-        name_template=raw.get("name", path.stem + "-{model.name}"), axes=axes, per_value=per_value,
+        name=path.stem,
+        experiment=raw.get("experiment", "smoke"),
+        overrides=list(raw.get("overrides") or []),
+        name_template=raw.get("name", path.stem + "-{model.name}"),
+        axes=axes,
+        per_value=per_value,
     )
 
 
@@ -127,7 +136,11 @@ def _value_problems(key: str, values: Sequence[Any]) -> list[str]:
         hint = _field_type(RunConfig, key)
     except KeyError:
         return [f"{key} is not a configuration key"]
-    return [f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})" for value in values if not _type_ok(hint, value)]
+    return [
+        f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})"
+        for value in values
+        if not _type_ok(hint, value)
+    ]
 
 
 def _per_value_assignments(overrides: dict, columns: dict[str, list], problems: list[str]) -> dict[str, list[tuple[str, Any]]]:
@@ -188,7 +201,7 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: Optional[RunConfig] = None) -> list[SweepRun]:
+def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:
     """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
     (load_sweep reported bad keys, bad values and keys set twice)."""
     from launch.rundir import run_id
@@ -200,18 +213,27 @@ def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: Optional[Run
         assignments: dict[str, Any] = {}
         for axis_index, (_, values) in enumerate(combo):
             assignments.update(values)
-            for key, value in values.items():
+            for value in values.values():
                 assignments.update(sweep.per_value[axis_index].get(str(value), []))
         tree = copy.deepcopy(base_tree)
         for key, value in assignments.items():  # keys and types were checked by load_sweep
             _set(tree, key, copy.deepcopy(value))  # runs share no list or dict
         cfg = from_dict(RunConfig, tree)
         cfg.name = sweep.name_template.format(**{f.name: getattr(cfg, f.name) for f in fields(cfg)})
-        runs.append(SweepRun(cfg.name, {k: v for _, values in combo for k, v in values.items()}, [f"{k}={v}" for k, v in assignments.items()], cfg))
+        runs.append(
+            SweepRun(
+                cfg.name,
+                {k: v for _, values in combo for k, v in values.items()},
+                [f"{k}={v}" for k, v in assignments.items()],
+                cfg,
+            )
+        )
     by_id: dict[str, list[str]] = {}
     for run in runs:
         by_id.setdefault(run_id(run.cfg), []).append(" ".join(run.overrides))
-    duplicates = [f"runs {' | '.join(v)} are the same experiment (run id {k}); remove one" for k, v in by_id.items() if len(v) > 1]
+    duplicates = [
+        f"runs {' | '.join(v)} are the same experiment (run id {k}); remove one" for k, v in by_id.items() if len(v) > 1
+    ]
     if duplicates:
         raise ConfigError(duplicates, what=f"sweep {sweep.name} (nothing was submitted)")
     return runs
@@ -231,11 +253,11 @@ def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
 def submit_arrays(backend: Backend, jobs: Sequence[Any], resources: Sequence[Resources]) -> list[str]:
     """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
     limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
-    ids: list[Optional[str]] = [None] * len(jobs)
+    ids: list[str | None] = [None] * len(jobs)
     for chunk in array_chunks(resources, limit):
         first = resources[chunk[0]]
         shared = Resources(**{**first.__dict__, "job_name": first.job_name.rsplit("-", 1)[0]})
-        for i, job_id in zip(chunk, backend.submit([jobs[i] for i in chunk], shared)):
+        for i, job_id in zip(chunk, backend.submit([jobs[i] for i in chunk], shared), strict=True):
             ids[i] = job_id
     return ids  # type: ignore[return-value]
 

@@ -57,9 +57,13 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
     elif c.after and not all(part.strip().replace("_", "").isdigit() for part in c.after.split(",")):
         out.append(f"cluster.after ({c.after!r}) must be SLURM job ids separated by commas, e.g. 1234,1235")
     if c.backend in ("local", "debug") and c.nodes != 1:
-        out.append(f"cluster.nodes ({c.nodes}) must be 1 with cluster={c.backend} (one machine); use cluster=slurm for multi-node runs")
+        out.append(
+            f"cluster.nodes ({c.nodes}) must be 1 with cluster={c.backend} (one machine); use cluster=slurm for multi-node runs"
+        )
     if c.backend == "debug" and c.world_size != 1:
-        out.append(f"cluster=debug runs one process in this interpreter; set cluster.tasks_per_node=1 (got {c.world_size} processes)")
+        out.append(
+            f"cluster=debug runs one process in this interpreter; set cluster.tasks_per_node=1 (got {c.world_size} processes)"
+        )
     if c.backend == "local" and c.gpus_per_node:
         import torch
 
@@ -76,7 +80,8 @@ def batch_problems(cfg: RunConfig) -> list[str]:
         return []
     per_step = c.world_size * cfg.data.batch_size
     fix = (
-        f"set optim.accum_iter={want // per_step}" if want % per_step == 0
+        f"set optim.accum_iter={want // per_step}"
+        if want % per_step == 0
         else f"choose data.batch_size and optim.accum_iter so that {c.world_size} x batch x accum = {want}"
     )
     return [
@@ -86,7 +91,7 @@ def batch_problems(cfg: RunConfig) -> list[str]:
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def writable(path: Path) -> str | None:
     """None when `path` could be created and written, else why not. Probes the nearest existing
     ancestor with a temporary file, so a refused submission leaves no directory behind.
@@ -104,7 +109,7 @@ def writable(path: Path) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def count_videos(root: Path, labels: str) -> int | str:
     """Number of videos the labels file lists, or the reason there is none (cached per sweep)."""
     from rsp.video import DataError, read_labels, resolve_labels_file
@@ -157,9 +162,14 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
     for task in e.tasks:
         root = e.data_roots.get(task, "")
         if not root:
-            out.append(f"evaluation.data_roots.{task} is not set; point it at the {task} dataset or drop {task} from evaluation.tasks")
+            out.append(
+                f"evaluation.data_roots.{task} is not set; point it at the {task} dataset or drop {task} from evaluation.tasks"
+            )
         elif not e.synthetic and not Path(root).is_dir():
-            out.append(f"evaluation.data_roots.{task} ({root}) does not exist; prepare it (python -m eval.prepare {task}) or set evaluation.synthetic=true")
+            out.append(
+                f"evaluation.data_roots.{task} ({root}) does not exist; "
+                f"prepare it (python -m eval.prepare {task}) or set evaluation.synthetic=true"
+            )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
     out += protocol_problems(e)
@@ -195,8 +205,13 @@ def slurm_problems(script: str) -> list[str]:
         return []
     reason = " ".join(line for line in proc.stderr.splitlines() if "error" in line.lower()) or proc.stderr.strip()
     if any(s in reason for s in ("fetch_config", "Unable to contact", "Zero Bytes were transmitted", "Connection refused")):
-        return [f"cannot reach the SLURM controller ({reason}); check SLURM_CONF, or start the local test cluster with `python -m launch.local_cluster start`"]
-    return [f"SLURM rejects the requested resources: {reason}; adjust cluster.* (partition, nodes, gpus_per_node, time_minutes, ...)"]
+        return [
+            f"cannot reach the SLURM controller ({reason}); check SLURM_CONF, "
+            "or start the local test cluster with `python -m launch.local_cluster start`"
+        ]
+    return [
+        f"SLURM rejects the requested resources: {reason}; adjust cluster.* (partition, nodes, gpus_per_node, time_minutes, ...)"
+    ]
 
 
 def checkpoint_size(cfg: RunConfig) -> float:
@@ -206,7 +221,7 @@ def checkpoint_size(cfg: RunConfig) -> float:
     return _checkpoint_size(json.dumps(to_dict(cfg.model), sort_keys=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checkpoint_size(model_json: str) -> float:
     import torch
 
@@ -244,6 +259,7 @@ def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
 
 def absolutize(cfg: RunConfig, base: Path) -> RunConfig:
     """Relative paths in the config are relative to where the user submits; jobs run elsewhere."""
+
     def fix(path: str) -> str:
         return path if not path or os.path.isabs(path) else str((base / path).resolve())
 

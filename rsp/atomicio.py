@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 TMP_MARKER = ".tmp-"  # temporary files carry this in their name; `remove_stale_temporaries` clears them
 PARTIAL_PREFIX = ".partial-"  # `atomic_path` temporaries: a prefix keeps the extension (ffmpeg needs it)

@@ -35,9 +35,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"sin-cos position embeddings need a dimension divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    emb = torch.cat(
-        [sincos_pos_embed_1d(dim // 2, cols.flatten()), sincos_pos_embed_1d(dim // 2, rows.flatten())], dim=1
-    )
+    emb = torch.cat([sincos_pos_embed_1d(dim // 2, cols.flatten()), sincos_pos_embed_1d(dim // 2, rows.flatten())], dim=1)
     return torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0).float()
 
 

@@ -22,8 +22,9 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -31,6 +32,7 @@ from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporar
 from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, verify
 
 log = logging.getLogger(__name__)
+
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required; the message names the files and why."""
@@ -53,8 +55,15 @@ class CheckpointStore:
         with atomic_writer(target) as f:
             torch.save({**payload, "format": FORMAT}, f)
         manifest = Manifest(
-            step=step, file=target.name, sha256=f.sha256.hexdigest(), bytes=f.size, config_hash=payload["config_hash"],
-            milestone=milestone, model_name=payload["model_name"], code_version=payload["code_version"], created=time.time(),
+            step=step,
+            file=target.name,
+            sha256=f.sha256.hexdigest(),
+            bytes=f.size,
+            config_hash=payload["config_hash"],
+            milestone=milestone,
+            model_name=payload["model_name"],
+            code_version=payload["code_version"],
+            created=time.time(),
         )
         atomic_write_json(self._manifest_path(target), dataclasses.asdict(manifest))
         return manifest
@@ -65,11 +74,11 @@ class CheckpointStore:
         """Every readable manifest, oldest first (unreadable ones are logged and skipped)."""
         return list_manifests(self.dir)
 
-    def verify(self, manifest: Manifest) -> Optional[str]:
+    def verify(self, manifest: Manifest) -> str | None:
         """None when the manifest's file is complete and unaltered, else the reason it is not."""
         return verify(self.dir, manifest)
 
-    def newest_valid(self, manifests: Optional[list[Manifest]] = None) -> tuple[Optional[Manifest], list[str]]:
+    def newest_valid(self, manifests: list[Manifest] | None = None) -> tuple[Manifest | None, list[str]]:
         """The newest checkpoint that passes verification, and the reasons newer ones were rejected.
         `manifests`: this directory's, when the caller has just listed them."""
         rejected = []
@@ -86,7 +95,7 @@ class CheckpointStore:
 
     # --- housekeeping ---------------------------------------------------------------------------
 
-    def clean_partial_writes(self, manifests: Optional[list[Manifest]] = None) -> list[Path]:
+    def clean_partial_writes(self, manifests: list[Manifest] | None = None) -> list[Path]:
         """Remove what a killed writer left: temporaries and .pt files that never got a manifest.
         `manifests`: this directory's, when the caller has just listed them."""
         removed = remove_stale_temporaries(self.dir)
@@ -165,8 +174,8 @@ class BackgroundCommitter:
 
     def __init__(self, on_done: Callable[[Manifest], None]):
         self._on_done = on_done
-        self._thread: Optional[threading.Thread] = None
-        self._error: Optional[BaseException] = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def submit(self, commit: Callable[[], Manifest]) -> None:
         self.wait()
@@ -191,4 +200,5 @@ class BackgroundCommitter:
 
 def describe(manifest: Manifest) -> str:
     kind = "milestone" if manifest.milestone else "checkpoint"
-    return f"{kind} step {manifest.step} ({manifest.bytes / 2**20:.1f} MiB, {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(manifest.created))})"
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(manifest.created))
+    return f"{kind} step {manifest.step} ({manifest.bytes / 2**20:.1f} MiB, {created})"

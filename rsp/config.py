@@ -21,7 +21,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 RUNTIME_ONLY = {"affects_results": False}
 
@@ -152,15 +152,15 @@ class OptimConfig:
     """AdamW and the learning rate (spec §8)."""
 
     blr: float = 1.5e-4  # base lr per 256 videos: lr = blr * effective batch (videos) / 256
-    lr: Optional[float] = None  # absolute lr; overrides blr when set
+    lr: float | None = None  # absolute lr; overrides blr when set
     min_lr: float = 0.0  # floor of the cosine decay
     weight_decay: float = 0.05  # on >= 2-D weights; biases and norms get 0
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     accum_iter: int = 1  # micro-steps per optimizer step (no all-reduce on the others)
-    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping (the paper)
-    effective_batch: Optional[int] = None  # videos per optimizer step the recipe expects (checked)
+    clip_grad: float | None = None  # max global grad norm; None: no clipping (the paper)
+    effective_batch: int | None = None  # videos per optimizer step the recipe expects (checked)
 
     def problems(self) -> list[str]:
         out = []
@@ -191,8 +191,8 @@ class ScheduleConfig:
 
     epochs: float = 400.0  # nominal epochs
     warmup_epochs: float = 40.0  # nominal epochs of linear warmup
-    total_steps: Optional[int] = None  # optimizer steps; overrides epochs when set
-    warmup_steps: Optional[int] = None  # optimizer steps; overrides warmup_epochs when set
+    total_steps: int | None = None  # optimizer steps; overrides epochs when set
+    warmup_steps: int | None = None  # optimizer steps; overrides warmup_epochs when set
 
     def problems(self) -> list[str]:
         out = []
@@ -205,17 +205,9 @@ class ScheduleConfig:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             out.append(f"schedule.warmup_steps ({self.warmup_steps}) must be >= 0 or null")
         if self.total_steps is None and self.warmup_steps is None and self.warmup_epochs > self.epochs:
-            out.append(
-                f"schedule.warmup_epochs ({self.warmup_epochs}) must be <= schedule.epochs ({self.epochs})"
-            )
-        if (
-            self.total_steps is not None
-            and self.warmup_steps is not None
-            and self.warmup_steps > self.total_steps
-        ):
-            out.append(
-                f"schedule.warmup_steps ({self.warmup_steps}) must be <= schedule.total_steps ({self.total_steps})"
-            )
+            out.append(f"schedule.warmup_epochs ({self.warmup_epochs}) must be <= schedule.epochs ({self.epochs})")
+        if self.total_steps is not None and self.warmup_steps is not None and self.warmup_steps > self.total_steps:
+            out.append(f"schedule.warmup_steps ({self.warmup_steps}) must be <= schedule.total_steps ({self.total_steps})")
         return out
 
 
@@ -254,14 +246,14 @@ class RuntimeConfig:
     deterministic: bool = field(default=False, metadata=RUNTIME_ONLY)  # torch deterministic algorithms
     # CPU threads per process; None: the CPUs this process may use / processes on its node. Bitwise
     # equality across runs also needs equal thread counts (they change float reduction order).
-    cpu_threads: Optional[int] = field(default=None, metadata=RUNTIME_ONLY)
+    cpu_threads: int | None = field(default=None, metadata=RUNTIME_ONLY)
     log_every_steps: int = field(default=10, metadata=RUNTIME_ONLY)  # optimizer steps between log lines
     watchdog_minutes: float = field(default=30.0, metadata=RUNTIME_ONLY)  # no step for this long: fail
     dist_timeout_minutes: float = field(default=10.0, metadata=RUNTIME_ONLY)  # collective/rendezvous timeout
     progress_bar: str = field(default="auto", metadata=RUNTIME_ONLY)  # auto (a TTY) | on | off
     # End an attempt after this many optimizer steps, with a checkpoint, as if asked to stop: the run
     # continues exactly on its next start (short debug queues; deterministic interruption in tests).
-    stop_after_steps: Optional[int] = field(default=None, metadata=RUNTIME_ONLY)
+    stop_after_steps: int | None = field(default=None, metadata=RUNTIME_ONLY)
 
     def problems(self) -> list[str]:
         out = []
@@ -337,7 +329,7 @@ def without_runtime_only(data: dict, cls: type) -> dict:
     return out
 
 
-def fingerprint(cfg: Any, extra: Optional[dict] = None) -> str:
+def fingerprint(cfg: Any, extra: dict | None = None) -> str:
     """Stable hash (hex sha256) of the result-affecting fields of `cfg`, plus `extra` facts that
     also shape the trajectory (e.g. the world size)."""
     payload = {"config": identity_dict(cfg), "extra": extra or {}}
@@ -366,9 +358,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     known, hints = _schema(cls)
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(
-            [f"{where}{k} is not a field of {cls.__name__}; valid: {', '.join(known)}" for k in unknown]
-        )
+        raise ConfigError([f"{where}{k} is not a field of {cls.__name__}; valid: {', '.join(known)}" for k in unknown])
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -380,7 +370,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
     """(fields by name, resolved type hints without Optional) of config dataclass `cls`, computed once:
     resolving string annotations costs ~0.1 ms per class, and sweeps hash thousands of configs."""

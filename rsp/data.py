@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -218,7 +218,12 @@ class FramePairDataset(Dataset):
             log.warning(
                 "%d of %d videos in %s have <= data.min_gap (%d) frames, e.g. %s: they give pairs closer than "
                 "min_gap (the reference's fallback); drop them with `python -m rsp.prepare labels --min-frames %d`",
-                len(short), len(entries), self.labels_path, self.cfg.min_gap, examples, self.cfg.min_gap + 1,
+                len(short),
+                len(entries),
+                self.labels_path,
+                self.cfg.min_gap,
+                examples,
+                self.cfg.min_gap + 1,
             )
 
     def __len__(self) -> int:

@@ -15,9 +15,9 @@ import datetime
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ class DistEnv:
     local_world_size: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
-    rendezvous_file: Optional[str] = None  # rank 0 publishes its OS-chosen port here (see module doc)
+    rendezvous_file: str | None = None  # rank 0 publishes its OS-chosen port here (see module doc)
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +50,7 @@ class DistEnv:
         return self.world_size > 1
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "DistEnv":
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> DistEnv:
         """Read torchrun / submitit's variables. None set: a single process. Some set: all must be
         (a half-configured environment is an error, not a silent single-process run)."""
         present = [v for v in ENV_VARS if v in environ]
@@ -98,8 +98,12 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_minutes: floa
         else:
             kwargs = {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
         dist.init_process_group(
-            backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout,
-            device_id=device if device.type == "cuda" else None, **kwargs,
+            backend=backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timeout,
+            device_id=device if device.type == "cuda" else None,
+            **kwargs,
         )
     except Exception as exc:  # torch raises several types (DistStoreError, RuntimeError, ...)
         raise RendezvousError(

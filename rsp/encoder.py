@@ -29,8 +29,7 @@ def heads_for_width(embed_dim: int) -> int:
     """Conventional head count of a ViT of this width (head dim 64): S 384->6, B 768->12, L 1024->16."""
     if embed_dim % 64:
         raise ValueError(
-            f"cannot infer the number of attention heads for width {embed_dim} (not a multiple of 64); "
-            "pass num_heads explicitly"
+            f"cannot infer the number of attention heads for width {embed_dim} (not a multiple of 64); pass num_heads explicitly"
         )
     return embed_dim // 64
 
@@ -112,7 +111,7 @@ class ViTEncoder(nn.Module):
         return {k: v for k, v in self.state_dict().items() if is_encoder_key(k)}
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], num_heads: int | None = None) -> "ViTEncoder":
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], num_heads: int | None = None) -> ViTEncoder:
         """Build an encoder whose shape is read off `state_dict` (timm naming) and load it strictly.
         Keys that are not the encoder's must be dropped by the caller; missing keys raise."""
         missing = [k for k in ("patch_embed.proj.weight", "pos_embed", "cls_token", "norm.weight") if k not in state_dict]
@@ -149,11 +148,14 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         if missing:
             parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
+            parts.append(
+                f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}"
+            )
         if shapes:
             parts.append("shape mismatches: " + "; ".join(shapes[:10]))
         raise ValueError(
-            f"{source} does not match {type(module).__name__}: " + " | ".join(parts)
+            f"{source} does not match {type(module).__name__}: "
+            + " | ".join(parts)
             + ". Check that the model name and settings match the checkpoint; nothing was loaded."
         )
     module.load_state_dict(state_dict, strict=True)

@@ -20,7 +20,7 @@ import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -128,7 +128,9 @@ def reference_model_config(args: argparse.Namespace | Mapping[str, Any]) -> Mode
         )
     cfg = model_config_from_reference_args(values)
     if cfg.name not in MODELS:
-        raise ValueError(f"checkpoint args.model ({values['model']!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}")
+        raise ValueError(
+            f"checkpoint args.model ({values['model']!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}"
+        )
     if cfg.discrete == 0:
         # discrete=0 selects the reference's Gaussian branch, which crashes (spec §4): no trained
         # checkpoint can have it, and our working Gaussian latent is parameterized differently.
@@ -158,7 +160,7 @@ def model_config_from_reference_args(values: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-def load_reference_checkpoint(path: str | Path, trust_pickle: bool = False, model: Optional[RSP] = None) -> RSP:
+def load_reference_checkpoint(path: str | Path, trust_pickle: bool = False, model: RSP | None = None) -> RSP:
     """Load a reference-format checkpoint's `model` weights strictly into `model`, or into a model
     built from the checkpoint's `args` when none is given. Returns the model."""
     ckpt = read_checkpoint(path, trust_pickle)
@@ -170,7 +172,7 @@ def load_reference_checkpoint(path: str | Path, trust_pickle: bool = False, mode
     return model
 
 
-def load_checkpoint_encoder(path: str | Path, trust_pickle: bool = False, num_heads: Optional[int] = None) -> ViTEncoder:
+def load_checkpoint_encoder(path: str | Path, trust_pickle: bool = False, num_heads: int | None = None) -> ViTEncoder:
     """The ViT encoder alone from a reference-format checkpoint (what downstream evaluation needs):
     the decoder, latent heads and mask token are dropped by name, the rest loads strictly. The head
     count comes from `num_heads`, else from the checkpoint's registered model, else from the width."""

@@ -22,12 +22,13 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin
 from urllib.request import Request, urlopen
@@ -270,10 +271,7 @@ def read_annotations(path: Path) -> dict[str, str]:
     needed = {"label", "youtube_id", "time_start", "time_end"}
     if not rows or not needed <= set(rows[0]):
         raise ValueError(f"{path} must be a CSV with the columns {', '.join(sorted(needed))}")
-    return {
-        f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}.mp4": r["label"]
-        for r in rows
-    }
+    return {f"{r['youtube_id']}_{int(float(r['time_start'])):06d}_{int(float(r['time_end'])):06d}.mp4": r["label"] for r in rows}
 
 
 def arrange(layout: KineticsLayout) -> StepReport:

@@ -41,9 +41,7 @@ def distribution(logits: torch.Tensor, kind: str, stoch: int, discrete: int) -> 
     raise ValueError(f"unknown latent kind {kind!r}; valid: discrete, gaussian")
 
 
-def sample_with_generator(
-    logits: torch.Tensor, kind: str, stoch: int, discrete: int, generator: torch.Generator
-) -> torch.Tensor:
+def sample_with_generator(logits: torch.Tensor, kind: str, stoch: int, discrete: int, generator: torch.Generator) -> torch.Tensor:
     """A (B, sample_size) sample drawn from `generator` instead of the global RNG, without
     gradient. Used for the prior's logging-only decoder pass, so that how often it is logged never
     changes the training trajectory."""

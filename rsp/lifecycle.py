@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.reason: Optional[str] = None
+        self.reason: str | None = None
 
     def request(self, reason: str) -> None:
         if not self._event.is_set():
@@ -64,7 +64,7 @@ class ProgressWatchdog:
             faulthandler.cancel_dump_traceback_later()
             self.armed = False
 
-    def __enter__(self) -> "ProgressWatchdog":
+    def __enter__(self) -> ProgressWatchdog:
         log.debug("watchdog armed: a process making no progress for %.0f s is ended", self.timeout_s)
         self.kick()
         return self

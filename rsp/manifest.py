@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from rsp.atomicio import sha256_file
 
@@ -38,7 +37,7 @@ class Manifest:
     format: str = FORMAT
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest":
+    def read(cls, path: Path) -> Manifest:
         data = json.loads(path.read_text())
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -55,7 +54,7 @@ def list_manifests(directory: Path) -> list[Manifest]:
     return sorted(out, key=lambda m: m.step)
 
 
-def verify(directory: Path, manifest: Manifest) -> Optional[str]:
+def verify(directory: Path, manifest: Manifest) -> str | None:
     """None when the manifest's file is complete and unaltered, else the reason it is not."""
     path = Path(directory) / manifest.file
     if not path.is_file():

@@ -17,7 +17,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from rsp.atomicio import atomic_write_text
 
@@ -56,7 +55,15 @@ def truncate_jsonl(path: Path, last_step: int) -> int:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int, total_steps: int, progress_bar: str = "auto", tb_dir: Optional[Path] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        resume_step: int,
+        total_steps: int,
+        progress_bar: str = "auto",
+        tb_dir: Path | None = None,
+    ):
         self.enabled = enabled
         self.total_steps = total_steps
         self._bar = None

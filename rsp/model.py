@@ -15,7 +15,6 @@ their shapes match it (and its checkpoints load strictly).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
 
 import torch
 from torch import nn
@@ -38,7 +37,7 @@ class ModelSpec:
     decoder_depth: int = 8
     decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
-    timm_name: Optional[str] = None  # timm ViT that the encoder loads into strictly
+    timm_name: str | None = None  # timm ViT that the encoder loads into strictly
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -130,7 +129,7 @@ class RSP(ViTEncoder):
         return t
 
     @staticmethod
-    def reconstruction_loss(target: torch.Tensor, pred: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def reconstruction_loss(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         err = (pred.float() - target.float()) ** 2  # (B, N, p*p*3)
         if mask is None:
             return err.mean()
@@ -150,7 +149,7 @@ class RSP(ViTEncoder):
         x = getattr(self, f"{pre}decoder_pred")(getattr(self, f"{pre}decoder_norm")(x))
         return x[:, 1:]
 
-    def decode_future(self, src_h: torch.Tensor, z: Optional[torch.Tensor]) -> torch.Tensor:
+    def decode_future(self, src_h: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Future-frame prediction from src tokens (B, 1 + N, D) and a flat latent sample (B, S).
         The z token comes first and gets no position embedding (spec §5)."""
         memory = self.decoder_embed_deter(src_h) + self.decoder_pos_embed  # (B, 1 + N, Dd)
@@ -181,7 +180,7 @@ class RSP(ViTEncoder):
                 f"(model.img_size={side}); crop the frames to {side} px or build the model with that img_size"
             )
 
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, prior_generator: Optional[torch.Generator] = None) -> RSPOutput:
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, prior_generator: torch.Generator | None = None) -> RSPOutput:
         """src, tgt (B, 3, H, W) normalized frames x_t and x_{t+k}. With `prior_generator`, also
         decode a prior sample (drawn from that generator, no gradient) and log its loss: the
         reference computes it every step only for logging, so we compute it on logging steps."""

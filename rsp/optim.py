@@ -30,9 +30,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     o = cfg.optim
     # foreach=False: the per-parameter loop gives bitwise-identical results regardless of how
     # tensors are grouped, and costs nothing measurable next to an RSP step.
-    return torch.optim.AdamW(
-        param_groups(model, o.weight_decay), lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=False
-    )
+    return torch.optim.AdamW(param_groups(model, o.weight_decay), lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=False)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from rsp.distributed import DistEnv
@@ -91,12 +91,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=model_config_from_reference_args(vars(args)),
         data=DataConfig(
-            root=args.data_path, max_gap=args.max_distance, repeated_sampling=args.repeated_sampling,
-            batch_size=args.batch_size, num_workers=args.num_workers, pin_memory=args.pin_mem,
+            root=args.data_path,
+            max_gap=args.max_distance,
+            repeated_sampling=args.repeated_sampling,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            pin_memory=args.pin_mem,
             prefetch_factor=args.prefetch_factor,
         ),
         optim=OptimConfig(
-            blr=args.blr, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, accum_iter=args.accum_iter,
+            blr=args.blr,
+            lr=args.lr,
+            min_lr=args.min_lr,
+            weight_decay=args.weight_decay,
+            accum_iter=args.accum_iter,
         ),
         schedule=ScheduleConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, total_steps=args.total_steps),
         checkpoint=CheckpointConfig(every_steps=args.checkpoint_every),
@@ -113,7 +121,7 @@ def check_resume_flag(resume: str, output_dir: Path) -> None:
         )
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = DistEnv.from_environ()
     logging.basicConfig(

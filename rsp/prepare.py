@@ -46,9 +46,7 @@ def run_step(step: str, args: argparse.Namespace) -> StepReport:
     if step == "arrange":
         return kinetics.arrange(layout)
     if step == "rescale":
-        return kinetics.rescale(
-            layout, args.short_side, args.keyint, args.jobs, args.ffmpeg, args.preset, args.crf, args.timeout
-        )
+        return kinetics.rescale(layout, args.short_side, args.keyint, args.jobs, args.ffmpeg, args.preset, args.crf, args.timeout)
     if step == "labels":
         video_dir = layout.root / (args.videos_dir or layout.videos(args.short_side).name)
         return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs)
@@ -146,9 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--videos-dir", default="", help="labels: class-folder directory relative to --root (default train_<short side>)"
     )
-    parser.add_argument(
-        "--min-frames", type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)"
-    )
+    parser.add_argument("--min-frames", type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)")
     return parser
 
 

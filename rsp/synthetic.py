@@ -21,11 +21,11 @@ import io
 import logging
 import tarfile
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -239,7 +239,9 @@ def generate_kinetics_raw(
         _write_all(specs, jobs)
         part_names = [f"part_{p}.tar.gz" for p in range(num_parts)]
         for p, part in enumerate(part_names):
-            members = {n: _damaged(work / n) if n in replaced + broken else (work / n).read_bytes() for n in in_parts[p::num_parts]}
+            members = {
+                n: _damaged(work / n) if n in replaced + broken else (work / n).read_bytes() for n in in_parts[p::num_parts]
+            }
             _write_tar(out / "train" / part, members)
         replacement = {f"replacement_for_corrupted_k400/{n}": (work / n).read_bytes() for n in replaced}
         _write_tar(out / "replacement_for_corrupted_k400.tgz", replacement)
@@ -306,7 +308,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "dataset":
         labels = generate_dataset(
-            args.root, args.videos, args.classes, args.height, args.width, args.frames, args.fps, args.keyint, args.seed, args.jobs
+            args.root,
+            args.videos,
+            args.classes,
+            args.height,
+            args.width,
+            args.frames,
+            args.fps,
+            args.keyint,
+            args.seed,
+            args.jobs,
         )
         print(f"wrote {args.videos} videos and {labels}")
     else:

@@ -16,10 +16,10 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,8 +29,14 @@ from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_s
 from rsp.config import TrainConfig, diff, fingerprint, identity_dict, to_dict, validate, without_runtime_only
 from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
 from rsp.distributed import (
-    DistEnv, all_gather_objects, all_reduce_sum, barrier, cpu_threads_per_process, init_process_group,
-    resolve_device, shutdown,
+    DistEnv,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    cpu_threads_per_process,
+    init_process_group,
+    resolve_device,
+    shutdown,
 )
 from rsp.encoder import load_strict
 from rsp.lifecycle import ProgressWatchdog, StopRequest
@@ -55,21 +61,25 @@ class TrainResult:
     status: str  # "finished" | "stopped" (stopped: resume me from `step`)
     step: int  # optimizer steps completed
     total_steps: int
-    stop_reason: Optional[str] = None
-    resumed_from: Optional[int] = None  # checkpoint step this attempt started from
+    stop_reason: str | None = None
+    resumed_from: int | None = None  # checkpoint step this attempt started from
 
 
 @dataclass
 class TrainHooks:
     # Rank 0, once the schedule is known: (start step, total steps).
-    on_start: Optional[Callable[[int, int], None]] = None
+    on_start: Callable[[int, int], None] | None = None
     # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
-    on_commit: Optional[Callable[[Manifest], None]] = None
+    on_commit: Callable[[Manifest], None] | None = None
 
 
 def train(
-    cfg: TrainConfig, env: DistEnv, run_dir: str | Path, stop: Optional[StopRequest] = None,
-    hooks: Optional[TrainHooks] = None, tb_dir: Optional[Path] = None,
+    cfg: TrainConfig,
+    env: DistEnv,
+    run_dir: str | Path,
+    stop: StopRequest | None = None,
+    hooks: TrainHooks | None = None,
+    tb_dir: Path | None = None,
 ) -> TrainResult:
     """Train (or continue training) the run in `run_dir` until its last step or a stop request.
     TensorBoard events go to `tb_dir` (default: <run_dir>/tb)."""
@@ -110,7 +120,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            if env.distributed else None
+            if env.distributed
+            else None
         )
         self.store = CheckpointStore(run_dir / "checkpoints")
         self.committer = BackgroundCommitter(self._after_commit)
@@ -121,7 +132,7 @@ class Trainer:
 
     # --- resume ---------------------------------------------------------------------------------
 
-    def _resume(self) -> Optional[int]:
+    def _resume(self) -> int | None:
         """Load the newest valid checkpoint (rank 0 verifies checksums and picks; all ranks load it)."""
         choice = None
         if self.env.is_main:
@@ -213,10 +224,11 @@ class Trainer:
             tgt = batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True)
             prior_gen = (
                 rng.derived_generator(self.device, cfg.runtime.seed, rng.PRIOR_LOG_STREAM, env.rank, self.step, micro)
-                if logging_step else None
+                if logging_step
+                else None
             )
             sync = self.ddp is None or micro == accum - 1
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with self._autocast():
                     out = module(src, tgt, prior_generator=prior_gen)
                 self.scaler.scale(out.loss / accum).backward()
@@ -241,7 +253,7 @@ class Trainer:
         self.budget.check(self.counters["broken_videos"], self.counters["videos_read"])
         return {**reduced, "grad_norm": grad_norm, "data_wait": waited}
 
-    def _finish_gradients(self, logging_step: bool) -> Optional[float]:
+    def _finish_gradients(self, logging_step: bool) -> float | None:
         """Unscale, clip when configured, and measure the global grad norm on logging steps."""
         clip = self.cfg.optim.clip_grad
         if clip is None and not logging_step:
@@ -259,13 +271,17 @@ class Trainer:
         nonfinite = float(not all(math.isfinite(v) for v in local))
         vector = torch.tensor(
             [nonfinite, float(self.stop.requested), float(broken), float(videos + broken), *local],
-            dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu",
+            dtype=torch.float64,
+            device=self.device if self.device.type == "cuda" else "cpu",
         )
         total = all_reduce_sum(vector, self.env).tolist()
         world = self.env.world_size
         return {
-            "nonfinite": total[0], "stop": total[1] > 0, "broken": int(total[2]), "read": int(total[3]),
-            "means": {k: v / world for k, v in zip(keys, total[4:])},
+            "nonfinite": total[0],
+            "stop": total[1] > 0,
+            "broken": int(total[2]),
+            "read": int(total[3]),
+            "means": {k: v / world for k, v in zip(keys, total[4:], strict=True)},
         }
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -285,9 +301,15 @@ class Trainer:
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
         )
         payload.update(
-            step=self.step, data_position={"epoch": epoch, "batch_in_epoch": offset},
-            counters=dict(self.counters), rng=states, config=to_dict(self.cfg), config_hash=self.config_hash,
-            world_size=self.env.world_size, model_name=self.cfg.model.name, code_version=code_version(),
+            step=self.step,
+            data_position={"epoch": epoch, "batch_in_epoch": offset},
+            counters=dict(self.counters),
+            rng=states,
+            config=to_dict(self.cfg),
+            config_hash=self.config_hash,
+            world_size=self.env.world_size,
+            model_name=self.cfg.model.name,
+            code_version=code_version(),
         )
         commit = partial(self.store.commit, self.step, payload, milestone=self._is_milestone(self.step))
         if self.cfg.checkpoint.async_write and not wait:
@@ -307,13 +329,19 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
 
-    def run(self, tb_dir: Optional[Path] = None) -> TrainResult:
+    def run(self, tb_dir: Path | None = None) -> TrainResult:
         cfg, total = self.cfg, self.schedule.total_steps
         if self.env.is_main:
             log.info(
                 "training %s: %d steps (%d per pass over %d videos), effective batch %d videos, lr %.3g, %s, world %d",
-                cfg.model.name, total, self.schedule.steps_per_pass, len(self.dataset), self.schedule.effective_batch,
-                self.schedule.base_lr, self.precision, self.env.world_size,
+                cfg.model.name,
+                total,
+                self.schedule.steps_per_pass,
+                len(self.dataset),
+                self.schedule.effective_batch,
+                self.schedule.base_lr,
+                self.precision,
+                self.env.world_size,
             )
         if self.env.is_main and self.hooks.on_start is not None:
             self.hooks.on_start(self.step, total)
@@ -337,8 +365,10 @@ class Trainer:
                         elapsed = time.perf_counter() - window_start
                         scalars = dict(result["means"])
                         scalars.update(
-                            lr=self.schedule.lr_at(self.step - 1), grad_norm=result["grad_norm"],
-                            pairs_per_s=pairs_per_step * window_steps / elapsed, data_wait_share=window_wait / elapsed,
+                            lr=self.schedule.lr_at(self.step - 1),
+                            grad_norm=result["grad_norm"],
+                            pairs_per_s=pairs_per_step * window_steps / elapsed,
+                            data_wait_share=window_wait / elapsed,
                             broken_videos=float(self.counters["broken_videos"]),
                         )
                         metrics.log(self.step, scalars)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import decord
 import numpy as np

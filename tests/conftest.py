@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fixtures_data import needs_ffmpeg, real_videos, synthetic_root  # noqa: F401  (fixtures for every module)
+from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture: starts the cluster once)
 
 from rsp.synthetic import generate_dataset
-from slurm_fixtures import slurm_cluster  # noqa: F401  (session fixture: starts the cluster once)
 
 
 @pytest.fixture(scope="session")

@@ -73,8 +73,19 @@ def reference_norm_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reference_segment_sequence(frames, first_mask_path, encoder, out_dir: Path, topk, n_last_frames, radius,
-                               temperature, short_side=480, mask_builder=loop_neighbourhood_mask, timings=None):
+def reference_segment_sequence(
+    frames,
+    first_mask_path,
+    encoder,
+    out_dir: Path,
+    topk,
+    n_last_frames,
+    radius,
+    temperature,
+    short_side=480,
+    mask_builder=loop_neighbourhood_mask,
+    timings=None,
+):
     """The reference's per-sequence loop; writes <out_dir>/<frame stem>.png. `timings` (a dict)
     receives the seconds spent building the mask and in label_propagation per frame."""
     timings = {} if timings is None else timings
@@ -150,7 +161,7 @@ def dilate(binary: np.ndarray, structure: np.ndarray) -> np.ndarray:
     padded = np.zeros((H + 2 * r, W + 2 * r), dtype=bool)
     padded[r : r + H, r : r + W] = binary
     out = np.zeros_like(binary)
-    for dy, dx in zip(*np.nonzero(structure)):
+    for dy, dx in zip(*np.nonzero(structure), strict=True):
         out |= padded[dy : dy + H, dx : dx + W]
     return out
 
@@ -183,13 +194,13 @@ def reference_statistics(values: np.ndarray) -> tuple[float, float, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         M = np.nanmean(values)
-        O = np.nanmean(values > 0.5)
+        R = np.nanmean(values > 0.5)
     ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(np.uint8)
     bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         D = np.nanmean(bins[0]) - np.nanmean(bins[3])
-    return M, O, D
+    return M, R, D
 
 
 def reference_davis_scores(sequences, results_dir: Path) -> tuple[dict[str, float], list[tuple[str, float, float]]]:
@@ -205,8 +216,8 @@ def reference_davis_scores(sequences, results_dir: Path) -> tuple[dict[str, floa
         gts = masks[1:-1]
         preds = [read_index_png(Path(results_dir) / seq.name / p.name) for p in scored]
         for obj in range(1, n_obj + 1):
-            j = np.array([reference_j(p == obj, g == obj) for p, g in zip(preds, gts)])
-            f = np.array([reference_f(p == obj, g == obj) for p, g in zip(preds, gts)])
+            j = np.array([reference_j(p == obj, g == obj) for p, g in zip(preds, gts, strict=True)])
+            f = np.array([reference_f(p == obj, g == obj) for p, g in zip(preds, gts, strict=True)])
             for store, values in ((J, j), (Fm, f)):
                 m, r, d = reference_statistics(values)
                 store["M"].append(m)
@@ -215,7 +226,11 @@ def reference_davis_scores(sequences, results_dir: Path) -> tuple[dict[str, floa
             rows.append((f"{seq.name}_{obj}", J["M"][-1], Fm["M"][-1]))
     glob = {
         "J&F-Mean": (np.mean(J["M"]) + np.mean(Fm["M"])) / 2.0,
-        "J-Mean": np.mean(J["M"]), "J-Recall": np.mean(J["R"]), "J-Decay": np.mean(J["D"]),
-        "F-Mean": np.mean(Fm["M"]), "F-Recall": np.mean(Fm["R"]), "F-Decay": np.mean(Fm["D"]),
+        "J-Mean": np.mean(J["M"]),
+        "J-Recall": np.mean(J["R"]),
+        "J-Decay": np.mean(J["D"]),
+        "F-Mean": np.mean(Fm["M"]),
+        "F-Recall": np.mean(Fm["R"]),
+        "F-Decay": np.mean(Fm["D"]),
     }
     return {k: float(v) for k, v in glob.items()}, rows

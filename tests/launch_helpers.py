@@ -9,28 +9,46 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from launch.rundir import RunDirectory
 from launch.status import lost_time
 from launch.submit import main as submit_main
 
 TINY = [
-    "experiment=smoke", "evaluation.tasks=[]", "data.synthetic_videos=0", "data.num_workers=0", "data.batch_size=2",
-    "data.max_gap=8", "model.img_size=32", "runtime.deterministic=true", "runtime.cpu_threads=1", "runtime.log_every_steps=1",
-    "checkpoint.milestone_every_steps=0", "cluster.cpus_per_task=1", "cluster.signal_delay_s=30",
+    "experiment=smoke",
+    "evaluation.tasks=[]",
+    "data.synthetic_videos=0",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.max_gap=8",
+    "model.img_size=32",
+    "runtime.deterministic=true",
+    "runtime.cpu_threads=1",
+    "runtime.log_every_steps=1",
+    "checkpoint.milestone_every_steps=0",
+    "cluster.cpus_per_task=1",
+    "cluster.signal_delay_s=30",
 ]
 
 
 def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, backend: str = "slurm") -> list[str]:
-    return [*TINY, f"cluster={backend}", f"data.root={videos}", f"output_root={root}", f"schedule.total_steps={steps}",
-            "schedule.warmup_steps=2", f"checkpoint.every_steps={every}", *extra]
+    return [
+        *TINY,
+        f"cluster={backend}",
+        f"data.root={videos}",
+        f"output_root={root}",
+        f"schedule.total_steps={steps}",
+        "schedule.warmup_steps=2",
+        f"checkpoint.every_steps={every}",
+        *extra,
+    ]
 
 
 def hydra_quote(value: str) -> str:
     """A Hydra override value that stays one string whatever it holds (quotes, spaces, newlines)."""
-    return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...' 
+    return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...'
 
 
 def submit(args: Sequence[str]) -> tuple[int, str]:
@@ -72,7 +90,9 @@ def explain(run: RunDirectory) -> str:
     subs = run.submissions()
     if subs:
         jid = subs[-1]["job_id"]
-        sacct = subprocess.run(["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True)
+        sacct = subprocess.run(
+            ["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True
+        )
         parts.append(f"sacct: {sacct.stdout.strip()}")
         folder = Path(subs[-1].get("folder", ""))
         for log in sorted(folder.glob(f"**/{jid.split('_')[0]}*_log.*"))[-4:]:
@@ -83,7 +103,12 @@ def explain(run: RunDirectory) -> str:
 
 
 def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
-    wait_for(lambda: (run.status() or {}).get("state") in ("finished", "failed"), timeout, f"{run.path.name} to end", lambda: explain(run))
+    wait_for(
+        lambda: (run.status() or {}).get("state") in ("finished", "failed"),
+        timeout,
+        f"{run.path.name} to end",
+        lambda: explain(run),
+    )
     status = run.status()
     assert status["state"] == "finished", explain(run)
     return status
@@ -98,7 +123,9 @@ class Driver(threading.Thread):
     """Does `action(run)` once `ready(run)` holds, in the background, so that a scenario interferes
     with a run while it trains even though the tests that check the outcome run one after another."""
 
-    def __init__(self, root: Path, ready: Callable[[RunDirectory], bool], action: Callable[[RunDirectory], None], timeout: float = 600):
+    def __init__(
+        self, root: Path, ready: Callable[[RunDirectory], bool], action: Callable[[RunDirectory], None], timeout: float = 600
+    ):
         super().__init__(daemon=True)
         self.root, self.ready, self.action, self.timeout = root, ready, action, timeout
         self.error: Exception | None = None

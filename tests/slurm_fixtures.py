@@ -27,8 +27,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-
 from fixtures_data import unavailable
+
 from launch.local_cluster import ClusterError, LocalSlurmCluster, running_clusters
 
 TEST_STATE_DIR = Path(__file__).resolve().parents[1] / ".slurm-test"
@@ -49,9 +49,7 @@ def _one_session_at_a_time() -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise ClusterError(
-                        f"another test session has held {SESSION_LOCK} for {SESSION_LOCK_WAIT_S} s"
-                    ) from None
+                    raise ClusterError(f"another test session has held {SESSION_LOCK} for {SESSION_LOCK_WAIT_S} s") from None
                 time.sleep(1)
         yield
 

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 import torch
+from fixtures_data import copy_dataset, data_config
 
-from fixtures_data import copy_dataset, data_config, synthetic_root  # noqa: F401 (fixture)
 from rsp.data import (
     BrokenVideoBudget,
     DataError,
@@ -124,8 +124,8 @@ def test_decoded_frames_are_the_sampled_frames(synthetic_root):
     assert ((gaps >= 1) & (gaps <= 39)).all()  # 40-frame video (< max_gap + 1): two distinct frames
     with av.open(str(decoded.path)) as container:
         sequential = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    for pair, indices in zip(decoded.frames, decoded.frame_indices):
-        for frame, index in zip(pair, indices):
+    for pair, indices in zip(decoded.frames, decoded.frame_indices, strict=True):
+        for frame, index in zip(pair, indices, strict=True):
             assert np.array_equal(frame, sequential[index])
 
 
@@ -176,9 +176,9 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly(synthetic_root):
     workers = _batches(ds, cfg2, epoch=1, start=0, count=4)
     resumed = _batches(ds, cfg0, epoch=1, start=2, count=2)
     assert [b["src"].shape for b in in_process] == [(3, 2, 3, 16, 16)] * 4
-    for a, b in zip(in_process, workers):
+    for a, b in zip(in_process, workers, strict=True):
         assert torch.equal(a["src"], b["src"]) and torch.equal(a["tgt"], b["tgt"])
-    for a, b in zip(in_process[2:], resumed):
+    for a, b in zip(in_process[2:], resumed, strict=True):
         assert torch.equal(a["src"], b["src"]) and torch.equal(a["tgt"], b["tgt"])
 
 

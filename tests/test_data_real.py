@@ -15,8 +15,8 @@ import av
 import numpy as np
 import pytest
 import torch
+from fixtures_data import INEXACT_SEEK, data_config
 
-from fixtures_data import INEXACT_SEEK, data_config, needs_ffmpeg, real_videos  # noqa: F401 (fixtures)
 from rsp.data import FramePairDataset
 from rsp.kinetics import ffmpeg_command, rescale_video
 from rsp.prepare import write_labels_file
@@ -44,7 +44,7 @@ def _assert_items_match_sequential(ds: FramePairDataset, keys: list[tuple[int, i
         assert decoded.broken_paths == [], decoded.broken_paths
         flat_indices = decoded.frame_indices.reshape(-1).tolist()
         reference, decoded_by_pyav = _pyav_frames(decoded.path, set(flat_indices))
-        for frame, index in zip(decoded.frames.reshape(-1, *decoded.frames.shape[2:]), flat_indices):
+        for frame, index in zip(decoded.frames.reshape(-1, *decoded.frames.shape[2:]), flat_indices, strict=True):
             if index not in reference:  # decord counts one frame more than PyAV at the end of box.mp4
                 assert index >= decoded_by_pyav, f"{decoded.path.name}: PyAV has no frame {index}"
                 continue

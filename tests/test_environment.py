@@ -82,7 +82,9 @@ def test_conda_part_is_python_311_and_cuda_torch_pair(environment, pyproject, py
     for conda_name in ("pytorch", "torchvision"):
         version, build = conda[conda_name]
         pypi_name = CONDA_NAMES.get(conda_name, conda_name)
-        assert version == pyproject_pins[pypi_name], f"{conda_name}={version} but pyproject pins {pypi_name}=={pyproject_pins[pypi_name]}"
+        assert version == pyproject_pins[pypi_name], (
+            f"{conda_name}={version} but pyproject pins {pypi_name}=={pyproject_pins[pypi_name]}"
+        )
         assert build.startswith("cuda"), f"{conda_name} must be a CUDA build (build string cuda*), got {build!r}"
 
 
@@ -94,7 +96,11 @@ def test_every_pin_agrees_in_both_directions(environment, pyproject_pins):
             env_pins[normalize(CONDA_NAMES.get(conda_name, conda_name))] = version
     only_env = sorted(set(env_pins) - set(pyproject_pins))
     only_pyproject = sorted(set(pyproject_pins) - set(env_pins))
-    differ = sorted(f"{n}: {env_pins[n]} vs {pyproject_pins[n]}" for n in set(env_pins) & set(pyproject_pins) if env_pins[n] != pyproject_pins[n])
+    differ = sorted(
+        f"{n}: {env_pins[n]} vs {pyproject_pins[n]}"
+        for n in set(env_pins) & set(pyproject_pins)
+        if env_pins[n] != pyproject_pins[n]
+    )
     assert not only_env, f"pinned in environment.yml but not in pyproject.toml: {only_env}"
     assert not only_pyproject, f"pinned in pyproject.toml but not in environment.yml: {only_pyproject}"
     assert not differ, f"pins differ (environment.yml vs pyproject.toml): {differ}"

@@ -31,8 +31,14 @@ def same_features(a: ViTEncoder, b: ViTEncoder) -> bool:
 def test_our_checkpoint_is_verified_and_loses_its_decoder(tmp_path):
     model = create_model("rsp_vit_tiny_patch8", img_size=64)
     store = CheckpointStore(tmp_path / "run" / "checkpoints")
-    payload = {"model": model.state_dict(), "step": 100, "model_name": "rsp_vit_tiny_patch8",
-               "config": {"model": {"name": "rsp_vit_tiny_patch8", "img_size": 64}}, "config_hash": "abc", "code_version": "test"}
+    payload = {
+        "model": model.state_dict(),
+        "step": 100,
+        "model_name": "rsp_vit_tiny_patch8",
+        "config": {"model": {"name": "rsp_vit_tiny_patch8", "img_size": 64}},
+        "config_hash": "abc",
+        "code_version": "test",
+    }
     store.commit(100, payload, milestone=True)
     path = store.dir / "step_00000100.pt"
     backbone = load_backbone(path)
@@ -85,12 +91,17 @@ def test_timm_state_dict_drops_the_classifier(tmp_path):
 def test_dino_checkpoint_branches_and_prefixes(tmp_path):
     teacher, student = tiny_vit(1), tiny_vit(2)
     head = {"head.mlp.0.weight": torch.zeros(8, 64), "head.last_layer.weight_g": torch.ones(1, 8)}
-    torch.save({
-        "teacher": {**{f"backbone.{k}": v for k, v in teacher.encoder_state_dict().items()}, **head},
-        "student": {**{f"module.backbone.{k}": v for k, v in student.encoder_state_dict().items()},
-                    **{f"module.{k}": v for k, v in head.items()}},
-        "epoch": 100,
-    }, tmp_path / "checkpoint.pth")
+    torch.save(
+        {
+            "teacher": {**{f"backbone.{k}": v for k, v in teacher.encoder_state_dict().items()}, **head},
+            "student": {
+                **{f"module.backbone.{k}": v for k, v in student.encoder_state_dict().items()},
+                **{f"module.{k}": v for k, v in head.items()},
+            },
+            "epoch": 100,
+        },
+        tmp_path / "checkpoint.pth",
+    )
     assert same_features(load_backbone(tmp_path / "checkpoint.pth").encoder, teacher)
     from_student = load_backbone(tmp_path / "checkpoint.pth", "dino", dino_branch="student")
     assert from_student.format == "dino" and same_features(from_student.encoder, student)
@@ -98,8 +109,12 @@ def test_dino_checkpoint_branches_and_prefixes(tmp_path):
 
 def test_mae_checkpoint_drops_decoder_and_mask_token(tmp_path):
     vit = tiny_vit(3)
-    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.zeros(32, 64),
-               "decoder_blocks.0.attn.qkv.weight": torch.zeros(96, 32), "decoder_pred.bias": torch.zeros(192)}
+    decoder = {
+        "mask_token": torch.zeros(1, 1, 32),
+        "decoder_embed.weight": torch.zeros(32, 64),
+        "decoder_blocks.0.attn.qkv.weight": torch.zeros(96, 32),
+        "decoder_pred.bias": torch.zeros(192),
+    }
     torch.save({"model": {**vit.encoder_state_dict(), **decoder}}, tmp_path / "mae_pretrain.pth")
     backbone = load_backbone(tmp_path / "mae_pretrain.pth")
     assert backbone.format == "mae" and sorted(backbone.dropped_keys) == sorted(decoder)

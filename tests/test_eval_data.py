@@ -6,16 +6,16 @@ from __future__ import annotations
 import shutil
 import zipfile
 
+import fixtures_data
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from scipy.io import loadmat
 
-import fixtures_data
 from eval import prepare
-from eval.davis import read_davis, segment_sequence
 from eval.config import PRESETS
+from eval.davis import read_davis, segment_sequence
 from eval.features import auto_batch_frames, long_side_size, preprocess, short_side_size
 from eval.indexmaps import davis_palette, one_hot_grid, write_index_png
 from eval.jhmdb import read_jhmdb, read_joints
@@ -186,11 +186,15 @@ def test_prepare_davis_downloads_extracts_and_pre_resizes(tmp_path, http_server)
     served, url = http_server
     source = write_davis(tmp_path / "source", n_sequences=2, n_frames=3, height=48, width=80)
     zip_folder(source, served / "DAVIS-2017-trainval-480p.zip", top="DAVIS/")  # the real archive's top folder
-    seqs = prepare.prepare_davis(tmp_path / "DAVIS", f"{url}/DAVIS-2017-trainval-480p.zip", resize=(88, 48),
-                                 downloads=tmp_path / "dl")
+    seqs = prepare.prepare_davis(
+        tmp_path / "DAVIS", f"{url}/DAVIS-2017-trainval-480p.zip", resize=(88, 48), downloads=tmp_path / "dl"
+    )
     assert len(seqs) == 2 and (tmp_path / "dl" / "DAVIS-2017-trainval-480p.zip").is_file()
     resized = read_davis(tmp_path / "DAVIS", resolution="88x48")
-    with Image.open(resized[0].annotations[0]) as mask, Image.open(source / seqs[0].annotations[0].relative_to(tmp_path / "DAVIS")) as original:
+    with (
+        Image.open(resized[0].annotations[0]) as mask,
+        Image.open(source / seqs[0].annotations[0].relative_to(tmp_path / "DAVIS")) as original,
+    ):
         assert mask.size == (88, 48) and mask.mode == "P"
         assert set(np.unique(np.array(mask))) <= set(np.unique(np.array(original)))  # NEAREST: ids stay ids
     shutil.rmtree(served)  # a second run reuses the downloaded archive
@@ -200,7 +204,11 @@ def test_prepare_davis_downloads_extracts_and_pre_resizes(tmp_path, http_server)
 def test_prepare_jhmdb_from_its_three_archives(tmp_path, http_server):
     served, url = http_server
     source = write_jhmdb(tmp_path / "source", n_videos=2, n_frames=3)
-    for folder, archive in (("Rename_Images", "Rename_Images.tar.gz"), ("joint_positions", "joint_positions.zip"), ("splits", "splits.zip")):
+    for folder, archive in (
+        ("Rename_Images", "Rename_Images.tar.gz"),
+        ("joint_positions", "joint_positions.zip"),
+        ("splits", "splits.zip"),
+    ):
         if archive.endswith(".zip"):
             zip_folder(source / folder, served / archive, top=f"{folder}/")
         else:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from eval_oracle import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 from PIL import Image
 
 from eval import jf, jhmdb, vip
 from eval.davis import read_davis
 from eval.indexmaps import davis_palette, write_index_png
 from eval.synthetic import write_davis
-from eval_oracle import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 
 SQUARE = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=bool)
 # The official seg2bmap marks a pixel when it differs from its right, lower or lower-right neighbour.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_oracle import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 from PIL import Image
 
 from eval import jf
@@ -15,7 +16,6 @@ from eval.davis import read_davis, segment_sequence
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, soft_to_index_map, write_index_png
 from eval.propagation import neighbourhood_mask, propagate
 from eval.synthetic import write_davis
-from eval_oracle import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 from rsp.encoder import ViTEncoder
 from rsp.model import create_model
 
@@ -63,7 +63,9 @@ def reference_soft_labels(features, first_labels, grid, params):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("params", [PRESETS["dino"], PRESETS["rsp"], PropagationParams(3, 2, 1, 0.7), PropagationParams(4, 0, 0, 0.1)])
+@pytest.mark.parametrize(
+    "params", [PRESETS["dino"], PRESETS["rsp"], PropagationParams(3, 2, 1, 0.7), PropagationParams(4, 0, 0, 0.1)]
+)
 def test_engine_equals_reference_on_random_features(params):
     torch.manual_seed(1)
     grid, N, D, C = (5, 6), 7, 16, 3
@@ -93,7 +95,7 @@ def test_row_chunking_changes_nothing_beyond_rounding():
     params = PropagationParams(5, 3, 2, 0.1)
     whole = [soft for _, soft in propagate(features, first, (6, 7), params)]
     chunked = [soft for _, soft in propagate(features, first, (6, 7), params, chunk_bytes=4 * 3 * 42)]  # 1-row chunks
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, chunked))  # GEMV vs GEMM rounding
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, chunked, strict=True))  # GEMV vs GEMM rounding
 
 
 @pytest.mark.parametrize("preset", ["rsp", "dino"])
@@ -101,8 +103,17 @@ def test_fast_pipeline_writes_the_same_pngs_as_the_reference_loop(tiny_encoder, 
     params = PRESETS[preset]
     for seq in read_davis(davis_root):
         segment_sequence(seq, tiny_encoder, params, tmp_path / "fast", torch.device("cpu"), short_side=64)
-        reference_segment_sequence(seq.frames, seq.annotations[0], tiny_encoder, tmp_path / "ref" / seq.name,
-                                   params.topk, params.n_last_frames, params.radius, params.temperature, short_side=64)
+        reference_segment_sequence(
+            seq.frames,
+            seq.annotations[0],
+            tiny_encoder,
+            tmp_path / "ref" / seq.name,
+            params.topk,
+            params.n_last_frames,
+            params.radius,
+            params.temperature,
+            short_side=64,
+        )
         for frame in seq.frames:
             fast = read_index_png(tmp_path / "fast" / seq.name / f"{frame.stem}.png")
             ref = read_index_png(tmp_path / "ref" / seq.name / f"{frame.stem}.png")

@@ -40,8 +40,15 @@ def sets(tmp_path_factory):
 
 def config(sets, task: str, tmp_path: Path, **overrides) -> EvalConfig:
     size = {"davis": 64, "jhmdb": 64, "vip": 112}[task]
-    return EvalConfig(checkpoint=str(sets["checkpoint"]), task=task, data_root=str(sets[task]), frame_size=size,
-                      output_dir=str(tmp_path / task), workers=1, **overrides)
+    return EvalConfig(
+        checkpoint=str(sets["checkpoint"]),
+        task=task,
+        data_root=str(sets[task]),
+        frame_size=size,
+        output_dir=str(tmp_path / task),
+        workers=1,
+        **overrides,
+    )
 
 
 # --- config ------------------------------------------------------------------------------------------------
@@ -57,8 +64,18 @@ def test_presets_and_overrides():
 
 def test_protocol_hash_covers_what_changes_the_numbers_only():
     base = EvalConfig(checkpoint="a.pt", data_root="d", preset="rsp")
-    explicit = EvalConfig(checkpoint="b.pt", data_root="elsewhere", preset="dino", topk=7, n_last_frames=30, radius=30,
-                          output_dir="o", device="cpu", batch_frames=1, workers=3)
+    explicit = EvalConfig(
+        checkpoint="b.pt",
+        data_root="elsewhere",
+        preset="dino",
+        topk=7,
+        n_last_frames=30,
+        radius=30,
+        output_dir="o",
+        device="cpu",
+        batch_frames=1,
+        workers=3,
+    )
     assert protocol_hash(base) == protocol_hash(explicit)  # same protocol under other names, paths, devices
     for change in ({"topk": 5}, {"temperature": 0.07}, {"frame_size": 512}, {"split": "test-dev"}, {"sequences": ["bike"]}):
         assert protocol_hash(dataclasses.replace(base, **change)) != protocol_hash(base), change
@@ -139,13 +156,33 @@ def test_evaluate_jhmdb_and_vip(sets, tmp_path):
 def test_cli_prints_and_writes_metrics(sets, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "eval.run", f"checkpoint={sets['checkpoint']}", "task=davis", "preset=rsp",
-         f"data_root={sets['davis']}", "frame_size=64", "sequences=[synth-000]", f"output_dir={tmp_path / 'cli'}"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "eval.run",
+            f"checkpoint={sets['checkpoint']}",
+            "task=davis",
+            "preset=rsp",
+            f"data_root={sets['davis']}",
+            "frame_size=64",
+            "sequences=[synth-000]",
+            f"output_dir={tmp_path / 'cli'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "J&F-Mean" in result.stdout and "davis (rsp, hash" in result.stdout
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["protocol"]["sequences"] == ["synth-000"]
-    bad = subprocess.run([sys.executable, "-m", "eval.run", "checkpoint=x.pt", "data_root=d", "topk=0"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "eval.run", "checkpoint=x.pt", "data_root=d", "topk=0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "topk (0) must be >= 1" in bad.stderr

@@ -32,8 +32,19 @@ def same_features(ours: torch.nn.Module, theirs: torch.nn.Module, img: int) -> N
 
 def reference_args(**overrides) -> argparse.Namespace:
     """The model-related part of the reference's argparse Namespace (main_pretrain_rsp.py)."""
-    args = dict(model=TINY, input_size=32, norm_pix_loss=True, mask_ratio=0.75, noise_scale=0.5,
-                kl_scale=0.01, kl_balance=0.2, kl_freebit=0.1, stoch=32, discrete=32, batch_size=64)
+    args = dict(
+        model=TINY,
+        input_size=32,
+        norm_pix_loss=True,
+        mask_ratio=0.75,
+        noise_scale=0.5,
+        kl_scale=0.01,
+        kl_balance=0.2,
+        kl_freebit=0.1,
+        stoch=32,
+        discrete=32,
+        batch_size=64,
+    )
     return argparse.Namespace(**{**args, **overrides})
 
 
@@ -126,7 +137,9 @@ def test_checkpoint_with_missing_and_unexpected_keys_names_them(tmp_path):
     torch.save({"model": state, "epoch": 1}, tmp_path / "bad.pth")
     target = create_model(TINY, img_size=32)
     before = target.decoder_norm.weight.clone()
-    with pytest.raises(ValueError, match=r"missing keys \(1\): decoder_pred\.weight \| unexpected keys \(1\): decoder_extra\.weight"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \(1\): decoder_pred\.weight \| unexpected keys \(1\): decoder_extra\.weight"
+    ):
         load_reference_checkpoint(tmp_path / "bad.pth", model=target)
     assert torch.equal(target.decoder_norm.weight, before)  # nothing was loaded
 
@@ -153,8 +166,18 @@ def test_encoder_alone_from_a_reference_checkpoint(tmp_path):
 
 
 def test_reference_args_map_onto_the_model_config():
-    cfg = reference_model_config(reference_args(model="rsp_vit_small_patch16_dec512d8b", input_size=224, kl_scale=0.1, noise_scale=0.1, norm_pix_loss=False))
-    assert (cfg.name, cfg.img_size, cfg.kl_scale, cfg.noise_scale, cfg.norm_pix_loss) == ("rsp_vit_small_patch16", 224, 0.1, 0.1, False)
+    cfg = reference_model_config(
+        reference_args(
+            model="rsp_vit_small_patch16_dec512d8b", input_size=224, kl_scale=0.1, noise_scale=0.1, norm_pix_loss=False
+        )
+    )
+    assert (cfg.name, cfg.img_size, cfg.kl_scale, cfg.noise_scale, cfg.norm_pix_loss) == (
+        "rsp_vit_small_patch16",
+        224,
+        0.1,
+        0.1,
+        False,
+    )
     assert (cfg.latent, cfg.mae_aux, cfg.stoch, cfg.discrete) == ("discrete", "shared", 32, 32)
     with pytest.raises(ValueError, match=r"args\.model \('mae_vit_base'\) is not a registered model; valid: "):
         reference_model_config(reference_args(model="mae_vit_base"))

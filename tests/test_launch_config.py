@@ -30,16 +30,31 @@ def test_composition_reports_every_bad_override_at_once_with_suggestions():
         compose(["experiment=rsp_vits16_k40", "cluster=slurmm", "model.kl_scal=0.1", "cluster.nodes=four", "optim.lr=null"])
     msgs = err.value.problems
     assert len(msgs) == 4
-    assert any("experiment='rsp_vits16_k40' is not one of: rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m for m in msgs)
+    assert any(
+        "experiment='rsp_vits16_k40' is not one of: rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m for m in msgs
+    )
     assert any("cluster='slurmm' is not one of: debug, local, slurm" in m for m in msgs)
     assert any("model.kl_scal is not a configuration key; did you mean model.kl_scale?" in m for m in msgs)
     assert any("cluster.nodes='four'" in m and "Integer" in m for m in msgs)
 
 
 def test_any_field_overrides_and_paper_recipe_composes():
-    cfg = compose(["experiment=rsp_vits16_k400", "cluster=slurm", "cluster.nodes=4", "model.kl_scale=0.1", "evaluation.overrides.davis.topk=5"])
+    cfg = compose(
+        [
+            "experiment=rsp_vits16_k400",
+            "cluster=slurm",
+            "cluster.nodes=4",
+            "model.kl_scale=0.1",
+            "evaluation.overrides.davis.topk=5",
+        ]
+    )
     assert (cfg.cluster.backend, cfg.cluster.nodes, cfg.model.kl_scale) == ("slurm", 4, 0.1)
-    assert (cfg.model.name, cfg.optim.effective_batch, cfg.schedule.epochs, cfg.optim.blr) == ("rsp_vit_small_patch16", 1536, 400, 1.5e-4)
+    assert (cfg.model.name, cfg.optim.effective_batch, cfg.schedule.epochs, cfg.optim.blr) == (
+        "rsp_vit_small_patch16",
+        1536,
+        400,
+        1.5e-4,
+    )
     assert cfg.evaluation.overrides["davis"]["topk"] == 5
 
 
@@ -56,7 +71,10 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
-        (["model.name=rsp_vit_large_patch16", "cluster.signal_delay_s=20"], "leaves too little time to finish a step and write a 3.9 GiB checkpoint"),
+        (
+            ["model.name=rsp_vit_large_patch16", "cluster.signal_delay_s=20"],
+            "leaves too little time to finish a step and write a 3.9 GiB checkpoint",
+        ),
         (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.time_minutes (1) leaves no time to train"),
         (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
         (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
@@ -67,10 +85,22 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
         (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
-        (["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"], "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip"),
-        (["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"], "evaluation.data_roots.davis (/nonexistent/davis) does not exist"),
-        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"], "preset ('fast') is not a known preset"),
-        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=tpu"], "device ('tpu') must be one of auto, cpu, cuda"),
+        (
+            ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
+            "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip",
+        ),
+        (
+            ["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"],
+            "evaluation.data_roots.davis (/nonexistent/davis) does not exist",
+        ),
+        (
+            ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"],
+            "preset ('fast') is not a known preset",
+        ),
+        (
+            ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=tpu"],
+            "device ('tpu') must be one of auto, cpu, cuda",
+        ),
     ],
 )
 def test_validation_rule(train_videos, tmp_path, overrides, expected):
@@ -90,8 +120,15 @@ def test_validation_collects_all_problems_and_a_good_config_has_none(train_video
 
 def test_run_id_ignores_runtime_only_settings_and_tracks_everything_else(train_videos, tmp_path):
     base = run_id(cfg_with(tmp_path, train_videos))
-    same = ["data.num_workers=3", "runtime.log_every_steps=7", "cluster.time_minutes=99", "cluster.partition=gpu",
-            "name=other", "checkpoint.every_steps=10", "evaluation.tasks=[davis]"]
+    same = [
+        "data.num_workers=3",
+        "runtime.log_every_steps=7",
+        "cluster.time_minutes=99",
+        "cluster.partition=gpu",
+        "name=other",
+        "checkpoint.every_steps=10",
+        "evaluation.tasks=[davis]",
+    ]
     for override in same:
         assert run_id(cfg_with(tmp_path, train_videos, override)) == base, override
     for override in ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]:
@@ -99,7 +136,7 @@ def test_run_id_ignores_runtime_only_settings_and_tracks_everything_else(train_v
 
 
 def test_slugs_are_safe_directory_and_job_names():
-    assert slug("it's a \"quoted\"\nrun; rm -rf /") == "it-s-a-quoted-run-rm--rf"
+    assert slug('it\'s a "quoted"\nrun; rm -rf /') == "it-s-a-quoted-run-rm--rf"
     assert slug("\n\n") == "run" and len(slug("x" * 500)) == 60
 
 
@@ -163,7 +200,10 @@ def test_shipped_sweeps_expand(train_videos):
 
 
 def test_grid_and_zip_axes_and_name_template(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, """
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            """
 experiment: smoke
 name: "kl{model.kl_scale}-{model.latent}-gap{data.max_gap}"
 axes:
@@ -172,19 +212,29 @@ axes:
   - zip:
       model.latent: [discrete, gaussian, discrete]
       data.max_gap: [8, 8, 12]
-"""))
+""",
+        )
+    )
     runs = expand(sweep, ["evaluation.tasks=[]"])
     assert len(runs) == 6
-    assert {r.name for r in runs} == {f"kl{k}-{l}-gap{g}" for k in (0.001, 0.01) for l, g in (("discrete", 8), ("gaussian", 8), ("discrete", 12))}
+    assert {r.name for r in runs} == {
+        f"kl{k}-{lat}-gap{g}" for k in (0.001, 0.01) for lat, g in (("discrete", 8), ("gaussian", 8), ("discrete", 12))
+    }
     assert sweep.axis_keys == ["model.kl_scale", "model.latent", "data.max_gap"]
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("axes:\n  - key: model.kl_scal\n    values: [1]\n", "model.kl_scal is not a configuration key; did you mean model.kl_scale"),
+        (
+            "axes:\n  - key: model.kl_scal\n    values: [1]\n",
+            "model.kl_scal is not a configuration key; did you mean model.kl_scale",
+        ),
         ("axes:\n  - key: model.kl_scale\n    values: []\n", "has no values (an empty axis yields no runs)"),
-        ("axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n", "model.kl_scale='high' has the wrong type (expected float)"),
+        (
+            "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",
+            "model.kl_scale='high' has the wrong type (expected float)",
+        ),
         ("axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n", "both set data.max_gap"),
         ("axes:\n  - key: runtime.log_every_steps\n    values: [1, 2]\n", "are the same experiment"),
         ("axes:\n  - zip:\n      data.max_gap: [1, 2]\n      data.min_gap: [1]\n", "zips lists of different lengths"),
@@ -214,11 +264,31 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
 
     folder = tmp_path / "it's a folder"
     backend = SlurmBackend(folder, Snapshot(tmp_path / "code dir", "abc123"))
-    script = backend.sbatch_script(Resources(nodes=2, tasks_per_node=4, gpus_per_node=4, time_minutes=90, signal_delay_s=120,
-                                             partition="gpu", extra_sbatch=(("reservation", "x y"),), job_name="run-1"))
-    for line in ("#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
-                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=90", "#SBATCH --reservation='x y'", "--kill-on-bad-exit=1",
-                 f"export PYTHONPATH='{tmp_path}/code dir'", "rc=$?", "-m launch.requeue --folder"):
+    script = backend.sbatch_script(
+        Resources(
+            nodes=2,
+            tasks_per_node=4,
+            gpus_per_node=4,
+            time_minutes=90,
+            signal_delay_s=120,
+            partition="gpu",
+            extra_sbatch=(("reservation", "x y"),),
+            job_name="run-1",
+        )
+    )
+    for line in (
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=90",
+        "#SBATCH --reservation='x y'",
+        "--kill-on-bad-exit=1",
+        f"export PYTHONPATH='{tmp_path}/code dir'",
+        "rc=$?",
+        "-m launch.requeue --folder",
+    ):
         assert line in script, line
     assert script.index("srun") < script.index("rc=$?")  # the policy runs after the ranks end
     assert "'" + str(folder).replace("'", "'\"'\"'") in script  # quoted for bash, never bare

@@ -14,15 +14,25 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from launch_helpers import (
+    Driver,
+    explain,
+    hydra_quote,
+    job_id,
+    only_run,
+    overrides,
+    squeue_ids,
+    steps_lost,
+    submit,
+    wait_finished,
+    wait_for,
+)
+from train_helpers import assert_same_training_state, torchrun
 
 from launch.config import train_config
 from launch.rundir import RunDirectory
-from launch_helpers import (
-    Driver, explain, hydra_quote, job_id, only_run, overrides, squeue_ids, steps_lost, submit, wait_finished, wait_for,
-)
 from rsp.distributed import DistEnv
 from rsp.train import train
-from train_helpers import assert_same_training_state, torchrun
 
 pytestmark = pytest.mark.slurm
 LONG = 400  # steps: a run that is still training when the test interferes with it
@@ -47,11 +57,19 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
         assert rc == 0 and "submitted slurm job" in out, out
         roots[name] = Path([a for a in args if a.startswith("output_root=")][0].split("=", 1)[1])
     drivers = {
-        "usr2": Driver(roots["usr2"], lambda r: r.latest_logged_step() >= 3,
-                       lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True)),
-        "requeue": Driver(roots["requeue"], lambda r: bool(r.manifests()),
-                          lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True)),
-        "kill9": Driver(roots["kill9"], lambda r: bool(r.manifests()), lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
+        "usr2": Driver(
+            roots["usr2"],
+            lambda r: r.latest_logged_step() >= 3,
+            lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
+        ),
+        "requeue": Driver(
+            roots["requeue"],
+            lambda r: bool(r.manifests()),
+            lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
+        ),
+        "kill9": Driver(
+            roots["kill9"], lambda r: bool(r.manifests()), lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)
+        ),
     }
     return {"roots": roots, "drivers": drivers}
 
@@ -144,11 +162,17 @@ def rank_process(job: str, rank: int) -> int:
         if not proc.name.isdigit():
             continue
         try:
-            environ = dict(e.split("=", 1) for e in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in e)
+            environ = dict(
+                e.split("=", 1) for e in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in e
+            )
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if environ.get("SLURM_JOB_ID") == job and environ.get("SLURM_PROCID") == str(rank) and b"submitit.core._submit" in cmdline:
+        if (
+            environ.get("SLURM_JOB_ID") == job
+            and environ.get("SLURM_PROCID") == str(rank)
+            and b"submitit.core._submit" in cmdline
+        ):
             return int(proc.name)
     raise AssertionError(f"no process of rank {rank} of job {job}")
 
@@ -170,7 +194,9 @@ def test_dependency_chain_waits_for_its_upstream_job(submitted, train_videos, tm
     assert rc == 0, out
     downstream = only_run(root)
     if upstream.status() is None:  # still running: the downstream job must be held back
-        reason = subprocess.run(["squeue", "-h", "-j", job_id(downstream), "-o", "%r"], capture_output=True, text=True).stdout.strip()
+        reason = subprocess.run(
+            ["squeue", "-h", "-j", job_id(downstream), "-o", "%r"], capture_output=True, text=True
+        ).stdout.strip()
         assert reason in ("Dependency", "None", ""), reason
     wait_finished(upstream)
     wait_finished(downstream)
@@ -178,8 +204,8 @@ def test_dependency_chain_waits_for_its_upstream_job(submitted, train_videos, tm
 
 
 def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_videos, tmp_path):
-    root = tmp_path / "it's a \"root\" with spaces"
-    name = "it's a \"quoted\"\nrun; echo pwned"
+    root = tmp_path / 'it\'s a "root" with spaces'
+    name = 'it\'s a "quoted"\nrun; echo pwned'
     args = overrides(train_videos, Path("PLACEHOLDER"), 4, 2)
     args = [a for a in args if not a.startswith("output_root=")]
     rc, out = submit([*args, f"output_root={hydra_quote(str(root))}", f"name={hydra_quote(name)}"])
@@ -220,12 +246,18 @@ def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, tra
     assert rc == 0, out
     run = only_run(root)
     wait_for(lambda: run.latest_logged_step() >= 5, 300, "the run to train", lambda: explain(run))
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N2", "-n8", f"--output={tmp_path / 'high-%j.out'}", "--wrap", "sleep 8"],
-                          capture_output=True, text=True, check=True)
+    high = subprocess.run(
+        ["sbatch", "--parsable", "-p", "high", "-N2", "-n8", f"--output={tmp_path / 'high-%j.out'}", "--wrap", "sleep 8"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wait_finished(run, timeout=600)
     attempts = run.attempts()
     assert attempts[0].end_reason == "preempted" and attempts[-1].end_reason == "finished", explain(run)
     assert steps_lost(run) == 0 and attempts[1].start_step == attempts[0].end_step
-    state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", high.stdout.strip(), "-o", "State"], capture_output=True, text=True).stdout
+    state = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", high.stdout.strip(), "-o", "State"], capture_output=True, text=True
+    ).stdout
     assert "COMPLETED" in state
     assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))

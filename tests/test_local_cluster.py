@@ -151,9 +151,7 @@ def test_cluster_has_two_idle_nodes_and_both_partitions(slurm_cluster: LocalSlur
     assert slurm_cluster.is_up()
 
 
-def test_start_refuses_while_another_state_dirs_cluster_runs(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_start_refuses_while_another_state_dirs_cluster_runs(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match=re.escape(f"from {slurm_cluster.state_dir} is running")):
         LocalSlurmCluster(tmp_path / "other").start()
     assert slurm_cluster.is_up()
@@ -163,9 +161,7 @@ def _node_and_sum(a: int, b: int) -> tuple[int, str, str]:
     return a + b, os.environ["SLURMD_NODENAME"], sys.executable
 
 
-def test_submitit_job_returns_its_result_using_this_python(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_submitit_job_returns_its_result_using_this_python(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     executor.update_parameters(timeout_min=5, slurm_partition="debug")
     job = executor.submit(_node_and_sum, 2, 3)
@@ -182,8 +178,7 @@ def _gloo_all_reduce() -> tuple[int, int, float, str]:
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     # The fake node names n1/n2 do not resolve (slurm-local spec, pitfall 1); every "node" is local.
     os.environ["MASTER_ADDR"] = "127.0.0.1"
-    dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(seconds=60))
     value = torch.tensor([float(env.rank + 1)])
     dist.all_reduce(value)
     dist.destroy_process_group()
@@ -209,19 +204,23 @@ def test_sacct_reports_finished_jobs(slurm_cluster: LocalSlurmCluster, tmp_path:
 
 def test_afterok_dependency_chain(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     parent = sbatch(tmp_path, f"--wrap=sleep 1; echo parent-done > {tmp_path}/parent.txt")
-    child = sbatch(tmp_path, f"--dependency=afterok:{parent}", "--kill-on-invalid-dep=yes",
-                   f"--wrap=cp {tmp_path}/parent.txt {tmp_path}/child.txt")
+    child = sbatch(
+        tmp_path,
+        f"--dependency=afterok:{parent}",
+        "--kill-on-invalid-dep=yes",
+        f"--wrap=cp {tmp_path}/parent.txt {tmp_path}/child.txt",
+    )
     failing = sbatch(tmp_path, "--wrap=exit 1")
     orphan = sbatch(tmp_path, f"--dependency=afterok:{failing}", "--kill-on-invalid-dep=yes", "--wrap=true")
     wait_for(lambda: sacct_rows(child).get(child, ("",))[0] == "COMPLETED", f"dependent job {child}")
     assert (tmp_path / "child.txt").read_text() == "parent-done\n"  # it started after its parent ended
-    wait_for(lambda: sacct_rows(orphan).get(orphan, ("",))[0].startswith("CANCELLED"),
-             f"job {orphan} cancelled because its parent {failing} failed")
+    wait_for(
+        lambda: sacct_rows(orphan).get(orphan, ("",))[0].startswith("CANCELLED"),
+        f"job {orphan} cancelled because its parent {failing} failed",
+    )
 
 
-def test_scancel_signal_usr2_reaches_python_without_killing_the_job(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_scancel_signal_usr2_reaches_python_without_killing_the_job(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     submitted = time.perf_counter()
     job_id, log_path = submit_signal_logger(tmp_path)
     with cancelled_at_exit(job_id):
@@ -234,16 +233,16 @@ def test_scancel_signal_usr2_reaches_python_without_killing_the_job(
         assert queue_state(job_id) == "RUNNING"
 
 
-def test_scontrol_requeue_restarts_the_job_under_the_same_id(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_scontrol_requeue_restarts_the_job_under_the_same_id(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     job_id, log_path = submit_signal_logger(tmp_path)
     with cancelled_at_exit(job_id):
         wait_for(lambda: "start 0" in events(log_path), f"job {job_id} to start")
         requeued = time.perf_counter()
         run("scontrol", "requeue", job_id)
-        wait_for(lambda: job_field(job_id, "Restarts") == "1" and queue_state(job_id) == "RUNNING",
-                 f"job {job_id} RUNNING again after the requeue")
+        wait_for(
+            lambda: job_field(job_id, "Restarts") == "1" and queue_state(job_id) == "RUNNING",
+            f"job {job_id} RUNNING again after the requeue",
+        )
         print(f"[slurm] scontrol requeue -> RUNNING: {time.perf_counter() - requeued:.2f} s")
         wait_for(lambda: "start 1" in events(log_path), "the second attempt's Python process")
         # An external requeue sends SIGTERM (srun may forward a second one), never USR2
@@ -253,12 +252,11 @@ def test_scontrol_requeue_restarts_the_job_under_the_same_id(
         assert seen.index("term 0") < seen.index("start 1")
 
 
-def test_high_partition_preempts_debug_job_with_usr2_then_requeues_it(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_high_partition_preempts_debug_job_with_usr2_then_requeues_it(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     # Both jobs need all of n1, so the `high` job can only run by preempting the `debug` one.
-    low, log_path = submit_signal_logger(tmp_path, "--partition=debug", "--nodelist=n1", "--cpus-per-task=4",
-                                         "--time=10", "--signal=USR2@60")
+    low, log_path = submit_signal_logger(
+        tmp_path, "--partition=debug", "--nodelist=n1", "--cpus-per-task=4", "--time=10", "--signal=USR2@60"
+    )
     with cancelled_at_exit(low):
         wait_for(lambda: "start 0" in events(log_path), f"job {low} to start")
         preempted = time.perf_counter()
@@ -280,8 +278,7 @@ def test_job_arrays_respect_max_array_size(slurm_cluster: LocalSlurmCluster, tmp
         assert too_big.returncode != 0
         assert "Invalid job array specification" in too_big.stderr
         array = sbatch(tmp_path, "--array=0-3", "--wrap=true")
-        wait_for(lambda: sorted(sacct_rows(array).values()) == [("COMPLETED", "0:0")] * 4,
-                 f"the 4 tasks of array {array}")
+        wait_for(lambda: sorted(sacct_rows(array).values()) == [("COMPLETED", "0:0")] * 4, f"the 4 tasks of array {array}")
     finally:
         slurm_cluster.set_max_array_size(DEFAULT_MAX_ARRAY_SIZE)
 
@@ -309,9 +306,7 @@ def _is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended; its parent reaps it
 
 
-def test_stop_leaves_no_process_behind_and_start_comes_back(
-    slurm_cluster: LocalSlurmCluster, tmp_path: Path
-) -> None:
+def test_stop_leaves_no_process_behind_and_start_comes_back(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     job_id, log_path = submit_signal_logger(tmp_path)
     wait_for(lambda: "start 0" in events(log_path), f"job {job_id} to start")
     job_pid = int(log_path.read_text().split()[2])
@@ -322,5 +317,6 @@ def test_stop_leaves_no_process_behind_and_start_comes_back(
     assert not _is_running(job_pid)
     slurm_cluster.start()  # warm: the database and SLURM state are kept
     assert slurm_cluster.is_up()
-    wait_for(lambda: sacct_rows(job_id).get(job_id, ("",))[0].startswith("CANCELLED"),
-             f"job {job_id} recorded as cancelled by stop")
+    wait_for(
+        lambda: sacct_rows(job_id).get(job_id, ("",))[0].startswith("CANCELLED"), f"job {job_id} recorded as cancelled by stop"
+    )

@@ -72,7 +72,9 @@ def test_registered_model_shapes_gradients_and_finite_loss(name):
     assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
 
 
-@pytest.mark.parametrize("latent,mae_aux", list(itertools.product(("discrete", "gaussian", "none"), ("shared", "separate", "off"))))
+@pytest.mark.parametrize(
+    "latent,mae_aux", list(itertools.product(("discrete", "gaussian", "none"), ("shared", "separate", "off")))
+)
 def test_every_ablation_trains_every_parameter(latent, mae_aux):
     torch.manual_seed(0)
     kl_scale = 0.0 if latent == "none" else 0.01
@@ -165,7 +167,8 @@ def test_small_patch16_state_dict_keys_order_and_shapes():
 
 
 @pytest.mark.parametrize(
-    "name,total", [("rsp_vit_small_patch16", 59_182_720), ("rsp_vit_base_patch16", 127_937_536), ("rsp_vit_large_patch16", 349_504_768)]
+    "name,total",
+    [("rsp_vit_small_patch16", 59_182_720), ("rsp_vit_base_patch16", 127_937_536), ("rsp_vit_large_patch16", 349_504_768)],
 )
 def test_parameter_counts(name, total):
     with torch.device("meta"):
@@ -220,7 +223,7 @@ def softmax(xs: list[float]) -> list[float]:
 
 
 def categorical_kl(q: list[float], p: list[float]) -> float:
-    return sum(qi * (math.log(qi) - math.log(pi)) for qi, pi in zip(q, p))
+    return sum(qi * (math.log(qi) - math.log(pi)) for qi, pi in zip(q, p, strict=True))
 
 
 POST = [[[0.5, -0.2, 1.0], [0.0, 0.3, -1.2]], [[2.0, 0.0, 0.0], [-0.7, 0.1, 0.4]]]  # (B=2, stoch=2, discrete=3)
@@ -251,8 +254,8 @@ def test_balanced_kl_value_and_gradients_by_hand():
             expected_kl += kl / B
             # d KL(q||p) / d post_logits = q (log q - log p - KL), scaled by balance / B; the
             # prior's gradient is (p - q), scaled by (1 - balance) / B (stop-gradients, spec §4).
-            post_grad.append([balance / B * qi * (math.log(qi) - math.log(pi) - kl) for qi, pi in zip(q, p)])
-            prior_grad.append([(1 - balance) / B * (pi - qi) for qi, pi in zip(q, p)])
+            post_grad.append([balance / B * qi * (math.log(qi) - math.log(pi) - kl) for qi, pi in zip(q, p, strict=True)])
+            prior_grad.append([(1 - balance) / B * (pi - qi) for qi, pi in zip(q, p, strict=True)])
     assert kl_value.item() == pytest.approx(expected_kl, rel=1e-5)
     assert kl_loss.item() == pytest.approx(expected_kl, rel=1e-5)
     torch.testing.assert_close(post.grad.reshape(-1, 3), torch.tensor(post_grad), rtol=1e-4, atol=1e-6)
@@ -294,7 +297,9 @@ def test_patchify_order_and_normalized_pixel_target():
         n, k = (y // p) * 2 + x // p, ((y % p) * p + x % p) * 3 + c  # patch-major, channels last
         assert patches[b, n, k] == img[b, c, y, x]
     t = patches.double()
-    by_hand = (t - t.mean(-1, keepdim=True)) / (((t - t.mean(-1, keepdim=True)) ** 2).sum(-1, keepdim=True) / (p * p * 3 - 1) + 1e-6).sqrt()
+    by_hand = (t - t.mean(-1, keepdim=True)) / (
+        ((t - t.mean(-1, keepdim=True)) ** 2).sum(-1, keepdim=True) / (p * p * 3 - 1) + 1e-6
+    ).sqrt()
     torch.testing.assert_close(model.target(img).double(), by_hand, rtol=1e-5, atol=1e-5)
     raw = create_model(TINY, img_size=16, norm_pix_loss=False)
     assert torch.equal(raw.target(img), patches)

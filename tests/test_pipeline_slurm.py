@@ -8,33 +8,51 @@ import json
 import subprocess
 
 import pytest
+from launch_helpers import explain, only_run, submit, wait_finished, wait_for
 
 from eval.aggregate import aggregate
-from launch_helpers import explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
 
 def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
     root = tmp_path / "runs"
-    rc, out = submit([
-        "experiment=smoke", "cluster=slurm", f"output_root={root}", f"data.root={tmp_path / 'videos'}",
-        f"evaluation.data_roots.davis={tmp_path / 'davis'}", f"evaluation.data_roots.jhmdb={tmp_path / 'jhmdb'}",
-        f"evaluation.data_roots.vip={tmp_path / 'vip'}", "data.synthetic_videos=16", "schedule.total_steps=10",
-        "checkpoint.every_steps=5", "checkpoint.milestone_every_steps=10", "evaluation.cpus_per_task=1", "cluster.cpus_per_task=1",
-    ])
+    rc, out = submit(
+        [
+            "experiment=smoke",
+            "cluster=slurm",
+            f"output_root={root}",
+            f"data.root={tmp_path / 'videos'}",
+            f"evaluation.data_roots.davis={tmp_path / 'davis'}",
+            f"evaluation.data_roots.jhmdb={tmp_path / 'jhmdb'}",
+            f"evaluation.data_roots.vip={tmp_path / 'vip'}",
+            "data.synthetic_videos=16",
+            "schedule.total_steps=10",
+            "checkpoint.every_steps=5",
+            "checkpoint.milestone_every_steps=10",
+            "evaluation.cpus_per_task=1",
+            "cluster.cpus_per_task=1",
+        ]
+    )
     assert rc == 0 and "submitted slurm job" in out, out
     assert (tmp_path / "videos" / "labels.csv").is_file() and (tmp_path / "davis" / "JPEGImages").is_dir()  # generated at submit
     run = only_run(root)
     wait_finished(run, timeout=600)
     records = lambda: sorted(run.path.glob("evals/step_*/*/record.json"))  # noqa: E731
-    wait_for(lambda: len(records()) == 3, 600, "3 evaluation records", lambda: explain(run) + "\n" + "\n".join(
-        p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")))
+    wait_for(
+        lambda: len(records()) == 3,
+        600,
+        "3 evaluation records",
+        lambda: explain(run) + "\n" + "\n".join(p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")),
+    )
     markers = [json.loads(p.read_text()) for p in run.path.glob("evals/step_00000010/*/submitted.json")]
     assert len(markers) == 3 and all(m["backend"] == "slurm" for m in markers)
+
     def states() -> list[str]:
         ids = ",".join(m["job_id"] for m in markers)
-        return subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True).stdout.split()
+        return subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True
+        ).stdout.split()
 
     wait_for(lambda: states() == ["COMPLETED"] * 3, 120, "the evaluation jobs to complete", lambda: str(states()))
     report = aggregate(root)

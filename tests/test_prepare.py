@@ -18,8 +18,8 @@ import av
 import decord
 import numpy as np
 import pytest
+from fixtures_data import TINY, http_server
 
-from fixtures_data import TINY, http_server, needs_ffmpeg  # noqa: F401 (fixture)
 from rsp import kinetics, prepare
 from rsp.kinetics import DownloadError, KineticsLayout, download_file, ffmpeg_command, rescale_video
 from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
@@ -106,7 +106,9 @@ def test_a_missing_file_on_the_server_names_the_url(mirror, tmp_path):
 
 def _prepared(mirror, root: Path) -> KineticsLayout:
     shutil.copytree(mirror[0], root / "downloads")
-    assert prepare.main(["all", "--root", str(root), "--jobs", "2", "--short-side", "64", "--base-url", "http://127.0.0.1:9"]) == 0
+    assert (
+        prepare.main(["all", "--root", str(root), "--jobs", "2", "--short-side", "64", "--base-url", "http://127.0.0.1:9"]) == 0
+    )
     return KineticsLayout(root)
 
 

@@ -23,10 +23,22 @@ from rsp.train import train
 
 def record(run_id="r1", step=10, task="davis", metrics=None, created=None, axes=None, name="run") -> ResultRecord:
     return ResultRecord(
-        run_id=run_id, run_name=name, config_hash="c" * 64, step=step, task=task, protocol_hash="p" * 64,
-        protocol={"preset": "rsp"}, metrics=metrics or {"J&F-Mean": 0.5, "J-Mean": 0.45, "F-Mean": 0.55},
-        checkpoint_sha256="s" * 64, checkpoint_path="/x.pt", code_version="abc", job_id="1", wall_time_s=1.0,
-        sweep_axes=axes or {}, model_name="rsp_vit_tiny_patch8", created=created or time.time(),
+        run_id=run_id,
+        run_name=name,
+        config_hash="c" * 64,
+        step=step,
+        task=task,
+        protocol_hash="p" * 64,
+        protocol={"preset": "rsp"},
+        metrics=metrics or {"J&F-Mean": 0.5, "J-Mean": 0.45, "F-Mean": 0.55},
+        checkpoint_sha256="s" * 64,
+        checkpoint_path="/x.pt",
+        code_version="abc",
+        job_id="1",
+        wall_time_s=1.0,
+        sweep_axes=axes or {},
+        model_name="rsp_vit_tiny_patch8",
+        created=created or time.time(),
     )
 
 
@@ -74,10 +86,28 @@ def test_corrupt_partial_and_conflicting_records(tmp_path, caplog):
 
 def test_aggregate_writes_table_markdown_typed_json_plots_paper_view_and_hparams(tmp_path):
     for kl, values in [(0.001, [0.50, 0.58, 0.55]), (0.01, [0.52, 0.60, 0.61])]:
-        for step, jf in zip((100, 200, 300), values):
+        for step, jf in zip((100, 200, 300), values, strict=True):
             axes = {"model.kl_scale": kl}
-            write_record(record_path(tmp_path, r := record(f"id{kl}", step, "davis", {"J&F-Mean": jf, "J-Mean": jf - 0.02, "F-Mean": jf + 0.02}, axes=axes, name=f"kl{kl}")), r)
-            write_record(record_path(tmp_path, r := record(f"id{kl}", step, "jhmdb", {"PCK@0.1": 0.4, "PCK@0.2": 0.7}, axes=axes, name=f"kl{kl}")), r)
+            write_record(
+                record_path(
+                    tmp_path,
+                    r := record(
+                        f"id{kl}",
+                        step,
+                        "davis",
+                        {"J&F-Mean": jf, "J-Mean": jf - 0.02, "F-Mean": jf + 0.02},
+                        axes=axes,
+                        name=f"kl{kl}",
+                    ),
+                ),
+                r,
+            )
+            write_record(
+                record_path(
+                    tmp_path, r := record(f"id{kl}", step, "jhmdb", {"PCK@0.1": 0.4, "PCK@0.2": 0.7}, axes=axes, name=f"kl{kl}")
+                ),
+                r,
+            )
     report = aggregate(tmp_path, tmp_path / "out")
     table = pd.read_json(tmp_path / "out" / "results.table.json", orient="table")
     assert len(table) == 6 and set(table["axis:model.kl_scale"]) == {0.001, 0.01}
@@ -116,13 +146,32 @@ def test_aggregating_nothing_says_so(tmp_path):
 def trained_run(train_videos, tmp_path_factory):
     """A tiny run with milestone checkpoints at steps 2 and 4, trained directly (no scheduler)."""
     base = tmp_path_factory.mktemp("results")
-    cfg = absolutize(compose([
-        f"data.root={train_videos}", "data.synthetic_videos=0", "data.num_workers=0", "data.batch_size=2", "data.max_gap=8",
-        "model.img_size=32", "schedule.total_steps=4", "schedule.warmup_steps=1", "checkpoint.every_steps=1",
-        "checkpoint.milestone_every_steps=2", "checkpoint.keep_last=1", "cluster=debug", f"output_root={base / 'runs'}",
-        "evaluation.tasks=[davis,vip]", "evaluation.synthetic=true", f"evaluation.data_roots.davis={base / 'davis'}",
-        f"evaluation.data_roots.vip={base / 'vip'}", "evaluation.overrides.davis.frame_size=64", "evaluation.overrides.vip.frame_size=96",
-    ]), base)
+    cfg = absolutize(
+        compose(
+            [
+                f"data.root={train_videos}",
+                "data.synthetic_videos=0",
+                "data.num_workers=0",
+                "data.batch_size=2",
+                "data.max_gap=8",
+                "model.img_size=32",
+                "schedule.total_steps=4",
+                "schedule.warmup_steps=1",
+                "checkpoint.every_steps=1",
+                "checkpoint.milestone_every_steps=2",
+                "checkpoint.keep_last=1",
+                "cluster=debug",
+                f"output_root={base / 'runs'}",
+                "evaluation.tasks=[davis,vip]",
+                "evaluation.synthetic=true",
+                f"evaluation.data_roots.davis={base / 'davis'}",
+                f"evaluation.data_roots.vip={base / 'vip'}",
+                "evaluation.overrides.davis.frame_size=64",
+                "evaluation.overrides.vip.frame_size=96",
+            ]
+        ),
+        base,
+    )
     from launch.evaluations import ensure_benchmarks
 
     ensure_benchmarks(cfg.evaluation)

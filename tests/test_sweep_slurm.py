@@ -7,21 +7,29 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
 
 from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
 from launch.rundir import RunDirectory
 from launch.status import render
-from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
 
 pytestmark = pytest.mark.slurm
 
 
 def write_sweep(tmp_path: Path, videos: Path, root: Path, axes: str, steps: int = 6) -> Path:
-    common = [*TINY, "cluster=slurm", f"data.root={videos}", f"output_root={root}", f"schedule.total_steps={steps}",
-              "schedule.warmup_steps=1", "checkpoint.every_steps=3", "cluster.max_failures=0"]
+    common = [
+        *TINY,
+        "cluster=slurm",
+        f"data.root={videos}",
+        f"output_root={root}",
+        f"schedule.total_steps={steps}",
+        "schedule.warmup_steps=1",
+        "checkpoint.every_steps=3",
+        "cluster.max_failures=0",
+    ]
     lines = "\n".join(f"  - {o!r}" for o in common if not o.startswith("experiment="))
     path = tmp_path / "sweep_test.yaml"
-    path.write_text(f"experiment: smoke\nname: \"kl{{model.kl_scale}}-lr{{optim.lr}}\"\noverrides:\n{lines}\naxes:\n{axes}")
+    path.write_text(f'experiment: smoke\nname: "kl{{model.kl_scale}}-lr{{optim.lr}}"\noverrides:\n{lines}\naxes:\n{axes}')
     return path
 
 
@@ -37,16 +45,24 @@ def all_ended(root: Path, n: int) -> bool:
 def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_cluster, train_videos, tmp_path):
     root = tmp_path / "runs"
     # lr 1e30 diverges at once: with cluster.max_failures=0 those runs fail (deterministically)
-    sweep = write_sweep(tmp_path, train_videos, root, "  - key: model.kl_scale\n    values: [0.001, 0.01]\n"
-                                                       "  - key: optim.lr\n    values: [0.001, 1.0e+30]\n")
+    sweep = write_sweep(
+        tmp_path,
+        train_videos,
+        root,
+        "  - key: model.kl_scale\n    values: [0.001, 0.01]\n  - key: optim.lr\n    values: [0.001, 1.0e+30]\n",
+    )
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
     ids = {s["job_id"] for r in runs_of(root) for s in r.submissions()}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
     wait_for(lambda: all_ended(root, 4), 420, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     states = {r.info()["name"]: r.status()["state"] for r in runs_of(root)}
-    assert states == {"kl0.001-lr0.001": "finished", "kl0.01-lr0.001": "finished",
-                      "kl0.001-lr1e+30": "failed", "kl0.01-lr1e+30": "failed"}, states
+    assert states == {
+        "kl0.001-lr0.001": "finished",
+        "kl0.01-lr0.001": "finished",
+        "kl0.001-lr1e+30": "failed",
+        "kl0.01-lr1e+30": "failed",
+    }, states
     table = render(root, "sweep_test")
     assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
     assert table.count("finished") >= 2 and table.count("failed") >= 2
@@ -60,8 +76,12 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     attempts_before = {r.path: len(r.attempts()) for r in failed}
     rc, out = submit([f"sweep={sweep}", "--retry-failed"])
     assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
-    wait_for(lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed), 300,
-             "the retried runs to end", lambda: "\n".join(explain(r) for r in failed))
+    wait_for(
+        lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed),
+        300,
+        "the retried runs to end",
+        lambda: "\n".join(explain(r) for r in failed),
+    )
     counts = {r.info()["name"]: len(r.submissions()) for r in runs_of(root)}
     assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
 

@@ -25,7 +25,7 @@ def test_frames_move_and_depend_only_on_the_seed():
     a = list(synthetic_frames(np.random.default_rng(1), 4, 32, 40))
     b = list(synthetic_frames(np.random.default_rng(1), 4, 32, 40))
     c = next(synthetic_frames(np.random.default_rng(2), 1, 32, 40))
-    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and not np.array_equal(a[0], c)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)) and not np.array_equal(a[0], c)
     assert all(np.abs(a[i].astype(int) - a[i + 1]).mean() > 1 for i in range(3))  # neighbours differ
     assert a[0].std() > 10  # textured, not flat
 
@@ -54,7 +54,9 @@ def test_bad_sizes_are_refused(tmp_path):
 
 
 def test_command_line_writes_both_kinds(tmp_path, capsys):
-    synthetic.main(["dataset", "--root", str(tmp_path / "ds"), "--videos", "2", "--height", "32", "--width", "32", "--frames", "6"])
+    synthetic.main(
+        ["dataset", "--root", str(tmp_path / "ds"), "--videos", "2", "--height", "32", "--width", "32", "--frames", "6"]
+    )
     assert len(read_labels(tmp_path / "ds" / "labels.csv")) == 2
     synthetic.main(["kinetics-raw", "--out", str(tmp_path / "raw"), "--videos", "6", "--frames", "6"])
     assert (tmp_path / "raw" / "train" / "k400_train_path.txt").read_text() == "part_0.tar.gz\npart_1.tar.gz\n"

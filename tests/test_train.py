@@ -11,13 +11,13 @@ import time
 
 import pytest
 import torch
+from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
 from rsp.checkpoint import CheckpointStore
 from rsp.config import to_dict
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
 from rsp.train import NonFiniteLossError, ResumeError, train
-from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
 
 def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):
@@ -113,13 +113,17 @@ def test_optimizer_state_for_another_layout_is_detected(train_videos, tmp_path):
 def test_kill_minus_9_during_checkpointing_never_loses_the_run(train_videos, tmp_path):
     """SIGKILL a training process at an arbitrary moment while it checkpoints every step; the
     next start resumes from a valid checkpoint and the run ends bitwise like an uninterrupted one."""
-    cfg = tiny_config(train_videos, schedule={"total_steps": 30, "warmup_steps": 2}, checkpoint={"every_steps": 1, "keep_last": 2})
+    cfg = tiny_config(
+        train_videos, schedule={"total_steps": 30, "warmup_steps": 2}, checkpoint={"every_steps": 1, "keep_last": 2}
+    )
     full, killed = tmp_path / "full", tmp_path / "killed"
     train(cfg, DistEnv(), full)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(to_dict(cfg)))
     env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(killed)], env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(killed)], env=env, cwd=REPO
+    )
     deadline = time.monotonic() + 120
     while len(list((killed / "checkpoints").glob("step_*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -158,8 +162,19 @@ def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_pat
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    expected = {"train_loss", "loss_post", "loss_prior", "loss_kl", "kl", "loss_mae", "lr", "grad_norm",
-                "pairs_per_s", "data_wait_share", "broken_videos"}
+    expected = {
+        "train_loss",
+        "loss_post",
+        "loss_prior",
+        "loss_kl",
+        "kl",
+        "loss_mae",
+        "lr",
+        "grad_norm",
+        "pairs_per_s",
+        "data_wait_share",
+        "broken_videos",
+    }
     assert expected <= tags
     steps = [e.step for e in acc.Scalars("train_loss")]
     assert steps == list(range(1, 9)), steps

@@ -15,7 +15,14 @@ import torch
 
 from rsp.checkpoint import CheckpointStore
 from rsp.config import (
-    CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig, to_dict,
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+    to_dict,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,13 +47,23 @@ def tiny_config(root: Path, **sections) -> TrainConfig:
     return cfg
 
 
-def torchrun(cfg: TrainConfig, run_dir: Path, tmp_path: Path, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(
+    cfg: TrainConfig, run_dir: Path, tmp_path: Path, nproc: int = 2, timeout: float = 240
+) -> subprocess.CompletedProcess:
     """Train `cfg` into `run_dir` with `nproc` local ranks under torchrun (tests/dist_train_worker.py);
     the config travels as a JSON file in `tmp_path`."""
     cfg_file = tmp_path / f"cfg-{time.monotonic_ns()}.json"
     cfg_file.write_text(json.dumps(to_dict(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(REPO / "tests" / "dist_train_worker.py"), str(cfg_file), str(run_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(REPO / "tests" / "dist_train_worker.py"),
+        str(cfg_file),
+        str(run_dir),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
@@ -73,7 +90,7 @@ def assert_same_tensors(a, b, where: str = "") -> None:
             assert_same_tensors(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_tensors(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"values differ at {where}: {a!r} != {b!r}"
