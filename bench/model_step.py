@@ -17,7 +17,7 @@ kernel has no FLOP formula, so the counting step uses the explicit attention pat
 Two FLOP rates are reported:
 
 - executed FLOP/s: the FLOPs our timed step really executes / its time. Our training step skips
-  the prior's decoder pass (it exists only to log loss_prior; spec §2, §6) and runs it on logging
+  the prior's decoder pass (it exists only to log loss_prior; docs/model.md#compute-per-pair) and runs it on logging
   steps only, so this counts 3 encoder passes, 2 decoder passes and their backward.
 - model FLOP/s (the target's number): the FLOPs of one *reference-equivalent* step, i.e. forward
   including the prior's logging decoder pass (3 decoder passes, as the reference runs every step)

@@ -7,7 +7,7 @@ Writes into DIR (default OUTPUT_ROOT/results):
                                    `best` marks each run's best checkpoint (DAVIS J&F, else VIP mIoU,
                                    else JHMDB PCK@0.1)
     results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
-    paper.md                       our best checkpoints beside the published table (spec rsp.md §9)
+    paper.md                       our best checkpoints beside the published table (docs/evaluation.md#published-results)
     plots/<metric>_vs_step.png     every run's curve over training
     plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint
     tensorboard/                   hparams summaries: compare a sweep in TensorBoard's HPARAMS tab
@@ -42,7 +42,7 @@ HEADLINE = [
     ("jhmdb", "PCK@0.2"),
 ]
 BEST_BY = [("davis", "J&F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1")]
-# Published ViT-S/16 K400 400-epoch results (spec rsp.md §9), in percent.
+# Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent.
 PUBLISHED = {
     "SimCLR": (53.9, 51.7, 56.2, 31.9, 37.9, 66.1),
     "MoCo v3": (57.7, 54.6, 60.8, 32.4, 38.4, 67.6),

@@ -12,7 +12,7 @@ Formats (detected from the file's structure, or forced with `fmt`):
 Keys that are not the encoder's are dropped only when they belong to a known non-encoder part
 (decoders, latent MLPs, heads); anything else is an error, as is a missing encoder key. Position
 embeddings stay at their training grid here; the encoder interpolates them bicubically to each
-frame's grid (spec eval.md §1).
+frame's grid (docs/evaluation.md#features).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from rsp.interop import REFERENCE_NAME_SUFFIX, load_torch_file, strip_wrapper_pr
 
 log = logging.getLogger(__name__)
 
-# Non-encoder parts, dropped explicitly (spec rsp.md §4-§5, MAE, DINO, timm classifiers).
+# Non-encoder parts, dropped explicitly (docs/model.md#posterior-and-prior, docs/model.md#decoder, MAE, DINO, timm classifiers).
 DROPPED_PREFIXES = (
     "decoder_",
     "mask_token",

@@ -6,12 +6,12 @@ change the numbers (paths, device, batch sizes, worker counts) carry ``metadata=
 `protocol_hash(cfg)` hashes the resolved protocol only, so the same evaluation of the same
 checkpoint always has the same hash wherever it runs.
 
-Propagation presets (spec eval.md §1, §4). Published numbers name the protocol that produced them:
+Propagation presets (docs/evaluation.md#presets). Published numbers name the protocol that produced them:
     dino     topk 5, queue 7,  radius 12, T 0.1   DINO's DAVIS defaults (ViT-S/16 ~61.8 J&F)
     rsp      topk 7, queue 30, radius 30, T 0.1   RSP's published DAVIS numbers
     siammae  topk 7, queue 20, radius 20, T 0.7   CropMAE / SiamMAE-style evaluations
     vip      topk 10, queue 20, radius 20, T 0.7  SiamMAE-style VIP evaluation (T is our choice:
-                                                  the spec gives no VIP temperature)
+                                                  no source gives a VIP temperature, docs/evaluation.md#presets)
 `preset=auto` picks rsp for DAVIS, siammae for JHMDB and vip for VIP; any of topk, n_last_frames,
 radius, temperature set explicitly overrides the preset's value.
 """
@@ -34,7 +34,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class PropagationParams:
-    """Label-propagation hyperparameters (spec eval.md §1)."""
+    """Label-propagation hyperparameters (docs/evaluation.md#label-propagation)."""
 
     topk: int  # sources kept per target cell, jointly over all context frames
     n_last_frames: int  # length of the FIFO queue of previous frames (their soft predictions)
@@ -62,7 +62,7 @@ PRESETS: dict[str, PropagationParams] = {
 }
 TASK_DEFAULT_PRESET = {"davis": "rsp", "jhmdb": "siammae", "vip": "vip"}
 # Frame size per task when frame_size is unset (px): DAVIS short side (long side floored to a
-# multiple of 64, spec §1), JHMDB square side (spec §3), VIP long side (spec §4).
+# multiple of 64), JHMDB square side, VIP long side (docs/evaluation.md#presets).
 TASK_DEFAULT_FRAME_SIZE = {"davis": 480, "jhmdb": 320, "vip": 880}
 OVERRIDABLE = ("topk", "n_last_frames", "radius", "temperature")
 
@@ -83,11 +83,11 @@ class EvalConfig:
     radius: int | None = None  # overrides the preset when set (grid cells)
     temperature: float | None = None  # overrides the preset when set
     frame_size: int | None = None  # px; None: the task's default (TASK_DEFAULT_FRAME_SIZE)
-    pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (spec §3)
-    pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (spec §3)
+    pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (docs/evaluation.md#jhmdb-protocol)
+    pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (docs/evaluation.md#jhmdb-protocol)
     data_root: str = field(default="", metadata=RUNTIME_ONLY)  # dataset root in its official layout
     split: str = "val"  # DAVIS ImageSets/2017/<split>.txt, VIP lists/<split>_videos.txt
-    jhmdb_split: int = 1  # JHMDB: test videos of splits/*_test_split<N>.txt (spec §3: split 1)
+    jhmdb_split: int = 1  # JHMDB: test videos of splits/*_test_split<N>.txt (docs/evaluation.md#jhmdb-protocol: split 1)
     davis_resolution: str = "480p"  # DAVIS subfolder of JPEGImages/ and Annotations/
     sequences: list[str] = field(default_factory=list)  # a subset of the split's sequences (empty: all)
     output_dir: str = field(default="", metadata=RUNTIME_ONLY)  # "": <run>/eval/<stem>-<task>-<hash[:10]> (eval.run)

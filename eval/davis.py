@@ -1,4 +1,4 @@
-"""DAVIS-2017 semi-supervised video object segmentation by label propagation (spec eval.md §1).
+"""DAVIS-2017 semi-supervised video object segmentation by label propagation (docs/evaluation.md#davis-protocol).
 
 On-disk layout (official):
     <root>/ImageSets/2017/<split>.txt           sequence names, one per line

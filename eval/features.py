@@ -1,7 +1,7 @@
 """What the network sees: frame sizes per protocol, preprocessing, and batched feature extraction.
 
 Features do not depend on labels, so every frame of a video is encoded up front in batches
-(spec eval.md §1 "cost traps"); propagation then only reads them.
+(docs/evaluation.md#features); propagation then only reads them.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 MEAN = (0.485, 0.456, 0.406)
-STD = (0.228, 0.224, 0.225)  # spec §1: the reference normalizes with 0.228 (not ImageNet's 0.229)
+STD = (0.228, 0.224, 0.225)  # docs/evaluation.md#features: the reference normalizes with 0.228 (not ImageNet's 0.229)
 
 
 def short_side_size(height: int, width: int, short_side: int = 480, multiple: int = 64) -> tuple[int, int]:
-    """DAVIS input size (spec §1): short side `short_side`, long side floor(short * ratio / 64) * 64
+    """DAVIS input size (docs/evaluation.md#davis-protocol): short side `short_side`, long side floor(short * ratio / 64) * 64
     (854x480 -> 832x480, 910 -> 896, 1152 -> 1152). A square frame counts as landscape."""
     if height > width:
         return max(multiple, int(short_side * height / width // multiple) * multiple), short_side
@@ -28,8 +28,8 @@ def short_side_size(height: int, width: int, short_side: int = 480, multiple: in
 
 
 def long_side_size(height: int, width: int, long_side: int, multiple: int) -> tuple[int, int]:
-    """VIP input size (spec §4): long side `long_side`, short side scaled and floored to `multiple`
-    (our choice: the spec fixes only the long side; the patch must divide both)."""
+    """VIP input size (docs/evaluation.md#vip-protocol): long side `long_side`, short side scaled and floored to `multiple`
+    (our choice: the protocol's sources fix only the long side; the patch must divide both)."""
     if width >= height:
         return max(multiple, int(long_side * height / width // multiple) * multiple), long_side
     return long_side, max(multiple, int(long_side * width / height // multiple) * multiple)
@@ -90,7 +90,7 @@ def extract_features(
     device: torch.device,
     batch_frames: int = 0,
 ) -> torch.Tensor:
-    """Last block's output after the final LayerNorm, CLS dropped, in fp32 (spec §1): (N, h*w, D)
+    """Last block's output after the final LayerNorm, CLS dropped, in fp32 (docs/evaluation.md#features): (N, h*w, D)
     on `device`, cells row-major. Not yet L2-normalized: propagation normalizes each frame the
     way the reference does for its role (target or context)."""
     encoder = encoder.to(device).eval()

@@ -2,7 +2,7 @@
 
 An index map is a (H, W) uint8 array whose value is an object id (DAVIS, 0 = background) or a
 class id (VIP). DAVIS stores them as indexed ("P" mode) PNGs; predictions are written the same
-way, since the official tools read the index, never the colour (spec eval.md §1).
+way, since the official tools read the index, never the colour (docs/evaluation.md#label-propagation).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def write_index_png(path: Path, index_map: np.ndarray, palette: list[int]) -> No
 
 
 def one_hot_grid(index_map: np.ndarray, grid: tuple[int, int], num_labels: int | None = None):
-    """First-frame labels (spec §1): the index map resized to the (h, w) feature grid with NEAREST
+    """First-frame labels (docs/evaluation.md#davis-protocol): the index map resized to the (h, w) feature grid with NEAREST
     (PIL, straight from the original size), one-hot with C = max id + 1. Returns (h*w, C) float32."""
     import torch
 
@@ -98,7 +98,7 @@ def one_hot_grid(index_map: np.ndarray, grid: tuple[int, int], num_labels: int |
 
 
 def soft_to_index_map(soft, patch_size: int, out_size: tuple[int, int]) -> np.ndarray:
-    """Soft labels (C, h, w) at grid resolution -> (H, W) uint8 index map (spec §1): bilinear
+    """Soft labels (C, h, w) at grid resolution -> (H, W) uint8 index map (docs/evaluation.md#label-propagation): bilinear
     upsampling by the patch size (align_corners False), per-channel min-max rescale of channels
     whose max is > 0, argmax over channels, NEAREST resize to the original frame size.
 

@@ -1,4 +1,4 @@
-"""DAVIS J&F with the semantics of the official davis2017-evaluation (semi-supervised; spec §2).
+"""DAVIS J&F with the semantics of the official davis2017-evaluation (semi-supervised; docs/evaluation.md#jf-metric).
 
 Scored frames: every annotated frame but the first and the last. Objects of a sequence: ids 1..max
 id of the first annotation (void 255 counts as background). J = |P & G| / |P | G| (1 when both are

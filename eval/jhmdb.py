@@ -1,5 +1,5 @@
-"""JHMDB pose propagation and PCK (CRW/UVC protocol, spec eval.md §3). No reference code was
-released for ViTs; the choices the spec leaves open are ours and stated where they are made.
+"""JHMDB pose propagation and PCK (CRW/UVC protocol, docs/evaluation.md#jhmdb-protocol). No reference code was
+released for ViTs; the choices the protocol's sources leave open are ours and stated where they are made.
 
 On-disk layout (official):
     <root>/splits/<class>_test_split<N>.txt              "<video>.avi 1|2" (2 = test)
@@ -25,7 +25,7 @@ from eval.features import encode_frames, image_hw
 from eval.propagation import propagate
 
 NUM_JOINTS = 15
-PCK_BOX_FACTOR = 0.6  # normalizer = 0.6 x diagonal of the GT joints' bounding box (spec §3)
+PCK_BOX_FACTOR = 0.6  # normalizer = 0.6 x diagonal of the GT joints' bounding box (docs/evaluation.md#jhmdb-protocol)
 
 
 @dataclass(frozen=True)

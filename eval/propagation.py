@@ -1,4 +1,4 @@
-"""Video label propagation (spec eval.md §1), vectorized.
+"""Video label propagation (docs/evaluation.md#label-propagation), vectorized.
 
 For each target frame t = 1..N-1 the context is frame 0 (its one-hot labels) plus a FIFO queue of
 the `n_last_frames` previous frames (their soft predictions). The affinity between a target cell

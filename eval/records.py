@@ -1,7 +1,7 @@
 """Result records: one immutable JSON file per (run, checkpoint step, task, protocol hash).
 
 Many evaluation jobs on many nodes write results at once, often onto a network filesystem, where
-appends to one shared CSV interleave and SQLite locking is unreliable (spec launch.md #11). So each
+appends to one shared CSV interleave and SQLite locking is unreliable (docs/formats.md#result-records). So each
 job writes its own file, atomically (temporary file + fsync + rename): a reader sees a complete
 record or none. The aggregator reads them all; a corrupt or partial file is skipped with a warning
 that names it; two records for the same key keep the newer one and report the conflict.

@@ -1,5 +1,5 @@
 """Segmentation by label propagation: frames + the first frame's index map -> index maps of the
-others (spec eval.md §1). Shared by DAVIS (object ids) and VIP (part classes)."""
+others (docs/evaluation.md#label-propagation). Shared by DAVIS (object ids) and VIP (part classes)."""
 
 from __future__ import annotations
 

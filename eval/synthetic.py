@@ -1,4 +1,4 @@
-"""Generated benchmarks in the official on-disk layouts (spec eval.md §5), for tests and smoke runs.
+"""Generated benchmarks in the official on-disk layouts (docs/evaluation.md#generated-benchmarks), for tests and smoke runs.
 
 - DAVIS: textured objects moving over a textured background, crossing each other (occlusion),
   with exact masks (the painter's algorithm gives each pixel the id of the topmost object).

@@ -1,5 +1,5 @@
-"""VIP human-part propagation and mIoU (spec eval.md §4). No reference code was released; the
-choices the spec leaves open are ours and stated where they are made.
+"""VIP human-part propagation and mIoU (docs/evaluation.md#vip-protocol). No reference code was released; the
+choices the protocol's sources leave open are ours and stated where they are made.
 
 On-disk layout (VIP_Fine):
     <root>/lists/<split>_videos.txt                          video names, one per line

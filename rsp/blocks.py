@@ -17,7 +17,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # spec §2: every LayerNorm uses eps 1e-6
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # docs/model.md#architecture: every LayerNorm uses eps 1e-6
 
 
 def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def sincos_pos_embed_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """MAE's fixed 2-D embedding (spec §3): an all-zero first row for the CLS token, then the
+    """MAE's fixed 2-D embedding (docs/model.md#encoder): an all-zero first row for the CLS token, then the
     patches in row-major order, the first dim/2 channels encoding the column index and the last
     dim/2 the row index. Returns float32 (1 + grid_h * grid_w, dim)."""
     if dim % 4:
@@ -74,7 +74,7 @@ class CrossAttention(nn.Module):
 
 class DecoderBlock(nn.Module):
     """x <- x + CrossAttn(norm1(x), norm_kv1(memory)); x <- x + SelfAttn(norm3(x));
-    x <- x + MLP(norm4(x)) (spec §5; the reference's CSABlock)."""
+    x <- x + MLP(norm4(x)) (docs/model.md#decoder; the reference's CSABlock)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()

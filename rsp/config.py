@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Architecture and loss of the RSP model (spec §2-§6)."""
+    """Architecture and loss of the RSP model (docs/model.md)."""
 
     name: str = "rsp_vit_small_patch16"  # a registered model: rsp.model.MODELS
     img_size: int = 224  # px, side of the square training crop
@@ -98,7 +98,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Frame-pair sampling from videos (spec §7)."""
+    """Frame-pair sampling from videos (docs/data.md#frame-pair-sampling)."""
 
     root: str = ""  # dataset root (holds the labels file and the videos)
     labels: str = "auto"  # labels file relative to root; auto: ours, else the reference's pickle
@@ -149,7 +149,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning rate (spec §8)."""
+    """AdamW and the learning rate (docs/training.md#optimizer)."""
 
     blr: float = 1.5e-4  # base lr per 256 videos: lr = blr * effective batch (videos) / 256
     lr: float | None = None  # absolute lr; overrides blr when set

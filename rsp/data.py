@@ -1,4 +1,4 @@
-"""Frame pairs from videos for RSP pretraining (spec §7).
+"""Frame pairs from videos for RSP pretraining (docs/data.md#frame-pair-sampling).
 
 An item is one video: R = data.repeated_sampling pairs (src = frame t, tgt = frame t + k), all 2R
 frames decoded with one decord call, each pair cropped (RandomResizedCrop: area scale
@@ -11,7 +11,7 @@ generator seeded by (seed, epoch, index, attempt). A batch is therefore fully de
 (seed, epoch, batch_in_epoch, rank, world_size), whatever the number of loader workers, which is
 what exact resume needs.
 
-Sampling follows the reference (spec §7): with at least max_gap + 1 frames, t ~ U[0, len - 1 -
+Sampling follows the reference (docs/data.md#frame-pair-sampling): with at least max_gap + 1 frames, t ~ U[0, len - 1 -
 max_gap] and k ~ U[min_gap, max_gap]; shorter videos give two distinct sorted random frames, whose
 gap can fall below min_gap (the reference's fallback, kept so results compare; the dataset names
 such videos when it loads a labels file that records frame counts). A video needs two frames.
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range (spec §7)
+CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range (docs/data.md#frame-pair-sampling)
 MAX_ATTEMPTS = 16  # reads per item before giving up; at 1% broken, 16 failures in a row ~ 1e-32
 _STREAM_ORDER, _STREAM_ITEM = 0, 1  # seed-sequence spawn keys: epoch order vs. item randomness
 
@@ -123,7 +123,7 @@ class EpochSampler(Sampler):
 def sample_pair_indices(
     rng: np.random.Generator, num_frames: int, pairs: int, min_gap: int, max_gap: int, path: str | Path = ""
 ) -> np.ndarray:
-    """(pairs, 2) frame indices [t, t + k] (module docstring: spec §7 and the short-video rule)."""
+    """(pairs, 2) frame indices [t, t + k] (module docstring: docs/data.md#frame-pair-sampling and the short-video rule)."""
     if num_frames < 2:
         raise VideoReadError(path, f"has {num_frames} frame(s); a pair needs at least 2")
     if num_frames > max_gap:

@@ -2,7 +2,7 @@
 
 `DistEnv` is a plain value passed down to the code that needs it; nothing asks a global helper
 who it is. A run that is told it has several processes either rendezvouses with all of them
-within the timeout or raises: it never falls back to training alone (spec launch.md §9).
+within the timeout or raises: it never falls back to training alone (docs/training.md#distributed-training).
 
 Ports: with `rendezvous_file` set (the launcher does this), rank 0 binds a port the OS picks and
 publishes it through that file on the shared filesystem, so two jobs sharing a node can never

@@ -1,4 +1,4 @@
-"""The ViT encoder shared by both frames (spec §3): a standard pre-LN ViT built from timm's
+"""The ViT encoder shared by both frames (docs/model.md#encoder): a standard pre-LN ViT built from timm's
 `PatchEmbed` and `Block`, fixed sin-cos position embeddings, MAE's random masking.
 
 Its 150 (S/16) parameter names are timm's, so `encoder_state_dict()` loads strictly into
@@ -35,7 +35,7 @@ def heads_for_width(embed_dim: int) -> int:
 
 
 def random_masking(x: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MAE's per-sample masking (spec §3). x (B, N, D) -> kept tokens (B, int(N(1-r)), D),
+    """MAE's per-sample masking (docs/model.md#encoder). x (B, N, D) -> kept tokens (B, int(N(1-r)), D),
     mask (B, N) with 1 = removed, ids_restore (B, N) that undoes the shuffle."""
     B, N, D = x.shape
     keep = int(N * (1 - mask_ratio))

@@ -1,10 +1,10 @@
 """Weights in and out of RSP: timm ViTs and the reference implementation's checkpoints.
 
-- Out (spec §3): the encoder's state dict uses timm's names, so `export_timm_encoder(model)` loads
+- Out (docs/model.md#interoperability): the encoder's state dict uses timm's names, so `export_timm_encoder(model)` loads
   strictly into `timm.create_model("vit_small_patch16_224", num_classes=0)` (base / large alike)
   and `timm_vit(model)` is that timm model, giving the same features. This is how RSP weights
   reach every ViT-based downstream tool.
-- In (spec §8): the reference writes `checkpoint-{epoch}.pth` = dict(model, optimizer, epoch,
+- In (docs/model.md#interoperability): the reference writes `checkpoint-{epoch}.pth` = dict(model, optimizer, epoch,
   scaler, args), where `args` is a pickled argparse Namespace. Unpickling can run arbitrary code,
   so such files load only with an explicit `trust_pickle=True`; files that hold tensors and plain
   containers only (everything this project writes) load with `weights_only=True`.
@@ -31,7 +31,7 @@ from rsp.model import MODELS, RSP, create_model
 
 REFERENCE_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "scaler", "args")
 # Wrappers that prefix every key: DistributedDataParallel ("module.") and the downstream
-# evaluation code of the reference ("backbone."); spec §8.
+# evaluation code of the reference ("backbone."); docs/model.md#interoperability.
 WRAPPER_PREFIXES = ("module.", "backbone.")  # DDP and DINO's MultiCropWrapper
 log = logging.getLogger(__name__)
 # The reference registers each model twice: `rsp_vit_small_patch16` and the same builder under
@@ -132,7 +132,7 @@ def reference_model_config(args: argparse.Namespace | Mapping[str, Any]) -> Mode
             f"checkpoint args.model ({values['model']!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}"
         )
     if cfg.discrete == 0:
-        # discrete=0 selects the reference's Gaussian branch, which crashes (spec §4): no trained
+        # discrete=0 selects the reference's Gaussian branch, which crashes (docs/model.md#posterior-and-prior): no trained
         # checkpoint can have it, and our working Gaussian latent is parameterized differently.
         raise ValueError("checkpoint args.discrete is 0 (the reference's Gaussian latent); no such checkpoint can be loaded")
     return cfg

@@ -1,4 +1,4 @@
-"""Kinetics-400 preparation steps (spec §7), each idempotent and resumable.
+"""Kinetics-400 preparation steps (docs/data.md#preparing-kinetics-400), each idempotent and resumable.
 
 Every output file is written under a temporary name and renamed when complete (`atomic_path`),
 so a finished file is never redone and an interrupted one leaves only a `.partial-*` file that
@@ -301,7 +301,7 @@ def arrange(layout: KineticsLayout) -> StepReport:
 
 def ffmpeg_command(ffmpeg: str, src: Path, dst: Path, short_side: int, keyint: int, preset: str, crf: int) -> list[str]:
     """Short side to `short_side`, aspect kept, the other side even (-2); a keyframe every
-    `keyint` frames (random access ~4x cheaper at 30 than at 250, spec environment.md); no audio."""
+    `keyint` frames (random access ~4x cheaper at 30 than at 250, docs/data.md#decoding-and-seek-modes); no audio."""
     s = short_side
     scale = f"scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)'"  # quoted: the commas belong to if()
     return [

@@ -1,6 +1,6 @@
 """The stochastic latent of RSP: posterior/prior distributions and the balanced, free-bits KL.
 
-Discrete (the paper, spec §4): `stoch` categorical variables with `discrete` classes each,
+Discrete (the paper, docs/model.md#posterior-and-prior): `stoch` categorical variables with `discrete` classes each,
 sampled as straight-through one-hot vectors (DreamerV2), no unimix, no temperature.
 Gaussian (an ablation; the reference's branch crashes): logits split into a mean and a raw
 scale, std = softplus(raw) + GAUSSIAN_MIN_STD, reparameterized samples.
@@ -76,7 +76,7 @@ def balanced_kl(
     balance: float,
     freebit: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DreamerV2 KL balancing with free bits on the batch mean (spec §4):
+    """DreamerV2 KL balancing with free bits on the batch mean (docs/model.md#kl-balancing-and-free-bits):
     kl = mean_B[balance * KL(q || sg(p)) + (1 - balance) * KL(sg(q) || p)], loss = max(kl, freebit).
     The first term trains the posterior towards the prior, the second the prior towards the
     posterior; below `freebit` nats the loss is constant and passes no gradient.

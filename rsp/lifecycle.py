@@ -1,6 +1,6 @@
 """How a training process is told to stop, and how a hang becomes a failure.
 
-`StopRequest` is the cooperative stop (spec launch.md): a signal handler only sets a flag; the
+`StopRequest` is the cooperative stop (docs/requeue.md#cooperative-stop): a signal handler only sets a flag; the
 training loop reads it at step boundaries, all ranks agree through an all-reduce, save together
 and return "stopped, resume me". Nothing is saved inside a signal handler.
 

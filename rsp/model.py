@@ -1,4 +1,4 @@
-"""The RSP model (spec §1-§6) and its registry.
+"""The RSP model (docs/model.md) and its registry.
 
 One shared ViT encoder encodes the current frame and a noisy copy of the future frame. A
 posterior (both CLS tokens) and a prior (current CLS only) give a latent; a cross-attention decoder
@@ -27,7 +27,7 @@ from rsp.encoder import ViTEncoder
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a registered model (spec §2)."""
+    """Architecture of a registered model (docs/model.md#architecture)."""
 
     patch_size: int
     embed_dim: int
@@ -97,7 +97,7 @@ class RSP(ViTEncoder):
         setattr(self, f"{prefix}decoder_norm", LayerNorm(Dd))
         setattr(self, f"{prefix}decoder_pred", nn.Linear(Dd, spec.patch_size**2 * 3))
 
-    # --- initialization (spec §6) ----------------------------------------------------------------
+    # --- initialization (docs/model.md#initialization) -------------------------------------------
 
     def initialize_weights(self) -> None:
         self.reset_pos_embed()
@@ -151,7 +151,7 @@ class RSP(ViTEncoder):
 
     def decode_future(self, src_h: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Future-frame prediction from src tokens (B, 1 + N, D) and a flat latent sample (B, S).
-        The z token comes first and gets no position embedding (spec §5)."""
+        The z token comes first and gets no position embedding (docs/model.md#decoder)."""
         memory = self.decoder_embed_deter(src_h) + self.decoder_pos_embed  # (B, 1 + N, Dd)
         if z is not None:
             memory = torch.cat([self.decoder_embed_stoch(z)[:, None], memory], dim=1)  # (B, 2 + N, Dd)

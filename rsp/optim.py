@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the learning-rate schedule, counted in optimizer steps (spec §8).
+"""AdamW parameter groups and the learning-rate schedule, counted in optimizer steps (docs/training.md#epochs-and-steps).
 
 Epochs are converted to steps once, here (`resolve_schedule`); everything downstream speaks steps.
 """

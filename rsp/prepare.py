@@ -1,4 +1,4 @@
-"""Prepare Kinetics-400 for RSP pretraining (spec §7): `python -m rsp.prepare <step> --root DIR`.
+"""Prepare Kinetics-400 for RSP pretraining (docs/data.md#preparing-kinetics-400): `python -m rsp.prepare <step> --root DIR`.
 
 The Kinetics-specific steps live in rsp/kinetics.py; the labels step is here because it serves
 any directory of class folders (`labels --root DIR --videos-dir SUBDIR`).

@@ -1,12 +1,12 @@
 """Video files of a frame-pair dataset: opening and reading them with decord, and the labels file
-that lists them (spec §7).
+that lists them (docs/data.md#labels-files).
 
 Two labels-file formats are read:
 - ours, `labels.csv`: a CSV with the header `path,class_idx,class_name,num_frames`, one video per
   row, `path` relative to the data root (POSIX separators), written by `python -m rsp.prepare
   labels` and `python -m rsp.synthetic`;
 - the reference's pickle: a pickled list of `(class_idx, relative_path)` tuples. The reference
-  writes it as `label_full_1.0.pickle` but reads `label_1.0.pickle` (spec §7); both names are
+  writes it as `label_full_1.0.pickle` but reads `label_1.0.pickle` (docs/data.md#labels-files); both names are
   accepted. It is read with an unpickler that refuses every class or function, so a pickle can only
   yield plain lists, tuples, ints and strings.
 
@@ -35,7 +35,7 @@ import numpy as np
 from rsp.atomicio import PARTIAL_PREFIX, atomic_path
 
 OUR_LABELS = "labels.csv"
-REFERENCE_LABELS = ("label_1.0.pickle", "label_full_1.0.pickle")  # read name, written name (spec §7)
+REFERENCE_LABELS = ("label_1.0.pickle", "label_full_1.0.pickle")  # read name, written name (docs/data.md#labels-files)
 LABELS_HEADER = ("path", "class_idx", "class_name", "num_frames")
 SEEK_MODES = ("fast", "accurate")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -66,7 +66,7 @@ class LabelEntry(NamedTuple):
 
 class VideoFile:
     """One video opened with a single-threaded decord reader (the loader's worker processes are the
-    parallelism, spec §7). Raises `VideoReadError` naming the path for anything that goes wrong."""
+    parallelism, docs/data.md#decoding-and-seek-modes). Raises `VideoReadError` naming the path for anything that goes wrong."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -1,5 +1,6 @@
-"""Reference-style implementations kept as oracles for the fast evaluation code (spec eval.md §1-§2).
+"""Reference-style implementations kept as oracles for the fast evaluation code.
 
+They implement docs/evaluation.md#label-propagation and docs/evaluation.md#jf-metric.
 They follow the published tools step by step, slow on purpose:
 - `loop_neighbourhood_mask`: the four nested Python loops of the reference.
 - `reference_segment_sequence`: per-frame feature extraction, the target repeated per context

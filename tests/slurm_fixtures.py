@@ -5,8 +5,8 @@ tests/conftest.py makes it available to every test module:
     from slurm_fixtures import slurm_cluster  # noqa: F401  (pytest fixture)
 
 The cluster (launch/local_cluster.py) lives in the repository's .slurm-test/, wiped at the start of
-each session: SLURM's saved state and its accounting database go together (slurm-local spec,
-pitfall 11), and no job of an earlier session can come back. Its logs stay there after the session
+each session: SLURM's saved state and its accounting database go together (docs/local-slurm.md#pitfalls,
+item 11), and no job of an earlier session can come back. Its logs stay there after the session
 for debugging. SLURM_CONF is exported into os.environ, so sbatch, squeue and submitit reach it.
 
 Ports are machine-wide, so one cluster serves one test session at a time: a session waits for

@@ -83,7 +83,7 @@ def test_short_videos_use_the_reference_fallback_and_single_frames_are_unreadabl
     rng = np.random.default_rng(0)
     pairs = np.concatenate([sample_pair_indices(rng, 10, 2, 4, 48) for _ in range(500)])
     gaps = pairs[:, 1] - pairs[:, 0]
-    # two distinct sorted frames anywhere in the video: the gap may fall below min_gap (spec §7)
+    # two distinct sorted frames anywhere in the video: the gap may fall below min_gap (docs/data.md#frame-pair-sampling)
     assert gaps.min() == 1 and gaps.max() == 9 and pairs.min() == 0 and pairs.max() == 9
     pairs = sample_pair_indices(rng, 2, 3, 4, 48, "two.mp4")
     assert pairs.tolist() == [[0, 1]] * 3

@@ -1,4 +1,4 @@
-"""Encoder weights to and from timm (spec §3) and the reference checkpoint format (spec §8)."""
+"""Encoder weights to and from timm and the reference checkpoint format (docs/model.md#interoperability)."""
 
 from __future__ import annotations
 

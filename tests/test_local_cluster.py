@@ -2,7 +2,7 @@
 
 Plain sbatch / squeue / sacct / scontrol and submitit 1.5.4, no launcher. Timings are printed with
 a "[slurm]" prefix (see them with `pytest -rP`); nothing here asserts on time. Waits poll with
-generous limits: 2 shared cores, and SLURM's own 30 s ticks (slurm-local spec, "Timings").
+generous limits: 2 shared cores, and SLURM's own 30 s ticks (docs/local-slurm.md#timings).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def _gloo_all_reduce() -> tuple[int, int, float, str]:
     import torch.distributed as dist
 
     env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    # The fake node names n1/n2 do not resolve (slurm-local spec, pitfall 1); every "node" is local.
+    # The fake node names n1/n2 do not resolve (docs/local-slurm.md#pitfalls, item 1); every "node" is local.
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(seconds=60))
     value = torch.tensor([float(env.rank + 1)])
@@ -246,7 +246,7 @@ def test_scontrol_requeue_restarts_the_job_under_the_same_id(slurm_cluster: Loca
         print(f"[slurm] scontrol requeue -> RUNNING: {time.perf_counter() - requeued:.2f} s")
         wait_for(lambda: "start 1" in events(log_path), "the second attempt's Python process")
         # An external requeue sends SIGTERM (srun may forward a second one), never USR2
-        # (slurm-local spec, pitfall 6).
+        # (docs/local-slurm.md#pitfalls, item 6).
         seen = events(log_path)
         assert [event for event in seen if event != "term 0"] == ["start 0", "start 1"]
         assert seen.index("term 0") < seen.index("start 1")

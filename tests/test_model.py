@@ -1,4 +1,4 @@
-"""The RSP model family (spec §2-§6): shapes, gradients, ablations, state-dict layout, parameter
+"""The RSP model family (docs/model.md): shapes, gradients, ablations, state-dict layout, parameter
 counts, the KL and the targets against hand-computed values, determinism, and bad input.
 
 Forward/backward runs use 32 px frames (4 patches at patch 16, 16 at patch 8) so that even L/16
@@ -68,7 +68,7 @@ def test_registered_model_shapes_gradients_and_finite_loss(name):
     assert set(out.logs) == expected_log_keys("discrete", "shared", logging_step=True)
     assert all(torch.isfinite(v) and not v.requires_grad for v in out.logs.values())
     assert params_without_gradient(model) == []
-    # frozen sin-cos position embeddings stay frozen (spec §3, §5)
+    # frozen sin-cos position embeddings stay frozen (docs/model.md#encoder, docs/model.md#decoder)
     assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
 
 
@@ -185,7 +185,7 @@ def test_small_patch16_encoder_trainable_parameters():
 
 
 def test_initial_losses_match_the_reference():
-    # spec §6: at random init with N(0, 1) inputs, S/16 gives loss_post ~1.81, kl ~11.5, mae ~1.78,
+    # docs/model.md#initial-losses: at random init with N(0, 1) inputs, S/16 gives loss_post ~1.81, kl ~11.5, mae ~1.78,
     # total ~3.71 (seed 0 here; other seeds move the KL by a few nats, the losses by ~0.03).
     torch.manual_seed(0)
     model = create_model("rsp_vit_small_patch16")
@@ -199,7 +199,7 @@ def test_initial_losses_match_the_reference():
 
 
 def test_small_patch16_compute_matches_the_reference():
-    # spec §2: 32.4 GMACs per pair for the training forward incl. the prior's logging decoder pass,
+    # docs/model.md#compute-per-pair: 32.4 GMACs per pair for the training forward incl. the prior's logging decoder pass,
     # 4.6 GMACs for encoder inference (FlopCounterMode counts 2 FLOPs per MAC; the explicit
     # attention path is counted because the CPU's fused kernel has no FLOP formula).
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_small_patch16_compute_matches_the_reference():
     assert counter.get_total_flops() / 2e9 == pytest.approx(4.6, abs=0.05)
 
 
-# --- KL balancing and free bits against hand-computed values (spec §4) ---------------------------
+# --- KL balancing and free bits against hand-computed values (docs/model.md#kl-balancing-and-free-bits) ---
 
 
 def softmax(xs: list[float]) -> list[float]:
@@ -253,7 +253,7 @@ def test_balanced_kl_value_and_gradients_by_hand():
             kl = categorical_kl(q, p)
             expected_kl += kl / B
             # d KL(q||p) / d post_logits = q (log q - log p - KL), scaled by balance / B; the
-            # prior's gradient is (p - q), scaled by (1 - balance) / B (stop-gradients, spec §4).
+            # prior's gradient is (p - q), scaled by (1 - balance) / B (stop-gradients, docs/model.md#kl-balancing-and-free-bits).
             post_grad.append([balance / B * qi * (math.log(qi) - math.log(pi) - kl) for qi, pi in zip(q, p, strict=True)])
             prior_grad.append([(1 - balance) / B * (pi - qi) for qi, pi in zip(q, p, strict=True)])
     assert kl_value.item() == pytest.approx(expected_kl, rel=1e-5)
@@ -284,7 +284,7 @@ def test_gaussian_kl_value_by_hand():
     assert kl_value.item() == pytest.approx(by_hand, rel=1e-5)
 
 
-# --- targets and losses (spec §6) ---------------------------------------------------------------
+# --- targets and losses (docs/model.md#loss) ----------------------------------------------------
 
 
 def test_patchify_order_and_normalized_pixel_target():

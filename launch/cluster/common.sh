@@ -2,7 +2,7 @@
 # Shared by start.sh, stop.sh and status.sh (sourced, never run): the layout of a state dir and
 # how a daemon started by these scripts is recognised.
 #
-# Identity (the slurm-local spec, "Start": stop by recorded PID, never by name): every daemon
+# Identity (docs/local-slurm.md#processes-and-identity: stop by recorded PID, never by name): every daemon
 # is started with RSP_LOCAL_SLURM_DAEMON_OF=<state dir> in its environment and its PID is recorded
 # under <state dir>/pids. A PID counts as ours only when /proc/PID/comm is the expected program
 # AND its environment carries that tag, so a recycled PID is never signalled. The tag also finds a

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages of the local SLURM cluster (root; Debian/Ubuntu), plus any packages
 # named as arguments (./bootstrap.sh test adds what the test suite needs). Idempotent: does nothing
-# when everything is installed. About 35 s from nothing (the slurm-local spec, "Install").
+# when everything is installed. About 35 s from nothing (docs/local-slurm.md#install).
 set -euo pipefail
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server "$@")
 
