@@ -6,10 +6,11 @@
         submissions/NNN.json  each submit: time, command, cwd, user, host, code version, snapshot,
                             environment, backend, job id
         attempts/NNN.json   each attempt: job id, hosts, start/end time and step, end reason, exit code
-        logs/attempt_NNN/   per-attempt, per-rank logs
+        logs/<attempt key>/ per-attempt, per-rank logs (rank_<r>.log; key: <job id>-<restart count> on SLURM)
         checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
         evals/              per-checkpoint evaluation outputs and result records
         status.json         written once the run is over: finished | failed (+ why)
+The whole layout, with every file's fields: docs/formats.md#run-directory.
 
 Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.config
 fingerprint, world size included): the same experiment submitted twice maps to the same
