@@ -75,6 +75,7 @@ def test_pair_indices_follow_the_reference_rule_with_inclusive_gaps():
     rng = np.random.default_rng(0)
     pairs = np.concatenate([sample_pair_indices(rng, 100, 2, 4, 48) for _ in range(2000)])
     gaps, starts = pairs[:, 1] - pairs[:, 0], pairs[:, 0]
+    # the reference's rule (util/kinetics.py at 3a653e28: randint(4, max_distance), both ends inclusive)
     assert gaps.min() == 4 and gaps.max() == 48  # both ends drawn: inclusive
     assert starts.min() == 0 and starts.max() == 100 - 1 - 48
 
@@ -96,7 +97,8 @@ def test_crop_box_stays_inside_and_respects_scale_and_ratio():
     for _ in range(300):
         top, left, h, w = crop_box(rng, 256, 340, (0.5, 1.0))
         assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 340
-        assert 0.45 <= h * w / (256 * 340) <= 1.0
+        assert 0.45 <= h * w / (256 * 340) <= 1.0  # scale >= 0.5 up to rounding h and w to whole pixels
+    # hand computation of torchvision's fallback: ratio 100 > 4/3, so the largest centred crop is 10 x round(10 * 4/3)
     assert crop_box(rng, 10, 1000, (0.99, 1.0)) == (0, (1000 - 13) // 2, 10, 13)  # centre fallback
 
 
@@ -108,7 +110,8 @@ def test_item_shapes_normalization_and_determinism(synthetic_root):
     item = ds[(0, 5)]
     assert item["src"].shape == item["tgt"].shape == (2, 3, 32, 32)
     assert item["src"].dtype == torch.float32 and item["broken"] == 0 and item["broken_paths"] == []
-    assert -2.2 < item["src"].min() and item["src"].max() < 2.7  # ImageNet-normalized range
+    # ImageNet-normalized range, by hand: (0 - 0.485) / 0.229 = -2.12 to (1 - 0.406) / 0.225 = 2.64
+    assert -2.2 < item["src"].min() and item["src"].max() < 2.7
     again = ds[(0, 5)]
     assert torch.equal(item["src"], again["src"]) and torch.equal(item["tgt"], again["tgt"])
     other_epoch = ds[(1, 5)]

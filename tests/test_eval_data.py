@@ -25,6 +25,8 @@ from rsp.encoder import ViTEncoder
 
 
 def test_davis_input_sizes_follow_the_reference():
+    # hand computation of the reference's rule (docs/evaluation.md#davis-protocol): long side
+    # floor(480 * W / H / 64) * 64, e.g. 854 -> floor(13.3) * 64 = 832; VIP: short side floor(880 * 300 / 500 / 16) * 16 = 528
     assert short_side_size(480, 854) == (480, 832)
     assert short_side_size(480, 910) == (480, 896)
     assert short_side_size(480, 1152) == (480, 1152)
@@ -34,6 +36,7 @@ def test_davis_input_sizes_follow_the_reference():
 
 
 def test_automatic_feature_batch():
+    # hand computation of the rule: CPU 2048 // tokens per frame (832x480 at patch 16: 1560 tokens), GPU 8
     assert auto_batch_frames(torch.device("cpu"), 1560) == 1  # 480p at patch 16: one frame per pass on a CPU
     assert auto_batch_frames(torch.device("cpu"), 192) == 10
     assert auto_batch_frames(torch.device("cuda"), 6240) == 8
@@ -42,6 +45,8 @@ def test_automatic_feature_batch():
 def test_preprocess_normalizes_with_the_reference_std():
     frame = np.full((1, 4, 4, 3), 255, dtype=np.uint8)
     x = preprocess(frame, (4, 4))
+    # std 0.228 is what the reference evaluations normalize with: RSP's eval_video_segmentation_davis.py at
+    # 53c5593 and DINO's eval_video_segmentation.py at 04c0ad95 (docs/evaluation.md#features)
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.228, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
 
 

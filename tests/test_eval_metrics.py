@@ -79,6 +79,7 @@ def test_f_empty_mask_conventions(pred_empty, gt_empty, expected):
 
 
 def test_tolerance_radius_of_davis_sizes():
+    # hand computation: ceil(0.008 * sqrt(480^2 + 854^2)) = ceil(7.84) = 8; ceil(0.008 * sqrt(480^2 + 880^2)) = ceil(8.02) = 9
     assert jf.boundary_radius(480, 854) == 8
     assert jf.boundary_radius(480, 880) == 9
 
@@ -129,7 +130,7 @@ def square(shape, top, left, size, value=1):
 
 
 def test_dataset_score_averages_objects_not_sequences(tmp_path):
-    """Sequence A (1 object, perfect) and B (object 1 perfect, object 2 never predicted): the
+    """Hand computation: sequence A (1 object, perfect) and B (object 1 perfect, object 2 never predicted): the
     object-level J-Mean is (1 + 1 + 0) / 3, not the sequence-level (1 + 0.5) / 2."""
     a = [square((20, 30), 5, 5, 8)] * 4
     b = [square((20, 30), 2, 2, 6) + square((20, 30), 10, 15, 6, value=2)] * 4

@@ -27,11 +27,15 @@ def same_features(ours: torch.nn.Module, theirs: torch.nn.Module, img: int) -> N
     with torch.no_grad():
         a, b = ours.forward_features(x), theirs.eval().forward_features(x)
     assert a.shape == b.shape == (1, 1 + (img // ours.patch_size) ** 2, ours.embed_dim)
+    # regression tolerance: the same weights through timm's blocks can differ by float rounding only (S/16 at
+    # 224 px: max abs difference 0.0 with torch 2.14.1 and timm 1.0.31, 2026-11-29); 1e-4 leaves room for other kernels
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
 
 
 def reference_args(**overrides) -> argparse.Namespace:
-    """The model-related part of the reference's argparse Namespace (main_pretrain_rsp.py)."""
+    """The model-related part of the reference's argparse Namespace: the attribute names and defaults of
+    main_pretrain_rsp.py at commit 3a653e28 (argparse turns --noise-scale into noise_scale) with
+    --norm_pix_loss; `model` and `input_size` are the tiny test model's."""
     args = dict(
         model=TINY,
         input_size=32,
@@ -49,7 +53,8 @@ def reference_args(**overrides) -> argparse.Namespace:
 
 
 def write_reference_checkpoint(path, model, args=None, prefix=""):
-    """A file in the reference's format: dict(model, optimizer, epoch, scaler, args)."""
+    """A file in the reference's format: dict(model, optimizer, epoch, scaler, args) (docs/model.md#interoperability).
+    Values: lr 9e-4 is the recipe's, epoch 199 the released checkpoint-199.pth's, 65536.0 GradScaler's initial scale."""
     state = {prefix + k: v for k, v in model.state_dict().items()}
     optimizer = {"state": {}, "param_groups": [{"lr": 9e-4, "params": list(range(len(state)))}]}
     torch.save({"model": state, "optimizer": optimizer, "epoch": 199, "scaler": {"scale": 65536.0}, "args": args}, path)

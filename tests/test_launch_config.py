@@ -49,6 +49,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         ]
     )
     assert (cfg.cluster.backend, cfg.cluster.nodes, cfg.model.kl_scale) == ("slurm", 4, 0.1)
+    # the paper's recipe (docs/training.md#recipe): 1536 videos per step, 400 nominal epochs, blr 1.5e-4
     assert (cfg.model.name, cfg.optim.effective_batch, cfg.schedule.epochs, cfg.optim.blr) == (
         "rsp_vit_small_patch16",
         1536,

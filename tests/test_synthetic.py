@@ -18,7 +18,7 @@ def test_generated_dataset_has_the_kinetics_layout_and_our_labels(tmp_path):
     assert [e.class_idx for e in entries] == [0, 1, 0, 1, 0] and {e.num_frames for e in entries} == {70}
     reader = decord.VideoReader(str(tmp_path / entries[3].path), num_threads=1)
     assert len(reader) == 70 and reader[0].shape == (48, 64, 3)
-    assert reader.get_key_indices() == [0, 30, 60]
+    assert reader.get_key_indices() == [0, 30, 60]  # keyint 30 over 70 frames, exactly (scenecut=0)
 
 
 def test_frames_move_and_depend_only_on_the_seed():
