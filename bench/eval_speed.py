@@ -45,11 +45,10 @@ from eval_oracle import (  # noqa: E402
 
 from eval import jf  # noqa: E402
 from eval.config import PRESETS  # noqa: E402
-from eval.davis import read_davis, segment_sequence  # noqa: E402
-from eval.features import extract_features, iter_frames, short_side_size  # noqa: E402
+from eval.davis import read_davis, segment_sequence, short_side_size, write_davis  # noqa: E402
+from eval.features import extract_features, iter_frames  # noqa: E402
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, write_index_png  # noqa: E402
 from eval.propagation import fp32_matmul, neighbourhood_mask, propagate  # noqa: E402
-from eval.synthetic import write_davis  # noqa: E402
 from rsp.encoder import ViTEncoder  # noqa: E402
 
 

@@ -13,19 +13,21 @@ run, so stale results are never reported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from eval import davis, jf, jhmdb, vip
-from eval.backbone import Backbone, load_backbone
-from eval.config import EvalConfig, frame_size, propagation_params, protocol, protocol_hash, register_configs, validate
+from eval.backbone import load_backbone
+from eval.config import EvalConfig, register_configs
+from eval.protocol import frame_size, propagation_params, protocol, protocol_hash, validate
+from eval.task import Evaluation
+from eval.tasks import TASKS
 from rsp.atomicio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalOutcome:
-    task: str  # "davis" | "jhmdb" | "vip"
-    metrics: dict[str, float]  # DAVIS: J&F-Mean, J-Mean, ... (fractions); JHMDB: PCK@0.1, PCK@0.2; VIP: mIoU
+    task: str  # a name in eval.tasks.TASKS
+    metrics: dict[str, float]  # the task's metrics (EvalTask.metrics), fractions
     protocol: dict  # every setting that produced the numbers, with "protocol_hash"
     output_dir: Path  # predictions + metrics.json
     wall_time_s: float
@@ -69,8 +71,12 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         dino_branch=cfg.dino_branch,
         num_heads=cfg.num_heads,
     )
-    run_task = {"davis": _run_davis, "jhmdb": _run_jhmdb, "vip": _run_vip}[cfg.task]
-    metrics = run_task(cfg, backbone, device, out_dir)
+    task = TASKS[cfg.task]
+    metrics = task.run(Evaluation(cfg, propagation_params(cfg), frame_size(cfg), backbone.encoder, device, out_dir))
+    if set(metrics) != set(task.metrics):
+        raise ValueError(
+            f"task {task.name} returned metrics {sorted(metrics)} but declares {sorted(task.metrics)} (EvalTask.metrics)"
+        )
     details = {
         **protocol(cfg),
         "protocol_hash": protocol_hash(cfg),
@@ -85,38 +91,6 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         {"task": cfg.task, "metrics": metrics, "protocol": details, "wall_time_s": wall, "device": str(device)},
     )
     return EvalOutcome(cfg.task, metrics, details, out_dir, wall)
-
-
-def _run_davis(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
-    sequences = davis.read_davis(cfg.data_root, cfg.split, cfg.davis_resolution, cfg.sequences)
-    params = propagation_params(cfg)
-    with ThreadPoolExecutor(max_workers=2) as writer:
-        for seq in sequences:
-            davis.segment_sequence(seq, backbone.encoder, params, out_dir, device, frame_size(cfg), cfg.batch_frames, writer)
-    scores = jf.evaluate(sequences, out_dir, cfg.workers)
-    jf.write_csvs(scores, out_dir, cfg.split)
-    return scores.global_metrics()
-
-
-def _run_jhmdb(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
-    videos = jhmdb.read_jhmdb(cfg.data_root, cfg.jhmdb_split, cfg.sequences)
-    metrics, predictions = jhmdb.evaluate(
-        videos,
-        backbone.encoder,
-        propagation_params(cfg),
-        frame_size(cfg),
-        device,
-        cfg.pose_topk,
-        cfg.pose_sigma,
-        cfg.batch_frames,
-    )
-    atomic_write_json(out_dir / "keypoints.json", predictions)  # video -> (frames 1.., 15, [x, y]) px
-    return metrics
-
-
-def _run_vip(cfg: EvalConfig, backbone: Backbone, device: torch.device, out_dir: Path) -> dict[str, float]:
-    videos = vip.read_vip(cfg.data_root, cfg.split, cfg.sequences)
-    return vip.evaluate(videos, backbone.encoder, propagation_params(cfg), frame_size(cfg), device, out_dir, cfg.batch_frames)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
@@ -140,8 +114,6 @@ def config_from_overrides(overrides: list[str]) -> EvalConfig:
 
 
 def usage() -> str:
-    import dataclasses
-
     lines = [__doc__.strip(), "", "Keys (key=value, Hydra override syntax):"]
     for f in dataclasses.fields(EvalConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -63,10 +63,8 @@ class ClusterConfig:
 class EvaluationConfig:
     """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations.py)."""
 
-    tasks: list[str] = field(default_factory=list)  # davis | jhmdb | vip
-    presets: dict[str, str] = field(
-        default_factory=lambda: {"davis": "rsp", "jhmdb": "auto", "vip": "auto"}
-    )  # eval.config.PRESETS
+    tasks: list[str] = field(default_factory=list)  # registered tasks (eval.tasks.TASKS): davis | vip | jhmdb
+    presets: dict[str, str] = field(default_factory=dict)  # task -> preset (eval.config.PRESETS); unlisted: the task's default
     data_roots: dict[str, str] = field(default_factory=dict)  # task -> dataset root
     synthetic: bool = False  # generate small benchmark sets in the official layouts when a root is missing
     overrides: dict[str, Any] = field(default_factory=dict)  # task -> {eval config field: value}, e.g. {davis: {topk: 5}}

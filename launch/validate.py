@@ -22,7 +22,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from eval.config import TASKS as EVAL_TASKS
+from eval.protocol import preset_problem
+from eval.protocol import problems as eval_problems
+from eval.tasks import TASKS, registered
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
 from rsp.config import ConfigError, to_dict
@@ -158,8 +160,18 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
 
 
 def evaluation_problems(e: EvaluationConfig) -> list[str]:
-    out = [f"evaluation.tasks entry {t!r} must be one of {', '.join(EVAL_TASKS)}" for t in e.tasks if t not in EVAL_TASKS]
-    for task in e.tasks:
+    out = [
+        f"evaluation.tasks entry {t!r} is not a registered evaluation task; registered: {registered()}"
+        for t in e.tasks
+        if t not in TASKS
+    ]
+    for key, per_task in (("presets", e.presets), ("data_roots", e.data_roots), ("overrides", e.overrides)):
+        out += [
+            f"evaluation.{key}.{t} names {t!r}, which is not a registered evaluation task; registered: {registered()}"
+            for t in per_task
+            if t not in TASKS
+        ]
+    for task in filter(TASKS.__contains__, e.tasks):
         root = e.data_roots.get(task, "")
         if not root:
             out.append(
@@ -184,15 +196,16 @@ def protocol_problems(e: EvaluationConfig) -> list[str]:
     from launch.evaluations import task_eval_config
 
     out = []
-    for task in e.tasks:
-        if task not in EVAL_TASKS:
+    for task in filter(TASKS.__contains__, e.tasks):
+        if problem := preset_problem(task, e.presets.get(task, "auto"), f"evaluation.presets.{task}"):
+            out.append(problem)
             continue
         try:
             ecfg = task_eval_config(e, task, checkpoint="<checkpoint>", data_root="<root>")
         except (ConfigError, TypeError) as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue
-        out += [f"evaluation ({task}): {p}" for p in ecfg.problems()]
+        out += [f"evaluation ({task}): {p}" for p in eval_problems(ecfg)]
     return out
 
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.features import load_rgb, preprocess, short_side_size
+from eval.davis import short_side_size
+from eval.features import load_rgb, preprocess
 from eval.indexmaps import read_index_png, read_palette, write_index_png
 
 # --- propagation -------------------------------------------------------------------------------------

@@ -12,10 +12,9 @@ from PIL import Image
 
 from eval import jf
 from eval.config import PRESETS, PropagationParams
-from eval.davis import read_davis, segment_sequence
+from eval.davis import read_davis, segment_sequence, write_davis
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, soft_to_index_map, write_index_png
 from eval.propagation import neighbourhood_mask, propagate
-from eval.synthetic import write_davis
 from rsp.encoder import ViTEncoder
 from rsp.model import create_model
 

@@ -88,7 +88,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
-            "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip",
+            "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb",
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"],
@@ -96,7 +96,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"],
-            "preset ('fast') is not a known preset",
+            "evaluation.presets.davis ('fast') does not exist for task davis; valid: auto (= rsp)",
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=tpu"],

@@ -217,7 +217,7 @@ def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tm
     job = EvaluationJob(str(trained_run.path), 1, ["davis"])  # step 1 was pruned by retention
     with pytest.raises(RuntimeError, match="evaluation of step 1 failed for davis"):
         job()
-    from eval.config import protocol_hash
+    from eval.protocol import protocol_hash
     from launch.evaluations import eval_config_for
 
     cfg = trained_run.config()
