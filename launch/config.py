@@ -61,7 +61,7 @@ class ClusterConfig:
 
 @dataclass
 class EvaluationConfig:
-    """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations.py)."""
+    """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations/)."""
 
     tasks: list[str] = field(default_factory=list)  # registered tasks (eval.tasks.TASKS): davis | vip | jhmdb
     presets: dict[str, str] = field(default_factory=dict)  # task -> preset (eval.config.PRESETS); unlisted: the task's default

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import ClusterConfig, train_config
+from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.requeue import attempt_key, decide
 from launch.rundir import RunDirectory
 from rsp.distributed import DistEnv, RendezvousError
@@ -145,8 +146,6 @@ class TrainingJob:
         return on_commit
 
     def _schedule_evaluations(self, run: RunDirectory, step: int | None) -> None:
-        from launch.evaluations import schedule_for_checkpoint
-
         try:
             schedule_for_checkpoint(run, step, self.backend)
         except Exception:  # evaluations can be backfilled; training goes on

@@ -9,6 +9,7 @@
         logs/<attempt key>/ per-attempt, per-rank logs (rank_<r>.log; key: <job id>-<restart count> on SLURM)
         checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
         evals/              per-checkpoint evaluation outputs and result records
+        sweeps/<sweep>.json membership of each sweep that includes the run, with its axis values
         status.json         written once the run is over: finished | failed (+ why)
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
@@ -221,6 +222,23 @@ class RunDirectory:
         reset = self.path / "budget_reset.json"
         start = json.loads(reset.read_text())["from_attempt"] if reset.is_file() else 0
         return (self.attempts() if attempts is None else attempts)[start:]
+
+    # --- sweeps ---------------------------------------------------------------------------------
+
+    def record_sweep(self, sweep: str, axis_values: dict[str, Any]) -> None:
+        """Mark the run as a member of `sweep`, with its values of the sweep's axes."""
+        atomic_write_json(self.path / "sweeps" / f"{sweep}.json", {"sweep": sweep, "axes": axis_values})
+
+    def in_sweep(self, sweep: str) -> bool:
+        return (self.path / "sweeps" / f"{sweep}.json").is_file()
+
+    def sweep_axes(self) -> dict[str, Any]:
+        """Axis values of every sweep the run belongs to (for result records and tables)."""
+        folder = self.path / "sweeps"
+        out: dict[str, Any] = {}
+        for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            out.update(json.loads(record.read_text())["axes"])
+        return out
 
     # --- final status ---------------------------------------------------------------------------
 

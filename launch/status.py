@@ -24,9 +24,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from launch.evaluations.expected import evaluation_summary
 from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
-from launch.sweep import is_member, sweep_axes_of
 from rsp.manifest import Manifest
 
 SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F"}
@@ -48,7 +48,7 @@ def human(seconds: float) -> str:
 
 
 def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list[str]:
-    """One line of the table; `axes`: the run's sweep axis values (sweep_axes_of)."""
+    """One line of the table; `axes`: the run's sweep axis values (RunDirectory.sweep_axes)."""
     run = state.run
     if not run.exists:
         return [run.path.name, "-", state.state, "-", "-", "-", "-", "-", *["-"] * len(axis_keys)]
@@ -75,22 +75,20 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list
 
 
 def evaluation_counts(run: RunDirectory, info: dict, manifests: list[Manifest]) -> str:
-    from launch.evaluations import evaluation_summary
-
     done, expected = evaluation_summary(run, info, manifests)
     return f"{done}/{expected}" if expected else "-"
 
 
 def find_runs(root: Path, sweep: str | None) -> list[RunDirectory]:
     runs = [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
-    return [r for r in runs if sweep is None or is_member(r.path, sweep)]
+    return [r for r in runs if sweep is None or r.in_sweep(sweep)]
 
 
 def render(root: Path, sweep: str | None) -> str:
     runs = find_runs(root, sweep)
     if not runs:
         return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
-    axes = {r.path: sweep_axes_of(r.path) for r in runs} if sweep else {}
+    axes = {r.path: r.sweep_axes() for r in runs} if sweep else {}
     axis_keys = sorted({k for values in axes.values() for k in values})
     header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", *axis_keys]
     body = [row(s, axis_keys, axes.get(s.run.path, {})) for s in reconcile(runs, root)]

@@ -1,4 +1,6 @@
-"""Sweeps: a YAML file that fans out into many runs, submitted idempotently as job arrays.
+"""Sweeps: a YAML file that fans out into many runs. This module reads and checks the file and
+expands it into run configs; launch/plan.py plans them (state, action) and submits what is missing
+as job arrays.
 
     python launch/submit.py sweep=kl_weight --dry-run     # the plan: id, name, overrides, resources, state, action
     python launch/submit.py sweep=kl_weight               # submit what is missing; 0 jobs if nothing is
@@ -29,22 +31,17 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import json
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from launch.backends import Backend, Resources, max_array_size
 from launch.config import RunConfig, compose, schema_keys
-from rsp.atomicio import atomic_write_json
+from launch.rundir import run_id
 from rsp.config import ConfigError, from_dict, to_dict
-
-if TYPE_CHECKING:
-    from launch.rundir import RunDirectory
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
@@ -204,8 +201,6 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:
     """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
     (load_sweep reported bad keys, bad values and keys set twice)."""
-    from launch.rundir import run_id
-
     base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
     base_tree = to_dict(base)
     runs = []
@@ -237,55 +232,3 @@ def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | 
     if duplicates:
         raise ConfigError(duplicates, what=f"sweep {sweep.name} (nothing was submitted)")
     return runs
-
-
-# --- submission -----------------------------------------------------------------------------------
-
-
-def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
-    """Indices of runs grouped by identical resources, each group split into arrays of <= limit."""
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(resources):
-        groups.setdefault(r.group_key(), []).append(i)
-    return [idx[s : s + limit] for idx in groups.values() for s in range(0, len(idx), limit)]
-
-
-def submit_arrays(backend: Backend, jobs: Sequence[Any], resources: Sequence[Resources]) -> list[str]:
-    """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
-    limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
-    ids: list[str | None] = [None] * len(jobs)
-    for chunk in array_chunks(resources, limit):
-        first = resources[chunk[0]]
-        shared = Resources(**{**first.__dict__, "job_name": first.job_name.rsplit("-", 1)[0]})
-        for i, job_id in zip(chunk, backend.submit([jobs[i] for i in chunk], shared), strict=True):
-            ids[i] = job_id
-    return ids  # type: ignore[return-value]
-
-
-def record_membership(sweep: Sweep, runs: Sequence[tuple[SweepRun, RunDirectory]]) -> None:
-    """Mark each (run, its directory) as a member of `sweep`, with its axis values."""
-    for run, rundir in runs:
-        atomic_write_json(rundir.path / "sweeps" / f"{sweep.name}.json", {"sweep": sweep.name, "axes": run.axis_values})
-
-
-def is_member(path: Path, sweep: str) -> bool:
-    return (path / "sweeps" / f"{sweep}.json").is_file()
-
-
-def sweep_axes_of(path: Path) -> dict[str, Any]:
-    """Axis values of every sweep a run belongs to (for result records and tables)."""
-    out: dict[str, Any] = {}
-    for record in sorted((path / "sweeps").glob("*.json")) if (path / "sweeps").is_dir() else []:
-        out.update(json.loads(record.read_text())["axes"])
-    return out
-
-
-def submit_sweep(name: str, extra: Sequence[str], args: Any, cwd: Path) -> int:
-    """Plan (and unless --dry-run, submit) a sweep; print the plan table."""
-    from launch.plan import plan_sweep, print_plan
-
-    plan = plan_sweep(load_sweep(name), extra, cwd, retry_failed=args.retry_failed)
-    print_plan(plan)
-    if args.dry_run:
-        return 0
-    return plan.submit()

@@ -27,6 +27,7 @@ from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, registered
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
+from launch.evaluations.expected import task_eval_config
 from rsp.config import ConfigError, to_dict
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
@@ -193,8 +194,6 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
 def protocol_problems(e: EvaluationConfig) -> list[str]:
     """The evaluation config of each task, built as the evaluation jobs build it (stand-in
     checkpoint and data root: those are checked above) and checked by eval's own rules."""
-    from launch.evaluations import task_eval_config
-
     out = []
     for task in filter(TASKS.__contains__, e.tasks):
         if problem := preset_problem(task, e.presets.get(task, "auto"), f"evaluation.presets.{task}"):

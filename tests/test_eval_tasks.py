@@ -31,7 +31,7 @@ from eval.records import find_record_files, read_records
 from eval.splits import read_listing, select_sequences
 from eval.task import EvalTask, Evaluation
 from eval.tasks import TASKS, get_task, register
-from launch.evaluations import expected
+from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
 from launch.status import render
 from launch.submit import main as submit_main

@@ -1,5 +1,5 @@
-"""Evaluation jobs without a scheduler or a real evaluation: eval.run.evaluate is replaced, so these
-tests check the launcher's bookkeeping (records, failures), not the metrics."""
+"""Evaluation jobs without a scheduler or a real evaluation: the job's evaluate (eval.run.evaluate) is
+replaced, so these tests check the launcher's bookkeeping (records, failures), not the metrics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import launch.evaluations.job
 from launch.config import compose
-from launch.evaluations import FAILED, EvaluationJob
+from launch.evaluations.claims import FAILED
+from launch.evaluations.job import EvaluationJob
 from launch.rundir import RunDirectory
 from rsp.manifest import Manifest, checkpoint_name
 
@@ -28,7 +30,6 @@ def run_with_checkpoint(root: Path, name: str, step: int) -> RunDirectory:
 
 
 def test_a_failed_task_is_reported_even_when_the_run_name_contains_its_name(tmp_path, monkeypatch):
-    import eval.run
     from eval.run import EvalOutcome
 
     def fake_evaluate(ecfg):
@@ -36,7 +37,7 @@ def test_a_failed_task_is_reported_even_when_the_run_name_contains_its_name(tmp_
             raise RuntimeError("davis broke")
         return EvalOutcome(ecfg.task, {"mIoU": 0.5}, {"preset": "vip"}, Path(ecfg.output_dir), 0.1)
 
-    monkeypatch.setattr(eval.run, "evaluate", fake_evaluate)
+    monkeypatch.setattr(launch.evaluations.job, "evaluate", fake_evaluate)
     run = run_with_checkpoint(tmp_path, "davis-study", step=2)  # every record path contains "davis"
     with pytest.raises(RuntimeError, match="failed for davis;"):
         EvaluationJob(str(run.path), 2, ["vip", "davis"])()

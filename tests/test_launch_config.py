@@ -12,7 +12,8 @@ from launch.backends import Resources, SlurmBackend
 from launch.config import compose
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
-from launch.sweep import array_chunks, expand, load_sweep
+from launch.submission import array_chunks
+from launch.sweep import expand, load_sweep
 from launch.validate import absolutize, problems
 from rsp.config import ConfigError
 

@@ -1,0 +1,82 @@
+"""The evaluation job: evaluates one checkpoint of one run on one or more tasks and writes one
+result record per task (eval.records), with the run's provenance. Pickled by submitit at submit time
+and run from the run's code snapshot, like the training job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from eval.protocol import protocol_hash
+from eval.records import RECORD_NAME, ResultRecord, write_record
+from eval.run import evaluate
+from launch.evaluations.claims import mark_failed, release
+from launch.evaluations.expected import eval_config_for, eval_dir
+from launch.rundir import RunDirectory
+from rsp.manifest import checkpoint_name
+from rsp.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationJob:
+    """Evaluates one checkpoint of one run on one or more tasks; writes one record per task."""
+
+    run_dir: str
+    step: int
+    tasks: list[str]
+
+    def __call__(self) -> list[str]:
+        run = RunDirectory(self.run_dir)
+        info = run.info()
+        cfg = run.config(info)
+        store = run.checkpoints
+        checkpoint = store.dir / checkpoint_name(self.step)
+        manifest = next((m for m in store.manifests() if m.step == self.step), None)
+        written, failed = [], []
+        for task in self.tasks:
+            ecfg = eval_config_for(cfg, task, checkpoint, Path("."))
+            phash = protocol_hash(ecfg)
+            out = eval_dir(run, self.step, task, phash)
+            ecfg.output_dir = str(out / "predictions")  # runtime-only: the hash stays
+            started = time.time()
+            try:
+                if manifest is None or not checkpoint.is_file():
+                    raise FileNotFoundError(
+                        f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
+                        "evaluation ran; it was deleted outside retention (pinned checkpoints are kept)"
+                    )
+                outcome = evaluate(ecfg)
+                record = ResultRecord(
+                    run_id=info["run_id"],
+                    run_name=info["name"],
+                    config_hash=info["config_hash"],
+                    step=self.step,
+                    task=task,
+                    protocol_hash=phash,
+                    protocol=outcome.protocol,
+                    metrics=outcome.metrics,
+                    checkpoint_sha256=manifest.sha256,
+                    checkpoint_path=str(checkpoint),
+                    code_version=code_version(),
+                    job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
+                    wall_time_s=time.time() - started,
+                    sweep_axes=run.sweep_axes(),
+                    model_name=info["config"]["model"]["name"],
+                )
+                written.append(str(write_record(out / RECORD_NAME, record)))
+            except Exception as exc:
+                failed.append(task)
+                mark_failed(out, exc)
+                log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
+            finally:
+                release(run, self.step, out)
+        if failed:
+            raise RuntimeError(
+                f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}"
+            )
+        return written
