@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from rsp.architectures import MODELS
 from rsp.encoder import ViTEncoder, is_encoder_key
 from rsp.interop import REFERENCE_NAME_SUFFIX, load_torch_file, strip_wrapper_prefixes
 
@@ -120,8 +121,6 @@ def detect_format(raw: Any) -> str:
 
 def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> tuple[dict, int | None]:
     """The (still prefixed) state dict to read, and the head count when the file says it."""
-    from rsp.model import MODELS
-
     if fmt == "ours":
         spec = MODELS.get(raw.get("model_name") or raw["config"]["model"]["name"])
         return raw["model"], spec.num_heads if spec else None

@@ -15,7 +15,7 @@ import json
 
 from eval.config import OVERRIDABLE, PRESETS, EvalConfig, PropagationParams
 from eval.tasks import TASKS, registered
-from rsp.config import ConfigError
+from rsp.schema import ConfigError
 
 
 def preset_problem(task: str, preset: str, key: str = "preset") -> str | None:

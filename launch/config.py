@@ -19,7 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rsp.config import RUNTIME_ONLY, ConfigError, TrainConfig
+from rsp.config import TrainConfig
+from rsp.schema import RUNTIME_ONLY, ConfigError, schema_keys
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -100,25 +101,13 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (EXPERIMENTS_DIR / group).glob("*.yaml"))
 
 
-def schema_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema: model.kl_scale, cluster.nodes, ..."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            keys += schema_keys(type(default), f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
 def check_overrides(overrides: list[str]) -> list[str]:
     """Problems with `key=value` overrides, found before composing: syntax errors, unknown groups
     or options, unknown keys (with the closest valid key), values of the wrong type. All at once."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    keys = schema_keys()
+    keys = schema_keys(RunConfig)
     base = OmegaConf.structured(RunConfig)
     problems = []
     for item in overrides:

@@ -19,7 +19,7 @@ from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
 from launch.validate import absolutize, problems
-from rsp.config import ConfigError
+from rsp.schema import ConfigError
 
 
 @dataclass

@@ -37,8 +37,8 @@ import yaml
 
 from launch.config import RunConfig, train_config
 from rsp.atomicio import atomic_write_json, atomic_write_text
-from rsp.config import fingerprint, from_dict, to_dict
 from rsp.manifest import Manifest, list_manifests
+from rsp.schema import fingerprint, from_dict, to_dict
 
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
 END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")

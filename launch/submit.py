@@ -32,7 +32,7 @@ from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import load_sweep
 from launch.validate import absolutize, validate
-from rsp.config import ConfigError, to_dict
+from rsp.schema import ConfigError, to_dict
 
 log = logging.getLogger("launch.submit")
 

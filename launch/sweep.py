@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,9 +38,9 @@ from typing import Any
 
 import yaml
 
-from launch.config import RunConfig, compose, schema_keys
+from launch.config import RunConfig, compose
 from launch.rundir import run_id
-from rsp.config import ConfigError, from_dict, to_dict
+from rsp.schema import ConfigError, field_type, from_dict, schema_keys, to_dict, value_fits
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
@@ -84,7 +83,7 @@ def load_sweep(name: str) -> Sweep:
     path = sweep_path(name)
     raw = yaml.safe_load(path.read_text()) or {}
     problems = [f"unknown top-level key {k!r} in {path.name}; valid: {', '.join(SWEEP_KEYS)}" for k in raw if k not in SWEEP_KEYS]
-    keys = set(schema_keys())
+    keys = set(schema_keys(RunConfig))
     axes, per_value, seen = [], [], {}
     for i, axis in enumerate(raw.get("axes") or []):
         before = len(problems)
@@ -130,13 +129,13 @@ def load_sweep(name: str) -> Sweep:
 def _value_problems(key: str, values: Sequence[Any]) -> list[str]:
     """Why `key` cannot take each of `values` (the schema's type), checked once per sweep file."""
     try:
-        hint = _field_type(RunConfig, key)
+        hint = field_type(RunConfig, key)
     except KeyError:
         return [f"{key} is not a configuration key"]
     return [
         f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})"
         for value in values
-        if not _type_ok(hint, value)
+        if not value_fits(hint, value)
     ]
 
 
@@ -161,27 +160,6 @@ def _per_value_assignments(overrides: dict, columns: dict[str, list], problems: 
 
 
 # --- expansion ------------------------------------------------------------------------------------
-
-
-def _field_type(cls: type, dotted: str) -> Any:
-    for part in dotted.split(".")[:-1]:
-        cls = typing.get_type_hints(cls)[part]
-    return typing.get_type_hints(cls)[dotted.rsplit(".", 1)[-1]]
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        return any(_type_ok(a, value) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, dict):
-        return isinstance(value, origin)
-    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -28,7 +28,8 @@ from eval.tasks import TASKS, registered
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
 from launch.evaluations.expected import task_eval_config
-from rsp.config import ConfigError, to_dict
+from rsp.config import ModelConfig
+from rsp.schema import ConfigError, from_dict, to_dict
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
@@ -235,10 +236,9 @@ def checkpoint_size(cfg: RunConfig) -> float:
 
 @functools.cache
 def _checkpoint_size(model_json: str) -> float:
-    import torch
+    import torch  # torch and the model: ~2 s to import, paid only when a checkpoint size is estimated
 
-    from rsp.config import ModelConfig, from_dict
-    from rsp.model import create_model
+    from rsp.model import create_model  # (same reason)
 
     try:
         with torch.device("meta"):

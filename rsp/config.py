@@ -5,8 +5,8 @@
 override their defaults. Each field states its unit and meaning.
 
 Fields that cannot change the numbers a run produces (worker counts, log cadence, where
-checkpoints go, ...) carry ``metadata=RUNTIME_ONLY``. `fingerprint()` leaves them out, so a run
-keeps its identity when only they change, and a checkpoint stays resumable.
+checkpoints go, ...) carry ``metadata=RUNTIME_ONLY`` (rsp/schema.py: the machinery every typed
+config shares, including the fingerprint that identifies a run).
 
 Validation collects every problem of every section and raises once (`ConfigError`); each message
 names the key, the bad value, the rule and the fix.
@@ -14,16 +14,10 @@ names the key, the bad value, the rule and the fix.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
-RUNTIME_ONLY = {"affects_results": False}
+from rsp.architectures import MODELS
+from rsp.schema import RUNTIME_ONLY, ConfigError
 
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
@@ -31,20 +25,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class ConfigError(ValueError):
-    """One or more configuration problems; `problems` lists every one of them."""
-
-    def __init__(self, problems: list[str], what: str = "configuration"):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the {what}:\n{lines}")
-
-
 @dataclass
 class ModelConfig:
     """Architecture and loss of the RSP model (docs/model.md)."""
 
-    name: str = "rsp_vit_small_patch16"  # a registered model: rsp.model.MODELS
+    name: str = "rsp_vit_small_patch16"  # a registered model: rsp.architectures.MODELS
     img_size: int = 224  # px, side of the square training crop
     latent: str = "discrete"  # discrete (DreamerV2 categorical) | gaussian | none (deterministic)
     mae_aux: str = "shared"  # MAE auxiliary loss: shared decoder | separate decoder | off
@@ -58,8 +43,6 @@ class ModelConfig:
     norm_pix_loss: bool = True  # per-patch normalized pixel targets (the paper's setting)
 
     def problems(self) -> list[str]:
-        from rsp.model import MODELS  # registry lives with the model; imported lazily (no cycle)
-
         out = []
         if self.name not in MODELS:
             out.append(f"model.name ({self.name!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}")
@@ -301,86 +284,3 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-# --- serialization and identity ----------------------------------------------------------------
-
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict of a config dataclass (JSON- and weights_only-safe)."""
-    return dataclasses.asdict(cfg)
-
-
-def identity_dict(cfg: Any) -> dict:
-    """The fields of `cfg` that can change results: every field not marked RUNTIME_ONLY."""
-    return without_runtime_only(to_dict(cfg), type(cfg))
-
-
-def without_runtime_only(data: dict, cls: type) -> dict:
-    """`data`, a config of dataclass `cls` as a nested dict (`to_dict`, or read back from a
-    checkpoint), without the fields `cls` marks RUNTIME_ONLY; keys `cls` does not know are kept."""
-    known, hints = _schema(cls)
-    out = {}
-    for key, value in data.items():
-        if key in known and not known[key].metadata.get("affects_results", True):
-            continue
-        hint = hints.get(key)
-        out[key] = without_runtime_only(value, hint) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
-    return out
-
-
-def fingerprint(cfg: Any, extra: dict | None = None) -> str:
-    """Stable hash (hex sha256) of the result-affecting fields of `cfg`, plus `extra` facts that
-    also shape the trajectory (e.g. the world size)."""
-    payload = {"config": identity_dict(cfg), "extra": extra or {}}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested config dicts: ['model.kl_scale: 0.01 != 0.1']."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        name = f"{prefix}{key}"
-        if key not in a or key not in b:
-            out.append(f"{name}: {'missing' if key not in a else a[key]!r} != {'missing' if key not in b else b[key]!r}")
-        elif isinstance(a[key], dict) and isinstance(b[key], dict):
-            out += diff(a[key], b[key], f"{name}.")
-        elif a[key] != b[key]:
-            out.append(f"{name}: {a[key]!r} != {b[key]!r}")
-    return out
-
-
-def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build config dataclass `cls` from a nested dict; unknown keys raise and list the valid ones."""
-    if not isinstance(data, dict):
-        raise ConfigError([f"{where or cls.__name__} must be a mapping, got {type(data).__name__}"])
-    known, hints = _schema(cls)
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError([f"{where}{k} is not a field of {cls.__name__}; valid: {', '.join(known)}" for k in unknown])
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-@functools.cache
-def _schema(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
-    """(fields by name, resolved type hints without Optional) of config dataclass `cls`, computed once:
-    resolving string annotations costs ~0.1 ms per class, and sweeps hash thousands of configs."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: f for f in dataclasses.fields(cls)}, {name: _strip_optional(hints[name]) for name in hints}
-
-
-def _strip_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from rsp.architectures import MODELS
 from rsp.config import ModelConfig
 from rsp.encoder import ViTEncoder, is_encoder_key, load_strict
-from rsp.model import MODELS, RSP, create_model
+from rsp.model import RSP, create_model
 
 REFERENCE_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "scaler", "args")
 # Wrappers that prefix every key: DistributedDataParallel ("module.") and the downstream

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rsp import rng
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
-from rsp.config import TrainConfig, diff, fingerprint, identity_dict, to_dict, validate, without_runtime_only
+from rsp.config import TrainConfig, validate
 from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
 from rsp.distributed import (
     DistEnv,
@@ -44,6 +44,7 @@ from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, resolve_schedule
 from rsp.provenance import code_version
+from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from eval.jhmdb import write_jhmdb
 from eval.protocol import propagation_params, protocol, protocol_hash, validate
 from eval.run import EvalOutcome, config_from_overrides, evaluate
 from eval.vip import write_vip
-from rsp.config import ConfigError
 from rsp.encoder import ViTEncoder
+from rsp.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

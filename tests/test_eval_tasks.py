@@ -36,7 +36,7 @@ from launch.rundir import RunDirectory
 from launch.status import render
 from launch.submit import main as submit_main
 from rsp.atomicio import atomic_write_json
-from rsp.config import ConfigError
+from rsp.schema import ConfigError
 
 # --- the toy task: what a new task's module holds ------------------------------------------------------
 

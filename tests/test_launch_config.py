@@ -15,7 +15,7 @@ from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
 from launch.validate import absolutize, problems
-from rsp.config import ConfigError
+from rsp.schema import ConfigError
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

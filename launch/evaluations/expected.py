@@ -13,8 +13,8 @@ from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
-from rsp.config import from_dict
 from rsp.manifest import Manifest
+from rsp.schema import from_dict
 
 
 def task_eval_config(e: EvaluationConfig, task: str, **paths: str) -> EvalConfig:
