@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from launch.backends import Resources, SlurmBackend
-from launch.config import compose
+from launch.config import compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
 from launch.validate import absolutize, problems
-from rsp.schema import ConfigError
+from rsp.schema import ConfigError, diff, to_dict
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -58,6 +58,30 @@ def test_any_field_overrides_and_paper_recipe_composes():
         1.5e-4,
     )
     assert cfg.evaluation.overrides["davis"]["topk"] == 5
+
+
+def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
+    """experiments/recipe/rsp_k400.yaml holds the recipe; S/16 and B/16 add only the model, L/16 also
+    the per-GPU batch and nodes that keep its effective batch in memory."""
+    for variable in ("RSP_K400_ROOT", "RSP_DAVIS_ROOT", "RSP_JHMDB_ROOT", "RSP_VIP_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    small, base, large = (to_dict(compose([f"experiment=rsp_vit{s}16_k400", "cluster=slurm"])) for s in "sbl")
+    assert diff(small, base) == [
+        "model.name: 'rsp_vit_small_patch16' != 'rsp_vit_base_patch16'",
+        "name: 'rsp_vits16_k400' != 'rsp_vitb16_k400'",
+    ]
+    assert diff(small, large) == [
+        "cluster.nodes: 2 != 4",
+        "data.batch_size: 96 != 48",
+        "model.name: 'rsp_vit_small_patch16' != 'rsp_vit_large_patch16'",
+        "name: 'rsp_vits16_k400' != 'rsp_vitl16_k400'",
+    ]
+    # Regression pin of the run ids (every result-affecting setting, world size included) as shipped
+    # before the recipe became one base: a change means submitting these experiments again would no
+    # longer find their existing runs. Change it only on purpose.
+    ids = [run_id(compose([f"experiment=rsp_vit{s}16_k400", "cluster=slurm"])) for s in "sbl"]
+    assert ids == ["0f072541b8dd", "d0eb275bc652", "5f2c160438f5"]
+    assert "rsp_k400" not in " ".join(options("experiment"))  # the recipe is not an experiment of its own
 
 
 # --- validation: one test per rule ---------------------------------------------------------------
