@@ -1,13 +1,13 @@
-"""Metrics against hand-computed values and against the official tool's approach (tests/eval_oracle.py)."""
+"""Metrics against hand-computed values and against the official tool's approach (bench/reference_eval.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from eval_oracle import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 from PIL import Image
 
+from bench.reference_eval import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 from eval import jf, jhmdb, keypoints, vip
 from eval.davis import read_davis, write_davis
 from eval.indexmaps import davis_palette, write_index_png
