@@ -145,10 +145,10 @@ def paper_view(table: pd.DataFrame) -> str:
 
 
 def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # matplotlib: ~1 s to import; only drawing plots pays for it (--no-plots does not)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (same reason; after choosing the headless backend)
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -182,7 +182,7 @@ def _sort_key(v):
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # already imported by plot_all, which alone calls this
 
     plt.close(fig)
     return path
@@ -195,6 +195,7 @@ def _safe(name: str) -> str:
 def write_hparams(table: pd.DataFrame, out: Path) -> None:
     """One hparams session per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep.
     Written with torch's summary protos and one event file per run (no SummaryWriter thread each)."""
+    # torch: ~2 s to import; only writing TensorBoard summaries needs it (--no-tensorboard does not)
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
     from torch.utils.tensorboard.summary import scalar
     from torch.utils.tensorboard.writer import FileWriter

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from rsp.architectures import MODELS
+from rsp.checkpoint import load_checkpoint_file
 from rsp.encoder import ViTEncoder, is_encoder_key
 from rsp.interop import REFERENCE_NAME_SUFFIX, load_torch_file, strip_wrapper_prefixes
 
@@ -94,8 +95,6 @@ def load_backbone(
 
 def _load_file(path: Path, trust_pickle: bool) -> Any:
     if OUR_CHECKPOINT_NAME.fullmatch(path.name) and path.with_suffix(".json").is_file():
-        from rsp.checkpoint import load_checkpoint_file  # verifies the sha256 in the manifest
-
         return load_checkpoint_file(path)
     try:
         return load_torch_file(path, trust_pickle)

@@ -119,6 +119,6 @@ class EvalConfig:
 
 def register_configs() -> None:
     """Register `EvalConfig` as the Hydra config "eval" (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # hydra: ~0.5 s to import; only the eval.run CLI composes
 
     ConfigStore.instance().store(name="eval", node=EvalConfig)

@@ -89,7 +89,7 @@ def write_index_png(path: Path, index_map: np.ndarray, palette: list[int]) -> No
 def one_hot_grid(index_map: np.ndarray, grid: tuple[int, int], num_labels: int | None = None):
     """First-frame labels (docs/evaluation.md#davis-protocol): the index map resized to the (h, w) feature grid with NEAREST
     (PIL, straight from the original size), one-hot with C = max id + 1. Returns (h*w, C) float32."""
-    import torch
+    import torch  # torch: the J&F worker processes and the task registry import this module without it
 
     h, w = grid
     small = np.array(Image.fromarray(index_map).resize((w, h), Image.NEAREST), dtype=np.int64)
@@ -104,6 +104,7 @@ def soft_to_index_map(soft, patch_size: int, out_size: tuple[int, int]) -> np.nd
 
     The rescale is exactly the reference's (x - min) / max(x - min); a constant positive channel
     becomes NaN there and wins the argmax, as it does in the reference (torch treats NaN as max)."""
+    # torch: the J&F worker processes and the task registry import this module without it
     import torch
     import torch.nn.functional as F
 

@@ -99,6 +99,7 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
 def config_from_overrides(overrides: list[str]) -> EvalConfig:
     """Hydra's override grammar on `EvalConfig` (compose API: no working-directory change, no
     Hydra output folder). Unknown keys raise and name the valid ones."""
+    # hydra: ~0.5 s to import; evaluation jobs call evaluate() directly and never compose
     from hydra import compose, initialize
     from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf

@@ -92,6 +92,7 @@ def train_config(run: RunConfig) -> TrainConfig:
 
 
 def register_schema() -> None:
+    # hydra: ~0.5 s to import; the requeue teardown and the status table read configs without it
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -104,6 +105,7 @@ def options(group: str) -> list[str]:
 def check_overrides(overrides: list[str]) -> list[str]:
     """Problems with `key=value` overrides, found before composing: syntax errors, unknown groups
     or options, unknown keys (with the closest valid key), values of the wrong type. All at once."""
+    # hydra: ~0.5 s to import; the requeue teardown and the status table read configs without it
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -148,6 +150,7 @@ def _is_dict_entry(key: str) -> bool:
 
 def compose(overrides: list[str], experiment: str | None = None) -> RunConfig:
     """Compose experiments/config.yaml with `overrides` into a RunConfig (not yet validated)."""
+    # hydra: ~0.5 s to import; the requeue teardown and the status table read configs without it
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

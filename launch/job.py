@@ -21,6 +21,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import submitit
+
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.requeue import attempt_key, decide
@@ -78,8 +80,6 @@ class TrainingJob:
         """(DistEnv, job id, attempt key, hosts) from submitit's view of the allocation."""
         if self.backend == "debug":
             return DistEnv(), f"debug-{os.getpid()}", f"debug/{os.getpid()}", [socket.gethostname()]
-        import submitit
-
         job = submitit.JobEnvironment()
         is_slurm = self.backend == "slurm"
         hosts = list(job.hostnames) if is_slurm else ["127.0.0.1"]

@@ -132,7 +132,7 @@ class RunDirectory:
     @property
     def checkpoints(self):
         """The run's rsp.checkpoint.CheckpointStore (imports torch: only for loading and pinning)."""
-        from rsp.checkpoint import CheckpointStore
+        from rsp.checkpoint import CheckpointStore  # torch: the status table and requeue teardown never load or pin
 
         return CheckpointStore(self.path / "checkpoints")
 

@@ -22,6 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, registered
@@ -29,7 +31,9 @@ from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
 from launch.evaluations.expected import task_eval_config
 from rsp.config import ModelConfig
+from rsp.model import create_model
 from rsp.schema import ConfigError, from_dict, to_dict
+from rsp.video import DataError, read_labels, resolve_labels_file
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
@@ -69,8 +73,6 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
             f"cluster=debug runs one process in this interpreter; set cluster.tasks_per_node=1 (got {c.world_size} processes)"
         )
     if c.backend == "local" and c.gpus_per_node:
-        import torch
-
         visible = torch.cuda.device_count()
         if c.gpus_per_node > visible:
             out.append(f"cluster.gpus_per_node ({c.gpus_per_node}) exceeds the {visible} GPU(s) of this machine")
@@ -116,8 +118,6 @@ def writable(path: Path) -> str | None:
 @functools.cache
 def count_videos(root: Path, labels: str) -> int | str:
     """Number of videos the labels file lists, or the reason there is none (cached per sweep)."""
-    from rsp.video import DataError, read_labels, resolve_labels_file
-
     try:
         return len(read_labels(resolve_labels_file(root, labels)))
     except DataError as exc:
@@ -236,10 +236,6 @@ def checkpoint_size(cfg: RunConfig) -> float:
 
 @functools.cache
 def _checkpoint_size(model_json: str) -> float:
-    import torch  # torch and the model: ~2 s to import, paid only when a checkpoint size is estimated
-
-    from rsp.model import create_model  # (same reason)
-
     try:
         with torch.device("meta"):
             params = sum(p.numel() for p in create_model(from_dict(ModelConfig, json.loads(model_json))).parameters())
