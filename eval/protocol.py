@@ -14,18 +14,16 @@ import hashlib
 import json
 
 from eval.config import OVERRIDABLE, PRESETS, EvalConfig, PropagationParams
-from eval.tasks import TASKS, registered
+from eval.tasks import TASKS, get_task, registered
 from rsp.schema import ConfigError
 
 
 def preset_problem(task: str, preset: str, key: str = "preset") -> str | None:
     """Why `preset` (the value of `key`) cannot be used with registered task `task`, or None."""
-    accepted = TASKS[task].presets
+    accepted, default = get_task(task).presets, get_task(task).default_preset
     if preset == "auto" or preset in accepted:
         return None
-    return (
-        f"{key} ({preset!r}) does not exist for task {task}; valid: auto (= {TASKS[task].default_preset}), {', '.join(accepted)}"
-    )
+    return f"{key} ({preset!r}) does not exist for task {task}; valid: auto (= {default}), {', '.join(accepted)}"
 
 
 def problems(cfg: EvalConfig) -> list[str]:
@@ -50,7 +48,7 @@ def validate(cfg: EvalConfig) -> EvalConfig:
 
 
 def preset_name(cfg: EvalConfig) -> str:
-    return TASKS[cfg.task].default_preset if cfg.preset == "auto" else cfg.preset
+    return get_task(cfg.task).default_preset if cfg.preset == "auto" else cfg.preset
 
 
 def propagation_params(cfg: EvalConfig) -> PropagationParams:
@@ -61,7 +59,7 @@ def propagation_params(cfg: EvalConfig) -> PropagationParams:
 
 
 def frame_size(cfg: EvalConfig) -> int:
-    return cfg.frame_size if cfg.frame_size is not None else TASKS[cfg.task].default_frame_size
+    return cfg.frame_size if cfg.frame_size is not None else get_task(cfg.task).default_frame_size
 
 
 def protocol(cfg: EvalConfig) -> dict:
@@ -77,7 +75,7 @@ def protocol(cfg: EvalConfig) -> dict:
         "frame_size": frame_size(cfg),
         "sequences": sorted(cfg.sequences),
         "dino_branch": cfg.dino_branch,
-        **TASKS[cfg.task].protocol_fields(cfg),
+        **get_task(cfg.task).protocol_fields(cfg),
     }
 
 

@@ -27,7 +27,7 @@ from eval.backbone import load_backbone
 from eval.config import EvalConfig, register_configs
 from eval.protocol import frame_size, propagation_params, protocol, protocol_hash, validate
 from eval.task import Evaluation
-from eval.tasks import TASKS
+from eval.tasks import get_task
 from rsp.atomicio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         dino_branch=cfg.dino_branch,
         num_heads=cfg.num_heads,
     )
-    task = TASKS[cfg.task]
+    task = get_task(cfg.task)
     metrics = task.run(Evaluation(cfg, propagation_params(cfg), frame_size(cfg), backbone.encoder, device, out_dir))
     if set(metrics) != set(task.metrics):
         raise ValueError(

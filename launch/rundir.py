@@ -13,7 +13,7 @@
         status.json         written once the run is over: finished | failed (+ why)
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
-Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.config
+Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.schema
 fingerprint, world size included): the same experiment submitted twice maps to the same
 directory; worker counts, log cadence, cluster partition or time limit do not change it.
 """

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.tasks import TASKS
+from eval.tasks import get_task
 from launch.backends import Backend, Resources, make_backend, max_array_size
 from launch.config import RunConfig
 from launch.job import TrainingJob
@@ -31,7 +31,7 @@ def ensure_generated_data(cfg: RunConfig) -> None:
         ensure_synthetic_dataset(cfg.data.root, cfg.data.synthetic_videos)
     if cfg.evaluation.synthetic:
         for task in cfg.evaluation.tasks:
-            TASKS[task].ensure_generated(cfg.evaluation.data_roots[task])
+            get_task(task).ensure_generated(cfg.evaluation.data_roots[task])
 
 
 def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
