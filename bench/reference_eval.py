@@ -1,5 +1,5 @@
 """Reference-style implementations: the baseline bench/eval_speed.py measures the fast evaluation code
-against, and the oracles tests/test_eval_*.py check it with (spec eval.md §1-§2).
+against, and the oracles tests/test_eval_*.py check it with (docs/evaluation.md#davis-protocol, docs/evaluation.md#jf-metric).
 
 They implement docs/evaluation.md#label-propagation and docs/evaluation.md#jf-metric.
 They follow the published tools step by step, slow on purpose:

@@ -34,7 +34,7 @@ from eval.records import ResultRecord, find_record_files, read_records
 from eval.task import result_column
 from eval.tasks import TASKS
 
-# Published ViT-S/16 K400 400-epoch results (spec rsp.md §9), in percent, in the columns of PAPER_COLUMNS.
+# Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent, in the columns of PAPER_COLUMNS.
 PUBLISHED = {
     "SimCLR": (53.9, 51.7, 56.2, 31.9, 37.9, 66.1),
     "MoCo v3": (57.7, 54.6, 60.8, 32.4, 38.4, 67.6),

@@ -11,7 +11,7 @@ Propagation presets (docs/evaluation.md#presets). Published numbers name the pro
     rsp      topk 7, queue 30, radius 30, T 0.1   RSP's published DAVIS numbers
     siammae  topk 7, queue 20, radius 20, T 0.7   CropMAE / SiamMAE-style evaluations
     vip      topk 10, queue 20, radius 20, T 0.7  SiamMAE-style VIP evaluation (T is our choice:
-                                                  the spec gives no VIP temperature)
+                                                  no source gives a VIP temperature, docs/evaluation.md#presets)
 `preset=auto` picks the task's default (each task module says which); any of topk, n_last_frames,
 radius, temperature set explicitly overrides the preset's value.
 """
@@ -74,8 +74,8 @@ class EvalConfig:
     radius: int | None = None  # overrides the preset when set (grid cells)
     temperature: float | None = None  # overrides the preset when set
     frame_size: int | None = None  # px; None: the task's default (EvalTask.default_frame_size)
-    pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (spec §3)
-    pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (spec §3)
+    pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (docs/evaluation.md#jhmdb-protocol)
+    pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (docs/evaluation.md#jhmdb-protocol)
     data_root: str = field(default="", metadata=RUNTIME_ONLY)  # dataset root in its official layout
     split: str = "val"  # DAVIS ImageSets/2017/<split>.txt, VIP lists/<split>_videos.txt
     jhmdb_split: int = 1  # JHMDB: test videos of splits/*_test_split<N>.txt (docs/evaluation.md#jhmdb-protocol: split 1)

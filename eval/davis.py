@@ -1,4 +1,4 @@
-"""DAVIS-2017 semi-supervised video object segmentation by label propagation (spec eval.md §1):
+"""DAVIS-2017 semi-supervised video object segmentation by label propagation (docs/evaluation.md#davis-protocol):
 the task, from reading the dataset to its J&F (eval/jf.py), its generated set and its preparation.
 
 On-disk layout (official):
@@ -82,7 +82,7 @@ def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
 
 
 def short_side_size(height: int, width: int, short_side: int = 480, multiple: int = 64) -> tuple[int, int]:
-    """DAVIS input size (spec §1): short side `short_side`, long side floor(short * ratio / 64) * 64
+    """DAVIS input size (docs/evaluation.md#davis-protocol): short side `short_side`, long side floor(short * ratio / 64) * 64
     (854x480 -> 832x480, 910 -> 896, 1152 -> 1152). A square frame counts as landscape."""
     if height > width:
         return max(multiple, int(short_side * height / width // multiple) * multiple), short_side

@@ -1,6 +1,6 @@
-"""JHMDB pose propagation and PCK (CRW/UVC protocol, spec eval.md §3): the task, from reading the
+"""JHMDB pose propagation and PCK (CRW/UVC protocol, docs/evaluation.md#jhmdb-protocol): the task, from reading the
 dataset to its PCK, its generated set and its preparation. No reference code was released for ViTs;
-the choices the spec leaves open are ours and stated where they are made.
+the choices the protocol's sources leave open are ours and stated where they are made.
 
 On-disk layout (official):
     <root>/splits/<class>_test_split<N>.txt              "<video>.avi 1|2" (2 = test)
@@ -29,7 +29,7 @@ from eval.task import EvalTask, Evaluation
 from rsp.atomicio import atomic_write_json
 
 NUM_JOINTS = 15
-PCK_BOX_FACTOR = 0.6  # normalizer = 0.6 x diagonal of the GT joints' bounding box (spec §3)
+PCK_BOX_FACTOR = 0.6  # normalizer = 0.6 x diagonal of the GT joints' bounding box (docs/evaluation.md#jhmdb-protocol)
 JHMDB_BASE_URL = "http://files.is.tue.mpg.de/jhmdb/"
 JHMDB_ARCHIVES = ("Rename_Images.tar.gz", "joint_positions.zip", "splits.zip")
 LAYOUT = ("Rename_Images", "joint_positions", "splits")  # top-level folders of a JHMDB root

@@ -1,4 +1,4 @@
-"""Drawing generated benchmark frames (spec eval.md §5): textures, moving sprites and exact label
+"""Drawing generated benchmark frames (docs/evaluation.md#generated-benchmarks): textures, moving sprites and exact label
 maps. Each task writes its own generated set in its official layout with these (DAVIS objects, a
 JHMDB stick figure, VIP body parts: `write_generated` in eval/davis.py, eval/jhmdb.py, eval/vip.py).
 """

@@ -1,6 +1,6 @@
-"""VIP human-part propagation and mIoU (spec eval.md §4): the task, from reading the dataset to its
-mIoU, its generated set and its preparation. No reference code was released; the choices the spec
-leaves open are ours and stated where they are made.
+"""VIP human-part propagation and mIoU (docs/evaluation.md#vip-protocol): the task, from reading the dataset to its
+mIoU, its generated set and its preparation. No reference code was released; the choices the
+protocol's sources leave open are ours and stated where they are made.
 
 On-disk layout (VIP_Fine):
     <root>/lists/<split>_videos.txt                          video names, one per line
@@ -108,8 +108,8 @@ def mean_iou(matrix: np.ndarray) -> float:
 
 
 def long_side_size(height: int, width: int, long_side: int, multiple: int) -> tuple[int, int]:
-    """VIP input size (spec §4): long side `long_side`, short side scaled and floored to `multiple`
-    (our choice: the spec fixes only the long side; the patch must divide both)."""
+    """VIP input size (docs/evaluation.md#vip-protocol): long side `long_side`, short side scaled and floored to `multiple`
+    (our choice: the protocol's sources fix only the long side; the patch must divide both)."""
     if width >= height:
         return max(multiple, int(long_side * height / width // multiple) * multiple), long_side
     return long_side, max(multiple, int(long_side * width / height // multiple) * multiple)

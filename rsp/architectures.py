@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a registered model (spec §2)."""
+    """Architecture of a registered model (docs/model.md#architecture)."""
 
     patch_size: int
     embed_dim: int

@@ -1,4 +1,4 @@
-"""The RSP model (spec §1-§6), built from a registered architecture (rsp/architectures.py).
+"""The RSP model (docs/model.md), built from a registered architecture (rsp/architectures.py).
 
 One shared ViT encoder encodes the current frame and a noisy copy of the future frame. A
 posterior (both CLS tokens) and a prior (current CLS only) give a latent; a cross-attention decoder

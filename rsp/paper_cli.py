@@ -9,7 +9,8 @@ torch.distributed.launch:
 
 This is a thin entry point over `rsp.train.train` (no second training loop): every flag below sets
 one field of `rsp.config.TrainConfig` and defaults to it (`--noise_scale` 0.5: the paper's setting, and
-the reference's argparse default since its June 2024 commit). Differences from the reference, all
+the default of the reference's main_pretrain_rsp.py since its June 2024 commit 3a653e28; 0.1 before,
+and in its RSP class: docs/model.md#noise-on-the-target-input). Differences from the reference, all
 deliberate:
 - `--output_dir` is the run directory; training always resumes from its newest valid checkpoint
   (exactly: RNG and data position included), so `--resume` and `--start_epoch` are only checked.
