@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from launch.evaluations.expected import evaluation_summary
 from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
+from rsp.commandline import HintingArgumentParser
 from rsp.manifest import Manifest
 
 SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F"}
@@ -105,16 +106,43 @@ def render(root: Path, sweep: str | None) -> str:
     return "\n".join(lines)
 
 
+def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
+    """(output root, sweep or None, why the arguments cannot be shown or None) of `[OUTPUT_ROOT] [sweep=NAME]`."""
+    sweeps = [a.split("=", 1)[1] for a in args if a.startswith("sweep=")]
+    others = [a for a in args if "=" in a and not a.startswith("sweep=")]
+    roots = [a for a in args if "=" not in a]
+    if others:
+        return (
+            Path("runs"),
+            None,
+            f"{' '.join(others)}: only sweep=NAME is written key=value; give the output root as a plain path",
+        )
+    if len(roots) > 1 or len(sweeps) > 1:
+        return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
+    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
+    if not root.is_dir():
+        return root, sweep, f"output root {root} does not exist; pass the output_root your runs were submitted with"
+    if sweep is not None and not find_runs(root, sweep):
+        known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
+        return (
+            root,
+            sweep,
+            (
+                f"sweep={sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'}"
+                " (a sweep's runs are listed once it was submitted)"
+            ),
+        )
+    return root, sweep, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = HintingArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
     p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
     ns = p.parse_args(argv)
-    sweep = next((a.split("=", 1)[1] for a in ns.args if a.startswith("sweep=")), None)
-    roots = [a for a in ns.args if not a.startswith("sweep=")]
-    root = Path(roots[0] if roots else "runs")
+    root, sweep, problem = target(ns.args)
+    if problem:
+        p.error(problem)
     while True:
         print(render(root, sweep), flush=True)
         if not ns.watch:

@@ -32,14 +32,21 @@ from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import load_sweep
 from launch.validate import absolutize, validate
-from rsp.schema import ConfigError, to_dict
+from rsp.commandline import HintingArgumentParser
+from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="launch/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = HintingArgumentParser(
+        prog="launch/submit.py",
+        description=__doc__,
+        epilog="Settings are key=value overrides (Hydra syntax), not --flags: e.g. optim.lr=0.001 data.batch_size=32 "
+        "cluster.nodes=2. Sections: " + ", ".join(sorted({k.split(".")[0] for k in schema_keys(RunConfig)})) + ". "
+        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        keys=schema_keys(RunConfig),
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config / plan and the job script; submit nothing")

@@ -33,8 +33,19 @@ TINY = [
 ]
 
 
+def merged(*items: str) -> list[str]:
+    """Overrides with each key once, the later one kept: a test's defaults, then what it changes (the
+    command line refuses a key given twice, launch.config.check_overrides)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key = item.split("=", 1)[0]
+        out.pop(key, None)
+        out[key] = item
+    return list(out.values())
+
+
 def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, backend: str = "slurm") -> list[str]:
-    return [
+    return merged(
         *TINY,
         f"cluster={backend}",
         f"data.root={videos}",
@@ -43,7 +54,7 @@ def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, bac
         "schedule.warmup_steps=2",
         f"checkpoint.every_steps={every}",
         *extra,
-    ]
+    )
 
 
 def hydra_quote(value: str) -> str:

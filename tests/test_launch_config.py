@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from launch_helpers import merged
 
 from launch.backends import Resources, SlurmBackend
 from launch.config import compose, options
@@ -20,7 +21,7 @@ from rsp.schema import ConfigError, diff, to_dict
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
     base = [f"data.root={videos}", "data.synthetic_videos=0", "evaluation.tasks=[]", f"output_root={tmp_path / 'runs'}"]
-    return absolutize(compose([*base, *overrides]), tmp_path)
+    return absolutize(compose(merged(*base, *overrides)), tmp_path)
 
 
 # --- composition ---------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
 )
 def test_bad_input_fails_at_submit_before_anything_is_queued(slurm_cluster, train_videos, tmp_path, extra, message):
     before = squeue_ids()
-    rc, out = submit([*overrides(train_videos, tmp_path / "bad", 4, 2), *extra])
+    rc, out = submit(overrides(train_videos, tmp_path / "bad", 4, 2, *extra))
     assert rc == 2 and message in out, out
     assert not squeue_ids() - before and not (tmp_path / "bad").exists()  # nothing new queued, nothing created
 
