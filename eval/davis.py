@@ -165,10 +165,11 @@ def _annotation_problems(seq: DavisSequence, full: bool) -> list[str]:
                     seen = unknown.setdefault(i, [0, 0, mask])
                     seen[0], seen[1] = seen[0] + 1, seen[1] + n
     for i, (files, pixels, where) in sorted(unknown.items()):
+        more = f" (and {files - 1} later annotation(s) of {seq.name})" if files > 1 else ""
         out.append(
-            f"{where} (and {files - 1} more annotation(s) of {seq.name}, {pixels} pixels in all) has id {i}, not an object "
-            f"of the first frame (ids {', '.join(map(str, objects))}); semi-supervised DAVIS scores first-frame objects "
-            "only: relabel or remove those pixels"
+            f"{where}{more} has id {i} ({pixels} pixel{'' if pixels == 1 else 's'} in all), not an object of the first "
+            f"frame (ids {', '.join(map(str, objects))}); semi-supervised DAVIS scores first-frame objects only: relabel "
+            "or remove those pixels"
         )
     return out
 

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from launch.evaluations.expected import evaluation_summary
 from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
+from launch.sweep import SWEEPS_DIR
 from rsp.commandline import HintingArgumentParser
 from rsp.manifest import Manifest
 
@@ -128,8 +129,9 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
             root,
             sweep,
             (
-                f"sweep={sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'}"
-                " (a sweep's runs are listed once it was submitted)"
+                f"sweep={sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'} "
+                f"(sweep files: {', '.join(sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml')))}; "
+                "a sweep's runs are listed once it was submitted)"
             ),
         )
     return root, sweep, None

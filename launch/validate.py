@@ -2,9 +2,14 @@
 
 `problems(cfg)` returns every problem (never just the first); `validate(cfg)` raises them together
 as a ConfigError. Each message names the key, the bad value, the rule and the fix. Rules:
-- every field rule of the training config (rsp.config), the cluster and the evaluation sections;
+- every field rule of the training config (rsp.config), the cluster and the evaluation sections,
+  including settings that would be silently ignored (a SLURM partition on the local backend, ...);
 - the effective batch (nodes x processes x data.batch_size x optim.accum_iter) against the recipe;
-- the data root exists and holds a labels file (unless a synthetic dataset will be generated);
+- the data (launch/datacheck.py): the labels file's videos exist (one directory listing per folder),
+  are listed once, the batch fits the dataset (generated ones included), data.max_gap suits the
+  labelled frame counts;
+- each evaluation task's dataset layout and first frames (the task's check_data), and evaluation
+  overrides that contradict the model (num_heads);
 - the output root (and the data root for generated data) is writable: a read-only filesystem fails
   here, not hours later in the queue;
 - the time limit leaves room for start-up, one step and the checkpoint write after the signal;
@@ -16,24 +21,29 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
-from eval.tasks import TASKS, registered
+from eval.tasks import TASKS, get_task, registered
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
+from launch.datacheck import data_notes, data_problems, writable
 from launch.evaluations.expected import task_eval_config
+from rsp.architectures import MODELS
 from rsp.config import ModelConfig
 from rsp.model import create_model
-from rsp.schema import ConfigError, from_dict, to_dict
-from rsp.video import DataError, read_labels, resolve_labels_file
+from rsp.schema import ConfigError, from_dict, ignored, to_dict
+
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "exclusive", "extra_sbatch", "mem_gb")  # cluster.* only sbatch reads
+log = logging.getLogger(__name__)
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
@@ -51,7 +61,7 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
             out.append(f"cluster.{key} ({getattr(c, key)}) must be >= 0")
     if c.tasks_per_node is not None and c.tasks_per_node < 1:
         out.append(f"cluster.tasks_per_node ({c.tasks_per_node}) must be >= 1 or null")
-    if c.gpus_per_node and c.tasks_per_node not in (None, c.gpus_per_node):
+    if c.gpus_per_node > 0 and c.tasks_per_node not in (None, c.gpus_per_node):
         out.append(
             f"cluster.tasks_per_node ({c.tasks_per_node}) must equal cluster.gpus_per_node ({c.gpus_per_node}): "
             "one process per GPU; leave tasks_per_node null"
@@ -76,13 +86,16 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
         visible = torch.cuda.device_count()
         if c.gpus_per_node > visible:
             out.append(f"cluster.gpus_per_node ({c.gpus_per_node}) exceeds the {visible} GPU(s) of this machine")
+    if c.backend in ("local", "debug"):
+        for key in SLURM_ONLY:
+            out += ignored(c, "cluster", key, f"cluster={c.backend} runs on this machine", "use cluster=slurm, or drop it")
     return out
 
 
 def batch_problems(cfg: RunConfig) -> list[str]:
     c, want = cfg.cluster, cfg.optim.effective_batch
     have = c.world_size * cfg.data.batch_size * cfg.optim.accum_iter
-    if want is None or have == want:
+    if want is None or have == want or want < 1 or have < 1:  # values out of range are their own rules' to report
         return []
     per_step = c.world_size * cfg.data.batch_size
     fix = (
@@ -95,52 +108,6 @@ def batch_problems(cfg: RunConfig) -> list[str]:
         f"x optim.accum_iter {cfg.optim.accum_iter} = {have} videos, but the recipe's optim.effective_batch is {want}; {fix} "
         "(or set optim.effective_batch=null to train with a different batch on purpose)"
     ]
-
-
-@functools.cache
-def writable(path: Path) -> str | None:
-    """None when `path` could be created and written, else why not. Probes the nearest existing
-    ancestor with a temporary file, so a refused submission leaves no directory behind.
-    Cached: a sweep checks each distinct path once."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-@functools.cache
-def count_videos(root: Path, labels: str) -> int | str:
-    """Number of videos the labels file lists, or the reason there is none (cached per sweep)."""
-    try:
-        return len(read_labels(resolve_labels_file(root, labels)))
-    except DataError as exc:
-        return str(exc)
-
-
-def data_problems(cfg: RunConfig) -> list[str]:
-    d = cfg.data
-    if not d.root:
-        return ["data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`)"]
-    root = Path(d.root)
-    if d.synthetic_videos:
-        reason = writable(root)
-        return [] if reason is None else [f"data.root ({root}) cannot hold the generated videos: {reason}"]
-    if not root.is_dir():
-        return [f"data.root ({root}) does not exist; prepare the dataset there or point data.root at it"]
-    found = count_videos(root, d.labels)
-    if isinstance(found, str):
-        return [found]
-    per_step = d.batch_size * cfg.cluster.world_size * cfg.optim.accum_iter
-    if found < per_step:
-        return [f"data.root ({root}) lists {found} videos, fewer than one optimizer step needs ({per_step})"]
-    return []
 
 
 def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
@@ -161,7 +128,7 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
     return out
 
 
-def evaluation_problems(e: EvaluationConfig) -> list[str]:
+def evaluation_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
     out = [
         f"evaluation.tasks entry {t!r} is not a registered evaluation task; registered: {registered()}"
         for t in e.tasks
@@ -186,26 +153,41 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
             )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
-    out += protocol_problems(e)
-    if e.cpus_per_task < 1 or e.gpus < 0 or e.time_minutes < 1:
-        out.append("evaluation.cpus_per_task and evaluation.time_minutes must be >= 1, evaluation.gpus >= 0")
+    out += protocol_problems(e, model_name)
+    out += [f"evaluation.{k} ({getattr(e, k)}) must be >= 1" for k in ("cpus_per_task", "time_minutes") if getattr(e, k) < 1]
+    if e.gpus < 0:
+        out.append(f"evaluation.gpus ({e.gpus}) must be >= 0 (0: evaluate on CPUs)")
+    if e.mem_gb is not None and e.mem_gb <= 0:
+        out.append(f"evaluation.mem_gb ({e.mem_gb}) must be > 0, or null for the partition's default")
+    if e.device not in EVAL_DEVICES:
+        out.append(f"evaluation.device ({e.device!r}) must be one of {', '.join(EVAL_DEVICES)}")
     return out
 
 
-def protocol_problems(e: EvaluationConfig) -> list[str]:
+def protocol_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
     """The evaluation config of each task, built as the evaluation jobs build it (stand-in
-    checkpoint and data root: those are checked above) and checked by eval's own rules."""
+    checkpoint: the run's own) and checked by eval's own rules; an existing dataset (not one to be
+    generated) gets the task's layout checks."""
     out = []
     for task in filter(TASKS.__contains__, e.tasks):
         if problem := preset_problem(task, e.presets.get(task, "auto"), f"evaluation.presets.{task}"):
             out.append(problem)
             continue
         try:
-            ecfg = task_eval_config(e, task, checkpoint="<checkpoint>", data_root="<root>")
+            ecfg = task_eval_config(e, task, checkpoint="<checkpoint>")
         except (ConfigError, TypeError) as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue
-        out += [f"evaluation ({task}): {p}" for p in eval_problems(ecfg)]
+        found = [p for p in eval_problems(ecfg) if not p.startswith("data_root is empty")]  # reported above
+        heads = MODELS[model_name].num_heads if model_name in MODELS else None
+        if ecfg.num_heads is not None and heads is not None and ecfg.num_heads != heads:
+            found.append(
+                f"num_heads ({ecfg.num_heads}) contradicts model.name={model_name} ({heads} heads), which the run's "
+                f"checkpoints state; drop evaluation.overrides.{task}.num_heads"
+            )
+        if not e.synthetic and ecfg.data_root and Path(ecfg.data_root).is_dir():
+            found += get_task(task).check_data(ecfg, False)
+        out += [f"evaluation ({task}): {p}" for p in found]
     return out
 
 
@@ -248,7 +230,9 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     if checkpoint_bytes is None:
         checkpoint_bytes = checkpoint_size(cfg)
     out = cfg.problems() + cluster_problems(cfg.cluster) + batch_problems(cfg) + data_problems(cfg)
-    out += evaluation_problems(cfg.evaluation) + time_problems(cfg, checkpoint_bytes)
+    if not cfg.name.strip():
+        out.append(f"name ({cfg.name!r}) is empty; pass name=NAME (the readable part of the run directory's name)")
+    out += evaluation_problems(cfg.evaluation, cfg.model.name) + time_problems(cfg, checkpoint_bytes)
     if "\n" in cfg.output_root or "\r" in cfg.output_root:
         out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
     elif (reason := writable(Path(cfg.output_root))) is not None:
@@ -262,6 +246,8 @@ def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     found = problems(cfg, checkpoint_bytes, sbatch_script)
     if found:
         raise ConfigError(found, what="run configuration (nothing was submitted)")
+    for note in data_notes(cfg):
+        log.warning("%s", note)
     return cfg
 
 
@@ -269,6 +255,7 @@ def absolutize(cfg: RunConfig, base: Path) -> RunConfig:
     """Relative paths in the config are relative to where the user submits; jobs run elsewhere."""
 
     def fix(path: str) -> str:
+        path = os.path.expanduser(path)  # a quoted "~/x" reaches the config unexpanded
         return path if not path or os.path.isabs(path) else str((base / path).resolve())
 
     cfg.output_root = fix(cfg.output_root)

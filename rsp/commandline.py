@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import shlex
+import sys
 from collections.abc import Sequence
 
 # Flags of the reference's main_pretrain_rsp.py (and common spellings) whose name is not the leaf of
@@ -129,8 +130,6 @@ class HintingArgumentParser(argparse.ArgumentParser):
         return self._checked(args, self.parse_known_intermixed_args, namespace)
 
     def _checked(self, args, parse, namespace):
-        import sys
-
         argv = list(sys.argv[1:] if args is None else args)
         ns, extras = parse(argv, namespace)
         if extras:
@@ -138,7 +137,7 @@ class HintingArgumentParser(argparse.ArgumentParser):
         return ns
 
     def unrecognized_message(self, argv: list[str], extras: list[str]) -> str:
-        options = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        options = list(dict.fromkeys(s for a in self._all_actions() for s in a.option_strings if s.startswith("--")))
         lines, consumed = [], set()
         for extra in extras:
             if extra in consumed:
@@ -153,6 +152,14 @@ class HintingArgumentParser(argparse.ArgumentParser):
             lines.append(f"{extra}{' ' + following if used and following else ''}: {hint}")
         return "unrecognized arguments:\n  " + "\n  ".join(lines)
 
+    def _all_actions(self) -> list[argparse.Action]:
+        """This parser's actions and its subcommands' (unknown arguments of a subcommand reach this parser)."""
+        out = list(self._actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                out += [a for sub in action.choices.values() for a in sub._actions]
+        return out
+
     def hint_for(self, extra: str, following: str | None, options: list[str]) -> tuple[str, bool]:
         """(the hint for one unrecognized argument, whether it used the value that follows it)."""
         name = extra.partition("=")[0]
@@ -160,8 +167,10 @@ class HintingArgumentParser(argparse.ArgumentParser):
             leaf = name.lstrip("-").replace("-", "_")
             exact = leaf in FLAG_ALIASES or any(k.rsplit(".", 1)[-1] == leaf for k in self.override_keys)
             own = difflib.get_close_matches(name, options, n=1, cutoff=0.75)
+            own = own or [o for o in options if len(o) > 4 and (name.startswith(o) or o.startswith(name))][:1]
             if own and not exact:
-                return f"did you mean {own[0]}?", False
+                takes_value = any(a.nargs != 0 for a in self._all_actions() if own[0] in a.option_strings)
+                return f"did you mean {own[0]}?", takes_value and "=" not in extra
             override = flag_hint(extra, following, self.override_keys)
             if override:
                 return f"settings are key=value overrides here, not --flags: write {override}", "=" not in extra

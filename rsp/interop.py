@@ -92,6 +92,8 @@ def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
             f"{path} is not a checkpoint (looks like {found.description}); pass checkpoint=PATH to a file written by "
             "torch.save (.pt/.pth)"
         )
+    if found.kind == TORCH_ZIP and (damage := zip_damage(path)):
+        raise ValueError(f"{path} is a damaged torch checkpoint ({damage}); copy or download it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -114,6 +116,18 @@ def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
         raise ValueError(
             f"{path} is a damaged torch checkpoint, truncated or corrupted ({_first_line(err)}); copy or download it again"
         ) from err
+
+
+def zip_damage(path: Path) -> str | None:
+    """Why a torch zip checkpoint is damaged, or None. torch.load does not check the CRC32 that
+    torch.save writes for every entry, so a file corrupted in the middle would load garbage weights;
+    reading it once more here (~1 GB/s) catches that."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        return f"truncated or corrupted: {err}"
+    return f"its entry {bad} fails its CRC check: the file was corrupted after it was written" if bad else None
 
 
 def _refused_global(err: BaseException) -> str | None:

@@ -164,7 +164,7 @@ def write_labels(path: Path, entries: Sequence[LabelEntry]) -> None:
 
 
 def _read_csv(path: Path) -> list[LabelEntry]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (spreadsheet exports) is not data
         rows = list(csv.reader(f))
     if not rows or tuple(rows[0]) != LABELS_HEADER:
         got = ",".join(rows[0]) if rows else "an empty file"

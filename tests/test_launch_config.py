@@ -262,7 +262,10 @@ axes:
             "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",
             "model.kl_scale='high' has the wrong type (expected float)",
         ),
-        ("axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n", "both set data.max_gap"),
+        (
+            "axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n",
+            "data.max_gap is also swept by axes[0]; an axis key may appear once",
+        ),
         ("axes:\n  - key: runtime.log_every_steps\n    values: [1, 2]\n", "are the same experiment"),
         ("axes:\n  - zip:\n      data.max_gap: [1, 2]\n      data.min_gap: [1]\n", "zips lists of different lengths"),
         ("axis:\n  - key: data.max_gap\n", "unknown top-level key 'axis'"),
