@@ -82,6 +82,13 @@ def load_backbone(
     state = strip_wrapper_prefixes(state)
     encoder_state, dropped = split_encoder_keys(state, path)
     heads = head_count(encoder_state, stated, num_heads, path) if "patch_embed.proj.weight" in encoder_state else num_heads
+    broken = [k for k, v in encoder_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"{path} has NaN or infinite weights in {len(broken)} encoder tensor(s) ({', '.join(broken[:3])}"
+            f"{' ...' if len(broken) > 3 else ''}): its features would be meaningless (did the run diverge?); "
+            "evaluate an earlier checkpoint"
+        )
     try:
         encoder = ViTEncoder.from_state_dict(encoder_state, num_heads=heads)
     except (ValueError, KeyError) as exc:

@@ -137,6 +137,11 @@ def _annotation_problems(seq: DavisSequence, full: bool) -> list[str]:
     counts = id_counts(first)
     objects = sorted(set(counts) - {0, VOID})
     out = []
+    if not objects:
+        return [
+            f"{seq.annotations[0]} annotates no object (only background and void): {seq.name} would add nothing to "
+            "J&F; restore the first annotation or leave the sequence out (sequences=[...])"
+        ]
     if objects != list(range(1, len(objects) + 1)):
         gaps = sorted(set(range(1, max(objects) + 1)) - set(objects))
         stray = [i for i in objects if i > len(objects)] or objects

@@ -59,8 +59,13 @@ def test_video_names(root: str | Path, split: int, sequences: Sequence[str] = ()
     names = []
     for split_file in split_files:
         cls = split_file.name[: -len(f"_test_split{split}.txt")]
-        for line in split_file.read_text().split("\n"):
+        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
             parts = line.split()
+            if parts and (len(parts) != 2 or parts[1] not in ("1", "2")):
+                raise ValueError(
+                    f"{split_file}, line {number}: expected '<video>.avi 1|2' (1 = train, 2 = test), got {line.strip()!r}; "
+                    "restore the file from splits.zip (python -m eval.prepare jhmdb)"
+                )
             if len(parts) == 2 and parts[1] == "2":
                 names.append(f"{cls}/{Path(parts[0]).stem}")
     listing = f"the test videos (label 2) of {root / 'splits'}/*_test_split{split}.txt"

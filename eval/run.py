@@ -84,6 +84,15 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         dino_branch=cfg.dino_branch,
         num_heads=cfg.num_heads,
     )
+    if frame_size(cfg) % backbone.patch_size:
+        size, p = frame_size(cfg), backbone.patch_size
+        raise ConfigError(
+            [
+                f"frame_size ({size}) must be a multiple of the checkpoint's patch size ({p}); "
+                f"e.g. frame_size={size // p * p or p}"
+            ],
+            what="evaluation configuration (nothing was evaluated)",
+        )
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = task.run(Evaluation(cfg, propagation_params(cfg), frame_size(cfg), backbone.encoder, device, out_dir))

@@ -12,6 +12,7 @@ reported at once, each with the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def check_overrides(overrides: list[str], where: str = "") -> list[str]:
         given[key] = value
         if key in ("experiment", "cluster"):
             if value not in options(key):
-                problems.append(f"{where}{key}={value!r} is not one of: {', '.join(options(key))}")
+                close = difflib.get_close_matches(str(value).removesuffix(".yaml"), options(key), n=1, cutoff=0.5)
+                hint = f"; did you mean {key}={close[0]}?" if close else ""
+                problems.append(f"{where}{key}={value!r} is not one of: {', '.join(options(key))}{hint}")
             continue
         if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key):
             hint = unknown_key_hint(key, keys)

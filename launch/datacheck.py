@@ -84,14 +84,16 @@ def unlisted(root: str | Path, relative: Sequence[str]) -> tuple[list[str], list
     for folder, items in by_folder.items():
         try:
             with os.scandir(os.path.join(root, folder)) as listing:
-                is_dir = {e.name: e.is_dir() for e in listing}
+                # d_type answers is_file/is_dir without a stat; only symbolic links are followed (a broken one is missing)
+                kind = {e.name: "file" if e.is_file() else "dir" if e.is_dir() else "missing" for e in listing}
         except OSError:  # the folder itself is missing, not a folder, or unreadable
             missing += [rel for rel, _ in items]
             continue
         for rel, name in items:
-            if name not in is_dir:
+            found = kind.get(name, "missing")
+            if found == "missing":
                 missing.append(rel)
-            elif is_dir[name]:
+            elif found == "dir":
                 folders.append(rel)
     return missing, folders
 
@@ -154,7 +156,7 @@ def gap_problems(s: DatasetSurvey, cfg: RunConfig) -> list[str]:
         f"the {len(counts)} videos {s.labels} counts ({100 * short / len(counts):.0f}%, above data.max_short_fraction "
         f"{d.max_short_fraction}) are shorter (frame counts {counts[0]}..{counts[len(counts) // 2]}..{counts[-1]}, "
         "min..median..max): their pairs would come from the short-video fallback (two random frames, gap possibly below "
-        f"data.min_gap) instead of t, t+k with k in [min_gap, max_gap]. {fit.capitalize()}, drop short videos "
+        f"data.min_gap) instead of t, t+k with k in [min_gap, max_gap]. {fit[0].upper() + fit[1:]}, drop short videos "
         f"(python -m rsp.prepare labels --min-frames {need}), or raise data.max_short_fraction to accept it"
     ]
 
@@ -187,7 +189,10 @@ def batch_problem(videos: int, cfg: RunConfig, what: str, fix: str) -> list[str]
 def data_problems(cfg: RunConfig) -> list[str]:
     d = cfg.data
     if not d.root:
-        return ["data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`)"]
+        return [
+            "data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`; the Kinetics "
+            "experiments read it from the environment variable RSP_K400_ROOT)"
+        ]
     root = Path(d.root)
     if d.synthetic_videos > 0:
         return generated_problems(cfg, root)

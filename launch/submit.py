@@ -110,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweeps = [o for o in args.overrides if o.startswith("sweep=")]
         if sweeps:
             rest = [o for o in args.overrides if not o.startswith("sweep=")]
+            problems = [f"sweep= is given more than once ({', '.join(sweeps)}); submit one sweep at a time"] * (len(sweeps) > 1)
+            problems += [
+                f"{o}: a sweep's experiment is its file's `experiment:` key; remove {o} from the command line"
+                for o in rest
+                if o.partition("=")[0].lstrip("+") == "experiment"
+            ]
+            if problems:
+                raise ConfigError(problems, what="command line")
             return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
         cfg = check(prepare(args.overrides, Path.cwd()))
         return submit_one(cfg, args)

@@ -297,7 +297,8 @@ def load_yaml(path: Path) -> tuple[Any, str | None]:
     except yaml.MarkedYAMLError as exc:
         mark, lines = exc.problem_mark, path.read_text().splitlines()
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        line = lines[mark.line].strip() if mark and mark.line < len(lines) else ""
+        at = [m.line for m in (mark, exc.context_mark) if m is not None and m.line < len(lines) and lines[m.line].strip()]
+        line = lines[at[0]].strip() if at else ""
         shown = f" (in {line!r})" if line else ""
         context = f", {exc.context} at line {exc.context_mark.line + 1}" if exc.context and exc.context_mark else ""
         syntax = "; fix the syntax (indent with spaces, close brackets and quotes)"

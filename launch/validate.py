@@ -42,6 +42,38 @@ from rsp.config import ModelConfig
 from rsp.model import create_model
 from rsp.schema import ConfigError, from_dict, ignored, to_dict
 
+# sbatch options the launcher writes from its own fields (launch/backends.py): in extra_sbatch they would contradict them.
+MANAGED_SBATCH = {
+    **dict.fromkeys(("partition", "p"), "cluster.partition"),
+    **dict.fromkeys(("account", "A"), "cluster.account"),
+    "qos": "cluster.qos",
+    **dict.fromkeys(("constraint", "C"), "cluster.constraint"),
+    **dict.fromkeys(("nodes", "N"), "cluster.nodes"),
+    **dict.fromkeys(("ntasks-per-node", "ntasks_per_node", "ntasks", "n"), "cluster.tasks_per_node"),
+    **dict.fromkeys(("gpus-per-node", "gpus_per_node", "gres", "gpus", "G"), "cluster.gpus_per_node"),
+    **dict.fromkeys(("cpus-per-task", "cpus_per_task", "c"), "cluster.cpus_per_task"),
+    "mem": "cluster.mem_gb",
+    **dict.fromkeys(("time", "t"), "cluster.time_minutes"),
+    "signal": "cluster.signal_delay_s",
+    "exclusive": "cluster.exclusive",
+    **dict.fromkeys(("dependency", "d"), "cluster.after"),
+    **dict.fromkeys(
+        ("job-name", "J", "output", "o", "error", "e", "requeue", "array", "a"),
+        "nothing (the launcher names, logs and requeues jobs)",
+    ),
+}
+# Evaluation config fields each evaluation job sets itself (launch/evaluations/expected.py): an override would silently
+# replace them (another checkpoint, another dataset) or contradict the key that sets them.
+JOB_SET = {
+    "checkpoint": "every milestone checkpoint of the run is evaluated; remove it",
+    "checkpoint_format": "the run's checkpoints are read in this project's format; remove it",
+    "trust_checkpoint": "the run's checkpoints need no trust; remove it",
+    "output_dir": "results go to the run directory (docs/formats.md); remove it",
+    "task": "the task is the key it is under; remove it",
+    "data_root": "set evaluation.data_roots.<task> instead",
+    "preset": "set evaluation.presets.<task> instead",
+    "device": "set evaluation.device instead",
+}
 SLURM_ONLY = ("partition", "account", "qos", "constraint", "exclusive", "extra_sbatch", "mem_gb")  # cluster.* only sbatch reads
 log = logging.getLogger(__name__)
 
@@ -86,6 +118,11 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
         visible = torch.cuda.device_count()
         if c.gpus_per_node > visible:
             out.append(f"cluster.gpus_per_node ({c.gpus_per_node}) exceeds the {visible} GPU(s) of this machine")
+    for flag in sorted(set(c.extra_sbatch) & set(MANAGED_SBATCH)):
+        out.append(
+            f"cluster.extra_sbatch.{flag} ({c.extra_sbatch[flag]}) is an sbatch option the launcher writes itself; "
+            f"set {MANAGED_SBATCH[flag]} instead"
+        )
     if c.backend in ("local", "debug"):
         for key in SLURM_ONLY:
             out += ignored(c, "cluster", key, f"cluster={c.backend} runs on this machine", "use cluster=slurm, or drop it")
@@ -134,6 +171,13 @@ def evaluation_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
         for t in e.tasks
         if t not in TASKS
     ]
+    out += [
+        f"evaluation.tasks lists {t} twice ({e.tasks}); list each task once"
+        for t in sorted({t for t in e.tasks if e.tasks.count(t) > 1})
+    ]
+    for task, fields in e.overrides.items():
+        for key in sorted(set(fields) & set(JOB_SET) if isinstance(fields, dict) else ()):
+            out.append(f"evaluation.overrides.{task}.{key} ({fields[key]}) is set by the evaluation job; {JOB_SET[key]}")
     for key, per_task in (("presets", e.presets), ("data_roots", e.data_roots), ("overrides", e.overrides)):
         out += [
             f"evaluation.{key}.{t} names {t!r}, which is not a registered evaluation task; registered: {registered()}"
@@ -233,7 +277,9 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     if not cfg.name.strip():
         out.append(f"name ({cfg.name!r}) is empty; pass name=NAME (the readable part of the run directory's name)")
     out += evaluation_problems(cfg.evaluation, cfg.model.name) + time_problems(cfg, checkpoint_bytes)
-    if "\n" in cfg.output_root or "\r" in cfg.output_root:
+    if not cfg.output_root.strip():
+        out.append("output_root is empty; pass output_root=DIR (runs live in DIR/<name>-<id>/)")
+    elif "\n" in cfg.output_root or "\r" in cfg.output_root:
         out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
     elif (reason := writable(Path(cfg.output_root))) is not None:
         out.append(f"output_root ({cfg.output_root}) is not writable: {reason}; choose another output_root")

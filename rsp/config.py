@@ -328,6 +328,12 @@ class TrainConfig:
         out = []
         for section in ("model", "data", "optim", "schedule", "checkpoint", "runtime"):
             out += getattr(self, section).problems()
+        stop, total = self.runtime.stop_after_steps, self.schedule.total_steps
+        if stop is not None and total is not None and stop >= total:
+            out.append(
+                f"runtime.stop_after_steps ({stop}) is never reached before the run ends at schedule.total_steps ({total}), "
+                "so it does nothing; lower it or drop it"
+            )
         return out
 
 

@@ -171,6 +171,8 @@ def _read_csv(path: Path) -> list[LabelEntry]:
         raise DataError(f"labels file {path} must start with the header {','.join(LABELS_HEADER)}, found {got}")
     entries = []
     for line, row in enumerate(rows[1:], start=2):
+        if not row:  # a blank line (a trailing one, say) lists nothing
+            continue
         try:
             entries.append(LabelEntry(row[0], int(row[1]), row[2], int(row[3])))
         except (IndexError, ValueError) as err:

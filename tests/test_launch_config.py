@@ -106,7 +106,7 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
         (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
         (["data.labels=missing.csv"], "data.labels ('missing.csv') does not exist"),
-        (["data.batch_size=64"], "lists 16 videos, fewer than one optimizer step needs (64)"),
+        (["data.batch_size=64"], "data.batch_size (64) x 1 process(es) x optim.accum_iter (1) = 64 videos per optimizer step"),
         (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
