@@ -145,11 +145,13 @@ def gap_problems(s: DatasetSurvey, cfg: RunConfig) -> list[str]:
     short = int(np.searchsorted(counts, need))
     if short / len(counts) <= d.max_short_fraction:
         return []
-    fifth = int(counts[int(0.05 * (len(counts) - 1))])
+    # The largest max_gap that keeps the fallback's share at or below the threshold: the length at that quantile, minus 1.
+    length = int(counts[int(d.max_short_fraction * (len(counts) - 1))])
+    within = f"at most {d.max_short_fraction:.0%} of the videos are shorter than {length} frames"
     fit = (
-        f"lower data.max_gap to at most {fifth - 1} (5% of the videos are shorter than {fifth} frames)"
-        if fifth - 1 >= d.min_gap
-        else (f"lower data.min_gap and data.max_gap (5% of the videos are shorter than {fifth} frames)")
+        f"lower data.max_gap to at most {length - 1} ({within})"
+        if length - 1 >= d.min_gap
+        else f"lower data.min_gap and data.max_gap ({within})"
     )
     return [
         f"data.max_gap ({d.max_gap}) with data.min_gap ({d.min_gap}) needs videos of at least {need} frames, but {short} of "

@@ -102,7 +102,7 @@ def check_name(raw: Any, r: Reading) -> str:
 
 
 def _check_format_spec(name: str, spec: str, template: str, r: Reading) -> None:
-    values = [v for axis in r.parsed.get("axes", []) for v in axis.columns.get(name, [])]
+    values = [v for axis in r.parsed.get("axes") or [] for v in axis.columns.get(name, [])]
     for value in values or [getattr_dotted(RunConfig(), name)]:
         try:
             format(value, spec)
