@@ -6,8 +6,9 @@
     python launch/status.py --watch 30           # refresh every 30 s
 
 Columns: run, id, state, step/total, attempts and how they ended, last checkpoint, time lost to
-requeues (gaps between an attempt's end and the next one's start, plus steps redone after a crash),
-evaluations done/expected.
+requeues (gaps between an attempt's end and the next one's start, plus the steps redone after a
+non-cooperative end and the time they took, measured from each attempt's step log), evaluations
+done/expected.
 """
 
 from __future__ import annotations
@@ -27,16 +28,35 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from launch.evaluations.expected import evaluation_summary
 from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
+from launch.steplog import read_trace
 from rsp.manifest import Manifest
 
-SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F"}
+SHORT = {
+    "timeout": "T",
+    "preempted": "P",
+    "stopped": "S",
+    "requeued": "Q",
+    "cancelled": "X",
+    "crashed": "C",
+    "interrupted": "K",
+    "finished": "F",
+}
 
 
-def lost_time(attempts: Sequence[Attempt]) -> tuple[float, int]:
-    """(seconds between attempts, steps redone) over a run's attempts (RunDirectory.attempts())."""
+def lost_time(run: RunDirectory, attempts: Sequence[Attempt]) -> tuple[float, int, float]:
+    """(seconds between attempts, steps redone, seconds spent on the steps redone) over a run's
+    attempts (RunDirectory.attempts()). Steps redone after an attempt: the last step it completed
+    minus the step the next one resumed from; their time comes from its step log (launch.steplog).
+    A cooperative stop checkpoints the step it stops at: nothing is redone."""
     gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
-    redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in pairwise(attempts))
-    return gap, redone
+    steps, seconds = 0, 0.0
+    for a, b in pairwise(attempts):
+        redone = max(0, (a.end_step or 0) - b.start_step)
+        trace = read_trace(run.step_log_path(a)) if redone else None
+        since = trace.time_of(max(b.start_step, trace.first[0])) if trace else None
+        steps += redone
+        seconds += trace.last[1] - since if since is not None else 0.0
+    return gap, steps, seconds
 
 
 def human(seconds: float) -> str:
@@ -57,7 +77,7 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list
     ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
     manifests = run.manifests()
     last = f"{manifests[-1].step} ({human(time.time() - manifests[-1].created)} ago)" if manifests else "-"
-    gap, redone = lost_time(attempts)
+    gap, redone, redone_s = lost_time(run, attempts)
     total = run.total_steps()
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
     evals = evaluation_counts(run, info, manifests)
@@ -68,7 +88,7 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any]) -> list
         f"{step}/{total or '?'}",
         f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
         last,
-        f"{human(gap)}+{redone} steps" if attempts else "-",
+        f"{human(gap)}+{redone} steps ({human(redone_s)})" if attempts else "-",
         evals,
         *[str(axes.get(k, "-")) for k in axis_keys],
     ]
@@ -100,7 +120,7 @@ def render(root: Path, sweep: str | None) -> str:
     states = Counter(r[2].split(" [")[0] for r in body)
     lines.append(
         ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        + "   (attempts: F finished, T timeout, P preempted, S stopped, C crashed, K killed, R running)"
+        + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, R running)"
     )
     return "\n".join(lines)
 
