@@ -4,8 +4,8 @@ every end through one teardown (docs/requeue.md).
     #SBATCH --signal=B:USR2@<delay>     time limit and preemption signal this shell, which exists from
                                         the first instant (the ranks' step may not exist yet)
     # setup
-    traps                               log each SIGUSR2 / SIGTERM with its time (RSP_SIGNAL_LOG); bash
-                                        survives them, so the teardown still runs
+    traps                               log each SIGUSR2 / SIGTERM with its time (RSP_SIGNAL_LOG, created
+                                        once they are set); bash survives them, so the teardown still runs
     # command
     srun ... $RSP_SIGNAL_GUARD python -u -m launch.start FOLDER & rsp_wait_for_ranks $!
                                         the ranks start with the stop signals blocked (launch.start);
@@ -39,6 +39,7 @@ def setup_lines(folder: Path) -> list[str]:
         'rsp_signal() { echo "$1 $EPOCHREALTIME" >> "$RSP_SIGNAL_LOG"; if [ "$1" = USR2 ]; then rsp_stop=1; fi; }',
         "trap 'rsp_signal USR2' USR2",
         "trap 'rsp_signal TERM' TERM",
+        ': >> "$RSP_SIGNAL_LOG"  # exists from here on: the traps are set',
         "RSP_SIGNAL_GUARD=",
         'if env --block-signal=USR2 true 2>/dev/null; then RSP_SIGNAL_GUARD="env --block-signal=USR2 --block-signal=TERM"; fi',
         "rsp_wait_for_ranks() {  # $1: srun's pid; sets rsp_rc to its exit status",

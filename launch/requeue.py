@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,10 +105,14 @@ def finalize_attempt(
     as now recorded (read once; updated in place)."""
     key = attempt_key(job_id)
     attempts = run.attempts()
-    if not attempts or attempts[-1].key != key:
+    if not attempts or attempts[-1].key != key:  # the ranks died before rank 0 recorded the attempt
         close_unrecorded(run, attempts, cluster, key)
+        end = os.environ.get("SLURM_JOB_END_TIME")
+        start = run.last_checkpoint_step() or 0
         attempts.append(
-            run.begin_attempt(job_id, key, [], run.last_checkpoint_step() or 0, previous=attempts, signal_log=signal_log)
+            run.begin_attempt(
+                job_id, key, [], start, previous=attempts, signal_log=signal_log, deadline=float(end) if end else None
+            )
         )
     last = attempts[-1]
     if last.end_reason is None:
@@ -116,6 +121,7 @@ def finalize_attempt(
             last,
             ending.reason,
             ending.step,
+            when=time.time(),  # srun just returned
             exit_code=exit_code,
             error=f"ranks exited with status {exit_code} before recording an end",
             inferred=f"by the teardown: {ending.evidence}",

@@ -9,12 +9,12 @@ reference runs of the same training config, bitwise.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+from chaos import last_logged_step, rank_process, step_exists
 from launch_helpers import (
     Driver,
     explain,
@@ -165,7 +165,7 @@ def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_red
     assert len(attempts) >= 2 and attempts[0].end_reason == "requeued", explain(run)
     assert "DataLoader worker" not in all_logs(run)
     assert attempts[1].start_step >= 50 and attempts[0].end_step >= attempts[1].start_step
-    assert last_logged_step(run, attempts[0]) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
+    assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
     assert steps_lost(run) >= attempts[0].end_step - attempts[1].start_step  # the lost column counts what was redone
     assert_same_training_state(run.path, reference(run, tmp_path))
 
@@ -177,47 +177,14 @@ def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submi
     attempts = run.attempts()
     assert attempts[0].end_reason in ("crashed", "interrupted") and attempts[-1].end_reason == "finished", explain(run)
     redone = attempts[0].end_step - attempts[1].start_step  # measured: the last step attempt 0 completed
-    assert last_logged_step(run, attempts[0]) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
+    assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
     assert redone >= 0 and steps_lost(run) == redone
     assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
-
-
-def step_exists(job: str) -> bool:
-    """The job's first srun step (its ranks) exists."""
-    out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True, text=True).stdout
-    return f"{job}.0" in out.split()
 
 
 def all_logs(run: RunDirectory) -> str:
     folder = Path(run.last_submission()["folder"])
     return "".join(p.read_text(errors="replace") for p in [*folder.glob("**/*_log.*"), *run.path.glob("logs/*/*.log")])
-
-
-def last_logged_step(run: RunDirectory, attempt) -> int:
-    """The last step an attempt's rank 0 logged (one log line per step in these tests)."""
-    text = (run.path / "logs" / attempt.key.replace("/", "-") / "rank_0.log").read_text(errors="replace")
-    return max(int(m) for m in re.findall(r"step (\d+)/\d+", text))
-
-
-def rank_process(job: str, rank: int) -> int:
-    """PID of the training process of `rank` in SLURM job `job` (found through /proc)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = dict(
-                e.split("=", 1) for e in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in e
-            )
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (
-            environ.get("SLURM_JOB_ID") == job
-            and environ.get("SLURM_PROCID") == str(rank)
-            and b"submitit.core._submit" in cmdline
-        ):
-            return int(proc.name)
-    raise AssertionError(f"no process of rank {rank} of job {job}")
 
 
 def test_time_limit_requeue_resumes_exactly(submitted, tmp_path):
