@@ -149,10 +149,12 @@ class Attempt:
         self.started: float | None = None
 
     def running(self) -> bool:
+        """Attempt k, or a later one (another run's preemption may have moved the job on), runs."""
         info = live_job(self.job)
-        if info.get("JobState") != "RUNNING" or info.get("Restarts") != str(self.k):
+        if info.get("JobState") != "RUNNING" or int(info.get("Restarts", -1)) < self.k:
             return False
-        self.started = self.started or time.mktime(time.strptime(info["StartTime"], "%Y-%m-%dT%H:%M:%S"))
+        self.k = int(info["Restarts"])
+        self.started = time.mktime(time.strptime(info["StartTime"], "%Y-%m-%dT%H:%M:%S"))
         return True
 
     def completed(self) -> int:
@@ -217,7 +219,7 @@ def drive(chaos: ChaosRun, timeout: float) -> None:
                     raise TimeoutError(f"attempt {i.attempt} never got ready for {i.kind}\n{explain(run)}")
                 time.sleep(0.05)
             i.note = _act(i, attempt)
-            i.sent = time.time() - attempt.started
+            i.sent, i.attempt = time.time() - attempt.started, attempt.k
     except Exception as exc:  # reported with the run
         chaos.error = f"driver: {exc!r}"
 
