@@ -1,8 +1,8 @@
 """What happens after an attempt ends: requeue it or declare the run over, by end reason.
 
 Budgets are separate per reason (cluster.max_timeouts / max_preemptions / max_failures) and a
-breaker stops a run whose last two attempts both failed at the same step (a crash that resuming
-cannot fix, e.g. a corrupt input or a deterministic NaN). Only genuine failures (crashed,
+breaker stops a run whose last two attempts both failed the same way at the same step (a crash
+that resuming cannot fix, e.g. a corrupt input or a deterministic NaN). Only genuine failures (crashed,
 interrupted) count as failures: a stop signal at any moment is a timeout, a preemption or a stop.
 
 On SLURM this runs as the batch script's teardown (launch.batch), after `srun` returns, whatever
@@ -60,6 +60,16 @@ def budget(cluster: ClusterConfig, category: str) -> int:
     return {"timeout": cluster.max_timeouts, "preemption": cluster.max_preemptions, "failure": cluster.max_failures}[category]
 
 
+def failure_signature(attempt: Attempt) -> tuple[str | None, str | None]:
+    """What a failure looks like: its end reason and, for a crash, the exception's type (the last
+    traceback line up to its colon). Two failures at the same step trip the breaker only when they
+    look alike: a deterministic error repeats itself; a rank killed once and a worker that crashed
+    once at the same step by chance do not."""
+    lines = (attempt.error or "").strip().splitlines()
+    kind = lines[-1].split(":", 1)[0].strip() if attempt.end_reason == "crashed" and lines else None
+    return attempt.end_reason, kind
+
+
 def decide(attempts: Sequence[Attempt], cluster: ClusterConfig) -> Decision:
     """Requeue after the last (ended) attempt, or finish/fail the run."""
     last = attempts[-1]
@@ -70,11 +80,11 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig) -> Decision:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
-        if CATEGORY.get(before.end_reason) == "failure" and before.end_step == last.end_step:
+        if before.end_step == last.end_step and failure_signature(before) == failure_signature(last):
             return Decision(
                 False,
-                f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step}; "
-                "resuming does not help (see their logs and errors)",
+                f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step} the same way "
+                f"({' '.join(filter(None, failure_signature(last)))}); resuming does not help (see their logs and errors)",
                 "failed",
             )
     used = Counter(CATEGORY.get(a.end_reason) for a in attempts)[category]

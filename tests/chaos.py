@@ -49,6 +49,15 @@ KINDS = (
     "preempt",
 )
 STARTUP = ("usr2_startup", "batch_usr2_startup")
+EFFECT = {  # how the attempt an interruption hits must end (docs/requeue.md#end-reasons)
+    "usr2_startup": ("stopped",),
+    "batch_usr2_startup": ("preempted",),  # the batch shell got it long before the time limit
+    "usr2_checkpoint": ("stopped",),
+    "requeue_workers": ("requeued",),
+    "kill9_rank": ("interrupted", "crashed"),  # crashed: a surviving rank saw its peer vanish first
+    "kill9_worker": ("crashed",),  # a worker killed by SIGKILL (the OOM killer) is a genuine failure
+    "preempt": ("preempted",),
+}
 STEPS, EVERY = 60, 10  # a run: 60 steps, a checkpoint every 10
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")
 
@@ -58,8 +67,15 @@ class Interruption:
     kind: str
     attempt: int  # the attempt (SLURM restart count) it hits
     rank: int = 0  # kill9_*: which rank
+    after: int = 3  # kinds that wait for training: the steps the attempt completes first
     sent: float | None = None  # seconds after the attempt's start (SLURM's StartTime) when it was done
+    workers: int | None = None  # requeue_workers: loader workers of rank 0 alive when it was done
+    effect: str | None = None  # how the attempt it hit ended
     note: str = ""
+
+    def label(self) -> str:
+        when = f"+{self.sent:.1f}s" if self.sent is not None else " not done"
+        return f"{self.kind}@{self.attempt}{when}->{self.effect or '?'}"
 
 
 @dataclass
@@ -85,7 +101,9 @@ def make_schedule(seed: int, runs: int, kinds: tuple[str, ...] = KINDS) -> list[
     for i, first in enumerate(lead[:runs]):
         nodes = rng.choice((1, 2))
         chosen = [first] + ([rng.choice(kinds)] if rng.random() < 0.5 else [])
-        out.append(ChaosRun(i, nodes, [Interruption(k, a, rng.randrange(nodes)) for a, k in enumerate(chosen)]))
+        out.append(
+            ChaosRun(i, nodes, [Interruption(k, a, rng.randrange(nodes), rng.randint(2, 9)) for a, k in enumerate(chosen)])
+        )
     return out
 
 
@@ -133,9 +151,18 @@ def worker_processes(pid: int) -> list[int]:
     return out
 
 
-def step_exists(job: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True, text=True).stdout
-    return f"{job}.0" in out.split()
+def step_exists(job: str, since: float = 0.0) -> bool:
+    """The job's ranks' step exists and started at or after `since` (not the last attempt's step,
+    which squeue may still list while it completes)."""
+    out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i|%S"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        step, _, start = line.partition("|")
+        if step.strip() == f"{job}.0":
+            try:
+                return time.mktime(time.strptime(start.strip(), "%Y-%m-%dT%H:%M:%S")) >= since
+            except ValueError:
+                return False
+    return False
 
 
 # --- one run's driver -------------------------------------------------------------------------------
@@ -173,17 +200,17 @@ class Attempt:
         return any(folder.glob(f"*/signals/{self.job}-{self.k}.log"))
 
 
-def _ready(kind: str, a: Attempt) -> bool:
+def _ready(kind: str, a: Attempt, after: int) -> bool:
     if not a.running():
         return False
     if kind == "usr2_startup":
-        return step_exists(a.job)
+        return step_exists(a.job, a.started)
     if kind == "batch_usr2_startup":
         return a.traps_set()
     if kind == "usr2_checkpoint":
         last = a.last_step()
         return last > 0 and last % EVERY == 0 and a.completed() > 0
-    return a.completed() >= (4 if kind == "kill9_rank" else 3)
+    return a.completed() >= after
 
 
 def _act(i: Interruption, a: Attempt) -> str:
@@ -192,9 +219,8 @@ def _act(i: Interruption, a: Attempt) -> str:
     elif i.kind == "batch_usr2_startup":
         subprocess.run(["scancel", "--batch", "--signal=USR2", a.job], check=True)
     elif i.kind == "requeue_workers":
-        workers = worker_processes(rank_process(a.job, 0))
+        i.workers = len(worker_processes(rank_process(a.job, 0)))
         subprocess.run(["scontrol", "requeue", a.job], check=True)
-        return f"{len(workers)} workers of rank 0 alive"
     elif i.kind == "kill9_rank":
         os.kill(rank_process(a.job, i.rank), signal.SIGKILL)
     elif i.kind == "kill9_worker":
@@ -214,7 +240,7 @@ def drive(chaos: ChaosRun, timeout: float) -> None:
         for i in chaos.interruptions:
             attempt = Attempt(run, job, i.attempt)
             deadline = time.monotonic() + timeout
-            while not _ready(i.kind, attempt):
+            while not _ready(i.kind, attempt, i.after):
                 if run.status() is not None or time.monotonic() > deadline:
                     raise TimeoutError(f"attempt {i.attempt} never got ready for {i.kind}\n{explain(run)}")
                 time.sleep(0.05)
@@ -262,6 +288,10 @@ def outcome(chaos: ChaosRun, same_as_reference) -> dict:
         logged = last_logged_step(run, a.key)
         measured += max(0, (logged if logged is not None else a.start_step) - b.start_step)
     finished = status.get("state") == "finished"
+    job = job_id(run)
+    for i in chaos.interruptions:  # what each interruption did to the attempt it hit
+        hit = next((a for a in attempts if a.key == f"{job}/{i.attempt}"), None)
+        i.effect = hit.end_reason if hit else "no such attempt"
     return {
         "finished": finished,
         "ends": " ".join(a.end_reason or "?" for a in attempts),
@@ -275,8 +305,13 @@ def outcome(chaos: ChaosRun, same_as_reference) -> dict:
 
 
 def summary(schedule: list[ChaosRun], seed: int) -> dict:
-    firsts = [r for r in schedule if any(i.kind in STARTUP and i.sent is not None and i.sent <= 5 for i in r.interruptions)]
-    requeues = [r for r in schedule if any(i.kind == "requeue_workers" and "workers" in i.note for i in r.interruptions)]
+    stops = ("stopped", "preempted", "timeout", "requeued")  # the signal ended its attempt
+    firsts = [
+        r for r in schedule if any(i.kind in STARTUP and (i.sent or 99) <= 5 and i.effect in stops for i in r.interruptions)
+    ]
+    requeues = [
+        r for r in schedule if any(i.kind == "requeue_workers" and i.workers and i.effect in stops for i in r.interruptions)
+    ]
     kinds: dict[str, int] = {}
     for r in schedule:
         for i in r.interruptions:
@@ -289,6 +324,10 @@ def summary(schedule: list[ChaosRun], seed: int) -> dict:
         "signal_in_first_5s": len(firsts),
         "requeue_while_workers_run": len(requeues),
         "interruptions": kinds,
+        "as_expected": sum(i.effect in EFFECT[i.kind] for r in schedule for i in r.interruptions),
+        "unexpected": [
+            f"run {r.index}: {i.label()}" for r in schedule for i in r.interruptions if i.effect not in EFFECT[i.kind]
+        ],
         "lost_steps_recorded": sum(r.outcome.get("lost_steps", 0) for r in schedule),
         "lost_steps_measured": sum(r.outcome.get("measured_steps", 0) for r in schedule),
         "errors": [f"run {r.index}: {r.error}" for r in schedule if r.error],
@@ -300,9 +339,7 @@ def rows(schedule: list[ChaosRun]) -> list[dict]:
         {
             "run": r.index,
             "nodes": r.nodes,
-            "interruptions": ", ".join(
-                f"{i.kind}@{i.attempt}" + (f"+{i.sent:.1f}s" if i.sent is not None else " (not done)") for i in r.interruptions
-            ),
+            "interruptions": ", ".join(i.label() for i in r.interruptions),
             **r.outcome,
         }
         for r in schedule

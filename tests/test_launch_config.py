@@ -238,6 +238,21 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     decision = decide(attempts(("timeout", 5), ("crashed", 7), ("crashed", 7)), cluster)
     assert not decision.requeue and "breaker" in decision.reason and "step 7" in decision.reason
     assert decide(attempts(("crashed", 7), ("crashed", 9)), cluster).requeue  # progress was made
+    assert not decide(attempts(("interrupted", 7), ("interrupted", 7)), cluster).requeue  # e.g. the OOM killer, twice
+    assert decide(attempts(("crashed", 7), ("interrupted", 7)), cluster).requeue  # different failures: a coincidence
+    nan, worker = attempts(("crashed", 7), ("crashed", 7)), "RuntimeError: DataLoader worker (pid 12) is killed by signal"
+    nan[0].error, nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8", worker
+    assert decide(nan, cluster).requeue  # two different errors at the same step
+    nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8 on 1 rank(s)"
+    assert not decide(nan, cluster).requeue
+
+
+def test_stop_signals_are_never_failures(train_videos, tmp_path):
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=0)
+    for reason in ("timeout", "preempted", "stopped", "requeued"):
+        assert decide(attempts((reason, 0), (reason, 0)), cluster).requeue, reason  # no breaker, no failure budget
+    cancelled = decide(attempts(("cancelled", 3)), cluster)
+    assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
 
 
 # --- sweeps --------------------------------------------------------------------------------------
