@@ -27,6 +27,7 @@ PICKLE_WAIT_S = 60  # submitit writes the pickle right after sbatch returns; a f
 
 
 def run_pickled_job(folder: str) -> None:
+    # submitit, and through the pickle torch, only now: the stop handlers are in place
     from submitit.core import job_environment, utils
 
     os.environ["SUBMITIT_FOLDER"] = folder

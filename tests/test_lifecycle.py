@@ -21,7 +21,7 @@ from launch.rundir import Attempt, RunDirectory
 from launch.snapshot import take_snapshot
 from launch.status import lost_time
 from launch.steplog import RECORD, StepLog, read_trace
-from rsp.config import to_dict
+from rsp.schema import to_dict
 from rsp.distributed import DistEnv
 from rsp.provenance import describe_tree
 from rsp.train import train
@@ -74,7 +74,8 @@ def test_a_stop_signal_during_interpreter_start_up_waits_for_the_handler():
 STOPPABLE = """
 import json, sys
 from pathlib import Path
-from rsp.config import TrainConfig, from_dict
+from rsp.config import TrainConfig
+from rsp.schema import from_dict
 from rsp.distributed import DistEnv
 from rsp.lifecycle import install_early_stop_signals
 from rsp.train import train
