@@ -24,7 +24,7 @@ from typing import Any
 
 import submitit
 
-from launch.batch import SIGNAL_DIR, TrainingExecutor, setup_lines, teardown_lines
+from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_lines
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
 from rsp.atomicio import atomic_write_json
@@ -64,7 +64,9 @@ class Resources:
     array_parallelism: int = 64
     dependency: str | None = None  # e.g. "afterok:123"
     job_name: str = "rsp"
-    requeue_teardown: bool = True  # training jobs: run launch.requeue after srun
+    # The module run after srun with --folder and --exit-code (launch.batch): launch.requeue for a
+    # training job, launch.evaluations.teardown for an evaluation job; None: a plain submitit script.
+    teardown: str | None = "launch.requeue"
 
     @classmethod
     def from_cluster(cls, cluster: Any, job_name: str, **overrides: Any) -> Resources:
@@ -123,14 +125,14 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def executor(self, resources: Resources, folder: Path) -> submitit.SlurmExecutor:
-        """Training jobs (requeue_teardown) get the lifecycle batch script of launch.batch."""
+        """Jobs with a teardown get the lifecycle batch script of launch.batch."""
         r = resources
         python = shlex.quote(sys.executable)
-        cls = TrainingExecutor if r.requeue_teardown else submitit.SlurmExecutor
+        cls = LifecycleExecutor if r.teardown else submitit.SlurmExecutor
         ex = cls(folder=folder, python=python)
         setup = snapshot_setup(self.snapshot)
         additional: dict[str, Any] = {"requeue": True, "kill-on-invalid-dep": "yes"}
-        if r.requeue_teardown:
+        if r.teardown:
             setup = setup_lines(folder) + setup  # the traps first: the shell may be signalled at once
             additional["signal"] = f"B:USR2@{r.signal_delay_s}"
         params: dict[str, Any] = dict(
@@ -156,8 +158,8 @@ class SlurmBackend(Backend):
             dependency=r.dependency,
         )
         params.update({k: v for k, v in optional.items() if v is not None})
-        if r.requeue_teardown:
-            params["teardown"] = teardown_lines(python, folder)
+        if r.teardown:
+            params["teardown"] = teardown_lines(python, r.teardown, folder)
         ex.update_parameters(**params)
         return ex
 

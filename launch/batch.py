@@ -1,5 +1,5 @@
-"""The SLURM batch script of a training job: signals deferred and logged, ranks started safely,
-every end through one teardown (docs/requeue.md).
+"""The SLURM batch script of a training or evaluation job: signals deferred and logged, ranks
+started safely, every end through one teardown (docs/requeue.md).
 
     #SBATCH --signal=B:USR2@<delay>     time limit and preemption signal this shell, which exists from
                                         the first instant (the ranks' step may not exist yet)
@@ -14,6 +14,7 @@ every end through one teardown (docs/requeue.md).
                                         step exists, and a repeat is harmless (a flag is set again)
     # teardown
     python -m launch.requeue ...        record how the attempt ended, then requeue or end the run
+                                        (an evaluation job: python -m launch.evaluations.teardown)
 
 SIGTERM is not forwarded: the scheduler sends it to every process of the job itself.
 """
@@ -54,11 +55,11 @@ def setup_lines(folder: Path) -> list[str]:
     ]
 
 
-def teardown_lines(python: str, folder: Path) -> list[str]:
-    return [f'{python} -m launch.requeue --folder {shlex.quote(str(folder))} --exit-code "$rsp_rc"']
+def teardown_lines(python: str, module: str, folder: Path) -> list[str]:
+    return [f'{python} -m {module} --folder {shlex.quote(str(folder))} --exit-code "$rsp_rc"']
 
 
-class TrainingExecutor(submitit.SlurmExecutor):
+class LifecycleExecutor(submitit.SlurmExecutor):
     """submitit's SLURM executor with the lifecycle above: the srun command runs launch.start
     in the background and the shell waits for it (a trapped signal can only run while bash waits
     on a background job), and the time-limit signal goes to the batch shell."""

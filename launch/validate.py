@@ -247,6 +247,17 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
     out += protocol_problems(e)
     if e.cpus_per_task < 1 or e.gpus < 0 or e.time_minutes < 1:
         out.append("evaluation.cpus_per_task and evaluation.time_minutes must be >= 1, evaluation.gpus >= 0")
+    if e.signal_delay_s < 10:
+        out.append(f"evaluation.signal_delay_s ({e.signal_delay_s}) must be >= 10 s: time to stop and be requeued")
+    elif e.time_minutes * 60 < e.signal_delay_s + MIN_TRAINING_S + SIGNAL_TICK_S:
+        out.append(
+            f"evaluation.signal_delay_s ({e.signal_delay_s}) leaves no time to evaluate within evaluation.time_minutes "
+            f"({e.time_minutes} = {e.time_minutes * 60} s): SLURM sends the stop signal signal_delay_s before the limit, "
+            f"up to {SIGNAL_TICK_S} s early; raise evaluation.time_minutes or lower evaluation.signal_delay_s"
+        )
+    for key in ("max_requeues", "max_resubmissions"):
+        if getattr(e, key) < 0:
+            out.append(f"evaluation.{key} ({getattr(e, key)}) must be >= 0")
     return out
 
 

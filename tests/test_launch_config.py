@@ -103,6 +103,12 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         ),
         (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.signal_delay_s (55) must be at least 10 s shorter"),
         (["cluster.time_minutes=2", "cluster.signal_delay_s=120"], "than cluster.time_minutes (2 = 120 s)"),
+        (
+            ["evaluation.time_minutes=1", "evaluation.signal_delay_s=120"],
+            "evaluation.signal_delay_s (120) leaves no time to evaluate within evaluation.time_minutes (1 = 60 s)",
+        ),
+        (["evaluation.signal_delay_s=5"], "evaluation.signal_delay_s (5) must be >= 10 s"),
+        (["evaluation.max_requeues=-1"], "evaluation.max_requeues (-1) must be >= 0"),
         (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
         (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
         (["data.labels=missing.csv"], "data.labels ('missing.csv') does not exist"),

@@ -21,9 +21,9 @@ from launch.rundir import Attempt, RunDirectory
 from launch.snapshot import take_snapshot
 from launch.status import lost_time
 from launch.steplog import RECORD, StepLog, read_trace
-from rsp.schema import to_dict
 from rsp.distributed import DistEnv
 from rsp.provenance import describe_tree
+from rsp.schema import to_dict
 from rsp.train import train
 
 CLUSTER = ClusterConfig(backend="slurm", time_minutes=60, signal_delay_s=120)
