@@ -123,11 +123,17 @@ def _environ(pid: str) -> dict[str, str]:
     return dict(e.split("=", 1) for e in raw.split("\0") if "=" in e)
 
 
+def is_rank(cmdline: bytes) -> bool:
+    """A rank runs `python -u -m launch.start FOLDER` (srun's own command line holds those words too)."""
+    argv = cmdline.split(b"\0")
+    return Path(argv[0].decode(errors="replace")).name.startswith("python") and b"launch.start" in argv
+
+
 def rank_process(job: str, rank: int) -> int:
-    """PID of the training process of `rank` in SLURM job `job` (found through /proc)."""
+    """PID of the process of `rank` in SLURM job `job` (found through /proc)."""
     for proc in Path("/proc").iterdir():
         try:
-            if not proc.name.isdigit() or b"launch.start" not in (proc / "cmdline").read_bytes():
+            if not proc.name.isdigit() or not is_rank((proc / "cmdline").read_bytes()):
                 continue
             env = _environ(proc.name)
         except OSError:
