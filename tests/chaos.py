@@ -101,9 +101,10 @@ def make_schedule(seed: int, runs: int, kinds: tuple[str, ...] = KINDS) -> list[
     for i, first in enumerate(lead[:runs]):
         nodes = rng.choice((1, 2))
         chosen = [first] + ([rng.choice(kinds)] if rng.random() < 0.5 else [])
-        out.append(
-            ChaosRun(i, nodes, [Interruption(k, a, rng.randrange(nodes), rng.randint(2, 9)) for a, k in enumerate(chosen)])
-        )
+        planned = [Interruption(k, a, rng.randrange(nodes), rng.randint(2, 9)) for a, k in enumerate(chosen)]
+        if len(planned) == 2 and planned[1].after == planned[0].after:  # two kills at the same step look
+            planned[1].after += 1  # deterministic to the breaker (docs/requeue.md#requeue-policy): not by design
+        out.append(ChaosRun(i, nodes, planned))
     return out
 
 
