@@ -6,7 +6,7 @@ subset) and bench/chaos.py (N randomized runs, a table and JSON).
 Interruptions (KINDS), each aimed at one attempt of a run (a second one hits the next attempt:
 two in a row):
 
-    usr2_startup        SIGUSR2 to the ranks the moment their step exists (Python starting, importing)
+    usr2_startup        SIGUSR2 to the ranks the moment their Python exists (starting, importing)
     batch_usr2_startup  SIGUSR2 to the batch shell once its traps are set, before srun (deferred, forwarded)
     usr2_checkpoint     SIGUSR2 to the ranks as a checkpoint step completes (the checkpoint is being written)
     requeue_workers     scontrol requeue while the loader workers run (SIGTERM to every process)
@@ -58,7 +58,7 @@ EFFECT = {  # how the attempt an interruption hits must end (docs/requeue.md#end
     "kill9_worker": ("crashed",),  # a worker killed by SIGKILL (the OOM killer) is a genuine failure
     "preempt": ("preempted",),
 }
-STEPS, EVERY = 60, 10  # a run: 60 steps, a checkpoint every 10
+STEPS, EVERY = 200, 20  # a run: 200 steps, a checkpoint every 20 (long enough for a late interruption to land)
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")
 
 
@@ -130,8 +130,9 @@ def is_rank(cmdline: bytes) -> bool:
     return Path(argv[0].decode(errors="replace")).name.startswith("python") and b"launch.start" in argv
 
 
-def rank_process(job: str, rank: int) -> int:
-    """PID of the process of `rank` in SLURM job `job` (found through /proc)."""
+def rank_process(job: str, rank: int, restart: int | None = None) -> int:
+    """PID of the process of `rank` in SLURM job `job` (found through /proc); `restart`: of that
+    attempt only (its SLURM_RESTART_COUNT)."""
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or not is_rank((proc / "cmdline").read_bytes()):
@@ -140,8 +141,16 @@ def rank_process(job: str, rank: int) -> int:
         except OSError:
             continue
         if env.get("SLURM_JOB_ID") == job and env.get("SLURM_PROCID") == str(rank):
-            return int(proc.name)
+            if restart is None or env.get("SLURM_RESTART_COUNT", "0") == str(restart):
+                return int(proc.name)
     raise LookupError(f"no process of rank {rank} of job {job}")
+
+
+def rank_exists(job: str, rank: int, restart: int) -> bool:
+    try:
+        return bool(rank_process(job, rank, restart))
+    except LookupError:
+        return False
 
 
 def worker_processes(pid: int) -> list[int]:
@@ -156,20 +165,6 @@ def worker_processes(pid: int) -> list[int]:
         except OSError:
             continue
     return out
-
-
-def step_exists(job: str, since: float = 0.0) -> bool:
-    """The job's ranks' step exists and started at or after `since` (not the last attempt's step,
-    which squeue may still list while it completes)."""
-    out = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i|%S"], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        step, _, start = line.partition("|")
-        if step.strip() == f"{job}.0":
-            try:
-                return time.mktime(time.strptime(start.strip(), "%Y-%m-%dT%H:%M:%S")) >= since
-            except ValueError:
-                return False
-    return False
 
 
 # --- one run's driver -------------------------------------------------------------------------------
@@ -210,8 +205,8 @@ class Attempt:
 def _ready(kind: str, a: Attempt, after: int) -> bool:
     if not a.running():
         return False
-    if kind == "usr2_startup":
-        return step_exists(a.job, a.started)
+    if kind == "usr2_startup":  # the rank's Python exists (it started with the stop signals blocked)
+        return rank_exists(a.job, 0, a.k)
     if kind == "batch_usr2_startup":
         return a.traps_set()
     if kind == "usr2_checkpoint":

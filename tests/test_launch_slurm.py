@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chaos import last_logged_step, rank_process, step_exists
+from chaos import last_logged_step, rank_exists, rank_process
 from launch_helpers import (
     Driver,
     explain,
@@ -65,9 +65,9 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
             lambda r: r.latest_logged_step() >= 3,
             lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
         ),
-        "startup_usr2": Driver(  # the moment the ranks' step exists: they are starting Python and importing
+        "startup_usr2": Driver(  # the moment the rank's Python exists: it is starting and importing
             roots["startup_usr2"],
-            lambda r: r.exists and step_exists(job_id(r)),
+            lambda r: r.exists and rank_exists(job_id(r), 0, 0),
             lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
             poll_s=0.05,
         ),
