@@ -239,8 +239,9 @@ def drive(chaos: ChaosRun, timeout: float) -> None:
     try:
         run = only_run(chaos.root)
         job = job_id(run)
+        floor = 0  # two in a row: the second one hits an attempt after the one the first hit
         for i in chaos.interruptions:
-            attempt = Attempt(run, job, i.attempt)
+            attempt = Attempt(run, job, max(i.attempt, floor))
             deadline = time.monotonic() + timeout
             while not _ready(i.kind, attempt, i.after):
                 if run.status() is not None or time.monotonic() > deadline:
@@ -248,6 +249,7 @@ def drive(chaos: ChaosRun, timeout: float) -> None:
                 time.sleep(0.05)
             i.note = _act(i, attempt)
             i.sent, i.attempt = time.time() - attempt.started, attempt.k
+            floor = attempt.k + 1
     except Exception as exc:  # reported with the run
         chaos.error = f"driver: {exc!r}"
 
