@@ -201,6 +201,10 @@ class CheckpointConfig:
     every_steps: int = field(default=500, metadata=RUNTIME_ONLY)  # optimizer steps between checkpoints
     keep_last: int = field(default=2, metadata=RUNTIME_ONLY)  # newest non-milestone checkpoints kept
     milestone_every_steps: int = field(default=0, metadata=RUNTIME_ONLY)  # 0: only the final step
+    # Commit the initialization (step 0, before the first optimizer step) as a milestone: evaluated
+    # like the others, so every result has its own untrained baseline; written once per run, never
+    # by a resumed attempt.
+    initial_milestone: bool = field(default=True, metadata=RUNTIME_ONLY)
     async_write: bool = field(default=True, metadata=RUNTIME_ONLY)  # write in a background thread
 
     def problems(self) -> list[str]:

@@ -186,7 +186,12 @@ def trained_run(train_videos, tmp_path_factory):
 
 def test_retention_keeps_milestones_and_pinned_checkpoints(trained_run):
     steps = [m.step for m in trained_run.manifests()]
-    assert steps == [2, 3, 4]  # keep_last=1 removed step 1; 2 and 4 are milestones; 3 is the newest ordinary
+    assert steps == [
+        0,
+        2,
+        3,
+        4,
+    ]  # keep_last=1 removed step 1; 0 (the initialization), 2 and 4 are milestones; 3 the newest ordinary
     store = trained_run.checkpoints
     store.pin(3, "pending-eval")
     assert store.prune(keep_last=0) == [] and (store.dir / "step_00000003.pt").exists()
@@ -200,12 +205,12 @@ def test_each_evaluation_is_claimed_at_most_once(tmp_path):
 
 def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     due = expected(trained_run)
-    assert [(s, t) for s, t, _ in due] == [(2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
+    assert [(s, t) for s, t, _ in due] == [(0, "davis"), (0, "vip"), (2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
     ids = schedule(trained_run, None, "debug")
-    assert len(ids) == 2  # debug/local: one job per checkpoint runs its tasks in turn
+    assert len(ids) == 3  # debug/local: one job per checkpoint runs its tasks in turn
     assert schedule(trained_run, None, "debug") == []  # at most once
     records, warnings = read_records(find_record_files(trained_run.path.parent))
-    assert len(records) == 4 and not warnings
+    assert len(records) == 6 and not warnings
     r = next(r for r in records if r.step == 4 and r.task == "davis")
     info = trained_run.info()
     manifest = next(m for m in trained_run.manifests() if m.step == 4)
@@ -213,7 +218,7 @@ def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     assert r.protocol["preset"].startswith("rsp") and 0 <= r.metrics["J&F-Mean"] <= 1 and r.wall_time_s > 0
     assert not list((trained_run.path / "checkpoints" / "pins").glob("*"))  # unpinned once recorded
     table = build_table(records)
-    assert list(table["step"]) == [2, 4] and table["best"].sum() == 1
+    assert list(table["step"]) == [0, 2, 4] and table["best"].sum() == 1
 
 
 def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tmp_path):
