@@ -33,6 +33,7 @@ from launch.evaluations.expected import task_eval_config
 from rsp.config import ModelConfig
 from rsp.model import create_model
 from rsp.schema import ConfigError, from_dict, to_dict
+from rsp.synthetic import generated_scene
 from rsp.video import DataError, read_labels, resolve_labels_file
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
@@ -131,7 +132,15 @@ def data_problems(cfg: RunConfig) -> list[str]:
     root = Path(d.root)
     if d.synthetic_videos:
         reason = writable(root)
-        return [] if reason is None else [f"data.root ({root}) cannot hold the generated videos: {reason}"]
+        if reason is not None:
+            return [f"data.root ({root}) cannot hold the generated videos: {reason}"]
+        made = generated_scene(root)
+        if made is not None and made != d.synthetic_scene:
+            return [
+                f"data.root ({root}) holds generated {made} videos, not the {d.synthetic_scene} videos "
+                f"data.synthetic_scene asks for; point data.root at another directory, or delete it to regenerate"
+            ]
+        return []
     if not root.is_dir():
         return [f"data.root ({root}) does not exist; prepare the dataset there or point data.root at it"]
     found = count_videos(root, d.labels)

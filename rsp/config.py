@@ -22,6 +22,7 @@ from rsp.schema import RUNTIME_ONLY, ConfigError
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -86,6 +87,9 @@ class DataConfig:
     root: str = ""  # dataset root (holds the labels file and the videos)
     labels: str = "auto"  # labels file relative to root; auto: ours, else the reference's pickle
     synthetic_videos: int = 0  # > 0: generate this many synthetic videos at root if it has no labels file
+    # What generated videos show: rsp.synthetic.SCENES (shapes | camouflage). Not part of a run's
+    # identity: data.root is, and a root holds one scene (submit-time validation refuses another).
+    synthetic_scene: str = field(default="shapes", metadata=RUNTIME_ONLY)
     repeated_sampling: int = 2  # frame pairs drawn per video and step (R)
     min_gap: int = 4  # frames, smallest distance between the two frames of a pair
     max_gap: int = 48  # frames, largest distance (inclusive)
@@ -127,6 +131,8 @@ class DataConfig:
             out.append(f"data.num_workers ({self.num_workers}) must be >= 0")
         if self.synthetic_videos < 0:
             out.append(f"data.synthetic_videos ({self.synthetic_videos}) must be >= 0")
+        if self.synthetic_scene not in SYNTHETIC_SCENES:
+            out.append(f"data.synthetic_scene ({self.synthetic_scene!r}) must be one of {', '.join(SYNTHETIC_SCENES)}")
         return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import tarfile
 import tempfile
@@ -33,7 +34,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from rsp.atomicio import atomic_path
+from rsp.atomicio import atomic_path, atomic_write_json
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
 
@@ -88,6 +89,7 @@ SCENES = {"shapes": synthetic_frames, "camouflage": camouflage_frames}  # name -
 # (height, width, frames) of a scene's videos when none is given: camouflage videos are seen at
 # 64 px by the smoke run and the study, close to the scale of their 96-px generated benchmarks.
 SCENE_SIZES = {"shapes": (96, 128, 60), "camouflage": (72, 96, 40)}
+GENERATED_FILE = ".generated.json"  # beside the labels file: what generate_dataset made (scene, sizes, seed)
 
 
 def _bounce(x: float, size: int) -> float:
@@ -196,7 +198,15 @@ def generate_dataset(
     _write_all(specs, jobs)
     labels = root / OUR_LABELS
     write_labels(labels, entries)
+    made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}
+    atomic_write_json(root / GENERATED_FILE, made)
     return labels
+
+
+def generated_scene(root: str | Path) -> str | None:
+    """The scene of the dataset generate_dataset wrote at `root`; None when it wrote none there."""
+    made = Path(root) / GENERATED_FILE
+    return json.loads(made.read_text())["scene"] if made.is_file() else None
 
 
 def ensure_synthetic_dataset(root: str | Path, num_videos: int, **kwargs) -> Path:
@@ -205,6 +215,12 @@ def ensure_synthetic_dataset(root: str | Path, num_videos: int, **kwargs) -> Pat
     Safe to call from every rank at once: files are written atomically with identical content."""
     labels = Path(root) / OUR_LABELS
     if labels.is_file():
+        scene = kwargs.get("scene", "shapes")
+        if (found_scene := generated_scene(root)) not in (None, scene):
+            raise ValueError(
+                f"{root} holds generated {found_scene} videos, not the {scene} videos asked for "
+                f"(data.synthetic_scene={scene}); point data.root at another directory, or delete {root} to regenerate"
+            )
         found = len(read_labels(labels))
         if found != num_videos:
             log.warning("%s lists %d videos, not the %d requested; using it as it is", labels, found, num_videos)

@@ -111,6 +111,7 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
         (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
+        (["data.synthetic_scene=cubes"], "data.synthetic_scene ('cubes') must be one of shapes, camouflage"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
             "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb",
@@ -132,6 +133,18 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
 def test_validation_rule(train_videos, tmp_path, overrides, expected):
     found = problems(cfg_with(tmp_path, train_videos, *overrides))
     assert any(expected in p for p in found), found
+
+
+def test_validation_refuses_generated_videos_of_another_scene(tmp_path):
+    from rsp.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "videos", 2, num_frames=4, scene="camouflage")
+    found = problems(cfg_with(tmp_path, tmp_path / "videos", "data.synthetic_videos=2", "data.batch_size=2"))
+    assert any("holds generated camouflage videos, not the shapes videos data.synthetic_scene asks for" in p for p in found), (
+        found
+    )
+    scene = ("data.synthetic_videos=2", "data.batch_size=2", "data.synthetic_scene=camouflage")
+    assert problems(cfg_with(tmp_path, tmp_path / "videos", *scene)) == []
 
 
 def test_validation_collects_all_problems_and_a_good_config_has_none(train_videos, tmp_path):

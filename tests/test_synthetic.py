@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rsp import synthetic
+from rsp.config import SYNTHETIC_SCENES
 from rsp.scenes import SceneStyle, camouflage_scene
 from rsp.synthetic import SCENE_SIZES, ensure_synthetic_dataset, generate_dataset, synthetic_frames
 from rsp.video import read_labels
@@ -52,6 +53,19 @@ def test_camouflage_light_changes_between_frames_and_a_still_style_keeps_it():
     assert np.abs(frames[0] - frames[2]).max() == 0
     lit = [f.astype(float) for f, _ in camouflage_scene(np.random.default_rng(0), 3, 48, 64)]
     assert np.abs(lit[0] - lit[2]).mean() > 5
+
+
+def test_a_dataset_of_another_scene_is_refused_not_reused(tmp_path):
+    ensure_synthetic_dataset(tmp_path, 2, num_frames=4, scene="camouflage")
+    assert ensure_synthetic_dataset(tmp_path, 2, num_frames=4, scene="camouflage") == tmp_path / "labels.csv"
+    with pytest.raises(
+        ValueError, match=r"holds generated camouflage videos, not the shapes videos.*data.synthetic_scene=shapes"
+    ):
+        ensure_synthetic_dataset(tmp_path, 2, num_frames=4)
+
+
+def test_the_config_lists_the_generated_scenes():
+    assert tuple(synthetic.SCENES) == SYNTHETIC_SCENES == tuple(synthetic.SCENE_SIZES)
 
 
 def test_camouflage_videos_are_byte_identical_per_seed(tmp_path):
