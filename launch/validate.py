@@ -195,6 +195,8 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
             )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
+        elif e.synthetic and (reason := TASKS[task].generated_problem(root)):
+            out.append(f"evaluation.data_roots.{task}: {reason}")
     out += protocol_problems(e)
     if e.cpus_per_task < 1 or e.gpus < 0 or e.time_minutes < 1:
         out.append("evaluation.cpus_per_task and evaluation.time_minutes must be >= 1, evaluation.gpus >= 0")

@@ -148,6 +148,7 @@ def test_a_new_task_runs_through_validation_scheduling_records_table_status_and_
     record = records[0]
     assert record.task == "centre" and set(record.metrics) == {"hit@0.1"} and 0 <= record.metrics["hit@0.1"] <= 1
     assert record.protocol["preset"] == "rsp" and record.protocol["frame_size"] == 64 and record.protocol["split"] == "val"
+    assert record.protocol["generated_set"].startswith("generated centre set (camouflage-1)")  # tables label it
 
     report = aggregate(tmp_path / "runs", tmp_path / "results")
     assert "centre:hit@0.1" in report.table.columns and report.table["best"].sum() == 1  # best checkpoint picked by hit@0.1
