@@ -4,11 +4,14 @@ identity, the requeue policy, sweep expansion, array splitting, the generated sb
 from __future__ import annotations
 
 import dataclasses
+import functools
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 
-from launch.backends import Resources, SlurmBackend
+from launch.backends import InLocalSlot, Resources, SlurmBackend
 from launch.config import compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
@@ -284,6 +287,29 @@ def test_bad_sweeps_report_every_problem_and_submit_nothing(tmp_path, text, expe
     with pytest.raises(ConfigError) as err:
         expand(load_sweep(write_sweep(tmp_path, "experiment: smoke\n" + text)), ["evaluation.tasks=[]"])
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def _busy_interval(out: str, name: str) -> None:
+    start = time.time()
+    time.sleep(1.0)  # long beside the 0.05 s poll: the second slot is taken while the first is busy
+    Path(out, name).write_text(f"{start} {time.time()}")
+
+
+def test_local_slots_run_at_most_that_many_jobs_at_once(tmp_path):
+    """Six processes, two slots: never more than two inside at once, and every one gets its turn."""
+    jobs = [
+        InLocalSlot(functools.partial(_busy_interval, str(tmp_path), f"job{i}"), str(tmp_path / "slots"), 2, 0.05)
+        for i in range(6)
+    ]
+    processes = [multiprocessing.get_context("fork").Process(target=job) for job in jobs]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=60)
+    intervals = [tuple(map(float, (tmp_path / f"job{i}").read_text().split())) for i in range(6)]
+    starts = sorted(s for s, _ in intervals)
+    overlap = max(sum(s <= t < e for s, e in intervals) for t in starts)
+    assert overlap == 2 and all(p.exitcode == 0 for p in processes)
 
 
 def test_arrays_group_by_resources_and_split_at_max_array_size():
