@@ -72,8 +72,13 @@ class EvaluationConfig:
     device: str = "auto"
     cpus_per_task: int = 2
     gpus: int = 0
-    time_minutes: int = 120
+    time_minutes: int = 120  # wall-time limit of one evaluation job
+    # SIGUSR2 this long before the limit (the job stops and is requeued: an evaluation is not
+    # checkpointed, it needs only seconds to stop); must leave time to evaluate (docs/requeue.md)
+    signal_delay_s: int = 30
     mem_gb: float | None = None
+    max_requeues: int = 3  # time limits and preemptions of one evaluation job before it is given up (failed.json)
+    max_resubmissions: int = 2  # new jobs for an evaluation whose job vanished without a word, before it is given up
 
 
 @dataclass

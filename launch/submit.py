@@ -31,7 +31,7 @@ from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import load_sweep
-from launch.validate import absolutize, validate
+from launch.validate import absolutize, validate, warnings
 from rsp.schema import ConfigError, to_dict
 
 log = logging.getLogger("launch.submit")
@@ -56,7 +56,10 @@ def check(cfg: RunConfig) -> RunConfig:
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    return validate(cfg, sbatch_script=script)
+    validate(cfg, sbatch_script=script)
+    for warning in warnings([cfg]):
+        print(f"warning: {warning}", file=sys.stderr)
+    return cfg
 
 
 def describe_state(state: RunState) -> str:

@@ -10,6 +10,11 @@ as a ConfigError. Each message names the key, the bad value, the rule and the fi
 - the time limit leaves room for start-up, one step and the checkpoint write after the signal;
 - local/debug backends get shapes this machine can run; SLURM judges the resources itself
   (`sbatch --test-only`, which queues nothing).
+
+`warnings(cfgs)` lists what is allowed but costs something the user may not expect (printed at
+submit, never blocking): a requeue budget of 0 (the run fails at the first such end instead of
+resuming), a stop signal that can come within the first minute of an attempt, and a SLURM that
+preempts without sending the stop signal (docs/requeue.md).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,7 +33,7 @@ import torch
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, registered
-from launch.backends import BACKENDS
+from launch.backends import BACKENDS, slurm_config
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
 from launch.evaluations.expected import task_eval_config
 from rsp.config import ModelConfig
@@ -38,6 +44,12 @@ from rsp.video import DataError, read_labels, resolve_labels_file
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
+SIGNAL_TICK_S = 30  # SLURM checks time limits on a 30 s tick: the stop signal can come this much early
+BUDGET_ENDS = {
+    "max_timeouts": "its first time limit",
+    "max_preemptions": "its first preemption",
+    "max_failures": "its first crash",
+}
 
 
 def cluster_problems(c: ClusterConfig) -> list[str]:
@@ -164,10 +176,56 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
         )
     if c.time_minutes * 60 < c.signal_delay_s + MIN_TRAINING_S:
         out.append(
-            f"cluster.time_minutes ({c.time_minutes}) leaves no time to train: the stop signal comes "
-            f"cluster.signal_delay_s={c.signal_delay_s} s before the limit; raise cluster.time_minutes"
+            f"cluster.signal_delay_s ({c.signal_delay_s}) must be at least {MIN_TRAINING_S} s shorter than "
+            f"cluster.time_minutes ({c.time_minutes} = {c.time_minutes * 60} s): the stop signal comes signal_delay_s "
+            "before the limit, which leaves no time to train; raise cluster.time_minutes or lower cluster.signal_delay_s"
         )
     return out
+
+
+def cluster_warnings(c: ClusterConfig, slurm: dict[str, str] | None = None) -> list[str]:
+    """Allowed, but probably not what the user wants. `slurm`: `scontrol show config` (SLURM backend)."""
+    if c.backend == "debug":
+        return []
+    out = [
+        f"cluster.{key}=0: the run is marked failed at {end} instead of resuming from its newest checkpoint "
+        f"(`--retry-failed` resumes it); set cluster.{key} >= 1 to requeue"
+        for key, end in BUDGET_ENDS.items()
+        if getattr(c, key) == 0
+    ]
+    window = c.time_minutes * 60 - c.signal_delay_s
+    if c.backend == "slurm" and MIN_TRAINING_S <= window < SIGNAL_TICK_S + 60:
+        out.append(
+            f"cluster.signal_delay_s ({c.signal_delay_s}) leaves {window} s of cluster.time_minutes ({c.time_minutes}) "
+            f"before the stop signal, which SLURM may send up to {SIGNAL_TICK_S} s early: attempts may stop after "
+            "their first step; raise cluster.time_minutes or lower cluster.signal_delay_s"
+        )
+    if slurm:
+        out += preemption_warnings(slurm)
+    return out
+
+
+def preemption_warnings(slurm: dict[str, str]) -> list[str]:
+    """A SLURM that preempts jobs must send them the stop signal, or a preemption is a kill."""
+    kind, mode = slurm.get("PreemptType", "preempt/none"), slurm.get("PreemptMode", "OFF")
+    if kind == "preempt/none" or mode.upper().startswith("OFF"):
+        return []
+    if "preempt_send_user_signal" in slurm.get("SlurmctldParameters", ""):
+        return []
+    return [
+        f"this SLURM preempts jobs (PreemptType={kind}, PreemptMode={mode}) without sending them the stop signal "
+        "(SlurmctldParameters lacks preempt_send_user_signal): a preempted attempt gets SIGTERM instead and is killed "
+        "after its partition's GraceTime; it checkpoints if it can do so within that time, else it resumes from its "
+        "newest checkpoint and the steps since are redone. Ask the admins for SlurmctldParameters=preempt_send_user_signal"
+    ]
+
+
+def warnings(cfgs: Sequence[RunConfig]) -> list[str]:
+    """The warnings of a run or a sweep's runs, each once (SLURM's configuration is asked once)."""
+    slurm = None
+    if any(cfg.cluster.backend == "slurm" for cfg in cfgs):
+        slurm = slurm_config()
+    return list(dict.fromkeys(w for cfg in cfgs for w in cluster_warnings(cfg.cluster, slurm)))
 
 
 def evaluation_problems(e: EvaluationConfig) -> list[str]:
@@ -200,6 +258,17 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
     out += protocol_problems(e)
     if e.cpus_per_task < 1 or e.gpus < 0 or e.time_minutes < 1:
         out.append("evaluation.cpus_per_task and evaluation.time_minutes must be >= 1, evaluation.gpus >= 0")
+    if e.signal_delay_s < 10:
+        out.append(f"evaluation.signal_delay_s ({e.signal_delay_s}) must be >= 10 s: time to stop and be requeued")
+    elif e.time_minutes * 60 < e.signal_delay_s + MIN_TRAINING_S + SIGNAL_TICK_S:
+        out.append(
+            f"evaluation.signal_delay_s ({e.signal_delay_s}) leaves no time to evaluate within evaluation.time_minutes "
+            f"({e.time_minutes} = {e.time_minutes * 60} s): SLURM sends the stop signal signal_delay_s before the limit, "
+            f"up to {SIGNAL_TICK_S} s early; raise evaluation.time_minutes or lower evaluation.signal_delay_s"
+        )
+    for key in ("max_requeues", "max_resubmissions"):
+        if getattr(e, key) < 0:
+            out.append(f"evaluation.{key} ({getattr(e, key)}) must be >= 0")
     return out
 
 
