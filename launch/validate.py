@@ -255,6 +255,8 @@ def evaluation_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
             )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
+        elif e.synthetic and (reason := TASKS[task].generated_problem(root)):
+            out.append(f"evaluation.data_roots.{task}: {reason}")
     out += protocol_problems(e, model_name)
     out += [f"evaluation.{k} ({getattr(e, k)}) must be >= 1" for k in ("cpus_per_task", "time_minutes") if getattr(e, k) < 1]
     if e.gpus < 0:

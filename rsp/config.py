@@ -22,6 +22,7 @@ from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -116,6 +117,9 @@ class DataConfig:
     root: str = ""  # dataset root (holds the labels file and the videos)
     labels: str = "auto"  # labels file relative to root; auto: ours, else the reference's pickle
     synthetic_videos: int = 0  # > 0: generate this many synthetic videos at root if it has no labels file
+    # What generated videos show: rsp.synthetic.SCENES (shapes | camouflage). Not part of a run's
+    # identity: data.root is, and a root holds one scene (submit-time validation refuses another).
+    synthetic_scene: str = field(default="shapes", metadata=RUNTIME_ONLY)
     repeated_sampling: int = 2  # frame pairs drawn per video and step (R)
     min_gap: int = 4  # frames, smallest distance between the two frames of a pair
     max_gap: int = 48  # frames, largest distance (inclusive)
@@ -162,6 +166,8 @@ class DataConfig:
             out.append(f"data.num_workers ({self.num_workers}) must be >= 0")
         if self.synthetic_videos < 0:
             out.append(f"data.synthetic_videos ({self.synthetic_videos}) must be >= 0")
+        if self.synthetic_scene not in SYNTHETIC_SCENES:
+            out.append(f"data.synthetic_scene ({self.synthetic_scene!r}) must be one of {', '.join(SYNTHETIC_SCENES)}")
         return out
 
 
@@ -250,6 +256,10 @@ class CheckpointConfig:
     every_steps: int = field(default=500, metadata=RUNTIME_ONLY)  # optimizer steps between checkpoints
     keep_last: int = field(default=2, metadata=RUNTIME_ONLY)  # newest non-milestone checkpoints kept
     milestone_every_steps: int = field(default=0, metadata=RUNTIME_ONLY)  # 0: only the final step
+    # Commit the initialization (step 0, before the first optimizer step) as a milestone: evaluated
+    # like the others, so every result has its own untrained baseline; written once per run, never
+    # by a resumed attempt.
+    initial_milestone: bool = field(default=True, metadata=RUNTIME_ONLY)
     async_write: bool = field(default=True, metadata=RUNTIME_ONLY)  # write in a background thread
 
     def problems(self) -> list[str]:

@@ -3,7 +3,8 @@ crash-safe checkpoints, exact resume and a cooperative stop.
 
 Every start is a resume: `train()` looks for the newest valid checkpoint in the run directory and
 continues from it bitwise exactly (model, optimizer, scaler, step, data position, every rank's RNG
-state), or starts from step 0 when there is none. Time is counted in optimizer steps.
+state), or starts from step 0 when there is none, first committing the initialization as the
+step-0 milestone (`checkpoint.initial_milestone`). Time is counted in optimizer steps.
 
 Per optimizer step there is exactly one extra collective: a small all-reduce that carries the loss
 parts (for logging), a non-finite flag (every rank raises together, none hangs), the stop flag
@@ -290,6 +291,8 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _is_milestone(self, step: int) -> bool:
+        if step == 0:
+            return self.cfg.checkpoint.initial_milestone
         every = self.cfg.checkpoint.milestone_every_steps
         return step == self.schedule.total_steps or (every > 0 and step % every == 0)
 
@@ -348,6 +351,11 @@ class Trainer:
             )
         if self.env.is_main and self.hooks.on_start is not None:
             self.hooks.on_start(self.step, total)
+        if self.resumed_from is None and cfg.checkpoint.initial_milestone:
+            # The initialization as a milestone, taken before anything can change it. Only a fresh
+            # start writes it: a resumed attempt (even one resumed from this very checkpoint) keeps
+            # the original, so step 0 always means the weights this run started from.
+            self._save(wait=False)
         metrics = MetricsLogger(self.run_dir, self.env.is_main, self.step, total, cfg.runtime.progress_bar, tb_dir)
         pairs_per_step = self.schedule.effective_batch * cfg.data.repeated_sampling
         module = self.ddp or self.model
