@@ -9,13 +9,16 @@ as a ConfigError. Each message names the key, the bad value, the rule and the fi
   here, not hours later in the queue;
 - the time limit leaves room for start-up, one step and the checkpoint write after the signal;
 - local/debug backends get shapes this machine can run; SLURM judges the resources itself
-  (`sbatch --test-only`, which queues nothing).
+  (`sbatch --test-only`, which queues nothing);
+- what the run asks of its devices, where it can be known (launch.devices: precision, compile,
+  whether the batch can fit the GPU); warnings (e.g. compile on a CPU run) are logged.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -29,11 +32,14 @@ from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, registered
 from launch.backends import BACKENDS
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig
+from launch.devices import device_problems, device_warnings
 from launch.evaluations.expected import task_eval_config
 from rsp.config import ModelConfig
 from rsp.model import create_model
 from rsp.schema import ConfigError, from_dict, to_dict
 from rsp.video import DataError, read_labels, resolve_labels_file
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
@@ -248,7 +254,7 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     if checkpoint_bytes is None:
         checkpoint_bytes = checkpoint_size(cfg)
     out = cfg.problems() + cluster_problems(cfg.cluster) + batch_problems(cfg) + data_problems(cfg)
-    out += evaluation_problems(cfg.evaluation) + time_problems(cfg, checkpoint_bytes)
+    out += evaluation_problems(cfg.evaluation) + time_problems(cfg, checkpoint_bytes) + device_problems(cfg)
     if "\n" in cfg.output_root or "\r" in cfg.output_root:
         out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
     elif (reason := writable(Path(cfg.output_root))) is not None:
@@ -262,6 +268,8 @@ def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     found = problems(cfg, checkpoint_bytes, sbatch_script)
     if found:
         raise ConfigError(found, what="run configuration (nothing was submitted)")
+    for warning in device_warnings(cfg):
+        log.warning("%s", warning)
     return cfg
 
 
