@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download into .whl/ the wheels that bench/gpu_check.py needs and the lent GPU machine lacks.
 #
-# That machine (docs/training.md, "Checking a GPU") reaches no package registry. Its python3 (3.12)
+# That machine (docs/training.md#checking-a-gpu) reaches no package registry. Its python3 (3.12)
 # already has torch, timm, numpy, pandas, scipy, tensorboard, psutil, pytest, pillow, tqdm and rich;
 # it lacks decord, PyAV, submitit and Hydra/OmegaConf, which the code and the test suite import. Run
 # this where pip reaches PyPI, then carry .whl with the device command (~50 MB; .whl/ is git-ignored).

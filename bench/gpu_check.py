@@ -1,10 +1,11 @@
 """The GPU path checked and measured in one command (under 8 minutes on one H100/H200):
 
-    python bench/gpu_check.py --out $OUT/gpu_check.json    # on a lent GPU (docs/training.md, "Checking a GPU")
+    python bench/gpu_check.py --out $OUT/gpu_check.json    # on a lent GPU (docs/training.md#checking-a-gpu)
     python bench/gpu_check.py --quick                       # anywhere, tiny sizes (CI runs it on the CPU)
 
-Sections, in this order; each is skipped (and says so) when the time budget (--budget-s) would not
-allow it, so the command always ends with its table and JSON:
+Sections (run in the order tests, S/16 steps, propagation, loader, B/16 steps); a section starts only
+when its estimate fits in what is left of the time budget (--budget-s), else it is listed as
+skipped, so the command always ends with its table and JSON:
   tests        `pytest -m gpu tests/test_gpu.py` in a subprocess: passed / failed / skipped.
   steps        training pairs/s of S/16 and B/16 at 224 px, the recipe's 96 videos x 2 pairs per GPU,
                for the trainer's step (bf16 autocast, fused AdamW, no host sync; eager or
@@ -174,6 +175,8 @@ class Step:
             self.precision = "fp16" if device.type == "cuda" else "fp32"
             self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, betas=(0.9, 0.95), foreach=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        if compiled:
+            torch._dynamo.reset()  # each measured model compiles from scratch, static shapes
         self.forward = compile_step(self.model) if compiled else self.model
         self.generator = torch.Generator(device=device).manual_seed(0)
 
@@ -231,42 +234,41 @@ def measure_step(label: str, name: str, style: str, fused: bool, compiled: bool,
     return row
 
 
-def step_rows(s: dict, device: torch.device, budget: Budget) -> list[dict]:
+def step_rows(short: str, name: str, s: dict, device: torch.device, budget: Budget) -> list[dict]:
+    """The step variants of one model, cheapest first, the compiled one last (its compile takes the longest)."""
     peak = lookup(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    model = create_model(name, img_size=s["img"]).to(device)
+    executed, reference = count_flops_per_pair(model, device)
+    del model
+    cfg = TrainConfig(model=ModelConfig(name=name, img_size=s["img"]), data=DataConfig(batch_size=s["pairs"] // 2))
+    bound = memory_lower_bound(cfg, "bf16" if device.type == "cuda" else "fp32") / 2**30
+    variants = [
+        (f"{short} eager", "project", True, False, 30),
+        (f"{short} reference-style", "reference", False, False, 40),
+        (f"{short} eager, explicit attn", "project", False, False, 30),
+    ]
+    if s["compile"]:
+        variants.append((f"{short} compiled", "project", True, True, 150))
     rows = []
-    for short, name in s["models"]:
-        model = create_model(name, img_size=s["img"]).to(device)
-        executed, reference = count_flops_per_pair(model, device)
-        del model
-        cfg = TrainConfig(model=ModelConfig(name=name, img_size=s["img"]), data=DataConfig(batch_size=s["pairs"] // 2))
-        bound = memory_lower_bound(cfg, "bf16" if device.type == "cuda" else "fp32") / 2**30
-        variants = [
-            (f"{short} eager", "project", True, False, 30),
-            (f"{short} reference-style", "reference", False, False, 30),
-            (f"{short} eager, explicit attn", "project", False, False, 30),
-        ]
-        if s["compile"]:
-            variants.insert(1, (f"{short} compiled", "project", True, True, 150))
-        for label, style, fused, compiled, needs_s in variants:
-            if not budget.allows(label, 0 if s["quick"] else needs_s):
-                continue
-            log(f"{label}: {s['pairs']} pairs per step")
-            try:
-                row = measure_step(label, name, style, fused, compiled, s, device)
-            except torch.OutOfMemoryError:
-                budget.skipped.append(f"{label} (out of memory at {s['pairs']} pairs)")
-                torch.cuda.empty_cache()
-                continue
-            flops = reference if style == "reference" else executed  # the reference decodes the prior every step
-            row.update(gflop_per_pair=flops / 1e9, tflops=flops * row["pairs_per_s"] / 1e12, memory_bound_gib=bound)
-            row["mfu"] = row["tflops"] / peak.bf16_tflops if peak and peak.bf16_tflops else None
-            rows.append(row)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        reference_rate = next((r["pairs_per_s"] for r in rows if r["model"] == name and r["style"] == "reference"), None)
-        for r in rows:
-            if r["model"] == name and reference_rate:
-                r["vs_reference"] = r["pairs_per_s"] / reference_rate
+    for label, style, fused, compiled, needs_s in variants:
+        if not budget.allows(label, 0 if s["quick"] else needs_s):
+            continue
+        log(f"{label}: {s['pairs']} pairs per step")
+        try:
+            row = measure_step(label, name, style, fused, compiled, s, device)
+        except torch.OutOfMemoryError:
+            budget.skipped.append(f"{label} (out of memory at {s['pairs']} pairs)")
+            torch.cuda.empty_cache()
+            continue
+        flops = reference if style == "reference" else executed  # the reference decodes the prior every step
+        row.update(gflop_per_pair=flops / 1e9, tflops=flops * row["pairs_per_s"] / 1e12, memory_bound_gib=bound)
+        row["mfu"] = row["tflops"] / peak.bf16_tflops if peak and peak.bf16_tflops else None
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    reference_rate = next((r["pairs_per_s"] for r in rows if r["style"] == "reference"), None)
+    for r in rows:
+        r["vs_reference"] = r["pairs_per_s"] / reference_rate if reference_rate else None
     return rows
 
 
@@ -341,6 +343,7 @@ def loader(s: dict, gpu_pairs_per_s: float | None, worker_counts: list[int], bud
                     row["data_wait_share"] = waited / elapsed
             row["videos"] = f"{s['videos']} of {w}x{h}, {s['video_frames']} frames, keyframe every 30"
             rows.append(row)
+            del loader_  # its persistent workers stop before the videos are deleted
     return rows
 
 
@@ -384,7 +387,7 @@ def format_table(result: dict) -> str:
         mfu = f"{r['mfu']:.0%}" if r.get("mfu") is not None else "-"
         per_pair = f"{r['peak_mib_per_pair']:.0f}" if r.get("peak_mib_per_pair") is not None else "-"
         lines.append(
-            f"{r['config']:<32}{r['pairs_per_s']:>9.1f}{r['tflops']:>8.1f}{mfu:>6}{r.get('vs_reference', 0):>7.2f}"
+            f"{r['config']:<32}{r['pairs_per_s']:>9.1f}{r['tflops']:>8.1f}{mfu:>6}{r.get('vs_reference') or 0:>7.2f}"
             f"{r['peak_gib']:>9.1f}{per_pair:>9}{r['memory_bound_gib']:>10.1f}{r['warmup_s']:>9.1f}"
         )
     p = result.get("propagation")
@@ -408,7 +411,9 @@ def format_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the GPU (CI)")
-    parser.add_argument("--budget-s", type=float, default=450, help="stop starting sections after this long")
+    parser.add_argument(
+        "--budget-s", type=float, default=470, help="start a section only if its estimate fits in what is left of this (s)"
+    )
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest section")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu_check_<device>.json)")
     args = parser.parse_args(argv)
@@ -433,19 +438,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tests:
         log("tests: pytest -m gpu tests/test_gpu.py")
         result["tests"] = run_tests(timeout_s=max(60.0, min(300.0, budget.left() - 200)))
-    with device_settings(
-        RuntimeConfig(), device
-    ):  # the trainer's settings: TF32, cuDNN autotuning, Inductor's deterministic mode
-        result["rows"] = step_rows(s, device, budget)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    (first_short, first_name), *others = s["models"]
+    # The trainer's process-wide settings: TF32, cuDNN autotuning, Inductor's deterministic mode.
+    with device_settings(RuntimeConfig(), device):
+        result["rows"] = step_rows(first_short, first_name, s, device, budget)
         if budget.allows("propagation", 0 if args.quick else 40):
             log("propagation")
             result["propagation"] = propagation(s, device)
-    compiled_s16 = next((r["pairs_per_s"] for r in result["rows"] if r["compiled"] and r["model"] == s["models"][0][1]), None)
-    demand = compiled_s16 or next((r["pairs_per_s"] for r in result["rows"] if r["style"] == "project"), None)
-    demand = demand if cuda else None  # a CPU step is no GPU's demand: the loader alone
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = [1] if args.quick else sorted({min(DataConfig().num_workers, cpus), cpus})
-    result["loader"] = loader(s, demand, workers, budget)
+        # the loader against the first model's fastest step (the compiled one when measured)
+        demand = max((r["pairs_per_s"] for r in result["rows"] if r["style"] == "project"), default=None) if cuda else None
+        workers = [1] if args.quick else sorted({min(DataConfig().num_workers, cpus), cpus})
+        result["loader"] = loader(s, demand, workers, budget)
+        for short, name in others:
+            result["rows"] += step_rows(short, name, s, device, budget)
     result["meta"]["seconds"] = time.perf_counter() - started
     result["meta"]["load_average_end"] = os.getloadavg()
     print(format_table(result))

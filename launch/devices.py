@@ -7,7 +7,7 @@ node's toolchain, an unnamed GPU model, a batch that fits the bound but not the 
 the job when it starts (rsp.acceleration), which fails before training with the same kind of
 message; the requeue breaker then ends the run after two attempts failing at the same step.
 
-Rules (docs/training.md, "GPU options"):
+Rules (docs/training.md#gpu-options):
 - runtime.device=cuda needs GPUs; cluster.gpu_type needs GPUs and must be a known model;
 - fp16 needs a GPU (loss scaling runs on CUDA);
 - bf16 (runtime.precision=bf16 or auto) needs a GPU with bf16 tensor cores (compute capability 8.0+);

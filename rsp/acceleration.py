@@ -3,7 +3,7 @@ torch.compile and DDP, and the checks that refuse, before anything trains, what 
 
 TF32, torch.compile, the host sync, AdamW's kernel and DDP's settings change how fast a step runs
 and the order of floating-point operations, never what is trained: they are runtime-only like the
-device itself (docs/training.md, "GPU options"). A run may continue with other values, but
+device itself (docs/training.md#gpu-options). A run may continue with other values, but
 bitwise-equal resume needs the same device and the same values. The precision is part of what is
 trained (fingerprinted). Process-wide switches (TF32, cuDNN autotuning, deterministic algorithms,
 Inductor's deterministic mode) are set by `device_settings` for one training run and restored after.
@@ -186,8 +186,10 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataPar
 def compile_step(module: torch.nn.Module) -> Callable:
     """torch.compile of the model's forward (and, through AOTAutograd, its backward): one graph per
     training step. The prior's logging-only decoder pass stays outside (RSP.log_prior_loss), so
-    the compiled graph, and with it the trajectory, is the same on logging and other steps."""
-    return torch.compile(module)
+    the compiled graph, and with it the trajectory, is the same on logging and other steps.
+    dynamic=False: training shapes never change, and static kernels are the same in every attempt
+    (automatic dynamic shapes could compile other kernels after an earlier model in the process)."""
+    return torch.compile(module, dynamic=False)
 
 
 # --- will a batch fit? ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ and read video counts and the loss parts (for logging). So every rank learns, at
 that some rank's loss is not finite (all raise, none hangs), that some rank was asked to stop
 (all stop and checkpoint together), and the means to log.
 
-When the host reads it (`runtime.host_sync`, docs/training.md "GPU options"):
+When the host reads it (`runtime.host_sync`, docs/training.md#gpu-options):
 - every_step: right after the step's backward, before the optimizer update, so a non-finite loss
   never reaches the weights. Reading waits for the step's GPU work; on the CPU that costs nothing.
 - deferred: the reduction and its copy into pinned host memory are queued on the GPU; the host

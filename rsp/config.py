@@ -238,7 +238,7 @@ class RuntimeConfig:
     # End an attempt after this many optimizer steps, with a checkpoint, as if asked to stop: the run
     # continues exactly on its next start (short debug queues; deterministic interruption in tests).
     stop_after_steps: int | None = field(default=None, metadata=RUNTIME_ONLY)
-    # GPU options (docs/training.md, "GPU options"). They change speed and the order of floating-point
+    # GPU options (docs/training.md#gpu-options). They change speed and the order of floating-point
     # operations, not what is trained: runtime-only like the device. Bitwise-equal resume needs the
     # same values on the same kind of device.
     compile: bool = field(default=False, metadata=RUNTIME_ONLY)  # torch.compile the training step (off until measured)

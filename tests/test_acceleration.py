@@ -4,6 +4,7 @@ torch.compile's exact resume (slow: Inductor builds C++ kernels)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 
@@ -67,8 +68,8 @@ def test_state_of_a_fused_optimizer_continues_in_the_per_parameter_loop():
     naive.load_state_dict(saved)
     assert naive.param_groups[0]["fused"] is True  # what load_optimizer_state prevents
     ours, reference = build_optimizer(model, TrainConfig(), 1e-3), build_optimizer(model, TrainConfig(), 1e-3)
-    load_optimizer_state(ours, saved)
-    reference.load_state_dict({**saved, "param_groups": [{**g, "fused": False} for g in saved["param_groups"]]})
+    load_optimizer_state(ours, copy.deepcopy(saved))  # on the CPU, loading aliases the state's tensors
+    reference.load_state_dict({**copy.deepcopy(saved), "param_groups": [{**g, "fused": False} for g in saved["param_groups"]]})
     assert all(g["fused"] is False for g in ours.param_groups)
     before = [p.detach().clone() for p in model.parameters()]
     ours.step()
@@ -273,6 +274,7 @@ def test_compiled_training_resumes_bitwise_on_the_cpu(train_videos, tmp_path):
     """Inductor on the CPU (C++ kernels; minutes to build the first time, cached after): a compiled
     run stopped and resumed equals the uninterrupted compiled run. (Compiled and eager runs differ:
     Inductor draws its own random numbers; tests/test_gpu.py compares them with eager's RNG.)"""
+    torch._dynamo.reset()
     compiled = {"compile": True}
     full, chopped = tmp_path / "full", tmp_path / "chopped"
     schedule = {"total_steps": 4, "warmup_steps": 1}

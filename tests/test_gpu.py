@@ -3,7 +3,7 @@ bf16 and fp16 training with exact resume, a compiled step against eager within s
 tolerances, compiled exact resume, no host sync inside a training step, CUDA evaluation against
 CPU evaluation, and a checkpoint written on the GPU read on the CPU (evaluation and training).
 
-Run on a lent GPU with `python bench/gpu_check.py` (docs/training.md, "Checking a GPU")."""
+Run on a lent GPU with `python bench/gpu_check.py` (docs/training.md#checking-a-gpu)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def test_fp16_training_with_loss_scaling_is_finite_and_resumes_bitwise(train_vid
 
 
 def test_compiled_training_resumes_bitwise(train_videos, tmp_path):
+    torch._dynamo.reset()  # fresh compile caches: earlier tests' graphs count towards dynamo's recompile limit
     resumed_equals_uninterrupted(train_videos, tmp_path, precision="bf16", compile=True)
 
 
@@ -81,6 +82,7 @@ def loss_and_grad(model, src, tgt, precision: str, seed: int) -> tuple[torch.Ten
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_step_matches_eager(precision):
+    torch._dynamo.reset()
     torch.manual_seed(0)
     model = create_model("rsp_vit_tiny_patch8", img_size=64).cuda()
     src, tgt = torch.randn(8, 3, 64, 64, device="cuda"), torch.randn(8, 3, 64, 64, device="cuda")

@@ -1,5 +1,5 @@
 """bench/gpu_check.py, the one-command GPU check, runs end to end with --quick on any machine, so
-it works the day a GPU is lent (docs/training.md, "Checking a GPU")."""
+it works the day a GPU is lent (docs/training.md#checking-a-gpu)."""
 
 from __future__ import annotations
 
