@@ -20,7 +20,7 @@ from train_helpers import assert_same_training_state, final_state, loss_trace, t
 from eval.config import EvalConfig
 from eval.davis import write_davis
 from eval.run import evaluate
-from rsp.acceleration import device_settings
+from rsp.acceleration import BatchTooLargeError, device_settings
 from rsp.config import RuntimeConfig
 from rsp.distributed import DistEnv
 from rsp.encoder import ViTEncoder
@@ -37,10 +37,11 @@ SCHEDULE = {"total_steps": 6, "warmup_steps": 1}
 # Compiled vs eager, same weights, same inputs, same random numbers (Inductor told to use eager's
 # RNG): relative differences of the loss and of the gradient (L2 over all parameters).
 COMPILE_TOLERANCE = {"fp32": {"loss": 1e-5, "grad": 1e-3}, "bf16": {"loss": 1e-2, "grad": 5e-2}}
-# CUDA vs CPU evaluation: fp32 features differ in the last bits (other kernels, other summation
-# orders), which can flip near-tied top-k choices; so at least this share of label pixels agree.
-EVAL_PIXEL_AGREEMENT = 0.999
-EVAL_JF_TOLERANCE = 0.005
+# CUDA vs CPU evaluation: features differ in the last bits (other kernels and summation orders; the
+# patch embedding's convolution may use TF32 on the GPU, as torch allows by default), which can flip
+# near-tied top-k choices: at least this share of label pixels agree, and J&F within this much.
+EVAL_PIXEL_AGREEMENT = 0.99
+EVAL_JF_TOLERANCE = 0.01
 
 
 def resumed_equals_uninterrupted(videos, tmp_path, **runtime) -> None:
@@ -174,3 +175,18 @@ def test_checkpoint_written_on_the_gpu_is_read_on_the_cpu(train_videos, davis_se
     state = final_state(run)
     assert all(not g.get("fused") for g in state["optimizer"]["param_groups"])
     assert all(t.device.type == "cpu" for t in state["model"].values())
+
+
+def test_a_batch_that_does_not_fit_fails_its_step_naming_the_fix(train_videos, tmp_path):
+    """16 videos x 256 pairs of S/16 at 224 px: terabytes of activations on any GPU."""
+    cfg = tiny_config(
+        train_videos,
+        model={"name": "rsp_vit_small_patch16", "img_size": 224},
+        data={"batch_size": 16, "repeated_sampling": 256},
+        schedule={"total_steps": 2, "warmup_steps": 1},
+        runtime=CUDA,
+    )
+    with pytest.raises(BatchTooLargeError, match=r"data.batch_size=16 \(4096 pairs per micro-step\) does not fit on .*"):
+        train(cfg, DistEnv(), tmp_path / "run")
+    torch.cuda.empty_cache()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
