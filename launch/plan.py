@@ -18,7 +18,7 @@ from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
-from launch.validate import absolutize, problems
+from launch.validate import absolutize, problems, warnings
 from rsp.schema import ConfigError
 
 
@@ -78,6 +78,8 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
             f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()
         ]
         raise ConfigError(found, what=f"sweep {sweep.name} (nothing was submitted)")
+    for warning in warnings([r.cfg for r in runs]):
+        print(f"warning: {warning}", file=sys.stderr)
     backends = {r.cfg.cluster.backend for r in runs}
     if len(backends) != 1:
         raise ConfigError([f"a sweep runs on one backend; its runs ask for {sorted(backends)}"], what="sweep")

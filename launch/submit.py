@@ -31,15 +31,22 @@ from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import load_sweep
-from launch.validate import absolutize, validate
-from rsp.schema import ConfigError, to_dict
+from launch.validate import absolutize, validate, warnings
+from rsp.commandline import HintingArgumentParser
+from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="launch/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = HintingArgumentParser(
+        prog="launch/submit.py",
+        description=__doc__,
+        epilog="Settings are key=value overrides (Hydra syntax), not --flags: e.g. optim.lr=0.001 data.batch_size=32 "
+        "cluster.nodes=2. Sections: " + ", ".join(sorted({k.split(".")[0] for k in schema_keys(RunConfig)})) + ". "
+        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        keys=schema_keys(RunConfig),
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config / plan and the job script; submit nothing")
@@ -56,7 +63,10 @@ def check(cfg: RunConfig) -> RunConfig:
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    return validate(cfg, sbatch_script=script)
+    validate(cfg, sbatch_script=script)
+    for warning in warnings([cfg]):
+        print(f"warning: {warning}", file=sys.stderr)
+    return cfg
 
 
 def describe_state(state: RunState) -> str:
@@ -103,6 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweeps = [o for o in args.overrides if o.startswith("sweep=")]
         if sweeps:
             rest = [o for o in args.overrides if not o.startswith("sweep=")]
+            problems = [f"sweep= is given more than once ({', '.join(sweeps)}); submit one sweep at a time"] * (len(sweeps) > 1)
+            problems += [
+                f"{o}: a sweep's experiment is its file's `experiment:` key; remove {o} from the command line"
+                for o in rest
+                if o.partition("=")[0].lstrip("+") == "experiment"
+            ]
+            if problems:
+                raise ConfigError(problems, what="command line")
             return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
         cfg = check(prepare(args.overrides, Path.cwd()))
         return submit_one(cfg, args)

@@ -81,6 +81,8 @@ class TrainHooks:
     on_start: Callable[[int, int], None] | None = None
     # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
     on_commit: Callable[[Manifest], None] | None = None
+    # Rank 0, after every completed optimizer step (step count so far); keep it cheap.
+    on_step: Callable[[int], None] | None = None
 
 
 def train(
@@ -378,6 +380,8 @@ class Trainer:
                         raise BatchTooLargeError.explain(cfg, self.device, self.precision, exc) from exc
                     self.step += 1
                     watchdog.kick()
+                    if self.env.is_main and self.hooks.on_step is not None:
+                        self.hooks.on_step(self.step)
                     stopped = report(done) or stopped
                     if not stopped and cfg.runtime.stop_after_steps and self.step - start == cfg.runtime.stop_after_steps:
                         stopped = "stop_after_steps"

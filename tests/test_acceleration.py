@@ -34,8 +34,8 @@ from rsp.train import NonFiniteLossError, train
 def test_every_trainable_parameter_gets_a_gradient_in_every_ablation(latent, mae_aux):
     """DDP runs with find_unused_parameters=False: a trainable parameter without a gradient would
     make it fail at the second step. kl_freebit far above the KL: the clamp passes zero, not None."""
-    kl_scale = 0.0 if latent == "none" else 0.01
-    model = create_model("rsp_vit_tiny_patch8", img_size=32, latent=latent, mae_aux=mae_aux, kl_scale=kl_scale, kl_freebit=1e6)
+    kl = {"kl_scale": 0.0} if latent == "none" else {"kl_scale": 0.01, "kl_freebit": 1e6}  # latent=none refuses KL fields
+    model = create_model("rsp_vit_tiny_patch8", img_size=32, latent=latent, mae_aux=mae_aux, **kl)
     src, tgt = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
     model(src, tgt).loss.backward()
     missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -249,7 +249,7 @@ def test_submit_refuses_compile_on_a_local_run_without_a_compiler(tmp_path, monk
 
 def test_submit_warns_about_compile_on_a_cpu_run(tmp_path, caplog):
     root = tmp_path / "videos"
-    cfg = RunConfig(data=DataConfig(root=str(root), synthetic_videos=4), output_root=str(tmp_path / "runs"))
+    cfg = RunConfig(data=DataConfig(root=str(root), synthetic_videos=4, batch_size=4), output_root=str(tmp_path / "runs"))
     cfg.runtime.compile = True
     with caplog.at_level(logging.WARNING, logger="launch.validate"):
         validate_run(cfg)
