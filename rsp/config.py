@@ -24,6 +24,7 @@ MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
+HOST_SYNC_MODES = ("auto", "every_step", "deferred")
 
 
 @dataclass
@@ -296,6 +297,14 @@ class RuntimeConfig:
     # End an attempt after this many optimizer steps, with a checkpoint, as if asked to stop: the run
     # continues exactly on its next start (short debug queues; deterministic interruption in tests).
     stop_after_steps: int | None = field(default=None, metadata=RUNTIME_ONLY)
+    # GPU options (docs/training.md#gpu-options). They change speed and the order of floating-point
+    # operations, not what is trained: runtime-only like the device. Bitwise-equal resume needs the
+    # same values on the same kind of device.
+    compile: bool = field(default=False, metadata=RUNTIME_ONLY)  # torch.compile the training step (off until measured)
+    tf32: bool = field(default=True, metadata=RUNTIME_ONLY)  # CUDA: fp32 matmuls and convolutions may use TF32
+    # When the host reads a step's agreed values (losses, stop and non-finite flags): auto (deferred
+    # on CUDA, every_step on the CPU) | every_step | deferred (one step late: the GPU never waits).
+    host_sync: str = field(default="auto", metadata=RUNTIME_ONLY)
 
     def problems(self) -> list[str]:
         out = []
@@ -319,6 +328,13 @@ class RuntimeConfig:
             out.append(f"runtime.stop_after_steps ({self.stop_after_steps}) must be >= 1 or null")
         if self.progress_bar not in ("auto", "on", "off"):
             out.append(f"runtime.progress_bar ({self.progress_bar!r}) must be auto, on or off")
+        if self.host_sync not in HOST_SYNC_MODES:
+            out.append(f"runtime.host_sync ({self.host_sync!r}) must be one of {', '.join(HOST_SYNC_MODES)}")
+        if self.precision == "fp16" and self.device == "cpu":
+            out.append(
+                "runtime.precision=fp16 with runtime.device=cpu: fp16 training needs loss scaling, which runs on CUDA "
+                "here; use runtime.precision=fp32 or bf16 on the CPU"
+            )
         return out
 
 
