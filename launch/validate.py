@@ -120,8 +120,25 @@ def count_videos(root: Path, labels: str) -> int | str:
         return str(exc)
 
 
+@functools.cache
+def decoder_problem(decoder: str) -> str | None:
+    """Why `decoder` cannot decode on this machine (e.g. FFmpeg's libraries for torchcodec are
+    missing), or None. An unknown name is DataConfig's to report."""
+    from rsp.decoders import DECODERS, DecoderUnavailable, require
+
+    if decoder not in DECODERS:
+        return None
+    try:
+        require(decoder)
+    except DecoderUnavailable as exc:
+        return f"data.decoder ({decoder}) cannot decode on this machine: {exc}"
+    return None
+
+
 def data_problems(cfg: RunConfig) -> list[str]:
     d = cfg.data
+    if (reason := decoder_problem(d.decoder)) is not None:
+        return [reason]
     if not d.root:
         return ["data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`)"]
     root = Path(d.root)

@@ -85,6 +85,8 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
         (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
+        (["data.decoder=pyav"], "data.decoder ('pyav') must be one of torchcodec, decord"),
+        (["data.seek=fast"], "data.seek ('fast') must be one of auto, sequential; 'fast' is now 'auto'"),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
@@ -109,6 +111,22 @@ def test_validation_rule(train_videos, tmp_path, overrides, expected):
     assert any(expected in p for p in found), found
 
 
+def test_a_decoder_that_cannot_run_here_is_refused_at_submit_time(train_videos, tmp_path, monkeypatch):
+    import rsp.decoders
+    from launch.validate import decoder_problem
+
+    def missing(decoder):
+        raise rsp.decoders.DecoderUnavailable(f"{decoder} cannot load FFmpeg's shared libraries: apt-get install ffmpeg")
+
+    monkeypatch.setattr(rsp.decoders, "require", missing)  # this project's check, as if FFmpeg were missing
+    decoder_problem.cache_clear()
+    try:
+        found = problems(cfg_with(tmp_path, train_videos, "data.decoder=torchcodec"))
+    finally:
+        decoder_problem.cache_clear()
+    assert any("data.decoder (torchcodec) cannot decode on this machine" in p and "apt-get install ffmpeg" in p for p in found)
+
+
 def test_validation_collects_all_problems_and_a_good_config_has_none(train_videos, tmp_path):
     assert problems(cfg_with(tmp_path, train_videos)) == []
     found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=2", "cluster.nodes=2"))
@@ -129,10 +147,12 @@ def test_run_id_ignores_runtime_only_settings_and_tracks_everything_else(train_v
         "name=other",
         "checkpoint.every_steps=10",
         "evaluation.tasks=[davis]",
+        "data.seek=sequential",  # the same frames as random access, where that was verified
     ]
     for override in same:
         assert run_id(cfg_with(tmp_path, train_videos, override)) == base, override
-    for override in ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]:
+    changed = ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]
+    for override in [*changed, "data.decoder=decord"]:  # decoders may convert colours differently
         assert run_id(cfg_with(tmp_path, train_videos, override)) != base, override
 
 
