@@ -112,9 +112,9 @@ class DataConfig:
     crop_min_scale: float = 0.5  # RandomResizedCrop area fraction, lower bound
     crop_max_scale: float = 1.0  # RandomResizedCrop area fraction, upper bound
     hflip_prob: float = 0.5  # probability of flipping both frames of a pair
-    # pyav | torchcodec | decord (docs/data.md, Decoding). Part of the run's identity: decoders (and the FFmpeg
+    # pyav | torchcodec | decord (docs/data.md#decoding-and-seek-modes). Part of the run's identity: decoders (and the FFmpeg
     # builds under them) may convert colours differently, so the choice can change pixels
-    decoder: str = "torchcodec"
+    decoder: str = "pyav"
     # auto: random access where `rsp.prepare labels` verified it for the file and decoder, else decoding
     # from the first frame | sequential: always the latter. Both give the same frames, so only speed changes
     seek: str = field(default="auto", metadata=RUNTIME_ONLY)

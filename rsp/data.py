@@ -313,8 +313,8 @@ class FramePairDataset(Dataset):
             top, left, h, w = crop_box(rng, height, width, (cfg.crop_min_scale, cfg.crop_max_scale))
             crop = TF.resized_crop(pair, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
             crops.append(crop.flip(-1) if rng.random() < cfg.hflip_prob else crop)  # (2, 3, S, S)
-        x = torch.stack(crops).float().mul_(self._scale).add_(self._shift)  # (R, 2, 3, S, S)
-        return x[:, 0].contiguous(), x[:, 1].contiguous()
+        x = torch.stack(crops, dim=1).float().mul_(self._scale).add_(self._shift)  # (2, R, 3, S, S)
+        return x[0], x[1]  # src, tgt: each (R, 3, S, S), contiguous without a copy
 
     def _log_broken(self, err: VideoReadError) -> None:
         if err.path not in self._logged:  # once per path and process: a broken file fails every time

@@ -6,8 +6,9 @@ parallelism). It gives frames two ways:
   the keyframe before a frame, decode forward). Exact on well-formed files; wrong on files whose
   timestamps are broken (opencv-doc's `Megamind.avi`, `box.mp4`), where both decoders return a
   neighbouring frame, so it is only used where `rsp.probe` verified it for that file;
-- `frames()`: decoding from the first frame in the decoder's output order, never seeking. Frame i
-  of a video is, by definition, the i-th frame this yields; `sequential(reader, indices)` reads
+- `frames(wanted)`: decoding from the first frame in the decoder's output order, never seeking
+  (RGB only for the `wanted` indices). Frame i of a video is, by definition, the i-th frame this
+  yields; `sequential(reader, indices)` reads
   frames that way, exact on every file.
 
 PyAV bundles its own FFmpeg (8.x in av 18) and is the one decoder that exposes FFmpeg's frame
@@ -26,8 +27,10 @@ import argparse
 import bisect
 import functools
 import importlib.metadata
+import itertools
+import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,8 +68,9 @@ class Reader(Protocol):
     def random(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at sorted unique `indices` as uint8 (N, H, W, 3) RGB, by random access."""
 
-    def frames(self) -> Iterator[np.ndarray]:
-        """Every frame from the first, in decoding order, as uint8 (H, W, 3) RGB; never seeks."""
+    def frames(self, wanted: Container[int]) -> Iterator[np.ndarray | None]:
+        """Every frame from the first, in decoding order, never seeking: uint8 (H, W, 3) RGB for
+        indices in `wanted`, None (or RGB, where skipping the conversion saves nothing) for others."""
 
 
 def open_reader(decoder: str, path: str | Path) -> Reader:
@@ -87,7 +91,7 @@ def sequential(reader: Reader, indices: Sequence[int]) -> np.ndarray:
     out, wanted = [], iter(indices)
     target = next(wanted, None)
     position = -1
-    for position, frame in enumerate(reader.frames()):
+    for position, frame in enumerate(reader.frames(set(indices))):
         if position == target:
             out.append(frame)
             target = next(wanted, None)
@@ -105,17 +109,20 @@ class PyavReader:
         self.path = path
 
     @functools.cached_property
+    def _container(self):
+        return self._open()  # closed when the reader is dropped (PyAV closes on deallocation)
+
+    @functools.cached_property
     def _index(self) -> tuple[list[int], list[int]]:
         """Timestamps of every frame and of every keyframe, sorted, from the packets (no decoding)."""
         pts, keys = [], []
-        with self._open() as container:
-            try:
-                for packet in container.demux(container.streams.video[0]):
-                    if packet.pts is not None:
-                        pts.append(packet.pts)
-                        keys += [packet.pts] if packet.is_keyframe else []
-            except Exception as err:  # av.FFmpegError subclasses
-                raise VideoReadError(self.path, f"PyAV cannot read it ({first_line(err)})") from err
+        try:
+            for packet in self._container.demux(self._container.streams.video[0]):
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+                    keys += [packet.pts] if packet.is_keyframe else []
+        except Exception as err:  # av.FFmpegError subclasses
+            raise VideoReadError(self.path, f"PyAV cannot read it ({first_line(err)})") from err
         return sorted(pts), sorted(keys)
 
     @property
@@ -129,8 +136,7 @@ class PyavReader:
         wanted = {pts[i] for i in indices}
         found: dict[int, np.ndarray] = {}
         try:
-            with self._open() as container:
-                self._seek_and_decode(container, [pts[i] for i in indices], wanted, keys, found)
+            self._seek_and_decode(self._container, [pts[i] for i in indices], wanted, keys, found)
         except Exception as err:  # av.FFmpegError subclasses
             raise VideoReadError(self.path, f"PyAV cannot decode frames {list(indices)} ({first_line(err)})") from err
         missing = [i for i in indices if pts[i] not in found]
@@ -161,11 +167,11 @@ class PyavReader:
                     if frame.pts in wanted:
                         found[frame.pts] = upright_rgb(frame)
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self, wanted: Container[int]) -> Iterator[np.ndarray | None]:
         with self._open() as container:
             try:
-                for frame in container.decode(container.streams.video[0]):
-                    yield upright_rgb(frame)
+                for index, frame in enumerate(container.decode(container.streams.video[0])):
+                    yield upright_rgb(frame) if index in wanted else None
             except Exception as err:  # av.FFmpegError subclasses
                 raise VideoReadError(self.path, f"PyAV cannot decode it ({first_line(err)})") from err
 
@@ -185,9 +191,19 @@ class PyavReader:
 
 def upright_rgb(frame) -> np.ndarray:
     """A PyAV frame as uint8 (H, W, 3) RGB, turned by its display matrix as the other decoders do."""
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = _reformatter(os.getpid()).reformat(frame, format="rgb24", threads=1).to_ndarray()
     turns = round(frame.rotation / 90) % 4 if frame.rotation else 0
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+@functools.cache
+def _reformatter(pid: int):
+    # one per process (`pid`: a loader worker forked from a process that has one must not reuse it),
+    # on one thread; it keeps FFmpeg's scaler for the last size and format (to_ndarray builds one per
+    # frame, 4x slower), same pixels
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
 
 
 # --- decord ---------------------------------------------------------------------------------------
@@ -209,19 +225,19 @@ class DecordReader:
             f"decord cannot decode frames {list(indices)}", lambda: self._reader.get_batch(list(indices)).asnumpy()
         )
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self, wanted: Container[int]) -> Iterator[np.ndarray | None]:
         # `next()` from a fresh reader is decord's only path that never seeks: `seek(0)` and
         # `skip_frames` seek, and land a frame off on the same files as `get_batch`.
         reader = self._reader if self._fresh else self._guard("decord cannot open it", self._open)
         self._fresh = False
-        while True:
+        for index in itertools.count():
             try:
-                frame = reader.next()
+                frame = reader.next()  # converted to RGB already
             except StopIteration:
                 return
             except Exception as err:  # decord raises DECORDError with C++ context
                 raise VideoReadError(self.path, f"decord cannot decode it ({first_line(err)})") from err
-            yield frame.asnumpy()
+            yield frame.asnumpy() if index in wanted else None
 
     def _guard(self, what: str, call: Callable):
         try:
@@ -256,7 +272,7 @@ class TorchcodecReader:
         except Exception as err:  # RuntimeError or IndexError with C++ context
             raise VideoReadError(self.path, f"torchcodec cannot decode frames {list(indices)} ({first_line(err)})") from err
 
-    def frames(self) -> Iterator[np.ndarray]:
+    def frames(self, wanted: Container[int]) -> Iterator[np.ndarray | None]:
         # VideoDecoder's public methods all find frames by timestamp; the next-frame op of its core
         # (pinned torchcodec 0.17) returns frames in decoding order, as a sequential decode must.
         from torchcodec import _core
@@ -269,7 +285,7 @@ class TorchcodecReader:
                 return
             except Exception as err:
                 raise VideoReadError(self.path, f"torchcodec cannot decode it ({first_line(err)})") from err
-            yield frame.numpy()
+            yield frame.numpy()  # the core converts every frame
 
     def _video_decoder(self, seek_mode: str):
         from torchcodec.decoders import VideoDecoder

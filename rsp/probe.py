@@ -173,7 +173,7 @@ def _decode_own(reader, timeline: Timeline) -> tuple[dict[int, np.ndarray], int,
     wanted = set(timeline.samples) or {0}
     kept, count = {}, 0
     try:
-        for count, frame in enumerate(reader.frames(), start=1):
+        for count, frame in enumerate(reader.frames(wanted), start=1):
             if count - 1 in wanted:
                 kept[count - 1] = frame
     except VideoReadError as err:

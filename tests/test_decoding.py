@@ -130,7 +130,7 @@ def test_a_file_the_decoder_cannot_read_is_counted_broken_without_trying(synthet
     root = copy_dataset(synthetic_root, tmp_path / "ds")
     entries = read_labels(root / "labels.csv")
     write_labels(root / "labels.csv", [entries[0]._replace(seek_torchcodec="unreadable"), *entries[1:]])
-    ds = FramePairDataset(data_config(root), img_size=16, seed=0)
+    ds = FramePairDataset(data_config(root, decoder="torchcodec"), img_size=16, seed=0)
     item = ds[(0, 0)]
     assert item["broken"] >= 1 and item["broken_paths"][0] == str(root / entries[0].path)
     with pytest.raises(VideoReadError, match="torchcodec cannot decode it \\(found by rsp.prepare labels\\)"):
@@ -146,6 +146,6 @@ def test_the_decoder_is_part_of_the_run_identity_and_the_seek_policy_is_not():
     from rsp.config import DataConfig
 
     base = DataConfig()
-    assert base.decoder == "torchcodec" and base.seek == "auto"
+    assert base.decoder == "pyav" and base.seek == "auto"
     hints = {f.name: f.metadata.get("affects_results", True) for f in dataclasses.fields(DataConfig)}
     assert hints["decoder"] is True and hints["seek"] is False

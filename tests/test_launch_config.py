@@ -85,7 +85,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
         (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
-        (["data.decoder=pyav"], "data.decoder ('pyav') must be one of torchcodec, decord"),
+        (["data.decoder=opencv"], "data.decoder ('opencv') must be one of pyav, torchcodec, decord"),
         (["data.seek=fast"], "data.seek ('fast') must be one of auto, sequential; 'fast' is now 'auto'"),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
         (
