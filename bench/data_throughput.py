@@ -172,7 +172,7 @@ def prepare_both(raw: Path, work: Path, entries: int) -> dict:
         seconds[name] = (time.perf_counter() - start) / len(clips)
     write_labels_file(ours, ours / "train", jobs=os.cpu_count() or 1)  # our labels step: counts, seek modes
     ref_entries = [LabelEntry(e.path, e.class_idx, e.class_name) for e in read_labels(ours / "labels.csv")]
-    write_labels(ref / "labels.csv", ref_entries)  # the reference's list: paths and classes only
+    write_labels(ref / "labels.csv", ref_entries)  # the reference's list: paths and classes (its loader reads no more)
     return {
         "ours": (ours, repeated_labels(ours, ours / "labels.csv", entries)),
         "reference": (ref, repeated_labels(ref, ref / "labels.csv", entries)),
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("rsp.data").setLevel(logging.ERROR)  # the reference's list has no seek modes: said once here
     out = Path(args.out)
     work, entries = out / "data_cache", args.batch_size * args.batches
     rows = []

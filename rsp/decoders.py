@@ -1,20 +1,20 @@
-"""Video decoders behind one small interface: PyAV, torchcodec and decord (docs/data.md, Decoding).
+"""Video decoders behind one small interface: PyAV, torchcodec and decord
+(docs/data.md#decoding-and-seek-modes).
 
 A `Reader` is one open video file decoded on one thread (the loader's worker processes are the
 parallelism). It gives frames two ways:
 - `random(indices)`: the decoder's random access for sorted, unique indices in one call (seek to
   the keyframe before a frame, decode forward). Exact on well-formed files; wrong on files whose
-  timestamps are broken (opencv-doc's `Megamind.avi`, `box.mp4`), where both decoders return a
-  neighbouring frame, so it is only used where `rsp.probe` verified it for that file;
+  timestamps are broken (opencv-doc's `Megamind.avi`, `box.mp4`), where decord and torchcodec
+  return other frames, so it is only used where `rsp.probe` verified it for that file;
 - `frames(wanted)`: decoding from the first frame in the decoder's output order, never seeking
   (RGB only for the `wanted` indices). Frame i of a video is, by definition, the i-th frame this
-  yields; `sequential(reader, indices)` reads
-  frames that way, exact on every file.
+  yields; `sequential(reader, indices)` reads frames that way, exact on every file.
 
 PyAV bundles its own FFmpeg (8.x in av 18) and is the one decoder that exposes FFmpeg's frame
 skipping: its random access skips decoding the frames no other frame refers to (x264's non-reference
-B-frames, about half of a GOP) unless they are requested, 17-28% less decoding per item than the
-others (README, Data loading). torchcodec (PyTorch's maintained decoder) needs FFmpeg's shared
+B-frames) unless they are requested, 17-28% less decoding per item than torchcodec on x264 clips
+with a keyframe every 30 or 250 frames (README, Benchmarks). torchcodec (PyTorch's maintained decoder) needs FFmpeg's shared
 libraries (major versions 4 to 9) from the system or conda; decord 0.6.0 bundles FFmpeg 4.1.
 `require(decoder)` checks once per process and raises `DecoderUnavailable` naming what to install.
 All three turn a rotated video upright (its display matrix) and, on every h264 file tested, return

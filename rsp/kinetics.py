@@ -308,14 +308,17 @@ def ffmpeg_command(
     variable-rate sources, and a frame gap k would no longer mean k source frames), in the
     source's time base (`-enc_time_base -1`; the encoder's own would round times by up to 4 ms); a keyframe
     every `keyint` frames (random access ~4x cheaper at 30 than at x264's default 250,
-    docs/data.md#decoding-and-seek-modes); no audio.
+    docs/data.md#decoding-and-seek-modes); no B-frame used as a reference (`b-pyramid=none`: PyAV's
+    random access skips every B-frame it does not return, ~20% less decoding per item for ~2% more
+    bytes); no audio.
     A rotated source comes out upright (ffmpeg applies the display matrix)."""
     s = short_side
     scale = f"scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)'"  # quoted: the commas belong to if()
     return [
         ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
         "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", scale, passthrough, "passthrough", "-enc_time_base", "-1",
-        "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-g", str(keyint), "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-g", str(keyint), "-x264-params", "b-pyramid=none",
+        "-pix_fmt", "yuv420p",
         "-threads", "1", "-movflags", "+faststart", "-f", "mp4", str(dst),
     ]  # fmt: skip
 
