@@ -58,8 +58,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.bench_io import write  # noqa: E402
+from rsp.architectures import MODELS  # noqa: E402
 from rsp.blocks import set_fused_attention  # noqa: E402
-from rsp.model import MODELS, RSP, create_model  # noqa: E402
+from rsp.model import RSP, create_model  # noqa: E402
 
 # Dense peak TFLOP/s per GPU (bf16 tensor cores, plain fp32), from the vendors' data sheets. The
 # first name fragment found in torch.cuda.get_device_name() wins, so specific names come first.

@@ -4,8 +4,8 @@
 
 Writes into DIR (default OUTPUT_ROOT/results):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics;
-                                   `best` marks each run's best checkpoint (DAVIS J&F, else VIP mIoU,
-                                   else JHMDB PCK@0.1)
+                                   `best` marks each run's best checkpoint (by the best_by metric of
+                                   the first registered task it has: DAVIS J&F, else VIP mIoU, ...)
     results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
     paper.md                       our best checkpoints beside the published table (docs/evaluation.md#published-results)
     plots/<metric>_vs_step.png     every run's curve over training
@@ -31,18 +31,11 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import pandas as pd
 
 from eval.records import ResultRecord, find_record_files, read_records
+from eval.task import result_column
+from eval.tasks import TASKS
+from rsp.commandline import HintingArgumentParser
 
-# Headline metrics, in the paper's order; values are fractions, shown in percent.
-HEADLINE = [
-    ("davis", "J&F-Mean"),
-    ("davis", "J-Mean"),
-    ("davis", "F-Mean"),
-    ("vip", "mIoU"),
-    ("jhmdb", "PCK@0.1"),
-    ("jhmdb", "PCK@0.2"),
-]
-BEST_BY = [("davis", "J&F-Mean"), ("vip", "mIoU"), ("jhmdb", "PCK@0.1")]
-# Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent.
+# Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent, in the columns of PAPER_COLUMNS.
 PUBLISHED = {
     "SimCLR": (53.9, 51.7, 56.2, 31.9, 37.9, 66.1),
     "MoCo v3": (57.7, 54.6, 60.8, 32.4, 38.4, 67.6),
@@ -51,15 +44,28 @@ PUBLISHED = {
     "SiamMAE": (58.1, 56.6, 59.6, 33.3, 44.7, 73.0),
     "RSP (paper)": (60.1, 57.4, 62.8, 33.8, 44.6, 73.4),
 }
-PAPER_COLUMNS = ["DAVIS J&F", "J", "F", "VIP mIoU", "JHMDB PCK@0.1", "PCK@0.2"]
+PAPER_COLUMNS = {  # the published table's header -> our column
+    "DAVIS J&F": "davis:J&F-Mean",
+    "J": "davis:J-Mean",
+    "F": "davis:F-Mean",
+    "VIP mIoU": "vip:mIoU",
+    "JHMDB PCK@0.1": "jhmdb:PCK@0.1",
+    "PCK@0.2": "jhmdb:PCK@0.2",
+}
 MAX_LEGEND = 12
 
 
 AXIS = "axis:"  # prefix of a sweep axis's column; a metric's is "<task>:"
 
 
-def column(task: str, metric: str) -> str:
-    return f"{task}:{metric}"
+def headline_columns(table: pd.DataFrame) -> list[str]:
+    """The registered tasks' headline metric columns that `table` has, in registration order."""
+    return [c for task in TASKS.values() for c in map(task.column, task.headline) if c in table]
+
+
+def best_by_column(table: pd.DataFrame) -> str | None:
+    """The column that picks a run's best checkpoint: the first registered task's best_by that `table` has."""
+    return next((task.column(task.best_by) for task in TASKS.values() if task.column(task.best_by) in table), None)
 
 
 def is_axis(name: str) -> bool:
@@ -85,7 +91,7 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
             },
         )
         for metric, value in r.metrics.items():
-            row[column(r.task, metric)] = value
+            row[result_column(r.task, metric)] = value
         row.setdefault("protocols", {})[r.task] = r.protocol.get("preset", "")
     table = pd.DataFrame(list(rows.values()))
     if table.empty:
@@ -93,11 +99,11 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
     table["protocols"] = table["protocols"].map(lambda p: ", ".join(f"{t}={v}" for t, v in sorted(p.items())))
     table = table.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
     axes = sorted(filter(is_axis, table.columns))
-    headline = [column(t, m) for t, m in HEADLINE if column(t, m) in table]
+    headline = headline_columns(table)
     others = sorted(c for c in table.columns if is_metric(c) and c not in headline)
     table = table[["run", "run_id", "step", "model", *axes, *headline, *others, "protocols"]]
     table["best"] = False
-    key = next((column(t, m) for t, m in BEST_BY if column(t, m) in table), None)
+    key = best_by_column(table)
     if key is not None:
         best = table.dropna(subset=[key]).groupby("run_id")[key].idxmax()
         table.loc[best.values, "best"] = True
@@ -129,7 +135,7 @@ def paper_view(table: pd.DataFrame) -> str:
     lines = ["| method | " + " | ".join(PAPER_COLUMNS) + " |", "|---|" + "---|" * len(PAPER_COLUMNS)]
     lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in PUBLISHED.items()]
     for row in table[table["best"]].to_dict("records") if not table.empty else []:
-        values = [row.get(column(t, m)) for t, m in HEADLINE]
+        values = [row.get(ours) for ours in PAPER_COLUMNS.values()]
         cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}" for v in values]
         lines.append(f"| ours: {row['run']} (step {row['step']}, {row['model']}) | " + " | ".join(cells) + " |")
     note = (
@@ -140,14 +146,14 @@ def paper_view(table: pd.DataFrame) -> str:
 
 
 def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # matplotlib: ~1 s to import; only drawing plots pays for it (--no-plots does not)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (same reason; after choosing the headless backend)
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    metrics = [column(t, m) for t, m in HEADLINE if column(t, m) in table]  # every metric is in the CSV
+    metrics = headline_columns(table)  # every metric is in the CSV
     axes = list(filter(is_axis, table.columns))
     best = table[table["best"]]
     for metric in metrics:
@@ -177,7 +183,7 @@ def _sort_key(v):
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # already imported by plot_all, which alone calls this
 
     plt.close(fig)
     return path
@@ -190,6 +196,7 @@ def _safe(name: str) -> str:
 def write_hparams(table: pd.DataFrame, out: Path) -> None:
     """One hparams session per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep.
     Written with torch's summary protos and one event file per run (no SummaryWriter thread each)."""
+    # torch: ~2 s to import; only writing TensorBoard summaries needs it (--no-tensorboard does not)
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
     from torch.utils.tensorboard.summary import scalar
     from torch.utils.tensorboard.writer import FileWriter
@@ -220,7 +227,7 @@ class Report:
         if self.table.empty:
             return f"no result records found; warnings: {len(self.warnings)}"
         shown = ["run", "step", "best", *filter(is_axis, self.table.columns)]
-        shown += [column(t, m) for t, m in HEADLINE if column(t, m) in self.table]
+        shown += headline_columns(self.table)
         lines = [markdown(self.table[shown], percent=list(filter(is_metric, shown))), ""]
         lines.append(f"results: {self.out / 'results.csv'} (.md, .table.json), paper view: {self.out / 'paper.md'}")
         lines += [f"plot: {p}" for p in self.plots]
@@ -251,15 +258,18 @@ def aggregate(output_root: str | Path, out: str | Path | None = None, plots: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = HintingArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_root", nargs="?", default="runs")
     p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
-    report = aggregate(args.output_root, args.out, plots=not args.no_plots, tensorboard=not args.no_tensorboard)
+    root = Path(args.output_root).expanduser()
+    if not root.is_dir():
+        p.error(f"output root {root} does not exist; pass the output_root your runs were submitted with")
+    report = aggregate(
+        root, Path(args.out).expanduser() if args.out else None, plots=not args.no_plots, tensorboard=not args.no_tensorboard
+    )
     print(report.summary())
     return 0
 

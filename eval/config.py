@@ -1,10 +1,10 @@
 """Typed configuration of an evaluation: which checkpoint, which task, which propagation protocol.
 
-`EvalConfig` is the single source of truth for `python -m eval.run` (registered in Hydra's
-ConfigStore as "eval") and for the results pipeline (`eval.run.evaluate(cfg)`). Fields that cannot
-change the numbers (paths, device, batch sizes, worker counts) carry ``metadata=RUNTIME_ONLY``;
-`protocol_hash(cfg)` hashes the resolved protocol only, so the same evaluation of the same
-checkpoint always has the same hash wherever it runs.
+`EvalConfig` is the single source of truth for `python -m eval.run` (registered in Hydra's ConfigStore
+as "eval") and for the results pipeline (`eval.run.evaluate(cfg)`). Fields that cannot change the
+numbers (paths, device, batch sizes, worker counts) carry ``metadata=RUNTIME_ONLY``. What a config
+means under its task (the resolved preset, frame size, protocol and its hash, and the rules that
+need the task) is eval/protocol.py, which reads the task registry (eval/tasks.py).
 
 Propagation presets (docs/evaluation.md#presets). Published numbers name the protocol that produced them:
     dino     topk 5, queue 7,  radius 12, T 0.1   DINO's DAVIS defaults (ViT-S/16 ~61.8 J&F)
@@ -12,21 +12,16 @@ Propagation presets (docs/evaluation.md#presets). Published numbers name the pro
     siammae  topk 7, queue 20, radius 20, T 0.7   CropMAE / SiamMAE-style evaluations
     vip      topk 10, queue 20, radius 20, T 0.7  SiamMAE-style VIP evaluation (T is our choice:
                                                   no source gives a VIP temperature, docs/evaluation.md#presets)
-`preset=auto` picks rsp for DAVIS, siammae for JHMDB and vip for VIP; any of topk, n_last_frames,
+`preset=auto` picks the task's default (each task module says which); any of topk, n_last_frames,
 radius, temperature set explicitly overrides the preset's value.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from rsp.config import RUNTIME_ONLY, ConfigError
+from rsp.schema import RUNTIME_ONLY
 
-TASKS = ("davis", "jhmdb", "vip")
 CHECKPOINT_FORMATS = ("auto", "ours", "rsp_reference", "timm", "dino", "mae")
 DINO_BRANCHES = ("teacher", "student")
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,10 +55,6 @@ PRESETS: dict[str, PropagationParams] = {
     "siammae": PropagationParams(topk=7, n_last_frames=20, radius=20, temperature=0.7),
     "vip": PropagationParams(topk=10, n_last_frames=20, radius=20, temperature=0.7),
 }
-TASK_DEFAULT_PRESET = {"davis": "rsp", "jhmdb": "siammae", "vip": "vip"}
-# Frame size per task when frame_size is unset (px): DAVIS short side (long side floored to a
-# multiple of 64), JHMDB square side, VIP long side (docs/evaluation.md#presets).
-TASK_DEFAULT_FRAME_SIZE = {"davis": 480, "jhmdb": 320, "vip": 880}
 OVERRIDABLE = ("topk", "n_last_frames", "radius", "temperature")
 
 
@@ -76,13 +67,13 @@ class EvalConfig:
     trust_checkpoint: bool = field(default=False, metadata=RUNTIME_ONLY)  # allow pickled objects (reference RSP files)
     dino_branch: str = "teacher"  # DINO training checkpoints: which network to evaluate
     num_heads: int | None = None  # attention heads; None: from our registry, else width / 64
-    task: str = "davis"  # davis | jhmdb | vip
-    preset: str = "auto"  # a name in PRESETS, or auto (the task's default)
+    task: str = "davis"  # a registered task: eval.tasks.TASKS (davis | vip | jhmdb)
+    preset: str = "auto"  # a name in PRESETS the task accepts, or auto (the task's default)
     topk: int | None = None  # overrides the preset when set
     n_last_frames: int | None = None  # overrides the preset when set
     radius: int | None = None  # overrides the preset when set (grid cells)
     temperature: float | None = None  # overrides the preset when set
-    frame_size: int | None = None  # px; None: the task's default (TASK_DEFAULT_FRAME_SIZE)
+    frame_size: int | None = None  # px; None: the task's default (EvalTask.default_frame_size)
     pose_topk: int = 5  # JHMDB: grid cells averaged per joint when decoding (docs/evaluation.md#jhmdb-protocol)
     pose_sigma: float = 0.5  # JHMDB: Gaussian std of a joint's label map, in grid cells (docs/evaluation.md#jhmdb-protocol)
     data_root: str = field(default="", metadata=RUNTIME_ONLY)  # dataset root in its official layout
@@ -95,7 +86,9 @@ class EvalConfig:
     batch_frames: int = field(default=0, metadata=RUNTIME_ONLY)  # frames per forward pass; 0: auto (GPU 8, CPU ~2k tokens)
     workers: int = field(default=0, metadata=RUNTIME_ONLY)  # processes for the DAVIS metric; 0: one per core
 
-    def problems(self) -> list[str]:
+    def field_problems(self) -> list[str]:
+        """The rules that need no task; eval.protocol.problems adds the task's (name, preset, resolved
+        propagation parameters)."""
         out = []
         if not self.checkpoint:
             out.append("checkpoint is empty; pass checkpoint=PATH to a .pt/.pth file")
@@ -103,12 +96,6 @@ class EvalConfig:
             out.append(f"checkpoint_format ({self.checkpoint_format!r}) must be one of {', '.join(CHECKPOINT_FORMATS)}")
         if self.dino_branch not in DINO_BRANCHES:
             out.append(f"dino_branch ({self.dino_branch!r}) must be one of {', '.join(DINO_BRANCHES)}")
-        if self.task not in TASKS:
-            out.append(f"task ({self.task!r}) must be one of {', '.join(TASKS)}")
-        if self.preset != "auto" and self.preset not in PRESETS:
-            out.append(f"preset ({self.preset!r}) is not a known preset; valid: auto, {', '.join(PRESETS)}")
-        elif self.task in TASKS:
-            out += propagation_params(self).problems()
         if not self.data_root:
             out.append("data_root is empty; pass data_root=PATH to the dataset in its official layout")
         if self.frame_size is not None and self.frame_size < 16:
@@ -130,83 +117,8 @@ class EvalConfig:
         return out
 
 
-def validate(cfg: EvalConfig) -> EvalConfig:
-    """Raise `ConfigError` listing every problem of `cfg`; return it unchanged when there is none."""
-    problems = cfg.problems()
-    if problems:
-        raise ConfigError(problems, what="evaluation configuration")
-    return cfg
-
-
-def preset_name(cfg: EvalConfig) -> str:
-    return TASK_DEFAULT_PRESET.get(cfg.task, "rsp") if cfg.preset == "auto" else cfg.preset
-
-
-def propagation_params(cfg: EvalConfig) -> PropagationParams:
-    """The preset's values with every explicitly set override applied."""
-    base = PRESETS[preset_name(cfg)]
-    changes = {name: getattr(cfg, name) for name in OVERRIDABLE if getattr(cfg, name) is not None}
-    return dataclasses.replace(base, **changes)
-
-
-def frame_size(cfg: EvalConfig) -> int:
-    return cfg.frame_size if cfg.frame_size is not None else TASK_DEFAULT_FRAME_SIZE[cfg.task]
-
-
-def protocol(cfg: EvalConfig) -> dict:
-    """Every setting that produced the numbers: the resolved preset plus the task's own settings.
-    `preset` names the preset and lists the overrides (e.g. "rsp+topk=5")."""
-    params = propagation_params(cfg)
-    base = PRESETS[preset_name(cfg)]
-    overrides = [f"{k}={getattr(params, k)}" for k in OVERRIDABLE if getattr(params, k) != getattr(base, k)]
-    out = {
-        "task": cfg.task,
-        "preset": "+".join([preset_name(cfg), *overrides]),
-        **dataclasses.asdict(params),
-        "frame_size": frame_size(cfg),
-        "split": cfg.split,
-        "sequences": sorted(cfg.sequences),
-        "dino_branch": cfg.dino_branch,
-    }
-    if cfg.task == "davis":
-        out["davis_resolution"] = cfg.davis_resolution
-    if cfg.task == "jhmdb":
-        out.update(pose_topk=cfg.pose_topk, pose_sigma=cfg.pose_sigma, jhmdb_split=cfg.jhmdb_split)
-        del out["split"]
-    return out
-
-
-def protocol_hash(cfg: EvalConfig) -> str:
-    """Stable hex sha256 of the settings that change the numbers (not paths, devices or the preset's
-    name: `preset=rsp` and the same four values given explicitly hash the same)."""
-    payload = {k: v for k, v in protocol(cfg).items() if k != "preset"}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def read_listing(listing: Path, hint: str) -> list[str]:
-    """The names in a split's listing file, one per line (blank lines skipped). A missing file
-    raises FileNotFoundError naming it, followed by `hint` (how to get a valid root)."""
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing} is missing: {hint}")
-    return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-
-
-def select_sequences(listed: list[str], wanted: list[str] | tuple[str, ...], listing: object) -> list[str]:
-    """`listed` (a split's videos, in order) restricted to `wanted` (EvalConfig.sequences; empty: all).
-    Raises naming `listing` (the file or files that list the split) for unknown names and empty splits."""
-    if wanted:
-        unknown = sorted(set(wanted) - set(listed))
-        if unknown:
-            raise ValueError(f"sequences {', '.join(unknown)} are not in {listing}; valid: {', '.join(listed)}")
-        listed = [name for name in listed if name in set(wanted)]
-    if not listed:
-        raise ValueError(f"{listing} lists no videos; list one name per line")
-    return listed
-
-
 def register_configs() -> None:
     """Register `EvalConfig` as the Hydra config "eval" (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # hydra: ~0.5 s to import; only the eval.run CLI composes
 
     ConfigStore.instance().store(name="eval", node=EvalConfig)

@@ -1,4 +1,4 @@
-"""What the network sees: frame sizes per protocol, preprocessing, and batched feature extraction.
+"""What the network sees: preprocessing and batched feature extraction (each task sets its frame size).
 
 Features do not depend on labels, so every frame of a video is encoded up front in batches
 (docs/evaluation.md#features); propagation then only reads them.
@@ -19,28 +19,15 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.228, 0.224, 0.225)  # docs/evaluation.md#features: the reference normalizes with 0.228 (not ImageNet's 0.229)
 
 
-def short_side_size(height: int, width: int, short_side: int = 480, multiple: int = 64) -> tuple[int, int]:
-    """DAVIS input size (docs/evaluation.md#davis-protocol): short side `short_side`, long side floor(short * ratio / 64) * 64
-    (854x480 -> 832x480, 910 -> 896, 1152 -> 1152). A square frame counts as landscape."""
-    if height > width:
-        return max(multiple, int(short_side * height / width // multiple) * multiple), short_side
-    return short_side, max(multiple, int(short_side * width / height // multiple) * multiple)
-
-
-def long_side_size(height: int, width: int, long_side: int, multiple: int) -> tuple[int, int]:
-    """VIP input size (docs/evaluation.md#vip-protocol): long side `long_side`, short side scaled and floored to `multiple`
-    (our choice: the protocol's sources fix only the long side; the patch must divide both)."""
-    if width >= height:
-        return max(multiple, int(long_side * height / width // multiple) * multiple), long_side
-    return long_side, max(multiple, int(long_side * width / height // multiple) * multiple)
-
-
 def load_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB; raises naming the file when it is missing or not `expected_size` (H, W)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
-    with Image.open(path) as image:
-        rgb = np.array(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))
+    except OSError as err:  # PIL: not an image, truncated, damaged
+        raise ValueError(f"frame {path} cannot be decoded ({err}); the file is damaged: re-extract the dataset's frames") from err
     if expected_size is not None and rgb.shape[:2] != tuple(expected_size):
         raise ValueError(
             f"frame {path} is {rgb.shape[1]}x{rgb.shape[0]} but its annotation is "
@@ -48,14 +35,6 @@ def load_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.nda
             "(resize both with eval.prepare, masks with NEAREST)"
         )
     return rgb
-
-
-def image_hw(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header, without decoding it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
-    with Image.open(path) as image:
-        return image.height, image.width
 
 
 def preprocess(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -32,10 +32,10 @@ FORMAT = "rsp-result/1"
 class ResultRecord:
     run_id: str
     run_name: str
-    config_hash: str  # of the training run (rsp.config.fingerprint)
+    config_hash: str  # of the training run (rsp.schema.fingerprint)
     step: int  # checkpoint step evaluated
     task: str  # davis | jhmdb | vip
-    protocol_hash: str  # eval.config.protocol_hash
+    protocol_hash: str  # eval.protocol.protocol_hash
     protocol: dict[str, Any]  # every setting that produced the numbers
     metrics: dict[str, float]
     checkpoint_sha256: str

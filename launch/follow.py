@@ -7,7 +7,10 @@ import json
 import time
 from pathlib import Path
 
+from eval.aggregate import aggregate
 from launch.backends import local_state
+from launch.evaluations.claims import FAILED, is_failed, is_recorded
+from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
 
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
@@ -71,7 +74,24 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     print(f"training finished: {status['reason']} ({run.path})")
     cfg = run.config()
     if cfg.evaluation.tasks:
-        from launch.evaluations import wait_and_report
-
         return wait_and_report(run, poll_s)
     return 0
+
+
+def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3600) -> int:
+    """Local follow mode: wait until every expected evaluation has a record or failed, then print
+    the results table of the run's output root."""
+    deadline = time.time() + timeout_s
+    todo = expected(run)  # training has ended: its milestones are all committed
+    while True:
+        open_ = [d for _, _, d in todo if not is_recorded(d) and not is_failed(d)]
+        if not open_ or time.time() > deadline:
+            break
+        time.sleep(poll_s)
+    failed = [d for _, _, d in todo if is_failed(d)]
+    print(f"evaluations: {len(todo) - len(failed) - len(open_)} done, {len(failed)} failed, {len(open_)} unfinished")
+    for d in failed:
+        print(f"  failed: {d / FAILED}")
+    report = aggregate(run.path.parent, run.path.parent / "results")
+    print(report.summary())
+    return 0 if not failed and not open_ else 1

@@ -1,5 +1,6 @@
 """The plan of a sweep: for each run its id, name, overrides, resources, current state and the
-action submitting would take; then the submission itself (only `submit`/`retry` rows).
+action submitting would take; then the submission itself (only `submit`/`retry` rows, through
+launch/submission.py).
 
 States come from the run directories plus one batched scheduler query (launch/state.py): pending,
 running and finished runs are never submitted twice; failed runs only with --retry-failed.
@@ -15,9 +16,10 @@ from pathlib import Path
 from launch.backends import Resources
 from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.sweep import Sweep, SweepRun, expand, record_membership
-from launch.validate import absolutize, problems
-from rsp.config import ConfigError
+from launch.submission import ensure_generated_data, resources_for, submit_runs
+from launch.sweep import Sweep, SweepRun, expand
+from launch.validate import absolutize, problems, warnings
+from rsp.schema import ConfigError
 
 
 @dataclass
@@ -39,31 +41,31 @@ class Plan:
     def pending_rows(self) -> list[PlanRow]:
         return [r for r in self.rows if r.action in ("submit", "retry")]
 
-    def submit(self) -> int:
-        from launch.submit import ensure_generated_data, submit_runs
+    def record_membership(self, rows: Sequence[PlanRow]) -> None:
+        for row in rows:
+            row.rundir.record_sweep(self.sweep.name, row.run.axis_values)
 
+    def submit(self) -> int:
         rows = self.pending_rows()
         if not rows:
             print(
                 f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} "
                 "are pending, running, finished or failed"
             )
-            record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists])
+            self.record_membership([r for r in self.rows if r.rundir.exists])
             return 0
         for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
             ensure_generated_data(cfg)
         job_ids = submit_runs(
             [r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root
         )
-        record_membership(self.sweep, [(r.run, r.rundir) for r in self.rows if r.rundir.exists or r in rows])
+        self.record_membership([r for r in self.rows if r.rundir.exists or r in rows])
         arrays = len({j.split("_")[0] for j in job_ids})
         print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
         return 0
 
 
 def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool = False) -> Plan:
-    from launch.submit import resources_for
-
     runs = expand(sweep, extra)
     for run in runs:
         absolutize(run.cfg, cwd)
@@ -76,6 +78,8 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
             f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()
         ]
         raise ConfigError(found, what=f"sweep {sweep.name} (nothing was submitted)")
+    for warning in warnings([r.cfg for r in runs]):
+        print(f"warning: {warning}", file=sys.stderr)
     backends = {r.cfg.cluster.backend for r in runs}
     if len(backends) != 1:
         raise ConfigError([f"a sweep runs on one backend; its runs ask for {sorted(backends)}"], what="sweep")

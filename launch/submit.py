@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,32 +23,36 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import yaml
 
-from launch.backends import Resources, SlurmBackend, make_backend
+from launch.backends import SlurmBackend
 from launch.config import RunConfig, compose
-from launch.job import TrainingJob
-from launch.rundir import RunDirectory, run_id, slug
-from launch.snapshot import take_snapshot
+from launch.follow import follow
+from launch.plan import plan_sweep, print_plan
+from launch.rundir import RunDirectory, run_id
 from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.validate import absolutize, validate
-from rsp.config import ConfigError, to_dict
+from launch.submission import ensure_generated_data, resources_for, submit_runs
+from launch.sweep import load_sweep
+from launch.validate import absolutize, validate, warnings
+from rsp.commandline import HintingArgumentParser
+from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="launch/submit.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = HintingArgumentParser(
+        prog="launch/submit.py",
+        description=__doc__,
+        epilog="Settings are key=value overrides (Hydra syntax), not --flags: e.g. optim.lr=0.001 data.batch_size=32 "
+        "cluster.nodes=2. Sections: " + ", ".join(sorted({k.split(".")[0] for k in schema_keys(RunConfig)})) + ". "
+        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        keys=schema_keys(RunConfig),
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config / plan and the job script; submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs that failed (budgets start over)")
     p.add_argument("--no-wait", action="store_true", help="local backend: return once submitted instead of following the run")
     return p.parse_intermixed_args(argv)
-
-
-def resources_for(cfg: RunConfig) -> Resources:
-    # A slug: sbatch reads #SBATCH lines itself, and a newline in a job name would split one.
-    return Resources.from_cluster(cfg.cluster, job_name=f"{slug(cfg.name)}-{run_id(cfg)}")
 
 
 def prepare(overrides: Sequence[str], cwd: Path) -> RunConfig:
@@ -60,52 +63,14 @@ def check(cfg: RunConfig) -> RunConfig:
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    return validate(cfg, sbatch_script=script)
-
-
-def ensure_generated_data(cfg: RunConfig) -> None:
-    """Smoke-style runs generate their data at submit time, once (idempotent)."""
-    if cfg.data.synthetic_videos:
-        from rsp.synthetic import ensure_synthetic_dataset
-
-        ensure_synthetic_dataset(cfg.data.root, cfg.data.synthetic_videos)
-    if cfg.evaluation.synthetic and cfg.evaluation.tasks:
-        from launch.evaluations import ensure_benchmarks
-
-        ensure_benchmarks(cfg.evaluation)
+    validate(cfg, sbatch_script=script)
+    for warning in warnings([cfg]):
+        print(f"warning: {warning}", file=sys.stderr)
+    return cfg
 
 
 def describe_state(state: RunState) -> str:
     return f"{state.run.path.name}: {state.state} ({state.detail}) in {state.run.path}"
-
-
-def submit_runs(
-    cfgs: Sequence[RunConfig],
-    runs: Sequence[RunDirectory],
-    resources: Sequence[Resources],
-    backend_name: str,
-    output_root: Path,
-) -> list[str]:
-    """Snapshot the code once, create the run directories (`runs`, one per config:
-    RunDirectory.for_config), submit one job per run with its `resources` (resources_for; SLURM:
-    one array per group of identical resources), record each submission."""
-    snapshot = take_snapshot(output_root / ".code")
-    folder = output_root / ".jobs" / time.strftime("%Y%m%d-%H%M%S")
-    backend = make_backend(backend_name, folder, snapshot)
-    for run, cfg in zip(runs, cfgs, strict=True):
-        run.create(cfg)
-        if run.status() and run.status()["state"] == "failed":
-            run.clear_status()
-            run.reset_budgets()
-    jobs = [TrainingJob(str(run.path), backend_name) for run in runs]
-    job_ids = backend.submit(jobs, resources[0]) if len(cfgs) == 1 else []
-    if len(cfgs) > 1:
-        from launch.sweep import submit_arrays
-
-        job_ids = submit_arrays(backend, jobs, resources)
-    for run, job_id in zip(runs, job_ids, strict=True):
-        run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), {"folder": str(folder)})
-    return job_ids
 
 
 def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
@@ -128,10 +93,17 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
     job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
     print(f"submitted {cfg.cluster.backend} job {job_ids[0]} for run {cfg.name} (id {run_id(cfg)})\nrun directory: {run.path}")
     if cfg.cluster.backend == "local" and cfg.cluster.wait and not args.no_wait:
-        from launch.follow import follow
-
         return follow(run, job_ids[0])
     return 0
+
+
+def submit_sweep(name: str, extra: Sequence[str], args: argparse.Namespace, cwd: Path) -> int:
+    """Plan (and unless --dry-run, submit) a sweep; print the plan table."""
+    plan = plan_sweep(load_sweep(name), extra, cwd, retry_failed=args.retry_failed)
+    print_plan(plan)
+    if args.dry_run:
+        return 0
+    return plan.submit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,9 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sweeps = [o for o in args.overrides if o.startswith("sweep=")]
         if sweeps:
-            from launch.sweep import submit_sweep
-
             rest = [o for o in args.overrides if not o.startswith("sweep=")]
+            problems = [f"sweep= is given more than once ({', '.join(sweeps)}); submit one sweep at a time"] * (len(sweeps) > 1)
+            problems += [
+                f"{o}: a sweep's experiment is its file's `experiment:` key; remove {o} from the command line"
+                for o in rest
+                if o.partition("=")[0].lstrip("+") == "experiment"
+            ]
+            if problems:
+                raise ConfigError(problems, what="command line")
             return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
         cfg = check(prepare(args.overrides, Path.cwd()))
         return submit_one(cfg, args)

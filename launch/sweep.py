@@ -1,4 +1,6 @@
-"""Sweeps: a YAML file that fans out into many runs, submitted idempotently as job arrays.
+"""Sweeps: a YAML file that fans out into many runs. This module reads and checks the file and
+expands it into run configs; launch/plan.py plans them (state, action) and submits what is missing
+as job arrays.
 
     python launch/submit.py sweep=kl_weight --dry-run     # the plan: id, name, overrides, resources, state, action
     python launch/submit.py sweep=kl_weight               # submit what is missing; 0 jobs if nothing is
@@ -27,27 +29,18 @@ resume, per-attempt logs.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
-import json
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
-from launch.backends import Backend, Resources, max_array_size
-from launch.config import RunConfig, compose, schema_keys
-from rsp.atomicio import atomic_write_json
-from rsp.config import ConfigError, from_dict, to_dict
-
-if TYPE_CHECKING:
-    from launch.rundir import RunDirectory
+from launch.config import RunConfig, compose
+from launch.rundir import run_id
+from launch.sweepfile import read_sweep_file
+from rsp.schema import ConfigError, from_dict, to_dict
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
 
 
 @dataclass
@@ -75,7 +68,7 @@ class Sweep:
 
 
 def sweep_path(name: str) -> Path:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
+    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         valid = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
         raise ConfigError([f"sweep {name!r} not found ({path}); valid: {valid}"], what="sweep")
@@ -83,108 +76,23 @@ def sweep_path(name: str) -> Path:
 
 
 def load_sweep(name: str) -> Sweep:
-    """Parse and check a sweep file; every problem of the file is reported at once."""
+    """Read and check a sweep file (launch/sweepfile.py); every problem of the file is reported at once."""
     path = sweep_path(name)
-    raw = yaml.safe_load(path.read_text()) or {}
-    problems = [f"unknown top-level key {k!r} in {path.name}; valid: {', '.join(SWEEP_KEYS)}" for k in raw if k not in SWEEP_KEYS]
-    keys = set(schema_keys())
-    axes, per_value, seen = [], [], {}
-    for i, axis in enumerate(raw.get("axes") or []):
-        before = len(problems)
-        columns = axis.get("zip") if "zip" in axis else ({axis["key"]: axis.get("values")} if "key" in axis else None)
-        if not columns:
-            problems.append(f"axes[{i}] needs either key + values, or zip: {{key: [values], ...}}")
-            continue
-        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in columns.items()}
-        for key, n in lengths.items():
-            if key not in keys:
-                close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.5)
-                problems.append(
-                    f"axes[{i}]: {key} is not a configuration key" + (f"; did you mean {', '.join(close)}?" if close else "")
-                )
-            if n == -1:
-                problems.append(f"axes[{i}]: {key} needs a list of values")
-            elif n == 0:
-                problems.append(f"axes[{i}]: {key} has no values (an empty axis yields no runs)")
-            if key in seen:
-                problems.append(f"axes[{i}] and axes[{seen[key]}] both set {key}; an axis key may appear once")
-            seen[key] = i
-        if len(set(lengths.values())) > 1:
-            problems.append(f"axes[{i}] zips lists of different lengths {lengths}; zipped lists advance together")
-        if len(problems) > before:
-            continue
-        problems += [p for key, values in columns.items() for p in _value_problems(key, values)]
-        axes.append([dict(zip(columns, combo, strict=True)) for combo in zip(*columns.values(), strict=True)])
-        per_value.append(_per_value_assignments(axis.get("overrides") or {}, columns, problems))
-    if not axes and not problems:
-        problems.append(f"{path.name} defines no axes")
+    parsed, problems = read_sweep_file(path)
     if problems:
-        raise ConfigError(list(dict.fromkeys(problems)), what=f"sweep {path.name} (nothing was submitted)")
+        raise ConfigError(problems, what=f"sweep {path.name} (nothing was planned or submitted)")
+    axes = parsed["axes"]
     return Sweep(
         name=path.stem,
-        experiment=raw.get("experiment", "smoke"),
-        overrides=list(raw.get("overrides") or []),
-        name_template=raw.get("name", path.stem + "-{model.name}"),
-        axes=axes,
-        per_value=per_value,
+        experiment=parsed["experiment"],
+        overrides=parsed["overrides"],
+        name_template=parsed["name"] if parsed["name"] is not None else path.stem + "-{model.name}",
+        axes=[axis.rows for axis in axes],
+        per_value=[axis.per_value for axis in axes],
     )
 
 
-def _value_problems(key: str, values: Sequence[Any]) -> list[str]:
-    """Why `key` cannot take each of `values` (the schema's type), checked once per sweep file."""
-    try:
-        hint = _field_type(RunConfig, key)
-    except KeyError:
-        return [f"{key} is not a configuration key"]
-    return [
-        f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})"
-        for value in values
-        if not _type_ok(hint, value)
-    ]
-
-
-def _per_value_assignments(overrides: dict, columns: dict[str, list], problems: list[str]) -> dict[str, list[tuple[str, Any]]]:
-    """An axis' per-value overrides, parsed and type-checked once: str(value) -> [(key, value)].
-    Entries for a value the axis does not have are never applied (and not checked)."""
-    present = {str(v) for values in columns.values() for v in values}
-    out = {}
-    for value, texts in overrides.items():
-        if str(value) not in present:
-            continue
-        out[str(value)] = []
-        for text in texts:
-            try:
-                key, parsed = _parse_assignment(text)
-            except ConfigError as exc:
-                problems += exc.problems
-                continue
-            problems += _value_problems(key, [parsed])
-            out[str(value)].append((key, parsed))
-    return out
-
-
 # --- expansion ------------------------------------------------------------------------------------
-
-
-def _field_type(cls: type, dotted: str) -> Any:
-    for part in dotted.split(".")[:-1]:
-        cls = typing.get_type_hints(cls)[part]
-    return typing.get_type_hints(cls)[dotted.rsplit(".", 1)[-1]]
-
-
-def _type_ok(hint: Any, value: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        return any(_type_ok(a, value) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, dict):
-        return isinstance(value, origin)
-    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -194,18 +102,9 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _parse_assignment(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ConfigError([f"per-value override {text!r} is not of the form key=value"], what="sweep")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
-
-
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:
     """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
     (load_sweep reported bad keys, bad values and keys set twice)."""
-    from launch.rundir import run_id
-
     base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
     base_tree = to_dict(base)
     runs = []
@@ -237,55 +136,3 @@ def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | 
     if duplicates:
         raise ConfigError(duplicates, what=f"sweep {sweep.name} (nothing was submitted)")
     return runs
-
-
-# --- submission -----------------------------------------------------------------------------------
-
-
-def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
-    """Indices of runs grouped by identical resources, each group split into arrays of <= limit."""
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(resources):
-        groups.setdefault(r.group_key(), []).append(i)
-    return [idx[s : s + limit] for idx in groups.values() for s in range(0, len(idx), limit)]
-
-
-def submit_arrays(backend: Backend, jobs: Sequence[Any], resources: Sequence[Resources]) -> list[str]:
-    """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
-    limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
-    ids: list[str | None] = [None] * len(jobs)
-    for chunk in array_chunks(resources, limit):
-        first = resources[chunk[0]]
-        shared = Resources(**{**first.__dict__, "job_name": first.job_name.rsplit("-", 1)[0]})
-        for i, job_id in zip(chunk, backend.submit([jobs[i] for i in chunk], shared), strict=True):
-            ids[i] = job_id
-    return ids  # type: ignore[return-value]
-
-
-def record_membership(sweep: Sweep, runs: Sequence[tuple[SweepRun, RunDirectory]]) -> None:
-    """Mark each (run, its directory) as a member of `sweep`, with its axis values."""
-    for run, rundir in runs:
-        atomic_write_json(rundir.path / "sweeps" / f"{sweep.name}.json", {"sweep": sweep.name, "axes": run.axis_values})
-
-
-def is_member(path: Path, sweep: str) -> bool:
-    return (path / "sweeps" / f"{sweep}.json").is_file()
-
-
-def sweep_axes_of(path: Path) -> dict[str, Any]:
-    """Axis values of every sweep a run belongs to (for result records and tables)."""
-    out: dict[str, Any] = {}
-    for record in sorted((path / "sweeps").glob("*.json")) if (path / "sweeps").is_dir() else []:
-        out.update(json.loads(record.read_text())["axes"])
-    return out
-
-
-def submit_sweep(name: str, extra: Sequence[str], args: Any, cwd: Path) -> int:
-    """Plan (and unless --dry-run, submit) a sweep; print the plan table."""
-    from launch.plan import plan_sweep, print_plan
-
-    plan = plan_sweep(load_sweep(name), extra, cwd, retry_failed=args.retry_failed)
-    print_plan(plan)
-    if args.dry_run:
-        return 0
-    return plan.submit()

@@ -5,8 +5,8 @@
 override their defaults. Each field states its unit and meaning.
 
 Fields that cannot change the numbers a run produces (worker counts, log cadence, where
-checkpoints go, ...) carry ``metadata=RUNTIME_ONLY``. `fingerprint()` leaves them out, so a run
-keeps its identity when only they change, and a checkpoint stays resumable.
+checkpoints go, ...) carry ``metadata=RUNTIME_ONLY`` (rsp/schema.py: the machinery every typed
+config shares, including the fingerprint that identifies a run).
 
 Validation collects every problem of every section and raises once (`ConfigError`); each message
 names the key, the bad value, the rule and the fix.
@@ -14,18 +14,11 @@ names the key, the bad value, the rule and the fix.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
+from rsp.architectures import MODELS
 from rsp.decoders import DECODERS
-
-RUNTIME_ONLY = {"affects_results": False}
+from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
@@ -34,20 +27,11 @@ DEVICES = ("auto", "cpu", "cuda")
 SEEK_POLICIES = ("auto", "sequential")
 
 
-class ConfigError(ValueError):
-    """One or more configuration problems; `problems` lists every one of them."""
-
-    def __init__(self, problems: list[str], what: str = "configuration"):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in the {what}:\n{lines}")
-
-
 @dataclass
 class ModelConfig:
     """Architecture and loss of the RSP model (docs/model.md)."""
 
-    name: str = "rsp_vit_small_patch16"  # a registered model: rsp.model.MODELS
+    name: str = "rsp_vit_small_patch16"  # a registered model: rsp.architectures.MODELS
     img_size: int = 224  # px, side of the square training crop
     latent: str = "discrete"  # discrete (DreamerV2 categorical) | gaussian | none (deterministic)
     mae_aux: str = "shared"  # MAE auxiliary loss: shared decoder | separate decoder | off
@@ -61,8 +45,6 @@ class ModelConfig:
     norm_pix_loss: bool = True  # per-patch normalized pixel targets (the paper's setting)
 
     def problems(self) -> list[str]:
-        from rsp.model import MODELS  # registry lives with the model; imported lazily (no cycle)
-
         out = []
         if self.name not in MODELS:
             out.append(f"model.name ({self.name!r}) is not a registered model; valid: {', '.join(sorted(MODELS))}")
@@ -96,6 +78,36 @@ class ModelConfig:
                 f"model.mask_ratio ({self.mask_ratio}) must lie strictly between 0 and 1 while "
                 f"model.mae_aux={self.mae_aux}; set model.mae_aux=off to drop the MAE branch"
             )
+        return out + self.ignored_problems()
+
+    def ignored_problems(self) -> list[str]:
+        """Settings the chosen latent or MAE mode never reads (docs/model.md#ablations), refused when changed."""
+        out = []
+        if self.latent == "none":
+            for key in ("stoch", "discrete", "kl_balance", "kl_freebit", "noise_scale"):
+                out += ignored(
+                    self,
+                    "model",
+                    key,
+                    "model.latent=none has no latent",
+                    f"drop model.{key} or choose model.latent=discrete|gaussian",
+                )
+        elif self.latent == "gaussian":
+            out += ignored(
+                self,
+                "model",
+                "discrete",
+                "model.latent=gaussian has no classes",
+                "drop model.discrete or set model.latent=discrete",
+            )
+        if self.mae_aux == "off":
+            out += ignored(
+                self,
+                "model",
+                "mask_ratio",
+                "model.mae_aux=off has no MAE branch",
+                "drop model.mask_ratio or set model.mae_aux=shared",
+            )
         return out
 
 
@@ -120,6 +132,9 @@ class DataConfig:
     seek: str = field(default="auto", metadata=RUNTIME_ONLY)
     batch_size: int = 64  # videos per process per micro-step (each yields repeated_sampling pairs)
     max_broken_fraction: float = 0.01  # stop the run when more than this share of reads fails
+    # Submit-time check: refuse when more than this share of the videos with a known length are shorter than
+    # max_gap + 1 frames (their pairs come from the short-video fallback, docs/data.md#frame-pair-sampling)
+    max_short_fraction: float = field(default=0.05, metadata=RUNTIME_ONLY)
     num_workers: int = field(default=8, metadata=RUNTIME_ONLY)  # loader processes per rank
     prefetch_factor: int = field(default=2, metadata=RUNTIME_ONLY)  # batches prefetched per worker
     pin_memory: bool = field(default=True, metadata=RUNTIME_ONLY)
@@ -152,6 +167,8 @@ class DataConfig:
             out.append(f"data.seek ({self.seek!r}) must be one of {', '.join(SEEK_POLICIES)}{hint}")
         if not 0 <= self.max_broken_fraction < 1:
             out.append(f"data.max_broken_fraction ({self.max_broken_fraction}) must lie in [0, 1)")
+        if not 0 <= self.max_short_fraction <= 1:
+            out.append(f"data.max_short_fraction ({self.max_short_fraction}) must lie in [0, 1]")
         if self.num_workers < 0:
             out.append(f"data.num_workers ({self.num_workers}) must be >= 0")
         if self.synthetic_videos < 0:
@@ -192,6 +209,14 @@ class OptimConfig:
             out.append(f"optim.clip_grad ({self.clip_grad}) must be > 0, or null for no clipping")
         if self.effective_batch is not None and self.effective_batch < 1:
             out.append(f"optim.effective_batch ({self.effective_batch}) must be >= 1 or null")
+        if self.lr is not None:
+            out += ignored(
+                self,
+                "optim",
+                "blr",
+                f"optim.lr ({self.lr}) is set",
+                "set optim.lr=null to derive the lr from optim.blr, or drop optim.blr",
+            )
         return out
 
 
@@ -220,6 +245,12 @@ class ScheduleConfig:
             out.append(f"schedule.warmup_epochs ({self.warmup_epochs}) must be <= schedule.epochs ({self.epochs})")
         if self.total_steps is not None and self.warmup_steps is not None and self.warmup_steps > self.total_steps:
             out.append(f"schedule.warmup_steps ({self.warmup_steps}) must be <= schedule.total_steps ({self.total_steps})")
+        if self.total_steps is not None:
+            fix = f"drop schedule.epochs, or set schedule.total_steps=null to train {self.epochs} nominal epochs"
+            out += ignored(self, "schedule", "epochs", f"schedule.total_steps ({self.total_steps}) is set", fix)
+        if self.warmup_steps is not None:
+            fix = "drop schedule.warmup_epochs, or set schedule.warmup_steps=null to warm up by epochs"
+            out += ignored(self, "schedule", "warmup_epochs", f"schedule.warmup_steps ({self.warmup_steps}) is set", fix)
         return out
 
 
@@ -240,7 +271,7 @@ class CheckpointConfig:
             out.append(f"checkpoint.keep_last ({self.keep_last}) must be >= 1 (the resume point)")
         if self.milestone_every_steps < 0:
             out.append(f"checkpoint.milestone_every_steps ({self.milestone_every_steps}) must be >= 0")
-        elif self.milestone_every_steps and self.milestone_every_steps % self.every_steps:
+        elif self.milestone_every_steps and self.every_steps >= 1 and self.milestone_every_steps % self.every_steps:
             out.append(
                 f"checkpoint.milestone_every_steps ({self.milestone_every_steps}) must be a multiple of "
                 f"checkpoint.every_steps ({self.every_steps}); milestones are checkpoints kept forever"
@@ -269,6 +300,10 @@ class RuntimeConfig:
 
     def problems(self) -> list[str]:
         out = []
+        if self.seed < 0:
+            out.append(
+                f"runtime.seed ({self.seed}) must be >= 0 (NumPy's SeedSequence takes no negative seed); use e.g. runtime.seed=0"
+            )
         if self.precision not in PRECISIONS:
             out.append(f"runtime.precision ({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
@@ -304,6 +339,12 @@ class TrainConfig:
         out = []
         for section in ("model", "data", "optim", "schedule", "checkpoint", "runtime"):
             out += getattr(self, section).problems()
+        stop, total = self.runtime.stop_after_steps, self.schedule.total_steps
+        if stop is not None and total is not None and stop >= total:
+            out.append(
+                f"runtime.stop_after_steps ({stop}) is never reached before the run ends at schedule.total_steps ({total}), "
+                "so it does nothing; lower it or drop it"
+            )
         return out
 
 
@@ -313,86 +354,3 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-# --- serialization and identity ----------------------------------------------------------------
-
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict of a config dataclass (JSON- and weights_only-safe)."""
-    return dataclasses.asdict(cfg)
-
-
-def identity_dict(cfg: Any) -> dict:
-    """The fields of `cfg` that can change results: every field not marked RUNTIME_ONLY."""
-    return without_runtime_only(to_dict(cfg), type(cfg))
-
-
-def without_runtime_only(data: dict, cls: type) -> dict:
-    """`data`, a config of dataclass `cls` as a nested dict (`to_dict`, or read back from a
-    checkpoint), without the fields `cls` marks RUNTIME_ONLY; keys `cls` does not know are kept."""
-    known, hints = _schema(cls)
-    out = {}
-    for key, value in data.items():
-        if key in known and not known[key].metadata.get("affects_results", True):
-            continue
-        hint = hints.get(key)
-        out[key] = without_runtime_only(value, hint) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
-    return out
-
-
-def fingerprint(cfg: Any, extra: dict | None = None) -> str:
-    """Stable hash (hex sha256) of the result-affecting fields of `cfg`, plus `extra` facts that
-    also shape the trajectory (e.g. the world size)."""
-    payload = {"config": identity_dict(cfg), "extra": extra or {}}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested config dicts: ['model.kl_scale: 0.01 != 0.1']."""
-    out = []
-    for key in sorted(set(a) | set(b)):
-        name = f"{prefix}{key}"
-        if key not in a or key not in b:
-            out.append(f"{name}: {'missing' if key not in a else a[key]!r} != {'missing' if key not in b else b[key]!r}")
-        elif isinstance(a[key], dict) and isinstance(b[key], dict):
-            out += diff(a[key], b[key], f"{name}.")
-        elif a[key] != b[key]:
-            out.append(f"{name}: {a[key]!r} != {b[key]!r}")
-    return out
-
-
-def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Build config dataclass `cls` from a nested dict; unknown keys raise and list the valid ones."""
-    if not isinstance(data, dict):
-        raise ConfigError([f"{where or cls.__name__} must be a mapping, got {type(data).__name__}"])
-    known, hints = _schema(cls)
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError([f"{where}{k} is not a field of {cls.__name__}; valid: {', '.join(known)}" for k in unknown])
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-@functools.cache
-def _schema(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
-    """(fields by name, resolved type hints without Optional) of config dataclass `cls`, computed once:
-    resolving string annotations costs ~0.1 ms per class, and sweeps hash thousands of configs."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: f for f in dataclasses.fields(cls)}, {name: _strip_optional(hints[name]) for name in hints}
-
-
-def _strip_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return hint

@@ -176,7 +176,7 @@ class PyavReader:
                 raise VideoReadError(self.path, f"PyAV cannot decode it ({first_line(err)})") from err
 
     def _open(self):
-        import av
+        import av  # imported on first use: a process loads only the decoder it reads with
 
         try:
             container = av.open(str(self.path))
@@ -211,7 +211,7 @@ def _reformatter(pid: int):
 
 class DecordReader:
     def __init__(self, path: Path):
-        import decord
+        import decord  # imported on first use: a process loads only the decoder it reads with
 
         self.path = path
         self._open = functools.partial(decord.VideoReader, str(path), num_threads=1)
@@ -288,7 +288,7 @@ class TorchcodecReader:
             yield frame.numpy()  # the core converts every frame
 
     def _video_decoder(self, seek_mode: str):
-        from torchcodec.decoders import VideoDecoder
+        from torchcodec.decoders import VideoDecoder  # torchcodec loads FFmpeg's shared libraries: only when used
 
         try:
             return VideoDecoder(str(self.path), num_ffmpeg_threads=1, seek_mode=seek_mode, dimension_order="NHWC")
@@ -310,7 +310,7 @@ def require(decoder: str) -> str:
 @functools.cache
 def _require_pyav() -> str:
     try:
-        import av
+        import av  # imported on first use: a process loads only the decoder it reads with
     except ImportError as err:
         raise DecoderUnavailable(
             f"data.decoder=pyav needs the Python package av ({err}); install it with `pip install av=={_pinned('av')}` "
@@ -322,7 +322,7 @@ def _require_pyav() -> str:
 @functools.cache
 def _require_decord() -> str:
     try:
-        import decord
+        import decord  # imported on first use: a process loads only the decoder it reads with
     except ImportError as err:
         raise DecoderUnavailable(
             f"data.decoder=decord needs the Python package decord ({err}); install it with "
@@ -341,7 +341,7 @@ def check_torchcodec(load_core_library: Callable[[], object] | None = None) -> s
     loads it; `load_core_library` replaces that step (tests pass one that fails like a missing
     FFmpeg). Returns 'torchcodec <version> (FFmpeg <major>)'; raises DecoderUnavailable."""
     try:
-        import torchcodec
+        import torchcodec  # loads FFmpeg's shared libraries, which may be missing: caught below
         from torchcodec import _core
     except (ImportError, OSError) as err:
         raise DecoderUnavailable(

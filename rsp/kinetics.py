@@ -29,17 +29,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin
-from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
 from rsp.atomicio import atomic_path, remove_stale_temporaries
+from rsp.download import download_file
 from rsp.video import VIDEO_SUFFIXES, list_videos
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/kinetics/400"
-CHUNK = 1 << 20  # bytes per read while downloading or extracting
+CHUNK = 1 << 20  # bytes per read while extracting
 
 
 @dataclass(frozen=True)
@@ -141,52 +140,6 @@ def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, desc
 
 
 # --- download -------------------------------------------------------------------------------------
-
-
-class DownloadError(RuntimeError):
-    """A download failed; a partial file is kept so that rerunning resumes it."""
-
-
-def download_file(url: str, dest: Path, timeout: float = 60.0) -> bool:
-    """Fetch `url` to `dest`, resuming `dest.part` with an HTTP Range request; the finished size
-    must equal the size the server announced. Returns False when `dest` already existed."""
-    if dest.exists():  # renamed from .part only after its size was verified
-        return False
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    offset = part.stat().st_size if part.exists() else 0
-    try:
-        response = urlopen(Request(url, headers={"Range": f"bytes={offset}-"} if offset else {}), timeout=timeout)
-    except HTTPError as err:
-        if err.code == 416 and offset:  # nothing left past `offset`: complete already, or longer than the file
-            part.unlink()
-            return download_file(url, dest, timeout)
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from err
-    except (URLError, OSError) as err:
-        raise DownloadError(f"{url}: cannot connect ({getattr(err, 'reason', err)})") from err
-    with response:
-        resumed = offset > 0 and response.status == 206
-        total = _announced_size(response.headers, resumed)
-        received = offset if resumed else 0
-        try:
-            with part.open("ab" if resumed else "wb") as f:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
-                    received += len(chunk)
-        except OSError as err:
-            raise DownloadError(f"{url}: connection lost after {received} bytes ({err}); rerun to resume") from err
-    if total is not None and received != total:
-        raise DownloadError(f"{url}: received {received} of {total} bytes into {part}; rerun to resume")
-    os.replace(part, dest)
-    return True
-
-
-def _announced_size(headers: Any, resumed: bool) -> int | None:
-    if resumed:  # Content-Range: bytes <first>-<last>/<total>
-        total = (headers.get("Content-Range") or "").rpartition("/")[2]
-        return int(total) if total.isdigit() else None
-    length = headers.get("Content-Length")
-    return int(length) if length and length.isdigit() else None
 
 
 def download(layout: KineticsLayout, base_url: str = DEFAULT_BASE_URL, jobs: int = 4, timeout: float = 60.0) -> StepReport:

@@ -81,7 +81,7 @@ class MetricsLogger:
         self._jsonl = open(self.jsonl_path, "a", buffering=1)
         self._writer = SummaryWriter(log_dir=str(tb_dir or run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
         if progress_bar == "on" or (progress_bar == "auto" and sys.stderr.isatty()):
-            from tqdm import tqdm
+            from tqdm import tqdm  # only a rank-0 process on a terminal draws a bar
 
             self._bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rsp.config import ConfigError, TrainConfig
+from rsp.config import TrainConfig
+from rsp.schema import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -8,11 +8,12 @@ torch.distributed.launch:
         --log_dir out --output_dir out --norm_pix_loss --repeated_sampling 2
 
 This is a thin entry point over `rsp.train.train` (no second training loop): every flag below sets
-one field of `rsp.config.TrainConfig`. Differences from the reference, all deliberate:
+one field of `rsp.config.TrainConfig` and defaults to it (`--noise_scale` 0.5: the paper's setting, and
+the default of the reference's main_pretrain_rsp.py since its June 2024 commit 3a653e28; 0.1 before,
+and in its RSP class: docs/model.md#noise-on-the-target-input). Differences from the reference, all
+deliberate:
 - `--output_dir` is the run directory; training always resumes from its newest valid checkpoint
   (exactly: RNG and data position included), so `--resume` and `--start_epoch` are only checked.
-- `--noise_scale` defaults to 0.5, the paper's setting; the reference's main_pretrain_rsp.py has the same
-  default since its commit 3a653e28 (0.1 before, and in its RSP class: docs/model.md#noise-on-the-target-input).
 - Interrupting with SIGUSR2/SIGTERM stops at the next step with a checkpoint (exit status 3 means
   "stopped, run the same command again to continue").
 """

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from rsp import kinetics
 from rsp.decoders import DECODERS, DecoderUnavailable, require
+from rsp.download import DownloadError
 from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
 from rsp.probe import probe_video
 from rsp.video import OUR_LABELS, LabelEntry, list_videos, write_labels
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in STEPS if args.step == "all" else (args.step,):
         try:
             report = run_step(step, args)
-        except (OSError, ValueError, kinetics.DownloadError) as err:  # the step cannot run at all
+        except (OSError, ValueError, DownloadError) as err:  # the step cannot run at all
             log.error("%s: %s", step, err)
             return 2
         log.info(report.summary())

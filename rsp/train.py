@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rsp import rng
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
-from rsp.config import TrainConfig, diff, fingerprint, identity_dict, to_dict, validate, without_runtime_only
+from rsp.config import TrainConfig, validate
 from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
 from rsp.distributed import (
     DistEnv,
@@ -44,6 +44,7 @@ from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, resolve_schedule
 from rsp.provenance import code_version
+from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class TrainHooks:
     on_start: Callable[[int, int], None] | None = None
     # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
     on_commit: Callable[[Manifest], None] | None = None
+    # Rank 0, after every completed optimizer step (step count so far); keep it cheap.
+    on_step: Callable[[int], None] | None = None
 
 
 def train(
@@ -359,6 +362,8 @@ class Trainer:
                     result = self._train_step(batches, logging_step)
                     self.step += 1
                     watchdog.kick()
+                    if self.env.is_main and self.hooks.on_step is not None:
+                        self.hooks.on_step(self.step)
                     window_steps += 1
                     window_wait += result["data_wait"]
                     if logging_step:

@@ -136,7 +136,7 @@ def write_labels(path: Path, entries: Sequence[LabelEntry]) -> None:
 
 
 def _read_csv(path: Path) -> list[LabelEntry]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (spreadsheet exports) is not data
         rows = list(csv.reader(f))
     header = tuple(rows[0]) if rows else ()
     if header not in (LABELS_HEADER, OLD_LABELS_HEADER):
@@ -147,6 +147,8 @@ def _read_csv(path: Path) -> list[LabelEntry]:
         )
     entries = []
     for line, row in enumerate(rows[1:], start=2):
+        if not row:  # a blank line (a trailing one, say) lists nothing
+            continue
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} fields")

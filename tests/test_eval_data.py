@@ -13,14 +13,13 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from eval import prepare
+from eval import archives, davis, jhmdb, vip
 from eval.config import PRESETS
-from eval.davis import read_davis, segment_sequence
-from eval.features import auto_batch_frames, long_side_size, preprocess, short_side_size
+from eval.davis import read_davis, segment_sequence, short_side_size, write_davis
+from eval.features import auto_batch_frames, preprocess
 from eval.indexmaps import davis_palette, one_hot_grid, write_index_png
-from eval.jhmdb import read_jhmdb, read_joints
-from eval.synthetic import write_davis, write_jhmdb, write_vip
-from eval.vip import read_vip
+from eval.jhmdb import read_jhmdb, read_joints, write_jhmdb
+from eval.vip import long_side_size, read_vip, write_vip
 from rsp.encoder import ViTEncoder
 
 
@@ -173,9 +172,9 @@ def test_a_cut_download_is_never_taken_for_the_archive_and_a_rerun_resumes_it(tm
     with fixtures_data.http_server(served) as (url, log):
         log.truncate_once.add("/archive.zip")
         with pytest.raises(OSError, match="fetch it by hand"):
-            prepare.download(f"{url}/archive.zip", target)
+            archives.download(f"{url}/archive.zip", target)
         assert not target.exists()
-        assert prepare.download(f"{url}/archive.zip", target) == target
+        assert archives.download(f"{url}/archive.zip", target) == target
         assert log.requests[-1][2].startswith("bytes=")  # resumed, not fetched again
     assert target.read_bytes() == data
 
@@ -191,7 +190,7 @@ def test_prepare_davis_downloads_extracts_and_pre_resizes(tmp_path, http_server)
     served, url = http_server
     source = write_davis(tmp_path / "source", n_sequences=2, n_frames=3, height=48, width=80)
     zip_folder(source, served / "DAVIS-2017-trainval-480p.zip", top="DAVIS/")  # the real archive's top folder
-    seqs = prepare.prepare_davis(
+    seqs = davis.prepare_davis(
         tmp_path / "DAVIS", f"{url}/DAVIS-2017-trainval-480p.zip", resize=(88, 48), downloads=tmp_path / "dl"
     )
     assert len(seqs) == 2 and (tmp_path / "dl" / "DAVIS-2017-trainval-480p.zip").is_file()
@@ -203,7 +202,7 @@ def test_prepare_davis_downloads_extracts_and_pre_resizes(tmp_path, http_server)
         assert mask.size == (88, 48) and mask.mode == "P"
         assert set(np.unique(np.array(mask))) <= set(np.unique(np.array(original)))  # NEAREST: ids stay ids
     shutil.rmtree(served)  # a second run reuses the downloaded archive
-    assert len(prepare.prepare_davis(tmp_path / "DAVIS", f"{url}/DAVIS-2017-trainval-480p.zip", downloads=tmp_path / "dl")) == 2
+    assert len(davis.prepare_davis(tmp_path / "DAVIS", f"{url}/DAVIS-2017-trainval-480p.zip", downloads=tmp_path / "dl")) == 2
 
 
 def test_prepare_jhmdb_from_its_three_archives(tmp_path, http_server):
@@ -218,16 +217,16 @@ def test_prepare_jhmdb_from_its_three_archives(tmp_path, http_server):
             zip_folder(source / folder, served / archive, top=f"{folder}/")
         else:
             shutil.make_archive(str(served / "Rename_Images"), "gztar", source, folder)
-    videos = prepare.prepare_jhmdb(tmp_path / "JHMDB", url, downloads=tmp_path / "dl")
+    videos = jhmdb.prepare_jhmdb(tmp_path / "JHMDB", url, downloads=tmp_path / "dl")
     assert [v.name for v in videos] == ["walk/synth_000", "walk/synth_001"]
 
 
 def test_prepare_vip_from_a_local_archive(tmp_path):
     source = write_vip(tmp_path / "source", n_videos=1, n_frames=6)
     zip_folder(source, tmp_path / "VIP_Fine.zip", top="VIP_Fine/")
-    assert [v.name for v in prepare.prepare_vip(tmp_path / "VIP", tmp_path / "VIP_Fine.zip")] == ["videos1"]
+    assert [v.name for v in vip.prepare_vip(tmp_path / "VIP", tmp_path / "VIP_Fine.zip")] == ["videos1"]
     with pytest.raises(FileNotFoundError, match="download VIP_Fine"):
-        prepare.prepare_vip(tmp_path / "VIP", tmp_path / "missing.zip")
+        vip.prepare_vip(tmp_path / "VIP", tmp_path / "missing.zip")
 
 
 def test_write_index_png_round_trip(tmp_path):

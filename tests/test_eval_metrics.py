@@ -1,17 +1,16 @@
-"""Metrics against hand-computed values and against the official tool's approach (tests/eval_oracle.py)."""
+"""Metrics against hand-computed values and against the official tool's approach (bench/reference_eval.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from eval_oracle import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 from PIL import Image
 
-from eval import jf, jhmdb, vip
-from eval.davis import read_davis
+from bench.reference_eval import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
+from eval import jf, jhmdb, keypoints, vip
+from eval.davis import read_davis, write_davis
 from eval.indexmaps import davis_palette, write_index_png
-from eval.synthetic import write_davis
 
 SQUARE = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=bool)
 # The official seg2bmap marks a pixel when it differs from its right, lower or lower-right neighbour.
@@ -268,10 +267,10 @@ def test_miou_by_hand_skips_absent_classes_and_ignores_255():
 def test_jhmdb_labels_and_decoding_round_trip():
     joints = np.array([[8.0, 12.0]] * 15)
     joints[3] = [100.0, 100.0]  # outside a 40x40 frame: an all-zero channel
-    labels = jhmdb.joint_labels(joints, (40, 40), (10, 10), sigma=0.5).reshape(10, 10, 16)
+    labels = keypoints.joint_labels(joints, (40, 40), (10, 10), sigma=0.5).reshape(10, 10, 16)
     assert labels[3, 2, 1] == pytest.approx(1.0)  # joint at grid (x 2, y 3): peak 1
     assert labels[3, 3, 1] == pytest.approx(np.exp(-2.0))  # one cell away: exp(-1 / (2 * 0.25))
     assert labels[3, 5, 1] == 0.0  # beyond 3 sigma
     assert labels[..., 4].sum() == 0 and labels[0, 9, 0] == 1 and labels[3, 2, 0] == 0
-    decoded = jhmdb.decode_joints(labels.reshape(100, 16), (10, 10), (40, 40), topk=5)
+    decoded = keypoints.decode_joints(labels.reshape(100, 16), (10, 10), (40, 40), topk=5)
     assert decoded[0] == pytest.approx([8.0, 12.0], abs=0.5)

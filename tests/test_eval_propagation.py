@@ -1,4 +1,4 @@
-"""The fast propagation engine against the reference algorithm (tests/eval_oracle.py), and against
+"""The fast propagation engine against the reference algorithm (bench/reference_eval.py), and against
 the answer when the features are an oracle's."""
 
 from __future__ import annotations
@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_oracle import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 from PIL import Image
 
+from bench.reference_eval import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 from eval import jf
 from eval.config import PRESETS, PropagationParams
-from eval.davis import read_davis, segment_sequence
+from eval.davis import read_davis, segment_sequence, write_davis
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, soft_to_index_map, write_index_png
 from eval.propagation import neighbourhood_mask, propagate
-from eval.synthetic import write_davis
 from rsp.encoder import ViTEncoder
 from rsp.model import create_model
 

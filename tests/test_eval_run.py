@@ -13,11 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-from eval.config import PRESETS, EvalConfig, propagation_params, protocol, protocol_hash, validate
+from eval.config import PRESETS, EvalConfig
+from eval.davis import write_davis
+from eval.jhmdb import write_jhmdb
+from eval.protocol import propagation_params, protocol, protocol_hash, validate
 from eval.run import EvalOutcome, config_from_overrides, evaluate
-from eval.synthetic import write_davis, write_jhmdb, write_vip
-from rsp.config import ConfigError
+from eval.vip import write_vip
 from rsp.encoder import ViTEncoder
+from rsp.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,8 +92,8 @@ def test_protocol_hash_covers_what_changes_the_numbers_only():
         ({"checkpoint": ""}, "checkpoint is empty"),
         ({"checkpoint_format": "onnx"}, "checkpoint_format ('onnx') must be one of"),
         ({"dino_branch": "ema"}, "dino_branch ('ema') must be one of"),
-        ({"task": "kinetics"}, "task ('kinetics') must be one of"),
-        ({"preset": "best"}, "preset ('best') is not a known preset; valid: auto, dino, rsp"),
+        ({"task": "kinetics"}, "task ('kinetics') is not a registered evaluation task; registered: davis, vip, jhmdb"),
+        ({"preset": "best"}, "preset ('best') does not exist for task davis; valid: auto (= rsp), dino, rsp, siammae, vip"),
         ({"topk": 0}, "topk (0) must be >= 1"),
         ({"n_last_frames": -1}, "n_last_frames (-1) must be >= 0"),
         ({"radius": -2}, "radius (-2) must be >= 0"),
@@ -122,7 +125,7 @@ def test_every_problem_is_reported_at_once():
 def test_hydra_overrides_build_the_typed_config():
     cfg = config_from_overrides(["checkpoint=/c.pt", "task=jhmdb", "preset=dino", "topk=3", "sequences=[a,b]"])
     assert isinstance(cfg, EvalConfig) and cfg.task == "jhmdb" and cfg.topk == 3 and cfg.sequences == ["a", "b"]
-    with pytest.raises(ValueError, match="valid keys: checkpoint, checkpoint_format"):
+    with pytest.raises(ConfigError, match="tpok is not a key of the evaluation config; did you mean topk"):
         config_from_overrides(["checkpoint=/c.pt", "tpok=3"])
 
 

@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 
+from rsp.architectures import MODELS
 from rsp.encoder import ViTEncoder
 from rsp.interop import (
     export_timm_encoder,
@@ -17,7 +18,7 @@ from rsp.interop import (
     reference_model_config,
     timm_vit,
 )
-from rsp.model import MODELS, create_model
+from rsp.model import create_model
 
 TINY = "rsp_vit_tiny_patch8"
 

@@ -7,19 +7,21 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from launch_helpers import merged
 
-from launch.backends import Resources, SlurmBackend
-from launch.config import compose
+from launch.backends import Resources, SlurmBackend, parse_slurm_config
+from launch.config import compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
-from launch.sweep import array_chunks, expand, load_sweep
-from launch.validate import absolutize, problems
-from rsp.config import ConfigError
+from launch.submission import array_chunks
+from launch.sweep import expand, load_sweep
+from launch.validate import absolutize, cluster_warnings, preemption_warnings, problems
+from rsp.schema import ConfigError, diff, to_dict
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
     base = [f"data.root={videos}", "data.synthetic_videos=0", "evaluation.tasks=[]", f"output_root={tmp_path / 'runs'}"]
-    return absolutize(compose([*base, *overrides]), tmp_path)
+    return absolutize(compose(merged(*base, *overrides)), tmp_path)
 
 
 # --- composition ---------------------------------------------------------------------------------
@@ -59,6 +61,32 @@ def test_any_field_overrides_and_paper_recipe_composes():
     assert cfg.evaluation.overrides["davis"]["topk"] == 5
 
 
+def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
+    """experiments/recipe/rsp_k400.yaml holds the recipe; S/16 and B/16 add only the model, L/16 also
+    the per-GPU batch and nodes that keep its effective batch in memory."""
+    for variable in ("RSP_K400_ROOT", "RSP_DAVIS_ROOT", "RSP_JHMDB_ROOT", "RSP_VIP_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    small, base, large = (to_dict(compose([f"experiment=rsp_vit{s}16_k400", "cluster=slurm"])) for s in "sbl")
+    assert diff(small, base) == [
+        "model.name: 'rsp_vit_small_patch16' != 'rsp_vit_base_patch16'",
+        "name: 'rsp_vits16_k400' != 'rsp_vitb16_k400'",
+    ]
+    assert diff(small, large) == [
+        "cluster.nodes: 2 != 4",
+        "data.batch_size: 96 != 48",
+        "model.name: 'rsp_vit_small_patch16' != 'rsp_vit_large_patch16'",
+        "name: 'rsp_vits16_k400' != 'rsp_vitl16_k400'",
+    ]
+    # Regression pin of the run ids (every result-affecting setting, world size included) as shipped
+    # before the recipe became one base: a change means submitting these experiments again would no
+    # longer find their existing runs. Change it only on purpose. Changed once: data.decoder entered
+    # the identity (decoders may convert colours differently) and data.seek left it (every seek mode
+    # now returns the same frames); runs made before read some files' frames wrong under seek=fast.
+    ids = [run_id(compose([f"experiment=rsp_vit{s}16_k400", "cluster=slurm"])) for s in "sbl"]
+    assert ids == ["55e1f2a89286", "0dd2775e67e0", "332b7952a9a7"]
+    assert "rsp_k400" not in " ".join(options("experiment"))  # the recipe is not an experiment of its own
+
+
 # --- validation: one test per rule ---------------------------------------------------------------
 
 
@@ -76,11 +104,18 @@ def test_any_field_overrides_and_paper_recipe_composes():
             ["model.name=rsp_vit_large_patch16", "cluster.signal_delay_s=20"],
             "leaves too little time to finish a step and write a 3.9 GiB checkpoint",
         ),
-        (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.time_minutes (1) leaves no time to train"),
+        (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.signal_delay_s (55) must be at least 10 s shorter"),
+        (["cluster.time_minutes=2", "cluster.signal_delay_s=120"], "than cluster.time_minutes (2 = 120 s)"),
+        (
+            ["evaluation.time_minutes=1", "evaluation.signal_delay_s=120"],
+            "evaluation.signal_delay_s (120) leaves no time to evaluate within evaluation.time_minutes (1 = 60 s)",
+        ),
+        (["evaluation.signal_delay_s=5"], "evaluation.signal_delay_s (5) must be >= 10 s"),
+        (["evaluation.max_requeues=-1"], "evaluation.max_requeues (-1) must be >= 0"),
         (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
         (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
         (["data.labels=missing.csv"], "data.labels ('missing.csv') does not exist"),
-        (["data.batch_size=64"], "lists 16 videos, fewer than one optimizer step needs (64)"),
+        (["data.batch_size=64"], "data.batch_size (64) x 1 process(es) x optim.accum_iter (1) = 64 videos per optimizer step"),
         (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
@@ -90,7 +125,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
-            "evaluation.tasks entry 'kitti' must be one of davis, jhmdb, vip",
+            "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb",
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"],
@@ -98,7 +133,7 @@ def test_any_field_overrides_and_paper_recipe_composes():
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.presets.davis=fast"],
-            "preset ('fast') is not a known preset",
+            "evaluation.presets.davis ('fast') does not exist for task davis; valid: auto (= rsp)",
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=tpu"],
@@ -112,13 +147,14 @@ def test_validation_rule(train_videos, tmp_path, overrides, expected):
 
 
 def test_a_decoder_that_cannot_run_here_is_refused_at_submit_time(train_videos, tmp_path, monkeypatch):
+    import launch.datacheck
     import rsp.decoders
-    from launch.validate import decoder_problem
+    from launch.datacheck import decoder_problem
 
     def missing(decoder):
         raise rsp.decoders.DecoderUnavailable(f"{decoder} cannot load FFmpeg's shared libraries: apt-get install ffmpeg")
 
-    monkeypatch.setattr(rsp.decoders, "require", missing)  # this project's check, as if FFmpeg were missing
+    monkeypatch.setattr(launch.datacheck, "require", missing)  # this project's check, as if FFmpeg were missing
     decoder_problem.cache_clear()
     try:
         found = problems(cfg_with(tmp_path, train_videos, "data.decoder=torchcodec"))
@@ -132,6 +168,41 @@ def test_validation_collects_all_problems_and_a_good_config_has_none(train_video
     found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=2", "cluster.nodes=2"))
     assert len(found) == 3
     assert not (tmp_path / "runs").exists()  # validating creates nothing
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["cluster.max_timeouts=0"], "cluster.max_timeouts=0: the run is marked failed at its first time limit"),
+        (["cluster.max_preemptions=0"], "cluster.max_preemptions=0: the run is marked failed at its first preemption"),
+        (["cluster.max_failures=0"], "set cluster.max_failures >= 1 to requeue"),
+        (
+            ["cluster=slurm", "cluster.time_minutes=1", "cluster.signal_delay_s=30"],
+            "leaves 30 s of cluster.time_minutes (1) before the stop signal, which SLURM may send up to 30 s early",
+        ),
+    ],
+)
+def test_warning_rule(train_videos, tmp_path, overrides, expected):
+    cfg = cfg_with(tmp_path, train_videos, *overrides)
+    assert not problems(cfg, sbatch_script=None)  # allowed: a warning, not an error
+    assert any(expected in w for w in cluster_warnings(cfg.cluster)), cluster_warnings(cfg.cluster)
+
+
+def test_a_good_config_has_no_warnings(train_videos, tmp_path):
+    assert cluster_warnings(cfg_with(tmp_path, train_videos).cluster) == []
+    assert cluster_warnings(cfg_with(tmp_path, train_videos, "cluster=slurm").cluster) == []
+
+
+def test_a_slurm_that_preempts_without_the_stop_signal_is_warned_about():
+    config = parse_slurm_config(
+        "PreemptMode             = REQUEUE\nPreemptType             = preempt/partition_prio\n"
+        "SlurmctldParameters     = enable_configless\n"
+    )
+    (warning,) = preemption_warnings(config)
+    assert "without sending them the stop signal" in warning and "preempt_send_user_signal" in warning
+    assert preemption_warnings({**config, "SlurmctldParameters": "preempt_send_user_signal"}) == []
+    assert preemption_warnings({**config, "PreemptType": "preempt/none"}) == []
+    assert preemption_warnings({**config, "PreemptMode": "OFF"}) == []
 
 
 # --- run identity --------------------------------------------------------------------------------
@@ -197,6 +268,21 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     decision = decide(attempts(("timeout", 5), ("crashed", 7), ("crashed", 7)), cluster)
     assert not decision.requeue and "breaker" in decision.reason and "step 7" in decision.reason
     assert decide(attempts(("crashed", 7), ("crashed", 9)), cluster).requeue  # progress was made
+    assert not decide(attempts(("interrupted", 7), ("interrupted", 7)), cluster).requeue  # e.g. the OOM killer, twice
+    assert decide(attempts(("crashed", 7), ("interrupted", 7)), cluster).requeue  # different failures: a coincidence
+    nan, worker = attempts(("crashed", 7), ("crashed", 7)), "RuntimeError: DataLoader worker (pid 12) is killed by signal"
+    nan[0].error, nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8", worker
+    assert decide(nan, cluster).requeue  # two different errors at the same step
+    nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8 on 1 rank(s)"
+    assert not decide(nan, cluster).requeue
+
+
+def test_stop_signals_are_never_failures(train_videos, tmp_path):
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=0)
+    for reason in ("timeout", "preempted", "stopped", "requeued"):
+        assert decide(attempts((reason, 0), (reason, 0)), cluster).requeue, reason  # no breaker, no failure budget
+    cancelled = decide(attempts(("cancelled", 3)), cluster)
+    assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
 
 
 # --- sweeps --------------------------------------------------------------------------------------
@@ -256,7 +342,10 @@ axes:
             "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",
             "model.kl_scale='high' has the wrong type (expected float)",
         ),
-        ("axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n", "both set data.max_gap"),
+        (
+            "axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n",
+            "data.max_gap is also swept by axes[0]; an axis key may appear once",
+        ),
         ("axes:\n  - key: runtime.log_every_steps\n    values: [1, 2]\n", "are the same experiment"),
         ("axes:\n  - zip:\n      data.max_gap: [1, 2]\n      data.min_gap: [1]\n", "zips lists of different lengths"),
         ("axis:\n  - key: data.max_gap\n", "unknown top-level key 'axis'"),
@@ -299,7 +388,7 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
     )
     for line in (
         "#SBATCH --requeue",
-        "#SBATCH --signal=USR2@120",
+        "#SBATCH --signal=B:USR2@120",  # the batch shell exists from the first instant; it defers and forwards
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
         "#SBATCH --gpus-per-node=4",
@@ -307,11 +396,17 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
         "#SBATCH --reservation='x y'",
         "--kill-on-bad-exit=1",
         f"export PYTHONPATH='{tmp_path}/code dir'",
-        "rc=$?",
+        "trap 'rsp_signal USR2' USR2",
+        "trap 'rsp_signal TERM' TERM",
+        "$RSP_SIGNAL_GUARD",
+        "-u -m launch.start",
+        "& rsp_wait_for_ranks $!",
         "-m launch.requeue --folder",
+        '--exit-code "$rsp_rc"',
     ):
         assert line in script, line
-    assert script.index("srun") < script.index("rc=$?")  # the policy runs after the ranks end
+    assert script.index("trap ") < script.index("export PYTHONPATH")  # signals are logged from the first line
+    assert script.index("srun") < script.index("-m launch.requeue")  # the policy runs after the ranks end
     assert "'" + str(folder).replace("'", "'\"'\"'") in script  # quoted for bash, never bare
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rsp.architectures import MODELS, ModelSpec, register_model
 from rsp.blocks import set_fused_attention
 from rsp.latent import GAUSSIAN_MIN_STD, balanced_kl
-from rsp.model import MODELS, RSP, ModelSpec, create_model, register_model
+from rsp.model import RSP, create_model
 
 SMALL_IMG = 32
 TINY = "rsp_vit_tiny_patch8"

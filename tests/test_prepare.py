@@ -21,7 +21,8 @@ import pytest
 from fixtures_data import TINY, http_server
 
 from rsp import kinetics, prepare
-from rsp.kinetics import DownloadError, KineticsLayout, download_file, ffmpeg_command, rescale_video
+from rsp.download import DownloadError, download_file
+from rsp.kinetics import KineticsLayout, ffmpeg_command, rescale_video
 from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
 from rsp.video import list_videos
 

@@ -12,10 +12,15 @@ import pandas as pd
 import pytest
 
 from eval.aggregate import aggregate, build_table
+from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
 from launch.config import compose, train_config
-from launch.evaluations import FAILED, EvaluationJob, claim, eval_dir, expected, schedule
+from launch.evaluations.claims import FAILED, claim
+from launch.evaluations.expected import eval_config_for, eval_dir, expected
+from launch.evaluations.job import EvaluationJob
+from launch.evaluations.schedule import schedule
 from launch.rundir import RunDirectory
+from launch.submission import ensure_generated_data
 from launch.validate import absolutize
 from rsp.distributed import DistEnv
 from rsp.train import train
@@ -172,9 +177,7 @@ def trained_run(train_videos, tmp_path_factory):
         ),
         base,
     )
-    from launch.evaluations import ensure_benchmarks
-
-    ensure_benchmarks(cfg.evaluation)
+    ensure_generated_data(cfg)
     run = RunDirectory.for_config(cfg)
     run.create(cfg)
     train(train_config(cfg), DistEnv(), run.path)
@@ -217,9 +220,6 @@ def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tm
     job = EvaluationJob(str(trained_run.path), 1, ["davis"])  # step 1 was pruned by retention
     with pytest.raises(RuntimeError, match="evaluation of step 1 failed for davis"):
         job()
-    from eval.config import protocol_hash
-    from launch.evaluations import eval_config_for
-
     cfg = trained_run.config()
     ecfg = eval_config_for(cfg, "davis", trained_run.path / "checkpoints" / "step_00000001.pt", Path("."))
     failure = json.loads((eval_dir(trained_run, 1, "davis", protocol_hash(ecfg)) / FAILED).read_text())

@@ -14,9 +14,9 @@ import torch
 from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
 from rsp.checkpoint import CheckpointStore
-from rsp.config import to_dict
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
+from rsp.schema import to_dict
 from rsp.train import NonFiniteLossError, ResumeError, train
 
 

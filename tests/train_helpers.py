@@ -14,16 +14,8 @@ from pathlib import Path
 import torch
 
 from rsp.checkpoint import CheckpointStore
-from rsp.config import (
-    CheckpointConfig,
-    DataConfig,
-    ModelConfig,
-    OptimConfig,
-    RuntimeConfig,
-    ScheduleConfig,
-    TrainConfig,
-    to_dict,
-)
+from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from rsp.schema import to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,5 @@
-"""Reference-style implementations kept as oracles for the fast evaluation code.
+"""Reference-style implementations: the baseline bench/eval_speed.py measures the fast evaluation code
+against, and the oracles tests/test_eval_*.py check it with (docs/evaluation.md#davis-protocol, docs/evaluation.md#jf-metric).
 
 They implement docs/evaluation.md#label-propagation and docs/evaluation.md#jf-metric.
 They follow the published tools step by step, slow on purpose:
@@ -9,7 +10,6 @@ They follow the published tools step by step, slow on purpose:
   product, queue of soft predictions, upsampling, per-channel min-max loop, argmax, PNG.
 - `reference_davis_scores`: the official tool's approach: per object, per frame, unpacked boundary
   maps, disk dilation, one process.
-Used by tests/test_eval_*.py and bench/eval_speed.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.features import load_rgb, preprocess, short_side_size
+from eval.davis import short_side_size
+from eval.features import load_rgb, preprocess
 from eval.indexmaps import read_index_png, read_palette, write_index_png
 
 # --- propagation -------------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""python -m launch.evaluations schedule RUN_DIR [--step N ...] --backend B   (what the training job calls)
+python -m launch.evaluations backfill [OUTPUT_ROOT] [--backend B] [--all-checkpoints] [--retry-failed]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import launch.evaluations
+from launch.evaluations.schedule import backfill, schedule
+from launch.rundir import RunDirectory
+from rsp.commandline import HintingArgumentParser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    p = HintingArgumentParser(
+        prog="python -m launch.evaluations",
+        description=launch.evaluations.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("schedule", help="submit the evaluations of one run's checkpoint(s)")
+    s.add_argument("run_dir")
+    s.add_argument("--step", type=int, action="append")
+    s.add_argument("--backend", required=True)
+    b = sub.add_parser("backfill", help="evaluate existing checkpoints that lack results")
+    b.add_argument("output_root", nargs="?", default="runs")
+    b.add_argument("--backend", default=None, help="default: each run's own backend")
+    b.add_argument("--all-checkpoints", action="store_true", help="not only milestones")
+    b.add_argument("--retry-failed", action="store_true")
+    args = p.parse_args(argv)
+    if args.command == "schedule":
+        print(" ".join(schedule(RunDirectory(args.run_dir), args.step, args.backend)))
+        return 0
+    for name, ids in backfill(Path(args.output_root), args.backend, args.retry_failed, args.all_checkpoints).items():
+        print(f"{name}: {len(ids)} evaluation job(s) submitted {' '.join(ids)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
