@@ -73,14 +73,19 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
         ),
         "requeue": Driver(  # while its loader workers run
             roots["requeue"],
-            lambda r: bool(r.manifests()),
+            trained_checkpoint,
             lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
         ),
         "kill9": Driver(
-            roots["kill9"], lambda r: bool(r.manifests()), lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)
+            roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)
         ),
     }
     return {"roots": roots, "drivers": drivers}
+
+
+def trained_checkpoint(run: RunDirectory) -> bool:
+    """A checkpoint after the first step exists (step 0, the initialization, is committed before training)."""
+    return any(m.step > 0 for m in run.manifests())
 
 
 REFERENCES: dict[tuple[str, int], Path] = {}  # (config hash, ranks) -> reference run: scenarios share them
