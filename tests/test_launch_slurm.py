@@ -76,9 +76,7 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
             trained_checkpoint,
             lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
         ),
-        "kill9": Driver(
-            roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)
-        ),
+        "kill9": Driver(roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
     }
     return {"roots": roots, "drivers": drivers}
 
