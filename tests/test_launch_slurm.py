@@ -234,7 +234,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["experiment=rsp_vitz_k400"], "experiment='rsp_vitz_k400' is not one of: rsp_vitb16_k400"),
+        (["experiment=rsp_vitz_k400"], "experiment='rsp_vitz_k400' is not one of: cpu_study, rsp_vitb16_k400"),
         (["model.kl_scal=0.1"], "did you mean model.kl_scale?"),
         (["cluster.nodes=3"], "SLURM rejects the requested resources"),
         (["cluster.cpus_per_task=64"], "SLURM rejects the requested resources"),

@@ -77,10 +77,11 @@ from pathlib import Path
 from rsp.config import TrainConfig
 from rsp.schema import from_dict
 from rsp.distributed import DistEnv
-from rsp.lifecycle import install_early_stop_signals
+from rsp.lifecycle import ignore_stop_signals, install_early_stop_signals
 from rsp.train import train
 stop = install_early_stop_signals()
 result = train(from_dict(TrainConfig, json.loads(Path(sys.argv[1]).read_text())), DistEnv(), Path(sys.argv[2]), stop)
+ignore_stop_signals()  # as launch/start.py does: the test's SIGTERM may land while the interpreter exits
 print("RESULT", json.dumps({"status": result.status, "step": result.step, "reason": result.stop_reason}), flush=True)
 """
 
