@@ -6,6 +6,9 @@ cannot collide, published through the run directory), replaces submitit's SIGUSR
 checkpoints inside the handler) with a cooperative stop flag, records the attempt, trains, and
 records how the attempt ended. What happens next (requeue or not) is `launch.requeue.decide`: run by
 the SLURM batch script's teardown, or here for the local backend.
+
+A sweep's successive halving (launch/rungs.py) prunes a run by writing its prune marker; rank 0
+watches for it and turns it into the same cooperative stop (checkpoint, end, never requeued).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import submitit
 
+from launch.backends import total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.requeue import attempt_key, decide
@@ -35,6 +40,49 @@ log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
 TIMEOUT_MARGIN_S = 90  # SLURM checks limits on a 30 s tick: a timeout signal can come early or late
+PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
+
+
+class PruneWatch:
+    """Rank 0: request a cooperative stop once the run's prune marker exists (checked at once and
+    then every PRUNE_POLL_S in a daemon thread). The stop flag travels to every rank with the
+    step's all-reduce, so all ranks stop at the same step and checkpoint it."""
+
+    def __init__(self, run: RunDirectory, stop: StopRequest):
+        self.run, self.stop, self.done = run, stop, threading.Event()
+        self._check()
+        self.thread = threading.Thread(target=self._loop, name="prune-watch", daemon=True)
+        self.thread.start()
+
+    def _check(self) -> bool:
+        if self.run.prune_marker() is not None:
+            self.stop.request("pruned")
+            return True
+        return False
+
+    def _loop(self) -> None:
+        while not self.done.wait(PRUNE_POLL_S):
+            try:
+                if self._check():
+                    return
+            except Exception:  # an unreadable marker must not kill the watch (a torn read on a network FS)
+                log.exception("reading the prune marker of %s failed; trying again", self.run.path.name)
+
+    def close(self) -> None:
+        self.done.set()
+
+
+def allocation(cluster: ClusterConfig, is_slurm: bool) -> dict[str, int]:
+    """What this attempt holds, all nodes together (cost accounting, launch/cost.py): SLURM's own
+    numbers inside an allocation; elsewhere the request (tasks x cluster.cpus_per_task), which the
+    local backend does not enforce."""
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", cluster.nodes)) if is_slurm else cluster.nodes
+    gpus = int(os.environ.get("SLURM_GPUS_ON_NODE", cluster.gpus_per_node) or 0) * nodes if is_slurm else 0
+    cpus = total_cpus(os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")) if is_slurm else 0
+    return {
+        "gpus": gpus or cluster.gpus_per_node * cluster.nodes,
+        "cpus": cpus or cluster.world_size * cluster.cpus_per_task,
+    }
 
 
 def reachable_address(host: str, is_slurm: bool) -> str:
@@ -103,7 +151,11 @@ class TrainingJob:
         stop = StopRequest()
         if self.backend != "debug":
             install_stop_signals(stop, (signal.SIGUSR2, signal.SIGTERM))  # replaces submitit's handlers
-        attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0) if env.is_main else None
+        attempt = None
+        if env.is_main:
+            alloc = allocation(cfg.cluster, self.backend == "slurm")
+            attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0, alloc=alloc)
+        watch = PruneWatch(run, stop) if env.is_main else None
         hooks = (
             TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
         )
@@ -116,7 +168,13 @@ class TrainingJob:
                 run.end_attempt(attempt, "crashed", run.last_checkpoint_step() or 0, exit_code=1, error=_tail(exc))
                 self._after_attempt(run, cfg.cluster)
             raise
-        reason = "finished" if result.status == "finished" else classify_stop(stop.reason, cfg.cluster, started)
+        finally:
+            if watch is not None:
+                watch.close()
+        if result.status == "finished":
+            reason = "finished"
+        else:
+            reason = "pruned" if stop.reason == "pruned" else classify_stop(stop.reason, cfg.cluster, started)
         if env.is_main:
             run.end_attempt(attempt, reason, result.step, exit_code=0)
             if reason == "finished":
@@ -128,12 +186,15 @@ class TrainingJob:
         """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""
         if self.backend != "local":
             return
-        decision = decide(run.policy_attempts(), cluster)
+        marker = run.prune_marker()
+        decision = decide(run.policy_attempts(), cluster, marker)
         log.info("%s", decision.reason)
         if decision.requeue:
             raise SystemExit(LOCAL_REQUEUE_EXIT)
         if decision.final_state == "failed":
             run.set_status("failed", decision.reason)
+        elif decision.final_state == "pruned":
+            run.set_status("pruned", decision.reason, pruned=marker)
 
     def _milestone_hook(self, run: RunDirectory, cfg):
         if not cfg.evaluation.tasks:

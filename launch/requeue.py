@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import ClusterConfig
-from launch.rundir import RUNS_FILE, Attempt, RunDirectory
+from launch.rundir import RUNS_FILE, Attempt, RunDirectory, prune_reason
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ CATEGORY = {
     "stopped": "preemption",  # a stop signal from outside (e.g. scancel --signal=USR2): checkpoint and requeue
     "crashed": "failure",
     "interrupted": "failure",  # killed without a word: SIGKILL, node failure, external requeue
+    "pruned": "preemption",  # stopped for a prune marker that --unprune removed since: carry on
 }
 
 
@@ -51,11 +52,15 @@ def budget(cluster: ClusterConfig, category: str) -> int:
     return {"timeout": cluster.max_timeouts, "preemption": cluster.max_preemptions, "failure": cluster.max_failures}[category]
 
 
-def decide(attempts: Sequence[Attempt], cluster: ClusterConfig) -> Decision:
-    """Requeue after the last (ended) attempt, or finish/fail the run."""
+def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: dict | None = None) -> Decision:
+    """Requeue after the last (ended) attempt, or finish/fail/prune the run. `pruned`: the run's
+    prune marker (RunDirectory.prune_marker): a pruned run is never requeued, however its last
+    attempt ended (a stop signal or a crash may have beaten the prune request to it)."""
     last = attempts[-1]
     if last.end_reason == "finished":
         return Decision(False, f"finished at step {last.end_step}", "finished")
+    if pruned is not None:
+        return Decision(False, f"{prune_reason(pruned)}; stopped at step {last.end_step}, not requeued", "pruned")
     category = CATEGORY[last.end_reason]
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
@@ -107,7 +112,8 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: list[str] | No
         if requeue_command:
             subprocess.run(requeue_command, check=True, timeout=60)
         return
-    run.set_status(decision.final_state or "failed", decision.reason)
+    marker = run.prune_marker() if decision.final_state == "pruned" else None
+    run.set_status(decision.final_state or "failed", decision.reason, **({"pruned": marker} if marker else {}))
 
 
 def run_of_this_job(folder: Path) -> RunDirectory:
@@ -125,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     job_id = slurm_job_id()
     run = run_of_this_job(Path(args.folder))
     attempts = finalize_attempt(run, job_id, args.exit_code)
-    apply(run, decide(run.policy_attempts(attempts), run.config().cluster), ["scontrol", "requeue", job_id])
+    decision = decide(run.policy_attempts(attempts), run.config().cluster, run.prune_marker())
+    apply(run, decision, ["scontrol", "requeue", job_id])
     return 0
 
 

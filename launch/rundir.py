@@ -10,7 +10,9 @@
         checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
         evals/              per-checkpoint evaluation outputs and result records
         sweeps/<sweep>.json membership of each sweep that includes the run, with its axis values
-        status.json         written once the run is over: finished | failed (+ why)
+        pruned.json         a sweep's successive halving pruned it (rung, rank, metric): stop, never requeue
+        unpruned/NNN.json   earlier prune markers, moved here by --unprune
+        status.json         written once the run is over: finished | failed | pruned (+ why)
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
 Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.schema
@@ -36,12 +38,13 @@ from typing import Any
 import yaml
 
 from launch.config import RunConfig, train_config
-from rsp.atomicio import atomic_write_json, atomic_write_text
+from rsp.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
 from rsp.manifest import Manifest, list_manifests
 from rsp.schema import fingerprint, from_dict, to_dict
 
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
-END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted")
+END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted", "pruned")
+PRUNED = "pruned.json"  # the prune marker (launch/rungs.py writes it, the job and the teardown obey it)
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
 
@@ -60,6 +63,14 @@ def slug(name: str) -> str:
     return cleaned or "run"
 
 
+def prune_reason(marker: dict) -> str:
+    """One line from a prune marker (RunDirectory.prune_marker)."""
+    return (
+        f"pruned at step {marker['rung']} by sweep {marker['sweep']}: rank {marker['rank']} of {marker['of']} "
+        f"by {marker['metric']} = {marker['value']:.4g} ({marker['mode']})"
+    )
+
+
 @dataclass
 class Attempt:
     number: int
@@ -73,6 +84,7 @@ class Attempt:
     end_reason: str | None = None  # one of END_REASONS
     exit_code: int | None = None
     error: str | None = None  # last lines of the traceback when it crashed
+    alloc: dict[str, int] | None = None  # what the attempt holds, all nodes together: {"gpus": n, "cpus": n}
 
 
 class RunDirectory:
@@ -189,7 +201,13 @@ class RunDirectory:
         atomic_write_json(self.path / "attempts" / f"{attempt.number:03d}.json", dataclasses.asdict(attempt))
 
     def begin_attempt(
-        self, job_id: str, key: str, hosts: list[str], start_step: int, previous: list[Attempt] | None = None
+        self,
+        job_id: str,
+        key: str,
+        hosts: list[str],
+        start_step: int,
+        previous: list[Attempt] | None = None,
+        alloc: dict[str, int] | None = None,
     ) -> Attempt:
         """Record a new attempt; an earlier one that never recorded its end was killed from outside
         (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint.
@@ -199,7 +217,7 @@ class RunDirectory:
             stale = previous[-1]
             stale.end_reason, stale.end_time, stale.end_step = "interrupted", time.time(), start_step
             self.save_attempt(stale)
-        attempt = Attempt(len(previous), job_id, key, hosts, time.time(), start_step)
+        attempt = Attempt(len(previous), job_id, key, hosts, time.time(), start_step, alloc=alloc)
         self.save_attempt(attempt)
         return attempt
 
@@ -229,6 +247,10 @@ class RunDirectory:
         """Mark the run as a member of `sweep`, with its values of the sweep's axes."""
         atomic_write_json(self.path / "sweeps" / f"{sweep}.json", {"sweep": sweep, "axes": axis_values})
 
+    def sweep_names(self) -> list[str]:
+        folder = self.path / "sweeps"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
     def in_sweep(self, sweep: str) -> bool:
         return (self.path / "sweeps" / f"{sweep}.json").is_file()
 
@@ -251,6 +273,34 @@ class RunDirectory:
 
     def clear_status(self) -> None:
         (self.path / "status.json").unlink(missing_ok=True)
+
+    # --- pruning (launch/rungs.py decides; the job and the teardown obey) ------------------------
+
+    def prune_marker(self) -> dict | None:
+        """Why a sweep's successive halving pruned this run (rung, rank, metric ...), None if it did not."""
+        path = self.path / PRUNED
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def mark_pruned(self, info: dict[str, Any]) -> bool:
+        """Write the prune marker unless one is there (idempotent: concurrent deciders write one)."""
+        return create_json_exclusive(self.path / PRUNED, info)
+
+    def unprune(self) -> dict | None:
+        """Move the prune marker to unpruned/NNN.json and clear a `pruned` status, so the run can be
+        resubmitted and resume from its checkpoint. Returns the marker (None: it was not pruned)."""
+        marker = self.prune_marker()
+        if marker is None:
+            return None
+        history = self.path / "unpruned"
+        number = len(list(history.glob("*.json"))) if history.is_dir() else 0
+        atomic_write_json(history / f"{number:03d}.json", {**marker, "unpruned": time.time()})
+        (self.path / PRUNED).unlink(missing_ok=True)
+        if (self.status() or {}).get("state") == "pruned":
+            self.clear_status()
+        return marker
 
     def record_progress(self, start_step: int, total_steps: int) -> None:
         atomic_write_json(

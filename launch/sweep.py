@@ -19,6 +19,8 @@ Schema (sweeps/*.yaml; documented in the README):
       - zip:                            # one axis whose keys advance together (equal lengths)
           model.name: [rsp_vit_small_patch16, rsp_vit_base_patch16]
           cluster.nodes: [2, 4]
+    select:                             # optional: successive halving on a milestone metric (launch/selection.py)
+      {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
 
 The base experiment is composed by Hydra once; each run applies its axis values to a copy of the
 resolved config (schema-typed), so planning 1,000 runs takes well under 2 s. Every run keeps all
@@ -40,10 +42,11 @@ import yaml
 
 from launch.config import RunConfig, compose
 from launch.rundir import run_id
+from launch.selection import Selection, parse_selection
 from rsp.schema import ConfigError, field_type, from_dict, schema_keys, to_dict, value_fits
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes")
+SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes", "select")
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Sweep:
     per_value: list[dict[str, list[tuple[str, Any]]]] = field(
         default_factory=list
     )  # per axis: str(value) -> [(key, value)] (checked)
+    selection: Selection | None = None  # the select: block (successive halving), if any
 
     @property
     def axis_keys(self) -> list[str]:
@@ -114,6 +118,10 @@ def load_sweep(name: str) -> Sweep:
         per_value.append(_per_value_assignments(axis.get("overrides") or {}, columns, problems))
     if not axes and not problems:
         problems.append(f"{path.name} defines no axes")
+    selection = None
+    if raw.get("select") is not None:
+        selection, found = parse_selection(raw["select"])
+        problems += found
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), what=f"sweep {path.name} (nothing was submitted)")
     return Sweep(
@@ -123,6 +131,7 @@ def load_sweep(name: str) -> Sweep:
         name_template=raw.get("name", path.stem + "-{model.name}"),
         axes=axes,
         per_value=per_value,
+        selection=selection,
     )
 
 

@@ -28,10 +28,11 @@ from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, registered
 from launch.backends import BACKENDS
-from launch.config import ClusterConfig, EvaluationConfig, RunConfig
+from launch.config import ClusterConfig, EvaluationConfig, RunConfig, train_config
 from launch.evaluations.expected import task_eval_config
 from rsp.config import ModelConfig
 from rsp.model import create_model
+from rsp.optim import resolve_schedule
 from rsp.schema import ConfigError, from_dict, to_dict
 from rsp.video import DataError, read_labels, resolve_labels_file
 
@@ -122,6 +123,22 @@ def count_videos(root: Path, labels: str) -> int | str:
         return len(read_labels(resolve_labels_file(root, labels)))
     except DataError as exc:
         return str(exc)
+
+
+def known_total_steps(cfg: RunConfig) -> int | None:
+    """The run's length in optimizer steps, when it can be known before the run starts:
+    schedule.total_steps, or the schedule resolved against the number of videos its labels file
+    lists (or it will generate). None when neither is known (no data yet)."""
+    if cfg.schedule.total_steps:
+        return cfg.schedule.total_steps
+    d, world = cfg.data, cfg.cluster.world_size
+    videos = d.synthetic_videos or (count_videos(Path(d.root), d.labels) if d.root and Path(d.root).is_dir() else None)
+    if not isinstance(videos, int) or world < 1 or d.batch_size < 1 or videos < d.batch_size * world:
+        return None
+    try:
+        return resolve_schedule(train_config(cfg), videos // (d.batch_size * world), world).total_steps
+    except ConfigError:  # the batch does not fit the data: reported by data_problems
+        return None
 
 
 def data_problems(cfg: RunConfig) -> list[str]:

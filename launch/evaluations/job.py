@@ -12,14 +12,23 @@ from pathlib import Path
 
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, ResultRecord, write_record
-from eval.run import evaluate
+from launch.cost import accounting, to_checkpoint
 from launch.evaluations.claims import mark_failed, release
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
+from launch.rungs import SweepDirectory, decide_due
 from rsp.manifest import checkpoint_name
 from rsp.provenance import code_version
 
 log = logging.getLogger(__name__)
+
+
+def evaluate(ecfg):
+    """eval.run.evaluate, imported when an evaluation runs: the scheduler that pickles this job
+    (a subprocess of every milestone) never evaluates and starts in ~1 s instead of ~5."""
+    from eval.run import evaluate as run_evaluation  # torch and timm: seconds to import
+
+    return run_evaluation(ecfg)
 
 
 @dataclass
@@ -37,6 +46,7 @@ class EvaluationJob:
         store = run.checkpoints
         checkpoint = store.dir / checkpoint_name(self.step)
         manifest = next((m for m in store.manifests() if m.step == self.step), None)
+        cost = training_cost(run, manifest.created) if manifest is not None else {}
         written, failed = [], []
         for task in self.tasks:
             ecfg = eval_config_for(cfg, task, checkpoint, Path("."))
@@ -67,8 +77,10 @@ class EvaluationJob:
                     wall_time_s=time.time() - started,
                     sweep_axes=run.sweep_axes(),
                     model_name=info["config"]["model"]["name"],
+                    training_cost=cost,
                 )
                 written.append(str(write_record(out / RECORD_NAME, record)))
+                decide_rungs(run, self.step, task)
             except Exception as exc:
                 failed.append(task)
                 mark_failed(out, exc)
@@ -80,3 +92,29 @@ class EvaluationJob:
                 f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}"
             )
         return written
+
+
+def training_cost(run: RunDirectory, created: float) -> dict:
+    """The record's training cost (launch/cost.py); {} when it cannot be known (never fails the job)."""
+    try:
+        return to_checkpoint(run, created, accounting([run]))
+    except Exception:
+        log.exception("could not price the training of %s up to its checkpoint", run.path.name)
+        return {}
+
+
+def decide_rungs(run: RunDirectory, step: int, task: str) -> None:
+    """A record at a rung of a sweep with a select block may complete the rung: decide it now, so a
+    pruned run stops within one poll of its marker (launch/rungs.py). Never fails the job: status
+    and the next evaluation decide too."""
+    for name in run.sweep_names():
+        sweep = SweepDirectory(run.path.parent, name)
+        try:
+            selection = sweep.selection()
+            if selection is not None and selection.task == task and step in selection.rungs:
+                for decision in decide_due(sweep, f"evaluation job {os.environ.get('SLURM_JOB_ID', os.getpid())}"):
+                    log.info(
+                        "sweep %s, step %d: kept %s, pruned %s", name, decision["rung"], decision["kept"], decision["pruned"]
+                    )
+        except Exception:
+            log.exception("could not decide the rungs of sweep %s", name)
