@@ -179,6 +179,7 @@ class TrainingJob:
             run.end_attempt(attempt, reason, result.step, exit_code=0)
             if reason == "finished":
                 run.set_status("finished", f"finished at step {result.step}")
+                run.unprune(why=f"finished at step {result.step} before the prune marker could stop it")
             self._after_attempt(run, cfg.cluster)
         return {"status": result.status, "reason": reason, "step": result.step, "total_steps": result.total_steps}
 

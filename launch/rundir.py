@@ -288,15 +288,16 @@ class RunDirectory:
         """Write the prune marker unless one is there (idempotent: concurrent deciders write one)."""
         return create_json_exclusive(self.path / PRUNED, info)
 
-    def unprune(self) -> dict | None:
-        """Move the prune marker to unpruned/NNN.json and clear a `pruned` status, so the run can be
-        resubmitted and resume from its checkpoint. Returns the marker (None: it was not pruned)."""
+    def unprune(self, why: str = "--unprune") -> dict | None:
+        """Move the prune marker to unpruned/NNN.json (with `why`) and clear a `pruned` status, so the
+        run can be resubmitted and resume from its checkpoint. Returns the marker (None: it was not
+        pruned). Also used when a run finished before its marker could stop it."""
         marker = self.prune_marker()
         if marker is None:
             return None
         history = self.path / "unpruned"
         number = len(list(history.glob("*.json"))) if history.is_dir() else 0
-        atomic_write_json(history / f"{number:03d}.json", {**marker, "unpruned": time.time()})
+        atomic_write_json(history / f"{number:03d}.json", {**marker, "unpruned": time.time(), "why": why})
         (self.path / PRUNED).unlink(missing_ok=True)
         if (self.status() or {}).get("state") == "pruned":
             self.clear_status()

@@ -63,7 +63,7 @@ def describe_state(state: RunState) -> str:
     text = state.state + (f" [{state.job_id}]" if state.job_id and state.state in ("pending", "running") else "")
     if marker and state.state == "pruned":
         text += f"@{marker['rung']} ({marker['rank']}/{marker['of']}, {marker['value']:.3g})"
-    elif marker:
+    elif marker and state.state in ("pending", "running"):
         text += f", pruned@{marker['rung']}: stopping"
     return text
 
@@ -142,12 +142,26 @@ def rung_lines(directory: SweepDirectory) -> list[str]:
     for view in rung_views(directory, selection):
         if view.decision is not None:
             d = view.decision
-            pruned = ", ".join(f"{r['name']} ({r['rank']}/{d['live']}, {r['value']:.4g})" for r in d["ranking"] if not r["kept"])
+            members, exempt = directory.members(), directory.exempt()
+            pruned = ", ".join(
+                f"{r['name']} ({r['rank']}/{d['live']}, {r['value']:.4g}{late(members.get(r['run_id']), r['run_id'] in exempt)})"
+                for r in d["ranking"]
+                if not r["kept"]
+            )
             lines.append(f"  step {view.rung}: kept {len(d['kept'])} of {d['live']}; pruned {pruned or 'none'}")
         else:
             waits = "; ".join(f"{names.get(rid, rid)}: {why}" for rid, why in sorted(view.waiting.items()))
             lines.append(f"  step {view.rung}: waiting for {len(view.waiting)} run(s): {waits}")
     return lines
+
+
+def late(run: RunDirectory | None, exempt: bool) -> str:
+    """Why a run a decision pruned is not (or no longer) pruned: it finished first, or --unprune."""
+    if exempt:
+        return "; unpruned since"
+    if run is not None and run.exists and (run.status() or {}).get("state") == "finished":
+        return "; it finished before it could be stopped"
+    return ""
 
 
 def cost_lines(states: Sequence[RunState], costs: dict[Path, RunCost], unit: str) -> list[str]:

@@ -326,3 +326,23 @@ def test_cfg_job_prints_the_resolved_config_and_help_lists_the_config_groups(tmp
     ):
         assert line in out
     assert "  smoke " in out and "  kl_weight_halving " in out and "  slurm " in out and "rsp_vits16_k400" in out
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml")))
+def test_every_shipped_sweep_plans_on_a_fresh_clone_and_a_submission_with_problems_queues_nothing(
+    name, tmp_path, monkeypatch, capsys
+):
+    from launch.submit import main
+
+    for var in ("RSP_K400_ROOT", "RSP_DAVIS_ROOT", "RSP_JHMDB_ROOT", "RSP_VIP_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    root = tmp_path / "runs"
+    assert main([f"sweep={name}", "--dry-run", f"output_root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep {name}: " in out and "runs; submit" in out
+    if "problem(s)" in out:  # the Kinetics sweeps on a fresh clone: no data roots
+        assert "data.root is not set" in out
+        assert main([f"sweep={name}", f"output_root={root}"]) == 2
+        assert "nothing was submitted" in capsys.readouterr().err and not root.exists()
+    else:
+        assert name == "smoke"  # the one sweep that generates its own data
