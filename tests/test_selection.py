@@ -259,7 +259,7 @@ def test_the_prune_watch_turns_a_marker_into_a_cooperative_stop(tmp_path):
 
 def write_sweep(tmp_path: Path, select: str, *extra: str) -> str:
     path = tmp_path / "halving.yaml"
-    overrides = ["evaluation.tasks=[davis]", f"output_root={tmp_path / 'runs'}", *extra]
+    overrides = ["evaluation.tasks=[davis]", f"output_root={tmp_path / 'runs'}", f"data.root={tmp_path / 'videos'}", *extra]
     path.write_text(
         "experiment: smoke\n"
         f"overrides: {json.dumps(overrides)}\n"
@@ -302,6 +302,27 @@ def test_a_pruned_sweep_resubmitted_with_another_select_is_refused(tmp_path):
     assert again.problems == [] and [r.state.state for r in again.rows].count("pruned") == 1
     assert [r.action for r in again.rows if r.state.state == "pruned"] == ["nothing"]
     print_plan(again)  # renders a plan that holds a pruned run
+
+
+def test_unprune_names_must_be_pruned_runs_of_the_sweep_and_nothing_is_unpruned_otherwise(tmp_path, capsys):
+    from launch.submit import main
+
+    sweep_file = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', keep: 0.5, rungs: [20]}")
+    plan = plan_sweep(load_sweep(sweep_file), [], tmp_path)
+    for row in plan.rows:
+        row.rundir.create(row.run.cfg)
+    plan.record_membership(plan.rows)
+    for row, value in zip(plan.rows, (0.1, 0.5, 0.3), strict=True):
+        write_metric(row.rundir, 20, value)
+    decide_due(SweepDirectory(tmp_path / "runs", "halving"), "test")
+    pruned = [r for r in plan.rows if r.rundir.prune_marker() is not None]
+    assert [r.run.name for r in pruned] == ["lr0.001"]
+    assert main([f"sweep={sweep_file}", "--unprune", "lr0.001", "--unprune", "lr0.002"]) == 2
+    err = capsys.readouterr().err
+    assert "--unprune 'lr0.002' is not pruned; the sweep's pruned runs: lr0.001" in err and "nothing was unpruned" in err
+    assert main([f"sweep={sweep_file}", "--unprune", "lr9"]) == 2
+    assert "names 0 runs of sweep halving" in capsys.readouterr().err
+    assert pruned[0].rundir.prune_marker() is not None  # untouched
 
 
 def test_cfg_job_prints_the_resolved_config_and_help_lists_the_config_groups(tmp_path, capsys):
