@@ -38,6 +38,7 @@ import pandas as pd
 from eval.records import ResultRecord, find_record_files, read_records
 from eval.task import result_column
 from eval.tasks import TASKS
+from rsp.commandline import HintingArgumentParser
 
 # Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent, in the columns of PAPER_COLUMNS.
 PUBLISHED = {
@@ -324,16 +325,23 @@ def aggregate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = HintingArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_root", nargs="?", default="runs")
     p.add_argument("--sweep", default=None, help="only the runs of this sweep (default --out: OUTPUT_ROOT/results/sweep-NAME)")
     p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
-    report = aggregate(args.output_root, args.out, not args.no_plots, not args.no_tensorboard, args.sweep)
+    root = Path(args.output_root).expanduser()
+    if not root.is_dir():
+        p.error(f"output root {root} does not exist; pass the output_root your runs were submitted with")
+    report = aggregate(
+        root,
+        Path(args.out).expanduser() if args.out else None,
+        plots=not args.no_plots,
+        tensorboard=not args.no_tensorboard,
+        sweep=args.sweep,
+    )
     print(report.summary())
     return 0
 

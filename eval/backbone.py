@@ -78,11 +78,19 @@ def load_backbone(
             f"{path} looks like a {detected!r} checkpoint, not {fmt!r}; pass checkpoint_format=auto "
             f"or checkpoint_format={detected}"
         )
-    state, heads = _state_dict_and_heads(raw, detected, dino_branch, path)
+    state, stated = _state_dict_and_model(raw, detected, dino_branch, path)
     state = strip_wrapper_prefixes(state)
     encoder_state, dropped = split_encoder_keys(state, path)
+    heads = head_count(encoder_state, stated, num_heads, path) if "patch_embed.proj.weight" in encoder_state else num_heads
+    broken = [k for k, v in encoder_state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(
+            f"{path} has NaN or infinite weights in {len(broken)} encoder tensor(s) ({', '.join(broken[:3])}"
+            f"{' ...' if len(broken) > 3 else ''}): its features would be meaningless (did the run diverge?); "
+            "evaluate an earlier checkpoint"
+        )
     try:
-        encoder = ViTEncoder.from_state_dict(encoder_state, num_heads=num_heads or heads)
+        encoder = ViTEncoder.from_state_dict(encoder_state, num_heads=heads)
     except (ValueError, KeyError) as exc:
         raise ValueError(
             f"{path} ({detected} format) does not hold a ViT encoder this project can run: {exc}. "
@@ -93,13 +101,64 @@ def load_backbone(
     return Backbone(encoder=encoder.eval(), format=detected, path=path, dropped_keys=dropped)
 
 
+def weights_shape(encoder_state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """patch, width, depth and MLP width of an encoder, read off its tensors."""
+    width, _, patch, _ = encoder_state["patch_embed.proj.weight"].shape
+    depth = 1 + max((int(k.split(".")[1]) for k in encoder_state if k.startswith("blocks.")), default=-1)
+    mlp = encoder_state["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in encoder_state else 0
+    return {"patch": int(patch), "width": int(width), "depth": depth, "mlp": int(mlp)}
+
+
+def head_count(encoder_state: dict[str, torch.Tensor], stated: str | None, num_heads: int | None, path: Path) -> int | None:
+    """The attention heads to build the encoder with. Weights do not show the head count, but it
+    changes the features, so it comes from the model the checkpoint states (which must agree with
+    the weights' shapes, and which a num_heads override may not contradict), else from num_heads
+    (which then enters the protocol hash: eval.protocol), else from the width (head dim 64)."""
+    shape = weights_shape(encoder_state)
+    divisors = [d for d in range(1, shape["width"] + 1) if shape["width"] % d == 0]
+    if num_heads is not None and num_heads not in divisors:
+        raise ValueError(
+            f"num_heads ({num_heads}) must divide the encoder width ({shape['width']}) of {path}; "
+            f"choose one of {', '.join(map(str, divisors))}"
+        )
+    if stated is None:
+        return num_heads
+    spec = MODELS.get(stated)
+    if spec is None:
+        if num_heads is None:
+            raise ValueError(
+                f"{path} states its model as {stated!r}, which is not a registered model (valid: {', '.join(sorted(MODELS))}), "
+                "so its head count is unknown; pass num_heads=N (it becomes part of the protocol hash)"
+            )
+        return num_heads
+    named = {"patch": spec.patch_size, "width": spec.embed_dim, "depth": spec.depth, "mlp": int(spec.embed_dim * spec.mlp_ratio)}
+    differ = [k for k in ("patch", "width", "depth", "mlp") if named[k] != shape[k]]
+    if differ:
+        describe = lambda d: ", ".join(f"{k} {d[k]}" for k in ("patch", "width", "depth", "mlp"))  # noqa: E731
+        matching = [
+            n
+            for n, m in MODELS.items()
+            if (m.patch_size, m.embed_dim, m.depth) == (shape["patch"], shape["width"], shape["depth"])
+        ]
+        match = f" (they match the registered {', '.join(matching)})" if matching else " (no registered model has them)"
+        raise ValueError(
+            f"{path} states its model as {stated} ({describe(named)}, {spec.num_heads} heads) but its weights are "
+            f"{describe(shape)}{match}: the stored model name is wrong, and the head count (which weights do not show) "
+            "would be guessed. Fix the checkpoint's model name, or evaluate its weights alone as a timm state "
+            "dict (torch.save(ckpt['model'], path)) with num_heads=N"
+        )
+    if num_heads is not None and num_heads != spec.num_heads:
+        raise ValueError(
+            f"num_heads ({num_heads}) contradicts {path}, whose model {stated} has {spec.num_heads} heads; "
+            "drop num_heads (the checkpoint states its model)"
+        )
+    return spec.num_heads
+
+
 def _load_file(path: Path, trust_pickle: bool) -> Any:
     if OUR_CHECKPOINT_NAME.fullmatch(path.name) and path.with_suffix(".json").is_file():
         return load_checkpoint_file(path)
-    try:
-        return load_torch_file(path, trust_pickle)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; pass checkpoint=PATH to an existing .pt/.pth file") from exc
+    return load_torch_file(path, trust_pickle)
 
 
 def detect_format(raw: Any) -> str:
@@ -118,15 +177,16 @@ def detect_format(raw: Any) -> str:
     raise ValueError(f"unrecognized checkpoint layout with top-level keys {', '.join(map(str, list(raw)[:10]))}")
 
 
-def _state_dict_and_heads(raw: dict, fmt: str, dino_branch: str, path: Path) -> tuple[dict, int | None]:
-    """The (still prefixed) state dict to read, and the head count when the file says it."""
+def _state_dict_and_model(raw: dict, fmt: str, dino_branch: str, path: Path) -> tuple[dict, str | None]:
+    """The (still prefixed) state dict to read, and the model name the file states (ours and the
+    reference's name their model; timm, DINO and MAE files do not)."""
     if fmt == "ours":
-        spec = MODELS.get(raw.get("model_name") or raw["config"]["model"]["name"])
-        return raw["model"], spec.num_heads if spec else None
+        config_name = raw.get("config", {}).get("model", {}).get("name") if isinstance(raw.get("config"), dict) else None
+        return raw["model"], raw.get("model_name") or config_name
     if fmt == "rsp_reference":
         # The reference names its models like ours, or like ours plus the decoder's shape.
-        name = str(getattr(raw.get("args"), "model", "")).removesuffix(REFERENCE_NAME_SUFFIX)
-        return raw["model"], MODELS[name].num_heads if name in MODELS else None
+        name = getattr(raw.get("args"), "model", None)
+        return raw["model"], str(name).removesuffix(REFERENCE_NAME_SUFFIX) if name else None
     if fmt == "dino":
         if dino_branch not in raw:
             raise ValueError(f"{path} has no {dino_branch!r} network (has {', '.join(raw)}); set dino_branch")

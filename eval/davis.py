@@ -25,7 +25,17 @@ from PIL import Image
 from eval import jf
 from eval.archives import download, extract
 from eval.config import EvalConfig, PropagationParams
-from eval.indexmaps import davis_palette, read_index_png_and_palette, void_to_background, write_index_png
+from eval.indexmaps import (
+    VOID,
+    davis_palette,
+    describe_ids,
+    id_counts,
+    image_hw,
+    read_index_png,
+    read_index_png_and_palette,
+    void_to_background,
+    write_index_png,
+)
 from eval.splits import read_listing, select_sequences
 from eval.synthetic import Sprite, ellipse, render, save_jpeg, texture
 from eval.task import EvalTask, Evaluation
@@ -50,8 +60,12 @@ class DavisSequence:
 def read_davis(
     root: str | Path, split: str = "val", resolution: str = "480p", sequences: Sequence[str] = ()
 ) -> list[DavisSequence]:
-    """The split's sequences, checked: frames exist, the first frame is annotated, every annotation
+    """The split's sequences, checked: frames exist, every frame is annotated, every annotation
     has its frame. Raises naming the missing file and how to get it."""
+    return [_read_sequence(Path(root), resolution, name) for name in sequence_names(root, split, resolution, sequences)]
+
+
+def sequence_names(root: str | Path, split: str, resolution: str, sequences: Sequence[str] = ()) -> list[str]:
     root = Path(root)
     listing = root / "ImageSets" / "2017" / f"{split}.txt"
     names = read_listing(
@@ -59,7 +73,13 @@ def read_davis(
         f"{root} is not a DAVIS-2017 root (prepare one with "
         f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist",
     )
-    return [_read_sequence(root, resolution, name) for name in select_sequences(names, sequences, listing)]
+    if not (root / "JPEGImages" / resolution).is_dir():
+        found = sorted(p.name for p in (root / "JPEGImages").iterdir() if p.is_dir()) if (root / "JPEGImages").is_dir() else []
+        raise FileNotFoundError(
+            f"davis_resolution ({resolution!r}) has no folder {root / 'JPEGImages' / resolution}; "
+            f"resolutions under {root / 'JPEGImages'}: {', '.join(found) or 'none'} (set davis_resolution to one of them)"
+        )
+    return select_sequences(names, sequences, listing)
 
 
 def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
@@ -78,7 +98,85 @@ def _read_sequence(root: Path, resolution: str, name: str) -> DavisSequence:
     orphans = [m for m in masks if m.stem not in frame_stems]
     if orphans:
         raise FileNotFoundError(f"{frame_dir / (orphans[0].stem + '.jpg')} is missing but {orphans[0]} annotates it")
+    unannotated = [f.stem for f in frames if f.stem not in {m.stem for m in masks}]
+    if unannotated:
+        # J&F scores every annotated frame but the first and the last (docs/evaluation.md#jf-metric): a
+        # missing annotation would silently drop its frame from the score.
+        raise FileNotFoundError(
+            f"{len(unannotated)} frame(s) of {name} have no annotation in {mask_dir}: {', '.join(unannotated[:5])}"
+            f"{' ...' if len(unannotated) > 5 else ''}; every frame is scored (docs/evaluation.md#jf-metric), so a "
+            "missing annotation would drop its frame from J&F: restore the annotations (re-extract DAVIS) or "
+            "leave the sequence out (sequences=[...])"
+        )
     return DavisSequence(name, frames, masks)
+
+
+def check_davis(cfg: EvalConfig, full: bool) -> list[str]:
+    """Every problem of the DAVIS root `cfg` reads (docs/evaluation.md#davis-protocol), all at once:
+    the layout and every sequence's files (`_read_sequence`); each first annotation's object ids
+    are exactly 1..K (255 = void: unlabelled pixels), since the official rule counts max id objects
+    and a stray id would add phantom objects that score 1.0; annotations have their frame's size.
+    `full` (evaluation) also reads every later annotation: no id beyond the first frame's objects,
+    the first annotation's size; without it (submit time) only layout and first frames are read."""
+    try:
+        names = sequence_names(cfg.data_root, cfg.split, cfg.davis_resolution, cfg.sequences)
+    except (FileNotFoundError, ValueError) as exc:
+        return [str(exc)]
+    out = []
+    for name in names:
+        try:
+            seq = _read_sequence(Path(cfg.data_root), cfg.davis_resolution, name)
+            out += _annotation_problems(seq, full)
+        except (FileNotFoundError, ValueError) as exc:
+            out.append(str(exc))
+    return out
+
+
+def _annotation_problems(seq: DavisSequence, full: bool) -> list[str]:
+    first = read_index_png(seq.annotations[0])
+    counts = id_counts(first)
+    objects = sorted(set(counts) - {0, VOID})
+    out = []
+    if not objects:
+        return [
+            f"{seq.annotations[0]} annotates no object (only background and void): {seq.name} would add nothing to "
+            "J&F; restore the first annotation or leave the sequence out (sequences=[...])"
+        ]
+    if objects != list(range(1, len(objects) + 1)):
+        gaps = sorted(set(range(1, max(objects) + 1)) - set(objects))
+        stray = [i for i in objects if i > len(objects)] or objects
+        out.append(
+            f"{seq.annotations[0]}: object ids must be 1..K with no gap, found {', '.join(map(str, objects))} "
+            f"({describe_ids(counts, stray)}; missing: {', '.join(map(str, gaps[:10]))}{' ...' if len(gaps) > 10 else ''}): "
+            f"the official rule counts objects as ids 1..{max(objects)}, so the {len(gaps)} gap id(s) would be phantom "
+            "objects scoring 1.0 each. Fix the annotation: set stray pixels to 0 (or to their object's id) and number "
+            "the objects 1..K"
+        )
+    paths = seq.annotations if full else seq.annotations[:1]
+    frames = {f.stem: f for f in seq.frames}
+    unknown: dict[int, list] = {}  # id -> [annotations, pixels, first file], over the sequence's later annotations
+    for mask in paths:
+        size = image_hw(frames[mask.stem])
+        index = first if mask == seq.annotations[0] else read_index_png(mask)
+        if index.shape != size:
+            out.append(
+                f"{mask} is {index.shape[1]}x{index.shape[0]} but its frame {mask.stem}.jpg is {size[1]}x{size[0]}; "
+                "resize annotations with NEAREST to their frames' size (python -m eval.prepare davis --resize)"
+            )
+            continue
+        if mask != seq.annotations[0]:
+            for i, n in id_counts(index).items():
+                if i not in objects and i not in (0, VOID):
+                    seen = unknown.setdefault(i, [0, 0, mask])
+                    seen[0], seen[1] = seen[0] + 1, seen[1] + n
+    for i, (files, pixels, where) in sorted(unknown.items()):
+        more = f" (and {files - 1} later annotation(s) of {seq.name})" if files > 1 else ""
+        out.append(
+            f"{where}{more} has id {i} ({pixels} pixel{'' if pixels == 1 else 's'} in all), not an object of the first "
+            f"frame (ids {', '.join(map(str, objects))}); semi-supervised DAVIS scores first-frame objects only: relabel "
+            "or remove those pixels"
+        )
+    return out
 
 
 def short_side_size(height: int, width: int, short_side: int = 480, multiple: int = 64) -> tuple[int, int]:
@@ -240,6 +338,7 @@ TASK = EvalTask(
     default_frame_size=480,  # short side; the long side is floored to a multiple of 64 (short_side_size)
     run=run,
     protocol_fields=protocol_fields,
+    check_data=check_davis,
     write_generated=write_davis,
     smoke_sizes=dict(n_sequences=3, n_frames=8, height=96, width=160),
     add_prepare_arguments=add_prepare_arguments,

@@ -23,8 +23,11 @@ def load_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.nda
     """(H, W, 3) uint8 RGB; raises naming the file when it is missing or not `expected_size` (H, W)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
-    with Image.open(path) as image:
-        rgb = np.array(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))
+    except OSError as err:  # PIL: not an image, truncated, damaged
+        raise ValueError(f"frame {path} cannot be decoded ({err}); the file is damaged: re-extract the dataset's frames") from err
     if expected_size is not None and rgb.shape[:2] != tuple(expected_size):
         raise ValueError(
             f"frame {path} is {rgb.shape[1]}x{rgb.shape[0]} but its annotation is "
@@ -32,14 +35,6 @@ def load_rgb(path: Path, expected_size: tuple[int, int] | None = None) -> np.nda
             "(resize both with eval.prepare, masks with NEAREST)"
         )
     return rgb
-
-
-def image_hw(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header, without decoding it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
-    with Image.open(path) as image:
-        return image.height, image.width
 
 
 def preprocess(frames: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -46,6 +46,17 @@ def read_index_png_and_palette(path: Path) -> tuple[np.ndarray, list[int]]:
         return np.array(image, dtype=np.uint8), _palette_of(image)
 
 
+def image_hw(path: Path) -> tuple[int, int]:
+    """(H, W) of an image (a frame or an index map) from its header, without decoding it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"frame {path} is missing; re-extract the dataset's frames")
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError as err:  # PIL: not an image
+        raise ValueError(f"{path} cannot be read as an image ({err}); re-extract the dataset's frames") from err
+
+
 def read_palette(path: Path) -> list[int]:
     """The palette of an indexed PNG (the DAVIS palette when the file has none)."""
     with Image.open(path) as image:
@@ -63,13 +74,29 @@ def _open_index_png(path: Path) -> Iterator[Image.Image]:
         image = Image.open(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"index map {path} is missing; every scored frame needs one") from None
+    except OSError as err:  # PIL: not an image at all
+        raise ValueError(f"index map {path} cannot be read as a PNG ({err}); restore the file from the dataset") from err
     with image:
         if image.mode not in INDEX_MODES:
             raise ValueError(
                 f"{path} is a {image.mode} image, not an indexed (P) or grey (L) PNG: its pixel values "
                 "must be object/class ids. Save index maps with Image.fromarray(ids, mode='P') and a palette."
             )
-        yield image
+        try:
+            yield image
+        except OSError as err:  # PIL: truncated or damaged pixel data, found while decoding
+            raise ValueError(f"index map {path} is damaged ({err}); restore the file from the dataset") from err
+
+
+def id_counts(index_map: np.ndarray) -> dict[int, int]:
+    """Pixels per id present in `index_map`: {0: 15000, 1: 230, 255: 12}."""
+    counts = np.bincount(index_map.ravel(), minlength=1)
+    return {int(i): int(counts[i]) for i in np.flatnonzero(counts)}
+
+
+def describe_ids(counts: dict[int, int], ids) -> str:
+    """ "id 200 (1 pixel), id 201 (3 pixels)" for `ids` of `counts` (id_counts)."""
+    return ", ".join(f"id {i} ({counts[i]} pixel{'' if counts[i] == 1 else 's'})" for i in sorted(ids))
 
 
 def void_to_background(index_map: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from eval.archives import download, extract
 from eval.config import EvalConfig
+from eval.indexmaps import image_hw
 from eval.splits import select_sequences
 from eval.synthetic import texture
 from eval.task import EvalTask, Evaluation
@@ -44,6 +45,10 @@ class JhmdbVideo:
 
 def read_jhmdb(root: str | Path, split: int = 1, sequences: Sequence[str] = ()) -> list[JhmdbVideo]:
     """Test videos of split `split` (every splits/*_test_split<split>.txt line marked 2)."""
+    return [_read_video(Path(root), name) for name in test_video_names(root, split, sequences)]
+
+
+def test_video_names(root: str | Path, split: int, sequences: Sequence[str] = ()) -> list[str]:
     root = Path(root)
     split_files = sorted((root / "splits").glob(f"*_test_split{split}.txt"))
     if not split_files:
@@ -54,12 +59,17 @@ def read_jhmdb(root: str | Path, split: int = 1, sequences: Sequence[str] = ()) 
     names = []
     for split_file in split_files:
         cls = split_file.name[: -len(f"_test_split{split}.txt")]
-        for line in split_file.read_text().split("\n"):
+        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
             parts = line.split()
+            if parts and (len(parts) != 2 or parts[1] not in ("1", "2")):
+                raise ValueError(
+                    f"{split_file}, line {number}: expected '<video>.avi 1|2' (1 = train, 2 = test), got {line.strip()!r}; "
+                    "restore the file from splits.zip (python -m eval.prepare jhmdb)"
+                )
             if len(parts) == 2 and parts[1] == "2":
                 names.append(f"{cls}/{Path(parts[0]).stem}")
     listing = f"the test videos (label 2) of {root / 'splits'}/*_test_split{split}.txt"
-    return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
+    return select_sequences(names, sequences, listing)
 
 
 def _read_video(root: Path, name: str) -> JhmdbVideo:
@@ -73,18 +83,58 @@ def _read_video(root: Path, name: str) -> JhmdbVideo:
 
 
 def read_joints(video: JhmdbVideo) -> np.ndarray:
-    """(T, 15, 2) x, y in pixels, 0-indexed (the file's are 1-indexed); T must equal the frame count."""
+    """(T, 15, 2) x, y in pixels, 0-indexed (the file's are 1-indexed). Raises ValueError naming the
+    file when it is not a readable .mat with a finite numeric pos_img of shape (2, 15, frames)."""
     from scipy.io import loadmat  # scipy.io takes ~0.5 s to import; listing the tasks must not pay for it
 
-    pos = loadmat(video.joints_file)["pos_img"]  # (2, 15, T)
+    fix = "restore it from joint_positions.zip (python -m eval.prepare jhmdb)"
+    try:
+        data = loadmat(video.joints_file)
+    except Exception as err:  # scipy raises ValueError, TypeError, MatReadError, OSError ... for what is not a .mat
+        raise ValueError(f"{video.joints_file} cannot be read as a MATLAB .mat file ({err}); {fix}") from err
+    if "pos_img" not in data:
+        keys = ", ".join(k for k in data if not k.startswith("__")) or "none"
+        raise ValueError(f"{video.joints_file} has no pos_img (the joints in image coordinates); its variables: {keys}; {fix}")
+    pos = data["pos_img"]
+    if not np.issubdtype(pos.dtype, np.number):
+        raise ValueError(f"{video.joints_file}: pos_img holds {pos.dtype} values, not numbers; {fix}")
     if pos.ndim != 3 or pos.shape[:2] != (2, NUM_JOINTS):
-        raise ValueError(f"{video.joints_file}: pos_img has shape {pos.shape}, expected (2, 15, frames)")
+        raise ValueError(f"{video.joints_file}: pos_img has shape {pos.shape}, expected (2, 15, frames); {fix}")
     if pos.shape[2] != len(video.frames):
         raise ValueError(
             f"{video.joints_file} annotates {pos.shape[2]} frames but {video.name} has {len(video.frames)} frames; "
             "re-extract the video's frames"
         )
+    bad = np.argwhere(~np.isfinite(pos))
+    if len(bad):
+        where = ", ".join(f"frame {t + 1} joint {j + 1}" for _, j, t in bad[:3].tolist())
+        raise ValueError(
+            f"{video.joints_file}: pos_img has {len(bad)} NaN or infinite coordinate(s) ({where}); a joint without a "
+            f"position cannot be propagated or scored: {fix}, or leave the video out (sequences=[...])"
+        )
     return np.transpose(pos, (2, 1, 0)).astype(np.float64) - 1.0
+
+
+def check_jhmdb(cfg: EvalConfig, full: bool) -> list[str]:
+    """Every problem of the JHMDB root `cfg` reads, all at once: split files with test videos, each
+    video's frames and joints file; `full` also reads every joints file (read_joints's rules) and
+    every frame's header (one size per video)."""
+    try:
+        names = test_video_names(cfg.data_root, cfg.jhmdb_split, cfg.sequences)
+    except (FileNotFoundError, ValueError) as exc:
+        return [str(exc)]
+    out = []
+    for name in names:
+        try:
+            video = _read_video(Path(cfg.data_root), name)
+            if full:
+                read_joints(video)
+                sizes = {image_hw(f) for f in video.frames}
+                if len(sizes) > 1:
+                    out.append(f"frames of {name} have different sizes {sorted(sizes)}; re-extract Rename_Images.tar.gz")
+        except (FileNotFoundError, ValueError) as exc:
+            out.append(str(exc))
+    return out
 
 
 def pck(pred: np.ndarray, gt: np.ndarray, alphas: Sequence[float] = (0.1, 0.2)) -> dict[str, float]:
@@ -246,6 +296,7 @@ TASK = EvalTask(
     default_frame_size=320,  # square side
     run=run,
     protocol_fields=protocol_fields,
+    check_data=check_jhmdb,
     write_generated=write_jhmdb,
     smoke_sizes=dict(n_videos=2, n_frames=8, height=96, width=128),
     add_prepare_arguments=add_prepare_arguments,

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from eval.config import PropagationParams
-from eval.features import encode_frames, image_hw
+from eval.features import encode_frames
+from eval.indexmaps import image_hw
 from eval.propagation import propagate
 
 

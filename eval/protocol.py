@@ -75,6 +75,9 @@ def protocol(cfg: EvalConfig) -> dict:
         "frame_size": frame_size(cfg),
         "sequences": sorted(cfg.sequences),
         "dino_branch": cfg.dino_branch,
+        # A head count given by hand changes the features of a checkpoint that does not state its model
+        # (eval.backbone.head_count); absent when not given, so the hashes of every other protocol stay as they were.
+        **({"num_heads": cfg.num_heads} if cfg.num_heads is not None else {}),
         **get_task(cfg.task).protocol_fields(cfg),
     }
 

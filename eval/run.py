@@ -29,8 +29,13 @@ from eval.protocol import frame_size, propagation_params, protocol, protocol_has
 from eval.task import Evaluation
 from eval.tasks import get_task
 from rsp.atomicio import atomic_write_json
+from rsp.checkpoint import CheckpointError
+from rsp.commandline import flag_hint, syntax_hint, unknown_key_hint
+from rsp.schema import ConfigError, schema_keys
 
 log = logging.getLogger(__name__)
+# What a user's input can get wrong (ConfigError and DataError are ValueErrors): reported as one message, exit status 2.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError)
 
 
 @dataclass
@@ -49,6 +54,12 @@ def default_output_dir(cfg: EvalConfig) -> Path:
     return base / "eval" / f"{checkpoint.stem}-{cfg.task}-{protocol_hash(cfg)[:10]}"
 
 
+def expand_paths(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with `~` expanded in its paths (a quoted "~/x" reaches us unexpanded)."""
+    paths = {k: str(Path(getattr(cfg, k)).expanduser()) for k in ("checkpoint", "data_root", "output_dir") if getattr(cfg, k)}
+    return dataclasses.replace(cfg, **paths)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
@@ -59,11 +70,13 @@ def resolve_device(name: str) -> torch.device:
 
 def evaluate(cfg: EvalConfig) -> EvalOutcome:
     """Run `cfg` end to end and write its outputs; returns the metrics and the protocol."""
-    validate(cfg)
+    cfg = validate(expand_paths(cfg))
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    task = get_task(cfg.task)
+    problems = task.check_data(cfg, True)  # every input checked before the model loads or anything is written
+    if problems:
+        raise ConfigError(problems, what=f"{task.name} dataset at {cfg.data_root} (nothing was evaluated)")
     backbone = load_backbone(
         cfg.checkpoint,
         cfg.checkpoint_format,
@@ -71,7 +84,17 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         dino_branch=cfg.dino_branch,
         num_heads=cfg.num_heads,
     )
-    task = get_task(cfg.task)
+    if frame_size(cfg) % backbone.patch_size:
+        size, p = frame_size(cfg), backbone.patch_size
+        raise ConfigError(
+            [
+                f"frame_size ({size}) must be a multiple of the checkpoint's patch size ({p}); "
+                f"e.g. frame_size={size // p * p or p}"
+            ],
+            what="evaluation configuration (nothing was evaluated)",
+        )
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics = task.run(Evaluation(cfg, propagation_params(cfg), frame_size(cfg), backbone.encoder, device, out_dir))
     if set(metrics) != set(task.metrics):
         raise ValueError(
@@ -98,20 +121,68 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
 
 def config_from_overrides(overrides: list[str]) -> EvalConfig:
     """Hydra's override grammar on `EvalConfig` (compose API: no working-directory change, no
-    Hydra output folder). Unknown keys raise and name the valid ones."""
+    Hydra output folder). Every bad override is reported at once (ConfigError): --flags with their
+    key=value form, values to quote, unknown keys with the closest valid one, values of the wrong type."""
     # hydra: ~0.5 s to import; evaluation jobs call evaluate() directly and never compose
     from hydra import compose, initialize
-    from hydra.errors import ConfigCompositionException
     from omegaconf import OmegaConf
 
+    problems = override_problems(overrides)
+    if problems:
+        raise ConfigError(problems, what="command line (nothing was evaluated)")
     register_configs()
     with initialize(version_base=None, config_path=None):
         try:
             composed = compose(config_name="eval", overrides=overrides)
-        except ConfigCompositionException as exc:
-            valid = ", ".join(EvalConfig.__dataclass_fields__)
-            raise ValueError(f"{exc}; valid keys: {valid}") from exc
-    return OmegaConf.to_object(composed)
+            return OmegaConf.to_object(composed)
+        except Exception as exc:  # whatever the checks above could not foresee, as one line
+            raise ConfigError([str(exc).splitlines()[0]], what="command line (nothing was evaluated)") from exc
+
+
+def override_problems(overrides: list[str]) -> list[str]:
+    """Every problem of the command line's overrides, found before composing (config_from_overrides)."""
+    # hydra: ~0.5 s to import; evaluation jobs call evaluate() directly and never parse a command line
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser, keys = OverridesParser.create(), schema_keys(EvalConfig)
+    base, problems, given, skip = OmegaConf.structured(EvalConfig), [], {}, set()
+    for i, item in enumerate(overrides):
+        following = overrides[i + 1] if i + 1 < len(overrides) else None
+        if i in skip:
+            continue
+        if item.startswith("-"):
+            value = following if following and "=" not in following + item and not following.startswith("-") else None
+            hint = flag_hint(item, value, keys)
+            if value is not None and hint:
+                skip.add(i + 1)  # `--checkpoint PATH`: the path belongs to this problem
+            problems.append(
+                f"{item}: settings are key=value overrides, not --flags"
+                + (f"; write {hint}" if hint else f"; keys: {', '.join(keys)}")
+            )
+            continue
+        try:
+            override = parser.parse_override(item)
+        except Exception as exc:  # hydra's OverrideParseException
+            problems.append(f"cannot parse {item!r} ({str(exc).splitlines()[0]}); {syntax_hint(item, str(exc), following)}")
+            continue
+        key = override.key_or_group
+        if key not in keys:
+            problems.append(
+                f"{key} is not a key of the evaluation config{unknown_key_hint(key, keys) or '; keys: ' + ', '.join(keys)}"
+            )
+            continue
+        if override.is_sweep_override() or override.is_delete():
+            problems.append(f"{item!r}: give {key} one value ({key}=VALUE); python -m eval.run evaluates one configuration")
+            continue
+        if key in given:
+            problems.append(f"{key} is given twice ({given[key]!r} and {override.value()!r}); give it once")
+        given[key] = override.value()
+        try:
+            OmegaConf.update(base, key, override.value(), merge=True)
+        except Exception as exc:  # omegaconf's ValidationError: a value of the wrong type
+            problems.append(f"{key}={override.value()!r}: {str(exc).splitlines()[0]}")
+    return problems
 
 
 def usage() -> str:
@@ -145,6 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except (ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:  # one line (or one list of problems) for the user, no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -17,6 +17,10 @@ def read_listing(listing: Path, hint: str) -> list[str]:
 def select_sequences(listed: list[str], wanted: list[str] | tuple[str, ...], listing: object) -> list[str]:
     """`listed` (a split's videos, in order) restricted to `wanted` (EvalConfig.sequences; empty: all).
     Raises naming `listing` (the file or files that list the split) for unknown names and empty splits."""
+    repeated = sorted({name for name in listed if listed.count(name) > 1})
+    if repeated:
+        # A video listed twice would be evaluated twice and weigh twice in the dataset's mean.
+        raise ValueError(f"{listing} lists {', '.join(repeated)} more than once; list each video once")
     if wanted:
         unknown = sorted(set(wanted) - set(listed))
         if unknown:

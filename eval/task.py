@@ -3,10 +3,11 @@ eval/jhmdb.py) and eval/tasks.py registers.
 
 A task owns everything about itself: how its dataset is laid out and read, how a checkpoint is run
 on it, which metrics it reports (which of them the tables headline, and which one picks a run's best
-checkpoint), its default preset and frame size, the settings of its own that enter the protocol, a
-small generated set in its official layout (tests and smoke runs), and its step of
-`python -m eval.prepare`. eval.run, submit-time validation, scheduling, aggregation and preparation
-read the registry, so adding a task is one module plus one line in eval/tasks.py.
+checkpoint), its default preset and frame size, the settings of its own that enter the protocol, the
+checks of its dataset (run before anything is evaluated, and at submit time), a small generated set
+in its official layout (tests and smoke runs), and its step of `python -m eval.prepare`. eval.run,
+submit-time validation, scheduling, aggregation and preparation read the registry, so adding a task
+is one module plus one line in eval/tasks.py.
 
 Task modules stay cheap to import (no torch): the status table and the aggregator read the registry
 and never run a network. A task's run function imports the propagation code when it runs.
@@ -59,6 +60,10 @@ class EvalTask:
     default_frame_size: int  # px, when frame_size is null (which side it sets is the task's own rule)
     run: Callable[[Evaluation], dict[str, float]]  # evaluate; write predictions under out_dir; return the metrics
     protocol_fields: Callable[[EvalConfig], dict[str, Any]]  # the task's own settings that change its numbers
+    # Every problem of the dataset `cfg` reads, each naming the file, the value, the rule and the fix, so that nothing
+    # is silently skipped or miscounted. check_data(cfg, full): full=True reads every file (before an evaluation
+    # starts), False only the layout and the first frames (submit-time validation of a training run).
+    check_data: Callable[[EvalConfig, bool], list[str]]
     write_generated: Callable[..., Path]  # write_generated(root, **sizes): a generated set in the official layout
     smoke_sizes: dict[str, int]  # write_generated's sizes for smoke runs: seconds to write and to evaluate
     add_prepare_arguments: Callable[[argparse.ArgumentParser], None]  # the flags of `eval.prepare <name>`

@@ -7,8 +7,9 @@ On-disk layout (VIP_Fine):
     <root>/Images/<video>/*.jpg                              frames
     <root>/Annotations/Category_ids/<video>/*.png            class ids 0..19 on annotated frames
 Propagation starts at the first annotated frame (earlier frames are skipped); every later annotated
-frame is scored. Ids >= 20 in an annotation (e.g. 255) are ignored when scoring and count as
-background in the first frame. mIoU comes from one 20x20 confusion matrix over all scored frames.
+frame is scored. Id 255 in an annotation (unlabelled) is ignored when scoring and counts as
+background in the first frame; any other id >= 20 is refused (check_vip). mIoU comes from one 20x20
+confusion matrix over all scored frames.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from eval.archives import extract
 from eval.config import EvalConfig, PropagationParams
-from eval.indexmaps import davis_palette, read_index_png, write_index_png
+from eval.indexmaps import davis_palette, describe_ids, id_counts, image_hw, read_index_png, write_index_png
 from eval.splits import read_listing, select_sequences
 from eval.synthetic import Sprite, ellipse, render, save_jpeg, texture
 from eval.task import EvalTask, Evaluation
@@ -56,6 +57,7 @@ CLASSES = (  # VIP's part classes, by id
     "left-shoe",
 )
 NUM_CLASSES = len(CLASSES)  # 20
+IGNORED = 255  # unlabelled pixels: never scored, background in the first frame
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class VipVideo:
 
 
 def read_vip(root: str | Path, split: str = "val", sequences: Sequence[str] = ()) -> list[VipVideo]:
+    return [_read_video(Path(root), name) for name in video_names(root, split, sequences)]
+
+
+def video_names(root: str | Path, split: str, sequences: Sequence[str] = ()) -> list[str]:
     root = Path(root)
     listing = root / "lists" / f"{split}_videos.txt"
     names = read_listing(
@@ -73,7 +79,7 @@ def read_vip(root: str | Path, split: str = "val", sequences: Sequence[str] = ()
         f"{root} is not a VIP_Fine root (prepare one with "
         f"`python -m eval.prepare vip --root {root} --archive VIP_Fine.zip`) or split={split!r} does not exist",
     )
-    return [_read_video(root, name) for name in select_sequences(names, sequences, listing)]
+    return select_sequences(names, sequences, listing)
 
 
 def _read_video(root: Path, name: str) -> VipVideo:
@@ -87,8 +93,52 @@ def _read_video(root: Path, name: str) -> VipVideo:
     missing = sorted(set(annotations) - set(stems))
     if missing:
         raise FileNotFoundError(f"{root / 'Images' / name / (missing[0] + '.jpg')} is missing but has an annotation")
+    if len(annotations) < 2:
+        raise FileNotFoundError(
+            f"{name} has one annotated frame ({next(iter(annotations.values()))}): propagation starts there and scores "
+            "the later annotated frames, so nothing of this video would be scored; restore its annotations or leave it "
+            "out (sequences=[...])"
+        )
     start = min(stems.index(s) for s in annotations)
     return VipVideo(name, tuple(frames[start:]), annotations)
+
+
+def check_vip(cfg: EvalConfig, full: bool) -> list[str]:
+    """Every problem of the VIP root `cfg` reads, all at once: the listing, each video's frames and
+    annotations (`_read_video`); `full` also reads every annotation: an indexed or grey PNG of its
+    frame's size whose ids are classes 0..19 or 255 (unlabelled), so that no pixel is silently
+    dropped from the confusion matrix."""
+    try:
+        names = video_names(cfg.data_root, cfg.split, cfg.sequences)
+    except (FileNotFoundError, ValueError) as exc:
+        return [str(exc)]
+    out = []
+    for name in names:
+        try:
+            video = _read_video(Path(cfg.data_root), name)
+            for stem, path in video.annotations.items() if full else ():
+                out += _annotation_problems(path, video.frames[0].parent / f"{stem}.jpg")
+        except (FileNotFoundError, ValueError) as exc:
+            out.append(str(exc))
+    return out
+
+
+def _annotation_problems(path: Path, frame: Path) -> list[str]:
+    index = read_index_png(path)
+    size = image_hw(frame)
+    if index.shape != size:
+        return [
+            f"{path} is {index.shape[1]}x{index.shape[0]} but its frame {frame.name} is {size[1]}x{size[0]}; "
+            "annotations must have their frame's size (resize with NEAREST)"
+        ]
+    counts = id_counts(index)
+    unknown = set(counts) - set(range(NUM_CLASSES)) - {IGNORED}
+    if unknown:
+        return [
+            f"{path} has {describe_ids(counts, unknown)}, not a VIP class (ids 0..{NUM_CLASSES - 1}, or {IGNORED} for "
+            "unlabelled pixels); those pixels would be dropped from the score: relabel them"
+        ]
+    return []
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -254,6 +304,7 @@ TASK = EvalTask(
     default_frame_size=880,  # long side
     run=run,
     protocol_fields=protocol_fields,
+    check_data=check_vip,
     write_generated=write_vip,
     smoke_sizes=dict(n_videos=2, n_frames=11, height=96, width=160),
     add_prepare_arguments=add_prepare_arguments,

@@ -5,8 +5,9 @@
     states = backend.states(job_ids)                          # one batched squeue + sacct call
 
 This module is the only place that talks to a scheduler. Every sbatch script it produces runs the
-snapshot's code, kills the whole step when one rank dies (--kill-on-bad-exit), is requeueable, and
-ends with `python -m launch.requeue` so every way an attempt can end goes through one policy.
+snapshot's code, kills the whole step when one rank dies (--kill-on-bad-exit) and is requeueable;
+a training job's script (launch.batch) also defers and logs stop signals and ends with
+`python -m launch.requeue`, so every way an attempt can end goes through one policy.
 Values that reach the script are quoted (shlex) or passed as sbatch flags by submitit.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import submitit
 
+from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_lines
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
 from rsp.atomicio import atomic_write_json
@@ -64,7 +66,9 @@ class Resources:
     array_parallelism: int = 64
     dependency: str | None = None  # e.g. "afterok:123"
     job_name: str = "rsp"
-    requeue_teardown: bool = True  # training jobs: run launch.requeue after srun
+    # The module run after srun with --folder and --exit-code (launch.batch): launch.requeue for a
+    # training job, launch.evaluations.teardown for an evaluation job; None: a plain submitit script.
+    teardown: str | None = "launch.requeue"
 
     @classmethod
     def from_cluster(cls, cluster: Any, job_name: str, **overrides: Any) -> Resources:
@@ -123,8 +127,16 @@ class SlurmBackend(Backend):
     name = "slurm"
 
     def executor(self, resources: Resources, folder: Path) -> submitit.SlurmExecutor:
-        ex = submitit.SlurmExecutor(folder=folder, python=shlex.quote(sys.executable))
+        """Jobs with a teardown get the lifecycle batch script of launch.batch."""
         r = resources
+        python = shlex.quote(sys.executable)
+        cls = LifecycleExecutor if r.teardown else submitit.SlurmExecutor
+        ex = cls(folder=folder, python=python)
+        setup = snapshot_setup(self.snapshot)
+        additional: dict[str, Any] = {"requeue": True, "kill-on-invalid-dep": "yes"}
+        if r.teardown:
+            setup = setup_lines(folder) + setup  # the traps first: the shell may be signalled at once
+            additional["signal"] = f"B:USR2@{r.signal_delay_s}"
         params: dict[str, Any] = dict(
             job_name=r.job_name,
             nodes=r.nodes,
@@ -133,9 +145,9 @@ class SlurmBackend(Backend):
             time=r.time_minutes,
             signal_delay_s=r.signal_delay_s,
             array_parallelism=r.array_parallelism,
-            setup=snapshot_setup(self.snapshot),
+            setup=setup,
             srun_args=["--kill-on-bad-exit=1"],
-            additional_parameters={"requeue": True, "kill-on-invalid-dep": "yes", **dict(r.extra_sbatch)},
+            additional_parameters={**additional, **dict(r.extra_sbatch)},
         )
         optional = dict(
             gpus_per_node=r.gpus_per_node or None,
@@ -148,9 +160,8 @@ class SlurmBackend(Backend):
             dependency=r.dependency,
         )
         params.update({k: v for k, v in optional.items() if v is not None})
-        if r.requeue_teardown:
-            quoted = shlex.quote(str(folder))
-            params["teardown"] = ["rc=$?", f"{shlex.quote(sys.executable)} -m launch.requeue --folder {quoted} --exit-code $rc"]
+        if r.teardown:
+            params["teardown"] = teardown_lines(python, r.teardown, folder)
         ex.update_parameters(**params)
         return ex
 
@@ -159,7 +170,7 @@ class SlurmBackend(Backend):
         maps array index -> run directory, written before sbatch, so the teardown finds its run
         without unpickling the job (which would import torch on the requeue's critical path)."""
         folder = self.folder / f"{len(list(self.folder.glob('[0-9]*'))) if self.folder.is_dir() else 0:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SIGNAL_DIR).mkdir(parents=True, exist_ok=True)  # the batch script logs stop signals there
         atomic_write_json(folder / RUNS_FILE, [getattr(fn, "run_dir", None) for fn in functions])
         ex = self.executor(resources, folder)
         if len(functions) == 1:
@@ -297,10 +308,18 @@ def parse_slurm_config(text: str) -> dict[str, str]:
     return config
 
 
+def slurm_config() -> dict[str, str]:
+    """`scontrol show config` of the cluster SLURM_CONF points at ({} when it cannot be asked)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_slurm_config(out)
+
+
 def max_array_size() -> int:
     """The cluster's MaxArraySize (an array's indices run 0..MaxArraySize-1)."""
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout
-    return int(parse_slurm_config(out).get("MaxArraySize", DEFAULT_MAX_ARRAY_SIZE))
+    return int(slurm_config().get("MaxArraySize", DEFAULT_MAX_ARRAY_SIZE))
 
 
 class LocalBackend(Backend):

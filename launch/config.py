@@ -19,8 +19,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rsp.commandline import syntax_hint, unknown_key_hint
 from rsp.config import TrainConfig
-from rsp.schema import RUNTIME_ONLY, ConfigError, schema_keys
+from rsp.schema import RUNTIME_ONLY, ConfigError, field_type, schema_keys
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -72,8 +73,13 @@ class EvaluationConfig:
     device: str = "auto"
     cpus_per_task: int = 2
     gpus: int = 0
-    time_minutes: int = 120
+    time_minutes: int = 120  # wall-time limit of one evaluation job
+    # SIGUSR2 this long before the limit (the job stops and is requeued: an evaluation is not
+    # checkpointed, it needs only seconds to stop); must leave time to evaluate (docs/requeue.md)
+    signal_delay_s: int = 30
     mem_gb: float | None = None
+    max_requeues: int = 3  # time limits and preemptions of one evaluation job before it is given up (failed.json)
+    max_resubmissions: int = 2  # new jobs for an evaluation whose job vanished without a word, before it is given up
 
 
 @dataclass
@@ -102,41 +108,78 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (EXPERIMENTS_DIR / group).glob("*.yaml"))
 
 
-def check_overrides(overrides: list[str]) -> list[str]:
-    """Problems with `key=value` overrides, found before composing: syntax errors, unknown groups
-    or options, unknown keys (with the closest valid key), values of the wrong type. All at once."""
+def check_overrides(overrides: list[str], where: str = "") -> list[str]:
+    """Problems with `key=value` overrides, found before composing: syntax errors (with the quoted
+    form or the missing `=`), sweep syntax, deletions, unknown groups or options, a group or key
+    given twice, unknown keys (with the closest valid key), values of the wrong type. All at once.
+    `where` prefixes each message (a sweep file's `overrides:`)."""
     # hydra: ~0.5 s to import; the requeue teardown and the status table read configs without it
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     keys = schema_keys(RunConfig)
     base = OmegaConf.structured(RunConfig)
-    problems = []
-    for item in overrides:
+    problems, given, skip = [], {}, set()
+    for i, item in enumerate(overrides):
+        following = overrides[i + 1] if i + 1 < len(overrides) else None
+        if i in skip:
+            continue
         try:
             override = parser.parse_override(item)
         except Exception as exc:  # hydra's OverrideParseException
-            problems.append(f"cannot parse override {item!r}: {str(exc).splitlines()[0]}")
+            problems.append(
+                f"{where}cannot parse {item!r} ({str(exc).splitlines()[0]}); {syntax_hint(item, str(exc), following)}"
+            )
+            if "=" not in item and following is not None and "=" not in following:
+                skip.add(i + 1)  # `key value`: the value belongs to this problem
             continue
         key = override.key_or_group
-        if key in ("experiment", "cluster"):
-            value = override.value()
-            if value not in options(key):
-                problems.append(f"{key}={value!r} is not one of: {', '.join(options(key))}")
-            continue
-        if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key):
-            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-            sections = ", ".join(sorted({k.split(".")[0] for k in keys}))
-            hint = f"; did you mean {close[0]}?" if close else f"; valid top-level keys: {sections}"
-            problems.append(f"{key} is not a configuration key{hint}")
+        if override.is_sweep_override():
+            problems.append(f"{where}{item!r} gives several values; {syntax_hint(item, '')}")
             continue
         if override.is_delete():
+            problems.append(
+                f"{where}{item!r} deletes {key}, but every key of the schema needs a value; set it instead ({key}=VALUE)"
+            )
+            continue
+        value = override.value()
+        if key in given and not _is_dict_entry(key):
+            problems.append(
+                f"{where}{key} is given twice ({key}={given[key]!r} and {key}={value!r}); give it once "
+                "(the later one would silently win)"
+            )
+        given[key] = value
+        if key in ("experiment", "cluster"):
+            if value not in options(key):
+                close = difflib.get_close_matches(str(value).removesuffix(".yaml"), options(key), n=1, cutoff=0.5)
+                hint = f"; did you mean {key}={close[0]}?" if close else ""
+                problems.append(f"{where}{key}={value!r} is not one of: {', '.join(options(key))}{hint}")
+            continue
+        if key not in keys and not any(k.startswith(f"{key}.") for k in keys) and not _is_dict_entry(key):
+            hint = unknown_key_hint(key, keys)
+            if not hint:
+                hint = f"; valid top-level keys: {', '.join(sorted({k.split('.')[0] for k in keys}))}"
+            problems.append(f"{where}{key} is not a configuration key{hint}")
             continue
         try:
-            OmegaConf.update(base, key, override.value(), merge=True)
+            OmegaConf.update(base, key, value, merge=True)
         except Exception as exc:  # omegaconf's ValidationError, ConfigTypeError, ...
-            problems.append(f"{key}={override.value()!r}: {str(exc).splitlines()[0]}")
+            problems.append(f"{where}{key}={value!r}: {_type_message(key, value, exc)}")
     return problems
+
+
+def _type_message(key: str, value: Any, exc: Exception) -> str:
+    """OmegaConf's type error, with the form the key takes (a list in brackets, a number, ...)."""
+    first = str(exc).splitlines()[0]
+    try:
+        hint = field_type(RunConfig, key)
+    except (KeyError, TypeError, AttributeError):
+        return first
+    origin = getattr(hint, "__origin__", None)
+    if origin is list or hint is list:
+        return f"{first}; {key} is a list: write {key}=[{value}]" if isinstance(value, str) else first
+    name = getattr(hint, "__name__", str(hint))
+    return f"{first}; {key} takes a value of type {name}"
 
 
 DICT_FIELDS = ("cluster.extra_sbatch", "evaluation.presets", "evaluation.data_roots", "evaluation.overrides")
@@ -164,8 +207,14 @@ def compose(overrides: list[str], experiment: str | None = None) -> RunConfig:
     overrides = [f"++{o}" if _is_dict_entry(o) else o for o in overrides]
     register_schema()
     with initialize_config_dir(config_dir=str(EXPERIMENTS_DIR), version_base="1.3", job_name="rsp"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    return to_run_config(cfg)
+        try:
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+        except Exception as exc:  # hydra's composition errors: whatever check_overrides could not foresee
+            raise ConfigError([f"cannot compose {' '.join(overrides)}: {exc}"], what="command line") from exc
+    try:
+        return to_run_config(cfg)
+    except Exception as exc:  # omegaconf's validation errors (e.g. a YAML file under experiments/ with a bad value)
+        raise ConfigError([f"the composed configuration is invalid: {str(exc).splitlines()[0]}"], what="configuration") from exc
 
 
 def to_run_config(cfg: Any) -> RunConfig:

@@ -3,8 +3,9 @@
     allocated   GPUs and CPUs the attempt held (all nodes together)
     elapsed     how long it held them
     queue wait  from (re)submission to the allocation's start
-    redone      steps the attempt computed that the next one had to compute again (a non-cooperative
-                end resumes from the last checkpoint), and the time and GPU-hours they took
+    redone      steps the attempt completed that the next one had to compute again (a non-cooperative
+                end resumes from the last checkpoint): the last completed step of its attempt
+                record and step log (launch/steplog.py), and the time and GPU-hours they took
 
 On SLURM every number comes from the scheduler's accounting: ONE batched `sacct -D -X` call for all
 runs and their evaluation jobs (launch.backends.slurm_allocations), AllocTRES x ElapsedRaw per
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from launch.backends import Allocation, slurm_allocations
 from launch.rundir import Attempt, RunDirectory
+from launch.steplog import read_trace
 
 MATCH_SLACK_S = 5.0  # an attempt's start record lies inside its allocation, give or take clock skew
 
@@ -100,16 +102,25 @@ def hours(seconds: float, unit: str) -> str:
 # --- from the records ------------------------------------------------------------------------------
 
 
-def redone(attempts: Sequence[Attempt]) -> list[tuple[int, float]]:
-    """(steps redone, their seconds) per attempt: the steps it completed beyond the checkpoint the
-    next attempt resumed from, timed at the attempt's own mean step time."""
+def redone(run: RunDirectory, attempts: Sequence[Attempt]) -> list[tuple[int, float]]:
+    """(steps redone, their seconds) per attempt: the last step it completed (its end record, which
+    the lifecycle takes from its step log) beyond the step the next attempt resumed from, timed by
+    its step log (launch/steplog.py): time(last step) - time(step the next one resumed from). A
+    cooperative stop (time limit, preemption, prune) checkpoints the step it stops at: nothing is
+    redone. launch/status.py's lost column sums the same figures. An attempt without a step log
+    (recorded before step logs existed) is timed at its mean step time."""
     out = []
-    for i, a in enumerate(attempts):
-        nxt = attempts[i + 1] if i + 1 < len(attempts) else None
+    for a, nxt in zip(attempts, [*attempts[1:], None], strict=True):
         steps = max(0, (a.end_step or 0) - nxt.start_step) if nxt is not None and a.end_step is not None else 0
-        done = (a.end_step or a.start_step) - a.start_step
-        per_step = (a.end_time - a.start_time) / done if steps and done > 0 and a.end_time else 0.0
-        out.append((steps, steps * per_step))
+        seconds = 0.0
+        if steps:
+            trace = read_trace(run.step_log_path(a))
+            if trace is not None:
+                since = trace.time_of(max(nxt.start_step, trace.first[0]))
+                seconds = trace.last[1] - since if since is not None else 0.0
+            elif a.end_time and a.end_step is not None and a.end_step > a.start_step:
+                seconds = steps * (a.end_time - a.start_time) / (a.end_step - a.start_step)
+        out.append((steps, seconds))
     return out
 
 
@@ -117,7 +128,7 @@ def local_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], fallback
     """Attempts of a run on the local backend (or any run whose scheduler has no accounting)."""
     submitted = sorted(s["time"] for s in run.submissions())
     out = []
-    for a, (steps, seconds) in zip(attempts, redone(attempts), strict=True):
+    for a, (steps, seconds) in zip(attempts, redone(run, attempts), strict=True):
         since = max([t for t in submitted if t <= a.start_time], default=a.start_time)
         before = [b.end_time for b in attempts[: a.number] if b.end_time and b.end_time <= a.start_time]
         since = max([since, *before])
@@ -126,10 +137,10 @@ def local_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], fallback
     return out
 
 
-def slurm_attempt_costs(attempts: Sequence[Attempt], allocations: Sequence[Allocation]) -> list[AttemptCost]:
+def slurm_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], allocations: Sequence[Allocation]) -> list[AttemptCost]:
     """Attempts of a SLURM run priced by its jobs' allocations (each requeue of a job is one); an
     attempt sacct does not know yet (accounting lags a few seconds) is priced from its record."""
-    by_number = dict(zip([a.number for a in attempts], redone(attempts), strict=True))
+    by_number = dict(zip([a.number for a in attempts], redone(run, attempts), strict=True))
     out, matched = [], set()
     for alloc in allocations:
         if alloc.start is None:
@@ -204,7 +215,7 @@ def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None 
     on_slurm = any(s.get("backend") == "slurm" for s in run.submissions())
     if on_slurm:
         rows = [a for s in dict.fromkeys(s["job_id"] for s in run.submissions()) for a in allocations.get(s, [])]
-        costs = slurm_attempt_costs(attempts, rows)
+        costs = slurm_attempt_costs(run, attempts, rows)
     else:
         costs = local_attempt_costs(run, attempts, fallback)
     cost = RunCost(costs, now=now or time.time())

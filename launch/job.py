@@ -2,27 +2,29 @@
 unpickled from the run's code snapshot.
 
 It turns the scheduler's environment into a `DistEnv` (MASTER_ADDR from the allocation, a port that
-cannot collide, published through the run directory), replaces submitit's SIGUSR2 handler (which
-checkpoints inside the handler) with a cooperative stop flag, records the attempt, trains, and
-records how the attempt ended. What happens next (requeue or not) is `launch.requeue.decide`: run by
-the SLURM batch script's teardown, or here for the local backend.
+cannot collide, published through the run directory), stops cooperatively on the stop request
+that launch.start installed at the process's first instruction (SLURM; submitit's own handler
+would checkpoint inside the handler), closes an earlier attempt that could not record its end
+(launch.postmortem), records this attempt and its step log (launch.steplog), trains, and records
+how the attempt ended and why (launch.postmortem.stop_reason). What happens next (requeue or not)
+is `launch.requeue.decide`: run by the SLURM batch script's teardown, or here for the local backend.
 
 A sweep's successive halving (launch/rungs.py) prunes a run by writing its prune marker; rank 0
-watches for it and turns it into the same cooperative stop (checkpoint, end, never requeued).
+watches for it and turns it into the same cooperative stop (checkpoint, end "pruned", never
+requeued, never counted as a failure).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import submitit
@@ -30,16 +32,17 @@ import submitit
 from launch.backends import total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
+from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
-from launch.rundir import RunDirectory
+from launch.rundir import Attempt, RunDirectory
+from launch.steplog import StepLog, read_trace
 from rsp.distributed import DistEnv, RendezvousError
-from rsp.lifecycle import StopRequest, install_stop_signals
+from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
 from rsp.train import TrainHooks, train
 
 log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
-TIMEOUT_MARGIN_S = 90  # SLURM checks limits on a 30 s tick: a timeout signal can come early or late
 PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
 
 
@@ -93,20 +96,10 @@ def reachable_address(host: str, is_slurm: bool) -> str:
     except OSError:
         pass
     if is_slurm:
-        out = subprocess.run(["scontrol", "show", "node", host, "-o"], capture_output=True, text=True, timeout=30)
-        for field in out.stdout.split():
+        for field in scheduler_query(["scontrol", "show", "node", host, "-o"]).split():
             if field.startswith("NodeAddr="):
                 return field.split("=", 1)[1]
     raise RendezvousError(f"cannot resolve the first node of the allocation ({host}); no DNS entry and no NodeAddr")
-
-
-def classify_stop(signal_name: str | None, cluster: ClusterConfig, started: float) -> str:
-    """Why the job was asked to stop: SIGUSR2 near the time limit is a timeout, earlier a preemption
-    (SLURM sends the same signal for both); anything else is an outside stop request."""
-    if signal_name != "SIGUSR2":
-        return "stopped"
-    end = float(os.environ.get("SLURM_JOB_END_TIME", started + cluster.time_minutes * 60))
-    return "timeout" if time.time() >= end - cluster.signal_delay_s - TIMEOUT_MARGIN_S else "preempted"
 
 
 def configure_logging(path: Path, rank: int) -> None:
@@ -143,45 +136,88 @@ class TrainingJob:
         return env, job.job_id, key, hosts
 
     def __call__(self) -> dict:
+        stop = self.stop_request()
         run = RunDirectory(self.run_dir)
         cfg = run.config()
         started = time.time()
         env, job_id, key, hosts = self.environment(run)
         configure_logging(run.path / "logs" / key.replace("/", "-") / f"rank_{env.rank}.log", env.rank)
-        stop = StopRequest()
-        if self.backend != "debug":
-            install_stop_signals(stop, (signal.SIGUSR2, signal.SIGTERM))  # replaces submitit's handlers
-        attempt = None
-        if env.is_main:
-            alloc = allocation(cfg.cluster, self.backend == "slurm")
-            attempt = run.begin_attempt(job_id, key, hosts, run.last_checkpoint_step() or 0, alloc=alloc)
+        attempt, steps = self._begin(run, cfg.cluster, job_id, key, hosts, started) if env.is_main else (None, None)
         watch = PruneWatch(run, stop) if env.is_main else None
-        hooks = (
-            TrainHooks(on_start=run.record_progress, on_commit=self._milestone_hook(run, cfg)) if env.is_main else TrainHooks()
-        )
+        hooks = TrainHooks()
+        if env.is_main:
+            hooks = TrainHooks(
+                on_start=partial(self._on_start, run, attempt, steps),
+                on_commit=self._milestone_hook(run, cfg),
+                on_step=lambda step: steps.append(step, time.time()),
+            )
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
         try:
             result = train(train_config(cfg), env, run.path, stop, hooks)
         except BaseException as exc:
             if env.is_main:
-                run.end_attempt(attempt, "crashed", run.last_checkpoint_step() or 0, exit_code=1, error=_tail(exc))
+                steps.close()
+                trace = read_trace(run.step_log_path(attempt))
+                run.end_attempt(attempt, "crashed", trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
                 self._after_attempt(run, cfg.cluster)
             raise
         finally:
             if watch is not None:
                 watch.close()
-        if result.status == "finished":
-            reason = "finished"
-        else:
-            reason = "pruned" if stop.reason == "pruned" else classify_stop(stop.reason, cfg.cluster, started)
+        reason = "finished" if result.status == "finished" else "stopped"
         if env.is_main:
-            run.end_attempt(attempt, reason, result.step, exit_code=0)
+            steps.close()
+            if result.status != "finished" and stop.reason == "pruned":
+                reason = "pruned"  # a cooperative stop of ours: never requeued, never a failure
+            elif result.status != "finished":
+                why = stop.reason if stop.requested else result.stop_reason
+                reason = stop_reason(attempt, cfg.cluster, self.backend, why, stop.received_at or time.time())
+            run.end_attempt(attempt, reason, result.step, exit_code=0, stop_signal=stop.reason, stop_time=stop.received_at)
             if reason == "finished":
                 run.set_status("finished", f"finished at step {result.step}")
                 run.unprune(why=f"finished at step {result.step} before the prune marker could stop it")
             self._after_attempt(run, cfg.cluster)
         return {"status": result.status, "reason": reason, "step": result.step, "total_steps": result.total_steps}
+
+    def stop_request(self) -> StopRequest:
+        """The process's stop request: launch.start installed it at the first instruction (SLURM);
+        else installed now (local backend). The debug backend runs in the caller's interpreter and
+        leaves its signals alone."""
+        stop = early_stop_request()
+        if stop is None:
+            stop = StopRequest()
+            if self.backend != "debug":
+                install_stop_signals(stop)  # replaces submitit's handlers (local backend)
+        return stop
+
+    def _begin(
+        self, run: RunDirectory, cluster: ClusterConfig, job_id: str, key: str, hosts: list[str], started: float
+    ) -> tuple[Attempt, StepLog]:
+        """Rank 0: close an earlier attempt that could not record its end, record this one, open its step log."""
+        attempts = run.attempts()
+        close_unrecorded(run, attempts, cluster, key)
+        end = os.environ.get("SLURM_JOB_END_TIME")
+        attempt = run.begin_attempt(
+            job_id,
+            key,
+            hosts,
+            run.last_checkpoint_step() or 0,
+            previous=attempts,
+            deadline=float(end) if end else started + cluster.time_minutes * 60,
+            signal_log=os.environ.get("RSP_SIGNAL_LOG"),
+            alloc=allocation(cluster, self.backend == "slurm"),
+        )
+        return attempt, StepLog(run.step_log_path(attempt))
+
+    @staticmethod
+    def _on_start(run: RunDirectory, attempt: Attempt, steps: StepLog, start_step: int, total_steps: int) -> None:
+        """Training resumed from `start_step`: the attempt's true start, and its step log's first record."""
+        steps.append(start_step, time.time())
+        if attempt.start_step != start_step:
+            attempt.start_step = start_step
+            run.save_attempt(attempt)
+        run.record_progress(start_step, total_steps)
 
     def _after_attempt(self, run: RunDirectory, cluster: ClusterConfig) -> None:
         """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""

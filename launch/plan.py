@@ -25,7 +25,7 @@ from launch.selection import run_problems
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
-from launch.validate import absolutize, known_total_steps, problems
+from launch.validate import absolutize, known_total_steps, problems, warnings
 
 
 @dataclass
@@ -96,6 +96,8 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
         for problem in found:
             by_problem.setdefault(problem, []).append(run.name)
     found = [f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()]
+    for warning in warnings([r.cfg for r in runs]):
+        print(f"warning: {warning}", file=sys.stderr)
     backends = {r.cfg.cluster.backend for r in runs}
     if len(backends) != 1:
         found.append(f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides")

@@ -1,17 +1,22 @@
 """What happens after an attempt ends: requeue it or declare the run over, by end reason.
 
 Budgets are separate per reason (cluster.max_timeouts / max_preemptions / max_failures) and a
-breaker stops a run whose last two attempts both failed at the same step (a crash that resuming
-cannot fix, e.g. a corrupt input or a deterministic NaN).
+breaker stops a run whose last two attempts both failed the same way at the same step (a crash
+that resuming cannot fix, e.g. a corrupt input or a deterministic NaN). Only genuine failures (crashed,
+interrupted) count as failures: a stop signal at any moment is a timeout, a preemption or a stop.
 
-On SLURM this runs as the batch script's teardown, after `srun` returns, whatever happened to the
-ranks (cooperative stop, Python exception, kill -9, watchdog exit):
+On SLURM this runs as the batch script's teardown (launch.batch), after `srun` returns, whatever
+happened to the ranks (cooperative stop, Python exception, kill -9, a signal before the handlers,
+watchdog exit):
 
-    python -m launch.requeue --folder <submitit folder> --exit-code $?
+    python -m launch.requeue --folder <submitit folder> --exit-code $rsp_rc
 
-It closes the attempt record if the job could not, decides, and calls `scontrol requeue` on its
-own job (same job id, same run directory; the next attempt resumes from the newest valid
-checkpoint). The local backend applies the same `decide()` in-process (launch/job.py).
+It closes the attempt record if the job could not (launch.postmortem infers how it ended), decides,
+and calls `scontrol requeue` on its own job (same job id, same run directory; the next attempt
+resumes from the newest valid checkpoint). A job the scheduler itself ended (SIGTERM reached the
+batch shell: scontrol requeue, scancel, a preemption's grace time) is only recorded: the scheduler
+already requeues or cancels it. The local backend applies the same `decide()` in-process
+(launch/job.py).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from launch.config import ClusterConfig
+from launch.postmortem import close_unrecorded, ended_from_outside, first, infer_end, read_signal_log
 from launch.rundir import RUNS_FILE, Attempt, RunDirectory, prune_reason
 
 log = logging.getLogger(__name__)
@@ -35,9 +42,11 @@ CATEGORY = {
     "timeout": "timeout",
     "preempted": "preemption",
     "stopped": "preemption",  # a stop signal from outside (e.g. scancel --signal=USR2): checkpoint and requeue
+    "requeued": "preemption",  # the scheduler requeued it (scontrol requeue): not the run's fault
+    "cancelled": None,  # scancel: the user's decision; nothing is requeued and the run is not failed
     "crashed": "failure",
-    "interrupted": "failure",  # killed without a word: SIGKILL, node failure, external requeue
-    "pruned": "preemption",  # stopped for a prune marker that --unprune removed since: carry on
+    "interrupted": "failure",  # killed without a word: SIGKILL, OOM killer, node failure
+    "pruned": None,  # a cooperative stop for the sweep's successive halving (docs/sweeps.md): no budget, no failure
 }
 
 
@@ -52,23 +61,38 @@ def budget(cluster: ClusterConfig, category: str) -> int:
     return {"timeout": cluster.max_timeouts, "preemption": cluster.max_preemptions, "failure": cluster.max_failures}[category]
 
 
+def failure_signature(attempt: Attempt) -> tuple[str | None, str | None]:
+    """What a failure looks like: its end reason and, for a crash, the exception's type (the last
+    traceback line up to its colon). Two failures at the same step trip the breaker only when they
+    look alike: a deterministic error repeats itself; a rank killed once and a worker that crashed
+    once at the same step by chance do not."""
+    lines = (attempt.error or "").strip().splitlines()
+    kind = lines[-1].split(":", 1)[0].strip() if attempt.end_reason == "crashed" and lines else None
+    return attempt.end_reason, kind
+
+
 def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: dict | None = None) -> Decision:
     """Requeue after the last (ended) attempt, or finish/fail/prune the run. `pruned`: the run's
     prune marker (RunDirectory.prune_marker): a pruned run is never requeued, however its last
-    attempt ended (a stop signal or a crash may have beaten the prune request to it)."""
+    attempt ended (a stop signal or a crash may have beaten the prune request to it). An attempt
+    that ended "pruned" whose marker --unprune removed since is requeued outside every budget."""
     last = attempts[-1]
     if last.end_reason == "finished":
         return Decision(False, f"finished at step {last.end_step}", "finished")
     if pruned is not None:
         return Decision(False, f"{prune_reason(pruned)}; stopped at step {last.end_step}, not requeued", "pruned")
+    if last.end_reason == "pruned":
+        return Decision(True, f"pruned at step {last.end_step}, unpruned since: requeue (no budget used)")
     category = CATEGORY[last.end_reason]
+    if category is None:
+        return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
-        if CATEGORY.get(before.end_reason) == "failure" and before.end_step == last.end_step:
+        if before.end_step == last.end_step and failure_signature(before) == failure_signature(last):
             return Decision(
                 False,
-                f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step}; "
-                "resuming does not help (see their logs and errors)",
+                f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step} the same way "
+                f"({' '.join(filter(None, failure_signature(last)))}); resuming does not help (see their logs and errors)",
                 "failed",
             )
     used = Counter(CATEGORY.get(a.end_reason) for a in attempts)[category]
@@ -89,19 +113,38 @@ def attempt_key(job_id: str) -> str:
     return f"{job_id}/{os.environ.get('SLURM_RESTART_COUNT', '0')}"
 
 
-def finalize_attempt(run: RunDirectory, job_id: str, exit_code: int) -> list[Attempt]:
+def finalize_attempt(
+    run: RunDirectory, job_id: str, exit_code: int, cluster: ClusterConfig, signal_log: str | None, outside: str | None
+) -> list[Attempt]:
     """Make sure the attempt that just ran has an end record: the job writes one unless it died
-    (kill -9, watchdog exit, segfault) or never got as far as recording its start. Returns all of
-    the run's attempts as now recorded (read once; updated in place)."""
+    (kill -9, a signal before its handlers, watchdog exit, segfault) or never got as far as
+    recording its start; then it is inferred (launch.postmortem). `outside`: the reason the
+    scheduler ended the job, when the batch shell got SIGTERM. Returns all of the run's attempts
+    as now recorded (read once; updated in place)."""
     key = attempt_key(job_id)
     attempts = run.attempts()
-    step = run.last_checkpoint_step() or 0
-    if not attempts or attempts[-1].key != key:
-        attempts.append(run.begin_attempt(job_id, key, [], step, previous=attempts))
+    if not attempts or attempts[-1].key != key:  # the ranks died before rank 0 recorded the attempt
+        close_unrecorded(run, attempts, cluster, key)
+        end = os.environ.get("SLURM_JOB_END_TIME")
+        start = run.last_checkpoint_step() or 0
+        attempts.append(
+            run.begin_attempt(
+                job_id, key, [], start, previous=attempts, signal_log=signal_log, deadline=float(end) if end else None
+            )
+        )
     last = attempts[-1]
     if last.end_reason is None:
+        ending = infer_end(run, last, cluster, exit_code=exit_code, outside=outside)
         run.end_attempt(
-            last, "crashed", step, exit_code=exit_code, error=f"ranks exited with status {exit_code} before recording an end"
+            last,
+            ending.reason,
+            ending.step,
+            when=time.time(),  # srun just returned
+            exit_code=exit_code,
+            error=f"ranks exited with status {exit_code} before recording an end",
+            inferred=f"by the teardown: {ending.evidence}",
+            stop_signal=ending.stop_signal,
+            stop_time=ending.stop_time,
         )
     return attempts
 
@@ -112,8 +155,9 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: list[str] | No
         if requeue_command:
             subprocess.run(requeue_command, check=True, timeout=60)
         return
-    marker = run.prune_marker() if decision.final_state == "pruned" else None
-    run.set_status(decision.final_state or "failed", decision.reason, **({"pruned": marker} if marker else {}))
+    if decision.final_state is not None:
+        marker = run.prune_marker() if decision.final_state == "pruned" else None
+        run.set_status(decision.final_state, decision.reason, **({"pruned": marker} if marker else {}))
 
 
 def run_of_this_job(folder: Path) -> RunDirectory:
@@ -130,9 +174,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s requeue %(levelname)s: %(message)s")
     job_id = slurm_job_id()
     run = run_of_this_job(Path(args.folder))
-    attempts = finalize_attempt(run, job_id, args.exit_code)
-    decision = decide(run.policy_attempts(attempts), run.config().cluster, run.prune_marker())
-    apply(run, decision, ["scontrol", "requeue", job_id])
+    cluster = run.config().cluster
+    signal_log = os.environ.get("RSP_SIGNAL_LOG")
+    batch = read_signal_log(signal_log)
+    outside = None
+    if first(batch, "TERM") is not None:  # the scheduler ends this job itself: it requeues or cancels it
+        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        deadline = float(os.environ["SLURM_JOB_END_TIME"]) if "SLURM_JOB_END_TIME" in os.environ else None
+        outside = ended_from_outside(os.environ["SLURM_JOB_ID"], restart, deadline, first(batch, "USR2"), cluster)
+    attempts = finalize_attempt(run, job_id, args.exit_code, cluster, signal_log, outside)
+    if outside is not None:
+        log.info(
+            "run %s: ended from outside (%s at step %s); the scheduler decides", run.path.name, outside, attempts[-1].end_step
+        )
+        return 0
+    apply(run, decide(run.policy_attempts(attempts), cluster, run.prune_marker()), ["scontrol", "requeue", job_id])
     return 0
 
 

@@ -5,7 +5,9 @@
         config.yaml         the resolved configuration (human-readable; run.json holds it too)
         submissions/NNN.json  each submit: time, command, cwd, user, host, code version, snapshot,
                             environment, backend, job id
-        attempts/NNN.json   each attempt: job id, hosts, start/end time and step, end reason, exit code
+        attempts/NNN.json   each attempt: job id, hosts, start/end time and step, end reason, exit code,
+                            the stop signal it saw, and how its end was inferred when it could not record it
+        attempts/NNN.steps  each attempt's step log: the steps it completed, and when (launch.steplog)
         logs/<attempt key>/ per-attempt, per-rank logs (rank_<r>.log; key: <job id>-<restart count> on SLURM)
         checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
         evals/              per-checkpoint evaluation outputs and result records
@@ -38,12 +40,18 @@ from typing import Any
 import yaml
 
 from launch.config import RunConfig, train_config
+from launch.steplog import read_trace
 from rsp.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
 from rsp.manifest import Manifest, list_manifests
 from rsp.schema import fingerprint, from_dict, to_dict
 
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
-END_REASONS = ("finished", "timeout", "preempted", "stopped", "crashed", "interrupted", "pruned")
+# finished; timeout, preempted: the time-limit / preemption signal; stopped: a stop signal sent to
+# the ranks from outside (scancel --signal=USR2); requeued, cancelled: ended from outside by the
+# scheduler (scontrol requeue, scancel); crashed: an error; interrupted: killed without a word
+# (SIGKILL, node failure); pruned: stopped by the sweep's successive halving (docs/sweeps.md).
+# docs/requeue.md has the policy for each.
+END_REASONS = ("finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted", "pruned")
 PRUNED = "pruned.json"  # the prune marker (launch/rungs.py writes it, the job and the teardown obey it)
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
@@ -78,12 +86,17 @@ class Attempt:
     key: str  # unique per attempt: "<job id>/<SLURM restart count>" (a requeued job keeps its id)
     hosts: list[str]
     start_time: float
-    start_step: int
+    start_step: int  # the checkpoint step it resumed from (0: from scratch)
     end_time: float | None = None
-    end_step: int | None = None
+    end_step: int | None = None  # the last step it completed (its step log), not its last checkpoint
     end_reason: str | None = None  # one of END_REASONS
     exit_code: int | None = None
     error: str | None = None  # last lines of the traceback when it crashed
+    deadline: float | None = None  # when the scheduler ends it (time limit), if known
+    signal_log: str | None = None  # where the batch script records the signals it received (SLURM)
+    stop_signal: str | None = None  # the stop signal that ended it, e.g. SIGUSR2 ...
+    stop_time: float | None = None  # ... and when it arrived
+    inferred: str | None = None  # set when the end was not recorded by the attempt itself: the evidence used
     alloc: dict[str, int] | None = None  # what the attempt holds, all nodes together: {"gpus": n, "cpus": n}
 
 
@@ -207,28 +220,46 @@ class RunDirectory:
         hosts: list[str],
         start_step: int,
         previous: list[Attempt] | None = None,
-        alloc: dict[str, int] | None = None,
+        **fields: Any,
     ) -> Attempt:
-        """Record a new attempt; an earlier one that never recorded its end was killed from outside
-        (SIGKILL, node failure, external requeue): it is closed as `interrupted` at its last checkpoint.
-        `previous`: the run's attempts when the caller already read them (closed in place)."""
+        """Record a new attempt. An earlier one still without an end must be closed first
+        (launch.postmortem infers how it ended); one that is not is closed here as `interrupted`
+        at the last step its step log shows. `previous`: the run's attempts when the caller
+        already read them (closed in place). `fields`: more Attempt fields (deadline, signal_log, alloc)."""
         previous = self.attempts() if previous is None else previous
         if previous and previous[-1].end_reason is None:
             stale = previous[-1]
-            stale.end_reason, stale.end_time, stale.end_step = "interrupted", time.time(), start_step
+            trace = read_trace(self.step_log_path(stale))
+            stale.end_reason, stale.end_time = "interrupted", trace.last[1] if trace else time.time()
+            stale.end_step = trace.last[0] if trace else stale.start_step
+            stale.inferred = "no end record and no other evidence when the next attempt began"
             self.save_attempt(stale)
-        attempt = Attempt(len(previous), job_id, key, hosts, time.time(), start_step, alloc=alloc)
+        attempt = Attempt(len(previous), job_id, key, hosts, time.time(), start_step, **fields)
         self.save_attempt(attempt)
         return attempt
 
     def end_attempt(
-        self, attempt: Attempt, reason: str, step: int, exit_code: int | None = None, error: str | None = None
+        self,
+        attempt: Attempt,
+        reason: str,
+        step: int,
+        exit_code: int | None = None,
+        error: str | None = None,
+        when: float | None = None,
+        **fields: Any,
     ) -> None:
+        """Close `attempt`: `step` is the last step it completed; `when` defaults to now;
+        `fields`: more Attempt fields (stop_signal, stop_time, inferred)."""
         if reason not in END_REASONS:
             raise ValueError(f"unknown attempt end reason {reason!r}; valid: {', '.join(END_REASONS)}")
-        attempt.end_reason, attempt.end_time, attempt.end_step = reason, time.time(), step
+        attempt.end_reason, attempt.end_time, attempt.end_step = reason, when or time.time(), step
         attempt.exit_code, attempt.error = exit_code, error
+        for key, value in fields.items():
+            setattr(attempt, key, value)
         self.save_attempt(attempt)
+
+    def step_log_path(self, attempt: Attempt) -> Path:
+        return self.path / "attempts" / f"{attempt.number:03d}.steps"
 
     def reset_budgets(self) -> None:
         """--retry-failed: the requeue budgets and the breaker count attempts from now on."""

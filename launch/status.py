@@ -9,10 +9,14 @@ sacct call for what they cost, when any ran on SLURM).
 
 Columns: run, id, state (pruned runs: the step, rank and metric value that pruned them), step/total,
 attempts and how they ended, last checkpoint, time lost to requeues (gaps between an attempt's end
-and the next one's start, plus steps redone after a crash), evaluations done/expected, GPU-hours
-(CPU-hours where no GPU was allocated) of training and evaluation. Under the table: each sweep's
-successive-halving rungs (decided, or what they wait for), its cost and what pruning saved.
-Showing a sweep also decides its rungs that are due (launch/rungs.py).
+and the next one's start, plus the steps redone after a non-cooperative end and the time they took,
+measured from each attempt's step log), evaluations done/expected, GPU-hours (CPU-hours where no GPU
+was allocated) of training and evaluation. Below the table: every expected evaluation without a
+record and its state (pending, running, failed, lost, not submitted); each sweep's
+successive-halving rungs (decided, or what they wait for), its cost and what pruning saved. Lost
+evaluations (their job vanished without a record) are resubmitted within their budget, and said so
+(--no-recover: only report them). Showing a sweep also decides its rungs that are due
+(launch/rungs.py).
 """
 
 from __future__ import annotations
@@ -31,23 +35,38 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from launch.backends import Allocation
-from launch.cost import RunCost, accounting, hours, projected_to_end, run_cost, unit_of
-from launch.evaluations.expected import evaluation_summary
+from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
+from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
 from launch.rundir import Attempt, RunDirectory
 from launch.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 from launch.state import RunState, reconcile
-from rsp.manifest import Manifest
+from launch.sweep import SWEEPS_DIR
+from rsp.commandline import HintingArgumentParser
 
 log = logging.getLogger(__name__)
 
-SHORT = {"timeout": "T", "preempted": "P", "stopped": "S", "crashed": "C", "interrupted": "K", "finished": "F", "pruned": "X"}
+SHORT = {
+    "timeout": "T",
+    "preempted": "P",
+    "stopped": "S",
+    "requeued": "Q",
+    "cancelled": "X",
+    "crashed": "C",
+    "interrupted": "K",
+    "finished": "F",
+    "pruned": "H",  # successive halving
+}
 
 
-def lost_time(attempts: Sequence[Attempt]) -> tuple[float, int]:
-    """(seconds between attempts, steps redone) over a run's attempts (RunDirectory.attempts())."""
+def lost_time(run: RunDirectory, attempts: Sequence[Attempt]) -> tuple[float, int, float]:
+    """(seconds between attempts, steps redone, seconds spent on the steps redone) over a run's
+    attempts (RunDirectory.attempts()). Steps redone after an attempt: the last step it completed
+    minus the step the next one resumed from; their time comes from its step log (launch.cost.redone,
+    which the GPU-hour columns price too). A cooperative stop checkpoints the step it stops at:
+    nothing is redone."""
     gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
-    redone = sum(max(0, (a.end_step or 0) - b.start_step) for a, b in pairwise(attempts))
-    return gap, redone
+    work = redone(run, attempts)
+    return gap, sum(steps for steps, _ in work), sum(seconds for _, seconds in work)
 
 
 def human(seconds: float) -> str:
@@ -68,7 +87,9 @@ def describe_state(state: RunState) -> str:
     return text
 
 
-def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], cost: RunCost | None, unit: str) -> list[str]:
+def row(
+    state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], cost: RunCost | None, unit: str, evals: str = "-"
+) -> list[str]:
     """One line of the table; `axes`: the run's sweep axis values (RunDirectory.sweep_axes)."""
     run = state.run
     if not run.exists:
@@ -78,10 +99,9 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], cost: R
     ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
     manifests = run.manifests()
     last = f"{manifests[-1].step} ({human(time.time() - manifests[-1].created)} ago)" if manifests else "-"
-    gap, redone = lost_time(attempts)
+    gap, redone, redone_s = lost_time(run, attempts)
     total = run.total_steps()
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
-    evals = evaluation_counts(run, info, manifests)
     return [
         info["name"],
         info["run_id"],
@@ -89,16 +109,35 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], cost: R
         f"{step}/{total or '?'}",
         f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
         last,
-        f"{human(gap)}+{redone} steps" if attempts else "-",
+        f"{human(gap)}+{redone} steps ({human(redone_s)})" if attempts else "-",
         evals,
         f"{cost.total_s(unit) / 3600:.3g}" if cost is not None else "?",
         *[str(axes.get(k, "-")) for k in axis_keys],
     ]
 
 
-def evaluation_counts(run: RunDirectory, info: dict, manifests: list[Manifest]) -> str:
-    done, expected = evaluation_summary(run, info, manifests)
-    return f"{done}/{expected}" if expected else "-"
+def evaluation_counts(states: Sequence[EvaluationState]) -> dict[Path, str]:
+    """run path -> "recorded/expected" (or "-" when none is expected yet)."""
+    out: dict[Path, list[int]] = {}
+    for e in states:
+        counts = out.setdefault(e.run.path, [0, 0])
+        counts[0] += e.state == "recorded"
+        counts[1] += 1
+    return {path: f"{done}/{expected}" for path, (done, expected) in out.items()}
+
+
+def evaluation_lines(states: Sequence[EvaluationState], recovered: tuple[list[str], list[str]]) -> list[str]:
+    """Every evaluation without a record and its state; what the recovery did."""
+    lines = [f"resubmitted lost evaluation: {d}" for d in recovered[0]]
+    lines += [f"gave up on lost evaluation (failed.json): {d}" for d in recovered[1]]
+    missing = [e for e in states if e.state != "recorded"]
+    if missing:
+        lines.append("evaluations without a record:")
+    for e in missing:
+        state = "not submitted yet" if e.state == "unclaimed" else e.state
+        job = f" [{e.job_id}]" if e.job_id and e.state in ("pending", "running") else ""
+        lines.append(f"  {e.run.path.name} step {e.step} {e.task}: {state}{job}" + (f" ({e.detail})" if e.detail else ""))
+    return lines
 
 
 def find_runs(root: Path, sweep: str | None) -> list[RunDirectory]:
@@ -186,7 +225,7 @@ def cost_lines(states: Sequence[RunState], costs: dict[Path, RunCost], unit: str
     return lines
 
 
-def render(root: Path, sweep: str | None) -> str:
+def render(root: Path, sweep: str | None, recover_lost: bool = True) -> str:
     directories = decide_sweeps(root, sweep)
     runs = find_runs(root, sweep)
     if not runs:
@@ -197,7 +236,13 @@ def render(root: Path, sweep: str | None) -> str:
     costs, note = costs_of(runs)
     unit = unit_of(list(costs.values()))
     header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", f"{unit.upper()}-h", *axis_keys]
-    body = [row(s, axis_keys, axes.get(s.run.path, {}), costs.get(s.run.path), unit) for s in states]
+    evals = evaluation_states(runs)
+    recovered: tuple[list[str], list[str]] = ([], [])
+    if recover_lost and any(e.state == "lost" for e in evals):
+        recovered = recover(evals)
+        evals = evaluation_states(runs)
+    done = evaluation_counts(evals)
+    body = [row(s, axis_keys, axes.get(s.run.path, {}), costs.get(s.run.path), unit, done.get(s.run.path, "-")) for s in states]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = [
         "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
@@ -206,12 +251,44 @@ def render(root: Path, sweep: str | None) -> str:
     counts = Counter(s.state for s in states)
     lines.append(
         ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + "   (attempts: F finished, T timeout, P preempted, S stopped, C crashed, K killed, X pruned, R running)"
+        + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
+        "H pruned, R running)"
     )
+    lines += evaluation_lines(evals, recovered)
     for directory in directories:
         lines += rung_lines(directory)
     lines += cost_lines(states, costs, unit) + ([note] if note else [])
     return "\n".join(lines)
+
+
+def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
+    """(output root, sweep or None, why the arguments cannot be shown or None) of `[OUTPUT_ROOT] [sweep=NAME]`."""
+    sweeps = [a.split("=", 1)[1] for a in args if a.startswith("sweep=")]
+    others = [a for a in args if "=" in a and not a.startswith("sweep=")]
+    roots = [a for a in args if "=" not in a]
+    if others:
+        return (
+            Path("runs"),
+            None,
+            f"{' '.join(others)}: only sweep=NAME is written key=value; give the output root as a plain path",
+        )
+    if len(roots) > 1 or len(sweeps) > 1:
+        return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
+    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
+    if not root.is_dir():
+        return root, sweep, f"output root {root} does not exist; pass the output_root your runs were submitted with"
+    if sweep is not None and not find_runs(root, sweep):
+        known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
+        return (
+            root,
+            sweep,
+            (
+                f"sweep={sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'} "
+                f"(sweep files: {', '.join(sorted(p.stem for p in SWEEPS_DIR.glob('*.yaml')))}; "
+                "a sweep's runs are listed once it was submitted)"
+            ),
+        )
+    return root, sweep, None
 
 
 def render_attempts(root: Path, sweep: str | None) -> str:
@@ -246,18 +323,17 @@ def render_attempts(root: Path, sweep: str | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = HintingArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
     p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
     p.add_argument("--attempts", action="store_true", help="one row per attempt: allocation, elapsed, queue wait, redone work")
+    p.add_argument("--no-recover", action="store_true", help="report lost evaluations, do not resubmit them")
     ns = p.parse_args(argv)
-    sweep = next((a.split("=", 1)[1] for a in ns.args if a.startswith("sweep=")), None)
-    roots = [a for a in ns.args if not a.startswith("sweep=")]
-    root = Path(roots[0] if roots else "runs")
+    root, sweep, problem = target(ns.args)
+    if problem:
+        p.error(problem)
     while True:
-        print(render_attempts(root, sweep) if ns.attempts else render(root, sweep), flush=True)
+        print(render_attempts(root, sweep) if ns.attempts else render(root, sweep, recover_lost=not ns.no_recover), flush=True)
         if not ns.watch:
             return 0
         time.sleep(ns.watch)

@@ -29,6 +29,7 @@ import yaml
 
 from launch.backends import SlurmBackend
 from launch.config import EXPERIMENTS_DIR, RunConfig, compose
+from launch.datacheck import data_notes
 from launch.follow import follow, follow_sweep
 from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
@@ -36,8 +37,9 @@ from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import SWEEPS_DIR, load_sweep
-from launch.validate import absolutize, problems
-from rsp.schema import ConfigError, to_dict
+from launch.validate import absolutize, problems, warnings
+from rsp.commandline import HintingArgumentParser
+from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
 
@@ -87,11 +89,14 @@ def config_groups() -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = HintingArgumentParser(
         prog="launch/submit.py",
         description=__doc__,
-        epilog=config_groups(),
+        epilog="Settings are key=value overrides (Hydra syntax), not --flags: e.g. optim.lr=0.001 data.batch_size=32 "
+        "cluster.nodes=2. Sections: " + ", ".join(sorted({k.split(".")[0] for k in schema_keys(RunConfig)})) + ". "
+        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.\n\n" + config_groups(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        keys=schema_keys(RunConfig),
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
     p.add_argument(
@@ -119,7 +124,13 @@ def check(cfg: RunConfig) -> list[str]:
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    return problems(cfg, sbatch_script=script)
+    found = problems(cfg, sbatch_script=script)
+    for warning in warnings([cfg]):
+        print(f"warning: {warning}", file=sys.stderr)
+    if not found:
+        for note in data_notes(cfg):
+            log.warning("%s", note)
+    return found
 
 
 def describe_state(state: RunState) -> str:
@@ -213,6 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweeps = [o for o in args.overrides if o.startswith("sweep=")]
         if sweeps:
             rest = [o for o in args.overrides if not o.startswith("sweep=")]
+            problems = [f"sweep= is given more than once ({', '.join(sweeps)}); submit one sweep at a time"] * (len(sweeps) > 1)
+            problems += [
+                f"{o}: a sweep's experiment is its file's `experiment:` key; remove {o} from the command line"
+                for o in rest
+                if o.partition("=")[0].lstrip("+") == "experiment"
+            ]
+            if problems:
+                raise ConfigError(problems, what="command line")
             return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
         return submit_one(prepare(args.overrides, Path.cwd()), args)
     except ConfigError as exc:

@@ -31,22 +31,19 @@ resume, per-attempt logs.
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from launch.config import RunConfig, compose
 from launch.rundir import run_id
-from launch.selection import Selection, parse_selection
-from rsp.schema import ConfigError, field_type, from_dict, schema_keys, to_dict, value_fits
+from launch.selection import Selection
+from launch.sweepfile import read_sweep_file
+from rsp.schema import ConfigError, from_dict, to_dict
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-SWEEP_KEYS = ("description", "experiment", "overrides", "name", "axes", "select")
 
 
 @dataclass
@@ -75,7 +72,7 @@ class Sweep:
 
 
 def sweep_path(name: str) -> Path:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
+    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         valid = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
         raise ConfigError([f"sweep {name!r} not found ({path}); valid: {valid}"], what="sweep")
@@ -83,89 +80,21 @@ def sweep_path(name: str) -> Path:
 
 
 def load_sweep(name: str) -> Sweep:
-    """Parse and check a sweep file; every problem of the file is reported at once."""
+    """Read and check a sweep file (launch/sweepfile.py); every problem of the file is reported at once."""
     path = sweep_path(name)
-    raw = yaml.safe_load(path.read_text()) or {}
-    problems = [f"unknown top-level key {k!r} in {path.name}; valid: {', '.join(SWEEP_KEYS)}" for k in raw if k not in SWEEP_KEYS]
-    keys = set(schema_keys(RunConfig))
-    axes, per_value, seen = [], [], {}
-    for i, axis in enumerate(raw.get("axes") or []):
-        before = len(problems)
-        columns = axis.get("zip") if "zip" in axis else ({axis["key"]: axis.get("values")} if "key" in axis else None)
-        if not columns:
-            problems.append(f"axes[{i}] needs either key + values, or zip: {{key: [values], ...}}")
-            continue
-        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in columns.items()}
-        for key, n in lengths.items():
-            if key not in keys:
-                close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.5)
-                problems.append(
-                    f"axes[{i}]: {key} is not a configuration key" + (f"; did you mean {', '.join(close)}?" if close else "")
-                )
-            if n == -1:
-                problems.append(f"axes[{i}]: {key} needs a list of values")
-            elif n == 0:
-                problems.append(f"axes[{i}]: {key} has no values (an empty axis yields no runs)")
-            if key in seen:
-                problems.append(f"axes[{i}] and axes[{seen[key]}] both set {key}; an axis key may appear once")
-            seen[key] = i
-        if len(set(lengths.values())) > 1:
-            problems.append(f"axes[{i}] zips lists of different lengths {lengths}; zipped lists advance together")
-        if len(problems) > before:
-            continue
-        problems += [p for key, values in columns.items() for p in _value_problems(key, values)]
-        axes.append([dict(zip(columns, combo, strict=True)) for combo in zip(*columns.values(), strict=True)])
-        per_value.append(_per_value_assignments(axis.get("overrides") or {}, columns, problems))
-    if not axes and not problems:
-        problems.append(f"{path.name} defines no axes")
-    selection = None
-    if raw.get("select") is not None:
-        selection, found = parse_selection(raw["select"])
-        problems += found
+    parsed, problems = read_sweep_file(path)
     if problems:
-        raise ConfigError(list(dict.fromkeys(problems)), what=f"sweep {path.name} (nothing was submitted)")
+        raise ConfigError(problems, what=f"sweep {path.name} (nothing was planned or submitted)")
+    axes = parsed["axes"]
     return Sweep(
         name=path.stem,
-        experiment=raw.get("experiment", "smoke"),
-        overrides=list(raw.get("overrides") or []),
-        name_template=raw.get("name", path.stem + "-{model.name}"),
-        axes=axes,
-        per_value=per_value,
-        selection=selection,
+        experiment=parsed["experiment"],
+        overrides=parsed["overrides"],
+        name_template=parsed["name"] if parsed["name"] is not None else path.stem + "-{model.name}",
+        axes=[axis.rows for axis in axes],
+        per_value=[axis.per_value for axis in axes],
+        selection=parsed["select"],
     )
-
-
-def _value_problems(key: str, values: Sequence[Any]) -> list[str]:
-    """Why `key` cannot take each of `values` (the schema's type), checked once per sweep file."""
-    try:
-        hint = field_type(RunConfig, key)
-    except KeyError:
-        return [f"{key} is not a configuration key"]
-    return [
-        f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})"
-        for value in values
-        if not value_fits(hint, value)
-    ]
-
-
-def _per_value_assignments(overrides: dict, columns: dict[str, list], problems: list[str]) -> dict[str, list[tuple[str, Any]]]:
-    """An axis' per-value overrides, parsed and type-checked once: str(value) -> [(key, value)].
-    Entries for a value the axis does not have are never applied (and not checked)."""
-    present = {str(v) for values in columns.values() for v in values}
-    out = {}
-    for value, texts in overrides.items():
-        if str(value) not in present:
-            continue
-        out[str(value)] = []
-        for text in texts:
-            try:
-                key, parsed = _parse_assignment(text)
-            except ConfigError as exc:
-                problems += exc.problems
-                continue
-            problems += _value_problems(key, [parsed])
-            out[str(value)].append((key, parsed))
-    return out
 
 
 # --- expansion ------------------------------------------------------------------------------------
@@ -176,13 +105,6 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     for p in parents:
         tree = tree[p]
     tree[leaf] = value
-
-
-def _parse_assignment(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ConfigError([f"per-value override {text!r} is not of the form key=value"], what="sweep")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:

@@ -2,42 +2,97 @@
 
 `problems(cfg)` returns every problem (never just the first); `validate(cfg)` raises them together
 as a ConfigError. Each message names the key, the bad value, the rule and the fix. Rules:
-- every field rule of the training config (rsp.config), the cluster and the evaluation sections;
+- every field rule of the training config (rsp.config), the cluster and the evaluation sections,
+  including settings that would be silently ignored (a SLURM partition on the local backend, ...);
 - the effective batch (nodes x processes x data.batch_size x optim.accum_iter) against the recipe;
-- the data root exists and holds a labels file (unless a synthetic dataset will be generated);
+- the data (launch/datacheck.py): the labels file's videos exist (one directory listing per folder),
+  are listed once, the batch fits the dataset (generated ones included), data.max_gap suits the
+  labelled frame counts;
+- each evaluation task's dataset layout and first frames (the task's check_data), and evaluation
+  overrides that contradict the model (num_heads);
 - the output root (and the data root for generated data) is writable: a read-only filesystem fails
   here, not hours later in the queue;
 - the time limit leaves room for start-up, one step and the checkpoint write after the signal;
 - local/debug backends get shapes this machine can run; SLURM judges the resources itself
   (`sbatch --test-only`, which queues nothing).
+
+`warnings(cfgs)` lists what is allowed but costs something the user may not expect (printed at
+submit, never blocking): a requeue budget of 0 (the run fails at the first such end instead of
+resuming), a stop signal that can come within the first minute of an attempt, and a SLURM that
+preempts without sending the stop signal (docs/requeue.md).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
-from eval.tasks import TASKS, registered
-from launch.backends import BACKENDS
+from eval.tasks import TASKS, get_task, registered
+from launch.backends import BACKENDS, slurm_config
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig, train_config
+from launch.datacheck import data_notes, data_problems, survey, writable
 from launch.evaluations.expected import task_eval_config
+from rsp.architectures import MODELS
 from rsp.config import ModelConfig
 from rsp.model import create_model
 from rsp.optim import resolve_schedule
-from rsp.schema import ConfigError, from_dict, to_dict
-from rsp.video import DataError, read_labels, resolve_labels_file
+from rsp.schema import ConfigError, from_dict, ignored, to_dict
+from rsp.video import DataError
+
+# sbatch options the launcher writes from its own fields (launch/backends.py): in extra_sbatch they would contradict them.
+MANAGED_SBATCH = {
+    **dict.fromkeys(("partition", "p"), "cluster.partition"),
+    **dict.fromkeys(("account", "A"), "cluster.account"),
+    "qos": "cluster.qos",
+    **dict.fromkeys(("constraint", "C"), "cluster.constraint"),
+    **dict.fromkeys(("nodes", "N"), "cluster.nodes"),
+    **dict.fromkeys(("ntasks-per-node", "ntasks_per_node", "ntasks", "n"), "cluster.tasks_per_node"),
+    **dict.fromkeys(("gpus-per-node", "gpus_per_node", "gres", "gpus", "G"), "cluster.gpus_per_node"),
+    **dict.fromkeys(("cpus-per-task", "cpus_per_task", "c"), "cluster.cpus_per_task"),
+    "mem": "cluster.mem_gb",
+    **dict.fromkeys(("time", "t"), "cluster.time_minutes"),
+    "signal": "cluster.signal_delay_s",
+    "exclusive": "cluster.exclusive",
+    **dict.fromkeys(("dependency", "d"), "cluster.after"),
+    **dict.fromkeys(
+        ("job-name", "J", "output", "o", "error", "e", "requeue", "array", "a"),
+        "nothing (the launcher names, logs and requeues jobs)",
+    ),
+}
+# Evaluation config fields each evaluation job sets itself (launch/evaluations/expected.py): an override would silently
+# replace them (another checkpoint, another dataset) or contradict the key that sets them.
+JOB_SET = {
+    "checkpoint": "every milestone checkpoint of the run is evaluated; remove it",
+    "checkpoint_format": "the run's checkpoints are read in this project's format; remove it",
+    "trust_checkpoint": "the run's checkpoints need no trust; remove it",
+    "output_dir": "results go to the run directory (docs/formats.md); remove it",
+    "task": "the task is the key it is under; remove it",
+    "data_root": "set evaluation.data_roots.<task> instead",
+    "preset": "set evaluation.presets.<task> instead",
+    "device": "set evaluation.device instead",
+}
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "exclusive", "extra_sbatch", "mem_gb")  # cluster.* only sbatch reads
+log = logging.getLogger(__name__)
 
 CHECKPOINT_WRITE_MB_S = 100.0  # pessimistic shared-filesystem write speed for the time-limit check
 MIN_TRAINING_S = 10  # an attempt must have at least this long before its stop signal
+SIGNAL_TICK_S = 30  # SLURM checks time limits on a 30 s tick: the stop signal can come this much early
+BUDGET_ENDS = {
+    "max_timeouts": "its first time limit",
+    "max_preemptions": "its first preemption",
+    "max_failures": "its first crash",
+}
 
 
 def cluster_problems(c: ClusterConfig) -> list[str]:
@@ -52,7 +107,7 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
             out.append(f"cluster.{key} ({getattr(c, key)}) must be >= 0")
     if c.tasks_per_node is not None and c.tasks_per_node < 1:
         out.append(f"cluster.tasks_per_node ({c.tasks_per_node}) must be >= 1 or null")
-    if c.gpus_per_node and c.tasks_per_node not in (None, c.gpus_per_node):
+    if c.gpus_per_node > 0 and c.tasks_per_node not in (None, c.gpus_per_node):
         out.append(
             f"cluster.tasks_per_node ({c.tasks_per_node}) must equal cluster.gpus_per_node ({c.gpus_per_node}): "
             "one process per GPU; leave tasks_per_node null"
@@ -77,13 +132,21 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
         visible = torch.cuda.device_count()
         if c.gpus_per_node > visible:
             out.append(f"cluster.gpus_per_node ({c.gpus_per_node}) exceeds the {visible} GPU(s) of this machine")
+    for flag in sorted(set(c.extra_sbatch) & set(MANAGED_SBATCH)):
+        out.append(
+            f"cluster.extra_sbatch.{flag} ({c.extra_sbatch[flag]}) is an sbatch option the launcher writes itself; "
+            f"set {MANAGED_SBATCH[flag]} instead"
+        )
+    if c.backend in ("local", "debug"):
+        for key in SLURM_ONLY:
+            out += ignored(c, "cluster", key, f"cluster={c.backend} runs on this machine", "use cluster=slurm, or drop it")
     return out
 
 
 def batch_problems(cfg: RunConfig) -> list[str]:
     c, want = cfg.cluster, cfg.optim.effective_batch
     have = c.world_size * cfg.data.batch_size * cfg.optim.accum_iter
-    if want is None or have == want:
+    if want is None or have == want or want < 1 or have < 1:  # values out of range are their own rules' to report
         return []
     per_step = c.world_size * cfg.data.batch_size
     fix = (
@@ -98,33 +161,6 @@ def batch_problems(cfg: RunConfig) -> list[str]:
     ]
 
 
-@functools.cache
-def writable(path: Path) -> str | None:
-    """None when `path` could be created and written, else why not. Probes the nearest existing
-    ancestor with a temporary file, so a refused submission leaves no directory behind.
-    Cached: a sweep checks each distinct path once."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
-@functools.cache
-def count_videos(root: Path, labels: str) -> int | str:
-    """Number of videos the labels file lists, or the reason there is none (cached per sweep)."""
-    try:
-        return len(read_labels(resolve_labels_file(root, labels)))
-    except DataError as exc:
-        return str(exc)
-
-
 def known_total_steps(cfg: RunConfig) -> int | None:
     """The run's length in optimizer steps, when it can be known before the run starts:
     schedule.total_steps, or the schedule resolved against the number of videos its labels file
@@ -132,32 +168,18 @@ def known_total_steps(cfg: RunConfig) -> int | None:
     if cfg.schedule.total_steps:
         return cfg.schedule.total_steps
     d, world = cfg.data, cfg.cluster.world_size
-    videos = d.synthetic_videos or (count_videos(Path(d.root), d.labels) if d.root and Path(d.root).is_dir() else None)
+    videos = d.synthetic_videos or None
+    if videos is None and d.root and Path(d.root).is_dir():
+        try:
+            videos = survey(Path(d.root), d.labels).videos
+        except (DataError, OSError):  # reported by data_problems
+            return None
     if not isinstance(videos, int) or world < 1 or d.batch_size < 1 or videos < d.batch_size * world:
         return None
     try:
         return resolve_schedule(train_config(cfg), videos // (d.batch_size * world), world).total_steps
     except ConfigError:  # the batch does not fit the data: reported by data_problems
         return None
-
-
-def data_problems(cfg: RunConfig) -> list[str]:
-    d = cfg.data
-    if not d.root:
-        return ["data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`)"]
-    root = Path(d.root)
-    if d.synthetic_videos:
-        reason = writable(root)
-        return [] if reason is None else [f"data.root ({root}) cannot hold the generated videos: {reason}"]
-    if not root.is_dir():
-        return [f"data.root ({root}) does not exist; prepare the dataset there or point data.root at it"]
-    found = count_videos(root, d.labels)
-    if isinstance(found, str):
-        return [found]
-    per_step = d.batch_size * cfg.cluster.world_size * cfg.optim.accum_iter
-    if found < per_step:
-        return [f"data.root ({root}) lists {found} videos, fewer than one optimizer step needs ({per_step})"]
-    return []
 
 
 def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
@@ -172,18 +194,71 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
         )
     if c.time_minutes * 60 < c.signal_delay_s + MIN_TRAINING_S:
         out.append(
-            f"cluster.time_minutes ({c.time_minutes}) leaves no time to train: the stop signal comes "
-            f"cluster.signal_delay_s={c.signal_delay_s} s before the limit; raise cluster.time_minutes"
+            f"cluster.signal_delay_s ({c.signal_delay_s}) must be at least {MIN_TRAINING_S} s shorter than "
+            f"cluster.time_minutes ({c.time_minutes} = {c.time_minutes * 60} s): the stop signal comes signal_delay_s "
+            "before the limit, which leaves no time to train; raise cluster.time_minutes or lower cluster.signal_delay_s"
         )
     return out
 
 
-def evaluation_problems(e: EvaluationConfig) -> list[str]:
+def cluster_warnings(c: ClusterConfig, slurm: dict[str, str] | None = None) -> list[str]:
+    """Allowed, but probably not what the user wants. `slurm`: `scontrol show config` (SLURM backend)."""
+    if c.backend == "debug":
+        return []
+    out = [
+        f"cluster.{key}=0: the run is marked failed at {end} instead of resuming from its newest checkpoint "
+        f"(`--retry-failed` resumes it); set cluster.{key} >= 1 to requeue"
+        for key, end in BUDGET_ENDS.items()
+        if getattr(c, key) == 0
+    ]
+    window = c.time_minutes * 60 - c.signal_delay_s
+    if c.backend == "slurm" and MIN_TRAINING_S <= window < SIGNAL_TICK_S + 60:
+        out.append(
+            f"cluster.signal_delay_s ({c.signal_delay_s}) leaves {window} s of cluster.time_minutes ({c.time_minutes}) "
+            f"before the stop signal, which SLURM may send up to {SIGNAL_TICK_S} s early: attempts may stop after "
+            "their first step; raise cluster.time_minutes or lower cluster.signal_delay_s"
+        )
+    if slurm:
+        out += preemption_warnings(slurm)
+    return out
+
+
+def preemption_warnings(slurm: dict[str, str]) -> list[str]:
+    """A SLURM that preempts jobs must send them the stop signal, or a preemption is a kill."""
+    kind, mode = slurm.get("PreemptType", "preempt/none"), slurm.get("PreemptMode", "OFF")
+    if kind == "preempt/none" or mode.upper().startswith("OFF"):
+        return []
+    if "preempt_send_user_signal" in slurm.get("SlurmctldParameters", ""):
+        return []
+    return [
+        f"this SLURM preempts jobs (PreemptType={kind}, PreemptMode={mode}) without sending them the stop signal "
+        "(SlurmctldParameters lacks preempt_send_user_signal): a preempted attempt gets SIGTERM instead and is killed "
+        "after its partition's GraceTime; it checkpoints if it can do so within that time, else it resumes from its "
+        "newest checkpoint and the steps since are redone. Ask the admins for SlurmctldParameters=preempt_send_user_signal"
+    ]
+
+
+def warnings(cfgs: Sequence[RunConfig]) -> list[str]:
+    """The warnings of a run or a sweep's runs, each once (SLURM's configuration is asked once)."""
+    slurm = None
+    if any(cfg.cluster.backend == "slurm" for cfg in cfgs):
+        slurm = slurm_config()
+    return list(dict.fromkeys(w for cfg in cfgs for w in cluster_warnings(cfg.cluster, slurm)))
+
+
+def evaluation_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
     out = [
         f"evaluation.tasks entry {t!r} is not a registered evaluation task; registered: {registered()}"
         for t in e.tasks
         if t not in TASKS
     ]
+    out += [
+        f"evaluation.tasks lists {t} twice ({e.tasks}); list each task once"
+        for t in sorted({t for t in e.tasks if e.tasks.count(t) > 1})
+    ]
+    for task, fields in e.overrides.items():
+        for key in sorted(set(fields) & set(JOB_SET) if isinstance(fields, dict) else ()):
+            out.append(f"evaluation.overrides.{task}.{key} ({fields[key]}) is set by the evaluation job; {JOB_SET[key]}")
     for key, per_task in (("presets", e.presets), ("data_roots", e.data_roots), ("overrides", e.overrides)):
         out += [
             f"evaluation.{key}.{t} names {t!r}, which is not a registered evaluation task; registered: {registered()}"
@@ -203,26 +278,52 @@ def evaluation_problems(e: EvaluationConfig) -> list[str]:
             )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
-    out += protocol_problems(e)
-    if e.cpus_per_task < 1 or e.gpus < 0 or e.time_minutes < 1:
-        out.append("evaluation.cpus_per_task and evaluation.time_minutes must be >= 1, evaluation.gpus >= 0")
+    out += protocol_problems(e, model_name)
+    out += [f"evaluation.{k} ({getattr(e, k)}) must be >= 1" for k in ("cpus_per_task", "time_minutes") if getattr(e, k) < 1]
+    if e.gpus < 0:
+        out.append(f"evaluation.gpus ({e.gpus}) must be >= 0 (0: evaluate on CPUs)")
+    if e.mem_gb is not None and e.mem_gb <= 0:
+        out.append(f"evaluation.mem_gb ({e.mem_gb}) must be > 0, or null for the partition's default")
+    if e.device not in EVAL_DEVICES:
+        out.append(f"evaluation.device ({e.device!r}) must be one of {', '.join(EVAL_DEVICES)}")
+    if e.signal_delay_s < 10:
+        out.append(f"evaluation.signal_delay_s ({e.signal_delay_s}) must be >= 10 s: time to stop and be requeued")
+    elif e.time_minutes * 60 < e.signal_delay_s + MIN_TRAINING_S + SIGNAL_TICK_S:
+        out.append(
+            f"evaluation.signal_delay_s ({e.signal_delay_s}) leaves no time to evaluate within evaluation.time_minutes "
+            f"({e.time_minutes} = {e.time_minutes * 60} s): SLURM sends the stop signal signal_delay_s before the limit, "
+            f"up to {SIGNAL_TICK_S} s early; raise evaluation.time_minutes or lower evaluation.signal_delay_s"
+        )
+    for key in ("max_requeues", "max_resubmissions"):
+        if getattr(e, key) < 0:
+            out.append(f"evaluation.{key} ({getattr(e, key)}) must be >= 0")
     return out
 
 
-def protocol_problems(e: EvaluationConfig) -> list[str]:
+def protocol_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
     """The evaluation config of each task, built as the evaluation jobs build it (stand-in
-    checkpoint and data root: those are checked above) and checked by eval's own rules."""
+    checkpoint: the run's own) and checked by eval's own rules; an existing dataset (not one to be
+    generated) gets the task's layout checks."""
     out = []
     for task in filter(TASKS.__contains__, e.tasks):
         if problem := preset_problem(task, e.presets.get(task, "auto"), f"evaluation.presets.{task}"):
             out.append(problem)
             continue
         try:
-            ecfg = task_eval_config(e, task, checkpoint="<checkpoint>", data_root="<root>")
+            ecfg = task_eval_config(e, task, checkpoint="<checkpoint>")
         except (ConfigError, TypeError) as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue
-        out += [f"evaluation ({task}): {p}" for p in eval_problems(ecfg)]
+        found = [p for p in eval_problems(ecfg) if not p.startswith("data_root is empty")]  # reported above
+        heads = MODELS[model_name].num_heads if model_name in MODELS else None
+        if ecfg.num_heads is not None and heads is not None and ecfg.num_heads != heads:
+            found.append(
+                f"num_heads ({ecfg.num_heads}) contradicts model.name={model_name} ({heads} heads), which the run's "
+                f"checkpoints state; drop evaluation.overrides.{task}.num_heads"
+            )
+        if not e.synthetic and ecfg.data_root and Path(ecfg.data_root).is_dir():
+            found += get_task(task).check_data(ecfg, False)
+        out += [f"evaluation ({task}): {p}" for p in found]
     return out
 
 
@@ -265,8 +366,12 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     if checkpoint_bytes is None:
         checkpoint_bytes = checkpoint_size(cfg)
     out = cfg.problems() + cluster_problems(cfg.cluster) + batch_problems(cfg) + data_problems(cfg)
-    out += evaluation_problems(cfg.evaluation) + time_problems(cfg, checkpoint_bytes)
-    if "\n" in cfg.output_root or "\r" in cfg.output_root:
+    if not cfg.name.strip():
+        out.append(f"name ({cfg.name!r}) is empty; pass name=NAME (the readable part of the run directory's name)")
+    out += evaluation_problems(cfg.evaluation, cfg.model.name) + time_problems(cfg, checkpoint_bytes)
+    if not cfg.output_root.strip():
+        out.append("output_root is empty; pass output_root=DIR (runs live in DIR/<name>-<id>/)")
+    elif "\n" in cfg.output_root or "\r" in cfg.output_root:
         out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
     elif (reason := writable(Path(cfg.output_root))) is not None:
         out.append(f"output_root ({cfg.output_root}) is not writable: {reason}; choose another output_root")
@@ -279,6 +384,8 @@ def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     found = problems(cfg, checkpoint_bytes, sbatch_script)
     if found:
         raise ConfigError(found, what="run configuration (nothing was submitted)")
+    for note in data_notes(cfg):
+        log.warning("%s", note)
     return cfg
 
 
@@ -286,6 +393,7 @@ def absolutize(cfg: RunConfig, base: Path) -> RunConfig:
     """Relative paths in the config are relative to where the user submits; jobs run elsewhere."""
 
     def fix(path: str) -> str:
+        path = os.path.expanduser(path)  # a quoted "~/x" reaches the config unexpanded
         return path if not path or os.path.isabs(path) else str((base / path).resolve())
 
     cfg.output_root = fix(cfg.output_root)

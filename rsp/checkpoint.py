@@ -145,9 +145,19 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     manifest_path = path.with_suffix(".json")
     if manifest_path.is_file():
-        reason = CheckpointStore(path.parent).verify(Manifest.read(manifest_path))
+        try:
+            manifest = Manifest.read(manifest_path)
+        except (ValueError, TypeError, OSError) as exc:
+            raise CheckpointError(
+                f"refusing to load {path}: its manifest {manifest_path} cannot be read ({exc}), so the file cannot be "
+                "verified; restore the manifest, or move it away to load the checkpoint unverified"
+            ) from exc
+        reason = CheckpointStore(path.parent).verify(manifest)
         if reason:
-            raise CheckpointError(f"refusing to load {path}: {reason}")
+            raise CheckpointError(
+                f"refusing to load {path}: {reason}; its manifest records the file as committed, so it was damaged "
+                "afterwards: load another checkpoint of the run (the loader's newest valid one), or restore this file"
+            )
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

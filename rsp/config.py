@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rsp.architectures import MODELS
-from rsp.schema import RUNTIME_ONLY, ConfigError
+from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
@@ -76,6 +76,36 @@ class ModelConfig:
                 f"model.mask_ratio ({self.mask_ratio}) must lie strictly between 0 and 1 while "
                 f"model.mae_aux={self.mae_aux}; set model.mae_aux=off to drop the MAE branch"
             )
+        return out + self.ignored_problems()
+
+    def ignored_problems(self) -> list[str]:
+        """Settings the chosen latent or MAE mode never reads (docs/model.md#ablations), refused when changed."""
+        out = []
+        if self.latent == "none":
+            for key in ("stoch", "discrete", "kl_balance", "kl_freebit", "noise_scale"):
+                out += ignored(
+                    self,
+                    "model",
+                    key,
+                    "model.latent=none has no latent",
+                    f"drop model.{key} or choose model.latent=discrete|gaussian",
+                )
+        elif self.latent == "gaussian":
+            out += ignored(
+                self,
+                "model",
+                "discrete",
+                "model.latent=gaussian has no classes",
+                "drop model.discrete or set model.latent=discrete",
+            )
+        if self.mae_aux == "off":
+            out += ignored(
+                self,
+                "model",
+                "mask_ratio",
+                "model.mae_aux=off has no MAE branch",
+                "drop model.mask_ratio or set model.mae_aux=shared",
+            )
         return out
 
 
@@ -95,6 +125,9 @@ class DataConfig:
     seek: str = "fast"  # fast: decord random access | accurate: sequential decode (files not re-encoded by rsp.prepare)
     batch_size: int = 64  # videos per process per micro-step (each yields repeated_sampling pairs)
     max_broken_fraction: float = 0.01  # stop the run when more than this share of reads fails
+    # Submit-time check: refuse when more than this share of the videos with a known length are shorter than
+    # max_gap + 1 frames (their pairs come from the short-video fallback, docs/data.md#frame-pair-sampling)
+    max_short_fraction: float = field(default=0.05, metadata=RUNTIME_ONLY)
     num_workers: int = field(default=8, metadata=RUNTIME_ONLY)  # loader processes per rank
     prefetch_factor: int = field(default=2, metadata=RUNTIME_ONLY)  # batches prefetched per worker
     pin_memory: bool = field(default=True, metadata=RUNTIME_ONLY)
@@ -123,6 +156,8 @@ class DataConfig:
             out.append(f"data.seek ({self.seek!r}) must be fast or accurate")
         if not 0 <= self.max_broken_fraction < 1:
             out.append(f"data.max_broken_fraction ({self.max_broken_fraction}) must lie in [0, 1)")
+        if not 0 <= self.max_short_fraction <= 1:
+            out.append(f"data.max_short_fraction ({self.max_short_fraction}) must lie in [0, 1]")
         if self.num_workers < 0:
             out.append(f"data.num_workers ({self.num_workers}) must be >= 0")
         if self.synthetic_videos < 0:
@@ -163,6 +198,14 @@ class OptimConfig:
             out.append(f"optim.clip_grad ({self.clip_grad}) must be > 0, or null for no clipping")
         if self.effective_batch is not None and self.effective_batch < 1:
             out.append(f"optim.effective_batch ({self.effective_batch}) must be >= 1 or null")
+        if self.lr is not None:
+            out += ignored(
+                self,
+                "optim",
+                "blr",
+                f"optim.lr ({self.lr}) is set",
+                "set optim.lr=null to derive the lr from optim.blr, or drop optim.blr",
+            )
         return out
 
 
@@ -191,6 +234,12 @@ class ScheduleConfig:
             out.append(f"schedule.warmup_epochs ({self.warmup_epochs}) must be <= schedule.epochs ({self.epochs})")
         if self.total_steps is not None and self.warmup_steps is not None and self.warmup_steps > self.total_steps:
             out.append(f"schedule.warmup_steps ({self.warmup_steps}) must be <= schedule.total_steps ({self.total_steps})")
+        if self.total_steps is not None:
+            fix = f"drop schedule.epochs, or set schedule.total_steps=null to train {self.epochs} nominal epochs"
+            out += ignored(self, "schedule", "epochs", f"schedule.total_steps ({self.total_steps}) is set", fix)
+        if self.warmup_steps is not None:
+            fix = "drop schedule.warmup_epochs, or set schedule.warmup_steps=null to warm up by epochs"
+            out += ignored(self, "schedule", "warmup_epochs", f"schedule.warmup_steps ({self.warmup_steps}) is set", fix)
         return out
 
 
@@ -211,7 +260,7 @@ class CheckpointConfig:
             out.append(f"checkpoint.keep_last ({self.keep_last}) must be >= 1 (the resume point)")
         if self.milestone_every_steps < 0:
             out.append(f"checkpoint.milestone_every_steps ({self.milestone_every_steps}) must be >= 0")
-        elif self.milestone_every_steps and self.milestone_every_steps % self.every_steps:
+        elif self.milestone_every_steps and self.every_steps >= 1 and self.milestone_every_steps % self.every_steps:
             out.append(
                 f"checkpoint.milestone_every_steps ({self.milestone_every_steps}) must be a multiple of "
                 f"checkpoint.every_steps ({self.every_steps}); milestones are checkpoints kept forever"
@@ -240,6 +289,10 @@ class RuntimeConfig:
 
     def problems(self) -> list[str]:
         out = []
+        if self.seed < 0:
+            out.append(
+                f"runtime.seed ({self.seed}) must be >= 0 (NumPy's SeedSequence takes no negative seed); use e.g. runtime.seed=0"
+            )
         if self.precision not in PRECISIONS:
             out.append(f"runtime.precision ({self.precision!r}) must be one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
@@ -275,6 +328,12 @@ class TrainConfig:
         out = []
         for section in ("model", "data", "optim", "schedule", "checkpoint", "runtime"):
             out += getattr(self, section).problems()
+        stop, total = self.runtime.stop_after_steps, self.schedule.total_steps
+        if stop is not None and total is not None and stop >= total:
+            out.append(
+                f"runtime.stop_after_steps ({stop}) is never reached before the run ends at schedule.total_steps ({total}), "
+                "so it does nothing; lower it or drop it"
+            )
         return out
 
 

@@ -36,6 +36,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from rsp.config import DataConfig
+from rsp.lifecycle import blocked_stop_signals, shield_loader_worker
 from rsp.synthetic import ensure_synthetic_dataset
 from rsp.video import DataError, VideoFile, VideoReadError, read_labels, resolve_labels_file
 
@@ -312,6 +313,16 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def _init_worker(worker_id: int) -> None:
     torch.set_num_threads(1)  # N workers x all-core intra-op pools would oversubscribe the CPU
+    shield_loader_worker()  # the scheduler's stop signals reach every process; only the main process acts on them
+
+
+class ShieldedLoader(DataLoader):
+    """A DataLoader that starts its workers with the stop signals held, so that one arriving
+    between a worker's birth and its shield (`_init_worker`) waits instead of killing it."""
+
+    def __iter__(self):
+        with blocked_stop_signals():
+            return super().__iter__()
 
 
 def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfig, seed: int) -> DataLoader:
@@ -319,7 +330,7 @@ def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfi
     its own generator, so starting an iterator never touches the global torch RNG."""
     workers = cfg.num_workers
     extra = dict(prefetch_factor=cfg.prefetch_factor, persistent_workers=True, worker_init_fn=_init_worker) if workers else {}
-    return DataLoader(
+    return ShieldedLoader(
         dataset,
         batch_size=cfg.batch_size,
         sampler=sampler,

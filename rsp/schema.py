@@ -112,6 +112,17 @@ def _strip_optional(hint: Any) -> Any:
     return hint
 
 
+def ignored(cfg: Any, section: str, name: str, because: str, fix: str) -> list[str]:
+    """[a problem] when field `name` of config dataclass `cfg` was changed from its default although
+    `because` makes it ignored: a setting that silently does nothing is refused, naming the fix."""
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    value = getattr(cfg, name)
+    if value == default:
+        return []
+    return [f"{section}.{name} ({value}) is ignored because {because}; {fix}"]
+
+
 # --- the schema's keys and types -----------------------------------------------------------------
 
 

@@ -72,6 +72,8 @@ class TrainHooks:
     on_start: Callable[[int, int], None] | None = None
     # Rank 0, after a checkpoint is durable (may run on the checkpoint-writer thread).
     on_commit: Callable[[Manifest], None] | None = None
+    # Rank 0, after every completed optimizer step (step count so far); keep it cheap.
+    on_step: Callable[[int], None] | None = None
 
 
 def train(
@@ -360,6 +362,8 @@ class Trainer:
                     result = self._train_step(batches, logging_step)
                     self.step += 1
                     watchdog.kick()
+                    if self.env.is_main and self.hooks.on_step is not None:
+                        self.hooks.on_step(self.step)
                     window_steps += 1
                     window_wait += result["data_wait"]
                     if logging_step:

@@ -164,13 +164,15 @@ def write_labels(path: Path, entries: Sequence[LabelEntry]) -> None:
 
 
 def _read_csv(path: Path) -> list[LabelEntry]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (spreadsheet exports) is not data
         rows = list(csv.reader(f))
     if not rows or tuple(rows[0]) != LABELS_HEADER:
         got = ",".join(rows[0]) if rows else "an empty file"
         raise DataError(f"labels file {path} must start with the header {','.join(LABELS_HEADER)}, found {got}")
     entries = []
     for line, row in enumerate(rows[1:], start=2):
+        if not row:  # a blank line (a trailing one, say) lists nothing
+            continue
         try:
             entries.append(LabelEntry(row[0], int(row[1]), row[2], int(row[3])))
         except (IndexError, ValueError) as err:

@@ -33,8 +33,19 @@ TINY = [
 ]
 
 
+def merged(*items: str) -> list[str]:
+    """Overrides with each key once, the later one kept: a test's defaults, then what it changes (the
+    command line refuses a key given twice, launch.config.check_overrides)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key = item.split("=", 1)[0]
+        out.pop(key, None)
+        out[key] = item
+    return list(out.values())
+
+
 def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, backend: str = "slurm") -> list[str]:
-    return [
+    return merged(
         *TINY,
         f"cluster={backend}",
         f"data.root={videos}",
@@ -43,7 +54,7 @@ def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, bac
         "schedule.warmup_steps=2",
         f"checkpoint.every_steps={every}",
         *extra,
-    ]
+    )
 
 
 def hydra_quote(value: str) -> str:
@@ -74,12 +85,14 @@ def squeue_ids() -> set[str]:
     return set(out.split())
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, explain: Callable[[], str] = lambda: "") -> None:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, explain: Callable[[], str] = lambda: "", poll_s: float = 1.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(1.0)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
 
 
@@ -116,7 +129,7 @@ def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
 
 def steps_lost(run: RunDirectory) -> int:
     """Steps an attempt computed that the next one had to compute again."""
-    return lost_time(run.attempts())[1]
+    return lost_time(run, run.attempts())[1]
 
 
 class Driver(threading.Thread):
@@ -124,10 +137,15 @@ class Driver(threading.Thread):
     with a run while it trains even though the tests that check the outcome run one after another."""
 
     def __init__(
-        self, root: Path, ready: Callable[[RunDirectory], bool], action: Callable[[RunDirectory], None], timeout: float = 600
+        self,
+        root: Path,
+        ready: Callable[[RunDirectory], bool],
+        action: Callable[[RunDirectory], None],
+        timeout: float = 600,
+        poll_s: float = 1.0,
     ):
         super().__init__(daemon=True)
-        self.root, self.ready, self.action, self.timeout = root, ready, action, timeout
+        self.root, self.ready, self.action, self.timeout, self.poll_s = root, ready, action, timeout, poll_s
         self.error: Exception | None = None
         self.done_at: float | None = None
         self.start()
@@ -135,7 +153,7 @@ class Driver(threading.Thread):
     def run(self) -> None:
         try:
             run = only_run(self.root)
-            wait_for(lambda: self.ready(run), self.timeout, f"{self.root.name} to be ready", lambda: explain(run))
+            wait_for(lambda: self.ready(run), self.timeout, f"{self.root.name} to be ready", lambda: explain(run), self.poll_s)
             self.action(run)
             self.done_at = time.time()
         except Exception as exc:  # reported by the test that owns the scenario

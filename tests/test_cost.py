@@ -18,6 +18,8 @@ from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpu
 from launch.config import compose
 from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost, slurm_attempt_costs
 from launch.rundir import Attempt, RunDirectory
+from launch.status import lost_time
+from launch.steplog import StepLog
 from rsp.atomicio import atomic_write_json
 from rsp.manifest import Manifest, checkpoint_name
 
@@ -49,26 +51,36 @@ def attempt(number, job, start, end, start_step, end_step, reason, alloc=None):
     return Attempt(number, job, f"{job}/{number}", ["n1"], start, start_step, end, end_step, reason, alloc=alloc)
 
 
-def test_requeued_allocations_price_the_attempts_they_hold_and_the_redone_steps():
-    attempts = [
-        attempt(0, "123", ts("20:00:08"), ts("20:01:04"), 0, 23, "interrupted"),
-        attempt(1, "123", ts("20:01:26"), ts("20:03:18"), 20, 60, "finished"),
-    ]
-    assert redone(attempts) == [(3, pytest.approx(3 * 56 / 23)), (0, 0.0)]
-    costs = slurm_attempt_costs(attempts, parse_sacct_allocations(SACCT)["123"])
-    assert [c.number for c in costs] == [0, 1] and [c.source for c in costs] == ["sacct", "sacct"]
-    assert [c.queue_s for c in costs] == [5.0, 10.0] and [c.end - c.start for c in costs] == [60.0, 120.0]
-    assert costs[0].redone_steps == 3 and costs[1].redone_steps == 0
-    unmatched = slurm_attempt_costs(attempts[:1], parse_sacct_allocations(SACCT)["123"])
-    assert [c.number for c in unmatched] == [0, None]  # an allocation that recorded no attempt still costs
-
-
 @pytest.fixture
 def run(tmp_path):
     cfg = compose(["experiment=smoke", "evaluation.tasks=[davis]", f"output_root={tmp_path}", "cluster.cpus_per_task=2"])
     run = RunDirectory.for_config(cfg)
     run.create(cfg)
     return run
+
+
+def test_requeued_allocations_price_the_attempts_they_hold_and_the_redone_steps(run):
+    attempts = [
+        attempt(0, "123", ts("20:00:08"), ts("20:01:04"), 0, 23, "interrupted"),
+        attempt(1, "123", ts("20:01:26"), ts("20:03:18"), 20, 60, "finished"),
+    ]
+    # no step log (an attempt recorded before step logs): the redone steps at the attempt's mean step time
+    assert redone(run, attempts) == [(3, pytest.approx(3 * 56 / 23)), (0, 0.0)]
+    # with its step log, the time the redone steps took as measured: time(step 23) - time(step 20)
+    log = StepLog(run.step_log_path(attempts[0]))
+    for step in range(24):
+        log.append(step, ts("20:00:10") + 2.0 * step + (5.0 if step > 20 else 0.0))
+    log.close()
+    assert redone(run, attempts) == [(3, pytest.approx(11.0)), (0, 0.0)]
+    assert lost_time(run, attempts)[1:] == (3, pytest.approx(11.0))  # the status table's lost column: the same figures
+    costs = slurm_attempt_costs(run, attempts, parse_sacct_allocations(SACCT)["123"])
+    assert [c.number for c in costs] == [0, 1] and [c.source for c in costs] == ["sacct", "sacct"]
+    assert [c.queue_s for c in costs] == [5.0, 10.0] and [c.end - c.start for c in costs] == [60.0, 120.0]
+    assert costs[0].redone_steps == 3 and costs[1].redone_steps == 0 and costs[0].redone_s == pytest.approx(11.0)
+    unmatched = slurm_attempt_costs(run, attempts[:1], parse_sacct_allocations(SACCT)["123"])
+    assert [c.number for c in unmatched] == [0, None]  # an allocation that recorded no attempt still costs
+    pruned = [attempt(0, "123", 0.0, 50.0, 0, 40, "pruned"), attempt(1, "123", 60.0, 90.0, 40, 60, "finished")]
+    assert redone(run, pruned) == [(0, 0.0), (0, 0.0)]  # a prune is a cooperative stop: it checkpoints its step
 
 
 def test_local_attempts_hold_their_cpus_from_the_spawn_to_their_end(run):

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launch_helpers import TINY, submit
+from launch_helpers import TINY, merged, submit
 from PIL import Image
 
 from eval import davis
 from eval.aggregate import aggregate
 from eval.config import EvalConfig
-from eval.features import encode_frames, image_hw
+from eval.features import encode_frames
+from eval.indexmaps import image_hw
 from eval.prepare import main as prepare_main
 from eval.protocol import validate
 from eval.records import find_record_files, read_records
@@ -97,6 +98,7 @@ CENTRE = EvalTask(
     default_frame_size=64,
     run=run_centre,
     protocol_fields=lambda cfg: {"split": cfg.split},
+    check_data=lambda cfg, full: [] if Path(cfg.data_root).is_dir() else [f"data_root ({cfg.data_root}) does not exist"],
     write_generated=write_centre_set,
     smoke_sizes={"n_videos": 2, "n_frames": 5},
     add_prepare_arguments=lambda parser: parser.add_argument("--videos", type=int, default=3),
@@ -113,7 +115,7 @@ def centre_task():
 
 
 def submit_args(videos: Path, root: Path, *extra: str) -> list[str]:
-    return [
+    return merged(
         *TINY,
         "cluster=debug",
         f"data.root={videos}",
@@ -124,7 +126,7 @@ def submit_args(videos: Path, root: Path, *extra: str) -> list[str]:
         "checkpoint.milestone_every_steps=2",
         "evaluation.synthetic=true",
         *extra,
-    ]
+    )
 
 
 # --- one file plus one line ------------------------------------------------------------------------------

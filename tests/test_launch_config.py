@@ -7,20 +7,21 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from launch_helpers import merged
 
-from launch.backends import Resources, SlurmBackend
+from launch.backends import Resources, SlurmBackend, parse_slurm_config
 from launch.config import compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
-from launch.validate import absolutize, problems
+from launch.validate import absolutize, cluster_warnings, preemption_warnings, problems
 from rsp.schema import ConfigError, diff, to_dict
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
     base = [f"data.root={videos}", "data.synthetic_videos=0", "evaluation.tasks=[]", f"output_root={tmp_path / 'runs'}"]
-    return absolutize(compose([*base, *overrides]), tmp_path)
+    return absolutize(compose(merged(*base, *overrides)), tmp_path)
 
 
 # --- composition ---------------------------------------------------------------------------------
@@ -101,11 +102,18 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
             ["model.name=rsp_vit_large_patch16", "cluster.signal_delay_s=20"],
             "leaves too little time to finish a step and write a 3.9 GiB checkpoint",
         ),
-        (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.time_minutes (1) leaves no time to train"),
+        (["cluster.time_minutes=1", "cluster.signal_delay_s=55"], "cluster.signal_delay_s (55) must be at least 10 s shorter"),
+        (["cluster.time_minutes=2", "cluster.signal_delay_s=120"], "than cluster.time_minutes (2 = 120 s)"),
+        (
+            ["evaluation.time_minutes=1", "evaluation.signal_delay_s=120"],
+            "evaluation.signal_delay_s (120) leaves no time to evaluate within evaluation.time_minutes (1 = 60 s)",
+        ),
+        (["evaluation.signal_delay_s=5"], "evaluation.signal_delay_s (5) must be >= 10 s"),
+        (["evaluation.max_requeues=-1"], "evaluation.max_requeues (-1) must be >= 0"),
         (["cluster.after=123"], "cluster.after (123) needs cluster=slurm"),
         (["data.root=/nonexistent/videos"], "data.root (/nonexistent/videos) does not exist"),
         (["data.labels=missing.csv"], "data.labels ('missing.csv') does not exist"),
-        (["data.batch_size=64"], "lists 16 videos, fewer than one optimizer step needs (64)"),
+        (["data.batch_size=64"], "data.batch_size (64) x 1 process(es) x optim.accum_iter (1) = 64 videos per optimizer step"),
         (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
@@ -139,6 +147,41 @@ def test_validation_collects_all_problems_and_a_good_config_has_none(train_video
     found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=2", "cluster.nodes=2"))
     assert len(found) == 3
     assert not (tmp_path / "runs").exists()  # validating creates nothing
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["cluster.max_timeouts=0"], "cluster.max_timeouts=0: the run is marked failed at its first time limit"),
+        (["cluster.max_preemptions=0"], "cluster.max_preemptions=0: the run is marked failed at its first preemption"),
+        (["cluster.max_failures=0"], "set cluster.max_failures >= 1 to requeue"),
+        (
+            ["cluster=slurm", "cluster.time_minutes=1", "cluster.signal_delay_s=30"],
+            "leaves 30 s of cluster.time_minutes (1) before the stop signal, which SLURM may send up to 30 s early",
+        ),
+    ],
+)
+def test_warning_rule(train_videos, tmp_path, overrides, expected):
+    cfg = cfg_with(tmp_path, train_videos, *overrides)
+    assert not problems(cfg, sbatch_script=None)  # allowed: a warning, not an error
+    assert any(expected in w for w in cluster_warnings(cfg.cluster)), cluster_warnings(cfg.cluster)
+
+
+def test_a_good_config_has_no_warnings(train_videos, tmp_path):
+    assert cluster_warnings(cfg_with(tmp_path, train_videos).cluster) == []
+    assert cluster_warnings(cfg_with(tmp_path, train_videos, "cluster=slurm").cluster) == []
+
+
+def test_a_slurm_that_preempts_without_the_stop_signal_is_warned_about():
+    config = parse_slurm_config(
+        "PreemptMode             = REQUEUE\nPreemptType             = preempt/partition_prio\n"
+        "SlurmctldParameters     = enable_configless\n"
+    )
+    (warning,) = preemption_warnings(config)
+    assert "without sending them the stop signal" in warning and "preempt_send_user_signal" in warning
+    assert preemption_warnings({**config, "SlurmctldParameters": "preempt_send_user_signal"}) == []
+    assert preemption_warnings({**config, "PreemptType": "preempt/none"}) == []
+    assert preemption_warnings({**config, "PreemptMode": "OFF"}) == []
 
 
 # --- run identity --------------------------------------------------------------------------------
@@ -202,6 +245,21 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     decision = decide(attempts(("timeout", 5), ("crashed", 7), ("crashed", 7)), cluster)
     assert not decision.requeue and "breaker" in decision.reason and "step 7" in decision.reason
     assert decide(attempts(("crashed", 7), ("crashed", 9)), cluster).requeue  # progress was made
+    assert not decide(attempts(("interrupted", 7), ("interrupted", 7)), cluster).requeue  # e.g. the OOM killer, twice
+    assert decide(attempts(("crashed", 7), ("interrupted", 7)), cluster).requeue  # different failures: a coincidence
+    nan, worker = attempts(("crashed", 7), ("crashed", 7)), "RuntimeError: DataLoader worker (pid 12) is killed by signal"
+    nan[0].error, nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8", worker
+    assert decide(nan, cluster).requeue  # two different errors at the same step
+    nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8 on 1 rank(s)"
+    assert not decide(nan, cluster).requeue
+
+
+def test_stop_signals_are_never_failures(train_videos, tmp_path):
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=0)
+    for reason in ("timeout", "preempted", "stopped", "requeued"):
+        assert decide(attempts((reason, 0), (reason, 0)), cluster).requeue, reason  # no breaker, no failure budget
+    cancelled = decide(attempts(("cancelled", 3)), cluster)
+    assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
 
 
 # --- sweeps --------------------------------------------------------------------------------------
@@ -261,7 +319,10 @@ axes:
             "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",
             "model.kl_scale='high' has the wrong type (expected float)",
         ),
-        ("axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n", "both set data.max_gap"),
+        (
+            "axes:\n  - key: data.max_gap\n    values: [1]\n  - key: data.max_gap\n    values: [2]\n",
+            "data.max_gap is also swept by axes[0]; an axis key may appear once",
+        ),
         ("axes:\n  - key: runtime.log_every_steps\n    values: [1, 2]\n", "are the same experiment"),
         ("axes:\n  - zip:\n      data.max_gap: [1, 2]\n      data.min_gap: [1]\n", "zips lists of different lengths"),
         ("axis:\n  - key: data.max_gap\n", "unknown top-level key 'axis'"),
@@ -304,7 +365,7 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
     )
     for line in (
         "#SBATCH --requeue",
-        "#SBATCH --signal=USR2@120",
+        "#SBATCH --signal=B:USR2@120",  # the batch shell exists from the first instant; it defers and forwards
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
         "#SBATCH --gpus-per-node=4",
@@ -312,11 +373,17 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
         "#SBATCH --reservation='x y'",
         "--kill-on-bad-exit=1",
         f"export PYTHONPATH='{tmp_path}/code dir'",
-        "rc=$?",
+        "trap 'rsp_signal USR2' USR2",
+        "trap 'rsp_signal TERM' TERM",
+        "$RSP_SIGNAL_GUARD",
+        "-u -m launch.start",
+        "& rsp_wait_for_ranks $!",
         "-m launch.requeue --folder",
+        '--exit-code "$rsp_rc"',
     ):
         assert line in script, line
-    assert script.index("srun") < script.index("rc=$?")  # the policy runs after the ranks end
+    assert script.index("trap ") < script.index("export PYTHONPATH")  # signals are logged from the first line
+    assert script.index("srun") < script.index("-m launch.requeue")  # the policy runs after the ranks end
     assert "'" + str(folder).replace("'", "'\"'\"'") in script  # quoted for bash, never bare
 
 

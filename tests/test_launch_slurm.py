@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from chaos import last_logged_step, rank_exists, rank_process
 from launch_helpers import (
     Driver,
     explain,
@@ -36,6 +37,7 @@ from rsp.train import train
 
 pytestmark = pytest.mark.slurm
 LONG = 400  # steps: a run that is still training when the test interferes with it
+WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")  # loader workers: the scheduler's signals reach them too
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
         "single": overrides(train_videos, base / "single", 12, 4),
         "two_nodes": overrides(train_videos, base / "two_nodes", 12, 4, "cluster.nodes=2"),
         "usr2": overrides(train_videos, base / "usr2", LONG, 50),
-        "requeue": overrides(train_videos, base / "requeue", LONG, 50),
+        "startup_usr2": overrides(train_videos, base / "startup_usr2", 40, 10, "model.kl_scale=0.02"),
+        "requeue": overrides(train_videos, base / "requeue", LONG, 50, *WORKERS),
         "kill9": overrides(train_videos, base / "kill9", LONG, 50, "cluster.nodes=2"),  # same training as "preempt"
         "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
         "upstream": overrides(train_videos, base / "upstream", LONG, 100),
@@ -62,7 +65,13 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
             lambda r: r.latest_logged_step() >= 3,
             lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
         ),
-        "requeue": Driver(
+        "startup_usr2": Driver(  # the moment the rank's Python exists: it is starting and importing
+            roots["startup_usr2"],
+            lambda r: r.exists and rank_exists(job_id(r), 0, 0),
+            lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
+            poll_s=0.05,
+        ),
+        "requeue": Driver(  # while its loader workers run
             roots["requeue"],
             lambda r: bool(r.manifests()),
             lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
@@ -137,13 +146,27 @@ def test_scancel_signal_usr2_stops_checkpoints_and_requeues(submitted, tmp_path)
     assert_same_training_state(run.path, reference(run, tmp_path))
 
 
-def test_external_scontrol_requeue_resumes_from_the_newest_checkpoint(submitted, tmp_path):
+def test_a_stop_signal_while_the_ranks_start_is_a_stop_not_a_crash(submitted, tmp_path):
+    run = only_run(submitted["roots"]["startup_usr2"])
+    submitted["drivers"]["startup_usr2"].result()
+    wait_finished(run)
+    attempts = run.attempts()
+    assert attempts[0].end_reason == "stopped" and attempts[0].stop_signal == "SIGUSR2", explain(run)
+    assert attempts[0].stop_time - attempts[0].start_time < 5  # it came while Python started
+    assert attempts[1].start_step == attempts[0].end_step and steps_lost(run) == 0, explain(run)
+    assert_same_training_state(run.path, reference(run, tmp_path))
+
+
+def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_redone_steps_measured(submitted, tmp_path):
     run = only_run(submitted["roots"]["requeue"])
     submitted["drivers"]["requeue"].result()
     wait_finished(run)
     attempts = run.attempts()
-    assert len(attempts) >= 2 and attempts[0].end_reason in ("interrupted", "stopped", "preempted", "crashed"), explain(run)
-    assert attempts[1].start_step >= 50
+    assert len(attempts) >= 2 and attempts[0].end_reason == "requeued", explain(run)
+    assert "DataLoader worker" not in all_logs(run)
+    assert attempts[1].start_step >= 50 and attempts[0].end_step >= attempts[1].start_step
+    assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
+    assert steps_lost(run) >= attempts[0].end_step - attempts[1].start_step  # the lost column counts what was redone
     assert_same_training_state(run.path, reference(run, tmp_path))
 
 
@@ -153,28 +176,15 @@ def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submi
     wait_finished(run)
     attempts = run.attempts()
     assert attempts[0].end_reason in ("crashed", "interrupted") and attempts[-1].end_reason == "finished", explain(run)
+    redone = attempts[0].end_step - attempts[1].start_step  # measured: the last step attempt 0 completed
+    assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
+    assert redone >= 0 and steps_lost(run) == redone
     assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
 
 
-def rank_process(job: str, rank: int) -> int:
-    """PID of the training process of `rank` in SLURM job `job` (found through /proc)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = dict(
-                e.split("=", 1) for e in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in e
-            )
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (
-            environ.get("SLURM_JOB_ID") == job
-            and environ.get("SLURM_PROCID") == str(rank)
-            and b"submitit.core._submit" in cmdline
-        ):
-            return int(proc.name)
-    raise AssertionError(f"no process of rank {rank} of job {job}")
+def all_logs(run: RunDirectory) -> str:
+    folder = Path(run.last_submission()["folder"])
+    return "".join(p.read_text(errors="replace") for p in [*folder.glob("**/*_log.*"), *run.path.glob("logs/*/*.log")])
 
 
 def test_time_limit_requeue_resumes_exactly(submitted, tmp_path):
@@ -232,7 +242,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
 )
 def test_bad_input_fails_at_submit_before_anything_is_queued(slurm_cluster, train_videos, tmp_path, extra, message):
     before = squeue_ids()
-    rc, out = submit([*overrides(train_videos, tmp_path / "bad", 4, 2), *extra])
+    rc, out = submit(overrides(train_videos, tmp_path / "bad", 4, 2, *extra))
     assert rc == 2 and message in out, out
     assert not squeue_ids() - before and not (tmp_path / "bad").exists()  # nothing new queued, nothing created
 

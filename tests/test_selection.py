@@ -24,6 +24,7 @@ from launch.rungs import SweepDirectory, decide_due, record_dir, rung_views, unp
 from launch.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.state import reconcile
 from launch.sweep import load_sweep
+from launch.sweepfile import TOP_LEVEL, read_sweep_file
 from launch.validate import absolutize, known_total_steps
 from rsp.lifecycle import StopRequest
 from rsp.schema import ConfigError
@@ -63,11 +64,18 @@ def test_a_bad_select_block_fails_the_sweep_file_with_every_problem(tmp_path):
     )
     with pytest.raises(ConfigError) as err:
         load_sweep(str(path))
-    assert len(err.value.problems) == 3 and "nothing was submitted" in str(err.value)
+    assert len(err.value.problems) == 3 and "nothing was planned or submitted" in str(err.value)
+    # select: is one entry of the sweep-file reader's table of top-level keys, reported with the file's other problems
+    path.write_text("experiment: smoke\naxes: {optim.lr: [0.001]}\nselect: {metric: 'davis:J&F-Mean', keep: 0}\n")
+    parsed, problems = read_sweep_file(path)
+    assert "select" in TOP_LEVEL and parsed["select"] is None
+    assert any(p.startswith("axes: must be a list") for p in problems), problems
+    assert any("select.keep (0)" in p for p in problems) and any("select.rungs (None)" in p for p in problems), problems
 
 
 def smoke_cfg(tmp_path: Path, *extra: str):
-    base = ["experiment=smoke", "evaluation.tasks=[davis]", f"output_root={tmp_path / 'runs'}", *extra]
+    tasks = [] if any(e.startswith("evaluation.tasks=") for e in extra) else ["evaluation.tasks=[davis]"]
+    base = ["experiment=smoke", *tasks, f"output_root={tmp_path / 'runs'}", *extra]
     return absolutize(compose(base), tmp_path)
 
 

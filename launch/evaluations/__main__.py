@@ -11,11 +11,12 @@ from pathlib import Path
 import launch.evaluations
 from launch.evaluations.schedule import backfill, schedule
 from launch.rundir import RunDirectory
+from rsp.commandline import HintingArgumentParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    p = argparse.ArgumentParser(
+    p = HintingArgumentParser(
         prog="python -m launch.evaluations",
         description=launch.evaluations.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

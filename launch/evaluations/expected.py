@@ -1,7 +1,7 @@
 """Which evaluations a run should have, and where each one lives: the run's evaluation settings
 mapped onto each task's eval.config.EvalConfig, one directory per (step, task, protocol hash).
 
-Torch-free: the status table counts evaluations with it.
+Torch-free: the status table and the evaluation teardown use it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from eval.config import EvalConfig
 from eval.protocol import protocol_hash
-from eval.records import RECORD_NAME
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
 from rsp.manifest import Manifest
@@ -57,13 +56,3 @@ def expected(
             ecfg = eval_config_for(cfg, task, run.path / "checkpoints" / manifest.file, Path("."))
             out.append((manifest.step, task, eval_dir(run, manifest.step, task, protocol_hash(ecfg))))
     return out
-
-
-def evaluation_summary(run: RunDirectory, info: dict | None = None, manifests: list[Manifest] | None = None) -> tuple[int, int]:
-    """(evaluations with a record, evaluations expected so far); `info` (run.json) and `manifests`:
-    the run's, when the caller already read them."""
-    try:
-        todo = expected(run, run.config(info), manifests=manifests)
-    except Exception:  # an unreadable config must not break a status table
-        return 0, 0
-    return sum((d / RECORD_NAME).is_file() for _, _, d in todo), len(todo)

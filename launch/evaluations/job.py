@@ -1,11 +1,17 @@
 """The evaluation job: evaluates one checkpoint of one run on one or more tasks and writes one
 result record per task (eval.records), with the run's provenance. Pickled by submitit at submit time
-and run from the run's code snapshot, like the training job."""
+and run from the run's code snapshot, like the training job.
+
+An evaluation is not checkpointed: on SLURM a stop signal (time limit, preemption, scancel
+--signal) ends it at once, leaves stopped.json, and the teardown requeues the job
+(launch/evaluations/teardown.py); a task that already has its record is not evaluated again.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +19,11 @@ from pathlib import Path
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, ResultRecord, write_record
 from launch.cost import accounting, to_checkpoint
-from launch.evaluations.claims import mark_failed, release
+from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_failed, mark_stopped, release
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, decide_due
+from rsp.lifecycle import STOP_SIGNALS, early_stop_request
 from rsp.manifest import checkpoint_name
 from rsp.provenance import code_version
 
@@ -29,6 +36,27 @@ def evaluate(ecfg):
     from eval.run import evaluate as run_evaluation  # torch and timm: seconds to import
 
     return run_evaluation(ecfg)
+
+
+class EvaluationStopped(BaseException):
+    """A stop signal ended the evaluation: it is requeued, not failed (not an Exception, so that
+    no `except Exception` takes it for an error)."""
+
+
+def stop_on_signals() -> None:
+    """On SLURM (launch.start installed the early stop request): a stop signal raises
+    EvaluationStopped, at once, and one that arrived while the job started raises it now."""
+    early = early_stop_request()
+    if early is None:  # local and debug backends: no lifecycle batch script to requeue the job
+        return
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise EvaluationStopped(signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
+    if early.requested:
+        raise EvaluationStopped(early.reason)
 
 
 @dataclass
@@ -45,53 +73,69 @@ class EvaluationJob:
         cfg = run.config(info)
         store = run.checkpoints
         checkpoint = store.dir / checkpoint_name(self.step)
-        manifest = next((m for m in store.manifests() if m.step == self.step), None)
-        cost = training_cost(run, manifest.created) if manifest is not None else {}
-        written, failed = [], []
+        configs = []
         for task in self.tasks:
             ecfg = eval_config_for(cfg, task, checkpoint, Path("."))
-            phash = protocol_hash(ecfg)
-            out = eval_dir(run, self.step, task, phash)
+            out = eval_dir(run, self.step, task, protocol_hash(ecfg))
             ecfg.output_dir = str(out / "predictions")  # runtime-only: the hash stays
-            started = time.time()
-            try:
-                if manifest is None or not checkpoint.is_file():
-                    raise FileNotFoundError(
-                        f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
-                        "evaluation ran; it was deleted outside retention (pinned checkpoints are kept)"
-                    )
-                outcome = evaluate(ecfg)
-                record = ResultRecord(
-                    run_id=info["run_id"],
-                    run_name=info["name"],
-                    config_hash=info["config_hash"],
-                    step=self.step,
-                    task=task,
-                    protocol_hash=phash,
-                    protocol=outcome.protocol,
-                    metrics=outcome.metrics,
-                    checkpoint_sha256=manifest.sha256,
-                    checkpoint_path=str(checkpoint),
-                    code_version=code_version(),
-                    job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
-                    wall_time_s=time.time() - started,
-                    sweep_axes=run.sweep_axes(),
-                    model_name=info["config"]["model"]["name"],
-                    training_cost=cost,
-                )
-                written.append(str(write_record(out / RECORD_NAME, record)))
-                decide_rungs(run, self.step, task)
-            except Exception as exc:
-                failed.append(task)
-                mark_failed(out, exc)
-                log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
-            finally:
-                release(run, self.step, out)
+            configs.append((task, ecfg, out))
+        written, failed = [], []
+        try:
+            stop_on_signals()
+            manifest = next((m for m in store.manifests() if m.step == self.step), None)
+            cost = training_cost(run, manifest.created) if manifest is not None else {}
+            for task, ecfg, out in configs:
+                if is_recorded(out):  # a requeued job: this task finished in an earlier attempt
+                    continue
+                (out / STOPPED).unlink(missing_ok=True)
+                try:
+                    written.append(self._evaluate(run, info, task, ecfg, out, manifest, checkpoint, cost))
+                except Exception as exc:
+                    failed.append(task)
+                    mark_failed(out, exc)
+                    log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
+                release(run, self.step, out)  # recorded or failed: the checkpoint may be pruned again
+                if is_recorded(out):
+                    decide_rungs(run, self.step, task)
+        except EvaluationStopped as stop:
+            for _, _, out in configs:
+                if not is_recorded(out) and not is_failed(out):
+                    mark_stopped(out, str(stop))
+            log.warning("evaluation of %s step %d stopped by %s; the teardown requeues it", run.path.name, self.step, stop)
+            raise
         if failed:
             raise RuntimeError(
                 f"evaluation of step {self.step} failed for {', '.join(failed)}; see failed.json in {run.path / 'evals'}"
             )
         return written
+
+    def _evaluate(self, run: RunDirectory, info: dict, task: str, ecfg, out: Path, manifest, checkpoint: Path, cost: dict) -> str:
+        started = time.time()
+        if manifest is None or not checkpoint.is_file():
+            raise FileNotFoundError(
+                f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
+                "evaluation ran; it was deleted outside retention (pinned checkpoints are kept)"
+            )
+        outcome = evaluate(ecfg)
+        record = ResultRecord(
+            run_id=info["run_id"],
+            run_name=info["name"],
+            config_hash=info["config_hash"],
+            step=self.step,
+            task=task,
+            protocol_hash=protocol_hash(ecfg),
+            protocol=outcome.protocol,
+            metrics=outcome.metrics,
+            checkpoint_sha256=manifest.sha256,
+            checkpoint_path=str(checkpoint),
+            code_version=code_version(),
+            job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
+            wall_time_s=time.time() - started,
+            sweep_axes=run.sweep_axes(),
+            model_name=info["config"]["model"]["name"],
+            training_cost=cost,
+        )
+        return str(write_record(out / RECORD_NAME, record))
 
 
 def training_cost(run: RunDirectory, created: float) -> dict:

@@ -1,0 +1,270 @@
+"""Submit-time checks of the training data against the run's config (docs/data.md#labels-files):
+every video the labels file lists exists and is listed once, the batch fits the dataset (a
+generated one included), and data.max_gap / data.min_gap suit the labelled frame counts.
+
+What is found once per dataset (`survey`) is cached per version of its labels file, so a sweep of
+1,000 runs over one dataset reads it once and each run's rules are arithmetic. Existence is checked
+with one directory listing per folder, never a stat per file: a 240k-video Kinetics listing is a
+few hundred `scandir` calls, fast on NFS (bench/validate_labels.py measures it).
+
+The short-video fallback (docs/data.md#frame-pair-sampling) is the reference's rule for videos with
+fewer than max_gap + 1 frames, and real datasets have a few such videos, so it is accepted up to
+`data.max_short_fraction` of the videos with a known frame count (the number is logged); above it
+the run is refused: a max_gap far above the videos' lengths would otherwise send most pairs
+through the fallback and change the experiment without a word.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from launch.config import RunConfig
+from rsp.video import OUR_LABELS, DataError, read_labels, resolve_labels_file
+
+SHOWN = 3  # examples named per problem
+
+
+@dataclass(frozen=True)
+class DatasetSurvey:
+    """What the labels file of a data root lists and what of it is on disk."""
+
+    labels: Path
+    videos: int  # entries of the labels file
+    missing: tuple[str, ...]  # listed paths with no file
+    folders: tuple[str, ...]  # listed paths that are directories
+    duplicates: tuple[str, ...]  # paths listed more than once (each once)
+    frame_counts: np.ndarray  # sorted frame counts of the entries that record one (>= 0)
+    invalid_counts: tuple[tuple[str, int], ...]  # entries whose count is neither >= 0 nor -1 (unknown)
+
+
+def survey(root: Path, labels: str) -> DatasetSurvey:
+    """The labels file of `root` and the disk, compared; raises DataError when it cannot be read."""
+    path = resolve_labels_file(root, labels)
+    stat = path.stat()
+    return _survey(str(root), str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _survey(root: str, labels: str, mtime_ns: int, size: int) -> DatasetSurvey:  # mtime and size: the cache key
+    entries = read_labels(Path(labels))
+    paths = [e.path for e in entries]
+    missing, folders = unlisted(root, paths)
+    counts = np.fromiter((e.num_frames for e in entries), dtype=np.int64, count=len(entries))
+    invalid = tuple((e.path, e.num_frames) for e in entries if e.num_frames < -1)
+    return DatasetSurvey(
+        labels=Path(labels),
+        videos=len(entries),
+        missing=tuple(missing),
+        folders=tuple(folders),
+        duplicates=tuple(p for p, n in Counter(paths).items() if n > 1),
+        frame_counts=np.sort(counts[counts >= 0]),
+        invalid_counts=invalid,
+    )
+
+
+def unlisted(root: str | Path, relative: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(paths of `relative` that do not exist under `root`, those that are directories), from one
+    directory listing per folder (the entry's d_type: no stat per file)."""
+    by_folder: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for rel in relative:
+        if rel.startswith(("/", ".")) or "/." in rel or "//" in rel or "\\" in rel:  # absolute or not normalized
+            folder, _, name = os.path.normpath(os.path.join(root, rel)).rpartition(os.sep)
+        else:  # the usual case, string operations only: class/video.mp4
+            folder, _, name = rel.rpartition("/")
+        by_folder[folder].append((rel, name))
+    missing, folders = [], []
+    for folder, items in by_folder.items():
+        try:
+            with os.scandir(os.path.join(root, folder)) as listing:
+                # d_type answers is_file/is_dir without a stat; only symbolic links are followed (a broken one is missing)
+                kind = {e.name: "file" if e.is_file() else "dir" if e.is_dir() else "missing" for e in listing}
+        except OSError:  # the folder itself is missing, not a folder, or unreadable
+            missing += [rel for rel, _ in items]
+            continue
+        for rel, name in items:
+            found = kind.get(name, "missing")
+            if found == "missing":
+                missing.append(rel)
+            elif found == "dir":
+                folders.append(rel)
+    return missing, folders
+
+
+def examples(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:SHOWN]) + (f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else "")
+
+
+def listing_problems(s: DatasetSurvey, root: Path) -> list[str]:
+    """What in the labels file would fail or skew training, whatever the run's settings."""
+    regenerate = f"regenerate the labels file (python -m rsp.prepare labels --root {root})"
+    out = []
+    if s.missing:
+        out.append(
+            f"{len(s.missing)} of the {s.videos} videos {s.labels} lists are missing under data.root {root} "
+            f"({examples(s.missing)}); training would replace them at every read and stop when they exceed "
+            f"data.max_broken_fraction: restore the files or {regenerate}"
+        )
+    if s.folders:
+        out.append(
+            f"{s.labels} lists {len(s.folders)} path(s) that are directories, not a file ({examples(s.folders)}); {regenerate}"
+        )
+    if s.duplicates:
+        out.append(
+            f"{s.labels} lists {len(s.duplicates)} video(s) twice or more ({examples(s.duplicates)}), which would be "
+            f"sampled more often than the others; list each video once ({regenerate})"
+        )
+    if s.invalid_counts:
+        shown = ", ".join(f"{p} ({n})" for p, n in s.invalid_counts[:SHOWN])
+        out.append(
+            f"{s.labels} lists num_frames below -1 for {len(s.invalid_counts)} video(s): {shown}; "
+            f"num_frames is a frame count, or -1 when unknown: {regenerate}"
+        )
+    unusable = int(np.searchsorted(s.frame_counts, 2))
+    if unusable:
+        out.append(
+            f"{unusable} video(s) of {s.labels} have fewer than 2 frames (num_frames 0 or 1), so no frame pair can be "
+            f"drawn from them; drop them (python -m rsp.prepare labels --root {root} --min-frames 5)"
+        )
+    return out
+
+
+def gap_problems(s: DatasetSurvey, cfg: RunConfig) -> list[str]:
+    """The short-video fallback share under data.max_gap / data.min_gap (module docstring)."""
+    d = cfg.data
+    counts, need = s.frame_counts, d.max_gap + 1
+    if not len(counts) or d.max_gap < d.min_gap:  # unknown counts (a reference pickle), or a rule reported elsewhere
+        return []
+    short = int(np.searchsorted(counts, need))
+    if short / len(counts) <= d.max_short_fraction:
+        return []
+    # The largest max_gap that keeps the fallback's share at or below the threshold: the length at that quantile, minus 1.
+    length = int(counts[int(d.max_short_fraction * (len(counts) - 1))])
+    within = f"at most {d.max_short_fraction:.0%} of the videos are shorter than {length} frames"
+    fit = (
+        f"lower data.max_gap to at most {length - 1} ({within})"
+        if length - 1 >= d.min_gap
+        else f"lower data.min_gap and data.max_gap ({within})"
+    )
+    return [
+        f"data.max_gap ({d.max_gap}) with data.min_gap ({d.min_gap}) needs videos of at least {need} frames, but {short} of "
+        f"the {len(counts)} videos {s.labels} counts ({100 * short / len(counts):.0f}%, above data.max_short_fraction "
+        f"{d.max_short_fraction}) are shorter (frame counts {counts[0]}..{counts[len(counts) // 2]}..{counts[-1]}, "
+        "min..median..max): their pairs would come from the short-video fallback (two random frames, gap possibly below "
+        f"data.min_gap) instead of t, t+k with k in [min_gap, max_gap]. {fit[0].upper() + fit[1:]}, drop short videos "
+        f"(python -m rsp.prepare labels --min-frames {need}), or raise data.max_short_fraction to accept it"
+    ]
+
+
+def gap_note(s: DatasetSurvey, cfg: RunConfig) -> str | None:
+    """How many videos take the short-video fallback, when some do (below the refusal threshold)."""
+    counts, need = s.frame_counts, cfg.data.max_gap + 1
+    short = int(np.searchsorted(counts, need)) if len(counts) else 0
+    if not short:
+        return None
+    return (
+        f"{short} of the {len(counts)} videos with a known length have fewer than data.max_gap + 1 = {need} frames: "
+        "their pairs come from the short-video fallback (docs/data.md#frame-pair-sampling)"
+    )
+
+
+def batch_problem(videos: int, cfg: RunConfig, what: str, fix: str) -> list[str]:
+    c = cfg.cluster
+    per_step = cfg.data.batch_size * c.world_size * cfg.optim.accum_iter
+    if videos >= per_step:
+        return []
+    fits = videos // (c.world_size * cfg.optim.accum_iter)
+    lower = f"lower data.batch_size to at most {fits}, " if fits >= 1 else ""
+    return [
+        f"data.batch_size ({cfg.data.batch_size}) x {c.world_size} process(es) x optim.accum_iter ({cfg.optim.accum_iter}) "
+        f"= {per_step} videos per optimizer step, but {what}; {lower}{fix}"
+    ]
+
+
+def data_problems(cfg: RunConfig) -> list[str]:
+    d = cfg.data
+    if not d.root:
+        return [
+            "data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`; the Kinetics "
+            "experiments read it from the environment variable RSP_K400_ROOT)"
+        ]
+    root = Path(d.root)
+    if d.synthetic_videos > 0:
+        return generated_problems(cfg, root)
+    if not root.exists():
+        return [f"data.root ({root}) does not exist; prepare the dataset there or point data.root at it"]
+    if not root.is_dir():
+        return [f"data.root ({root}) is a file, not a directory; point data.root at the folder that holds the labels file"]
+    try:
+        s = survey(root, d.labels)
+    except DataError as exc:
+        return [str(exc)]
+    out = listing_problems(s, root) + gap_problems(s, cfg)
+    return out + batch_problem(s.videos, cfg, f"{s.labels} lists {s.videos}", "or use a larger dataset")
+
+
+def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
+    """A set generated at submit time: the root can hold it, it fits the batch, and a dataset already
+    there is the one asked for (it would be used as it is)."""
+    d = cfg.data
+    if (reason := writable(root)) is not None:
+        return [
+            f"data.root ({root}) cannot hold the generated videos (data.synthetic_videos={d.synthetic_videos}): {reason}; "
+            "point data.root at a writable folder"
+        ]
+    out = batch_problem(
+        d.synthetic_videos,
+        cfg,
+        f"data.synthetic_videos ({d.synthetic_videos}) generates only that many",
+        f"or set data.synthetic_videos >= {d.batch_size * cfg.cluster.world_size * cfg.optim.accum_iter}",
+    )
+    if (root / OUR_LABELS).is_file():
+        try:
+            found = survey(root, "auto").videos
+        except DataError as exc:
+            return out + [str(exc)]
+        if found != d.synthetic_videos:
+            out.append(
+                f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
+                f"one of {found} videos, which would be used as it is; set data.synthetic_videos={found} to train on it, or "
+                "point data.root at an empty folder"
+            )
+    return out
+
+
+@functools.cache
+def writable(path: Path) -> str | None:
+    """None when `path` could be created and written, else why not (a data root that will hold
+    generated videos, an output root, an evaluation root). Probes the nearest existing ancestor with
+    a temporary file, so a refused submission leaves no directory behind. Cached: a sweep checks
+    each distinct path once."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def data_notes(cfg: RunConfig) -> list[str]:
+    """What the user should know about the data but that is no reason to refuse (logged at submit)."""
+    d = cfg.data
+    if d.synthetic_videos or not d.root or not Path(d.root).is_dir():
+        return []
+    try:
+        note = gap_note(survey(Path(d.root), d.labels), cfg)
+    except DataError:
+        return []
+    return [note] if note else []
