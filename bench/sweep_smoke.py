@@ -1,6 +1,6 @@
 """The quickstart's sweep against the quickstart's single run, end to end on this machine's local
 backend: wall time of `python launch/submit.py experiment=smoke` and of `... sweep=smoke` (4 runs,
-successive halving at step 20), each until its results table is printed; how long after the rung's
+successive halving at step 40), each until its results table is printed; how long after the rung's
 last evaluation record its decision landed; how long after its prune marker each pruned run stopped;
 and the CPU-hours the sweep used and pruning saved.
 
