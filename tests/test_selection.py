@@ -230,13 +230,21 @@ def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
     from launch.config import ClusterConfig
 
     marker = {"sweep": "s", "rung": 20, "rank": 3, "of": 4, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
-    for reason in ("pruned", "preempted", "timeout", "crashed", "interrupted"):
+    for reason in ("pruned", "preempted", "timeout", "stopped", "requeued", "cancelled", "crashed", "interrupted"):
         attempt = Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 23, reason)
         decision = decide([attempt], ClusterConfig(), marker)
         assert not decision.requeue and decision.final_state == "pruned" and "rank 3 of 4" in decision.reason
     assert decide([Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 60, "finished")], ClusterConfig(), marker).final_state == "finished"
     unpruned = decide([Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 23, "pruned")], ClusterConfig(), None)
     assert unpruned.requeue  # pruned, then --unprune before the teardown ran: carry on
+    # a prune is a cooperative stop, never a failure and outside every budget: with no preemption or
+    # failure budget left, a run pruned and unpruned twice is still requeued, and a crash after a
+    # prune at the same step does not trip the breaker
+    broke = ClusterConfig(max_preemptions=0, max_failures=1)
+    twice = [Attempt(i, "1", f"1/{i}", [], 0.0, 0, 10.0, 23, "pruned") for i in range(2)]
+    assert decide(twice, broke, None).requeue
+    crash = Attempt(2, "1", "1/2", [], 0.0, 23, 10.0, 23, "crashed", error="Traceback\nValueError: x")
+    assert decide([*twice, crash], broke, None).requeue
 
 
 def test_a_pruned_run_without_a_live_job_is_pruned_not_incomplete(tmp_path):
