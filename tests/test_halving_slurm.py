@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
+from launch_helpers import TINY, explain, merged, squeue_ids, submit, wait_for
 from train_helpers import assert_same_training_state
 
 from eval.records import parse_record
@@ -28,8 +28,8 @@ STEPS, RUNG = 240, 80  # the rung is the only milestone before the end; runs sti
 
 
 def write_sweep(tmp_path: Path, videos: Path, root: Path) -> Path:
-    common = [o for o in TINY if not o.startswith(("experiment=", "evaluation.tasks=", "checkpoint.milestone", "model.img_size"))]
-    common += [
+    common = merged(
+        *[o for o in TINY if not o.startswith("experiment=")],
         "cluster=slurm",
         f"data.root={videos}",
         f"output_root={root}",
@@ -44,7 +44,7 @@ def write_sweep(tmp_path: Path, videos: Path, root: Path) -> Path:
         f"evaluation.data_roots.davis={tmp_path / 'davis'}",
         "evaluation.cpus_per_task=1",
         "evaluation.time_minutes=15",
-    ]
+    )
     path = tmp_path / "halving_test.yaml"
     path.write_text(
         "experiment: smoke\nname: 'lr{optim.lr}'\n"
