@@ -114,6 +114,14 @@ def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitw
     assert not squeue_ids() - before and len(pruned.submissions()) == 1
 
     # Costs: sacct's own AllocCPUS x Elapsed, attempt by attempt, and the records' cost to each checkpoint.
+    # A run's status is written by its job's teardown, seconds before SLURM closes the allocation:
+    # compare once sacct has an end for every allocation (its figures are final then).
+    wait_for(
+        lambda: all(a.end is not None for rows in accounting(runs).values() for a in rows),
+        300,
+        "sacct to close every allocation",
+        lambda: str(accounting(runs)),
+    )
     allocations = accounting(runs)
     table = render(root, "halving_test")
     assert "CPU-h" in table and f"pruned@{RUNG}" in table and "pruning saved ~" in table, table
