@@ -27,7 +27,7 @@ Two FLOP rates are reported:
   the model runs, so a busy machine does not flatter the ratio). The CPU target is
   model FLOP/s / matmul FLOP/s >= 0.85 for S/16 (fp32, 224 px, batch 8).
 
-On CUDA, MFU = executed FLOP/s / the device's dense peak for that dtype (table below, or
+On CUDA, MFU = executed FLOP/s / the device's dense peak for that dtype (rsp.gpus, or
 --peak-tflops). Peak memory, measured on the warmup steps: on CUDA, torch.cuda.max_memory_allocated;
 on the CPU, the peak resident set (Linux VmHWM, reset through /proc/self/clear_refs before each
 step, after freed heap pages are handed back). Both are given as the memory a step adds on top of
@@ -60,17 +60,9 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from bench.bench_io import write  # noqa: E402
 from rsp.architectures import MODELS  # noqa: E402
 from rsp.blocks import set_fused_attention  # noqa: E402
+from rsp.gpus import lookup  # noqa: E402
 from rsp.model import RSP, create_model  # noqa: E402
 
-# Dense peak TFLOP/s per GPU (bf16 tensor cores, plain fp32), from the vendors' data sheets. The
-# first name fragment found in torch.cuda.get_device_name() wins, so specific names come first.
-PEAK_TFLOPS = (
-    ("H200", {"bf16": 989.4, "fp32": 66.9}),
-    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.2}),
-    ("H100 NVL", {"bf16": 835.0, "fp32": 60.0}),
-    ("H100", {"bf16": 989.4, "fp32": 66.9}),  # SXM
-    ("A100", {"bf16": 312.0, "fp32": 19.5}),
-)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ATTENTION = ("fused", "unfused")
 
@@ -201,12 +193,11 @@ def time_attention_modes(
 
 
 def peak_tflops(device: torch.device, override: float | None) -> dict[str, float | None]:
+    """Dense peaks of this GPU (rsp.gpus, the vendors' data sheets), or --peak-tflops for bf16."""
     if override is not None:
         return {"bf16": override, "fp32": None}
-    if device.type != "cuda":
-        return {"bf16": None, "fp32": None}
-    name = torch.cuda.get_device_name(device)
-    return next((dict(peaks) for fragment, peaks in PEAK_TFLOPS if fragment in name), {"bf16": None, "fp32": None})
+    model = lookup(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    return {"bf16": model.bf16_tflops, "fp32": model.fp32_tflops} if model else {"bf16": None, "fp32": None}
 
 
 # --- the benchmark ----------------------------------------------------------------------------

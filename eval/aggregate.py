@@ -3,17 +3,23 @@
     python eval/aggregate.py [OUTPUT_ROOT] [--sweep NAME] [--out DIR] [--no-plots] [--no-tensorboard]
 
 Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME for one sweep's runs):
-    results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics;
+    results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
+                                   `gain:<task>:<metric>` (the gain over the run's own step 0, its
+                                   initialization), `generated` (the tasks evaluated on generated sets);
                                    train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
                                    (from its records); pruned_at, pruned_rank, pruned_value: the rung that
                                    pruned the run (its pruned.json, launch/rungs.py);
-                                   `best` marks each run's best checkpoint (by the best_by metric of
-                                   the first registered task it has: DAVIS J&F, else VIP mIoU, ...)
+                                   `best` marks each run's best trained checkpoint (by the best_by metric
+                                   of the first registered task it has: DAVIS J&F, else VIP mIoU, ...)
     results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
-    paper.md                       our best checkpoints beside the published table (docs/evaluation.md#published-results)
-    plots/<metric>_vs_step.png     every run's curve over training
-    plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint,
-                                   one line per combination of the other axes' values
+    over_seeds.csv, over_seeds.md  with a seed axis (runtime.seed): mean, std and count over seeds per
+                                   setting of the other axes and step (eval/over_seeds.py)
+    paper.md                       our best checkpoints and their step 0 beside the published table
+                                   (docs/evaluation.md#published-results); never numbers of generated sets
+    plots/<metric>_vs_step.png     every run's curve over training, from its step 0
+    plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint (solid)
+                                   and step 0 (dashed), one line per combination of the other axes' values
+    plots/<metric>_over_seeds.png  mean +- std over seeds per setting, over training
     tensorboard/                   hparams summaries: compare a sweep in TensorBoard's HPARAMS tab
 A corrupt or partial record is skipped with a warning naming it; two records for the same key keep
 the newer one and the conflict is reported.
@@ -35,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import pandas as pd
 
+from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds, plot_over_seeds
 from eval.records import ResultRecord, find_record_files, read_records
 from eval.task import result_column
 from eval.tasks import TASKS
@@ -61,6 +68,7 @@ MAX_LEGEND = 12
 
 
 AXIS = "axis:"  # prefix of a sweep axis's column; a metric's is "<task>:"
+GAIN = "gain:"  # prefix of a metric's gain over the run's step 0: "gain:davis:J&F-Mean"
 
 
 def headline_columns(table: pd.DataFrame) -> list[str]:
@@ -77,8 +85,17 @@ def is_axis(name: str) -> bool:
     return name.startswith(AXIS)
 
 
+def is_gain(name: str) -> bool:
+    return name.startswith(GAIN)
+
+
 def is_metric(name: str) -> bool:
-    return ":" in name and not is_axis(name)
+    return ":" in name and not is_axis(name) and not is_gain(name)
+
+
+def is_value(name: str) -> bool:
+    """A metric or a gain: fractions, shown in percent (points)."""
+    return is_metric(name) or is_gain(name)
 
 
 COST_COLUMNS = {"gpu_hours": "train_gpu_h", "cpu_hours": "train_cpu_h"}  # record.training_cost key -> column
@@ -113,24 +130,42 @@ def build_table(records: Sequence[ResultRecord], pruned: dict[str, dict] | None 
             row.update(
                 pruned_at=int(marker["rung"]), pruned_rank=f"{marker['rank']}/{marker['of']}", pruned_value=marker["value"]
             )
+        row.setdefault("generated", set())
+        if r.protocol.get("generated_set"):
+            row["generated"].add(r.task)
     table = pd.DataFrame(list(rows.values()))
     if table.empty:
         return table
     table["protocols"] = table["protocols"].map(lambda p: ", ".join(f"{t}={v}" for t, v in sorted(p.items())))
+    table["generated"] = table["generated"].map(lambda tasks: ", ".join(sorted(tasks)))
     table = table.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
     axes = sorted(filter(is_axis, table.columns))
     headline = headline_columns(table)
     others = sorted(c for c in table.columns if is_metric(c) and c not in headline)
+    gains = add_gains(table, [*headline, *others])
     extra = [c for c in (*COST_COLUMNS.values(), *PRUNED_COLUMNS) if c in table]
-    table = table[["run", "run_id", "step", "model", *axes, *headline, *others, "protocols", *extra]]
+    table = table[["run", "run_id", "step", "model", *axes, *headline, *gains, *others, "generated", "protocols", *extra]]
     if "pruned_at" in table:
         table["pruned_at"] = table["pruned_at"].astype("Int64")
     table["best"] = False
     key = best_by_column(table)
     if key is not None:
-        best = table.dropna(subset=[key]).groupby("run_id")[key].idxmax()
+        # The best trained checkpoint: step 0 is each run's baseline, a candidate only when it is all a run has.
+        trained = table[(table["step"] > 0) | ~table["run_id"].isin(table.loc[table["step"] > 0, "run_id"])]
+        best = trained.dropna(subset=[key]).groupby("run_id")[key].idxmax()
         table.loc[best.values, "best"] = True
     return table
+
+
+def add_gains(table: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """Add, per metric, `gain:<metric>` = the value minus the same run's step-0 value (its
+    initialization; NaN for runs without a step-0 record). Returns the new columns in order."""
+    baseline = table[table["step"] == 0].drop_duplicates("run_id").set_index("run_id")
+    columns = []
+    for metric in metrics:
+        table[GAIN + metric] = table[metric] - table["run_id"].map(baseline[metric])
+        columns.append(GAIN + metric)
+    return columns
 
 
 def markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
@@ -155,17 +190,44 @@ def markdown(frame: pd.DataFrame, percent: Sequence[str] = ()) -> str:
 
 
 def paper_view(table: pd.DataFrame) -> str:
+    """The published table, then each run's best checkpoint and its step 0 (the initialization) on
+    real datasets. A number measured on a generated set is never printed here: it does not compare
+    with the published ones (results.md has it, in the `generated` column's tasks)."""
     lines = ["| method | " + " | ".join(PAPER_COLUMNS) + " |", "|---|" + "---|" * len(PAPER_COLUMNS)]
     lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in PUBLISHED.items()]
+    left_out = set()
     for row in table[table["best"]].to_dict("records") if not table.empty else []:
-        values = [row.get(ours) for ours in PAPER_COLUMNS.values()]
-        cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}" for v in values]
-        lines.append(f"| ours: {row['run']} (step {row['step']}, {row['model']}) | " + " | ".join(cells) + " |")
+        start = table[(table["run_id"] == row["run_id"]) & (table["step"] == 0)].to_dict("records")
+        for shown, what in ((row, f"step {row['step']}"), *((r, "step 0: initialization") for r in start if row["step"])):
+            cells = _paper_cells(shown)
+            if all(c == "-" for c in cells):
+                if shown["generated"]:
+                    left_out.add(row["run"])
+                continue
+            lines.append(f"| ours: {row['run']} ({what}, {row['model']}) | " + " | ".join(cells) + " |")
     note = (
         "Published: ViT-S/16, Kinetics-400, 400 epochs (Jang et al., ICML 2024). Ours: each run's best "
-        "checkpoint; compare like with like (model, data, epochs, evaluation protocol in results.md)."
+        "checkpoint and its step 0 (the untrained initialization); compare like with like (model, data, "
+        "epochs, evaluation protocol in results.md)."
     )
+    if left_out:
+        note += (
+            f" Not shown: {len(left_out)} run(s) evaluated only on generated sets ({', '.join(sorted(left_out)[:5])}"
+            f"{' ...' if len(left_out) > 5 else ''}); generated-benchmark numbers do not compare with the published "
+            "ones (results.md lists them)."
+        )
     return "\n".join(lines) + f"\n\n{note}\n"
+
+
+def _paper_cells(row: dict) -> list[str]:
+    """The published columns of one of our rows, in percent; "-" where missing or measured on a generated set."""
+    generated = set(filter(None, str(row.get("generated") or "").split(", ")))
+    cells = []
+    for ours in PAPER_COLUMNS.values():
+        value = row.get(ours)
+        missing = value is None or (isinstance(value, float) and math.isnan(value)) or ours.split(":")[0] in generated
+        cells.append("-" if missing else f"{100 * value:.1f}")
+    return cells
 
 
 def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -179,30 +241,47 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
     metrics = headline_columns(table)  # every metric is in the CSV
     axes = list(filter(is_axis, table.columns))
     best = table[table["best"]]
+    start = table[table["step"] == 0]
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(6, 4))
         groups = table.dropna(subset=[metric]).groupby("run")
         for run, group in groups:
-            ax.plot(group["step"], group[metric], marker="o", label=run)
-        ax.set(xlabel="training step", ylabel=metric, title=f"{metric} over training")
+            (line,) = ax.plot(group["step"], group[metric], marker="o", label=run)
+            at_start = group[group["step"] == 0]  # the run's own initialization: a hollow marker
+            ax.plot(at_start["step"], at_start[metric], marker="s", markersize=9, fillstyle="none", color=line.get_color())
+        ax.set(xlabel="training step (hollow square: step 0, the initialization)", ylabel=metric, title=f"{metric} over training")
         if groups.ngroups <= MAX_LEGEND:  # beyond that a legend hides the plot; the CSV names the runs
             ax.legend(fontsize="small")
         paths.append(_save(fig, out / f"{_safe(metric)}_vs_step.png"))
         for axis in axes:
             fig, ax = plt.subplots(figsize=(6, 4))
-            points = best.dropna(subset=[metric, axis])
-            order = sorted(points[axis].unique(), key=_sort_key)  # one categorical x for every line
+            order = sorted(best.dropna(subset=[metric, axis])[axis].unique(), key=_sort_key)  # one categorical x
             ax.plot([str(v) for v in order], [math.nan] * len(order))  # fixes the x order before the lines
             others = [a for a in axes if a != axis]
-            groups = points.groupby([points[o].astype(str) for o in others]) if others else [((), points)]
-            for values, group in groups:
-                group = group.sort_values(axis, key=lambda s: s.map(_sort_key))
-                label = ", ".join(f"{o.removeprefix(AXIS)}={v}" for o, v in zip(others, values, strict=True)) or None
-                ax.plot([str(v) for v in group[axis]], group[metric], marker="o", label=label)
-            if others and len(groups) <= MAX_LEGEND:
+            count = 0
+            for rows, style, what in ((best, "-", "best checkpoint"), (start, "--", "step 0")):
+                points = rows.dropna(subset=[metric, axis])
+                groups = points.groupby([points[o].astype(str) for o in others]) if others else [((), points)]
+                for index, (values, group) in enumerate(groups):
+                    if group.empty:
+                        continue
+                    group = group.sort_values(axis, key=lambda s: s.map(_sort_key))
+                    where = ", ".join(f"{o.removeprefix(AXIS)}={v}" for o, v in zip(others, values, strict=True))
+                    ax.plot(
+                        [str(v) for v in group[axis]],
+                        group[metric],
+                        linestyle=style,
+                        marker="o" if style == "-" else "s",
+                        color=f"C{index % 10}",
+                        label=f"{what}, {where}" if where else what,
+                    )
+                    count += 1
+            if count <= MAX_LEGEND:
                 ax.legend(fontsize="small")
             ax.set(
-                xlabel=axis.removeprefix(AXIS), ylabel=metric, title=f"{metric} (best checkpoint) vs {axis.removeprefix(AXIS)}"
+                xlabel=axis.removeprefix(AXIS),
+                ylabel=metric,
+                title=f"{metric} vs {axis.removeprefix(AXIS)} (solid: best checkpoint, dashed: step 0)",
             )
             paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix(AXIS))}.png"))
     return paths
@@ -239,7 +318,7 @@ def write_hparams(table: pd.DataFrame, out: Path) -> None:
             k.removeprefix(AXIS): (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in row.items() if is_axis(k)
         }
         hparams.update(model=row["model"], step=int(row["step"]))
-        metrics = {k: v for k, v in row.items() if is_metric(k) and isinstance(v, float) and not math.isnan(v)}
+        metrics = {k: v for k, v in row.items() if is_value(k) and isinstance(v, float) and not math.isnan(v)}
         writer = FileWriter(str(out / f"{row['run']}-{row['run_id']}"))
         for summary in hparams_summaries(hparams, metrics):
             writer.add_summary(summary)
@@ -248,21 +327,38 @@ def write_hparams(table: pd.DataFrame, out: Path) -> None:
         writer.close()
 
 
+def seed_values(table: pd.DataFrame) -> list[str]:
+    """What the over-seeds summary shows: the headline metrics and their gains over step 0."""
+    headline = headline_columns(table)
+    return [*headline, *(GAIN + h for h in headline if GAIN + h in table)]
+
+
 @dataclass
 class Report:
     table: pd.DataFrame
     out: Path
     warnings: list[str] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    seeds: pd.DataFrame | None = None  # eval.over_seeds.over_seeds of the table, when it has a seed axis
 
     def summary(self) -> str:
         if self.table.empty:
             return f"no result records found; warnings: {len(self.warnings)}"
-        shown = ["run", "step", "best", *filter(is_axis, self.table.columns)]
-        shown += headline_columns(self.table)
+        headline = headline_columns(self.table)
+        key = best_by_column(self.table)
+        shown = ["run", "step", "best", *filter(is_axis, self.table.columns), *headline]
+        shown += [GAIN + key] if key else []
+        shown += ["generated"] if self.table["generated"].astype(bool).any() else []
         gpus = "train_gpu_h" in self.table and self.table["train_gpu_h"].fillna(0).gt(0).any()
         shown += [c for c in ("train_gpu_h" if gpus else "train_cpu_h", "pruned_at", "pruned_rank") if c in self.table]
-        lines = [markdown(self.table[shown], percent=list(filter(is_metric, shown))), ""]
+        lines = [markdown(self.table[shown], percent=list(filter(is_value, shown))), ""]
+        if self.seeds is not None:
+            lines += [f"over seeds ({SEED_AXIS}): mean ± std", markdown_over_seeds(self.seeds, seed_values(self.table)), ""]
+        if self.table["generated"].astype(bool).any():
+            lines.append(
+                "generated: tasks evaluated on generated sets (a camouflage world, eval/synthetic.py); "
+                "those numbers do not compare with published ones and paper.md leaves them out"
+            )
         lines.append(f"results: {self.out / 'results.csv'} (.md, .table.json), paper view: {self.out / 'paper.md'}")
         lines += [f"plot: {p}" for p in self.plots]
         if self.warnings:
@@ -314,11 +410,19 @@ def aggregate(
         return report
     table.to_csv(out / "results.csv", index=False)
     table.to_json(out / "results.table.json", orient="table", index=False)
-    percent = list(filter(is_metric, table.columns))
+    percent = list(filter(is_value, table.columns))
     (out / "results.md").write_text(markdown(table, percent) + "\n")
     (out / "paper.md").write_text(paper_view(table))
+    report.seeds = over_seeds(table, seed_values(table))
+    for stale in ("over_seeds.csv", "over_seeds.md"):
+        (out / stale).unlink(missing_ok=True)
+    if report.seeds is not None:
+        report.seeds.to_csv(out / "over_seeds.csv", index=False)
+        (out / "over_seeds.md").write_text(markdown_over_seeds(report.seeds, seed_values(table)) + "\n")
     if plots:
         report.plots = plot_all(table, out / "plots")
+        if report.seeds is not None:
+            report.plots += plot_over_seeds(report.seeds, seed_values(table), out / "plots")
     if tensorboard:
         write_hparams(table, out / "tensorboard")
     return report

@@ -15,7 +15,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,6 @@ from eval.indexmaps import (
     write_index_png,
 )
 from eval.splits import read_listing, select_sequences
-from eval.synthetic import Sprite, ellipse, render, save_jpeg, texture
 from eval.task import EvalTask, Evaluation
 
 if TYPE_CHECKING:  # annotations only: the propagation imports torch when an evaluation runs
@@ -234,20 +233,6 @@ def protocol_fields(cfg: EvalConfig) -> dict[str, Any]:
 # --- generated set ------------------------------------------------------------------------------------
 
 
-def davis_sprites(rng: np.random.Generator, H: int, W: int, n_objects: int) -> list[Sprite]:
-    """Object 1 drifts slowly near the centre; the others start at the sides and cross it."""
-    sprites = []
-    for k in range(n_objects):
-        h, w = (int(rng.uniform(0.25, 0.45) * H), int(rng.uniform(0.15, 0.3) * W))
-        shape = ellipse(h, w) if k % 2 == 0 else np.ones((h, w), dtype=bool)
-        speed = 0.01 if k == 0 else rng.uniform(0.02, 0.04)
-        side = -1 if k % 2 else 1
-        x = W / 2 - w / 2 if k == 0 else (0.05 * W if side == 1 else 0.95 * W - w)
-        y = rng.uniform(0.1, 0.9) * (H - h)
-        sprites.append(Sprite(texture(rng, h, w), shape, k + 1, y, x, rng.uniform(-0.01, 0.01) * H, side * speed * W))
-    return sprites
-
-
 def write_davis(
     root: str | Path,
     n_sequences: int = 3,
@@ -258,20 +243,22 @@ def write_davis(
     seed: int = 0,
     resolution: str = "480p",
 ) -> Path:
-    """A DAVIS-2017 root with `n_sequences` generated sequences in ImageSets/2017/val.txt."""
+    """A DAVIS-2017 root with `n_sequences` generated sequences in ImageSets/2017/val.txt: camouflage
+    scenes (rsp.scenes) of `objects` objects (an inclusive range) that move, zoom and cross each
+    other, with exact masks (later objects are painted over earlier ones)."""
+    # eval.synthetic imports scipy.ndimage (~0.3 s): only writing a generated set pays for it
+    from eval.synthetic import STYLE, save_jpeg
+    from rsp.scenes import camouflage_scene
+
     root = Path(root)
     rng = np.random.default_rng(seed)
     names = [f"synth-{i:03d}" for i in range(n_sequences)]
     palette = davis_palette()
+    style = replace(STYLE, objects=tuple(objects))
     for name in names:
-        background = texture(rng, height, width)
-        sprites = davis_sprites(rng, height, width, int(rng.integers(objects[0], objects[1] + 1)))
-        for t in range(n_frames):
-            frame, labels = render(background, sprites)
+        for t, (frame, labels) in enumerate(camouflage_scene(rng, n_frames, height, width, style)):
             save_jpeg(root / "JPEGImages" / resolution / name / f"{t:05d}.jpg", frame)
             write_index_png(root / "Annotations" / resolution / name / f"{t:05d}.png", labels, palette)
-            for s in sprites:
-                s.step(height, width)
     listing = root / "ImageSets" / "2017" / "val.txt"
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{n}\n" for n in names))
@@ -340,7 +327,9 @@ TASK = EvalTask(
     protocol_fields=protocol_fields,
     check_data=check_davis,
     write_generated=write_davis,
-    smoke_sizes=dict(n_sequences=3, n_frames=8, height=96, width=160),
+    smoke_sizes=dict(
+        n_sequences=30, n_frames=10, height=96, width=160
+    ),  # the CPU study's benchmark: as many sequences as DAVIS-2017 val
     add_prepare_arguments=add_prepare_arguments,
     prepare=prepare,
 )

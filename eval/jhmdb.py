@@ -25,7 +25,6 @@ from eval.archives import download, extract
 from eval.config import EvalConfig
 from eval.indexmaps import image_hw
 from eval.splits import select_sequences
-from eval.synthetic import texture
 from eval.task import EvalTask, Evaluation
 from rsp.atomicio import atomic_write_json
 
@@ -228,8 +227,14 @@ def write_jhmdb(
     root: str | Path, n_videos: int = 2, n_frames: int = 10, height: int = 240, width: int = 320, seed: int = 0, split: int = 1
 ) -> Path:
     """A JHMDB root: Rename_Images/<cls>/<vid>/%05d.png, joint_positions/<cls>/<vid>/joint_positions.mat
-    (pos_img 2 x 15 x T, 1-indexed) and splits/<cls>_test_split<split>.txt (2 = test)."""
-    from scipy.io import savemat  # scipy.io takes ~0.5 s to import; only writing a generated set needs it
+    (pos_img 2 x 15 x T, 1-indexed) and splits/<cls>_test_split<split>.txt (2 = test). Each video is
+    a walking stick figure cut from a texture of its background's palette (eval.synthetic), crossing
+    the frame at 1-2% of its width per frame under a changing light."""
+    # scipy.io and eval.synthetic (scipy.ndimage) take ~0.8 s to import; only writing a generated set needs them
+    from scipy.io import savemat
+
+    # (eval.synthetic: see above)
+    from eval.synthetic import Stage
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -237,26 +242,30 @@ def write_jhmdb(
     lines = []
     for v in range(n_videos):
         vid = f"synth_{v:03d}"
-        background = texture(rng, height, width)
-        colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(15)]
+        stage = Stage.draw(rng, height, width)
+        skin = stage.texture(rng, height, width)  # the figure's texture, carried along with it
         scale = rng.uniform(0.6, 0.8) * height
         centre = np.array([rng.uniform(0.35, 0.65) * width, 0.5 * height + 0.05 * scale])
-        velocity = np.array([rng.uniform(-0.01, 0.01) * width, 0.0])
+        velocity = np.array([rng.choice([-1, 1]) * rng.uniform(0.01, 0.02) * width, 0.0])
         phase = rng.uniform(0, 2 * np.pi)
         positions = np.zeros((2, 15, n_frames))
         for t in range(n_frames):
             joints = jhmdb_joints(t, centre, velocity, scale, phase)
             positions[:, :, t] = joints.T + 1  # stored 1-indexed, as JHMDB does
-            image = Image.fromarray(background.copy())
-            draw = ImageDraw.Draw(image)
+            silhouette = Image.new("L", (width, height), 0)
+            draw = ImageDraw.Draw(silhouette)
             for a, b in JHMDB_LIMBS:
-                draw.line([tuple(joints[a]), tuple(joints[b])], fill=colours[a], width=max(2, int(scale / 25)))
-            r = max(2, int(scale / 30))
-            for j, (x, y) in enumerate(joints):
-                draw.ellipse([x - r, y - r, x + r, y + r], fill=colours[j])
+                draw.line([tuple(joints[a]), tuple(joints[b])], fill=255, width=max(3, int(scale / 12)))
+            r = max(2, int(scale / 20))
+            for x, y in joints:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+            inside = np.asarray(silhouette) > 0
+            frame = stage.background(height, width, t)
+            shift = np.round(velocity[::-1] * t).astype(int)  # (y, x) px the figure has travelled
+            frame[inside] = np.roll(skin, tuple(shift), axis=(0, 1))[inside]
             path = root / "Rename_Images" / cls / vid / f"{t + 1:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
+            Image.fromarray(stage.lit(frame, rng, t)).save(path)
         mat = root / "joint_positions" / cls / vid / "joint_positions.mat"
         mat.parent.mkdir(parents=True, exist_ok=True)
         savemat(mat, {"pos_img": positions, "scale": np.ones(n_frames), "viewpoint": np.array(["E"] * n_frames)})
@@ -298,7 +307,7 @@ TASK = EvalTask(
     protocol_fields=protocol_fields,
     check_data=check_jhmdb,
     write_generated=write_jhmdb,
-    smoke_sizes=dict(n_videos=2, n_frames=8, height=96, width=128),
+    smoke_sizes=dict(n_videos=4, n_frames=10, height=96, width=128),
     add_prepare_arguments=add_prepare_arguments,
     prepare=prepare,
 )

@@ -26,7 +26,7 @@ import torch
 from eval.backbone import load_backbone
 from eval.config import EvalConfig, register_configs
 from eval.protocol import frame_size, propagation_params, protocol, protocol_hash, validate
-from eval.task import Evaluation
+from eval.task import GENERATED_MARKER, Evaluation
 from eval.tasks import get_task
 from rsp.atomicio import atomic_write_json
 from rsp.checkpoint import CheckpointError
@@ -68,10 +68,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def generated_set(data_root: str | Path) -> str | None:
+    """The description in a generated set's marker, or None when `data_root` is a real dataset."""
+    marker = Path(data_root) / GENERATED_MARKER
+    return marker.read_text().strip() if marker.is_file() else None
+
+
 def evaluate(cfg: EvalConfig) -> EvalOutcome:
     """Run `cfg` end to end and write its outputs; returns the metrics and the protocol."""
     cfg = validate(expand_paths(cfg))
     start = time.perf_counter()
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     device = resolve_device(cfg.device)
     task = get_task(cfg.task)
     problems = task.check_data(cfg, True)  # every input checked before the model loads or anything is written
@@ -107,6 +115,9 @@ def evaluate(cfg: EvalConfig) -> EvalOutcome:
         "checkpoint_format": backbone.format,
         "patch_size": backbone.patch_size,
         "embed_dim": backbone.encoder.embed_dim,
+        # A generated set's marker (eval.task.GENERATED_MARKER), None for a real dataset: tables keep
+        # generated numbers away from published ones (eval/aggregate.py).
+        "generated_set": generated_set(cfg.data_root),
     }
     wall = time.perf_counter() - start
     atomic_write_json(

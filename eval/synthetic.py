@@ -1,6 +1,14 @@
-"""Drawing generated benchmark frames (docs/evaluation.md#generated-benchmarks): textures, moving sprites and exact label
-maps. Each task writes its own generated set in its official layout with these (DAVIS objects, a
-JHMDB stick figure, VIP body parts: `write_generated` in eval/davis.py, eval/jhmdb.py, eval/vip.py).
+"""Drawing generated benchmark frames (docs/evaluation.md#generated-sets): each task writes its own
+generated set in its official layout with these (`write_generated` in eval/davis.py, eval/jhmdb.py,
+eval/vip.py).
+
+Every generated set is a camouflage world (rsp.scenes, the same distribution as the generated
+pretraining videos): objects, figures and body parts cut from textures of the background's own
+palette, moving fast, under a light that changes from frame to frame (gain, a drifting shadow
+field, blur, sensor noise). Colour does not tell a region from the background, so a randomly
+initialized encoder scores low and a score above it has to come from following patches. Task
+modules import this module only when they write a set (scipy.ndimage costs ~0.3 s to import, and
+listing the tasks must stay cheap).
 """
 
 from __future__ import annotations
@@ -11,59 +19,37 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rsp.scenes import Backdrop, Lighting, SceneStyle, palette, palette_texture, to_uint8
+
 JPEG_QUALITY = 95
-
-
-def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) uint8: a random base colour, smooth blobs and fine grain, so patches are distinctive."""
-    coarse = rng.uniform(0, 255, (max(2, h // 12), max(2, w // 12), 3)).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
-    base = rng.uniform(30, 225, 3)
-    grain = rng.normal(0, 12, (h, w, 1))
-    return np.clip(0.5 * smooth + 0.5 * base + grain, 0, 255).astype(np.uint8)
+STYLE = SceneStyle()  # the statistics of every generated set (and of the camouflage pretraining videos)
 
 
 @dataclass
-class Sprite:
-    """A textured shape moving at constant velocity, bouncing off the frame's borders."""
+class Stage:
+    """The world of one generated video: its palette, a drifting backdrop and its changing light."""
 
-    pixels: np.ndarray  # (h, w, 3) uint8
-    shape: np.ndarray  # (h, w) bool
-    label: int
-    y: float
-    x: float
-    vy: float
-    vx: float
+    colours: np.ndarray  # (palette_size, 3)
+    backdrop: Backdrop
+    lighting: Lighting
+    style: SceneStyle
 
-    def step(self, H: int, W: int) -> None:
-        h, w = self.shape.shape
-        self.y, self.x = self.y + self.vy, self.x + self.vx
-        if not -h / 3 <= self.y <= H - 2 * h / 3:
-            self.vy = -self.vy
-        if not -w / 3 <= self.x <= W - 2 * w / 3:
-            self.vx = -self.vx
+    @classmethod
+    def draw(cls, rng: np.random.Generator, height: int, width: int, style: SceneStyle = STYLE) -> Stage:
+        colours = palette(rng, style)
+        return cls(colours, Backdrop.draw(rng, height, width, colours, style), Lighting.draw(rng, height, width), style)
 
+    def texture(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        """(height, width, 3) float: a texture of this world's palette (for a figure or a part)."""
+        return palette_texture(rng, height, width, self.colours, self.style)
 
-def ellipse(h: int, w: int) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    return ((yy + 0.5 - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - w / 2) / (w / 2)) ** 2 <= 1.0
+    def background(self, height: int, width: int, t: int) -> np.ndarray:
+        """(height, width, 3) float: the backdrop as seen at frame t (paint the regions over it)."""
+        return self.backdrop.view(height, width, t)
 
-
-def render(background: np.ndarray, sprites: list[Sprite]) -> tuple[np.ndarray, np.ndarray]:
-    """(frame (H, W, 3), labels (H, W)); later sprites are drawn on top of earlier ones."""
-    frame, labels = background.copy(), np.zeros(background.shape[:2], dtype=np.uint8)
-    H, W = labels.shape
-    for s in sprites:
-        h, w = s.shape.shape
-        y0, x0 = int(round(s.y)), int(round(s.x))
-        ys, xs = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
-        if ys.start >= ys.stop or xs.start >= xs.stop:
-            continue
-        local = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
-        inside = s.shape[local]
-        frame[ys, xs][inside] = s.pixels[local][inside]
-        labels[ys, xs][inside] = s.label
-    return frame, labels
+    def lit(self, frame: np.ndarray, rng: np.random.Generator, t: int) -> np.ndarray:
+        """The painted frame t under this world's light, as uint8."""
+        return to_uint8(self.lighting.apply(frame, rng, self.style, t))
 
 
 def save_jpeg(path: Path, frame: np.ndarray) -> None:

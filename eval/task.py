@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # annotations only: importing torch here would make listing t
     import torch
 
 GENERATED_MARKER = ".generated"  # in the root of a generated set: written last, so a set without it is incomplete
+# The generated sets' design (eval/synthetic.py); change it with them, so that a set written by an
+# older design is refused instead of silently reused (its numbers would not compare).
+GENERATOR = "camouflage-1"
 
 
 def result_column(task: str, metric: str) -> str:
@@ -94,11 +97,28 @@ class EvalTask:
             out.append(f"task {self.name}: default_frame_size ({self.default_frame_size}) must be >= 16 px")
         return out
 
+    def generated_description(self) -> str:
+        """What the marker of this task's generated set says: the design and the sizes."""
+        return f"generated {self.name} set ({GENERATOR}) {self.smoke_sizes}"
+
+    def generated_problem(self, root: str | Path) -> str | None:
+        """Why the generated set at `root` cannot be reused (another design or other sizes), else None."""
+        marker = Path(root) / GENERATED_MARKER
+        if not marker.is_file() or (found := marker.read_text().strip()) == self.generated_description():
+            return None
+        return (
+            f"{root} holds an older or different generated set ({found!r}, not {self.generated_description()!r}); "
+            f"delete {root} to regenerate it, or point evaluation.data_roots.{self.name} at another directory"
+        )
+
     def ensure_generated(self, root: str | Path) -> bool:
-        """Write the smoke-size generated set at `root` unless a complete one is there; True when written."""
+        """Write the smoke-size generated set at `root` unless a complete one is there; True when
+        written. A set made by another design or with other sizes raises (generated_problem)."""
         root = Path(root)
+        if problem := self.generated_problem(root):
+            raise ValueError(problem)
         if (root / GENERATED_MARKER).is_file():
             return False
         self.write_generated(root, **self.smoke_sizes)
-        (root / GENERATED_MARKER).write_text(f"generated {self.name} set {self.smoke_sizes}\n")
+        (root / GENERATED_MARKER).write_text(self.generated_description() + "\n")
         return True

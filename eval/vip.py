@@ -26,7 +26,6 @@ from eval.archives import extract
 from eval.config import EvalConfig, PropagationParams
 from eval.indexmaps import davis_palette, describe_ids, id_counts, image_hw, read_index_png, write_index_png
 from eval.splits import read_listing, select_sequences
-from eval.synthetic import Sprite, ellipse, render, save_jpeg, texture
 from eval.task import EvalTask, Evaluation
 
 if TYPE_CHECKING:  # annotations only: the propagation imports torch when an evaluation runs
@@ -231,18 +230,6 @@ VIP_PARTS = [
 ]
 
 
-def vip_sprites(rng: np.random.Generator, H: int, W: int) -> list[Sprite]:
-    size = rng.uniform(0.7, 0.9) * H
-    top, left = rng.uniform(0.0, H - size), rng.uniform(0.1, 0.6) * W
-    vx = rng.choice([-1, 1]) * rng.uniform(0.01, 0.02) * W
-    sprites = []
-    for label, dy, dx, h, w in VIP_PARTS:
-        ph, pw = max(2, int(h * size)), max(2, int(w * size))
-        shape = ellipse(ph, pw) if label in (13, 2) else np.ones((ph, pw), dtype=bool)
-        sprites.append(Sprite(texture(rng, ph, pw), shape, label, top + dy * size, left + dx * size, 0.0, vx))
-    return sprites
-
-
 def write_vip(
     root: str | Path,
     n_videos: int = 2,
@@ -254,25 +241,46 @@ def write_vip(
     split: str = "val",
 ) -> Path:
     """A VIP_Fine-style root: Images/<vid>/*.jpg, Annotations/Category_ids/<vid>/*.png on every
-    `annotate_every`-th frame (frame 0 included), lists/<split>_videos.txt."""
+    `annotate_every`-th frame (frame 0 included), lists/<split>_videos.txt. Each video is a person
+    whose body parts are cut from textures of the background's palette (eval.synthetic), walking
+    towards the middle at 1.5-3% of the width per frame under a changing light."""
+    # eval.synthetic imports scipy.ndimage (~0.3 s): only writing a generated set pays for it
+    from eval.synthetic import Stage, save_jpeg
+
     root = Path(root)
     rng = np.random.default_rng(seed)
     names = [f"videos{v + 1}" for v in range(n_videos)]
     palette = davis_palette()
     for name in names:
-        background = texture(rng, height, width)
-        sprites = vip_sprites(rng, height, width)
+        stage = Stage.draw(rng, height, width)
+        size = rng.uniform(0.7, 0.9) * height
+        top, left = rng.uniform(0.0, height - size), rng.uniform(0.1, 0.6) * width
+        vx = (1 if left < 0.35 * width else -1) * rng.uniform(0.015, 0.03) * width  # towards the middle: stays in view
+        parts = []
+        for label, dy, dx, h, w in VIP_PARTS:
+            ph, pw = max(2, int(h * size)), max(2, int(w * size))
+            parts.append((label, top + dy * size, left + dx * size, stage.texture(rng, ph, pw)))
         for t in range(n_frames):
-            frame, labels = render(background, sprites)
-            save_jpeg(root / "Images" / name / f"{t:06d}.jpg", frame)
+            frame = stage.background(height, width, t)
+            labels = np.zeros((height, width), np.uint8)
+            for label, y, x, texture in parts:  # the parts move together, later ones on top
+                _paste(frame, labels, texture, label, int(round(y)), int(round(x + vx * t)))
+            save_jpeg(root / "Images" / name / f"{t:06d}.jpg", stage.lit(frame, rng, t))
             if t % annotate_every == 0:
                 write_index_png(root / "Annotations" / "Category_ids" / name / f"{t:06d}.png", labels, palette)
-            for s in sprites:
-                s.x += s.vx  # the parts move together: no per-part bouncing
     listing = root / "lists" / f"{split}_videos.txt"
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{n}\n" for n in names))
     return root
+
+
+def _paste(frame: np.ndarray, labels: np.ndarray, texture: np.ndarray, label: int, y0: int, x0: int) -> None:
+    """Paint the rectangle `texture` with its top-left corner at (y0, x0), clipped to the frame."""
+    H, W = labels.shape
+    ys, xs = slice(max(0, y0), min(H, y0 + texture.shape[0])), slice(max(0, x0), min(W, x0 + texture.shape[1]))
+    if ys.start < ys.stop and xs.start < xs.stop:
+        frame[ys, xs] = texture[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+        labels[ys, xs] = label
 
 
 # --- preparation --------------------------------------------------------------------------------------
@@ -306,7 +314,7 @@ TASK = EvalTask(
     protocol_fields=protocol_fields,
     check_data=check_vip,
     write_generated=write_vip,
-    smoke_sizes=dict(n_videos=2, n_frames=11, height=96, width=160),
+    smoke_sizes=dict(n_videos=4, n_frames=11, height=96, width=160),
     add_prepare_arguments=add_prepare_arguments,
     prepare=prepare,
 )

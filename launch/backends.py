@@ -13,11 +13,13 @@ Values that reach the script are quoted (shlex) or passed as sbatch flags by sub
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -340,11 +342,44 @@ class LocalBackend(Backend):
         return ex
 
     def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
+        """Start every job now. More single-process jobs than resources.array_parallelism (a sweep
+        on a laptop) each wait for one of that many slots first, like the tasks of a SLURM array
+        with %N; a multi-process job cannot share one slot between its ranks and is not limited."""
         ex = self.executor(resources)
+        if len(functions) > resources.array_parallelism and resources.tasks_per_node == 1:
+            slots = self.folder / "slots"
+            functions = [InLocalSlot(fn, str(slots), resources.array_parallelism) for fn in functions]
         return [ex.submit(fn).job_id for fn in functions]
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         return {j: local_state(j) for j in job_ids}
+
+
+@dataclass
+class InLocalSlot:
+    """Runs `fn` once this process holds one of `slots` lock files in `folder`: at most `slots` such
+    jobs run at once. The lock is an flock, released when the process ends however it ends (kill -9
+    included). Time spent waiting counts against the job's time limit (cluster.time_minutes)."""
+
+    fn: Callable[[], Any]
+    folder: str
+    slots: int
+    poll_s: float = 2.0
+
+    def __call__(self) -> Any:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        waiting = time.monotonic()
+        while True:
+            for i in range(self.slots):
+                with open(Path(self.folder) / f"slot-{i}.lock", "a") as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    waited = time.monotonic() - waiting
+                    print(f"holding local slot {i + 1}/{self.slots} after waiting {waited:.0f} s", file=sys.stderr, flush=True)
+                    return self.fn()  # closing the file releases the lock
+            time.sleep(self.poll_s)
 
 
 def local_state(job_id: str) -> str:

@@ -34,6 +34,9 @@ class ClusterConfig:
     backend: str = "local"
     nodes: int = 1
     gpus_per_node: int = 0  # 0: CPU job (gloo)
+    # GPU model of the nodes (a key of rsp.gpus: h100, a100-40gb, v100, ...) for the submit-time checks
+    # (bf16 support, whether the batch can fit); SLURM is not told. None: a plain cluster.constraint naming one.
+    gpu_type: str | None = None
     tasks_per_node: int | None = None  # processes per node; default: gpus_per_node, or 1 without GPUs
     cpus_per_task: int = 2
     mem_gb: float | None = None  # per node; None: the partition's default

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from launch.config import RunConfig
+from rsp.synthetic import generated_scene
 from rsp.video import OUR_LABELS, DataError, read_labels, resolve_labels_file
 
 SHOWN = 3  # examples named per problem
@@ -218,6 +219,12 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
         return [
             f"data.root ({root}) cannot hold the generated videos (data.synthetic_videos={d.synthetic_videos}): {reason}; "
             "point data.root at a writable folder"
+        ]
+    made = generated_scene(root)
+    if made is not None and made != d.synthetic_scene:
+        return [
+            f"data.root ({root}) holds generated {made} videos, not the {d.synthetic_scene} videos "
+            "data.synthetic_scene asks for; point data.root at another directory, or delete it to regenerate"
         ]
     out = batch_problem(
         d.synthetic_videos,

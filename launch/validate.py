@@ -14,7 +14,9 @@ as a ConfigError. Each message names the key, the bad value, the rule and the fi
   here, not hours later in the queue;
 - the time limit leaves room for start-up, one step and the checkpoint write after the signal;
 - local/debug backends get shapes this machine can run; SLURM judges the resources itself
-  (`sbatch --test-only`, which queues nothing).
+  (`sbatch --test-only`, which queues nothing);
+- what the run asks of its devices, where it can be known (launch.devices: precision, compile,
+  whether the batch can fit the GPU); warnings (e.g. compile on a CPU run) are logged.
 
 `warnings(cfgs)` lists what is allowed but costs something the user may not expect (printed at
 submit, never blocking): a requeue budget of 0 (the run fails at the first such end instead of
@@ -42,6 +44,7 @@ from eval.tasks import TASKS, get_task, registered
 from launch.backends import BACKENDS, slurm_config
 from launch.config import ClusterConfig, EvaluationConfig, RunConfig, train_config
 from launch.datacheck import data_notes, data_problems, survey, writable
+from launch.devices import device_problems, device_warnings
 from launch.evaluations.expected import task_eval_config
 from rsp.architectures import MODELS
 from rsp.config import ModelConfig
@@ -278,6 +281,8 @@ def evaluation_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
             )
         elif e.synthetic and (reason := writable(Path(root))):
             out.append(f"evaluation.data_roots.{task} ({root}) cannot hold a generated benchmark: {reason}")
+        elif e.synthetic and (reason := TASKS[task].generated_problem(root)):
+            out.append(f"evaluation.data_roots.{task}: {reason}")
     out += protocol_problems(e, model_name)
     out += [f"evaluation.{k} ({getattr(e, k)}) must be >= 1" for k in ("cpus_per_task", "time_minutes") if getattr(e, k) < 1]
     if e.gpus < 0:
@@ -368,7 +373,7 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
     out = cfg.problems() + cluster_problems(cfg.cluster) + batch_problems(cfg) + data_problems(cfg)
     if not cfg.name.strip():
         out.append(f"name ({cfg.name!r}) is empty; pass name=NAME (the readable part of the run directory's name)")
-    out += evaluation_problems(cfg.evaluation, cfg.model.name) + time_problems(cfg, checkpoint_bytes)
+    out += evaluation_problems(cfg.evaluation, cfg.model.name) + time_problems(cfg, checkpoint_bytes) + device_problems(cfg)
     if not cfg.output_root.strip():
         out.append("output_root is empty; pass output_root=DIR (runs live in DIR/<name>-<id>/)")
     elif "\n" in cfg.output_root or "\r" in cfg.output_root:
@@ -386,6 +391,8 @@ def validate(cfg: RunConfig, checkpoint_bytes: float | None = None, sbatch_scrip
         raise ConfigError(found, what="run configuration (nothing was submitted)")
     for note in data_notes(cfg):
         log.warning("%s", note)
+    for warning in device_warnings(cfg):
+        log.warning("%s", warning)
     return cfg
 
 

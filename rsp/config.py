@@ -22,7 +22,9 @@ from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
+HOST_SYNC_MODES = ("auto", "every_step", "deferred")
 
 
 @dataclass
@@ -116,6 +118,9 @@ class DataConfig:
     root: str = ""  # dataset root (holds the labels file and the videos)
     labels: str = "auto"  # labels file relative to root; auto: ours, else the reference's pickle
     synthetic_videos: int = 0  # > 0: generate this many synthetic videos at root if it has no labels file
+    # What generated videos show: rsp.synthetic.SCENES (shapes | camouflage). Not part of a run's
+    # identity: data.root is, and a root holds one scene (submit-time validation refuses another).
+    synthetic_scene: str = field(default="shapes", metadata=RUNTIME_ONLY)
     repeated_sampling: int = 2  # frame pairs drawn per video and step (R)
     min_gap: int = 4  # frames, smallest distance between the two frames of a pair
     max_gap: int = 48  # frames, largest distance (inclusive)
@@ -162,6 +167,8 @@ class DataConfig:
             out.append(f"data.num_workers ({self.num_workers}) must be >= 0")
         if self.synthetic_videos < 0:
             out.append(f"data.synthetic_videos ({self.synthetic_videos}) must be >= 0")
+        if self.synthetic_scene not in SYNTHETIC_SCENES:
+            out.append(f"data.synthetic_scene ({self.synthetic_scene!r}) must be one of {', '.join(SYNTHETIC_SCENES)}")
         return out
 
 
@@ -250,6 +257,10 @@ class CheckpointConfig:
     every_steps: int = field(default=500, metadata=RUNTIME_ONLY)  # optimizer steps between checkpoints
     keep_last: int = field(default=2, metadata=RUNTIME_ONLY)  # newest non-milestone checkpoints kept
     milestone_every_steps: int = field(default=0, metadata=RUNTIME_ONLY)  # 0: only the final step
+    # Commit the initialization (step 0, before the first optimizer step) as a milestone: evaluated
+    # like the others, so every result has its own untrained baseline; written once per run, never
+    # by a resumed attempt.
+    initial_milestone: bool = field(default=True, metadata=RUNTIME_ONLY)
     async_write: bool = field(default=True, metadata=RUNTIME_ONLY)  # write in a background thread
 
     def problems(self) -> list[str]:
@@ -286,6 +297,14 @@ class RuntimeConfig:
     # End an attempt after this many optimizer steps, with a checkpoint, as if asked to stop: the run
     # continues exactly on its next start (short debug queues; deterministic interruption in tests).
     stop_after_steps: int | None = field(default=None, metadata=RUNTIME_ONLY)
+    # GPU options (docs/training.md#gpu-options). They change speed and the order of floating-point
+    # operations, not what is trained: runtime-only like the device. Bitwise-equal resume needs the
+    # same values on the same kind of device.
+    compile: bool = field(default=False, metadata=RUNTIME_ONLY)  # torch.compile the training step (off until measured)
+    tf32: bool = field(default=True, metadata=RUNTIME_ONLY)  # CUDA: fp32 matmuls and convolutions may use TF32
+    # When the host reads a step's agreed values (losses, stop and non-finite flags): auto (deferred
+    # on CUDA, every_step on the CPU) | every_step | deferred (one step late: the GPU never waits).
+    host_sync: str = field(default="auto", metadata=RUNTIME_ONLY)
 
     def problems(self) -> list[str]:
         out = []
@@ -309,6 +328,13 @@ class RuntimeConfig:
             out.append(f"runtime.stop_after_steps ({self.stop_after_steps}) must be >= 1 or null")
         if self.progress_bar not in ("auto", "on", "off"):
             out.append(f"runtime.progress_bar ({self.progress_bar!r}) must be auto, on or off")
+        if self.host_sync not in HOST_SYNC_MODES:
+            out.append(f"runtime.host_sync ({self.host_sync!r}) must be one of {', '.join(HOST_SYNC_MODES)}")
+        if self.precision == "fp16" and self.device == "cpu":
+            out.append(
+                "runtime.precision=fp16 with runtime.device=cpu: fp16 training needs loss scaling, which runs on CUDA "
+                "here; use runtime.precision=fp32 or bf16 on the CPU"
+            )
         return out
 
 

@@ -41,6 +41,30 @@ def distribution(logits: torch.Tensor, kind: str, stoch: int, discrete: int) -> 
     raise ValueError(f"unknown latent kind {kind!r}; valid: discrete, gaussian")
 
 
+def rsample(logits: torch.Tensor, kind: str, stoch: int, discrete: int) -> torch.Tensor:
+    """A reparameterized (B, sample_size) sample from the global RNG. Discrete: DreamerV2's
+    straight-through one-hot, computed as torch.distributions' OneHotCategoricalStraightThrough
+    computes it (same operations, same bits), but without the argument validation its inner
+    Categorical always runs: that reads a flag back to the host (a GPU sync every step, and a
+    graph break under torch.compile)."""
+    if kind != "discrete":
+        return distribution(logits, kind, stoch, discrete).rsample()
+    logits = logits.reshape(-1, stoch, discrete)
+    probs = (logits - logits.logsumexp(dim=-1, keepdim=True)).softmax(dim=-1)  # (B, stoch, discrete)
+    index = categorical_sample(probs.reshape(-1, discrete)).reshape(probs.shape[:-1])  # (B, stoch)
+    one_hot = F.one_hot(index, discrete).to(probs)
+    return (one_hot + (probs - probs.detach())).flatten(1)
+
+
+def categorical_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One class index per row of (n, k) probabilities: torch.multinomial(probs, 1, True)'s own
+    method for one sample (an exponential race, argmax(p / E) with E ~ Exp(1)), with the same bits
+    and the same RNG draws, minus its validity checks of `probs` (extra kernels every step, and a
+    read back to the host in older torch versions; our probabilities come from a softmax)."""
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
 def sample_with_generator(logits: torch.Tensor, kind: str, stoch: int, discrete: int, generator: torch.Generator) -> torch.Tensor:
     """A (B, sample_size) sample drawn from `generator` instead of the global RNG, without
     gradient. Used for the prior's logging-only decoder pass, so that how often it is logged never
@@ -48,7 +72,7 @@ def sample_with_generator(logits: torch.Tensor, kind: str, stoch: int, discrete:
     with torch.no_grad():
         if kind == "discrete":
             probs = torch.nan_to_num(logits).reshape(-1, discrete).softmax(dim=-1)  # (B * stoch, discrete)
-            idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            idx = categorical_sample(probs, generator)
             return F.one_hot(idx, discrete).to(logits.dtype).reshape(logits.shape[0], stoch * discrete)
         mean, raw_std = logits.chunk(2, dim=-1)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)

@@ -28,10 +28,21 @@ from rsp.schema import ConfigError
 
 
 @dataclass
+class PriorInputs:
+    """What the prior's logging-only decoder pass needs, detached: it can then run after (and
+    outside) the training step, e.g. outside a torch.compile'd forward."""
+
+    src_h: torch.Tensor  # (B, 1 + N, D) current-frame tokens
+    prior_logits: torch.Tensor  # (B, logits) fp32
+    target: torch.Tensor  # (B, N, p*p*3) the future frame's patch targets
+
+
+@dataclass
 class RSPOutput:
     loss: torch.Tensor  # scalar, the training objective
     pred: torch.Tensor  # (B, N, p*p*3) prediction of the future frame's patches (posterior sample)
     logs: dict[str, torch.Tensor]  # detached scalars: loss_post, loss_prior, kl_loss, kl_value, mae_loss
+    prior_inputs: PriorInputs | None = None  # None for latent=none (no prior)
 
 
 class RSP(ViTEncoder):
@@ -171,7 +182,7 @@ class RSP(ViTEncoder):
             # nan_to_num only matters once training has diverged: sampling then still works and the
             # (non-finite) KL below reports the divergence through the loss.
             sampling_logits = torch.nan_to_num(post_logits)
-            z = latent.distribution(sampling_logits, cfg.latent, cfg.stoch, cfg.discrete).rsample().flatten(1)
+            z = latent.rsample(sampling_logits, cfg.latent, cfg.stoch, cfg.discrete)  # (B, sample_size)
             kl_loss, kl_value = latent.balanced_kl(
                 post_logits, prior_logits, cfg.latent, cfg.stoch, cfg.discrete, cfg.kl_balance, cfg.kl_freebit
             )
@@ -186,12 +197,22 @@ class RSP(ViTEncoder):
             mae_loss = self.reconstruction_loss(target, self.decode_mae(h, ids_restore), mask)
             loss = loss + mae_loss
             logs["mae_loss"] = mae_loss.detach()
-        if prior_generator is not None and prior_logits is not None:
-            with torch.no_grad():
-                z_prior = latent.sample_with_generator(prior_logits, cfg.latent, cfg.stoch, cfg.discrete, prior_generator)
-                logs["loss_prior"] = self.reconstruction_loss(target, self.decode_future(src_h, z_prior))
         logs["loss"] = loss.detach()
-        return RSPOutput(loss=loss, pred=pred, logs=logs)
+        prior_inputs = None if prior_logits is None else PriorInputs(src_h.detach(), prior_logits.detach(), target.detach())
+        out = RSPOutput(loss=loss, pred=pred, logs=logs, prior_inputs=prior_inputs)
+        if prior_generator is not None:
+            self.log_prior_loss(out, prior_generator)
+        return out
+
+    @torch.no_grad()
+    def log_prior_loss(self, out: RSPOutput, generator: torch.Generator) -> None:
+        """Add loss_prior to `out.logs`: decode a prior sample drawn from `generator` (no gradient,
+        never touching the global RNG). A no-op without a prior (latent=none)."""
+        if out.prior_inputs is None:
+            return
+        cfg, inputs = self.cfg, out.prior_inputs
+        z_prior = latent.sample_with_generator(inputs.prior_logits, cfg.latent, cfg.stoch, cfg.discrete, generator)
+        out.logs["loss_prior"] = self.reconstruction_loss(inputs.target, self.decode_future(inputs.src_h, z_prior))
 
 
 def _init_linear_and_norm(m: nn.Module) -> None:

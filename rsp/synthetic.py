@@ -5,11 +5,14 @@
 servers hold (train-list file, tar.gz parts, `annotations/train.csv`, the replacement archive for
 corrupted videos), small enough to test `rsp.prepare` end to end.
 
-Frames show textured shapes moving over a drifting textured background, so every frame differs
-from its neighbours (an off-by-one read is visible) and crops contain structure. Everything is a
-function of the seed.
+Two scenes (`SCENES`): `shapes`, textured shapes moving over a drifting textured background, so
+every frame differs from its neighbours (an off-by-one read is visible) and crops contain structure
+(the tests' videos); and `camouflage` (rsp.scenes), objects of the background's own colours and
+textures under changing light, the pretraining videos of the smoke run and the CPU study, drawn
+from the distribution of their generated benchmarks. Everything is a function of the seed.
 
     python -m rsp.synthetic dataset --root data/synth --videos 64 --height 96 --width 128 --frames 60
+    python -m rsp.synthetic dataset --root data/camo --videos 48 --scene camouflage
     python -m rsp.synthetic kinetics-raw --out data/k400_raw --videos 200
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import tarfile
 import tempfile
@@ -30,7 +34,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from rsp.atomicio import atomic_path
+from rsp.atomicio import atomic_path, atomic_write_json
+from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,13 @@ def synthetic_frames(rng: np.random.Generator, num_frames: int, height: int, wid
             texture = s["color"] * (0.75 + 0.25 * np.sin(s["stripes"] * (xx + yy - t)))[..., None]
             frame[mask] = texture[mask]
         yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+SCENES = {"shapes": synthetic_frames, "camouflage": camouflage_frames}  # name -> frames(rng, num_frames, height, width)
+# (height, width, frames) of a scene's videos when none is given: camouflage videos are seen at
+# 64 px by the smoke run and the study, close to the scale of their 96-px generated benchmarks.
+SCENE_SIZES = {"shapes": (96, 128, 60), "camouflage": (72, 96, 40)}
+GENERATED_FILE = ".generated.json"  # beside the labels file: what generate_dataset made (scene, sizes, seed)
 
 
 def _bounce(x: float, size: int) -> float:
@@ -133,13 +145,14 @@ class VideoSpec:
     width: int
     fps: int
     keyint: int
+    scene: str = "shapes"
 
 
 def _write_spec(spec: VideoSpec) -> None:
     if spec.path.exists():  # written atomically, so an existing file is complete
         return
     rng = np.random.default_rng(list(spec.seed))
-    write_video(spec.path, synthetic_frames(rng, spec.num_frames, spec.height, spec.width), spec.fps, spec.keyint)
+    write_video(spec.path, SCENES[spec.scene](rng, spec.num_frames, spec.height, spec.width), spec.fps, spec.keyint)
 
 
 def _write_all(specs: list[VideoSpec], jobs: int) -> None:
@@ -155,16 +168,22 @@ def generate_dataset(
     root: str | Path,
     num_videos: int,
     num_classes: int = 4,
-    height: int = 96,
-    width: int = 128,
-    num_frames: int = 60,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
     fps: int = 30,
     keyint: int = 30,
     seed: int = 0,
     jobs: int = 1,
+    scene: str = "shapes",
 ) -> Path:
-    """Write `num_videos` videos in `num_classes` class folders under `root/train` and our labels
-    file; videos that already exist are kept. Returns the labels file."""
+    """Write `num_videos` videos of `scene` in `num_classes` class folders under `root/train` and
+    our labels file; videos that already exist are kept. Sizes default to the scene's
+    (SCENE_SIZES). Returns the labels file."""
+    if scene not in SCENES:
+        raise ValueError(f"scene {scene!r} is not a generated scene; valid: {', '.join(SCENES)}")
+    default_height, default_width, default_frames = SCENE_SIZES[scene]
+    height, width, num_frames = height or default_height, width or default_width, num_frames or default_frames
     if num_videos < 1 or num_classes < 1:
         raise ValueError(f"num_videos ({num_videos}) and num_classes ({num_classes}) must be >= 1")
     if height % 2 or width % 2:
@@ -175,11 +194,19 @@ def generate_dataset(
         class_idx = i % num_classes
         rel = f"train/class_{class_idx:03d}/video_{i:06d}.mp4"
         entries.append(LabelEntry(rel, class_idx, f"class_{class_idx:03d}", num_frames))
-        specs.append(VideoSpec(root / rel, (seed, i), num_frames, height, width, fps, keyint))
+        specs.append(VideoSpec(root / rel, (seed, i), num_frames, height, width, fps, keyint, scene))
     _write_all(specs, jobs)
     labels = root / OUR_LABELS
     write_labels(labels, entries)
+    made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}
+    atomic_write_json(root / GENERATED_FILE, made)
     return labels
+
+
+def generated_scene(root: str | Path) -> str | None:
+    """The scene of the dataset generate_dataset wrote at `root`; None when it wrote none there."""
+    made = Path(root) / GENERATED_FILE
+    return json.loads(made.read_text())["scene"] if made.is_file() else None
 
 
 def ensure_synthetic_dataset(root: str | Path, num_videos: int, **kwargs) -> Path:
@@ -188,6 +215,12 @@ def ensure_synthetic_dataset(root: str | Path, num_videos: int, **kwargs) -> Pat
     Safe to call from every rank at once: files are written atomically with identical content."""
     labels = Path(root) / OUR_LABELS
     if labels.is_file():
+        scene = kwargs.get("scene", "shapes")
+        if (found_scene := generated_scene(root)) not in (None, scene):
+            raise ValueError(
+                f"{root} holds generated {found_scene} videos, not the {scene} videos asked for "
+                f"(data.synthetic_scene={scene}); point data.root at another directory, or delete {root} to regenerate"
+            )
         found = len(read_labels(labels))
         if found != num_videos:
             log.warning("%s lists %d videos, not the %d requested; using it as it is", labels, found, num_videos)
@@ -290,9 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     ds.add_argument("--root", required=True)
     ds.add_argument("--videos", type=int, required=True)
     ds.add_argument("--classes", type=int, default=4)
-    ds.add_argument("--height", type=int, default=96)
-    ds.add_argument("--width", type=int, default=128)
-    ds.add_argument("--frames", type=int, default=60)
+    ds.add_argument("--scene", choices=sorted(SCENES), default="shapes")
+    ds.add_argument("--height", type=int, default=None, help="default: the scene's (SCENE_SIZES)")
+    ds.add_argument("--width", type=int, default=None)
+    ds.add_argument("--frames", type=int, default=None)
     ds.add_argument("--fps", type=int, default=30)
     ds.add_argument("--keyint", type=int, default=30, help="frames between keyframes")
     ds.add_argument("--seed", type=int, default=0)
@@ -318,8 +352,9 @@ def main(argv: list[str] | None = None) -> None:
             args.keyint,
             args.seed,
             args.jobs,
+            args.scene,
         )
-        print(f"wrote {args.videos} videos and {labels}")
+        print(f"wrote {args.videos} {args.scene} videos and {labels}")
     else:
         made = generate_kinetics_raw(args.out, args.videos, args.parts, num_frames=args.frames, seed=args.seed, jobs=args.jobs)
         print(

@@ -3,18 +3,20 @@ crash-safe checkpoints, exact resume and a cooperative stop.
 
 Every start is a resume: `train()` looks for the newest valid checkpoint in the run directory and
 continues from it bitwise exactly (model, optimizer, scaler, step, data position, every rank's RNG
-state), or starts from step 0 when there is none. Time is counted in optimizer steps.
+state), or starts from step 0 when there is none, first committing the initialization as the
+step-0 milestone (`checkpoint.initial_milestone`). Time is counted in optimizer steps.
 
 Per optimizer step there is exactly one extra collective: a small all-reduce that carries the loss
 parts (for logging), a non-finite flag (every rank raises together, none hangs), the stop flag
-(every rank stops at the same step) and the broken-video counts.
+(every rank stops at the same step) and the broken-video counts (rsp.agreement). On CUDA the host
+reads it one step late, so the GPU never waits for the host between steps; the GPU options
+(precision, TF32, torch.compile, fused AdamW, DDP settings) are rsp.acceleration's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,16 +24,24 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from rsp import rng
+from rsp.acceleration import (
+    BatchTooLargeError,
+    autocast,
+    check_device_support,
+    compile_step,
+    device_settings,
+    resolve_precision,
+    wrap_ddp,
+)
+from rsp.agreement import StepReadback, StepValues, reduce_step, resolve_host_sync
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
 from rsp.config import TrainConfig, validate
 from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
 from rsp.distributed import (
     DistEnv,
     all_gather_objects,
-    all_reduce_sum,
     barrier,
     cpu_threads_per_process,
     init_process_group,
@@ -42,7 +52,7 @@ from rsp.encoder import load_strict
 from rsp.lifecycle import ProgressWatchdog, StopRequest
 from rsp.metrics import MetricsLogger
 from rsp.model import create_model
-from rsp.optim import build_optimizer, resolve_schedule
+from rsp.optim import build_optimizer, load_optimizer_state, resolve_schedule
 from rsp.provenance import code_version
 from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
@@ -88,28 +98,20 @@ def train(
     TensorBoard events go to `tb_dir` (default: <run_dir>/tb)."""
     validate(cfg)
     device = resolve_device(cfg.runtime.device, env)
+    check_device_support(cfg.runtime, device)  # before anything is loaded or written
     init_process_group(env, device, cfg.runtime.dist_timeout_minutes)
     try:
-        trainer = Trainer(cfg, env, Path(run_dir), device, stop or StopRequest(), hooks or TrainHooks())
-        return trainer.run(tb_dir)
+        with device_settings(cfg.runtime, device):
+            trainer = Trainer(cfg, env, Path(run_dir), device, stop or StopRequest(), hooks or TrainHooks())
+            return trainer.run(tb_dir)
     finally:
         shutdown()
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ValueError("runtime.precision=fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    return requested
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: DistEnv, run_dir: Path, device: torch.device, stop: StopRequest, hooks: TrainHooks):
         self.cfg, self.env, self.run_dir, self.device, self.stop, self.hooks = cfg, env, run_dir, device, stop, hooks
         torch.set_num_threads(cfg.runtime.cpu_threads or cpu_threads_per_process(env))
-        torch.use_deterministic_algorithms(cfg.runtime.deterministic)
-        torch.backends.cudnn.benchmark = not cfg.runtime.deterministic
         seed = cfg.runtime.seed
         self.dataset = FramePairDataset(cfg.data, cfg.model.img_size, seed)
         self.sampler = EpochSampler(len(self.dataset), cfg.data.batch_size, env.rank, env.world_size, seed)
@@ -121,11 +123,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.schedule.base_lr)
         self.precision = resolve_precision(cfg.runtime.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            if env.distributed
-            else None
-        )
+        self.ddp = wrap_ddp(self.model, device) if env.distributed else None
+        module = self.ddp or self.model
+        self.step_module = compile_step(module) if cfg.runtime.compile else module  # forward (+ backward)
+        self.host_sync = resolve_host_sync(cfg.runtime.host_sync, device)
+        self.readback = StepReadback(self.host_sync)
         self.store = CheckpointStore(run_dir / "checkpoints")
         self.committer = BackgroundCommitter(self._after_commit)
         self.budget = BrokenVideoBudget(cfg.data.max_broken_fraction)
@@ -176,7 +178,7 @@ class Trainer:
             )
         load_strict(self.model, state["model"], str(path))
         self._check_optimizer_layout(state["optimizer"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         rng.restore(state["rng"][self.env.rank])
         self.counters = dict(state["counters"])
@@ -204,92 +206,77 @@ class Trainer:
 
     # --- one optimizer step ---------------------------------------------------------------------
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def _train_step(self, batches: Iterator[dict], logging_step: bool) -> dict:
+    def _train_step(self, batches: Iterator[dict], logging_step: bool) -> list[StepValues]:
+        """Queue one optimizer step; return the values of the steps the host reads now (this
+        one with host_sync=every_step, the previous one when deferred: rsp.agreement)."""
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_iter
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr_at(self.step)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         broken = videos = 0
         waited = 0.0
-        module = self.ddp or self.model
         for micro in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
             waited += time.perf_counter() - t0
             src = batch["src"].flatten(0, 1).to(self.device, non_blocking=True)  # (B * R, 3, S, S)
             tgt = batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True)
-            prior_gen = (
-                rng.derived_generator(self.device, cfg.runtime.seed, rng.PRIOR_LOG_STREAM, env.rank, self.step, micro)
-                if logging_step
-                else None
-            )
             sync = self.ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                with self._autocast():
-                    out = module(src, tgt, prior_generator=prior_gen)
+                with autocast(self.precision, self.device):
+                    out = self.step_module(src, tgt)
+                    if logging_step:  # outside the (possibly compiled) step: its graph never depends on log cadence
+                        seed = (cfg.runtime.seed, rng.PRIOR_LOG_STREAM, env.rank, self.step, micro)
+                        self.model.log_prior_loss(out, rng.derived_generator(self.device, *seed))
                 self.scaler.scale(out.loss / accum).backward()
-            for key, value in out.logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value) / accum
+            for key, value in out.logs.items():  # float64 on the device: no host sync, the host's float arithmetic
+                part = value.to(torch.float64) / accum
+                sums[key] = sums[key] + part if key in sums else part
             broken += batch["broken"]
             videos += batch["src"].shape[0]
             self.budget.record(batch["broken_paths"])
         grad_norm = self._finish_gradients(logging_step)
-        reduced = self._agree(sums, broken, videos)
-        if reduced["nonfinite"]:
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step + 1} on {int(reduced['nonfinite'])} rank(s): "
-                + ", ".join(f"{k}={v:.6g}" for k, v in reduced["means"].items())
-                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in sums.items())}); the last checkpoint is intact"
-            )
-        self.scaler.step(self.optimizer)
+        pending = reduce_step(
+            self.step + 1, logging_step, sums, self.stop.requested, broken, videos, grad_norm, waited, env, self.device
+        )
+        values = self.readback.push(pending)
+        for done in values:
+            self._absorb(done)  # raises on a non-finite loss before this step's update
+        self.scaler.step(self.optimizer)  # fused AdamW takes the scaler's inf flag on the device: no sync
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.counters["broken_videos"] += reduced["broken"]
-        self.counters["videos_read"] += reduced["read"]
-        self.budget.check(self.counters["broken_videos"], self.counters["videos_read"])
-        return {**reduced, "grad_norm": grad_norm, "data_wait": waited}
+        return values
 
-    def _finish_gradients(self, logging_step: bool) -> float | None:
-        """Unscale, clip when configured, and measure the global grad norm on logging steps."""
+    def _finish_gradients(self, logging_step: bool) -> torch.Tensor | None:
+        """Unscale, clip when configured, and measure the global grad norm on logging steps
+        (a device scalar: read with the step's other values)."""
         clip = self.cfg.optim.clip_grad
         if clip is None and not logging_step:
             return None
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if clip is not None:
-            return float(torch.nn.utils.clip_grad_norm_(params, clip))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            return torch.nn.utils.clip_grad_norm_(params, clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
 
-    def _agree(self, sums: dict[str, float], broken: int, videos: int) -> dict:
-        """The step's one extra collective: loss parts, non-finite flag, stop flag, data counts."""
-        keys = sorted(sums)
-        local = [sums[k] for k in keys]
-        nonfinite = float(not all(math.isfinite(v) for v in local))
-        vector = torch.tensor(
-            [nonfinite, float(self.stop.requested), float(broken), float(videos + broken), *local],
-            dtype=torch.float64,
-            device=self.device if self.device.type == "cuda" else "cpu",
-        )
-        total = all_reduce_sum(vector, self.env).tolist()
-        world = self.env.world_size
-        return {
-            "nonfinite": total[0],
-            "stop": total[1] > 0,
-            "broken": int(total[2]),
-            "read": int(total[3]),
-            "means": {k: v / world for k, v in zip(keys, total[4:], strict=True)},
-        }
+    def _absorb(self, values: StepValues) -> None:
+        """Act on a step's agreed values: every rank raises together on a non-finite loss; data counts."""
+        if values.nonfinite_ranks:
+            raise NonFiniteLossError(
+                f"non-finite loss at step {values.step} on {values.nonfinite_ranks} rank(s): "
+                + ", ".join(f"{k}={v:.6g}" for k, v in values.means.items())
+                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in values.local.items())}); the last checkpoint is intact"
+            )
+        self.counters["broken_videos"] += values.broken
+        self.counters["videos_read"] += values.read
+        self.budget.check(self.counters["broken_videos"], self.counters["videos_read"])
 
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _is_milestone(self, step: int) -> bool:
+        if step == 0:
+            return self.cfg.checkpoint.initial_milestone
         every = self.cfg.checkpoint.milestone_every_steps
         return step == self.schedule.total_steps or (every > 0 and step % every == 0)
 
@@ -346,46 +333,74 @@ class Trainer:
                 self.precision,
                 self.env.world_size,
             )
+            kernel = "fused" if self.optimizer.defaults.get("fused") else "per-parameter loop"
+            log.info(
+                "%s: tf32 %s, compile %s, host sync %s, AdamW %s",
+                self.device,
+                "on" if cfg.runtime.tf32 and self.device.type == "cuda" else "off",
+                "on" if cfg.runtime.compile else "off",
+                self.host_sync,
+                kernel,
+            )
         if self.env.is_main and self.hooks.on_start is not None:
             self.hooks.on_start(self.step, total)
+        if self.resumed_from is None and cfg.checkpoint.initial_milestone:
+            # The initialization as a milestone, taken before anything can change it. Only a fresh
+            # start writes it: a resumed attempt (even one resumed from this very checkpoint) keeps
+            # the original, so step 0 always means the weights this run started from.
+            self._save(wait=False)
         metrics = MetricsLogger(self.run_dir, self.env.is_main, self.step, total, cfg.runtime.progress_bar, tb_dir)
         pairs_per_step = self.schedule.effective_batch * cfg.data.repeated_sampling
-        module = self.ddp or self.model
-        module.train()
-        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
+        self.model.train()
+        window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
         start, stopped = self.step, None
+
+        def report(done: list[StepValues]) -> str | None:
+            """Log the steps the host has read; a stop one of them carries (all ranks see it at once)."""
+            reason = None
+            for values in done:
+                window["steps"] += 1
+                window["wait"] += values.data_wait
+                if values.logging:
+                    elapsed = time.perf_counter() - window["start"]
+                    scalars = dict(values.means)
+                    scalars.update(
+                        lr=self.schedule.lr_at(values.step - 1),
+                        grad_norm=values.grad_norm,
+                        pairs_per_s=pairs_per_step * window["steps"] / elapsed,
+                        data_wait_share=window["wait"] / elapsed,
+                        broken_videos=float(self.counters["broken_videos"]),
+                    )
+                    metrics.log(values.step, scalars)
+                    window.update(start=time.perf_counter(), steps=0, wait=0.0)
+                if values.stop:
+                    reason = self.stop.reason or "peer request"
+            return reason
+
         try:
             with ProgressWatchdog(cfg.runtime.watchdog_minutes * 60) as watchdog:
                 batches = self._batches(self.step * cfg.optim.accum_iter)
                 while self.step < total:
                     logging_step = (self.step + 1) % cfg.runtime.log_every_steps == 0 or self.step + 1 == total
-                    result = self._train_step(batches, logging_step)
+                    try:
+                        done = self._train_step(batches, logging_step)
+                    except torch.OutOfMemoryError as exc:
+                        raise BatchTooLargeError.explain(cfg, self.device, self.precision, exc) from exc
                     self.step += 1
                     watchdog.kick()
                     if self.env.is_main and self.hooks.on_step is not None:
                         self.hooks.on_step(self.step)
-                    window_steps += 1
-                    window_wait += result["data_wait"]
-                    if logging_step:
-                        elapsed = time.perf_counter() - window_start
-                        scalars = dict(result["means"])
-                        scalars.update(
-                            lr=self.schedule.lr_at(self.step - 1),
-                            grad_norm=result["grad_norm"],
-                            pairs_per_s=pairs_per_step * window_steps / elapsed,
-                            data_wait_share=window_wait / elapsed,
-                            broken_videos=float(self.counters["broken_videos"]),
-                        )
-                        metrics.log(self.step, scalars)
-                        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
-                    metrics.advance(self.step)
-                    if result["stop"]:
-                        stopped = self.stop.reason or "peer request"
-                    elif cfg.runtime.stop_after_steps and self.step - start == cfg.runtime.stop_after_steps:
+                    stopped = report(done) or stopped
+                    if not stopped and cfg.runtime.stop_after_steps and self.step - start == cfg.runtime.stop_after_steps:
                         stopped = "stop_after_steps"
                     if self.step % cfg.checkpoint.every_steps == 0 or self.step == total or stopped:
+                        pending = self.readback.drain()  # a checkpoint holds only steps whose values were read
+                        for values in pending:
+                            self._absorb(values)
+                        stopped = report(pending) or stopped
                         self._save(wait=bool(stopped) or self.step == total)
                         watchdog.kick()
+                    metrics.advance(self.step)
                     if stopped:
                         break
                 self.committer.wait()

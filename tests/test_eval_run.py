@@ -106,6 +106,7 @@ def test_protocol_hash_covers_what_changes_the_numbers_only():
         ({"batch_frames": -1}, "batch_frames (-1) must be >= 1, or 0 for automatic"),
         ({"jhmdb_split": 4}, "jhmdb_split (4) must be 1, 2 or 3"),
         ({"workers": -1}, "workers (-1) must be >= 0"),
+        ({"cpu_threads": -1}, "cpu_threads (-1) must be >= 0"),
         ({"num_heads": 0}, "num_heads (0) must be >= 1"),
     ],
 )
@@ -146,7 +147,13 @@ def test_evaluate_davis_writes_predictions_csvs_and_metrics(sets, tmp_path):
 
 
 def test_evaluate_jhmdb_and_vip(sets, tmp_path):
-    pose = evaluate(config(sets, "jhmdb", tmp_path))
+    threads = torch.get_num_threads()
+    try:
+        pose = evaluate(config(sets, "jhmdb", tmp_path, cpu_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert pose.protocol["generated_set"] is None  # written without a marker: read as a real dataset
     assert set(pose.metrics) == {"PCK@0.1", "PCK@0.2"} and pose.metrics["PCK@0.1"] <= pose.metrics["PCK@0.2"]
     keypoints = json.loads((pose.output_dir / "keypoints.json").read_text())
     assert len(keypoints["walk/synth_000"]) == 4 and len(keypoints["walk/synth_000"][0]) == 15

@@ -142,19 +142,20 @@ def test_a_new_task_runs_through_validation_scheduling_records_table_status_and_
     assert (tmp_path / "centre" / ".generated").is_file() and (tmp_path / "centre" / "toy1" / "004.png").is_file()
     run = RunDirectory(next((tmp_path / "runs").glob("*/run.json")).parent)
     due = expected(run)
-    assert [(step, task) for step, task, _ in due] == [(2, "centre"), (4, "centre")]
+    assert [(step, task) for step, task, _ in due] == [(0, "centre"), (2, "centre"), (4, "centre")]  # 0: the initialization
     assert all((d / "record.json").is_file() and (d / "predictions" / "centres.json").is_file() for _, _, d in due)
 
     records, warnings = read_records(find_record_files(tmp_path / "runs"))
-    assert not warnings and sorted(r.step for r in records) == [2, 4]
+    assert not warnings and sorted(r.step for r in records) == [0, 2, 4]
     record = records[0]
     assert record.task == "centre" and set(record.metrics) == {"hit@0.1"} and 0 <= record.metrics["hit@0.1"] <= 1
     assert record.protocol["preset"] == "rsp" and record.protocol["frame_size"] == 64 and record.protocol["split"] == "val"
+    assert record.protocol["generated_set"].startswith("generated centre set (camouflage-1)")  # tables label it
 
     report = aggregate(tmp_path / "runs", tmp_path / "results")
     assert "centre:hit@0.1" in report.table.columns and report.table["best"].sum() == 1  # best checkpoint picked by hit@0.1
     assert "centre:hit@0.1" in report.summary() and any(p.name == "centre_hit_0.1_vs_step.png" for p in report.plots)
-    assert " 2/2" in render(tmp_path / "runs", None)  # the status table counts the task's evaluations
+    assert " 3/3" in render(tmp_path / "runs", None)  # the status table counts the task's evaluations
 
     assert prepare_main(["centre", "--root", str(tmp_path / "prepared"), "--videos", "2"]) == 0
     assert read_listing(tmp_path / "prepared" / "videos.txt", "") == ["toy0", "toy1"]

@@ -4,12 +4,15 @@ identity, the requeue policy, sweep expansion, array splitting, the generated sb
 from __future__ import annotations
 
 import dataclasses
+import functools
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 from launch_helpers import merged
 
-from launch.backends import Resources, SlurmBackend, parse_slurm_config
+from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
@@ -33,7 +36,8 @@ def test_composition_reports_every_bad_override_at_once_with_suggestions():
     msgs = err.value.problems
     assert len(msgs) == 4
     assert any(
-        "experiment='rsp_vits16_k40' is not one of: rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m for m in msgs
+        "experiment='rsp_vits16_k40' is not one of: cpu_study, rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m
+        for m in msgs
     )
     assert any("cluster='slurmm' is not one of: debug, local, slurm" in m for m in msgs)
     assert any("model.kl_scal is not a configuration key; did you mean model.kl_scale?" in m for m in msgs)
@@ -117,8 +121,12 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["output_root=/sys/rsp-runs"], "output_root (/sys/rsp-runs) is not writable"),
         (["model.latent=none"], "model.kl_scale (0.01) must be 0 when model.latent=none"),
         (["model.img_size=60"], "model.img_size (60) must be a positive multiple of the patch size (8)"),
-        (["data.max_gap=2"], "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap"),
+        (
+            ["data.min_gap=4", "data.max_gap=2"],
+            "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap",
+        ),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
+        (["data.synthetic_scene=cubes"], "data.synthetic_scene ('cubes') must be one of shapes, camouflage"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
             "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb",
@@ -142,9 +150,21 @@ def test_validation_rule(train_videos, tmp_path, overrides, expected):
     assert any(expected in p for p in found), found
 
 
+def test_validation_refuses_generated_videos_of_another_scene(tmp_path):
+    from rsp.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "videos", 2, num_frames=4, scene="shapes")
+    found = problems(cfg_with(tmp_path, tmp_path / "videos", "data.synthetic_videos=2", "data.batch_size=2"))
+    assert any("holds generated shapes videos, not the camouflage videos data.synthetic_scene asks for" in p for p in found), (
+        found
+    )
+    scene = ("data.synthetic_videos=2", "data.batch_size=2", "data.synthetic_scene=shapes")
+    assert problems(cfg_with(tmp_path, tmp_path / "videos", *scene)) == []
+
+
 def test_validation_collects_all_problems_and_a_good_config_has_none(train_videos, tmp_path):
     assert problems(cfg_with(tmp_path, train_videos)) == []
-    found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=2", "cluster.nodes=2"))
+    found = problems(cfg_with(tmp_path, train_videos, "model.latent=none", "data.max_gap=0", "cluster.nodes=2"))
     assert len(found) == 3
     assert not (tmp_path / "runs").exists()  # validating creates nothing
 
@@ -332,6 +352,29 @@ def test_bad_sweeps_report_every_problem_and_submit_nothing(tmp_path, text, expe
     with pytest.raises(ConfigError) as err:
         expand(load_sweep(write_sweep(tmp_path, "experiment: smoke\n" + text)), ["evaluation.tasks=[]"])
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def _busy_interval(out: str, name: str) -> None:
+    start = time.time()
+    time.sleep(1.0)  # long beside the 0.05 s poll: the second slot is taken while the first is busy
+    Path(out, name).write_text(f"{start} {time.time()}")
+
+
+def test_local_slots_run_at_most_that_many_jobs_at_once(tmp_path):
+    """Six processes, two slots: never more than two inside at once, and every one gets its turn."""
+    jobs = [
+        InLocalSlot(functools.partial(_busy_interval, str(tmp_path), f"job{i}"), str(tmp_path / "slots"), 2, 0.05)
+        for i in range(6)
+    ]
+    processes = [multiprocessing.get_context("fork").Process(target=job) for job in jobs]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=60)
+    intervals = [tuple(map(float, (tmp_path / f"job{i}").read_text().split())) for i in range(6)]
+    starts = sorted(s for s, _ in intervals)
+    overlap = max(sum(s <= t < e for s, e in intervals) for t in starts)
+    assert overlap == 2 and all(p.exitcode == 0 for p in processes)
 
 
 def test_arrays_group_by_resources_and_split_at_max_array_size():

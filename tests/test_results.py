@@ -134,6 +134,47 @@ def test_aggregate_writes_table_markdown_typed_json_plots_paper_view_and_hparams
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(acc.PluginTagToContent("hparams"))
 
 
+def test_step0_gains_paper_baseline_and_mean_std_over_seeds(tmp_path):
+    """A sweep of 2 settings x 3 seeds on a real dataset, each run with step 0 and step 100."""
+    finals = {
+        ("discrete", 0): 0.40,
+        ("discrete", 1): 0.44,
+        ("discrete", 2): 0.45,
+        ("none", 0): 0.38,
+        ("none", 1): 0.41,
+        ("none", 2): 0.44,
+    }
+    for (latent, seed), final in finals.items():
+        axes = {"model.latent": latent, "runtime.seed": seed}
+        for step, jf in ((0, 0.25 + 0.01 * seed), (100, final)):
+            r = record(
+                f"{latent}{seed}",
+                step,
+                "davis",
+                {"J&F-Mean": jf, "J-Mean": jf, "F-Mean": jf},
+                axes=axes,
+                name=f"{latent}-s{seed}",
+            )
+            write_record(record_path(tmp_path, r), r)
+    report = aggregate(tmp_path, tmp_path / "out", tensorboard=False)
+    table = report.table
+    assert table.loc[(table["run"] == "none-s2") & (table["step"] == 100), "gain:davis:J&F-Mean"].item() == pytest.approx(0.17)
+    assert set(table.loc[table["best"], "step"]) == {100} and set(table["generated"]) == {""}
+    paper = (tmp_path / "out" / "paper.md").read_text()
+    assert "| ours: none-s2 (step 100, rsp_vit_tiny_patch8) | 44.0 | 44.0 | 44.0 | - | - | - |" in paper
+    assert "| ours: none-s2 (step 0: initialization, rsp_vit_tiny_patch8) | 27.0 | 27.0 | 27.0 | - | - | - |" in paper
+    seeds = pd.read_csv(tmp_path / "out" / "over_seeds.csv")
+    assert list(seeds.columns[:2]) == ["axis:model.latent", "step"] and len(seeds) == 4 and set(seeds["seeds"]) == {3}
+    final = seeds[(seeds["axis:model.latent"] == "discrete") & (seeds["step"] == 100)].iloc[0]
+    assert final["davis:J&F-Mean mean"] == pytest.approx(0.43) and final["davis:J&F-Mean std"] == pytest.approx(
+        0.026458, abs=1e-6
+    )
+    assert final["gain:davis:J&F-Mean mean"] == pytest.approx(0.17)  # (0.15 + 0.18 + 0.18) / 3
+    assert "| discrete | 100 | 43.0 ± 2.6 |" in (tmp_path / "out" / "over_seeds.md").read_text()
+    assert "over seeds (runtime.seed): mean ± std" in report.summary()
+    assert any(p.name == "davis_J_F-Mean_over_seeds.png" and p.stat().st_size > 1000 for p in report.plots)
+
+
 def test_a_single_point_still_plots(tmp_path):
     write_record(record_path(tmp_path, r := record(metrics={"mIoU": 0.3}, task="vip", axes={"data.max_gap": 48})), r)
     report = aggregate(tmp_path, tmp_path / "out")
@@ -173,6 +214,8 @@ def trained_run(train_videos, tmp_path_factory):
                 f"evaluation.data_roots.vip={base / 'vip'}",
                 "evaluation.overrides.davis.frame_size=64",
                 "evaluation.overrides.vip.frame_size=96",
+                "evaluation.overrides.davis.cpu_threads=1",  # a tiny model: one thread is the fastest
+                "evaluation.overrides.vip.cpu_threads=1",
             ]
         ),
         base,
@@ -186,7 +229,12 @@ def trained_run(train_videos, tmp_path_factory):
 
 def test_retention_keeps_milestones_and_pinned_checkpoints(trained_run):
     steps = [m.step for m in trained_run.manifests()]
-    assert steps == [2, 3, 4]  # keep_last=1 removed step 1; 2 and 4 are milestones; 3 is the newest ordinary
+    assert steps == [
+        0,
+        2,
+        3,
+        4,
+    ]  # keep_last=1 removed step 1; 0 (the initialization), 2 and 4 are milestones; 3 the newest ordinary
     store = trained_run.checkpoints
     store.pin(3, "pending-eval")
     assert store.prune(keep_last=0) == [] and (store.dir / "step_00000003.pt").exists()
@@ -200,12 +248,12 @@ def test_each_evaluation_is_claimed_at_most_once(tmp_path):
 
 def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     due = expected(trained_run)
-    assert [(s, t) for s, t, _ in due] == [(2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
+    assert [(s, t) for s, t, _ in due] == [(0, "davis"), (0, "vip"), (2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
     ids = schedule(trained_run, None, "debug")
-    assert len(ids) == 2  # debug/local: one job per checkpoint runs its tasks in turn
+    assert len(ids) == 3  # debug/local: one job per checkpoint runs its tasks in turn
     assert schedule(trained_run, None, "debug") == []  # at most once
     records, warnings = read_records(find_record_files(trained_run.path.parent))
-    assert len(records) == 4 and not warnings
+    assert len(records) == 6 and not warnings
     r = next(r for r in records if r.step == 4 and r.task == "davis")
     info = trained_run.info()
     manifest = next(m for m in trained_run.manifests() if m.step == 4)
@@ -213,7 +261,14 @@ def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     assert r.protocol["preset"].startswith("rsp") and 0 <= r.metrics["J&F-Mean"] <= 1 and r.wall_time_s > 0
     assert not list((trained_run.path / "checkpoints" / "pins").glob("*"))  # unpinned once recorded
     table = build_table(records)
-    assert list(table["step"]) == [2, 4] and table["best"].sum() == 1
+    assert list(table["step"]) == [0, 2, 4] and table["best"].sum() == 1 and not table.loc[0, "best"]  # step 0: the baseline
+    for metric in ("davis:J&F-Mean", "davis:F-Decay", "vip:mIoU"):  # every metric has its gain over step 0
+        assert list(table["gain:" + metric]) == pytest.approx(list(table[metric] - table.loc[0, metric]))
+    assert set(table["generated"]) == {"davis, vip"}  # both sets were generated (their markers say so)
+    report = aggregate(trained_run.path.parent, trained_run.path.parent / "results", plots=False, tensorboard=False)
+    paper = (report.out / "paper.md").read_text()
+    assert "| ours:" not in paper and "Not shown: 1 run(s) evaluated only on generated sets" in paper
+    assert "gain:davis:J&F-Mean" in report.summary() and "generated: tasks evaluated on generated sets" in report.summary()
 
 
 def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tmp_path):

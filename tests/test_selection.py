@@ -381,5 +381,6 @@ def test_every_shipped_sweep_plans_on_a_fresh_clone_and_a_submission_with_proble
         assert "data.root is not set" in out
         assert main([f"sweep={name}", f"output_root={root}"]) == 2
         assert "nothing was submitted" in capsys.readouterr().err and not root.exists()
-    else:
-        assert name == "smoke"  # the one sweep that generates its own data
+    else:  # only sweeps whose runs generate their own data (smoke, cpu_study) plan cleanly on a fresh clone
+        plan = plan_sweep(load_sweep(name), [f"output_root={root}"], tmp_path)
+        assert plan.problems == [] and all(r.run.cfg.data.synthetic_videos > 0 for r in plan.rows), name

@@ -13,9 +13,11 @@ import pytest
 import torch
 from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
+from rsp import rng
 from rsp.checkpoint import CheckpointStore
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
+from rsp.model import create_model
 from rsp.schema import to_dict
 from rsp.train import NonFiniteLossError, ResumeError, train
 
@@ -238,3 +240,74 @@ def test_cooperative_stop_saves_at_the_current_step(train_videos, tmp_path):
     result = train(tiny_config(train_videos), DistEnv(), tmp_path / "run", stop=StopAfterReads())
     assert (result.status, result.step, result.stop_reason) == ("stopped", 5, "SIGUSR2")
     assert CheckpointStore(tmp_path / "run" / "checkpoints").manifests()[-1].step == 5  # no step lost
+
+
+# --- the initialization as a milestone ------------------------------------------------------------
+
+
+def initial_weights(cfg) -> dict:
+    """The weights a fresh run of `cfg` starts from, built outside the trainer."""
+    rng.seed_process(cfg.runtime.seed, rng.MODEL_INIT_STREAM)
+    return create_model(cfg.model).state_dict()
+
+
+def step0(run) -> tuple[object, bytes]:
+    store = CheckpointStore(run / "checkpoints")
+    manifest = next(m for m in store.manifests() if m.step == 0)
+    return manifest, (store.dir / manifest.file).read_bytes()
+
+
+def test_initialization_is_a_retained_milestone_with_a_manifest(train_videos, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(train_videos, checkpoint={"every_steps": 1, "keep_last": 1})
+    train(cfg, DistEnv(), run)
+    store = CheckpointStore(run / "checkpoints")
+    # keep_last=1: 1..6 pruned, 7 the newest ordinary checkpoint; the initialization stays
+    assert [(m.step, m.milestone) for m in store.manifests()] == [(0, True), (7, False), (8, True)]
+    manifest, _ = step0(run)
+    assert store.verify(manifest) is None and manifest.config_hash == store.manifests()[-1].config_hash
+    state = store.load(manifest)
+    assert state["step"] == 0 and state["optimizer"]["state"] == {}  # before the first optimizer step
+    assert_same_tensors(state["model"], initial_weights(cfg), "model")
+    assert store.prune(keep_last=0) == [7] and (store.dir / manifest.file).exists()  # retention never takes it
+
+
+def test_a_resumed_run_keeps_its_original_initialization(train_videos, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train_videos, runtime={"stop_after_steps": 3}), DistEnv(), run)
+    manifest, content = step0(run)
+    result = train(tiny_config(train_videos), DistEnv(), run)
+    assert (result.resumed_from, result.status) == (3, "finished")
+    assert step0(run) == (manifest, content)  # same manifest (creation time included), same bytes
+    state = CheckpointStore(run / "checkpoints").load(manifest)
+    assert_same_tensors(state["model"], initial_weights(tiny_config(train_videos)), "model")
+    assert not torch.equal(state["model"]["blocks.0.attn.qkv.weight"], final_state(run)["model"]["blocks.0.attn.qkv.weight"])
+
+
+def test_resuming_from_the_step0_checkpoint_is_bitwise_exact(train_videos, tmp_path):
+    """A run killed before its first ordinary checkpoint resumes from step 0 exactly, and does not
+    write step 0 again."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train(tiny_config(train_videos), DistEnv(), full)
+    train(tiny_config(train_videos, runtime={"stop_after_steps": 2}), DistEnv(), killed)
+    store = CheckpointStore(killed / "checkpoints")
+    for m in store.manifests():
+        if m.step:  # as if killed after committing step 0 and before step 2
+            (store.dir / m.file).unlink()
+            (store.dir / m.file).with_suffix(".json").unlink()
+    (killed / "metrics.jsonl").unlink()
+    (killed / "tb").rename(tmp_path / "tb-of-the-killed-attempt")
+    before = step0(killed)
+    result = train(tiny_config(train_videos), DistEnv(), killed)
+    assert (result.resumed_from, result.status) == (0, "finished")
+    assert step0(killed) == before
+    assert_same_training_state(full, killed)
+
+
+def test_initial_milestone_off_writes_no_step0_even_when_a_resume_turns_it_on(train_videos, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train_videos, checkpoint={"initial_milestone": False}, runtime={"stop_after_steps": 3}), DistEnv(), run)
+    assert 0 not in [m.step for m in CheckpointStore(run / "checkpoints").manifests()]
+    train(tiny_config(train_videos), DistEnv(), run)  # a runtime-only field: the same run, resumed
+    steps = [m.step for m in CheckpointStore(run / "checkpoints").manifests()]
+    assert 0 not in steps and steps[-1] == 8  # the weights at step 2 are not the initialization
