@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one entry point that builds this project's environment and runs a command inside it.
 #
-#   ./bootstrap.sh                          build the environment (idempotent) and stop
+#   ./bootstrap.sh                          build the environment (idempotent) and stop; every command
+#                                           also installs FFmpeg (shared libraries for torchcodec, the
+#                                           ffmpeg command for rsp.prepare) when it is missing
 #   ./bootstrap.sh test [PYTEST ARGS...]    also install the system packages the tests need
 #                                           (SLURM, munge, MariaDB, ffmpeg, sample videos), then
 #                                           run the test suite; the suite starts its own SLURM cluster
@@ -54,6 +56,32 @@ build_venv() {
     say "environment ready"
 }
 
+# FFmpeg's shared libraries, which data.decoder=torchcodec loads (PyAV and decord bundle their own),
+# and the ffmpeg command `rsp.prepare rescale` runs: Debian's ffmpeg package has both. Checked for
+# every command (the quickstart's smoke run decodes); without root or apt-get, a warning says what to do.
+ffmpeg_libraries_found() {
+    local dir paths=${LD_LIBRARY_PATH:-}
+    for dir in ${paths//:/ }; do
+        compgen -G "$dir/libavcodec.so.*" >/dev/null && return 0
+    done
+    { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null || true; } | grep 'libavcodec\.so\.' >/dev/null
+}
+
+ensure_ffmpeg() {
+    if command -v ffmpeg >/dev/null 2>&1 && ffmpeg_libraries_found; then
+        return 0
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing Debian's ffmpeg (FFmpeg's shared libraries for torchcodec, the ffmpeg command for rsp.prepare)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg
+    else
+        say "warning: FFmpeg was not found (no libavcodec on the library path, or no ffmpeg command):"
+        say "  data.decoder=torchcodec cannot run and rsp.prepare rescale needs ffmpeg. Install it as root:"
+        say "  apt-get install ffmpeg   (or conda install -c conda-forge ffmpeg; pyav and decord bundle their own FFmpeg)"
+    fi
+}
+
 # Debian packages the test suite needs: a real SLURM cluster with accounting (installed by the
 # cluster's own script), ffmpeg for the Kinetics preparation step, real videos made by others.
 ensure_test_system_packages() {
@@ -66,6 +94,7 @@ ensure_test_system_packages() {
 }
 
 build_venv
+ensure_ffmpeg
 export VIRTUAL_ENV=$VENV
 export PATH=$VENV/bin:$PATH
 cd "$ROOT"

@@ -4,7 +4,7 @@ end to RUNNING again, plus the steps lost to it.
 
     python bench/launch_latency.py [--repeats 2]
 
-Targets (issue 6): submit to running under 2 s; requeue to running again under 10 s; 0 steps lost.
+Targets: submit to running under 2 s; requeue to running again under 10 s; 0 steps lost.
 Needs root and the SLURM Debian packages (python -m launch.local_cluster install).
 """
 

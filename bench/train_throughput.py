@@ -4,7 +4,7 @@ costs the training loop.
 
     python bench/train_throughput.py [--model rsp_vit_small_patch16] [--img 112] [--batch 4] [--steps 6]
 
-Targets (issue 4): data-wait share under 10% with the default worker count; an S/16 checkpoint
+Targets: data-wait share under 10% with the default worker count; an S/16 checkpoint
 (model + optimizer) adds under 5% to step time at the default interval (checkpoint.every_steps),
 and blocks the loop only for its in-memory snapshot (the write runs in the background).
 Each process uses 2 CPU cores / processes threads; the 2-process rows run through torchrun.

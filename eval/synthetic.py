@@ -1,4 +1,4 @@
-"""Drawing generated benchmark frames (docs/evaluation.md#generated-sets): each task writes its own
+"""Drawing generated benchmark frames (docs/evaluation.md#generated-benchmarks): each task writes its own
 generated set in its official layout with these (`write_generated` in eval/davis.py, eval/jhmdb.py,
 eval/vip.py).
 

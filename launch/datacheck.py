@@ -1,6 +1,10 @@
 """Submit-time checks of the training data against the run's config (docs/data.md#labels-files):
 every video the labels file lists exists and is listed once, the batch fits the dataset (a
-generated one included), and data.max_gap / data.min_gap suit the labelled frame counts.
+generated one included), data.max_gap / data.min_gap suit the labelled frame counts (the true counts
+`rsp.prepare labels` found by decoding), and data.decoder can run here and read the videos: the
+labels file records per file and decoder the seek mode `rsp.probe` verified
+(docs/data.md#decoding-and-seek-modes), and a decoder that cannot decode more than
+data.max_broken_fraction of the videos is refused before anything is queued.
 
 What is found once per dataset (`survey`) is cached per version of its labels file, so a sweep of
 1,000 runs over one dataset reads it once and each run's rules are arithmetic. Existence is checked
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from launch.config import RunConfig
+from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
 from rsp.synthetic import generated_scene
 from rsp.video import OUR_LABELS, DataError, read_labels, resolve_labels_file
 
@@ -44,6 +49,8 @@ class DatasetSurvey:
     duplicates: tuple[str, ...]  # paths listed more than once (each once)
     frame_counts: np.ndarray  # sorted frame counts of the entries that record one (>= 0)
     invalid_counts: tuple[tuple[str, int], ...]  # entries whose count is neither >= 0 nor -1 (unknown)
+    unreadable: dict[str, tuple[str, ...]]  # decoder -> paths rsp.probe found it cannot decode
+    unverified: dict[str, int]  # decoder -> entries without a seek mode for it (read from the first frame)
 
 
 def survey(root: Path, labels: str) -> DatasetSurvey:
@@ -68,6 +75,8 @@ def _survey(root: str, labels: str, mtime_ns: int, size: int) -> DatasetSurvey: 
         duplicates=tuple(p for p, n in Counter(paths).items() if n > 1),
         frame_counts=np.sort(counts[counts >= 0]),
         invalid_counts=invalid,
+        unreadable={d: tuple(e.path for e in entries if e.seek(d) == UNREADABLE) for d in DECODERS},
+        unverified={d: sum(1 for e in entries if not e.seek(d)) for d in DECODERS},
     )
 
 
@@ -189,8 +198,41 @@ def batch_problem(videos: int, cfg: RunConfig, what: str, fix: str) -> list[str]
     ]
 
 
+@functools.cache
+def decoder_problem(decoder: str) -> str | None:
+    """Why `decoder` cannot decode on this machine (FFmpeg's shared libraries for torchcodec missing,
+    say; the message names what to install), or None. An unknown name is DataConfig's to report."""
+    if decoder not in DECODERS:
+        return None
+    try:
+        require(decoder)
+    except DecoderUnavailable as exc:
+        return f"data.decoder ({decoder}) cannot decode on this machine: {exc}"
+    return None
+
+
+def decoder_problems(s: DatasetSurvey, cfg: RunConfig, root: Path) -> list[str]:
+    """data.decoder against the seek modes the labels file records: a decoder that cannot decode more
+    than data.max_broken_fraction of the videos would stop the run on its first reads of them."""
+    d = cfg.data
+    bad = s.unreadable.get(d.decoder, ())
+    if not bad or len(bad) <= d.max_broken_fraction * s.videos:
+        return []
+    others = sorted((len(s.unreadable[o]), o) for o in DECODERS if o != d.decoder and s.unverified[o] < s.videos)
+    better = [f"data.decoder={o} ({'reads all of them' if n == 0 else f'cannot decode {n}'})" for n, o in others if n < len(bad)]
+    drop = f"drop them (python -m rsp.prepare labels --root {root} --decoders {d.decoder} drops what it cannot decode)"
+    fix = f"use {' or '.join(better)}, or {drop}" if better else drop[0].upper() + drop[1:]
+    return [
+        f"data.decoder ({d.decoder}) cannot decode {len(bad)} of the {s.videos} videos {s.labels} lists ({examples(bad)}; "
+        f"found by `python -m rsp.prepare labels`), more than data.max_broken_fraction ({d.max_broken_fraction}): every "
+        f"read of one counts as broken and the run would stop. {fix[0].upper() + fix[1:]}"
+    ]
+
+
 def data_problems(cfg: RunConfig) -> list[str]:
     d = cfg.data
+    if (reason := decoder_problem(d.decoder)) is not None:
+        return [reason]
     if not d.root:
         return [
             "data.root is not set; pass data.root=/path/to/dataset (see `python -m rsp.prepare --help`; the Kinetics "
@@ -207,7 +249,7 @@ def data_problems(cfg: RunConfig) -> list[str]:
         s = survey(root, d.labels)
     except DataError as exc:
         return [str(exc)]
-    out = listing_problems(s, root) + gap_problems(s, cfg)
+    out = listing_problems(s, root) + gap_problems(s, cfg) + decoder_problems(s, cfg, root)
     return out + batch_problem(s.videos, cfg, f"{s.labels} lists {s.videos}", "or use a larger dataset")
 
 
@@ -271,7 +313,26 @@ def data_notes(cfg: RunConfig) -> list[str]:
     if d.synthetic_videos or not d.root or not Path(d.root).is_dir():
         return []
     try:
-        note = gap_note(survey(Path(d.root), d.labels), cfg)
+        s = survey(Path(d.root), d.labels)
     except DataError:
         return []
-    return [note] if note else []
+    notes = [gap_note(s, cfg), *seek_notes(s, cfg)]
+    return [n for n in notes if n]
+
+
+def seek_notes(s: DatasetSurvey, cfg: RunConfig) -> list[str]:
+    """Videos data.decoder reads from their first frame (no verified seek mode) or cannot read (below
+    the refusal threshold): exact either way, but slower or replaced."""
+    d, out = cfg.data, []
+    if unverified := s.unverified.get(d.decoder, 0):
+        out.append(
+            f"{unverified} of the {s.videos} videos {s.labels} lists have no verified seek mode for data.decoder={d.decoder}: "
+            "they are decoded from their first frame (exact, several times slower); `python -m rsp.prepare labels` "
+            "records the modes (docs/data.md#decoding-and-seek-modes)"
+        )
+    if bad := s.unreadable.get(d.decoder, ()):
+        out.append(
+            f"{len(bad)} of the {s.videos} videos {s.labels} lists cannot be decoded by data.decoder={d.decoder} "
+            f"({examples(bad)}): each read of one counts as broken and is replaced"
+        )
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rsp.architectures import MODELS
+from rsp.decoders import DECODERS
 from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 
 LATENTS = ("discrete", "gaussian", "none")
@@ -24,6 +25,7 @@ MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
+SEEK_POLICIES = ("auto", "sequential")
 HOST_SYNC_MODES = ("auto", "every_step", "deferred")
 
 
@@ -127,7 +129,12 @@ class DataConfig:
     crop_min_scale: float = 0.5  # RandomResizedCrop area fraction, lower bound
     crop_max_scale: float = 1.0  # RandomResizedCrop area fraction, upper bound
     hflip_prob: float = 0.5  # probability of flipping both frames of a pair
-    seek: str = "fast"  # fast: decord random access | accurate: sequential decode (files not re-encoded by rsp.prepare)
+    # pyav | torchcodec | decord (docs/data.md#decoding-and-seek-modes). Part of the run's identity: decoders (and the FFmpeg
+    # builds under them) may convert colours differently, so the choice can change pixels
+    decoder: str = "pyav"
+    # auto: random access where `rsp.prepare labels` verified it for the file and decoder, else decoding
+    # from the first frame | sequential: always the latter. Both give the same frames, so only speed changes
+    seek: str = field(default="auto", metadata=RUNTIME_ONLY)
     batch_size: int = 64  # videos per process per micro-step (each yields repeated_sampling pairs)
     max_broken_fraction: float = 0.01  # stop the run when more than this share of reads fails
     # Submit-time check: refuse when more than this share of the videos with a known length are shorter than
@@ -157,8 +164,12 @@ class DataConfig:
             out.append(f"data.hflip_prob ({self.hflip_prob}) must lie in [0, 1]")
         if self.batch_size < 1:
             out.append(f"data.batch_size ({self.batch_size}) must be >= 1 video per process")
-        if self.seek not in ("fast", "accurate"):
-            out.append(f"data.seek ({self.seek!r}) must be fast or accurate")
+        if self.decoder not in DECODERS:
+            out.append(f"data.decoder ({self.decoder!r}) must be one of {', '.join(DECODERS)}")
+        if self.seek not in SEEK_POLICIES:
+            renamed = {"fast": "auto", "accurate": "sequential"}.get(self.seek)
+            hint = f"; {self.seek!r} is now {renamed!r} (random access only where verified per file)" if renamed else ""
+            out.append(f"data.seek ({self.seek!r}) must be one of {', '.join(SEEK_POLICIES)}{hint}")
         if not 0 <= self.max_broken_fraction < 1:
             out.append(f"data.max_broken_fraction ({self.max_broken_fraction}) must lie in [0, 1)")
         if not 0 <= self.max_short_fraction <= 1:

@@ -1,7 +1,9 @@
 """Frame pairs from videos for RSP pretraining (docs/data.md#frame-pair-sampling).
 
 An item is one video: R = data.repeated_sampling pairs (src = frame t, tgt = frame t + k), all 2R
-frames decoded with one decord call, each pair cropped (RandomResizedCrop: area scale
+frames decoded with one call of the configured decoder (data.decoder: torchcodec or decord, random
+access where `rsp.prepare labels` verified it for the file, else decoding from the first frame:
+docs/data.md, Decoding), each pair cropped (RandomResizedCrop: area scale
 crop_min_scale..crop_max_scale, ratio 3/4..4/3, bicubic) and flipped the same way for both of its
 frames, then ImageNet-normalized. Crops and resizes run on uint8 tensors, not PIL images.
 
@@ -16,7 +18,8 @@ max_gap] and k ~ U[min_gap, max_gap]; shorter videos give two distinct sorted ra
 gap can fall below min_gap (the reference's fallback, kept so results compare; the dataset names
 such videos when it loads a labels file that records frame counts). A video needs two frames.
 
-Unreadable videos (missing, empty, truncated, not a video, fewer than 2 frames) are replaced by another
+Unreadable videos (missing, empty, truncated, not a video, no video stream, fewer than 2 frames,
+not decodable by the configured decoder) are replaced by another
 video chosen from the item's generator, logged with their path (once per process), and reported
 in the item's `broken` / `broken_paths`, so the trainer can count them (`BrokenVideoBudget`).
 """
@@ -36,9 +39,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from rsp.config import DataConfig
+from rsp.decoders import SEQUENTIAL, UNREADABLE, require
 from rsp.lifecycle import blocked_stop_signals, shield_loader_worker
 from rsp.synthetic import ensure_synthetic_dataset
-from rsp.video import DataError, VideoFile, VideoReadError, read_labels, resolve_labels_file
+from rsp.video import DataError, LabelEntry, VideoFile, VideoReadError, read_labels, resolve_labels_file
 
 __all__ = [
     "DataError",
@@ -172,8 +176,9 @@ class DecodedItem:
 class FramePairDataset(Dataset):
     """Videos listed in the labels file under `cfg.root`, indexed by (epoch, index) keys.
 
-    `cfg.seek="accurate"` decodes sequentially instead of seeking: exact on files with broken
-    timestamps that were not re-encoded by `rsp.prepare`, and much slower (rsp/video.py)."""
+    Each video is read with the seek mode the labels file records for `cfg.decoder`; a file without
+    one (labels written before seek modes were recorded, the reference's pickle) is decoded from its
+    first frame, which is exact and slower, and the dataset says so when it loads."""
 
     def __init__(self, cfg: DataConfig, img_size: int, seed: int):
         problems = cfg.problems()
@@ -190,13 +195,16 @@ class FramePairDataset(Dataset):
         if not root.is_dir():
             raise DataError(f"data.root ({root}) is not a directory")
         self.labels_path = resolve_labels_file(root, cfg.labels)
-        entries = read_labels(self.labels_path)
-        self.paths = [root / e.path for e in entries]
+        self.entries = read_labels(self.labels_path)
+        self.paths = [root / e.path for e in self.entries]
         self.missing = frozenset(i for i, p in enumerate(self.paths) if not p.is_file())
         self._check_missing()
-        self._report_short(entries)
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self._report_short(self.entries)
+        log.info("decoding with %s", require(cfg.decoder))  # DecoderUnavailable names what to install
+        self._report_seek_modes()
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift
+        self._scale = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
+        self._shift = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
         self._logged: set[str] = set()
 
     def _check_missing(self) -> None:
@@ -226,6 +234,34 @@ class FramePairDataset(Dataset):
                 examples,
                 self.cfg.min_gap + 1,
             )
+
+    def seek_mode(self, entry: LabelEntry) -> str:
+        """How `entry` is read: the recorded mode for data.decoder, sequential when none is recorded."""
+        recorded = entry.seek(self.cfg.decoder)
+        if recorded == UNREADABLE or (recorded and self.cfg.seek == "auto"):
+            return recorded
+        return SEQUENTIAL
+
+    def _report_seek_modes(self) -> None:
+        decoder, n = self.cfg.decoder, len(self.entries)
+        unverified = sum(1 for e in self.entries if not e.seek(decoder))
+        unreadable = sum(1 for e in self.entries if e.seek(decoder) == UNREADABLE)
+        sequential = sum(1 for e in self.entries if self.seek_mode(e) == SEQUENTIAL)
+        if unverified:
+            log.warning(
+                "%d of %d videos in %s have no verified seek mode for data.decoder=%s: they are decoded from their first "
+                "frame (exact, several times slower). Record the modes with `python -m rsp.prepare labels --root %s "
+                "--videos-dir <class folders>`",
+                unverified, n, self.labels_path, decoder, self.cfg.root,
+            )  # fmt: skip
+        if unreadable:
+            log.warning(
+                "%d of %d videos in %s cannot be decoded by data.decoder=%s (rsp.prepare labels found so); each read of "
+                "one counts as broken and is replaced; another data.decoder may read them",
+                unreadable, n, self.labels_path, decoder,
+            )  # fmt: skip
+        log.info("data.decoder=%s: %d of %d videos by random access, %d decoded from the first frame", decoder,
+                 n - sequential - unreadable, n, sequential)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -263,10 +299,10 @@ class FramePairDataset(Dataset):
         path = self.paths[video]
         if video in self.missing:
             raise VideoReadError(path, "listed in the labels file but does not exist")
-        reader = VideoFile(path)
-        cfg = self.cfg
+        entry, cfg = self.entries[video], self.cfg
+        reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames)
         indices = sample_pair_indices(rng, reader.num_frames, cfg.repeated_sampling, cfg.min_gap, cfg.max_gap, path)
-        frames = reader.read(indices.reshape(-1), self.cfg.seek)  # (2R, H, W, 3), one decord call
+        frames = reader.read(indices.reshape(-1))  # (2R, H, W, 3), one decoder call
         return indices, frames.reshape(cfg.repeated_sampling, 2, *frames.shape[1:])
 
     def _transform(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +314,8 @@ class FramePairDataset(Dataset):
             top, left, h, w = crop_box(rng, height, width, (cfg.crop_min_scale, cfg.crop_max_scale))
             crop = TF.resized_crop(pair, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
             crops.append(crop.flip(-1) if rng.random() < cfg.hflip_prob else crop)  # (2, 3, S, S)
-        x = torch.stack(crops).float().div_(255).sub_(self._mean).div_(self._std)  # (R, 2, 3, S, S)
-        return x[:, 0].contiguous(), x[:, 1].contiguous()
+        x = torch.stack(crops, dim=1).float().mul_(self._scale).add_(self._shift)  # (2, R, 3, S, S)
+        return x[0], x[1]  # src, tgt: each (R, 3, S, S), contiguous without a copy
 
     def _log_broken(self, err: VideoReadError) -> None:
         if err.path not in self._logged:  # once per path and process: a broken file fails every time

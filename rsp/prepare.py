@@ -11,8 +11,10 @@ and rerun, redoing no finished file:
     arrange   raw/ -> arranged/<class>/ from annotations/train.csv; replacements win
     rescale   arranged/ -> train_256/: short side 256, aspect kept, even sides, keyframe every 30
               frames, no audio (ffmpeg, called with an argument list)
-    labels    labels.csv listing the videos of train_256/ decord can read with enough frames;
-              labels_dropped.csv says which were dropped and why
+    labels    labels.csv listing the videos of train_256/ a decoder can read with enough frames,
+              with each one's true frame count and the seek mode each decoder needs for it
+              (random access only where verified against decoding from the first frame,
+              rsp/probe.py); labels_dropped.csv says which were dropped and why
 
 Failures of single files (an unavailable or undecodable video) never stop a step; they are
 logged and listed in reports/<step>_failures.csv (labels: in labels_dropped.csv). A step that
@@ -26,12 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from rsp import kinetics
+from rsp.decoders import DECODERS, DecoderUnavailable, require
 from rsp.download import DownloadError
 from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
-from rsp.video import OUR_LABELS, LabelEntry, VideoFile, VideoReadError, list_videos, write_labels
+from rsp.probe import probe_video
+from rsp.video import OUR_LABELS, LabelEntry, list_videos, write_labels
 
 log = logging.getLogger("rsp.prepare")
 
@@ -50,30 +56,46 @@ def run_step(step: str, args: argparse.Namespace) -> StepReport:
         return kinetics.rescale(layout, args.short_side, args.keyint, args.jobs, args.ffmpeg, args.preset, args.crf, args.timeout)
     if step == "labels":
         video_dir = layout.root / (args.videos_dir or layout.videos(args.short_side).name)
-        return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs)
+        return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs, args.decoders)
     raise ValueError(f"unknown step {step!r}; valid: {', '.join(STEPS)}, all")
 
 
 # --- the labels step (any class-folder video directory, not only Kinetics) ------------------------
 
 
-def probe_video(path: Path) -> tuple[int, str]:
-    """(frame count, "") when decord opens `path` and decodes its first and last frame, else (-1, reason)."""
-    try:
-        video = VideoFile(path)
-        if video.num_frames == 0:
-            return 0, "decord finds no frames"
-        video.read([0, video.num_frames - 1])
-        return video.num_frames, ""
-    except VideoReadError as err:
-        return -1, err.reason
+def available_decoders(decoders: Sequence[str] = DECODERS) -> list[str]:
+    """Those of `decoders` that run here; the others' seek modes stay unverified (logged)."""
+    found = []
+    for decoder in decoders:
+        try:
+            require(decoder)
+            found.append(decoder)
+        except DecoderUnavailable as err:
+            log.warning("labels: %s; its seek modes stay unverified (files read with it decode from the start)", err)
+    return found
 
 
-def write_labels_file(root: Path, video_dir: Path, min_frames: int = 5, jobs: int = 4) -> StepReport:
-    """Probe every video under `video_dir` (class folders) and write `root/labels.csv`, dropping
-    videos decord cannot read or with fewer than `min_frames` frames; the dropped ones and why go
-    to `root/labels_dropped.csv`. Probe results are cached (by size and mtime) in
-    `root/.labels_probe_cache.jsonl`, so an interrupted run resumes where it stopped."""
+def _probe(video: Path, decoders: Sequence[str]) -> dict:
+    probe = probe_video(video, decoders)
+    return {
+        "frames": probe.num_frames,
+        "seek": probe.seek,
+        "reason": probe.reason,
+        "notes": probe.notes,
+        "decoders": list(decoders),
+    }
+
+
+def write_labels_file(
+    root: Path, video_dir: Path, min_frames: int = 5, jobs: int = 4, decoders: Sequence[str] = DECODERS
+) -> StepReport:
+    """Probe every video under `video_dir` (class folders, rsp/probe.py) and write `root/labels.csv`
+    with each video's true frame count and per-decoder seek mode, dropping videos no decoder can
+    read or with fewer than `min_frames` frames; the dropped ones and why go to
+    `root/labels_dropped.csv`. Probe results are cached (by size and mtime, and the decoders that
+    ran) in `root/.labels_probe_cache.jsonl`, so an interrupted run resumes where it stopped.
+    Only `decoders` are checked (those that run here); the others' seek modes stay empty, and a
+    run that reads with one of them decodes every file from its first frame."""
     if not video_dir.is_relative_to(root):
         raise ValueError(f"video_dir ({video_dir}) must lie inside the data root ({root}): labels paths are relative to it")
     videos = list_videos(video_dir)
@@ -83,25 +105,29 @@ def write_labels_file(root: Path, video_dir: Path, min_frames: int = 5, jobs: in
     cache_path = root / ".labels_probe_cache.jsonl"
     cache = _read_probe_cache(cache_path)
     keys = {v: _probe_key(root, v) for v in videos}
-    pending = [v for v in videos if keys[v]["path"] not in cache or cache[keys[v]["path"]]["key"] != keys[v]]
+    decoders = available_decoders(decoders)
+    pending = [v for v in videos if not _cached(cache.get(keys[v]["path"]), keys[v], decoders)]
     report = StepReport("labels", skipped=len(videos) - len(pending))
     with cache_path.open("a") as cache_file:
-        for video, result, error in run_parallel(probe_video, pending, jobs, "labels"):
-            frames, reason = result if not error else (-1, error)
-            cache[keys[video]["path"]] = {"key": keys[video], "frames": frames, "reason": reason}
+        for video, result, error in run_parallel(partial(_probe, decoders=decoders), pending, jobs, "labels"):
+            result = result or {"frames": -1, "seek": {}, "reason": error, "notes": [], "decoders": []}
+            for note in result["notes"]:
+                log.info("labels: %s: %s", keys[video]["path"], note)
+            cache[keys[video]["path"]] = {"key": keys[video], **result}
             cache_file.write(json.dumps(cache[keys[video]["path"]]) + "\n")
             cache_file.flush()
             report.done += 1
     kept = []
     for video in videos:
         rel = keys[video]["path"]
-        frames, reason = cache[rel]["frames"], cache[rel]["reason"]
+        frames, reason, seek = cache[rel]["frames"], cache[rel]["reason"], cache[rel]["seek"]
         if not reason and frames < min_frames:
             reason = f"{frames} frames, fewer than --min-frames {min_frames}"
         if reason:
             report.failed.append((rel, reason))
         else:
-            kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames))
+            modes = [seek.get(d, "") for d in DECODERS]
+            kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames, *modes))
     write_labels(root / OUR_LABELS, kept)
     report.listed_in = root / "labels_dropped.csv"  # written even when empty: no stale list survives a rerun
     write_failure_list(report.listed_in, report.failed)
@@ -111,6 +137,11 @@ def write_labels_file(root: Path, video_dir: Path, min_frames: int = 5, jobs: in
 def _probe_key(root: Path, video: Path) -> dict:
     stat = video.stat()
     return {"path": video.relative_to(root).as_posix(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _cached(record: dict | None, key: dict, decoders: list[str]) -> bool:
+    """A cached probe of this very file that checked every decoder running now."""
+    return record is not None and record["key"] == key and set(decoders) <= set(record.get("decoders", ()))
 
 
 def _read_probe_cache(path: Path) -> dict[str, dict]:
@@ -146,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--videos-dir", default="", help="labels: class-folder directory relative to --root (default train_<short side>)"
     )
     parser.add_argument("--min-frames", type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)")
+    parser.add_argument(
+        "--decoders", nargs="+", choices=DECODERS, default=list(DECODERS),
+        help="labels: decoders whose random access is verified per file (default: all that run here)",
+    )  # fmt: skip
     return parser
 
 

@@ -1,6 +1,6 @@
 """Camouflage scenes: the generated world of the smoke run and the CPU study, shared by the
 pretraining videos (rsp.synthetic) and the generated DAVIS / JHMDB / VIP sets (eval/), so both come
-from one distribution (docs/data.md#generated-data).
+from one distribution (docs/data.md#generated-datasets).
 
 Objects and background are drawn from the same statistics: one palette of a few colours per scene,
 and textures made of random gratings mapped through it. No colour and no texture class tells an

@@ -35,6 +35,8 @@ import av
 import numpy as np
 
 from rsp.atomicio import atomic_path, atomic_write_json
+from rsp.decoders import DECODERS
+from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
 
@@ -164,6 +166,13 @@ def _write_all(specs: list[VideoSpec], jobs: int) -> None:
         list(pool.map(_write_spec, specs, chunksize=4))
 
 
+def _probe_all(paths: list[Path], jobs: int) -> list[VideoProbe]:
+    if jobs <= 1:
+        return [probe_video(p) for p in paths]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(probe_video, paths, chunksize=4))
+
+
 def generate_dataset(
     root: str | Path,
     num_videos: int,
@@ -178,8 +187,9 @@ def generate_dataset(
     scene: str = "shapes",
 ) -> Path:
     """Write `num_videos` videos of `scene` in `num_classes` class folders under `root/train` and
-    our labels file; videos that already exist are kept. Sizes default to the scene's
-    (SCENE_SIZES). Returns the labels file."""
+    our labels file, with the frame counts and seek modes `rsp.probe` finds (as `rsp.prepare labels`
+    would); videos that already exist are kept. Sizes default to the scene's (SCENE_SIZES). Returns
+    the labels file."""
     if scene not in SCENES:
         raise ValueError(f"scene {scene!r} is not a generated scene; valid: {', '.join(SCENES)}")
     default_height, default_width, default_frames = SCENE_SIZES[scene]
@@ -189,13 +199,27 @@ def generate_dataset(
     if height % 2 or width % 2:
         raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma)")
     root = Path(root)
-    entries, specs = [], []
-    for i in range(num_videos):
-        class_idx = i % num_classes
-        rel = f"train/class_{class_idx:03d}/video_{i:06d}.mp4"
-        entries.append(LabelEntry(rel, class_idx, f"class_{class_idx:03d}", num_frames))
-        specs.append(VideoSpec(root / rel, (seed, i), num_frames, height, width, fps, keyint, scene))
+    specs = [
+        VideoSpec(
+            root / f"train/class_{i % num_classes:03d}/video_{i:06d}.mp4",
+            (seed, i),
+            num_frames,
+            height,
+            width,
+            fps,
+            keyint,
+            scene,
+        )
+        for i in range(num_videos)
+    ]
     _write_all(specs, jobs)
+    entries = []
+    for i, (spec, probe) in enumerate(zip(specs, _probe_all([s.path for s in specs], jobs), strict=True)):
+        if probe.reason:
+            raise RuntimeError(f"generated video {spec.path} cannot be decoded: {probe.reason}")
+        modes = [probe.seek.get(d, "") for d in DECODERS]
+        rel = spec.path.relative_to(root).as_posix()
+        entries.append(LabelEntry(rel, i % num_classes, f"class_{i % num_classes:03d}", probe.num_frames, *modes))
     labels = root / OUR_LABELS
     write_labels(labels, entries)
     made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}

@@ -1,23 +1,20 @@
-"""Video files of a frame-pair dataset: opening and reading them with decord, and the labels file
-that lists them (docs/data.md#labels-files).
+"""Video files of a frame-pair dataset: reading the frames training asks for, exactly, and the
+labels file that lists the videos (docs/data.md#labels-files, docs/data.md#decoding-and-seek-modes).
 
 Two labels-file formats are read:
-- ours, `labels.csv`: a CSV with the header `path,class_idx,class_name,num_frames`, one video per
-  row, `path` relative to the data root (POSIX separators), written by `python -m rsp.prepare
-  labels` and `python -m rsp.synthetic`;
+- ours, `labels.csv`: a CSV with the header `path,class_idx,class_name,num_frames,seek_pyav,
+  seek_torchcodec,seek_decord`, one video per row, `path` relative to the data root (POSIX separators), written by
+  `python -m rsp.prepare labels` and `python -m rsp.synthetic`. `num_frames` is the true frame
+  count and `seek_<decoder>` the seek mode that decoder needs for the file (`random`, `sequential`,
+  `unreadable`; empty: not verified), both found by `rsp.probe`. Files written before those columns
+  existed (the first four columns only) are read too;
 - the reference's pickle: a pickled list of `(class_idx, relative_path)` tuples. The reference
   writes it as `label_full_1.0.pickle` but reads `label_1.0.pickle` (docs/data.md#labels-files); both names are
   accepted. It is read with an unpickler that refuses every class or function, so a pickle can only
   yield plain lists, tuples, ints and strings.
 
-Reading frames has two seek modes. `fast` asks decord for all frames of an item in one
-`get_batch` call (sorted, so the decoder only moves forward). decord's random access is exact on
-well-formed files, but not on files with broken timestamps or damaged keyframes (opencv-doc's
-`Megamind.avi` and `Megamind_bugy.avi`, whose first timestamps are garbage, and `box.mp4`, whose
-second IDR frame is malformed): there it returns a neighbouring or a wrongly decoded frame.
-Preparation re-encodes every video (`rsp.prepare rescale`), after which random access is exact;
-for data that was not prepared, `accurate` decodes sequentially from the first frame, which is
-exact everywhere and costs a decode of every frame up to the last one requested.
+A file whose seek mode was not verified for the decoder in use is read sequentially (exact,
+slower); random access is used only where `rsp.probe` showed it returns the same frames.
 """
 
 from __future__ import annotations
@@ -29,15 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import decord
 import numpy as np
 
 from rsp.atomicio import PARTIAL_PREFIX, atomic_path
+from rsp.decoders import DECODERS, FILE_SEEK_MODES, RANDOM, SEQUENTIAL, UNREADABLE, VideoReadError, open_reader, sequential
+
+__all__ = ["DataError", "LabelEntry", "VideoFile", "VideoReadError", "read_labels", "write_labels"]
 
 OUR_LABELS = "labels.csv"
 REFERENCE_LABELS = ("label_1.0.pickle", "label_full_1.0.pickle")  # read name, written name (docs/data.md#labels-files)
-LABELS_HEADER = ("path", "class_idx", "class_name", "num_frames")
-SEEK_MODES = ("fast", "accurate")
+LABELS_HEADER = ("path", "class_idx", "class_name", "num_frames", *(f"seek_{d}" for d in DECODERS))
+OLD_LABELS_HEADER = LABELS_HEADER[:4]  # before seek modes were recorded
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
@@ -45,78 +44,52 @@ class DataError(ValueError):
     """A data root, labels file or video set that cannot be trained on; the message names paths."""
 
 
-class VideoReadError(RuntimeError):
-    """One video could not be read; `path` and `reason` say which and why."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
 class LabelEntry(NamedTuple):
     path: str  # relative to the data root
     class_idx: int
     class_name: str = ""  # empty when read from the reference pickle
-    num_frames: int = -1  # -1 when unknown (reference pickle)
+    num_frames: int = -1  # frames a sequential decode yields (rsp.probe); -1 when unknown
+    seek_pyav: str = ""  # random | sequential | unreadable (rsp.probe); "" when not verified
+    seek_torchcodec: str = ""
+    seek_decord: str = ""
+
+    def seek(self, decoder: str) -> str:
+        """The seek mode `decoder` needs for this file; "" when not verified."""
+        return getattr(self, f"seek_{decoder}")
 
 
 # --- reading frames -------------------------------------------------------------------------------
 
 
 class VideoFile:
-    """One video opened with a single-threaded decord reader (the loader's worker processes are the
-    parallelism, docs/data.md#decoding-and-seek-modes). Raises `VideoReadError` naming the path for anything that goes wrong."""
+    """One video as training reads it: `decoder` on one thread (rsp/decoders.py), random access
+    only when `seek` is `random` (verified for this file), else decoding from the first frame.
+    `num_frames` is the labels file's true count when known, else the decoder's. Raises
+    `VideoReadError` naming the path for anything that goes wrong with the file."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._reader = self._open()
-        self._fresh = True  # no frame decoded yet: sequential reading can start without a seek
-        self.num_frames = len(self._reader)
+    def __init__(self, path: str | Path, decoder: str, seek: str = SEQUENTIAL, num_frames: int = -1):
+        if seek not in FILE_SEEK_MODES:
+            raise ValueError(f"seek ({seek!r}) must be one of {', '.join(FILE_SEEK_MODES)}")
+        self.path, self.decoder, self.seek = Path(path), decoder, seek
+        if seek == UNREADABLE:
+            raise VideoReadError(self.path, f"{decoder} cannot decode it (found by rsp.prepare labels)")
+        self._reader = open_reader(decoder, self.path)
+        self.num_frames = num_frames if num_frames >= 0 else self._reader.num_frames
+        if seek == RANDOM and self._reader.num_frames < num_frames:
+            raise VideoReadError(
+                self.path,
+                f"{decoder} finds {self._reader.num_frames} frame(s) where the labels file records {num_frames}: the file "
+                "changed after `python -m rsp.prepare labels` checked it; rerun that step",
+            )
 
-    def read(self, indices: Sequence[int], seek: str = "fast") -> np.ndarray:
+    def read(self, indices: Sequence[int]) -> np.ndarray:
         """Frames `indices` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
-        if seek not in SEEK_MODES:
-            raise ValueError(f"seek ({seek!r}) must be one of {', '.join(SEEK_MODES)}")
-        wanted = np.asarray(indices, dtype=np.int64)
-        unique, inverse = np.unique(wanted, return_inverse=True)  # sorted: the decoder only moves forward
+        unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)  # sorted
         if len(unique) and (unique[0] < 0 or unique[-1] >= self.num_frames):
             raise VideoReadError(self.path, f"frame indices {unique.tolist()} outside [0, {self.num_frames - 1}]")
-        try:
-            frames = self._reader.get_batch(unique.tolist()).asnumpy() if seek == "fast" else self._sequential(unique)
-        except Exception as err:
-            raise VideoReadError(self.path, f"decoding frames {unique.tolist()} failed ({_first_line(err)})") from err
-        finally:
-            self._fresh = False
+        wanted = unique.tolist()
+        frames = self._reader.random(wanted) if self.seek == RANDOM else sequential(self._reader, wanted)
         return frames[inverse]
-
-    def _open(self) -> decord.VideoReader:
-        if not self.path.is_file():
-            raise VideoReadError(self.path, "file does not exist")
-        if self.path.stat().st_size == 0:
-            raise VideoReadError(self.path, "file is empty (0 bytes)")
-        try:
-            return decord.VideoReader(str(self.path), num_threads=1)
-        except Exception as err:  # decord raises RuntimeError or DECORDError with C++ context
-            raise VideoReadError(self.path, f"decord cannot open it ({_first_line(err)})") from err
-
-    def _sequential(self, sorted_indices: np.ndarray) -> np.ndarray:
-        # `next()` from a fresh reader is the only decord path that never seeks: `seek(0)` and
-        # `skip_frames` seek, and land a frame off on the same files as `get_batch`.
-        reader = self._reader if self._fresh else self._open()
-        out, position = [], 0
-        for index in sorted_indices.tolist():
-            while position < index:
-                reader.next()
-                position += 1
-            out.append(reader.next().asnumpy())
-            position += 1
-        return np.stack(out)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
 
 
 # --- labels files ---------------------------------------------------------------------------------
@@ -157,8 +130,7 @@ def write_labels(path: Path, entries: Sequence[LabelEntry]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(LABELS_HEADER)
-    for e in entries:
-        writer.writerow((e.path, e.class_idx, e.class_name, e.num_frames))
+    writer.writerows(entries)
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
 
@@ -166,17 +138,30 @@ def write_labels(path: Path, entries: Sequence[LabelEntry]) -> None:
 def _read_csv(path: Path) -> list[LabelEntry]:
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (spreadsheet exports) is not data
         rows = list(csv.reader(f))
-    if not rows or tuple(rows[0]) != LABELS_HEADER:
-        got = ",".join(rows[0]) if rows else "an empty file"
-        raise DataError(f"labels file {path} must start with the header {','.join(LABELS_HEADER)}, found {got}")
+    header = tuple(rows[0]) if rows else ()
+    if header not in (LABELS_HEADER, OLD_LABELS_HEADER):
+        got = ",".join(header) if rows else "an empty file"
+        raise DataError(
+            f"labels file {path} must start with the header {','.join(LABELS_HEADER)} (or, written before seek modes "
+            f"were recorded, {','.join(OLD_LABELS_HEADER)}), found {got}"
+        )
     entries = []
     for line, row in enumerate(rows[1:], start=2):
         if not row:  # a blank line (a trailing one, say) lists nothing
             continue
         try:
-            entries.append(LabelEntry(row[0], int(row[1]), row[2], int(row[3])))
-        except (IndexError, ValueError) as err:
-            raise DataError(f"labels file {path}, line {line}: expected 4 fields path,int,str,int, got {row}") from err
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields")
+            entry = LabelEntry(row[0], int(row[1]), row[2], int(row[3]), *row[4:])
+        except ValueError as err:
+            raise DataError(f"labels file {path}, line {line}: expected {','.join(header)}, got {row} ({err})") from err
+        bad = [f"{d}={entry.seek(d)!r}" for d in DECODERS if entry.seek(d) not in ("", *FILE_SEEK_MODES)]
+        if bad:
+            raise DataError(
+                f"labels file {path}, line {line}: seek modes {', '.join(bad)} must be one of {', '.join(FILE_SEEK_MODES)} "
+                "or empty; rewrite the file with `python -m rsp.prepare labels`"
+            )
+        entries.append(entry)
     return entries
 
 

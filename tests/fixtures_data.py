@@ -22,8 +22,6 @@ from rsp.config import DataConfig
 from rsp.synthetic import generate_dataset
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
-# decord's random access returns a neighbouring frame on these (broken timestamps / damaged IDR)
-INEXACT_SEEK = ("Megamind.avi", "Megamind_bugy.avi", "box.mp4")
 TINY = dict(height=64, width=80, num_frames=40, keyint=30)  # fast to write and to decode
 
 

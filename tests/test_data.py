@@ -211,11 +211,11 @@ def _damage(root) -> dict[str, str]:
     videos[0].write_bytes(b"")
     kinds[videos[0].name] = "empty"
     videos[1].write_bytes(videos[1].read_bytes()[:2000])
-    kinds[videos[1].name] = "decord cannot open"
+    kinds[videos[1].name] = "cannot open it"
     videos[2].write_text("not a video at all")
-    kinds[videos[2].name] = "decord cannot open"
+    kinds[videos[2].name] = "cannot open it"
     write_video(videos[3], synthetic_frames(np.random.default_rng(0), 1, 64, 80))
-    kinds[videos[3].name] = "has 1 frame"
+    kinds[videos[3].name] = "finds 1 frame(s) where the labels file records 40"
     videos[4].unlink()
     kinds[videos[4].name] = "does not exist"
     return kinds

@@ -17,6 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda package -> PyPI distribution
 CONDA_ONLY = {"python", "pip"}  # the interpreter and the installer, not project dependencies
+# system libraries conda provides and PyPI does not: FFmpeg for torchcodec and rsp.prepare
+CONDA_SYSTEM = {"ffmpeg"}
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s=;,<>!~]+)$")
 
 
@@ -74,9 +76,12 @@ def test_environment_header(environment):
 
 def test_conda_part_is_python_311_and_cuda_torch_pair(environment, pyproject, pyproject_pins):
     conda, _ = split_environment(environment)
-    assert set(conda) == CONDA_ONLY | set(CONDA_NAMES) | {"torchvision"}, (
-        f"conda installs only python, pip and the torch pair; found {sorted(conda)}"
+    assert set(conda) == CONDA_ONLY | CONDA_SYSTEM | set(CONDA_NAMES) | {"torchvision"}, (
+        f"conda installs only python, pip, FFmpeg and the torch pair; found {sorted(conda)}"
     )
+    major = int(conda["ffmpeg"][0].split(".")[0])
+    assert 4 <= major <= 9, f"torchcodec loads FFmpeg 4 to 9, environment.yml pins ffmpeg {conda['ffmpeg'][0]}"
+    assert conda["ffmpeg"][1].startswith("gpl"), "rsp.prepare rescale needs libx264: a GPL build of ffmpeg"
     assert conda["python"][0] == "3.11"
     assert pyproject["project"]["requires-python"] == ">=3.11,<3.12"
     for conda_name in ("pytorch", "torchvision"):
@@ -92,7 +97,7 @@ def test_every_pin_agrees_in_both_directions(environment, pyproject_pins):
     conda, pip_requirements = split_environment(environment)
     env_pins = parse_pins(pip_requirements, "environment.yml pip section")
     for conda_name, (version, _) in conda.items():
-        if conda_name not in CONDA_ONLY:
+        if conda_name not in CONDA_ONLY | CONDA_SYSTEM:
             env_pins[normalize(CONDA_NAMES.get(conda_name, conda_name))] = version
     only_env = sorted(set(env_pins) - set(pyproject_pins))
     only_pyproject = sorted(set(pyproject_pins) - set(env_pins))

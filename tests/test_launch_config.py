@@ -83,9 +83,11 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
     ]
     # Regression pin of the run ids (every result-affecting setting, world size included) as shipped
     # before the recipe became one base: a change means submitting these experiments again would no
-    # longer find their existing runs. Change it only on purpose.
+    # longer find their existing runs. Change it only on purpose. Changed once: data.decoder entered
+    # the identity (decoders may convert colours differently) and data.seek left it (every seek mode
+    # now returns the same frames); runs made before read some files' frames wrong under seek=fast.
     ids = [run_id(compose([f"experiment=rsp_vit{s}16_k400", "cluster=slurm"])) for s in "sbl"]
-    assert ids == ["0f072541b8dd", "d0eb275bc652", "5f2c160438f5"]
+    assert ids == ["55e1f2a89286", "0dd2775e67e0", "332b7952a9a7"]
     assert "rsp_k400" not in " ".join(options("experiment"))  # the recipe is not an experiment of its own
 
 
@@ -125,6 +127,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
             ["data.min_gap=4", "data.max_gap=2"],
             "data.max_gap (2) must be >= data.min_gap (4); raise data.max_gap or lower data.min_gap",
         ),
+        (["data.decoder=opencv"], "data.decoder ('opencv') must be one of pyav, torchcodec, decord"),
+        (["data.seek=fast"], "data.seek ('fast') must be one of auto, sequential; 'fast' is now 'auto'"),
         (["checkpoint.milestone_every_steps=30"], "must be a multiple of checkpoint.every_steps (20)"),
         (["data.synthetic_scene=cubes"], "data.synthetic_scene ('cubes') must be one of shapes, camouflage"),
         (
@@ -148,6 +152,23 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
 def test_validation_rule(train_videos, tmp_path, overrides, expected):
     found = problems(cfg_with(tmp_path, train_videos, *overrides))
     assert any(expected in p for p in found), found
+
+
+def test_a_decoder_that_cannot_run_here_is_refused_at_submit_time(train_videos, tmp_path, monkeypatch):
+    import launch.datacheck
+    import rsp.decoders
+    from launch.datacheck import decoder_problem
+
+    def missing(decoder):
+        raise rsp.decoders.DecoderUnavailable(f"{decoder} cannot load FFmpeg's shared libraries: apt-get install ffmpeg")
+
+    monkeypatch.setattr(launch.datacheck, "require", missing)  # this project's check, as if FFmpeg were missing
+    decoder_problem.cache_clear()
+    try:
+        found = problems(cfg_with(tmp_path, train_videos, "data.decoder=torchcodec"))
+    finally:
+        decoder_problem.cache_clear()
+    assert any("data.decoder (torchcodec) cannot decode on this machine" in p and "apt-get install ffmpeg" in p for p in found)
 
 
 def test_validation_refuses_generated_videos_of_another_scene(tmp_path):
@@ -217,10 +238,12 @@ def test_run_id_ignores_runtime_only_settings_and_tracks_everything_else(train_v
         "name=other",
         "checkpoint.every_steps=10",
         "evaluation.tasks=[davis]",
+        "data.seek=sequential",  # the same frames as random access, where that was verified
     ]
     for override in same:
         assert run_id(cfg_with(tmp_path, train_videos, override)) == base, override
-    for override in ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]:
+    changed = ["model.kl_scale=0.1", "data.max_gap=10", "optim.lr=0.002", "runtime.seed=1", "cluster.tasks_per_node=2"]
+    for override in [*changed, "data.decoder=decord"]:  # decoders may convert colours differently
         assert run_id(cfg_with(tmp_path, train_videos, override)) != base, override
 
 

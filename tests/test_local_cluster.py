@@ -1,4 +1,4 @@
-"""The local SLURM cluster itself does what the launcher's tests need (issue 6).
+"""The local SLURM cluster itself does what the launcher's tests need.
 
 Plain sbatch / squeue / sacct / scontrol and submitit 1.5.4, no launcher. Timings are printed with
 a "[slurm]" prefix (see them with `pytest -rP`); nothing here asserts on time. Waits poll with

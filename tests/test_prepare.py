@@ -197,7 +197,7 @@ def test_labels_step_drops_unreadable_and_short_videos_with_reasons_and_resumes(
     (videos / "text.mp4").write_text("no video here")
     (videos / "cut.mp4").write_bytes((videos / "good.mp4").read_bytes()[:1500])
     report = prepare.write_labels_file(tmp_path, tmp_path / "train", min_frames=5, jobs=2)
-    assert (tmp_path / "labels.csv").read_text().splitlines()[1:] == ["train/c/good.mp4,0,c,12"]
+    assert (tmp_path / "labels.csv").read_text().splitlines()[1:] == ["train/c/good.mp4,0,c,12,random,random,random"]
     dropped = dict(line.split(",", 1) for line in (tmp_path / "labels_dropped.csv").read_text().splitlines()[1:])
     assert "fewer than --min-frames 5" in dropped["train/c/short.mp4"]
     assert "empty" in dropped["train/c/empty.mp4"]

@@ -16,7 +16,7 @@ from launch.config import compose
 from launch.datacheck import unlisted
 from launch.validate import absolutize, problems
 from rsp.schema import ConfigError
-from rsp.video import LabelEntry, write_labels
+from rsp.video import LabelEntry, read_labels, write_labels
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -252,6 +252,49 @@ def test_a_few_short_videos_are_allowed_and_counted(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         validate(cfg)
     assert "1 of the 41 videos with a known length have fewer than data.max_gap + 1 = 13 frames" in caplog.text
+
+
+def seek_root(tmp_path: Path, unreadable_by_pyav: int) -> Path:
+    """12 videos whose labels record per-decoder seek modes: pyav cannot decode the first few (as
+    rsp.probe would record it), torchcodec reads them all, decord was never verified."""
+    root = listed_root(tmp_path)
+    entries = [
+        e._replace(seek_pyav="unreadable" if i < unreadable_by_pyav else "random", seek_torchcodec="sequential")
+        for i, e in enumerate(read_labels(root / "labels.csv"))
+    ]
+    write_labels(root / "labels.csv", entries)
+    return root
+
+
+def test_a_decoder_that_cannot_decode_the_videos_is_refused(tmp_path):
+    root = seek_root(tmp_path, unreadable_by_pyav=3)
+    p = only_problem(
+        data_problems_of(tmp_path, root, "data.decoder=pyav"), "data.decoder (pyav) cannot decode 3 of the 12 videos"
+    )
+    assert "train/c0/v000.mp4" in p and "data.max_broken_fraction" in p
+    assert "Use data.decoder=torchcodec (reads all of them)" in p and "--decoders pyav" in p
+    assert data_problems_of(tmp_path, root, "data.decoder=torchcodec") == []
+
+
+def test_videos_a_decoder_cannot_read_or_never_verified_are_noted(tmp_path, caplog):
+    root = seek_root(tmp_path, unreadable_by_pyav=0)
+    entries = read_labels(root / "labels.csv")
+    write_labels(root / "labels.csv", [*entries[:-1], entries[-1]._replace(seek_pyav="unreadable")])
+    for decoder, note in [
+        ("pyav", "1 of the 12 videos"),
+        ("decord", "12 of the 12 videos"),
+    ]:
+        cfg = cfg_with(
+            tmp_path, root, "experiment=smoke", "data.batch_size=2", "data.max_broken_fraction=0.1", f"data.decoder={decoder}"
+        )
+        assert problems(cfg) == []  # 1 of 12 is within data.max_broken_fraction 0.1
+        from launch.validate import validate
+
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            validate(cfg)
+        assert note in caplog.text, caplog.text
+    assert "no verified seek mode for data.decoder=decord" in caplog.text
 
 
 def test_the_reference_pickle_is_accepted(tmp_path):

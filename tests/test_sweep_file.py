@@ -163,7 +163,7 @@ def test_per_value_overrides_match_the_value_whatever_its_spelling(tmp_path):
 
 
 def test_a_new_top_level_key_is_one_table_entry(tmp_path, monkeypatch):
-    """How issue 17's `select:` block plugs in: a checker in TOP_LEVEL, nothing else."""
+    """How a new top-level block (e.g. a sweep's `select:`) plugs in: a checker in TOP_LEVEL, nothing else."""
 
     def check_select(raw, reading):
         if not isinstance(raw, dict):
