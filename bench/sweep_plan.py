@@ -1,10 +1,12 @@
-"""How long planning a 1,000-run sweep takes (target: under 2 s), and how many sbatch calls it
-would make (target: resource groups x ceil(group size / MaxArraySize)).
+"""How long planning a 1,000-run sweep with a `select:` block (successive halving) takes (target:
+under 2 s), and how many sbatch calls it would make (target: resource groups x ceil(group size /
+MaxArraySize)).
 
     python bench/sweep_plan.py [--runs-per-axis 10] [--max-array-size 1001]
 
-Planning = expanding the sweep file, validating every run, and reconciling with the run
-directories (one batched scheduler query); measured in-process, after imports.
+Planning = expanding the sweep file, validating every run (the select block against each run's
+milestones, length and evaluation tasks included), and reconciling with the run directories (one
+batched scheduler query); measured in-process, after imports.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def main() -> None:
         sweep_file = tmp / "big.yaml"
         sweep_file.write_text(
             "experiment: smoke\nname: 'kl{model.kl_scale}-gap{data.max_gap}-seed{runtime.seed}'\n"
-            f"overrides: ['data.root={tmp / 'videos'}', data.synthetic_videos=0, 'evaluation.tasks=[]', data.batch_size=2, "
-            f"'output_root={tmp / 'runs'}']\naxes:\n"
+            f"overrides: ['data.root={tmp / 'videos'}', data.synthetic_videos=0, 'evaluation.tasks=[davis]', "
+            f"'evaluation.data_roots.davis={tmp / 'davis'}', data.batch_size=2, 'output_root={tmp / 'runs'}']\n"
+            "select: {metric: 'davis:J&F-Mean', mode: max, keep: 0.5, rungs: [20, 40]}\naxes:\n"
             f"  - key: model.kl_scale\n    values: {[round(0.001 * (i + 1), 4) for i in range(n)]}\n"
             f"  - key: data.max_gap\n    values: {[8 + i for i in range(n)]}\n"
             f"  - key: runtime.seed\n    values: {list(range(n))}\n"
@@ -48,6 +51,7 @@ def main() -> None:
             start = time.perf_counter()
             plan = plan_sweep(load_sweep(str(sweep_file)), [], tmp)
             seconds = time.perf_counter() - start
+            assert plan.sweep.selection is not None and plan.problems == [], plan.problems
             chunks = array_chunks([r.resources for r in plan.rows], args.max_array_size)
             groups = len({r.resources.group_key() for r in plan.rows})
             rows.append(

@@ -1,11 +1,14 @@
 """All result records of an output root -> one table, plots, the paper-style comparison.
 
-    python eval/aggregate.py [OUTPUT_ROOT] [--out DIR] [--no-plots] [--no-tensorboard]
+    python eval/aggregate.py [OUTPUT_ROOT] [--sweep NAME] [--out DIR] [--no-plots] [--no-tensorboard]
 
-Writes into DIR (default OUTPUT_ROOT/results):
+Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME for one sweep's runs):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
                                    `gain:<task>:<metric>` (the gain over the run's own step 0, its
                                    initialization), `generated` (the tasks evaluated on generated sets);
+                                   train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
+                                   (from its records); pruned_at, pruned_rank, pruned_value: the rung that
+                                   pruned the run (its pruned.json, launch/rungs.py);
                                    `best` marks each run's best trained checkpoint (by the best_by metric
                                    of the first registered task it has: DAVIS J&F, else VIP mIoU, ...)
     results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
@@ -14,7 +17,8 @@ Writes into DIR (default OUTPUT_ROOT/results):
     paper.md                       our best checkpoints and their step 0 beside the published table
                                    (docs/evaluation.md#published-results); never numbers of generated sets
     plots/<metric>_vs_step.png     every run's curve over training, from its step 0
-    plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint and step 0
+    plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint (solid)
+                                   and step 0 (dashed), one line per combination of the other axes' values
     plots/<metric>_over_seeds.png  mean +- std over seeds per setting, over training
     tensorboard/                   hparams summaries: compare a sweep in TensorBoard's HPARAMS tab
 A corrupt or partial record is skipped with a warning naming it; two records for the same key keep
@@ -24,6 +28,7 @@ the newer one and the conflict is reported.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -93,8 +98,15 @@ def is_value(name: str) -> bool:
     return is_metric(name) or is_gain(name)
 
 
-def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
-    """One row per (run, step); a column per metric (task:metric) and per sweep axis."""
+COST_COLUMNS = {"gpu_hours": "train_gpu_h", "cpu_hours": "train_cpu_h"}  # record.training_cost key -> column
+PRUNED_COLUMNS = ("pruned_at", "pruned_rank", "pruned_value")
+
+
+def build_table(records: Sequence[ResultRecord], pruned: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per (run, step); a column per metric (task:metric) and per sweep axis, the training
+    cost to each checkpoint, and for runs a sweep pruned (`pruned`: run id -> its pruned.json) the
+    rung, rank and value that pruned them."""
+    pruned = pruned or {}
     rows: dict[tuple[str, int], dict] = {}
     for r in records:
         row = rows.setdefault(
@@ -110,6 +122,14 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
         for metric, value in r.metrics.items():
             row[result_column(r.task, metric)] = value
         row.setdefault("protocols", {})[r.task] = r.protocol.get("preset", "")
+        for key, column in COST_COLUMNS.items():
+            if isinstance(r.training_cost.get(key), (int, float)):
+                row[column] = float(r.training_cost[key])
+        if r.run_id in pruned:
+            marker = pruned[r.run_id]
+            row.update(
+                pruned_at=int(marker["rung"]), pruned_rank=f"{marker['rank']}/{marker['of']}", pruned_value=marker["value"]
+            )
         row.setdefault("generated", set())
         if r.protocol.get("generated_set"):
             row["generated"].add(r.task)
@@ -123,7 +143,10 @@ def build_table(records: Sequence[ResultRecord]) -> pd.DataFrame:
     headline = headline_columns(table)
     others = sorted(c for c in table.columns if is_metric(c) and c not in headline)
     gains = add_gains(table, [*headline, *others])
-    table = table[["run", "run_id", "step", "model", *axes, *headline, *gains, *others, "generated", "protocols"]]
+    extra = [c for c in (*COST_COLUMNS.values(), *PRUNED_COLUMNS) if c in table]
+    table = table[["run", "run_id", "step", "model", *axes, *headline, *gains, *others, "generated", "protocols", *extra]]
+    if "pruned_at" in table:
+        table["pruned_at"] = table["pruned_at"].astype("Int64")
     table["best"] = False
     key = best_by_column(table)
     if key is not None:
@@ -232,12 +255,34 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
         paths.append(_save(fig, out / f"{_safe(metric)}_vs_step.png"))
         for axis in axes:
             fig, ax = plt.subplots(figsize=(6, 4))
-            for rows, label in ((best, "best checkpoint"), (start, "step 0 (initialization)")):
-                points = rows.dropna(subset=[metric, axis]).sort_values(axis, key=lambda s: s.map(_sort_key))
-                if not points.empty:
-                    ax.plot([str(v) for v in points[axis]], points[metric], marker="o", label=label)
-            ax.set(xlabel=axis.removeprefix(AXIS), ylabel=metric, title=f"{metric} vs {axis.removeprefix(AXIS)}")
-            ax.legend(fontsize="small")
+            order = sorted(best.dropna(subset=[metric, axis])[axis].unique(), key=_sort_key)  # one categorical x
+            ax.plot([str(v) for v in order], [math.nan] * len(order))  # fixes the x order before the lines
+            others = [a for a in axes if a != axis]
+            count = 0
+            for rows, style, what in ((best, "-", "best checkpoint"), (start, "--", "step 0")):
+                points = rows.dropna(subset=[metric, axis])
+                groups = points.groupby([points[o].astype(str) for o in others]) if others else [((), points)]
+                for index, (values, group) in enumerate(groups):
+                    if group.empty:
+                        continue
+                    group = group.sort_values(axis, key=lambda s: s.map(_sort_key))
+                    where = ", ".join(f"{o.removeprefix(AXIS)}={v}" for o, v in zip(others, values, strict=True))
+                    ax.plot(
+                        [str(v) for v in group[axis]],
+                        group[metric],
+                        linestyle=style,
+                        marker="o" if style == "-" else "s",
+                        color=f"C{index % 10}",
+                        label=f"{what}, {where}" if where else what,
+                    )
+                    count += 1
+            if count <= MAX_LEGEND:
+                ax.legend(fontsize="small")
+            ax.set(
+                xlabel=axis.removeprefix(AXIS),
+                ylabel=metric,
+                title=f"{metric} vs {axis.removeprefix(AXIS)} (solid: best checkpoint, dashed: step 0)",
+            )
             paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix(AXIS))}.png"))
     return paths
 
@@ -304,6 +349,8 @@ class Report:
         shown = ["run", "step", "best", *filter(is_axis, self.table.columns), *headline]
         shown += [GAIN + key] if key else []
         shown += ["generated"] if self.table["generated"].astype(bool).any() else []
+        gpus = "train_gpu_h" in self.table and self.table["train_gpu_h"].fillna(0).gt(0).any()
+        shown += [c for c in ("train_gpu_h" if gpus else "train_cpu_h", "pruned_at", "pruned_rank") if c in self.table]
         lines = [markdown(self.table[shown], percent=list(filter(is_value, shown))), ""]
         if self.seeds is not None:
             lines += [f"over seeds ({SEED_AXIS}): mean ± std", markdown_over_seeds(self.seeds, seed_values(self.table)), ""]
@@ -319,11 +366,44 @@ class Report:
         return "\n".join(lines)
 
 
-def aggregate(output_root: str | Path, out: str | Path | None = None, plots: bool = True, tensorboard: bool = True) -> Report:
+def run_directories(root: Path, sweep: str | None) -> dict[str, Path]:
+    """Run id -> run directory (<name>-<run id>) of every run under `root` (of `sweep` only: those
+    whose sweeps/<sweep>.json membership file exists; docs/formats.md#sweep-membership)."""
+    out = {}
+    for path in sorted(root.glob("*-*/run.json")):
+        if sweep is None or (path.parent / "sweeps" / f"{sweep}.json").is_file():
+            out[path.parent.name.rsplit("-", 1)[1]] = path.parent
+    return out
+
+
+def pruned_markers(runs: dict[str, Path]) -> dict[str, dict]:
+    """Run id -> its prune marker (pruned.json, written by the launcher's successive halving)."""
+    out = {}
+    for rid, path in runs.items():
+        try:
+            out[rid] = json.loads((path / "pruned.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def aggregate(
+    output_root: str | Path,
+    out: str | Path | None = None,
+    plots: bool = True,
+    tensorboard: bool = True,
+    sweep: str | None = None,
+) -> Report:
+    """Aggregate every record under `output_root` (of `sweep`'s runs only, when given) into `out`
+    (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-<name>)."""
     root = Path(output_root)
-    out = Path(out) if out else root / "results"
-    records, warnings = read_records(find_record_files(root))
-    table = build_table(records)
+    out = Path(out) if out else root / "results" / (f"sweep-{sweep}" if sweep else "")
+    runs = run_directories(root, sweep)
+    files = find_record_files(root)
+    if sweep is not None:
+        files = [f for f in files if f.parents[3] in set(runs.values())]
+    records, warnings = read_records(files)
+    table = build_table(records, pruned_markers(runs))
     out.mkdir(parents=True, exist_ok=True)
     report = Report(table, out, warnings)
     if table.empty:
@@ -351,6 +431,7 @@ def aggregate(output_root: str | Path, out: str | Path | None = None, plots: boo
 def main(argv: Sequence[str] | None = None) -> int:
     p = HintingArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output_root", nargs="?", default="runs")
+    p.add_argument("--sweep", default=None, help="only the runs of this sweep (default --out: OUTPUT_ROOT/results/sweep-NAME)")
     p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
@@ -359,7 +440,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not root.is_dir():
         p.error(f"output root {root} does not exist; pass the output_root your runs were submitted with")
     report = aggregate(
-        root, Path(args.out).expanduser() if args.out else None, plots=not args.no_plots, tensorboard=not args.no_tensorboard
+        root,
+        Path(args.out).expanduser() if args.out else None,
+        plots=not args.no_plots,
+        tensorboard=not args.no_tensorboard,
+        sweep=args.sweep,
     )
     print(report.summary())
     return 0

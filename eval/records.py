@@ -45,6 +45,9 @@ class ResultRecord:
     wall_time_s: float
     sweep_axes: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""
+    # What training spent until this checkpoint was written: {"gpu_hours", "cpu_hours", "source"}
+    # (launch/cost.py: sacct's allocations on SLURM, the attempt records elsewhere); {} when unknown.
+    training_cost: dict[str, Any] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
     format: str = FORMAT

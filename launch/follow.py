@@ -1,5 +1,6 @@
-"""Follow a run on the local backend in the submitting terminal: progress while it trains, then its
-evaluations, then the results table. Ctrl-C stops following, not the run (it is a separate process)."""
+"""Follow a run (or a sweep) on the local backend in the submitting terminal: progress while it
+trains, then its evaluations, then the results table. Ctrl-C stops following, not the runs (they
+are separate processes). Following a sweep also decides its rungs on every poll (launch/rungs.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
+from launch.rungs import SweepDirectory, decide_due
+from launch.state import reconcile
+from launch.status import render
 
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 
@@ -95,3 +99,54 @@ def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3
     report = aggregate(run.path.parent, run.path.parent / "results")
     print(report.summary())
     return 0 if not failed and not open_ else 1
+
+
+ENDED = ("finished", "failed", "pruned")
+
+
+def open_evaluations(run: RunDirectory) -> int:
+    """Evaluations of the run's milestones with neither a record nor a failure yet."""
+    return sum(not is_recorded(d) and not is_failed(d) for _, _, d in expected(run))
+
+
+def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float = 3.0, timeout_s: float = 4 * 3600) -> int:
+    """Follow a sweep's runs on the local backend until every run ended (finished, failed or
+    pruned) and every evaluation of their milestones has a record or failed; print each run's
+    progress when it changes and each rung's decision when it lands; then the results table and
+    the sweep's status (rungs, cost, what pruning saved)."""
+    root, started, shown, decided = sweep.output_root, time.time(), "", set(sweep.decisions())
+    try:
+        while time.time() - started < timeout_s:
+            decide_due(sweep, "follow")
+            for rung, decision in sorted(sweep.decisions().items()):
+                if rung not in decided:
+                    decided.add(rung)
+                    names = {r["run_id"]: r["name"] for r in decision["ranking"]}
+                    kept = ", ".join(names[i] for i in decision["kept"])
+                    pruned = ", ".join(names[i] for i in decision["pruned"]) or "none"
+                    print(f"step {rung} decided ({decision['decided_by']['role']}): kept {kept}; pruned {pruned}", flush=True)
+            states = reconcile(runs, root)
+            progress = "  ".join(
+                f"{s.run.info()['name']} {max(s.run.latest_logged_step(), s.run.last_checkpoint_step() or 0)}/"
+                f"{s.run.total_steps() or '?'}{'' if s.state in ('running', 'pending') else ' ' + s.state}"
+                for s in states
+                if s.run.exists
+            )
+            evaluating = sum(open_evaluations(s.run) for s in states if s.run.exists)
+            line = progress + (f"  | {evaluating} evaluation(s) open" if evaluating else "")
+            if line != shown:
+                print(f"[{time.time() - started:5.0f}s] {line}", flush=True)
+                shown = line
+            if all(s.state in ENDED for s in states) and not evaluating:
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the sweep goes on. See it with: python launch/status.py {root} sweep={sweep.name}")
+        return 130
+    report = aggregate(root, sweep=sweep.name)
+    print(report.summary())
+    print(render(root, sweep.name))
+    failed = [s.run.path.name for s in reconcile(runs, root) if s.state not in ("finished", "pruned")]
+    if failed:
+        print(f"runs that did not finish: {', '.join(failed)} (logs under each run's logs/)")
+    return 1 if failed else 0

@@ -8,6 +8,10 @@ would checkpoint inside the handler), closes an earlier attempt that could not r
 (launch.postmortem), records this attempt and its step log (launch.steplog), trains, and records
 how the attempt ended and why (launch.postmortem.stop_reason). What happens next (requeue or not)
 is `launch.requeue.decide`: run by the SLURM batch script's teardown, or here for the local backend.
+
+A sweep's successive halving (launch/rungs.py) prunes a run by writing its prune marker; rank 0
+watches for it and turns it into the same cooperative stop (checkpoint, end "pruned", never
+requeued, never counted as a failure).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import submitit
 
+from launch.backends import total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
@@ -37,6 +43,49 @@ from rsp.train import TrainHooks, train
 log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
+PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
+
+
+class PruneWatch:
+    """Rank 0: request a cooperative stop once the run's prune marker exists (checked at once and
+    then every PRUNE_POLL_S in a daemon thread). The stop flag travels to every rank with the
+    step's all-reduce, so all ranks stop at the same step and checkpoint it."""
+
+    def __init__(self, run: RunDirectory, stop: StopRequest):
+        self.run, self.stop, self.done = run, stop, threading.Event()
+        self._check()
+        self.thread = threading.Thread(target=self._loop, name="prune-watch", daemon=True)
+        self.thread.start()
+
+    def _check(self) -> bool:
+        if self.run.prune_marker() is not None:
+            self.stop.request("pruned")
+            return True
+        return False
+
+    def _loop(self) -> None:
+        while not self.done.wait(PRUNE_POLL_S):
+            try:
+                if self._check():
+                    return
+            except Exception:  # an unreadable marker must not kill the watch (a torn read on a network FS)
+                log.exception("reading the prune marker of %s failed; trying again", self.run.path.name)
+
+    def close(self) -> None:
+        self.done.set()
+
+
+def allocation(cluster: ClusterConfig, is_slurm: bool) -> dict[str, int]:
+    """What this attempt holds, all nodes together (cost accounting, launch/cost.py): SLURM's own
+    numbers inside an allocation; elsewhere the request (tasks x cluster.cpus_per_task), which the
+    local backend does not enforce."""
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", cluster.nodes)) if is_slurm else cluster.nodes
+    gpus = int(os.environ.get("SLURM_GPUS_ON_NODE", cluster.gpus_per_node) or 0) * nodes if is_slurm else 0
+    cpus = total_cpus(os.environ.get("SLURM_JOB_CPUS_PER_NODE", "")) if is_slurm else 0
+    return {
+        "gpus": gpus or cluster.gpus_per_node * cluster.nodes,
+        "cpus": cpus or cluster.world_size * cluster.cpus_per_task,
+    }
 
 
 def reachable_address(host: str, is_slurm: bool) -> str:
@@ -94,6 +143,7 @@ class TrainingJob:
         env, job_id, key, hosts = self.environment(run)
         configure_logging(run.path / "logs" / key.replace("/", "-") / f"rank_{env.rank}.log", env.rank)
         attempt, steps = self._begin(run, cfg.cluster, job_id, key, hosts, started) if env.is_main else (None, None)
+        watch = PruneWatch(run, stop) if env.is_main else None
         hooks = TrainHooks()
         if env.is_main:
             hooks = TrainHooks(
@@ -112,15 +162,21 @@ class TrainingJob:
                 run.end_attempt(attempt, "crashed", trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
                 self._after_attempt(run, cfg.cluster)
             raise
+        finally:
+            if watch is not None:
+                watch.close()
         reason = "finished" if result.status == "finished" else "stopped"
         if env.is_main:
             steps.close()
-            if result.status != "finished":
+            if result.status != "finished" and stop.reason == "pruned":
+                reason = "pruned"  # a cooperative stop of ours: never requeued, never a failure
+            elif result.status != "finished":
                 why = stop.reason if stop.requested else result.stop_reason
                 reason = stop_reason(attempt, cfg.cluster, self.backend, why, stop.received_at or time.time())
             run.end_attempt(attempt, reason, result.step, exit_code=0, stop_signal=stop.reason, stop_time=stop.received_at)
             if reason == "finished":
                 run.set_status("finished", f"finished at step {result.step}")
+                run.unprune(why=f"finished at step {result.step} before the prune marker could stop it")
             self._after_attempt(run, cfg.cluster)
         return {"status": result.status, "reason": reason, "step": result.step, "total_steps": result.total_steps}
 
@@ -150,6 +206,7 @@ class TrainingJob:
             previous=attempts,
             deadline=float(end) if end else started + cluster.time_minutes * 60,
             signal_log=os.environ.get("RSP_SIGNAL_LOG"),
+            alloc=allocation(cluster, self.backend == "slurm"),
         )
         return attempt, StepLog(run.step_log_path(attempt))
 
@@ -166,12 +223,15 @@ class TrainingJob:
         """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""
         if self.backend != "local":
             return
-        decision = decide(run.policy_attempts(), cluster)
+        marker = run.prune_marker()
+        decision = decide(run.policy_attempts(), cluster, marker)
         log.info("%s", decision.reason)
         if decision.requeue:
             raise SystemExit(LOCAL_REQUEUE_EXIT)
         if decision.final_state == "failed":
             run.set_status("failed", decision.reason)
+        elif decision.final_state == "pruned":
+            run.set_status("pruned", decision.reason, pruned=marker)
 
     def _milestone_hook(self, run: RunDirectory, cfg):
         if not cfg.evaluation.tasks:

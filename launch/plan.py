@@ -1,25 +1,31 @@
 """The plan of a sweep: for each run its id, name, overrides, resources, current state and the
-action submitting would take; then the submission itself (only `submit`/`retry` rows, through
-launch/submission.py).
+action submitting would take, and every problem that keeps it from being submitted; then the
+submission itself (only `submit`/`retry` rows, through launch/submission.py).
 
 States come from the run directories plus one batched scheduler query (launch/state.py): pending,
-running and finished runs are never submitted twice; failed runs only with --retry-failed.
+running and finished runs are never submitted twice; failed runs only with --retry-failed; runs a
+sweep's successive halving pruned only after `--unprune` (launch/rungs.py).
+
+Problems (a data root that is not set, a batch the data cannot fill, a select block the runs
+cannot honour, ...) are collected for all runs at once and listed under the plan: a dry run shows
+them and succeeds; a submission refuses them (exit 2) with nothing queued.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.backends import Resources
 from launch.rundir import RunDirectory, run_id
+from launch.rungs import SweepDirectory
+from launch.selection import run_problems
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
-from launch.validate import absolutize, problems, warnings
-from rsp.schema import ConfigError
+from launch.validate import absolutize, known_total_steps, problems, warnings
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Plan:
     rows: list[PlanRow]
     backend: str
     output_root: Path
+    problems: list[str] = field(default_factory=list)  # each ends with the runs it concerns
 
     def pending_rows(self) -> list[PlanRow]:
         return [r for r in self.rows if r.action in ("submit", "retry")]
@@ -44,22 +51,34 @@ class Plan:
     def record_membership(self, rows: Sequence[PlanRow]) -> None:
         for row in rows:
             row.rundir.record_sweep(self.sweep.name, row.run.axis_values)
+        members = {run_id(r.run.cfg): r.rundir.path.name for r in rows}
+        SweepDirectory(self.output_root, self.sweep.name).write_record(self.sweep.selection, members)
 
     def submit(self) -> int:
+        if self.problems:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            print(
+                f"error: {len(self.problems)} problem(s) in sweep {self.sweep.name}; nothing was submitted:\n{lines}",
+                file=sys.stderr,
+            )
+            return 2
         rows = self.pending_rows()
         if not rows:
             print(
                 f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} "
-                "are pending, running, finished or failed"
+                "are pending, running, finished, failed or pruned"
             )
             self.record_membership([r for r in self.rows if r.rundir.exists])
             return 0
         for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
             ensure_generated_data(cfg)
+        # Membership first: an evaluation that completes a rung looks the sweep up (launch/rungs.py).
+        for row in rows:
+            row.rundir.create(row.run.cfg)
+        self.record_membership([r for r in self.rows if r.rundir.exists])
         job_ids = submit_runs(
             [r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root
         )
-        self.record_membership([r for r in self.rows if r.rundir.exists or r in rows])
         arrays = len({j.split("_")[0] for j in job_ids})
         print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
         return 0
@@ -71,19 +90,19 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
         absolutize(run.cfg, cwd)
     by_problem: dict[str, list[str]] = {}
     for run in runs:
-        for problem in problems(run.cfg):
+        found = problems(run.cfg)
+        if sweep.selection is not None:
+            found += run_problems(sweep.selection, run.cfg, known_total_steps(run.cfg))
+        for problem in found:
             by_problem.setdefault(problem, []).append(run.name)
-    if by_problem:
-        found = [
-            f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()
-        ]
-        raise ConfigError(found, what=f"sweep {sweep.name} (nothing was submitted)")
+    found = [f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()]
     for warning in warnings([r.cfg for r in runs]):
         print(f"warning: {warning}", file=sys.stderr)
     backends = {r.cfg.cluster.backend for r in runs}
     if len(backends) != 1:
-        raise ConfigError([f"a sweep runs on one backend; its runs ask for {sorted(backends)}"], what="sweep")
+        found.append(f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides")
     output_root = Path(runs[0].cfg.output_root)
+    found += selection_change_problems(sweep, SweepDirectory(output_root, sweep.name))
     dirs = RunDirectory.for_configs([r.cfg for r in runs])
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
@@ -91,7 +110,24 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
     for run, rundir, state in zip(runs, dirs, states, strict=True):
         action = ("retry" if state.state == "failed" else "submit") if state.state in wanted else "nothing"
         rows.append(PlanRow(run, rundir, state, action, resources_for(run.cfg)))
-    return Plan(sweep, rows, backends.pop(), output_root)
+    return Plan(sweep, rows, sorted(backends)[0], output_root, found)
+
+
+def selection_change_problems(sweep: Sweep, directory: SweepDirectory) -> list[str]:
+    """A sweep whose rungs were decided keeps the select block they were decided under."""
+    decisions = directory.decisions() if directory.path.is_dir() else {}
+    if not decisions:
+        return []
+    before = (directory.record() or {}).get("select")
+    now = sweep.selection.to_dict() if sweep.selection else None
+    if before == now:
+        return []
+    return [
+        f"select changed: sweep {sweep.name} was pruned under select {before} (decided at step(s) "
+        f"{', '.join(map(str, sorted(decisions)))}, {directory.path / 'decisions'}) but its file now says {now}; "
+        f"restore the select block, or copy the file to a new name to start a sweep of its own "
+        "(bring single runs back with --unprune RUN)"
+    ]
 
 
 def describe_resources(r: Resources) -> str:
@@ -123,3 +159,9 @@ def print_plan(plan: Plan, out=None) -> None:
         f"submit {counts['submit']}, retry {counts['retry']}, nothing {counts['nothing']}",
         file=out,
     )
+    if plan.sweep.selection is not None:
+        print(f"successive halving: {plan.sweep.selection.describe()}", file=out)
+    if plan.problems:
+        print(f"{len(plan.problems)} problem(s); a submission would queue nothing until they are fixed:", file=out)
+        for problem in plan.problems:
+            print(f"  - {problem}", file=out)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from launch.config import ClusterConfig
 from launch.postmortem import close_unrecorded, ended_from_outside, first, infer_end, read_signal_log
-from launch.rundir import RUNS_FILE, Attempt, RunDirectory
+from launch.rundir import RUNS_FILE, Attempt, RunDirectory, prune_reason
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ CATEGORY = {
     "cancelled": None,  # scancel: the user's decision; nothing is requeued and the run is not failed
     "crashed": "failure",
     "interrupted": "failure",  # killed without a word: SIGKILL, OOM killer, node failure
+    "pruned": None,  # a cooperative stop for the sweep's successive halving (docs/sweeps.md): no budget, no failure
 }
 
 
@@ -70,11 +71,18 @@ def failure_signature(attempt: Attempt) -> tuple[str | None, str | None]:
     return attempt.end_reason, kind
 
 
-def decide(attempts: Sequence[Attempt], cluster: ClusterConfig) -> Decision:
-    """Requeue after the last (ended) attempt, or finish/fail the run."""
+def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: dict | None = None) -> Decision:
+    """Requeue after the last (ended) attempt, or finish/fail/prune the run. `pruned`: the run's
+    prune marker (RunDirectory.prune_marker): a pruned run is never requeued, however its last
+    attempt ended (a stop signal or a crash may have beaten the prune request to it). An attempt
+    that ended "pruned" whose marker --unprune removed since is requeued outside every budget."""
     last = attempts[-1]
     if last.end_reason == "finished":
         return Decision(False, f"finished at step {last.end_step}", "finished")
+    if pruned is not None:
+        return Decision(False, f"{prune_reason(pruned)}; stopped at step {last.end_step}, not requeued", "pruned")
+    if last.end_reason == "pruned":
+        return Decision(True, f"pruned at step {last.end_step}, unpruned since: requeue (no budget used)")
     category = CATEGORY[last.end_reason]
     if category is None:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
@@ -148,7 +156,8 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: list[str] | No
             subprocess.run(requeue_command, check=True, timeout=60)
         return
     if decision.final_state is not None:
-        run.set_status(decision.final_state, decision.reason)
+        marker = run.prune_marker() if decision.final_state == "pruned" else None
+        run.set_status(decision.final_state, decision.reason, **({"pruned": marker} if marker else {}))
 
 
 def run_of_this_job(folder: Path) -> RunDirectory:
@@ -179,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run %s: ended from outside (%s at step %s); the scheduler decides", run.path.name, outside, attempts[-1].end_step
         )
         return 0
-    apply(run, decide(run.policy_attempts(attempts), cluster), ["scontrol", "requeue", job_id])
+    apply(run, decide(run.policy_attempts(attempts), cluster, run.prune_marker()), ["scontrol", "requeue", job_id])
     return 0
 
 

@@ -12,7 +12,9 @@
         checkpoints/ tb/ metrics.jsonl   (rsp.checkpoint, rsp.metrics)
         evals/              per-checkpoint evaluation outputs and result records
         sweeps/<sweep>.json membership of each sweep that includes the run, with its axis values
-        status.json         written once the run is over: finished | failed (+ why)
+        pruned.json         a sweep's successive halving pruned it (rung, rank, metric): stop, never requeue
+        unpruned/NNN.json   earlier prune markers, moved here by --unprune
+        status.json         written once the run is over: finished | failed | pruned (+ why)
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
 Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.schema
@@ -39,7 +41,7 @@ import yaml
 
 from launch.config import RunConfig, train_config
 from launch.steplog import read_trace
-from rsp.atomicio import atomic_write_json, atomic_write_text
+from rsp.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
 from rsp.manifest import Manifest, list_manifests
 from rsp.schema import fingerprint, from_dict, to_dict
 
@@ -47,8 +49,10 @@ RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (
 # finished; timeout, preempted: the time-limit / preemption signal; stopped: a stop signal sent to
 # the ranks from outside (scancel --signal=USR2); requeued, cancelled: ended from outside by the
 # scheduler (scontrol requeue, scancel); crashed: an error; interrupted: killed without a word
-# (SIGKILL, node failure). docs/requeue.md has the policy for each.
-END_REASONS = ("finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted")
+# (SIGKILL, node failure); pruned: stopped by the sweep's successive halving (docs/sweeps.md).
+# docs/requeue.md has the policy for each.
+END_REASONS = ("finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted", "pruned")
+PRUNED = "pruned.json"  # the prune marker (launch/rungs.py writes it, the job and the teardown obey it)
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
 
@@ -65,6 +69,14 @@ def slug(name: str) -> str:
     """A directory- and shell-safe version of a run name (quotes, spaces, newlines removed)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60]
     return cleaned or "run"
+
+
+def prune_reason(marker: dict) -> str:
+    """One line from a prune marker (RunDirectory.prune_marker)."""
+    return (
+        f"pruned at step {marker['rung']} by sweep {marker['sweep']}: rank {marker['rank']} of {marker['of']} "
+        f"by {marker['metric']} = {marker['value']:.4g} ({marker['mode']})"
+    )
 
 
 @dataclass
@@ -85,6 +97,7 @@ class Attempt:
     stop_signal: str | None = None  # the stop signal that ended it, e.g. SIGUSR2 ...
     stop_time: float | None = None  # ... and when it arrived
     inferred: str | None = None  # set when the end was not recorded by the attempt itself: the evidence used
+    alloc: dict[str, int] | None = None  # what the attempt holds, all nodes together: {"gpus": n, "cpus": n}
 
 
 class RunDirectory:
@@ -212,7 +225,7 @@ class RunDirectory:
         """Record a new attempt. An earlier one still without an end must be closed first
         (launch.postmortem infers how it ended); one that is not is closed here as `interrupted`
         at the last step its step log shows. `previous`: the run's attempts when the caller
-        already read them (closed in place). `fields`: more Attempt fields (deadline, signal_log)."""
+        already read them (closed in place). `fields`: more Attempt fields (deadline, signal_log, alloc)."""
         previous = self.attempts() if previous is None else previous
         if previous and previous[-1].end_reason is None:
             stale = previous[-1]
@@ -265,6 +278,10 @@ class RunDirectory:
         """Mark the run as a member of `sweep`, with its values of the sweep's axes."""
         atomic_write_json(self.path / "sweeps" / f"{sweep}.json", {"sweep": sweep, "axes": axis_values})
 
+    def sweep_names(self) -> list[str]:
+        folder = self.path / "sweeps"
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
     def in_sweep(self, sweep: str) -> bool:
         return (self.path / "sweeps" / f"{sweep}.json").is_file()
 
@@ -287,6 +304,35 @@ class RunDirectory:
 
     def clear_status(self) -> None:
         (self.path / "status.json").unlink(missing_ok=True)
+
+    # --- pruning (launch/rungs.py decides; the job and the teardown obey) ------------------------
+
+    def prune_marker(self) -> dict | None:
+        """Why a sweep's successive halving pruned this run (rung, rank, metric ...), None if it did not."""
+        path = self.path / PRUNED
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def mark_pruned(self, info: dict[str, Any]) -> bool:
+        """Write the prune marker unless one is there (idempotent: concurrent deciders write one)."""
+        return create_json_exclusive(self.path / PRUNED, info)
+
+    def unprune(self, why: str = "--unprune") -> dict | None:
+        """Move the prune marker to unpruned/NNN.json (with `why`) and clear a `pruned` status, so the
+        run can be resubmitted and resume from its checkpoint. Returns the marker (None: it was not
+        pruned). Also used when a run finished before its marker could stop it."""
+        marker = self.prune_marker()
+        if marker is None:
+            return None
+        history = self.path / "unpruned"
+        number = len(list(history.glob("*.json"))) if history.is_dir() else 0
+        atomic_write_json(history / f"{number:03d}.json", {**marker, "unpruned": time.time(), "why": why})
+        (self.path / PRUNED).unlink(missing_ok=True)
+        if (self.status() or {}).get("state") == "pruned":
+            self.clear_status()
+        return marker
 
     def record_progress(self, start_step: int, total_steps: int) -> None:
         atomic_write_json(

@@ -5,6 +5,8 @@
     running     its job runs                        (scheduler says so)
     finished    status.json says finished           (the run directory says so)
     failed      status.json says failed             (budget exhausted or breaker tripped)
+    pruned      a sweep's successive halving pruned it (pruned.json) and no job of it is alive:
+                never resubmitted, except by `--unprune` (launch/rungs.py)
     incomplete  started, not finished, no job alive (killed from outside, or a requeue was lost):
                 submitting it again resumes from its newest valid checkpoint
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.backends import ACTIVE_STATES, BACKENDS
-from launch.rundir import RunDirectory
+from launch.rundir import RunDirectory, prune_reason
 
 SUBMITTABLE = ("missing", "incomplete")
 
@@ -61,8 +63,12 @@ def _state_of(run: RunDirectory, status: dict | None, job_id: str | None, schedu
     if status is not None:
         return RunState(run, status["state"], job_id, status["reason"])
     sched = scheduler.get(job_id)
+    marker = run.prune_marker()
     if sched in ACTIVE_STATES:
         state = "pending" if sched in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING") else "running"
-        return RunState(run, state, job_id, f"job {job_id} is {sched}")
+        stopping = f"; pruned at step {marker['rung']}, stopping" if marker else ""
+        return RunState(run, state, job_id, f"job {job_id} is {sched}{stopping}")
+    if marker is not None:  # its job ended (or was killed) before it could record the status
+        return RunState(run, "pruned", job_id, prune_reason(marker))
     detail = f"job {job_id} ended ({sched})" if job_id else "no job recorded"
     return RunState(run, "incomplete", job_id, f"{detail} before the run finished; resubmit to resume")

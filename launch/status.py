@@ -1,21 +1,28 @@
-"""The state of runs at a glance: one table, one batched squeue/sacct call per refresh.
+"""The state of runs at a glance: one table, one batched squeue/sacct call per refresh (plus one
+sacct call for what they cost, when any ran on SLURM).
 
     python launch/status.py                      # every run under ./runs
     python launch/status.py /scratch/me/runs     # another output root
     python launch/status.py sweep=kl_weight      # one sweep, its axis values as columns
     python launch/status.py --watch 30           # refresh every 30 s
+    python launch/status.py --attempts           # one row per attempt: allocation, elapsed, queue wait, redone work
 
-Columns: run, id, state, step/total, attempts and how they ended, last checkpoint, time lost to
-requeues (gaps between an attempt's end and the next one's start, plus the steps redone after a
-non-cooperative end and the time they took, measured from each attempt's step log), evaluations
-done/expected. Below the table, every expected evaluation without a record and its state (pending,
-running, failed, lost, not submitted). Lost evaluations (their job vanished without a record) are
-resubmitted within their budget, and said so (--no-recover: only report them).
+Columns: run, id, state (pruned runs: the step, rank and metric value that pruned them), step/total,
+attempts and how they ended, last checkpoint, time lost to requeues (gaps between an attempt's end
+and the next one's start, plus the steps redone after a non-cooperative end and the time they took,
+measured from each attempt's step log), evaluations done/expected, GPU-hours (CPU-hours where no GPU
+was allocated) of training and evaluation. Below the table: every expected evaluation without a
+record and its state (pending, running, failed, lost, not submitted); each sweep's
+successive-halving rungs (decided, or what they wait for), its cost and what pruning saved. Lost
+evaluations (their job vanished without a record) are resubmitted within their budget, and said so
+(--no-recover: only report them). Showing a sweep also decides its rungs that are due
+(launch/rungs.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections import Counter
@@ -27,12 +34,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from launch.backends import Allocation
+from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
 from launch.rundir import Attempt, RunDirectory
+from launch.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 from launch.state import RunState, reconcile
-from launch.steplog import read_trace
 from launch.sweep import SWEEPS_DIR
 from rsp.commandline import HintingArgumentParser
+
+log = logging.getLogger(__name__)
 
 SHORT = {
     "timeout": "T",
@@ -43,23 +54,19 @@ SHORT = {
     "crashed": "C",
     "interrupted": "K",
     "finished": "F",
+    "pruned": "H",  # successive halving
 }
 
 
 def lost_time(run: RunDirectory, attempts: Sequence[Attempt]) -> tuple[float, int, float]:
     """(seconds between attempts, steps redone, seconds spent on the steps redone) over a run's
     attempts (RunDirectory.attempts()). Steps redone after an attempt: the last step it completed
-    minus the step the next one resumed from; their time comes from its step log (launch.steplog).
-    A cooperative stop checkpoints the step it stops at: nothing is redone."""
+    minus the step the next one resumed from; their time comes from its step log (launch.cost.redone,
+    which the GPU-hour columns price too). A cooperative stop checkpoints the step it stops at:
+    nothing is redone."""
     gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
-    steps, seconds = 0, 0.0
-    for a, b in pairwise(attempts):
-        redone = max(0, (a.end_step or 0) - b.start_step)
-        trace = read_trace(run.step_log_path(a)) if redone else None
-        since = trace.time_of(max(b.start_step, trace.first[0])) if trace else None
-        steps += redone
-        seconds += trace.last[1] - since if since is not None else 0.0
-    return gap, steps, seconds
+    work = redone(run, attempts)
+    return gap, sum(steps for steps, _ in work), sum(seconds for _, seconds in work)
 
 
 def human(seconds: float) -> str:
@@ -70,11 +77,23 @@ def human(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], evals: str = "-") -> list[str]:
+def describe_state(state: RunState) -> str:
+    marker = state.run.prune_marker() if state.run.exists else None
+    text = state.state + (f" [{state.job_id}]" if state.job_id and state.state in ("pending", "running") else "")
+    if marker and state.state == "pruned":
+        text += f"@{marker['rung']} ({marker['rank']}/{marker['of']}, {marker['value']:.3g})"
+    elif marker and state.state in ("pending", "running"):
+        text += f", pruned@{marker['rung']}: stopping"
+    return text
+
+
+def row(
+    state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], cost: RunCost | None, unit: str, evals: str = "-"
+) -> list[str]:
     """One line of the table; `axes`: the run's sweep axis values (RunDirectory.sweep_axes)."""
     run = state.run
     if not run.exists:
-        return [run.path.name, "-", state.state, "-", "-", "-", "-", "-", *["-"] * len(axis_keys)]
+        return [run.path.name, "-", state.state, "-", "-", "-", "-", "-", "-", *["-"] * len(axis_keys)]
     info = run.info()
     attempts = run.attempts()
     ends = Counter(SHORT.get(a.end_reason or "", "R") for a in attempts)
@@ -86,12 +105,13 @@ def row(state: RunState, axis_keys: Sequence[str], axes: dict[str, Any], evals: 
     return [
         info["name"],
         info["run_id"],
-        state.state + (f" [{state.job_id}]" if state.job_id else ""),
+        describe_state(state),
         f"{step}/{total or '?'}",
         f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
         last,
         f"{human(gap)}+{redone} steps ({human(redone_s)})" if attempts else "-",
         evals,
+        f"{cost.total_s(unit) / 3600:.3g}" if cost is not None else "?",
         *[str(axes.get(k, "-")) for k in axis_keys],
     ]
 
@@ -125,31 +145,120 @@ def find_runs(root: Path, sweep: str | None) -> list[RunDirectory]:
     return [r for r in runs if sweep is None or r.in_sweep(sweep)]
 
 
+def costs_of(runs: Sequence[RunDirectory]) -> tuple[dict[Path, RunCost], str | None]:
+    """Each run's cost (one sacct call for all SLURM jobs), and a note when sacct could not answer."""
+    note = None
+    try:
+        allocations: dict[str, list[Allocation]] = accounting(runs)
+    except (OSError, RuntimeError) as exc:  # no sacct, or accounting down: price from the attempt records
+        allocations, note = {}, f"sacct unavailable ({exc}); costs from the attempt records"
+    out = {}
+    for run in runs:
+        try:
+            out[run.path] = run_cost(run, allocations)
+        except Exception:  # one unreadable run must not break the table
+            log.exception("cannot price %s", run.path.name)
+    return out, note
+
+
+def decide_sweeps(root: Path, sweep: str | None) -> list[SweepDirectory]:
+    """Decide the due rungs of the sweeps shown (a status call is one of the deciders)."""
+    directories = [d for d in sweep_directories(root) if sweep is None or d.name == sweep]
+    for directory in directories:
+        try:
+            decide_due(directory, "status")
+        except Exception:  # the table must still print; the next call tries again
+            log.exception("could not decide the rungs of sweep %s", directory.name)
+    return directories
+
+
+def rung_lines(directory: SweepDirectory) -> list[str]:
+    selection = directory.selection()
+    if selection is None:
+        return []
+    names = {rid: run.path.name for rid, run in directory.members().items()}
+    lines = [f"sweep {directory.name}: successive halving on {selection.describe()}"]
+    for view in rung_views(directory, selection):
+        if view.decision is not None:
+            d = view.decision
+            members, exempt = directory.members(), directory.exempt()
+            pruned = ", ".join(
+                f"{r['name']} ({r['rank']}/{d['live']}, {r['value']:.4g}{late(members.get(r['run_id']), r['run_id'] in exempt)})"
+                for r in d["ranking"]
+                if not r["kept"]
+            )
+            lines.append(f"  step {view.rung}: kept {len(d['kept'])} of {d['live']}; pruned {pruned or 'none'}")
+        else:
+            waits = "; ".join(f"{names.get(rid, rid)}: {why}" for rid, why in sorted(view.waiting.items()))
+            lines.append(f"  step {view.rung}: waiting for {len(view.waiting)} run(s): {waits}")
+    return lines
+
+
+def late(run: RunDirectory | None, exempt: bool) -> str:
+    """Why a run a decision pruned is not (or no longer) pruned: it finished first, or --unprune."""
+    if exempt:
+        return "; unpruned since"
+    if run is not None and run.exists and (run.status() or {}).get("state") == "finished":
+        return "; it finished before it could be stopped"
+    return ""
+
+
+def cost_lines(states: Sequence[RunState], costs: dict[Path, RunCost], unit: str) -> list[str]:
+    priced = [costs[s.run.path] for s in states if s.run.path in costs]
+    if not priced:
+        return []
+    total = sum(c.total_s(unit) for c in priced)
+    lines = [
+        f"cost: {hours(total, unit)} (training {hours(sum(c.train_s(unit) for c in priced), unit)}, evaluation "
+        f"{hours(sum(c.eval_s(unit) for c in priced), unit)}, redone {hours(sum(c.redone_s(unit) for c in priced), unit)}; "
+        f"queue wait {human(sum(c.queue_s() for c in priced))})" + ("" if unit == "gpu" else "; no GPU was allocated: CPU-hours")
+    ]
+    saved = 0.0
+    for state in states:
+        if state.state == "pruned" and state.run.path in costs:
+            saved += projected_to_end(state.run, costs[state.run.path], unit)
+    if saved > 0:
+        lines.append(
+            f"pruning saved ~{hours(saved, unit)}: {100 * saved / (total + saved):.0f}% of the "
+            f"~{hours(total + saved, unit)} running every run to its end would cost"
+        )
+    return lines
+
+
 def render(root: Path, sweep: str | None, recover_lost: bool = True) -> str:
+    directories = decide_sweeps(root, sweep)
     runs = find_runs(root, sweep)
     if not runs:
         return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
     axes = {r.path: r.sweep_axes() for r in runs} if sweep else {}
     axis_keys = sorted({k for values in axes.values() for k in values})
-    header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", *axis_keys]
+    states = reconcile(runs, root)
+    costs, note = costs_of(runs)
+    unit = unit_of(list(costs.values()))
+    header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", f"{unit.upper()}-h", *axis_keys]
     evals = evaluation_states(runs)
     recovered: tuple[list[str], list[str]] = ([], [])
     if recover_lost and any(e.state == "lost" for e in evals):
         recovered = recover(evals)
         evals = evaluation_states(runs)
-    counts = evaluation_counts(evals)
-    body = [row(s, axis_keys, axes.get(s.run.path, {}), counts.get(s.run.path, "-")) for s in reconcile(runs, root)]
+    done = evaluation_counts(evals)
+    body = [row(s, axis_keys, axes.get(s.run.path, {}), costs.get(s.run.path), unit, done.get(s.run.path, "-")) for s in states]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = [
         "  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
         for line in [header, ["-" * w for w in widths], *body]
     ]
-    states = Counter(r[2].split(" [")[0] for r in body)
+    counts = Counter(s.state for s in states)
     lines.append(
-        ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, R running)"
+        ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
+        "H pruned, R running)"
     )
-    return "\n".join(lines + evaluation_lines(evals, recovered))
+    lines += evaluation_lines(evals, recovered)
+    for directory in directories:
+        lines += rung_lines(directory)
+    lines += cost_lines(states, costs, unit) + ([note] if note else [])
+    return "\n".join(lines)
 
 
 def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
@@ -182,17 +291,49 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
     return root, sweep, None
 
 
+def render_attempts(root: Path, sweep: str | None) -> str:
+    """One row per attempt (allocation): what it held, for how long, how long it queued, and the
+    work the next attempt redid."""
+    runs = find_runs(root, sweep)
+    costs, note = costs_of(runs)
+    header = ["run", "attempt", "job", "GPUs", "CPUs", "elapsed", "queue wait", "redone", "GPU-h", "CPU-h", "source"]
+    body = []
+    for run in runs:
+        cost = costs.get(run.path)
+        for a in cost.attempts if cost else []:
+            elapsed = a.elapsed_s(cost.now)
+            body.append(
+                [
+                    run.path.name,
+                    "-" if a.number is None else str(a.number),
+                    a.job_id,
+                    str(a.gpus),
+                    str(a.cpus),
+                    human(elapsed),
+                    human(a.queue_s),
+                    f"{a.redone_steps} steps ({human(a.redone_s)})",
+                    f"{elapsed * a.gpus / 3600:.3g}",
+                    f"{elapsed * a.cpus / 3600:.3g}",
+                    a.source,
+                ]
+            )
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
+    return "\n".join(lines + ([note] if note else []))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = HintingArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
     p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
+    p.add_argument("--attempts", action="store_true", help="one row per attempt: allocation, elapsed, queue wait, redone work")
     p.add_argument("--no-recover", action="store_true", help="report lost evaluations, do not resubmit them")
     ns = p.parse_args(argv)
     root, sweep, problem = target(ns.args)
     if problem:
         p.error(problem)
     while True:
-        print(render(root, sweep, recover_lost=not ns.no_recover), flush=True)
+        print(render_attempts(root, sweep) if ns.attempts else render(root, sweep, recover_lost=not ns.no_recover), flush=True)
         if not ns.watch:
             return 0
         time.sleep(ns.watch)

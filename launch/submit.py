@@ -2,12 +2,16 @@
 
     python launch/submit.py experiment=rsp_vits16_k400 cluster=slurm cluster.nodes=4 model.kl_scale=0.1
     python launch/submit.py experiment=smoke                      # this machine, followed to the end
-    python launch/submit.py sweep=kl_weight --dry-run             # the plan, nothing submitted
+    python launch/submit.py sweep=smoke                           # a sweep on this machine, followed to its table
+    python launch/submit.py sweep=kl_weight --dry-run             # the plan and its problems, nothing submitted
     python launch/submit.py experiment=smoke --dry-run            # resolved config + exact job script
+    python launch/submit.py experiment=smoke --cfg job            # the resolved config only (Hydra's convention)
+    python launch/submit.py sweep=smoke --unprune RUN             # resume a run successive halving pruned
 
-Everything is validated before anything is queued. Submitting a run that is already pending,
+Everything is validated before anything is queued: a dry run lists every problem and succeeds, a
+submission with a problem queues nothing and exits 2. Submitting a run that is already pending,
 running or finished starts nothing and says where it is; an incomplete one (killed from outside)
-is resubmitted and resumes; a failed one only with --retry-failed.
+is resubmitted and resumes; a failed one only with --retry-failed; a pruned one only with --unprune.
 """
 
 from __future__ import annotations
@@ -24,18 +28,64 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import yaml
 
 from launch.backends import SlurmBackend
-from launch.config import RunConfig, compose
-from launch.follow import follow
-from launch.plan import plan_sweep, print_plan
+from launch.config import EXPERIMENTS_DIR, RunConfig, compose
+from launch.datacheck import data_notes
+from launch.follow import follow, follow_sweep
+from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
+from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
-from launch.sweep import load_sweep
-from launch.validate import absolutize, validate, warnings
+from launch.sweep import SWEEPS_DIR, load_sweep
+from launch.validate import absolutize, problems, warnings
 from rsp.commandline import HintingArgumentParser
 from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
+
+
+def first_sentence(text: str, width: int = 96) -> str:
+    sentence = " ".join(text.split()).split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= width else sentence[: width - 3].rsplit(" ", 1)[0] + "..."
+
+
+def yaml_comment(path: Path) -> str:
+    """The comment that opens an experiment or cluster file (after its `# @package` line)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            lines.append(line.lstrip("# "))
+    return " ".join(lines)
+
+
+def sweep_description(path: Path) -> str:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return "(not valid YAML)"
+    return str(raw.get("description", "")) if isinstance(raw, dict) else ""
+
+
+def config_groups() -> str:
+    """The config groups and their options, as Hydra's --help lists them (with each one's own words)."""
+    lines = ["== Config groups: choose an option with GROUP=OPTION =="]
+    groups = {
+        "experiment": {p.stem: yaml_comment(p) for p in sorted((EXPERIMENTS_DIR / "experiment").glob("*.yaml"))},
+        "cluster": {p.stem: yaml_comment(p) for p in sorted((EXPERIMENTS_DIR / "cluster").glob("*.yaml"))},
+        "sweep": {p.stem: sweep_description(p) for p in sorted(SWEEPS_DIR.glob("*.yaml"))},
+    }
+    where = {"experiment": "experiments/experiment/", "cluster": "experiments/cluster/", "sweep": "sweeps/"}
+    for group, items in groups.items():
+        lines.append(f"{group} ({where[group]}*.yaml):")
+        lines += [f"  {name:<16} {first_sentence(about)}" for name, about in items.items()]
+    lines += [
+        "",
+        "Any key of the schema (launch.config.RunConfig) can be set: model.kl_scale=0.1 cluster.nodes=4;",
+        "`--cfg job` prints every key of the resolved config.",
+    ]
+    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -44,13 +94,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         epilog="Settings are key=value overrides (Hydra syntax), not --flags: e.g. optim.lr=0.001 data.batch_size=32 "
         "cluster.nodes=2. Sections: " + ", ".join(sorted({k.split(".")[0] for k in schema_keys(RunConfig)})) + ". "
-        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.",
+        "Quote values with ~, spaces, non-ASCII letters or quotes: 'data.root=\"~/my data\"'.\n\n" + config_groups(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         keys=schema_keys(RunConfig),
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides: experiment=NAME cluster=NAME key=value ... or sweep=NAME")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config / plan and the job script; submit nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config / plan, its problems and the job script; submit nothing"
+    )
+    p.add_argument("--cfg", choices=["job"], help="job: print the resolved config (every run's, for a sweep) and exit")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs that failed (budgets start over)")
+    p.add_argument(
+        "--unprune",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="sweeps: resume a pruned run (id, name or directory); repeatable",
+    )
     p.add_argument("--no-wait", action="store_true", help="local backend: return once submitted instead of following the run")
     return p.parse_intermixed_args(argv)
 
@@ -59,14 +119,18 @@ def prepare(overrides: Sequence[str], cwd: Path) -> RunConfig:
     return absolutize(compose(list(overrides)), cwd)
 
 
-def check(cfg: RunConfig) -> RunConfig:
+def check(cfg: RunConfig) -> list[str]:
+    """Every problem of the run (for SLURM, sbatch --test-only too once the rest is fine)."""
     script = None
     if cfg.cluster.backend == "slurm":
         script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    validate(cfg, sbatch_script=script)
+    found = problems(cfg, sbatch_script=script)
     for warning in warnings([cfg]):
         print(f"warning: {warning}", file=sys.stderr)
-    return cfg
+    if not found:
+        for note in data_notes(cfg):
+            log.warning("%s", note)
+    return found
 
 
 def describe_state(state: RunState) -> str:
@@ -74,6 +138,14 @@ def describe_state(state: RunState) -> str:
 
 
 def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
+    if args.cfg:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    if args.unprune:
+        raise ConfigError(["--unprune RUN resumes a run of a sweep: pass sweep=NAME too"], what="command line")
+    found = check(cfg)
+    if found and not args.dry_run:
+        raise ConfigError(found, what="run configuration (nothing was submitted)")
     run = RunDirectory.for_config(cfg)
     state = reconcile([run], Path(cfg.output_root))[0]
     wanted = SUBMITTABLE + (("failed",) if args.retry_failed else ())
@@ -84,6 +156,9 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
         if cfg.cluster.backend == "slurm":
             print("\n# sbatch script (submitted as is, with the job's pickle):")
             print(SlurmBackend(Path(cfg.output_root) / ".jobs" / "DRYRUN").sbatch_script(resources_for(cfg)))
+        if found:
+            print(f"\n{len(found)} problem(s); a submission would queue nothing until they are fixed:")
+            print("\n".join(f"  - {p}" for p in found))
         return 0
     if action == "nothing":
         hint = "; pass --retry-failed to run it again" if state.state == "failed" else ""
@@ -98,12 +173,48 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
 
 
 def submit_sweep(name: str, extra: Sequence[str], args: argparse.Namespace, cwd: Path) -> int:
-    """Plan (and unless --dry-run, submit) a sweep; print the plan table."""
-    plan = plan_sweep(load_sweep(name), extra, cwd, retry_failed=args.retry_failed)
+    """Plan (and unless --dry-run, submit) a sweep; print the plan table and its problems. On the
+    local backend the terminal then follows the sweep to its results table (cluster.wait)."""
+    sweep = load_sweep(name)
+    plan = plan_sweep(sweep, extra, cwd, retry_failed=args.retry_failed)
+    if args.cfg:
+        for row in plan.rows:
+            print(f"# run {row.run.name} (id {run_id(row.run.cfg)}): {' '.join(row.run.overrides)}")
+            print(yaml.safe_dump(to_dict(row.run.cfg), sort_keys=False), end="---\n")
+        return 0
+    if args.unprune and not args.dry_run:
+        if plan.problems:  # refused below, before anything is unpruned
+            print_plan(plan)
+            return plan.submit()
+        unprune_runs(plan, args.unprune)
+        plan = plan_sweep(sweep, extra, cwd, retry_failed=args.retry_failed)
     print_plan(plan)
     if args.dry_run:
         return 0
-    return plan.submit()
+    rc = plan.submit()
+    cfg = plan.rows[0].run.cfg
+    if rc == 0 and plan.backend == "local" and cfg.cluster.wait and not args.no_wait and plan.pending_rows():
+        return follow_sweep([r.rundir for r in plan.rows], SweepDirectory(plan.output_root, plan.sweep.name))
+    return rc
+
+
+def unprune_runs(plan: Plan, names: Sequence[str]) -> None:
+    """--unprune: find each named run among the sweep's (id, name or directory name), check that
+    every one is pruned, then bring them back (nothing is unpruned when one name is wrong)."""
+    pruned = [r for r in plan.rows if r.rundir.exists and r.rundir.prune_marker() is not None]
+    chosen, wrong = [], []
+    for name in names:
+        rows = [r for r in plan.rows if name in (run_id(r.run.cfg), r.run.name, r.rundir.path.name)]
+        if len(rows) != 1 or rows[0] not in pruned:
+            what = "is not pruned" if len(rows) == 1 else f"names {len(rows)} runs of sweep {plan.sweep.name}"
+            wrong.append(f"--unprune {name!r} {what}; the sweep's pruned runs: {', '.join(r.run.name for r in pruned) or 'none'}")
+        else:
+            chosen.append(rows[0])
+    if wrong:
+        raise ConfigError(wrong, what="command line (nothing was unpruned or submitted)")
+    for row in chosen:  # exempt in the sweep that pruned it (a run may belong to several)
+        marker = unprune(SweepDirectory(plan.output_root, row.rundir.prune_marker()["sweep"]), row.rundir)
+        print(f"unpruned {row.run.name} (pruned at step {marker['rung']}): it resumes from its last checkpoint")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problems:
                 raise ConfigError(problems, what="command line")
             return submit_sweep(sweeps[0].split("=", 1)[1], rest, args, Path.cwd())
-        cfg = check(prepare(args.overrides, Path.cwd()))
-        return submit_one(cfg, args)
+        return submit_one(prepare(args.overrides, Path.cwd()), args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

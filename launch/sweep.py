@@ -19,6 +19,8 @@ Schema (sweeps/*.yaml; documented in the README):
       - zip:                            # one axis whose keys advance together (equal lengths)
           model.name: [rsp_vit_small_patch16, rsp_vit_base_patch16]
           cluster.nodes: [2, 4]
+    select:                             # optional: successive halving on a milestone metric (launch/selection.py)
+      {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
 
 The base experiment is composed by Hydra once; each run applies its axis values to a copy of the
 resolved config (schema-typed), so planning 1,000 runs takes well under 2 s. Every run keeps all
@@ -37,6 +39,7 @@ from typing import Any
 
 from launch.config import RunConfig, compose
 from launch.rundir import run_id
+from launch.selection import Selection
 from launch.sweepfile import read_sweep_file
 from rsp.schema import ConfigError, from_dict, to_dict
 
@@ -61,6 +64,7 @@ class Sweep:
     per_value: list[dict[str, list[tuple[str, Any]]]] = field(
         default_factory=list
     )  # per axis: str(value) -> [(key, value)] (checked)
+    selection: Selection | None = None  # the select: block (successive halving), if any
 
     @property
     def axis_keys(self) -> list[str]:
@@ -89,6 +93,7 @@ def load_sweep(name: str) -> Sweep:
         name_template=parsed["name"] if parsed["name"] is not None else path.stem + "-{model.name}",
         axes=[axis.rows for axis in axes],
         per_value=[axis.per_value for axis in axes],
+        selection=parsed["select"],
     )
 
 

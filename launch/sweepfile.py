@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from launch.config import RunConfig, check_overrides, options
+from launch.selection import Selection, parse_selection
 from rsp.commandline import unknown_key_hint
 from rsp.schema import field_type, schema_keys, value_fits
 
@@ -261,6 +262,17 @@ def _assignment(text: str, axis: Axis, where: str, r: Reading) -> tuple[str, Any
     return key, value
 
 
+def check_select(raw: Any, r: Reading) -> Selection | None:
+    """Successive halving (launch/selection.py): the block's own rules here; whether each run
+    evaluates the metric's task and has the rungs as milestones is checked when the runs are
+    composed (launch/plan.py)."""
+    if raw is None:
+        return None
+    selection, problems = parse_selection(raw)
+    r.problems += problems
+    return selection
+
+
 # --- the file -----------------------------------------------------------------------------------------
 
 REQUIRED = object()  # TOP_LEVEL default of a key every sweep file must have
@@ -272,6 +284,7 @@ TOP_LEVEL: dict[str, tuple[str, Callable[[Any, Reading], Any], Any]] = {
     "overrides": ("key=value for every run (Hydra syntax, groups allowed)", check_overrides_list, []),
     "axes": ("the swept keys; the runs are their product", check_axes, REQUIRED),
     "name": ("the run name template, {section.key} is the run's value", check_name, None),
+    "select": ("successive halving on a milestone metric (docs/sweeps.md)", check_select, None),
 }
 
 

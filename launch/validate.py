@@ -42,14 +42,16 @@ from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
 from eval.tasks import TASKS, get_task, registered
 from launch.backends import BACKENDS, slurm_config
-from launch.config import ClusterConfig, EvaluationConfig, RunConfig
-from launch.datacheck import data_notes, data_problems, writable
+from launch.config import ClusterConfig, EvaluationConfig, RunConfig, train_config
+from launch.datacheck import data_notes, data_problems, survey, writable
 from launch.devices import device_problems, device_warnings
 from launch.evaluations.expected import task_eval_config
 from rsp.architectures import MODELS
 from rsp.config import ModelConfig
 from rsp.model import create_model
+from rsp.optim import resolve_schedule
 from rsp.schema import ConfigError, from_dict, ignored, to_dict
+from rsp.video import DataError
 
 # sbatch options the launcher writes from its own fields (launch/backends.py): in extra_sbatch they would contradict them.
 MANAGED_SBATCH = {
@@ -160,6 +162,27 @@ def batch_problems(cfg: RunConfig) -> list[str]:
         f"x optim.accum_iter {cfg.optim.accum_iter} = {have} videos, but the recipe's optim.effective_batch is {want}; {fix} "
         "(or set optim.effective_batch=null to train with a different batch on purpose)"
     ]
+
+
+def known_total_steps(cfg: RunConfig) -> int | None:
+    """The run's length in optimizer steps, when it can be known before the run starts:
+    schedule.total_steps, or the schedule resolved against the number of videos its labels file
+    lists (or it will generate). None when neither is known (no data yet)."""
+    if cfg.schedule.total_steps:
+        return cfg.schedule.total_steps
+    d, world = cfg.data, cfg.cluster.world_size
+    videos = d.synthetic_videos or None
+    if videos is None and d.root and Path(d.root).is_dir():
+        try:
+            videos = survey(Path(d.root), d.labels).videos
+        except (DataError, OSError):  # reported by data_problems
+            return None
+    if not isinstance(videos, int) or world < 1 or d.batch_size < 1 or videos < d.batch_size * world:
+        return None
+    try:
+        return resolve_schedule(train_config(cfg), videos // (d.batch_size * world), world).total_steps
+    except ConfigError:  # the batch does not fit the data: reported by data_problems
+        return None
 
 
 def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:

@@ -102,6 +102,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def create_json_exclusive(path: str | Path, obj: Any) -> bool:
+    """Create `path` holding `obj` only if it does not exist yet, complete and durable, in one step:
+    the JSON is written to a temporary sibling and hard-linked onto `path` (a link never replaces an
+    existing file, and is atomic on local and network filesystems alike, where O_EXCL is not). False
+    when `path` already existed: another process created it first, and its content stands."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}{TMP_MARKER}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
-from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, verify
+from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, pin, pinned_steps, unpin, verify
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,13 @@ class CheckpointStore:
 
     def pin(self, step: int, tag: str) -> Path:
         """Protect checkpoint `step` from retention until `unpin(step, tag)` (a pending evaluation)."""
-        path = self.dir / "pins" / f"{checkpoint_name(step)}.{tag}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        return path
+        return pin(self.dir, step, tag)
 
     def unpin(self, step: int, tag: str) -> None:
-        (self.dir / "pins" / f"{checkpoint_name(step)}.{tag}").unlink(missing_ok=True)
+        unpin(self.dir, step, tag)
 
     def pinned_steps(self) -> set[int]:
-        pins = self.dir / "pins"
-        return {int(p.name.split("_")[1].split(".")[0]) for p in pins.glob("step_*.pt.*")} if pins.is_dir() else set()
+        return pinned_steps(self.dir)
 
     def prune(self, keep_last: int) -> list[int]:
         """Delete all but the newest `keep_last` ordinary checkpoints; milestones and pinned

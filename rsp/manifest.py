@@ -23,6 +23,26 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
 
+# --- pins: a pending evaluation keeps a checkpoint from retention (torch-free: schedulers pin) ------
+
+
+def pin(directory: Path, step: int, tag: str) -> Path:
+    """Protect checkpoint `step` in `directory` from retention until `unpin(directory, step, tag)`."""
+    path = Path(directory) / "pins" / f"{checkpoint_name(step)}.{tag}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def unpin(directory: Path, step: int, tag: str) -> None:
+    (Path(directory) / "pins" / f"{checkpoint_name(step)}.{tag}").unlink(missing_ok=True)
+
+
+def pinned_steps(directory: Path) -> set[int]:
+    pins = Path(directory) / "pins"
+    return {int(p.name.split("_")[1].split(".")[0]) for p in pins.glob("step_*.pt.*")} if pins.is_dir() else set()
+
+
 @dataclass(frozen=True)
 class Manifest:
     step: int

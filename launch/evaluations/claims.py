@@ -24,6 +24,7 @@ from pathlib import Path
 from eval.records import RECORD_NAME
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
+from rsp.manifest import pin, unpin
 
 SUBMITTED, FAILED, STOPPED = "submitted.json", "failed.json", "stopped.json"
 
@@ -44,13 +45,13 @@ def claim_and_pin(run: RunDirectory, step: int, directory: Path) -> bool:
     """Claim the evaluation in `directory`; when claimed, pin its checkpoint until `release`."""
     if not claim(directory):
         return False
-    run.checkpoints.pin(step, directory.name)
+    pin(run.path / "checkpoints", step, directory.name)  # torch-free: the scheduler never loads a checkpoint
     return True
 
 
 def release(run: RunDirectory, step: int, directory: Path) -> None:
     """The evaluation recorded or failed: its checkpoint may be pruned again."""
-    run.checkpoints.unpin(step, directory.name)
+    unpin(run.path / "checkpoints", step, directory.name)
 
 
 def reopen_failed(directory: Path) -> None:

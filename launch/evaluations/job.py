@@ -18,15 +18,24 @@ from pathlib import Path
 
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, ResultRecord, write_record
-from eval.run import evaluate
+from launch.cost import accounting, to_checkpoint
 from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_failed, mark_stopped, release
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
+from launch.rungs import SweepDirectory, decide_due
 from rsp.lifecycle import STOP_SIGNALS, early_stop_request
 from rsp.manifest import checkpoint_name
 from rsp.provenance import code_version
 
 log = logging.getLogger(__name__)
+
+
+def evaluate(ecfg):
+    """eval.run.evaluate, imported when an evaluation runs: the scheduler that pickles this job
+    (a subprocess of every milestone) never evaluates and starts in ~1 s instead of ~5."""
+    from eval.run import evaluate as run_evaluation  # torch and timm: seconds to import
+
+    return run_evaluation(ecfg)
 
 
 class EvaluationStopped(BaseException):
@@ -74,17 +83,20 @@ class EvaluationJob:
         try:
             stop_on_signals()
             manifest = next((m for m in store.manifests() if m.step == self.step), None)
+            cost = training_cost(run, manifest.created) if manifest is not None else {}
             for task, ecfg, out in configs:
                 if is_recorded(out):  # a requeued job: this task finished in an earlier attempt
                     continue
                 (out / STOPPED).unlink(missing_ok=True)
                 try:
-                    written.append(self._evaluate(run, info, task, ecfg, out, manifest, checkpoint))
+                    written.append(self._evaluate(run, info, task, ecfg, out, manifest, checkpoint, cost))
                 except Exception as exc:
                     failed.append(task)
                     mark_failed(out, exc)
                     log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
                 release(run, self.step, out)  # recorded or failed: the checkpoint may be pruned again
+                if is_recorded(out):
+                    decide_rungs(run, self.step, task)
         except EvaluationStopped as stop:
             for _, _, out in configs:
                 if not is_recorded(out) and not is_failed(out):
@@ -97,7 +109,7 @@ class EvaluationJob:
             )
         return written
 
-    def _evaluate(self, run: RunDirectory, info: dict, task: str, ecfg, out: Path, manifest, checkpoint: Path) -> str:
+    def _evaluate(self, run: RunDirectory, info: dict, task: str, ecfg, out: Path, manifest, checkpoint: Path, cost: dict) -> str:
         started = time.time()
         if manifest is None or not checkpoint.is_file():
             raise FileNotFoundError(
@@ -121,5 +133,32 @@ class EvaluationJob:
             wall_time_s=time.time() - started,
             sweep_axes=run.sweep_axes(),
             model_name=info["config"]["model"]["name"],
+            training_cost=cost,
         )
         return str(write_record(out / RECORD_NAME, record))
+
+
+def training_cost(run: RunDirectory, created: float) -> dict:
+    """The record's training cost (launch/cost.py); {} when it cannot be known (never fails the job)."""
+    try:
+        return to_checkpoint(run, created, accounting([run]))
+    except Exception:
+        log.exception("could not price the training of %s up to its checkpoint", run.path.name)
+        return {}
+
+
+def decide_rungs(run: RunDirectory, step: int, task: str) -> None:
+    """A record at a rung of a sweep with a select block may complete the rung: decide it now, so a
+    pruned run stops within one poll of its marker (launch/rungs.py). Never fails the job: status
+    and the next evaluation decide too."""
+    for name in run.sweep_names():
+        sweep = SweepDirectory(run.path.parent, name)
+        try:
+            selection = sweep.selection()
+            if selection is not None and selection.task == task and step in selection.rungs:
+                for decision in decide_due(sweep, f"evaluation job {os.environ.get('SLURM_JOB_ID', os.getpid())}"):
+                    log.info(
+                        "sweep %s, step %d: kept %s, pruned %s", name, decision["rung"], decision["kept"], decision["pruned"]
+                    )
+        except Exception:
+            log.exception("could not decide the rungs of sweep %s", name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,10 +35,15 @@ def schedule_for_checkpoint(run: RunDirectory, step: int | None, backend: str) -
     }
     steps = [] if step is None else ["--step", str(step)]
     cmd = [sys.executable, "-m", "launch.evaluations", "schedule", str(run.path), *steps, "--backend", backend]
-    with blocked_stop_signals():  # the job's stop signals reach every process of it: not this short one
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise RuntimeError(f"scheduling evaluations of step {step} failed: {proc.stderr[-2000:]}")
+    # Output to a file, not a pipe: the local backend's evaluation job inherits the scheduler's
+    # streams, and reading a pipe to its end would wait for the whole evaluation (and the next
+    # checkpoint of the training job would wait for this hook).
+    with tempfile.TemporaryFile("w+") as output:
+        with blocked_stop_signals():  # the job's stop signals reach every process of it: not this short one
+            proc = subprocess.run(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True, timeout=300)
+        if proc.returncode != 0:
+            output.seek(0)
+            raise RuntimeError(f"scheduling evaluations of step {step} failed: {output.read()[-2000:]}")
 
 
 def schedule(

@@ -1,0 +1,287 @@
+"""A sweep's successive-halving decisions (its `select:` block, launch/selection.py): made once per
+rung, by whichever process gets there first, written down with their inputs, and applied by
+writing each pruned run's prune marker (its training job stops cooperatively and is never requeued).
+
+    <output_root>/sweeps/<sweep>/
+        sweep.json                    members (run id -> run directory), the select block; updated by each submit
+        decisions/step_XXXXXXXX.json  one per rung: the metric value of every live run, ranks, kept, pruned,
+                                      excluded runs and why, who decided and when
+        exempt/<run id>.json          runs brought back with --unprune: later rungs leave them alone
+        .lock                         serializes deciders (flock); the decision file's hard link makes it unique
+
+Who decides: the evaluation job that writes a rung's record (launch/evaluations/job.py), every
+status call and every poll of a followed local sweep (`decide_due`). A rung is due once every live
+run has its record at that step. Deciders may race (two evaluation jobs finishing together, a
+status call beside them): each computes the decision from the same records, the first hard link of
+the decision file wins and the others read it, and applying a decision is idempotent (a marker is
+created once). Decided rungs are never revisited; rungs are decided in order.
+
+A live run at a rung: a member not pruned at an earlier rung and not exempt. A member that failed
+without reaching the rung's evaluation is excluded (with the reason) rather than waited for; one
+whose evaluation failed is waited for (retry it with `python -m launch.evaluations backfill ROOT
+--retry-failed`), so a broken evaluation never prunes a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.protocol import protocol_hash
+from eval.records import RECORD_NAME, parse_record
+from launch.evaluations.claims import FAILED, SUBMITTED
+from launch.evaluations.expected import eval_config_for, eval_dir
+from launch.rundir import RunDirectory
+from launch.selection import Selection, parse_selection, rank_runs
+from rsp.atomicio import atomic_write_json, create_json_exclusive
+from rsp.manifest import checkpoint_name
+
+DECISION_FORMAT = "rsp-rung-decision/1"
+
+
+class SweepDirectory:
+    def __init__(self, output_root: str | Path, name: str):
+        self.output_root, self.name = Path(output_root), name
+        self.path = self.output_root / "sweeps" / name
+
+    # --- the sweep's record ---------------------------------------------------------------------
+
+    def record(self) -> dict | None:
+        path = self.path / "sweep.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def selection(self) -> Selection | None:
+        raw = (self.record() or {}).get("select")
+        return parse_selection(raw)[0] if raw else None
+
+    def write_record(self, selection: Selection | None, runs: dict[str, str]) -> None:
+        """Record the members (run id -> run directory name; added to those already recorded) and
+        the select block the sweep was last submitted with."""
+        with self.lock():
+            old = self.record() or {}
+            atomic_write_json(
+                self.path / "sweep.json",
+                {
+                    "sweep": self.name,
+                    "select": selection.to_dict() if selection else None,
+                    "runs": {**old.get("runs", {}), **runs},
+                    "created": old.get("created", time.time()),
+                    "updated": time.time(),
+                },
+            )
+
+    def members(self) -> dict[str, RunDirectory]:
+        return {rid: RunDirectory(self.output_root / d) for rid, d in (self.record() or {}).get("runs", {}).items()}
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def decision_path(self, rung: int) -> Path:
+        return self.path / "decisions" / f"step_{rung:08d}.json"
+
+    def decisions(self) -> dict[int, dict]:
+        folder = self.path / "decisions"
+        out = {}
+        for path in sorted(folder.glob("step_*.json")) if folder.is_dir() else []:
+            decision = json.loads(path.read_text())
+            out[decision["rung"]] = decision
+        return out
+
+    def exempt(self) -> set[str]:
+        folder = self.path / "exempt"
+        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One decider (or unprune) at a time. flock is advisory and, on some network filesystems,
+        per node: the decision file's exclusive creation is what keeps a decision unique."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sweep_directories(output_root: str | Path) -> list[SweepDirectory]:
+    root = Path(output_root)
+    return [SweepDirectory(root, p.parent.name) for p in sorted(root.glob("sweeps/*/sweep.json"))]
+
+
+# --- one rung ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RungView:
+    """What a rung waits for, or how it was decided."""
+
+    rung: int
+    decision: dict | None = None
+    values: dict[str, float] = field(default_factory=dict)  # run id -> metric, of the live runs with a record
+    records: dict[str, str] = field(default_factory=dict)  # run id -> record path
+    waiting: dict[str, str] = field(default_factory=dict)  # run id -> why it has no value yet
+    excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it is not ranked
+
+    @property
+    def due(self) -> bool:
+        return self.decision is None and not self.waiting and bool(self.values)
+
+
+def record_dir(run: RunDirectory, rung: int, task: str) -> Path:
+    cfg = run.config()
+    return eval_dir(
+        run, rung, task, protocol_hash(eval_config_for(cfg, task, run.path / "checkpoints" / checkpoint_name(rung), Path(".")))
+    )
+
+
+def look_at_rung(sweep: SweepDirectory, selection: Selection, rung: int, out_before: set[str]) -> RungView:
+    """The live runs of `rung` (members not in `out_before`, the runs pruned at earlier rungs or
+    exempt) and their values, or why a value is missing."""
+    view = RungView(rung)
+    for rid, run in sweep.members().items():
+        if rid in out_before:
+            continue
+        if not run.exists:
+            view.waiting[rid] = "not submitted yet"
+            continue
+        directory = record_dir(run, rung, selection.task)
+        record = directory / RECORD_NAME
+        if record.is_file():
+            metrics = parse_record(record).metrics
+            if selection.task_metric in metrics:
+                view.values[rid], view.records[rid] = float(metrics[selection.task_metric]), str(record)
+                continue
+            view.excluded[rid] = f"its step-{rung} {selection.task} record has no {selection.task_metric}"
+            continue
+        status = run.status() or {}
+        if status.get("state") == "failed":
+            view.excluded[rid] = f"failed before its step-{rung} evaluation: {status.get('reason', '')}"
+        elif (directory / FAILED).is_file():
+            view.waiting[rid] = (
+                f"its step-{rung} {selection.task} evaluation failed ({directory / FAILED}); retry it with "
+                f"python -m launch.evaluations backfill {sweep.output_root} --retry-failed"
+            )
+        elif (directory / SUBMITTED).is_file():
+            view.waiting[rid] = f"its step-{rung} {selection.task} evaluation is running"
+        else:
+            step = max(run.latest_logged_step(), run.last_checkpoint_step() or 0)
+            view.waiting[rid] = f"training (step {step} of rung {rung})"
+    return view
+
+
+def rung_views(sweep: SweepDirectory, selection: Selection | None = None) -> list[RungView]:
+    """Every rung in order: decided ones with their decision, then the first undecided one with
+    what it waits for (later rungs cannot be looked at before it is decided)."""
+    selection = selection or sweep.selection()
+    if selection is None:
+        return []
+    decisions, exempt = sweep.decisions(), sweep.exempt()
+    out_before = set(exempt)
+    views = []
+    for rung in selection.rungs:
+        if rung in decisions:
+            views.append(RungView(rung, decisions[rung]))
+            out_before |= set(decisions[rung]["pruned"])
+            continue
+        views.append(look_at_rung(sweep, selection, rung, out_before))
+        break
+    return views
+
+
+def decide_due(sweep: SweepDirectory, role: str) -> list[dict]:
+    """Decide every rung that is due, in order, and (re)apply every decision; returns the decisions
+    this call created. `role`: who decides, for the record ("status", "evaluation job 123", ...)."""
+    selection = sweep.selection()
+    if selection is None:
+        return []
+    made = []
+    with sweep.lock():
+        while True:
+            views = rung_views(sweep, selection)
+            for view in views:
+                if view.decision is not None:
+                    apply(sweep, view.decision)
+            last = views[-1] if views else None
+            if last is None or not last.due:
+                return made
+            decision = build_decision(sweep, selection, last, role)
+            if create_json_exclusive(sweep.decision_path(last.rung), decision):
+                made.append(decision)
+            # else another decider linked it first: the loop reads and applies theirs
+
+
+def build_decision(sweep: SweepDirectory, selection: Selection, view: RungView, role: str) -> dict:
+    ranked = rank_runs(view.values, selection.mode, selection.keep)
+    members = sweep.members()
+    return {
+        "format": DECISION_FORMAT,
+        "sweep": sweep.name,
+        "rung": view.rung,
+        "select": selection.to_dict(),
+        "time": time.time(),
+        "decided_by": {"role": role, "host": socket.gethostname(), "pid": os.getpid()},
+        "live": len(ranked),
+        "ranking": [
+            {
+                "run_id": r.run_id,
+                "name": members[r.run_id].path.name,
+                "value": r.value,
+                "rank": r.rank,
+                "kept": r.kept,
+                "record": view.records[r.run_id],
+            }
+            for r in ranked
+        ],
+        "kept": [r.run_id for r in ranked if r.kept],
+        "pruned": [r.run_id for r in ranked if not r.kept],
+        "excluded": [{"run_id": rid, "name": members[rid].path.name, "why": why} for rid, why in sorted(view.excluded.items())],
+    }
+
+
+def apply(sweep: SweepDirectory, decision: dict) -> list[str]:
+    """Write the prune marker of every run the decision pruned (idempotent), except runs since
+    exempted by --unprune and runs that already finished. Returns the runs newly marked."""
+    members, exempt = sweep.members(), sweep.exempt()
+    by_id = {r["run_id"]: r for r in decision["ranking"]}
+    marked = []
+    for rid in decision["pruned"]:
+        run = members.get(rid)
+        if run is None or rid in exempt or run.prune_marker() is not None:
+            continue
+        if (run.status() or {}).get("state") in ("finished", "failed"):
+            continue  # it ended before the decision: nothing to stop
+        entry = by_id[rid]
+        marker = {
+            "sweep": sweep.name,
+            "rung": decision["rung"],
+            "rank": entry["rank"],
+            "of": decision["live"],
+            "metric": decision["select"]["metric"],
+            "mode": decision["select"]["mode"],
+            "value": entry["value"],
+            "decision": str(sweep.decision_path(decision["rung"])),
+            "time": time.time(),
+        }
+        if run.mark_pruned(marker):
+            marked.append(rid)
+    return marked
+
+
+def unprune(sweep: SweepDirectory, run: RunDirectory) -> dict:
+    """Bring a pruned run back: exempt it from later rungs, then remove its marker (the order keeps
+    a concurrent decider from marking it again). Raises ValueError when it is not pruned."""
+    with sweep.lock():
+        marker = run.prune_marker()
+        if marker is None:
+            raise ValueError(f"{run.path.name} is not pruned (no {run.path / 'pruned.json'})")
+        rid = run.info()["run_id"]
+        atomic_write_json(sweep.path / "exempt" / f"{rid}.json", {"run_id": rid, "time": time.time(), "marker": marker})
+        run.unprune()
+    return marker

@@ -1,0 +1,165 @@
+"""Successive halving on milestone metrics: a sweep file's `select:` block, checked, and the ranking
+that decides one rung. Pure (no files, no scheduler): launch/rungs.py makes and applies decisions.
+
+    select: {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
+
+- metric  a results-table column "<task>:<metric>" that a registered evaluation task produces
+          (eval/tasks.py); the runs must evaluate that task
+- mode    max (higher is better: every metric the shipped tasks report) or min
+- keep    the fraction of the live runs kept at each rung, strictly between 0 and 1; the number kept
+          is ceil(keep x live runs), at least one, and a run tied with the last kept one is kept too
+- rungs   increasing training steps, each a milestone of every run (a multiple of
+          checkpoint.milestone_every_steps) before its last step
+
+Synchronous rungs (the README says why): a rung is decided once every live run's evaluation at that
+step exists, from those values alone, so the same results always give the same decision whatever the
+order in which runs and evaluations finished. Runs do not pause at a rung: they train on while the
+decision waits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eval.tasks import TASKS
+from launch.config import RunConfig
+
+SELECT_KEYS = ("metric", "mode", "keep", "rungs")
+MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Selection:
+    metric: str  # "<task>:<metric>", e.g. "davis:J&F-Mean"
+    mode: str  # max | min
+    keep: float  # fraction of the live runs kept at each rung, in (0, 1)
+    rungs: tuple[int, ...]  # training steps (milestones), increasing
+
+    @property
+    def task(self) -> str:
+        return self.metric.split(":", 1)[0]
+
+    @property
+    def task_metric(self) -> str:
+        """The metric's name inside its task's record ("J&F-Mean")."""
+        return self.metric.split(":", 1)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "keep": self.keep, "rungs": list(self.rungs)}
+
+    def describe(self) -> str:
+        rungs = ", ".join(map(str, self.rungs))
+        return f"{self.metric} ({self.mode}), keep {self.keep:g} at step(s) {rungs}"
+
+
+def produced_metrics() -> list[str]:
+    """Every results-table metric column the registered evaluation tasks produce."""
+    return [task.column(m) for task in TASKS.values() for m in task.metrics]
+
+
+def parse_selection(raw: Any) -> tuple[Selection | None, list[str]]:
+    """The `select:` block of a sweep file, or None and every problem with it (each naming the key,
+    the value, the rule and the fix)."""
+    if not isinstance(raw, Mapping):
+        return None, [
+            f'select ({raw!r}) must be a mapping: select: {{metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [...]}}'
+        ]
+    problems = [f"select.{k} is not a key of select; valid: {', '.join(SELECT_KEYS)}" for k in raw if k not in SELECT_KEYS]
+    metric, mode, keep, rungs = raw.get("metric"), raw.get("mode", "max"), raw.get("keep", 0.5), raw.get("rungs")
+    valid = produced_metrics()
+    if not isinstance(metric, str) or metric not in valid:
+        problems.append(
+            f"select.metric ({metric!r}) is not a metric any registered evaluation task produces; valid: {', '.join(valid)}"
+        )
+    if mode not in MODES:
+        problems.append(f"select.mode ({mode!r}) must be max (higher is better) or min (lower is better)")
+    if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 < keep < 1:
+        problems.append(
+            f"select.keep ({keep!r}) must lie strictly between 0 and 1: the fraction of the live runs kept at each rung "
+            "(0.5 halves them)"
+        )
+    if not isinstance(rungs, list) or not rungs:
+        problems.append(f"select.rungs ({rungs!r}) must be a non-empty list of training steps, e.g. rungs: [5000, 20000]")
+    elif not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rungs):
+        problems.append(f"select.rungs ({rungs!r}) must be positive whole training steps, e.g. rungs: [5000, 20000]")
+    elif any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+        problems.append(f"select.rungs ({rungs!r}) must increase strictly, e.g. rungs: {sorted(set(rungs))}")
+    if problems:
+        return None, problems
+    return Selection(metric, mode, float(keep), tuple(rungs)), []
+
+
+def run_problems(selection: Selection, cfg: RunConfig, total_steps: int | None) -> list[str]:
+    """Why `selection` cannot rank the run `cfg` (total_steps: its length in optimizer steps, None
+    when it cannot be known before its data exists)."""
+    out = []
+    if selection.task not in cfg.evaluation.tasks:
+        own = [TASKS[t].column(m) for t in cfg.evaluation.tasks if t in TASKS for m in TASKS[t].metrics]
+        out.append(
+            f"select.metric ({selection.metric}) needs the {selection.task} evaluation, but evaluation.tasks is "
+            f"{list(cfg.evaluation.tasks)}; add {selection.task} to evaluation.tasks"
+            + (f" or select one of: {', '.join(own)}" if own else "")
+        )
+    every = cfg.checkpoint.milestone_every_steps
+    if every <= 0:
+        out.append(
+            f"select.rungs ({list(selection.rungs)}) must be milestones, but checkpoint.milestone_every_steps is {every} "
+            f"(only the last step is a milestone); set it to a divisor of every rung, e.g. {math.gcd(*selection.rungs)}"
+        )
+    else:
+        off = [r for r in selection.rungs if r % every]
+        if off:
+            out.append(
+                f"select.rungs {off} are not milestones: checkpoint.milestone_every_steps is {every} (milestones at "
+                f"{every}, {2 * every}, ...); use multiples of {every} or set the cadence to a divisor of every rung"
+            )
+    if total_steps is not None:
+        late = [r for r in selection.rungs if r >= total_steps]
+        if late:
+            out.append(
+                f"select.rungs {late} are not before the run's last step ({total_steps} steps): a rung at or beyond "
+                "the end prunes nothing; use earlier milestones"
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class Ranked:
+    run_id: str
+    value: float
+    rank: int  # 1 = best; tied values share a rank (1, 2, 2, 4)
+    kept: bool
+
+
+def kept_count(live: int, keep: float) -> int:
+    """How many of `live` runs a rung keeps: ceil(keep x live), at least 1. The epsilon keeps float
+    products such as 0.3 x 10 = 3.0000000000000004 from rounding up."""
+    return max(1, math.ceil(keep * live - 1e-9))
+
+
+def rank_runs(values: Mapping[str, float], mode: str, keep: float) -> list[Ranked]:
+    """Rank the runs of one rung by their metric (`values`: run id -> value) best first and keep the
+    best kept_count(len(values), keep), plus any run tied with the last kept one. Ties are ordered
+    by run id so the listing is stable; they never decide who is pruned."""
+    if mode not in MODES:
+        raise ValueError(f"mode ({mode!r}) must be one of {', '.join(MODES)}")
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(item: tuple[str, float]) -> tuple[bool, float, str]:
+        run, value = item
+        bad = value is None or math.isnan(value)
+        return (bad, 0.0 if bad else sign * value, run)
+
+    order = sorted(values.items(), key=key)
+    if not order:
+        return []
+    threshold = key(order[kept_count(len(order), keep) - 1])[:2]
+    out: list[Ranked] = []
+    for position, (run, value) in enumerate(order):
+        tied = out and key((run, value))[:2] == key((out[-1].run_id, out[-1].value))[:2]
+        rank = out[-1].rank if tied else position + 1
+        out.append(Ranked(run, value, rank, key((run, value))[:2] <= threshold))
+    return out

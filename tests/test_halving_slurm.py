@@ -1,0 +1,151 @@
+"""Successive halving on the real local SLURM cluster: a 3-run sweep with one rung, its evaluation
+jobs on SLURM, the decision made by the evaluation job that completes the rung, the right run
+stopped cooperatively with its checkpoints kept, a resubmission that starts nothing, costs that
+agree with sacct and the attempt records, and --unprune resuming the run bitwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from launch_helpers import TINY, explain, merged, squeue_ids, submit, wait_for
+from train_helpers import assert_same_training_state
+
+from eval.records import parse_record
+from launch.config import train_config
+from launch.cost import accounting, run_cost
+from launch.rundir import RunDirectory
+from launch.rungs import SweepDirectory, record_dir
+from launch.status import render
+from rsp.distributed import DistEnv
+from rsp.train import train
+
+pytestmark = pytest.mark.slurm
+
+STEPS, RUNG = 240, 80  # the rung is the only milestone before the end; runs still train when it is decided
+
+
+def write_sweep(tmp_path: Path, videos: Path, root: Path) -> Path:
+    common = merged(
+        *[o for o in TINY if not o.startswith("experiment=")],
+        "cluster=slurm",
+        f"data.root={videos}",
+        f"output_root={root}",
+        "model.img_size=64",  # a step long enough next to an evaluation (see STEPS)
+        "data.batch_size=8",
+        f"schedule.total_steps={STEPS}",
+        "schedule.warmup_steps=2",
+        "checkpoint.every_steps=10",
+        f"checkpoint.milestone_every_steps={RUNG}",
+        "evaluation.tasks=[davis]",
+        "evaluation.synthetic=true",
+        f"evaluation.data_roots.davis={tmp_path / 'davis'}",
+        "evaluation.cpus_per_task=1",
+        "evaluation.time_minutes=15",
+    )
+    path = tmp_path / "halving_test.yaml"
+    path.write_text(
+        "experiment: smoke\nname: 'lr{optim.lr}'\n"
+        f"overrides: {json.dumps(common)}\n"
+        "axes:\n  - key: optim.lr\n    values: [0.0001, 0.001, 0.01]\n"
+        f"select: {{metric: 'davis:J&F-Mean', mode: max, keep: 0.5, rungs: [{RUNG}]}}\n"
+    )
+    return path
+
+
+def runs_of(root: Path) -> list[RunDirectory]:
+    return [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
+
+
+def sacct_cpu_seconds(job_ids: list[str]) -> float:
+    """sacct's own CPU time (AllocCPUS x Elapsed) of every allocation of these jobs."""
+    out = subprocess.run(
+        ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,CPUTimeRAW", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(line.split("|")[1]) for line in out.splitlines() if line.split("|")[1].isdigit())
+
+
+def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitwise(slurm_cluster, train_videos, tmp_path):
+    root = tmp_path / "runs"
+    sweep_file = write_sweep(tmp_path, train_videos, root)
+    rc, out = submit([f"sweep={sweep_file}"])
+    assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
+    runs = runs_of(root)
+    directory = SweepDirectory(root, "halving_test")
+    wait_for(
+        lambda: directory.decision_path(RUNG).is_file(),
+        600,
+        "the rung to be decided",
+        lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
+    )
+
+    # The right run: the lowest J&F at the rung, read from the records themselves.
+    decision = json.loads(directory.decision_path(RUNG).read_text())
+    values = {r.info()["run_id"]: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
+    worst = min(values, key=values.get)
+    assert {e["run_id"]: e["value"] for e in decision["ranking"]} == values
+    assert decision["pruned"] == [worst] and sorted(decision["kept"]) == sorted(set(values) - {worst}), (decision, values)
+    assert decision["decided_by"]["role"].startswith("evaluation job")  # the job that wrote the rung's last record
+    last_record = max(parse_record(Path(e["record"])).created for e in decision["ranking"])
+    print(f"[halving] decision {decision['time'] - last_record:.1f} s after the rung's last record")
+
+    by_id = {r.info()["run_id"]: r for r in runs}
+    pruned = by_id[worst]
+    wait_for(lambda: all(r.status() is not None for r in runs), 900, "every run to end", lambda: "\n".join(map(explain, runs)))
+    assert {r.info()["run_id"]: r.status()["state"] for r in runs} == {
+        rid: "pruned" if rid == worst else "finished" for rid in by_id
+    }, "\n".join(map(explain, runs))
+    attempts = pruned.attempts()
+    stopped_at = attempts[-1].end_step
+    assert attempts[-1].end_reason == "pruned" and RUNG <= stopped_at < STEPS, explain(pruned)
+    steps = [m.step for m in pruned.manifests()]
+    assert RUNG in steps and steps[-1] == stopped_at  # the rung's milestone and the stop's checkpoint are kept
+    assert (pruned.path / "checkpoints" / f"step_{stopped_at:08d}.pt").is_file()
+    print(f"[halving] pruned run stopped {attempts[-1].end_time - pruned.prune_marker()['time']:.1f} s after its marker")
+
+    before = squeue_ids()
+    rc, out = submit([f"sweep={sweep_file}"])
+    assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 3" in out, out
+    assert not squeue_ids() - before and len(pruned.submissions()) == 1
+
+    # Costs: sacct's own AllocCPUS x Elapsed, attempt by attempt, and the records' cost to each checkpoint.
+    # A run's status is written by its job's teardown, seconds before SLURM closes the allocation:
+    # compare once sacct has an end for every allocation (its figures are final then).
+    wait_for(
+        lambda: all(a.end is not None for rows in accounting(runs).values() for a in rows),
+        300,
+        "sacct to close every allocation",
+        lambda: str(accounting(runs)),
+    )
+    allocations = accounting(runs)
+    table = render(root, "halving_test")
+    assert "CPU-h" in table and f"pruned@{RUNG}" in table and "pruning saved ~" in table, table
+    for run in runs:
+        cost = run_cost(run, allocations)
+        training_jobs = [s["job_id"] for s in run.submissions()]
+        assert abs(cost.train_s("cpu") - sacct_cpu_seconds(training_jobs)) <= 0.01 * sacct_cpu_seconds(training_jobs)
+        assert [c.number for c in cost.attempts] == [a.number for a in run.attempts()]
+        assert all(c.cpus == a.alloc["cpus"] >= 1 for c, a in zip(cost.attempts, run.attempts(), strict=True))
+        for c, a in zip(cost.attempts, run.attempts(), strict=True):  # sacct's allocation holds the attempt
+            assert c.start <= a.start_time and a.end_time <= c.end + 5
+        record = parse_record(record_dir(run, RUNG, "davis") / "record.json")
+        created = next(m.created for m in run.manifests() if m.step == RUNG)
+        assert record.training_cost["source"] == "sacct"
+        assert record.training_cost["cpu_hours"] == pytest.approx((created - cost.attempts[0].start) / 3600, rel=0.01)
+        assert cost.eval_s("cpu") > 0  # its evaluation jobs, from their sacct allocations
+
+    rc, out = submit([f"sweep={sweep_file}", "--unprune", pruned.info()["name"]])
+    assert rc == 0 and "unpruned" in out and "submitted 1 run(s)" in out, out
+    wait_for(
+        lambda: (pruned.status() or {}).get("state") == "finished", 600, "the unpruned run to finish", lambda: explain(pruned)
+    )
+    resumed = pruned.attempts()[-1]
+    assert resumed.start_step == stopped_at and resumed.end_reason == "finished"  # from its checkpoint, no step lost
+    reference = tmp_path / "reference"
+    train(train_config(pruned.config()), DistEnv(), reference)
+    assert_same_training_state(pruned.path, reference)
