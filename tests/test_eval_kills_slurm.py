@@ -106,7 +106,13 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         printed = io.StringIO()
         with redirect_stdout(printed):
             assert status([str(roots[what])]) == 0
-        assert "resubmitted lost evaluation" in printed.getvalue(), printed.getvalue()
+        # status resubmits it, unless another path named in docs/requeue.md (its teardown, the next
+        # scheduling) got there between the test's look and status's: either way it is resubmitted once
+        claim = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)
+        assert "resubmitted lost evaluation" in printed.getvalue() or claim.get("lost") == [first_jobs[what]], (
+            printed.getvalue(),
+            claim,
+        )
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
