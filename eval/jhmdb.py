@@ -25,7 +25,7 @@ from eval.archives import download, extract
 from eval.config import EvalConfig
 from eval.indexmaps import image_hw
 from eval.splits import select_sequences
-from eval.task import EvalTask, Evaluation
+from eval.task import EvalTask, Evaluation, dataset_problems
 from rsp.atomicio import atomic_write_json
 
 NUM_JOINTS = 15
@@ -118,22 +118,18 @@ def check_jhmdb(cfg: EvalConfig, full: bool) -> list[str]:
     """Every problem of the JHMDB root `cfg` reads, all at once: split files with test videos, each
     video's frames and joints file; `full` also reads every joints file (read_joints's rules) and
     every frame's header (one size per video)."""
-    try:
-        names = test_video_names(cfg.data_root, cfg.jhmdb_split, cfg.sequences)
-    except (FileNotFoundError, ValueError) as exc:
-        return [str(exc)]
-    out = []
-    for name in names:
-        try:
-            video = _read_video(Path(cfg.data_root), name)
-            if full:
-                read_joints(video)
-                sizes = {image_hw(f) for f in video.frames}
-                if len(sizes) > 1:
-                    out.append(f"frames of {name} have different sizes {sorted(sizes)}; re-extract Rename_Images.tar.gz")
-        except (FileNotFoundError, ValueError) as exc:
-            out.append(str(exc))
-    return out
+
+    def problems_of(name: str) -> list[str]:
+        video = _read_video(Path(cfg.data_root), name)
+        if not full:
+            return []
+        read_joints(video)
+        sizes = {image_hw(f) for f in video.frames}
+        if len(sizes) > 1:
+            return [f"frames of {name} have different sizes {sorted(sizes)}; re-extract Rename_Images.tar.gz"]
+        return []
+
+    return dataset_problems(lambda: test_video_names(cfg.data_root, cfg.jhmdb_split, cfg.sequences), problems_of)
 
 
 def pck(pred: np.ndarray, gt: np.ndarray, alphas: Sequence[float] = (0.1, 0.2)) -> dict[str, float]:

@@ -16,7 +16,7 @@ and never run a network. A task's run function imports the propagation code when
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,23 @@ GENERATED_MARKER = ".generated"  # in the root of a generated set: written last,
 # The generated sets' design (eval/synthetic.py); change it with them, so that a set written by an
 # older design is refused instead of silently reused (its numbers would not compare).
 GENERATOR = "camouflage-1"
+
+
+def dataset_problems(names: Callable[[], Sequence[str]], problems_of: Callable[[str], list[str]]) -> list[str]:
+    """Every problem of a dataset at once (a task's check_data): its listing (`names`), then each
+    listed item's (`problems_of`); a FileNotFoundError or ValueError becomes its message instead of
+    ending the survey."""
+    try:
+        listed = names()
+    except (FileNotFoundError, ValueError) as exc:
+        return [str(exc)]
+    out = []
+    for name in listed:
+        try:
+            out += problems_of(name)
+        except (FileNotFoundError, ValueError) as exc:
+            out.append(str(exc))
+    return out
 
 
 def result_column(task: str, metric: str) -> str:

@@ -26,7 +26,7 @@ from eval.archives import extract
 from eval.config import EvalConfig, PropagationParams
 from eval.indexmaps import davis_palette, describe_ids, id_counts, image_hw, read_index_png, write_index_png
 from eval.splits import read_listing, select_sequences
-from eval.task import EvalTask, Evaluation
+from eval.task import EvalTask, Evaluation, dataset_problems
 
 if TYPE_CHECKING:  # annotations only: the propagation imports torch when an evaluation runs
     import torch
@@ -107,19 +107,13 @@ def check_vip(cfg: EvalConfig, full: bool) -> list[str]:
     annotations (`_read_video`); `full` also reads every annotation: an indexed or grey PNG of its
     frame's size whose ids are classes 0..19 or 255 (unlabelled), so that no pixel is silently
     dropped from the confusion matrix."""
-    try:
-        names = video_names(cfg.data_root, cfg.split, cfg.sequences)
-    except (FileNotFoundError, ValueError) as exc:
-        return [str(exc)]
-    out = []
-    for name in names:
-        try:
-            video = _read_video(Path(cfg.data_root), name)
-            for stem, path in video.annotations.items() if full else ():
-                out += _annotation_problems(path, video.frames[0].parent / f"{stem}.jpg")
-        except (FileNotFoundError, ValueError) as exc:
-            out.append(str(exc))
-    return out
+
+    def problems_of(name: str) -> list[str]:
+        video = _read_video(Path(cfg.data_root), name)
+        annotations = video.annotations.items() if full else ()
+        return [p for stem, path in annotations for p in _annotation_problems(path, video.frames[0].parent / f"{stem}.jpg")]
+
+    return dataset_problems(lambda: video_names(cfg.data_root, cfg.split, cfg.sequences), problems_of)
 
 
 def _annotation_problems(path: Path, frame: Path) -> list[str]:
