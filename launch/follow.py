@@ -13,7 +13,7 @@ from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, decide_due
+from launch.rungs import SweepDirectory, decide_due, rung_views
 from launch.state import reconcile
 from launch.status import render
 
@@ -134,6 +134,10 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
             )
             evaluating = sum(open_evaluations(s.run) for s in states if s.run.exists)
             line = progress + (f"  | {evaluating} evaluation(s) open" if evaluating else "")
+            views = rung_views(sweep)
+            if views and views[-1].decision is None and views[-1].values.keys() | views[-1].waiting.keys():
+                rung = views[-1]  # local runs that reached it pause until it is decided (launch.job.RungPause)
+                line += f"  | rung {rung.rung}: {len(rung.values)} of {len(rung.values) + len(rung.waiting)} values in"
             if line != shown:
                 print(f"[{time.time() - started:5.0f}s] {line}", flush=True)
                 shown = line

@@ -23,18 +23,20 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import submitit
 
-from launch.backends import total_cpus
+from launch.backends import local_state, total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
+from launch.rungs import SweepDirectory, pause_reason
 from launch.steplog import StepLog, read_trace
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
 PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
+PAUSE_POLL_S = 1.0  # how often a run paused at a rung looks for the decision
 
 
 class PruneWatch:
@@ -53,11 +56,11 @@ class PruneWatch:
 
     def __init__(self, run: RunDirectory, stop: StopRequest):
         self.run, self.stop, self.done = run, stop, threading.Event()
-        self._check()
+        self.check()
         self.thread = threading.Thread(target=self._loop, name="prune-watch", daemon=True)
         self.thread.start()
 
-    def _check(self) -> bool:
+    def check(self) -> bool:
         if self.run.prune_marker() is not None:
             self.stop.request("pruned")
             return True
@@ -66,13 +69,63 @@ class PruneWatch:
     def _loop(self) -> None:
         while not self.done.wait(PRUNE_POLL_S):
             try:
-                if self._check():
+                if self.check():
                     return
             except Exception:  # an unreadable marker must not kill the watch (a torn read on a network FS)
                 log.exception("reading the prune marker of %s failed; trying again", self.run.path.name)
 
     def close(self) -> None:
         self.done.set()
+
+
+class RungPause:
+    """A local sweep's one-process run waits at a rung until the rung is decided, when the decision
+    is coming (launch.rungs.pause_reason): the CPU it would spend training past the rung goes to the
+    evaluations the decision waits for, and a run the decision prunes stops right at the rung instead
+    of training on until its marker is seen. Not on SLURM, where a paused job would hold its
+    allocation idle, nor with several ranks (they would wait in a collective), nor in a sweep with
+    more runs than cluster.array_parallelism lets run at once (a paused run would hold the slot a
+    run the rung waits for needs). Waits at most `max_wait_s` per rung (the evaluation time limit);
+    a stop request ends the wait at once."""
+
+    def __init__(self, run: RunDirectory, stop: StopRequest, watch: PruneWatch, cluster: ClusterConfig, max_wait_s: float):
+        self.run, self.stop, self.watch, self.max_wait_s = run, stop, watch, max_wait_s
+        self.rungs: set[int] = set()
+        for name in run.sweep_names():
+            sweep = SweepDirectory(run.path.parent, name)
+            selection = sweep.selection()
+            if selection is not None and len(sweep.members()) <= cluster.array_parallelism:
+                self.rungs.update(selection.rungs)
+
+    def __call__(self, step: int, keepalive: Callable[[], None]) -> None:
+        if step not in self.rungs:
+            return
+        started, told = time.monotonic(), False
+        while not self.stop.requested:
+            try:
+                reason = pause_reason(self.run, step, running_locally)
+            except Exception:  # a torn read of another run's files: never worth stopping the training
+                log.exception("could not tell whether rung %d is coming; training on", step)
+                break
+            if reason is None:
+                break
+            if time.monotonic() - started > self.max_wait_s:
+                log.warning("waited %.0f s at %s; training on undecided", self.max_wait_s, reason)
+                break
+            if not told:
+                log.info("paused at step %d until the decision of %s", step, reason)
+                told = True
+            keepalive()
+            time.sleep(PAUSE_POLL_S)
+        if told:
+            log.info("resumed at step %d after %.1f s", step, time.monotonic() - started)
+        self.watch.check()  # pruned: the stop request travels with the next step, which ends the run
+
+
+def running_locally(run: RunDirectory) -> bool:
+    """The local job of `run`'s last submission lives (starting, training, or restarting after a requeue)."""
+    last = run.last_submission()
+    return last is not None and local_state(str(last["job_id"])) == "RUNNING"
 
 
 def allocation(cluster: ClusterConfig, is_slurm: bool) -> dict[str, int]:
@@ -151,6 +204,8 @@ class TrainingJob:
                 on_commit=self._milestone_hook(run, cfg),
                 on_step=lambda step: steps.append(step, time.time()),
             )
+            if self.backend == "local" and env.world_size == 1 and run.sweep_names():
+                hooks.before_step = RungPause(run, stop, watch, cfg.cluster, cfg.evaluation.time_minutes * 60)
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
         try:

@@ -30,7 +30,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,8 @@ class RungView:
     values: dict[str, float] = field(default_factory=dict)  # run id -> metric, of the live runs with a record
     records: dict[str, str] = field(default_factory=dict)  # run id -> record path
     waiting: dict[str, str] = field(default_factory=dict)  # run id -> why it has no value yet
+    coming: set[str] = field(default_factory=set)  # of those: its evaluation at the rung is submitted
+    training: set[str] = field(default_factory=set)  # of those: it has not reached the rung's evaluation
     excluded: dict[str, str] = field(default_factory=dict)  # run id -> why it is not ranked
 
     @property
@@ -170,9 +172,11 @@ def look_at_rung(sweep: SweepDirectory, selection: Selection, rung: int, out_bef
             )
         elif (directory / SUBMITTED).is_file():
             view.waiting[rid] = f"its step-{rung} {selection.task} evaluation is running"
+            view.coming.add(rid)
         else:
             step = max(run.latest_logged_step(), run.last_checkpoint_step() or 0)
             view.waiting[rid] = f"training (step {step} of rung {rung})"
+            view.training.add(rid)
     return view
 
 
@@ -193,6 +197,29 @@ def rung_views(sweep: SweepDirectory, selection: Selection | None = None) -> lis
         views.append(look_at_rung(sweep, selection, rung, out_before))
         break
     return views
+
+
+def pause_reason(run: RunDirectory, step: int, running: Callable[[RunDirectory], bool]) -> str | None:
+    """Why `run`, having completed `step`, should wait before its next step: `step` is the pending
+    rung of one of its sweeps, the run is live there, and the rung can be decided without more
+    training, because every live run still missing its value (this one included) is either evaluating
+    that step or training toward it right now (`running`). None: go on. A run waits only for a
+    decision that is coming: not for a member not started yet (queued behind
+    cluster.array_parallelism, which may need this run's slot) nor for a failed evaluation (retried
+    by hand)."""
+    run_id = run.info()["run_id"]
+    for name in run.sweep_names():
+        sweep = SweepDirectory(run.path.parent, name)
+        selection = sweep.selection()
+        if selection is None or step not in selection.rungs:
+            continue
+        view = rung_views(sweep, selection)[-1]
+        if view.rung != step or view.decision is not None or run_id not in {*view.waiting, *view.values}:
+            continue  # decided, an earlier rung pending (this run went past it), or not live here
+        members = sweep.members()
+        if all(rid in view.coming or rid in view.training and (rid == run_id or running(members[rid])) for rid in view.waiting):
+            return f"rung {step} of sweep {name} ({len(view.values)} of {len(view.values) + len(view.waiting)} values in)"
+    return None
 
 
 def decide_due(sweep: SweepDirectory, role: str) -> list[dict]:

@@ -84,6 +84,10 @@ class TrainHooks:
     on_commit: Callable[[Manifest], None] | None = None
     # Rank 0, after every completed optimizer step (step count so far); keep it cheap.
     on_step: Callable[[int], None] | None = None
+    # Rank 0 of a one-process run, before every optimizer step: (steps so far, a keep-alive for the
+    # progress watchdog). May block: a local sweep's run pauses at a rung until it is decided. The
+    # checkpoint of the steps so far is already on its way (the writer thread commits it meanwhile).
+    before_step: Callable[[int, Callable[[], None]], None] | None = None
 
 
 def train(
@@ -381,6 +385,8 @@ class Trainer:
             with ProgressWatchdog(cfg.runtime.watchdog_minutes * 60) as watchdog:
                 batches = self._batches(self.step * cfg.optim.accum_iter)
                 while self.step < total:
+                    if self.env.is_main and self.hooks.before_step is not None:
+                        self.hooks.before_step(self.step, watchdog.kick)
                     logging_step = (self.step + 1) % cfg.runtime.log_every_steps == 0 or self.step + 1 == total
                     try:
                         done = self._train_step(batches, logging_step)

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import TINY, explain, merged, squeue_ids, submit, wait_for
+from launch_helpers import explain, halving_sweep_file, squeue_ids, submit, wait_for
 from train_helpers import assert_same_training_state
 
 from eval.records import parse_record
@@ -25,34 +25,7 @@ from rsp.train import train
 pytestmark = pytest.mark.slurm
 
 STEPS, RUNG = 240, 80  # the rung is the only milestone before the end; runs still train when it is decided
-
-
-def write_sweep(tmp_path: Path, videos: Path, root: Path) -> Path:
-    common = merged(
-        *[o for o in TINY if not o.startswith("experiment=")],
-        "cluster=slurm",
-        f"data.root={videos}",
-        f"output_root={root}",
-        "model.img_size=64",  # a step long enough next to an evaluation (see STEPS)
-        "data.batch_size=8",
-        f"schedule.total_steps={STEPS}",
-        "schedule.warmup_steps=2",
-        "checkpoint.every_steps=10",
-        f"checkpoint.milestone_every_steps={RUNG}",
-        "evaluation.tasks=[davis]",
-        "evaluation.synthetic=true",
-        f"evaluation.data_roots.davis={tmp_path / 'davis'}",
-        "evaluation.cpus_per_task=1",
-        "evaluation.time_minutes=15",
-    )
-    path = tmp_path / "halving_test.yaml"
-    path.write_text(
-        "experiment: smoke\nname: 'lr{optim.lr}'\n"
-        f"overrides: {json.dumps(common)}\n"
-        "axes:\n  - key: optim.lr\n    values: [0.0001, 0.001, 0.01]\n"
-        f"select: {{metric: 'davis:J&F-Mean', mode: max, keep: 0.5, rungs: [{RUNG}]}}\n"
-    )
-    return path
+LRS = (0.0001, 0.001, 0.01)
 
 
 def runs_of(root: Path) -> list[RunDirectory]:
@@ -72,7 +45,7 @@ def sacct_cpu_seconds(job_ids: list[str]) -> float:
 
 def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitwise(slurm_cluster, train_videos, tmp_path):
     root = tmp_path / "runs"
-    sweep_file = write_sweep(tmp_path, train_videos, root)
+    sweep_file = halving_sweep_file(tmp_path, train_videos, root, "slurm", STEPS, RUNG, LRS)
     rc, out = submit([f"sweep={sweep_file}"])
     assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
     runs = runs_of(root)

@@ -1,6 +1,7 @@
 """Successive halving without a scheduler: the select block's rules (one test each), the ranking,
 rung decisions on real run directories and records (waiting, deciding once under racing deciders,
-applying, unpruning, a changed select block), how a pruned run ends, and the plan's problems."""
+applying, unpruning, a changed select block), when a local run pauses at a rung, how a pruned run
+ends, and the plan's problems."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from eval.records import ResultRecord, write_record
-from launch.config import compose
-from launch.evaluations.claims import FAILED
-from launch.job import PRUNE_POLL_S, PruneWatch
+from launch.config import ClusterConfig, compose
+from launch.evaluations.claims import FAILED, SUBMITTED
+from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, decide_due, record_dir, rung_views, unprune
+from launch.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
 from launch.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.state import reconcile
 from launch.sweep import load_sweep
@@ -223,12 +224,91 @@ def test_unprune_exempts_the_run_from_later_rungs_and_its_marker_is_not_rewritte
         unprune(sweep, runs[3])
 
 
+# --- pausing at a rung (the local backend) -------------------------------------------------------------
+
+
+def submit_evaluation(run: RunDirectory, step: int) -> Path:
+    directory = record_dir(run, step, "davis")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SUBMITTED).write_text('{"job_id": "1"}')
+    return directory
+
+
+def test_a_run_pauses_at_a_rung_only_while_its_decision_is_coming(tmp_path):
+    sweep, runs = make_sweep(tmp_path, n=3)
+    me, paths = runs[0], [r.path for r in runs]
+
+    def everyone(run):
+        return True
+
+    assert pause_reason(me, 10, everyone) is None  # not a rung
+    assert pause_reason(me, 20, everyone) == "rung 20 of sweep s (0 of 3 values in)"
+    write_metric(runs[1], 20, 0.5)
+    assert pause_reason(me, 20, everyone) == "rung 20 of sweep s (1 of 3 values in)"
+    # a member still training toward the rung is waited for only while its job lives (a run queued
+    # for a slot, or one that crashed for good, would keep the rung open for long)
+    assert pause_reason(me, 20, lambda run: run.path != paths[2]) is None
+    # a member whose evaluation is submitted is coming, whatever its training job does
+    directory = submit_evaluation(runs[2], 20)
+    assert pause_reason(me, 20, lambda run: False) is not None  # this run's own evaluation is on its way
+    (directory / FAILED).write_text("{}")  # a failed evaluation waits for a retry by hand: do not wait for it
+    assert pause_reason(me, 20, everyone) is None
+    (directory / FAILED).unlink()
+    write_metric(runs[2], 20, 0.9)
+    write_metric(me, 20, 0.1)
+    (decision,) = decide_due(sweep, "test")
+    assert decision["pruned"] == [me.info()["run_id"]] and pause_reason(me, 20, everyone) is None  # decided
+    assert pause_reason(me, 40, everyone) is None  # pruned at 20: not live at 40
+    assert pause_reason(runs[1], 40, everyone) == "rung 40 of sweep s (0 of 2 values in)"
+
+
+def test_a_paused_run_resumes_when_its_rung_is_decided_and_stops_there_when_pruned(tmp_path):
+    sweep, runs = make_sweep(tmp_path, n=2)
+    me, other = runs
+    submit_evaluation(other, 20)  # coming: the pause waits for it
+    stop, kicks = StopRequest(), []
+    watch = PruneWatch(me, stop)
+    try:
+        pause = RungPause(me, stop, watch, ClusterConfig(), max_wait_s=120)
+        assert pause.rungs == {20, 40}
+        pause(19, kicks.append)  # not a rung: returns at once
+        assert kicks == []
+
+        def evaluations_end():
+            write_metric(me, 20, 0.1)
+            write_metric(other, 20, 0.9)
+            decide_due(sweep, "evaluation job")
+
+        threading.Timer(2.5, evaluations_end).start()
+        started = time.monotonic()
+        pause(20, lambda: kicks.append(time.monotonic()))
+        waited = time.monotonic() - started
+        assert 2.5 <= waited < 30 and kicks, waited  # it kept the progress watchdog alive meanwhile
+        assert stop.requested and stop.reason == "pruned"  # at once, not a prune-watch poll later
+    finally:
+        watch.close()
+    # a sweep with more runs than run at once never pauses: a paused run could hold the slot of one it waits for
+    assert RungPause(other, StopRequest(), watch, ClusterConfig(array_parallelism=1), 120).rungs == set()
+
+
+def test_a_stop_request_ends_a_pause_at_once(tmp_path):
+    _, (me, other) = make_sweep(tmp_path, n=2)
+    submit_evaluation(other, 20)
+    stop = StopRequest()
+    watch = PruneWatch(me, stop)
+    try:
+        threading.Timer(1.0, stop.request, ["SIGTERM"]).start()
+        started = time.monotonic()
+        RungPause(me, stop, watch, ClusterConfig(), max_wait_s=120)(20, lambda: None)
+        assert time.monotonic() - started < 20 and stop.reason == "SIGTERM"
+    finally:
+        watch.close()
+
+
 # --- how a pruned run ends ---------------------------------------------------------------------------
 
 
 def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
-    from launch.config import ClusterConfig
-
     marker = {"sweep": "s", "rung": 20, "rank": 3, "of": 4, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
     for reason in ("pruned", "preempted", "timeout", "stopped", "requeued", "cancelled", "crashed", "interrupted"):
         attempt = Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 23, reason)
