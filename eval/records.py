@@ -48,6 +48,9 @@ class ResultRecord:
     # What training spent until this checkpoint was written: {"gpu_hours", "cpu_hours", "source"}
     # (launch/cost.py: sacct's allocations on SLURM, the attempt records elsewhere); {} when unknown.
     training_cost: dict[str, Any] = field(default_factory=dict)
+    # The record of an evaluation of identical weights under the same protocol whose numbers this one
+    # repeats (launch/evaluations/reuse.py: a sweep's step-0 checkpoints); "": evaluated for this record.
+    same_as: str = ""
     created: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
     format: str = FORMAT

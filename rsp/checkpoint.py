@@ -19,6 +19,7 @@ readable as `ckpt["model"]`, like the reference's files.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import threading
 import time
@@ -36,6 +37,21 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required; the message names the files and why."""
+
+
+def weights_digest(state: dict[str, Any]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order: equal for equal
+    weights (two runs' step-0 checkpoints from one seed), whatever the optimizer or config hold."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        else:
+            digest.update(f"{name}|{value!r}\n".encode())
+    return digest.hexdigest()
 
 
 class CheckpointStore:
@@ -64,6 +80,7 @@ class CheckpointStore:
             model_name=payload["model_name"],
             code_version=payload["code_version"],
             created=time.time(),
+            weights_sha256=weights_digest(payload["model"]) if "model" in payload else "",
         )
         atomic_write_json(self._manifest_path(target), dataclasses.asdict(manifest))
         return manifest

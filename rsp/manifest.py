@@ -55,6 +55,9 @@ class Manifest:
     code_version: str
     created: float  # unix time of the commit
     format: str = FORMAT
+    # sha256 of the model's weights alone (rsp.checkpoint.weights_digest): equal for checkpoints of
+    # equal weights whatever else they hold; "" in manifests written before it existed
+    weights_sha256: str = ""
 
     @classmethod
     def read(cls, path: Path) -> Manifest:

@@ -6,11 +6,14 @@ real evaluation jobs on the local cluster."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import launch.evaluations.job
+from eval.records import ResultRecord, parse_record
 from launch.config import compose
 from launch.evaluations.claims import FAILED, claim_and_pin, mark_stopped, mark_submitted
 from launch.evaluations.expected import expected
@@ -21,15 +24,16 @@ from launch.rundir import RunDirectory
 from rsp.manifest import Manifest, checkpoint_name
 
 
-def run_with_checkpoint(root: Path, name: str, step: int, extra: tuple[str, ...] = ()) -> RunDirectory:
-    """A run directory holding one committed (fake) milestone checkpoint at `step`."""
+def run_with_checkpoint(root: Path, name: str, step: int, extra: tuple[str, ...] = (), weights: str = "") -> RunDirectory:
+    """A run directory holding one committed (fake) milestone checkpoint at `step` (`weights`: its weights digest)."""
     cfg = compose(["cluster=debug", f"output_root={root}", f"name={name}", "evaluation.tasks=[davis,vip]", *extra])
     run = RunDirectory.for_config(cfg)
     run.create(cfg)
     checkpoints = run.path / "checkpoints"
     checkpoints.mkdir()
     (checkpoints / checkpoint_name(step)).write_bytes(b"weights")
-    manifest = Manifest(step, checkpoint_name(step), "0" * 64, 7, "c" * 64, True, cfg.model.name, "abc", 0.0)
+    name = checkpoint_name(step)
+    manifest = Manifest(step, name, "0" * 64, 7, "c" * 64, True, cfg.model.name, "abc", 0.0, weights_sha256=weights)
     (checkpoints / f"step_{step:08d}.json").write_text(json.dumps(manifest.__dict__))
     return run
 
@@ -48,6 +52,64 @@ def test_a_failed_task_is_reported_even_when_the_run_name_contains_its_name(tmp_
         EvaluationJob(str(run.path), 2, ["vip", "davis"])()
     assert len(list(run.path.glob(f"evals/step_00000002/davis-*/{FAILED}"))) == 1
     assert len(list(run.path.glob("evals/step_00000002/vip-*/record.json"))) == 1
+
+
+# --- identical weights are evaluated once -------------------------------------------------------
+
+
+class CountingEvaluate:
+    """eval.run.evaluate's stand-in: counts its calls; each takes `seconds` and gives a new number."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.calls, self.seconds, self.lock = [], seconds, threading.Lock()
+
+    def __call__(self, ecfg):
+        from eval.run import EvalOutcome
+
+        time.sleep(self.seconds)
+        with self.lock:
+            self.calls.append(ecfg.checkpoint)
+            value = 0.1 * len(self.calls)
+        return EvalOutcome(ecfg.task, {"J&F-Mean": value}, {"checkpoint": str(ecfg.checkpoint)}, Path(ecfg.output_dir), 0.1)
+
+
+def davis_record(run: RunDirectory, step: int) -> ResultRecord:
+    return parse_record(next(run.path.glob(f"evals/step_{step:08d}/davis-*/record.json")))
+
+
+def test_identical_weights_are_evaluated_once_and_the_others_name_that_record(tmp_path, monkeypatch):
+    evaluate = CountingEvaluate()
+    monkeypatch.setattr(launch.evaluations.job, "evaluate", evaluate)
+    a, b = (run_with_checkpoint(tmp_path, f"lr{i}", 0, (f"optim.lr={i}e-3",), weights="w" * 64) for i in (1, 2))
+    other = run_with_checkpoint(tmp_path, "seed9", 0, ("runtime.seed=9",), weights="v" * 64)
+    old = run_with_checkpoint(tmp_path, "old", 0, ("optim.lr=5e-3",))  # a manifest from before weights digests
+    for run in (a, b, other, old):
+        EvaluationJob(str(run.path), 0, ["davis"])()
+    assert len(evaluate.calls) == 3  # a, other, old: b repeats a
+    first, second = davis_record(a, 0), davis_record(b, 0)
+    assert first.same_as == "" and second.same_as == str(next(a.path.glob("evals/step_00000000/davis-*/record.json")))
+    assert second.metrics == first.metrics and second.protocol_hash == first.protocol_hash
+    assert second.run_id != first.run_id and second.protocol["checkpoint"] == str(b.path / "checkpoints" / checkpoint_name(0))
+    assert davis_record(other, 0).metrics != first.metrics and davis_record(old, 0).same_as == ""
+    # a record named by the index that vanished (or was rewritten) is never trusted: evaluated again
+    next(a.path.glob("evals/step_00000000/davis-*/record.json")).unlink()
+    c = run_with_checkpoint(tmp_path, "lr3", 0, ("optim.lr=3e-3",), weights="w" * 64)
+    EvaluationJob(str(c.path), 0, ["davis"])()
+    assert len(evaluate.calls) == 4 and davis_record(c, 0).same_as == ""
+
+
+def test_concurrent_evaluations_of_identical_weights_compute_once(tmp_path, monkeypatch):
+    evaluate = CountingEvaluate(seconds=1.0)
+    monkeypatch.setattr(launch.evaluations.job, "evaluate", evaluate)
+    runs = [run_with_checkpoint(tmp_path, f"lr{i}", 0, (f"optim.lr={i}e-3",), weights="w" * 64) for i in range(1, 5)]
+    threads = [threading.Thread(target=EvaluationJob(str(r.path), 0, ["davis"])) for r in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(evaluate.calls) == 1  # the other three waited on the key's lock, then reused it
+    records = [davis_record(r, 0) for r in runs]
+    assert len({json.dumps(r.metrics) for r in records}) == 1 and sum(r.same_as == "" for r in records) == 1
 
 
 # --- evaluation jobs that end without a word: their teardown and the recovery --------------------

@@ -1,7 +1,8 @@
 """Successive halving on the local backend, end to end through launch/submit.py: the runs of a local
 sweep pause at the rung until it is decided (their CPU goes to the evaluations the decision waits
-for), the decision is made by the evaluation job that completes the rung, and the pruned run stops
-one step past the rung instead of training on until its marker is seen."""
+for), the decision is made by the evaluation job that completes the rung, the pruned run stops
+one step past the rung instead of training on until its marker is seen, and the runs' identical
+step-0 weights are evaluated once."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_v
     values = {r.info()["run_id"]: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
     assert decision["pruned"] == [worst] and decision["decided_by"]["role"].startswith("evaluation job"), (decision, values)
+
+    # the two runs start from one seed: their step-0 weights are identical and evaluated once
+    step0 = [parse_record(record_dir(r, 0, "davis") / "record.json") for r in runs]
+    assert sorted(bool(record.same_as) for record in step0) == [False, True] and step0[0].metrics == step0[1].metrics
 
     for run in runs:
         log = "".join(p.read_text() for p in run.path.glob("logs/*/rank_0.log"))

@@ -14,7 +14,7 @@ import torch
 from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
 
 from rsp import rng
-from rsp.checkpoint import CheckpointStore
+from rsp.checkpoint import CheckpointStore, weights_digest
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
 from rsp.model import create_model
@@ -270,6 +270,30 @@ def test_initialization_is_a_retained_milestone_with_a_manifest(train_videos, tm
     assert state["step"] == 0 and state["optimizer"]["state"] == {}  # before the first optimizer step
     assert_same_tensors(state["model"], initial_weights(cfg), "model")
     assert store.prune(keep_last=0) == [7] and (store.dir / manifest.file).exists()  # retention never takes it
+    # the weights' own digest: what a sweep's runs from one seed share at step 0 (their evaluation is made once)
+    assert manifest.weights_sha256 == weights_digest(initial_weights(cfg)) != store.manifests()[-1].weights_sha256
+
+
+def one_ulp_up(tensor: torch.Tensor, bits: torch.dtype) -> torch.Tensor:
+    """`tensor` with its last element one unit in the last place larger (`bits`: an integer type of its width)."""
+    step = torch.zeros(tensor.numel(), dtype=bits)
+    step[-1] = 1
+    return (tensor.reshape(-1).view(bits) + step).view(tensor.dtype).reshape(tensor.shape)
+
+
+def test_the_weights_digest_sees_every_name_dtype_shape_and_bit():
+    state = {"b": torch.arange(6, dtype=torch.float32).reshape(2, 3), "a": torch.ones(2, dtype=torch.bfloat16)}
+    digest = weights_digest(state)
+    assert digest == weights_digest(dict(reversed(state.items())))  # not the order of the dict
+    assert digest == weights_digest({k: v.clone() for k, v in state.items()})
+    changed = [
+        {**state, "b": state["b"].reshape(3, 2)},
+        {**state, "b": state["b"].double()},
+        {"c": state["b"], "a": state["a"]},
+        {**state, "a": one_ulp_up(state["a"], torch.int16)},
+        {**state, "b": one_ulp_up(state["b"], torch.int32)},
+    ]
+    assert len({digest, *map(weights_digest, changed)}) == 1 + len(changed)
 
 
 def test_a_resumed_run_keeps_its_original_initialization(train_videos, tmp_path):

@@ -21,6 +21,7 @@ from eval.records import RECORD_NAME, ResultRecord, write_record
 from launch.cost import accounting, to_checkpoint
 from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_failed, mark_stopped, release
 from launch.evaluations.expected import eval_config_for, eval_dir
+from launch.evaluations.reuse import earlier_evaluation
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, decide_due
 from rsp.lifecycle import STOP_SIGNALS, early_stop_request
@@ -116,26 +117,36 @@ class EvaluationJob:
                 f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
                 "evaluation ran; it was deleted outside retention (pinned checkpoints are kept)"
             )
-        outcome = evaluate(ecfg)
-        record = ResultRecord(
-            run_id=info["run_id"],
-            run_name=info["name"],
-            config_hash=info["config_hash"],
-            step=self.step,
-            task=task,
-            protocol_hash=protocol_hash(ecfg),
-            protocol=outcome.protocol,
-            metrics=outcome.metrics,
-            checkpoint_sha256=manifest.sha256,
-            checkpoint_path=str(checkpoint),
-            code_version=code_version(),
-            job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
-            wall_time_s=time.time() - started,
-            sweep_axes=run.sweep_axes(),
-            model_name=info["config"]["model"]["name"],
-            training_cost=cost,
-        )
-        return str(write_record(out / RECORD_NAME, record))
+        with earlier_evaluation(run.path.parent, manifest.weights_sha256, protocol_hash(ecfg)) as earlier:
+            if earlier.record is not None:  # identical weights, same protocol: its numbers, not a new computation
+                log.info("step %d of %s: weights evaluated before (%s)", self.step, run.path.name, earlier.record_path)
+                metrics, details = earlier.record.metrics, {**earlier.record.protocol, "checkpoint": str(checkpoint)}
+            else:
+                outcome = evaluate(ecfg)
+                metrics, details = outcome.metrics, outcome.protocol
+            record = ResultRecord(
+                run_id=info["run_id"],
+                run_name=info["name"],
+                config_hash=info["config_hash"],
+                step=self.step,
+                task=task,
+                protocol_hash=protocol_hash(ecfg),
+                protocol=details,
+                metrics=metrics,
+                checkpoint_sha256=manifest.sha256,
+                checkpoint_path=str(checkpoint),
+                code_version=code_version(),
+                job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
+                wall_time_s=time.time() - started,
+                sweep_axes=run.sweep_axes(),
+                model_name=info["config"]["model"]["name"],
+                training_cost=cost,
+                same_as=earlier.record_path,
+            )
+            path = write_record(out / RECORD_NAME, record)
+            if earlier.record is None:
+                earlier.register(path)
+        return str(path)
 
 
 def training_cost(run: RunDirectory, created: float) -> dict:
