@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
 import sys
@@ -235,6 +236,10 @@ def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (same reason; after choosing the headless backend)
+
+    # Axis values are drawn as categories on purpose (evenly spaced, in sorted order): matplotlib's
+    # INFO line about strings that parse as numbers, once per line drawn, says nothing here.
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
