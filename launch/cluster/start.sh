@@ -96,6 +96,7 @@ render_configs() {
     text=$(<"$HERE/slurm.conf.in")
     text=${text//@STATE_DIR@/$STATE}
     printf '%s\n' "${text//@MAX_ARRAY_SIZE@/$MAX_ARRAY_SIZE}" >"$SLURM_CONF_PATH.new"
+    cp "$HERE/gres.conf.in" "$ETC/gres.conf.new"
     text=$(<"$HERE/slurmdbd.conf.in")
     text=${text//@STATE_DIR@/$STATE}
     (umask 077 && printf '%s\n' "${text//@DB_PASSWORD@/$password}" >"$ETC/slurmdbd.conf")
@@ -128,19 +129,40 @@ restart_slurmctld() {
     wait_until slurmctld "slurmctld to answer" slurm_client scontrol ping
 }
 
-# An already running cluster keeps its jobs; a changed config is applied by restarting slurmctld
-# (jobs survive it). `scontrol reconfigure` is not enough: on 22.05 it updates MaxArraySize in
-# `scontrol show config` while sbatch still accepts arrays up to the old limit.
+stop_slurmds() {
+    local node pid
+    for node in "${NODES[@]}"; do
+        pid=$(pid_of "slurmd-$node") && kill -TERM "$pid"
+        wait_until - "the old slurmd of $node to exit" has_ended "${pid:-0}"
+    done
+}
+
+start_slurmds() {
+    local node
+    for node in "${NODES[@]}"; do
+        launch "slurmd-$node" slurmd -D -N "$node" -f "$SLURM_CONF_PATH"
+    done
+}
+
+# An already running cluster keeps its jobs; a changed config (slurm.conf or gres.conf) is applied by
+# restarting the daemons: the slurmds stop, slurmctld restarts, the slurmds start and register under
+# the new config (running jobs survive: their slurmstepd outlive slurmd). `scontrol reconfigure` is not
+# enough: on 22.05 it updates MaxArraySize in `scontrol show config` while sbatch still accepts
+# arrays up to the old limit, and a slurmd keeps its GRES until it restarts (the nodes turn INVAL).
 apply_config_change() {
-    cmp -s "$SLURM_CONF_PATH.new" "$SLURM_CONF_PATH" && rm "$SLURM_CONF_PATH.new" && return 0
+    if cmp -s "$SLURM_CONF_PATH.new" "$SLURM_CONF_PATH" && cmp -s "$ETC/gres.conf.new" "$ETC/gres.conf"; then
+        rm "$SLURM_CONF_PATH.new" "$ETC/gres.conf.new"
+        return 0
+    fi
     mv "$SLURM_CONF_PATH.new" "$SLURM_CONF_PATH"
+    mv "$ETC/gres.conf.new" "$ETC/gres.conf"
+    stop_slurmds
     restart_slurmctld
-    # Makes the slurmd daemons re-read the file and register at once instead of at the next ping.
-    slurm_client scontrol reconfigure >/dev/null || fail slurmctld "scontrol reconfigure failed"
+    start_slurmds
     wait_nodes_up
     [ "$(configured_max_array_size)" = "$MAX_ARRAY_SIZE" ] ||
         fail slurmctld "MaxArraySize is $(configured_max_array_size) after a restart, wanted $MAX_ARRAY_SIZE"
-    say "applied MaxArraySize=$MAX_ARRAY_SIZE (slurmctld restarted)"
+    say "applied the new configuration, MaxArraySize=$MAX_ARRAY_SIZE (daemons restarted)"
 }
 
 up=() down=()
@@ -175,6 +197,7 @@ for name in mariadbd slurmdbd slurmctld slurmd-n1 slurmd-n2; do
 done
 rm -f "$PIDS"/*.pid "$RUN"/*.pid "$RUN"/*.sock
 mv "$SLURM_CONF_PATH.new" "$SLURM_CONF_PATH"
+mv "$ETC/gres.conf.new" "$ETC/gres.conf"
 STOP_ON_FAIL=true
 
 # 1. munge: machine-wide socket /run/munge; reuse a working munged, else start one as user munge.
@@ -213,9 +236,7 @@ wait_until slurmdbd "slurmdbd on port 6819" port_busy 6819
 # 4. slurmctld, then one slurmd per fake node.
 launch slurmctld slurmctld -D -i -f "$SLURM_CONF_PATH"
 wait_until slurmctld "slurmctld to answer" slurm_client scontrol ping
-for node in "${NODES[@]}"; do
-    launch "slurmd-$node" slurmd -D -N "$node" -f "$SLURM_CONF_PATH"
-done
+start_slurmds
 wait_nodes_up
-say "up in ${SECONDS}s: nodes n1 n2 (4 CPUs each), partitions debug (default, preemptible) and high"
+say "up in ${SECONDS}s: nodes n1 n2 (4 CPUs and 2 counted GPUs each), partitions debug (default, preemptible) and high"
 say "clients need: source $STATE/env.sh"

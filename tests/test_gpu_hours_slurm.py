@@ -1,0 +1,57 @@
+"""GPU-hours on the real local SLURM cluster. Its nodes have counted GPUs (launch/cluster/gres.conf.in:
+no devices, nothing runs on them), so SLURM schedules and accounts a GPU request like a GPU cluster
+does. A run asks for two GPUs and trains on the CPU (runtime.device=cpu); the GPU-hours the status
+and the results tables print (launch/cost.py) must agree with sacct's own AllocTRES x ElapsedRaw."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from launch_helpers import explain, only_run, overrides, submit, wait_for
+
+from launch.cost import accounting, run_cost
+from launch.status import render
+
+pytestmark = pytest.mark.slurm
+
+
+def sacct_gpu_seconds(job_ids: list[str]) -> float:
+    """sacct's AllocTRES gres/gpu x ElapsedRaw over every allocation of these jobs, read here from
+    sacct's own text (not launch.backends' parser)."""
+    out = subprocess.run(
+        ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = 0.0
+    for line in out.splitlines():
+        _, elapsed, tres = line.split("|")
+        gpus = [int(item.split("=")[1]) for item in tres.split(",") if item.startswith("gres/gpu=")]
+        total += int(elapsed) * sum(gpus)
+    return total
+
+
+def test_gpu_hours_agree_with_sacct_alloc_tres_times_elapsed(slurm_cluster, train_videos, tmp_path):
+    root = tmp_path / "runs"
+    gpus = ("cluster.gpus_per_node=2", "cluster.tasks_per_node=2", "runtime.device=cpu")  # two ranks, one per GPU
+    rc, out = submit(overrides(train_videos, root, 8, 4, *gpus))
+    assert rc == 0, out
+    run = only_run(root)
+    wait_for(lambda: (run.status() or {}).get("state") == "finished", 600, "the run to finish", lambda: explain(run))
+    # the status is written by the job's teardown, seconds before SLURM closes the allocation
+    wait_for(
+        lambda: all(a.end is not None for rows in accounting([run]).values() for a in rows),
+        300,
+        "sacct to close the allocation",
+        lambda: str(accounting([run])),
+    )
+    assert [a.alloc["gpus"] for a in run.attempts()] == [2]  # SLURM_GPUS_ON_NODE x nodes, as the job saw it
+    expected = sacct_gpu_seconds([s["job_id"] for s in run.submissions()])
+    cost = run_cost(run, accounting([run]))
+    print(f"[gpu-hours] launch.cost {cost.train_s('gpu'):.1f} GPU-s, sacct AllocTRES x ElapsedRaw {expected:.1f} GPU-s")
+    assert expected > 0 and abs(cost.train_s("gpu") - expected) <= 0.01 * expected, (cost, expected)
+    assert [a.gpus for a in cost.attempts] == [2] and cost.attempts[0].source == "sacct"
+    table = render(root, None)
+    assert "GPU-h" in table and "no GPU was allocated" not in table, table
