@@ -351,8 +351,11 @@ class Trainer:
         if self.resumed_from is None and cfg.checkpoint.initial_milestone:
             # The initialization as a milestone, taken before anything can change it. Only a fresh
             # start writes it: a resumed attempt (even one resumed from this very checkpoint) keeps
-            # the original, so step 0 always means the weights this run started from.
-            self._save(wait=False)
+            # the original, so step 0 always means the weights this run started from. Written before
+            # the first step (wait=True): the loader's worker processes fork at the first batch, and a
+            # checkpoint writer thread running torch code at that moment can leave a lock it holds
+            # locked forever in the child (seen as a worker whose results never arrive).
+            self._save(wait=True)
         metrics = MetricsLogger(self.run_dir, self.env.is_main, self.step, total, cfg.runtime.progress_bar, tb_dir)
         pairs_per_step = self.schedule.effective_batch * cfg.data.repeated_sampling
         self.model.train()
