@@ -166,29 +166,55 @@ def run_of_this_job(folder: Path) -> RunDirectory:
     return RunDirectory(runs[int(os.environ.get("SLURM_ARRAY_TASK_ID", 0))])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="SLURM teardown: record the attempt's end and requeue or finish the run")
+@dataclass
+class Teardown:
+    """What the teardown of a SLURM batch script (launch.batch: `python -m MODULE --folder F
+    --exit-code N` after srun) starts from."""
+
+    folder: Path  # the job's submitit folder
+    exit_code: int  # srun's exit status
+    job_id: str  # the id `scontrol requeue` takes (slurm_job_id)
+    run: RunDirectory  # the run this job (array task) belongs to
+    signal_log: str | None  # the stop signals the batch shell received, one per line (RSP_SIGNAL_LOG)
+    signals: list[tuple[str, float]]  # that log, read
+    restarts: int  # how often SLURM has restarted the job (SLURM_RESTART_COUNT)
+
+
+def begin_teardown(argv: Sequence[str] | None, description: str, name: str) -> Teardown:
+    """The common start of both teardowns (a training job's, below; an evaluation job's,
+    launch/evaluations/teardown.py): arguments, logging (lines tagged `name`), and what they read."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--folder", required=True, help="submitit folder of the job")
     parser.add_argument("--exit-code", type=int, required=True, help="srun's exit status")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s requeue %(levelname)s: %(message)s")
-    job_id = slurm_job_id()
-    run = run_of_this_job(Path(args.folder))
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s: %(message)s")
+    folder, signal_log = Path(args.folder), os.environ.get("RSP_SIGNAL_LOG")
+    return Teardown(
+        folder=folder,
+        exit_code=args.exit_code,
+        job_id=slurm_job_id(),
+        run=run_of_this_job(folder),
+        signal_log=signal_log,
+        signals=read_signal_log(signal_log),
+        restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    job = begin_teardown(argv, "SLURM teardown: record the attempt's end and requeue or finish the run", "requeue")
+    run = job.run
     cluster = run.config().cluster
-    signal_log = os.environ.get("RSP_SIGNAL_LOG")
-    batch = read_signal_log(signal_log)
     outside = None
-    if first(batch, "TERM") is not None:  # the scheduler ends this job itself: it requeues or cancels it
-        restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if first(job.signals, "TERM") is not None:  # the scheduler ends this job itself: it requeues or cancels it
         deadline = float(os.environ["SLURM_JOB_END_TIME"]) if "SLURM_JOB_END_TIME" in os.environ else None
-        outside = ended_from_outside(os.environ["SLURM_JOB_ID"], restart, deadline, first(batch, "USR2"), cluster)
-    attempts = finalize_attempt(run, job_id, args.exit_code, cluster, signal_log, outside)
+        outside = ended_from_outside(os.environ["SLURM_JOB_ID"], job.restarts, deadline, first(job.signals, "USR2"), cluster)
+    attempts = finalize_attempt(run, job.job_id, job.exit_code, cluster, job.signal_log, outside)
     if outside is not None:
         log.info(
             "run %s: ended from outside (%s at step %s); the scheduler decides", run.path.name, outside, attempts[-1].end_step
         )
         return 0
-    apply(run, decide(run.policy_attempts(attempts), cluster, run.prune_marker()), ["scontrol", "requeue", job_id])
+    apply(run, decide(run.policy_attempts(attempts), cluster, run.prune_marker()), ["scontrol", "requeue", job.job_id])
     return 0
 
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from train_helpers import assert_same_training_state, tiny_config
+from train_helpers import StopOnRead, assert_same_training_state, tiny_config
 
 from launch.config import ClusterConfig, RunConfig
 from launch.devices import device_problems as submit_problems
@@ -20,7 +20,6 @@ from rsp.checkpoint import CheckpointStore
 from rsp.config import LATENTS, MAE_AUX_MODES, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from rsp.distributed import DistEnv
 from rsp.gpus import lookup
-from rsp.lifecycle import StopRequest
 from rsp.model import create_model
 from rsp.optim import build_optimizer, implementation, load_optimizer_state, param_groups
 from rsp.schema import ConfigError
@@ -97,20 +96,8 @@ def test_deferred_host_sync_trains_the_same_run(train_videos, tmp_path):
 
 
 def test_deferred_host_sync_stops_one_step_later_and_checkpoints_that_step(train_videos, tmp_path):
-    class StopOnFifthRead(StopRequest):
-        def __init__(self):
-            super().__init__()
-            self.reads = 0
-
-        @property
-        def requested(self) -> bool:
-            self.reads += 1
-            if self.reads == 5:
-                self.reason = "SIGUSR2"
-            return self.reads >= 5
-
     cfg = tiny_config(train_videos, runtime={"host_sync": "deferred"})
-    result = train(cfg, DistEnv(), tmp_path / "run", stop=StopOnFifthRead())
+    result = train(cfg, DistEnv(), tmp_path / "run", stop=StopOnRead(5))
     assert (result.status, result.step, result.stop_reason) == ("stopped", 6, "SIGUSR2")  # every_step: 5
     assert CheckpointStore(tmp_path / "run" / "checkpoints").manifests()[-1].step == 6
 

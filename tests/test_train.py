@@ -11,7 +11,16 @@ import time
 
 import pytest
 import torch
-from train_helpers import REPO, assert_same_tensors, assert_same_training_state, final_state, loss_trace, tiny_config, torchrun
+from train_helpers import (
+    REPO,
+    StopOnRead,
+    assert_same_tensors,
+    assert_same_training_state,
+    final_state,
+    loss_trace,
+    tiny_config,
+    torchrun,
+)
 
 from rsp import rng
 from rsp.checkpoint import CheckpointStore, weights_digest
@@ -225,19 +234,7 @@ def test_watchdog_turns_a_hang_into_a_failure(tmp_path):
 
 
 def test_cooperative_stop_saves_at_the_current_step(train_videos, tmp_path):
-    class StopAfterReads(StopRequest):
-        def __init__(self):
-            super().__init__()
-            self.reads = 0
-
-        @property
-        def requested(self) -> bool:
-            self.reads += 1
-            if self.reads == 5:
-                self.reason = "SIGUSR2"
-            return self.reads >= 5
-
-    result = train(tiny_config(train_videos), DistEnv(), tmp_path / "run", stop=StopAfterReads())
+    result = train(tiny_config(train_videos), DistEnv(), tmp_path / "run", stop=StopOnRead(5))
     assert (result.status, result.step, result.stop_reason) == ("stopped", 5, "SIGUSR2")
     assert CheckpointStore(tmp_path / "run" / "checkpoints").manifests()[-1].step == 5  # no step lost
 

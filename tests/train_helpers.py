@@ -15,12 +15,29 @@ import torch
 
 from rsp.checkpoint import CheckpointStore
 from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from rsp.lifecycle import StopRequest
 from rsp.schema import to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Logged values that depend on wall time; everything else must match bitwise across resumes.
 TIMING_KEYS = {"time", "pairs_per_s", "data_wait_share"}
+
+
+class StopOnRead(StopRequest):
+    """A stop request that reads as requested from its `n`-th read on (with `reason`): a stop signal
+    arriving at a known point of the training loop, which reads the request once per step."""
+
+    def __init__(self, n: int, reason: str = "SIGUSR2"):
+        super().__init__()
+        self.n, self.stop_reason, self.reads = n, reason, 0
+
+    @property
+    def requested(self) -> bool:
+        self.reads += 1
+        if self.reads == self.n:
+            self.reason = self.stop_reason
+        return self.reads >= self.n
 
 
 def tiny_config(root: Path, **sections) -> TrainConfig:

@@ -20,16 +20,14 @@ runs on the job's critical path.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from launch.evaluations.claims import SUBMITTED, is_failed, is_recorded, is_stopped, mark_failed, release, submission
-from launch.postmortem import first, read_signal_log
-from launch.requeue import run_of_this_job, slurm_job_id
+from launch.postmortem import first
+from launch.requeue import begin_teardown
 from launch.rundir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -72,18 +70,10 @@ def settle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="SLURM teardown of an evaluation job: requeue it or record its failure")
-    parser.add_argument("--folder", required=True, help="submitit folder of the job")
-    parser.add_argument("--exit-code", type=int, required=True, help="srun's exit status")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s eval-teardown %(levelname)s: %(message)s")
-    job_id = slurm_job_id()
-    run = run_of_this_job(Path(args.folder))
-    signals = read_signal_log(os.environ.get("RSP_SIGNAL_LOG"))
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    if settle(run, job_id, args.exit_code, signals, restarts, Path(args.folder)) == "requeue":
-        log.info("evaluation job %s stopped: requeued (%d of its requeues used)", job_id, restarts + 1)
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+    job = begin_teardown(argv, "SLURM teardown of an evaluation job: requeue it or record its failure", "eval-teardown")
+    if settle(job.run, job.job_id, job.exit_code, job.signals, job.restarts, job.folder) == "requeue":
+        log.info("evaluation job %s stopped: requeued (%d of its requeues used)", job.job_id, job.restarts + 1)
+        subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=60)
     return 0
 
 
