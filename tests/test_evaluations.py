@@ -96,6 +96,11 @@ def test_identical_weights_are_evaluated_once_and_the_others_name_that_record(tm
     c = run_with_checkpoint(tmp_path, "lr3", 0, ("optim.lr=3e-3",), weights="w" * 64)
     EvaluationJob(str(c.path), 0, ["davis"])()
     assert len(evaluate.calls) == 4 and davis_record(c, 0).same_as == ""
+    # numbers computed by other code are not reused: a fixed evaluation evaluates again
+    monkeypatch.setattr(launch.evaluations.job, "code_version", lambda: "a-fixed-evaluation")
+    d = run_with_checkpoint(tmp_path, "lr4", 0, ("optim.lr=4e-3",), weights="w" * 64)
+    EvaluationJob(str(d.path), 0, ["davis"])()
+    assert len(evaluate.calls) == 5 and davis_record(d, 0).same_as == ""
 
 
 def test_concurrent_evaluations_of_identical_weights_compute_once(tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ class EvaluationJob:
                 f"checkpoint step {self.step} of run {run.path} ({checkpoint}) vanished before its {task} "
                 "evaluation ran; it was deleted outside retention (pinned checkpoints are kept)"
             )
-        with earlier_evaluation(run.path.parent, manifest.weights_sha256, protocol_hash(ecfg)) as earlier:
+        with earlier_evaluation(run.path.parent, manifest.weights_sha256, protocol_hash(ecfg), code_version()) as earlier:
             if earlier.record is not None:  # identical weights, same protocol: its numbers, not a new computation
                 log.info("step %d of %s: weights evaluated before (%s)", self.step, run.path.name, earlier.record_path)
                 metrics, details = earlier.record.metrics, {**earlier.record.protocol, "checkpoint": str(checkpoint)}

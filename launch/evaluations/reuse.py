@@ -11,8 +11,9 @@ model's state, rsp.checkpoint.weights_digest) and the protocol hash (eval.protoc
 that changes the numbers, no paths). An evaluation job takes the key's lock before it evaluates: a
 second job with the same key waits for the first, then writes its own record with the first one's
 metrics and `same_as` naming it (launch/evaluations/job.py). Only a complete, parseable record with
-the same protocol hash is reused; anything else is evaluated again. Without the lock (a network
-filesystem without flock across nodes) both evaluate: the index saves work, it never decides a number.
+the same protocol hash, computed by the same code version, is reused; anything else is evaluated
+again. Without the lock (a network filesystem without flock across nodes) both evaluate: the index
+saves work, it never decides a number.
 """
 
 from __future__ import annotations
@@ -43,18 +44,20 @@ class Earlier:
             atomic_write_json(self.index, {"record": str(record_path)})
 
 
-def lookup(index: Path, protocol_hash: str) -> tuple[ResultRecord | None, str]:
+def lookup(index: Path, protocol_hash: str, code_version: str) -> tuple[ResultRecord | None, str]:
     try:
         path = json.loads(index.read_text())["record"]
         record = parse_record(Path(path))
     except (OSError, ValueError, KeyError, TypeError):
         return None, ""  # none yet, or torn, or its record is gone: evaluate
-    return (record, path) if record.protocol_hash == protocol_hash and not record.same_as else (None, "")
+    same = record.protocol_hash == protocol_hash and record.code_version == code_version and not record.same_as
+    return (record, path) if same else (None, "")
 
 
 @contextlib.contextmanager
-def earlier_evaluation(output_root: Path, weights_sha256: str, protocol_hash: str) -> Iterator[Earlier]:
-    """Hold the key's lock while the caller evaluates (or reuses) and registers its record.
+def earlier_evaluation(output_root: Path, weights_sha256: str, protocol_hash: str, code_version: str) -> Iterator[Earlier]:
+    """Hold the key's lock while the caller evaluates (or reuses) and registers its record. Only a
+    record computed by the same code (`code_version`) is reused: a fixed evaluation evaluates again.
     A checkpoint without a weights digest (written before digests existed) is never reused."""
     if not weights_sha256:
         yield Earlier(None)
@@ -65,4 +68,4 @@ def earlier_evaluation(output_root: Path, weights_sha256: str, protocol_hash: st
     with open(folder / f"{key}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, or the process dies
         index = folder / f"{key}.json"
-        yield Earlier(index, *lookup(index, protocol_hash))
+        yield Earlier(index, *lookup(index, protocol_hash, code_version))
