@@ -30,13 +30,14 @@ from pathlib import Path
 
 import submitit
 
-from launch.backends import local_state, total_cpus
+from launch.backends import total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
 from launch.rungs import SweepDirectory, pause_reason
+from launch.state import reconcile
 from launch.steplog import StepLog, read_trace
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
@@ -123,9 +124,8 @@ class RungPause:
 
 
 def running_locally(run: RunDirectory) -> bool:
-    """The local job of `run`'s last submission lives (starting, training, or restarting after a requeue)."""
-    last = run.last_submission()
-    return last is not None and local_state(str(last["job_id"])) == "RUNNING"
+    """The job of `run`'s last submission lives (starting, training, or restarting after a requeue)."""
+    return reconcile([run])[0].state == "running"
 
 
 def allocation(cluster: ClusterConfig, is_slurm: bool) -> dict[str, int]:

@@ -89,6 +89,17 @@ def halving_sweep_file(
     return path
 
 
+def sacct_rows(job_ids: Sequence[str], fields: str) -> list[list[str]]:
+    """sacct's own text for every allocation of these jobs (`-D -X`): one list of `fields` per row."""
+    out = subprocess.run(
+        ["sacct", "-D", "-X", "-P", "-n", "-o", fields, "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
 def hydra_quote(value: str) -> str:
     """A Hydra override value that stays one string whatever it holds (quotes, spaces, newlines)."""
     return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...'

@@ -5,10 +5,8 @@ and the results tables print (launch/cost.py) must agree with sacct's own AllocT
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
-from launch_helpers import explain, only_run, overrides, submit, wait_for
+from launch_helpers import explain, only_run, overrides, sacct_rows, submit, wait_for
 
 from launch.cost import accounting, run_cost
 from launch.status import render
@@ -19,15 +17,8 @@ pytestmark = pytest.mark.slurm
 def sacct_gpu_seconds(job_ids: list[str]) -> float:
     """sacct's AllocTRES gres/gpu x ElapsedRaw over every allocation of these jobs, read here from
     sacct's own text (not launch.backends' parser)."""
-    out = subprocess.run(
-        ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
     total = 0.0
-    for line in out.splitlines():
-        _, elapsed, tres = line.split("|")
+    for _, elapsed, tres in sacct_rows(job_ids, "JobID,ElapsedRaw,AllocTRES"):
         gpus = [int(item.split("=")[1]) for item in tres.split(",") if item.startswith("gres/gpu=")]
         total += int(elapsed) * sum(gpus)
     return total

@@ -6,11 +6,10 @@ agree with sacct and the attempt records, and --unprune resuming the run bitwise
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import explain, halving_sweep_file, squeue_ids, submit, wait_for
+from launch_helpers import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
 from train_helpers import assert_same_training_state
 
 from eval.records import parse_record
@@ -34,13 +33,7 @@ def runs_of(root: Path) -> list[RunDirectory]:
 
 def sacct_cpu_seconds(job_ids: list[str]) -> float:
     """sacct's own CPU time (AllocCPUS x Elapsed) of every allocation of these jobs."""
-    out = subprocess.run(
-        ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,CPUTimeRAW", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return sum(int(line.split("|")[1]) for line in out.splitlines() if line.split("|")[1].isdigit())
+    return sum(int(cpu) for _, cpu in sacct_rows(job_ids, "JobID,CPUTimeRAW") if cpu.isdigit())
 
 
 def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitwise(slurm_cluster, train_videos, tmp_path):
