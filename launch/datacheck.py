@@ -262,6 +262,8 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
             f"data.root ({root}) cannot hold the generated videos (data.synthetic_videos={d.synthetic_videos}): {reason}; "
             "point data.root at a writable folder"
         ]
+    if d.synthetic_scene == "natural" and (refused := natural_source_problems(d.natural_sources)):
+        return refused
     made = generated_scene(root)
     if made is not None and made != d.synthetic_scene:
         return [
@@ -280,12 +282,27 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
         except DataError as exc:
             return out + [str(exc)]
         if found != d.synthetic_videos:
+            # a dataset generate_dataset wrote is reused by giving its size; real data by generating nothing
+            use = f"data.synthetic_videos={found}" if made is not None else "data.synthetic_videos=0 (it is not a generated set)"
             out.append(
                 f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
-                f"one of {found} videos, which would be used as it is; set data.synthetic_videos={found} to train on it, or "
+                f"one of {found} videos, which would be used as it is; set {use} to train on it, or "
                 "point data.root at an empty folder"
             )
     return out
+
+
+def natural_source_problems(sources: Sequence[str]) -> list[str]:
+    """The held-out rule (docs/learning.md#sources-and-licences): no training source of the natural
+    clips, installed or in data.natural_sources, is an evaluation-only photograph; every listed
+    source exists."""
+    from rsp.natural import refused_sources  # PIL and PyAV: only a natural scene pays for them
+    from rsp.photos import sources_in, training_photos, training_videos
+
+    missing = [s for s in sources if not Path(s).exists()]
+    out = [f"data.natural_sources: {s} does not exist; fix the path or drop it" for s in missing]
+    listed = sources_in([s for s in sources if s not in missing])
+    return out + [f"data.natural_sources: {p}" for p in refused_sources(training_photos() + training_videos() + listed)]
 
 
 @functools.cache

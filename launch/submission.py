@@ -28,7 +28,9 @@ def ensure_generated_data(cfg: RunConfig) -> None:
     """Smoke-style runs generate their data at submit time, once (idempotent): the training videos
     (data.synthetic_videos) and each evaluation task's generated set (evaluation.synthetic)."""
     if cfg.data.synthetic_videos:
-        ensure_synthetic_dataset(cfg.data.root, cfg.data.synthetic_videos, scene=cfg.data.synthetic_scene)
+        ensure_synthetic_dataset(
+            cfg.data.root, cfg.data.synthetic_videos, scene=cfg.data.synthetic_scene, sources=cfg.data.natural_sources
+        )
     if cfg.evaluation.synthetic:
         for task in cfg.evaluation.tasks:
             get_task(task).ensure_generated(cfg.evaluation.data_roots[task])

@@ -23,7 +23,7 @@ from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SYNTHETIC_SCENES = ("shapes", "camouflage")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
+SYNTHETIC_SCENES = ("shapes", "camouflage", "natural")  # the keys of rsp.synthetic.SCENES (kept light: no video imports here)
 DEVICES = ("auto", "cpu", "cuda")
 SEEK_POLICIES = ("auto", "sequential")
 HOST_SYNC_MODES = ("auto", "every_step", "deferred")
@@ -120,9 +120,13 @@ class DataConfig:
     root: str = ""  # dataset root (holds the labels file and the videos)
     labels: str = "auto"  # labels file relative to root; auto: ours, else the reference's pickle
     synthetic_videos: int = 0  # > 0: generate this many synthetic videos at root if it has no labels file
-    # What generated videos show: rsp.synthetic.SCENES (shapes | camouflage). Not part of a run's
+    # What generated videos show: rsp.synthetic.SCENES (shapes | camouflage | natural). Not part of a run's
     # identity: data.root is, and a root holds one scene (submit-time validation refuses another).
     synthetic_scene: str = field(default="shapes", metadata=RUNTIME_ONLY)
+    # synthetic_scene=natural: more photographs / videos (files, or folders read one level deep) for the
+    # clips to draw from, besides the installed ones (docs/learning.md#sources-and-licences).
+    # Evaluation-only photographs are refused at submit time.
+    natural_sources: list[str] = field(default_factory=list, metadata=RUNTIME_ONLY)
     repeated_sampling: int = 2  # frame pairs drawn per video and step (R)
     min_gap: int = 4  # frames, smallest distance between the two frames of a pair
     max_gap: int = 48  # frames, largest distance (inclusive)
@@ -180,6 +184,11 @@ class DataConfig:
             out.append(f"data.synthetic_videos ({self.synthetic_videos}) must be >= 0")
         if self.synthetic_scene not in SYNTHETIC_SCENES:
             out.append(f"data.synthetic_scene ({self.synthetic_scene!r}) must be one of {', '.join(SYNTHETIC_SCENES)}")
+        if self.natural_sources and (self.synthetic_scene != "natural" or not self.synthetic_videos):
+            out.append(
+                f"data.natural_sources ({len(self.natural_sources)} entries) feed generated natural clips only; set "
+                "data.synthetic_scene=natural and data.synthetic_videos=N, or drop data.natural_sources"
+            )
         return out
 
 

@@ -191,7 +191,7 @@ class FramePairDataset(Dataset):
         self.cfg, self.img_size, self.seed = cfg, img_size, seed
         root = Path(cfg.root)
         if cfg.synthetic_videos > 0:
-            ensure_synthetic_dataset(root, cfg.synthetic_videos, scene=cfg.synthetic_scene)
+            ensure_synthetic_dataset(root, cfg.synthetic_videos, scene=cfg.synthetic_scene, sources=cfg.natural_sources)
         if not root.is_dir():
             raise DataError(f"data.root ({root}) is not a directory")
         self.labels_path = resolve_labels_file(root, cfg.labels)

@@ -159,28 +159,67 @@ def _read_probe_cache(path: Path) -> dict[str, dict]:
 # --- command line ---------------------------------------------------------------------------------
 
 
+# Each step's options (`python -m rsp.prepare <step> --help` lists only its own; `all` takes every one).
+STEP_OPTIONS = {
+    "download": ("jobs", "base_url", "timeout"),
+    "extract": ("jobs",),
+    "arrange": (),
+    "rescale": ("jobs", "timeout", "short_side", "keyint", "preset", "crf", "ffmpeg"),
+    "labels": ("jobs", "short_side", "videos_dir", "min_frames", "decoders"),
+}
+STEP_HELP = {
+    "download": "train list, annotations, replacement archive, tar.gz parts",
+    "extract": "parts -> raw/, replacement archive -> raw_replacement/",
+    "arrange": "raw/ -> arranged/<class>/ from annotations/train.csv",
+    "rescale": "arranged/ -> train_<short side>/ (ffmpeg)",
+    "labels": "labels.csv of a class-folder video directory (any dataset, not only Kinetics)",
+    "all": "every step, in order",
+}
+
+
+def _add_option(parser: argparse.ArgumentParser, name: str) -> None:
+    options = {
+        "jobs": (("--jobs",), dict(type=int, default=4, help="parallel processes")),
+        "base_url": (("--base-url",), dict(default=kinetics.DEFAULT_BASE_URL, help="Kinetics-400 server (download)")),
+        "timeout": (("--timeout",), dict(type=float, default=600.0, help="seconds per HTTP read or per ffmpeg run")),
+        "short_side": (("--short-side",), dict(type=int, default=256, help="pixels (rescale; labels: default folder)")),
+        "keyint": (("--keyint",), dict(type=int, default=30, help="frames between keyframes (rescale)")),
+        "preset": (("--preset",), dict(default="veryfast", help="libx264 preset (rescale)")),
+        "crf": (("--crf",), dict(type=int, default=23, help="libx264 constant rate factor (rescale)")),
+        "ffmpeg": (("--ffmpeg",), dict(default="ffmpeg", help="ffmpeg executable (rescale)")),
+        "videos_dir": (
+            ("--videos-dir",),
+            dict(default="", help="labels: class-folder directory relative to --root (default train_<short side>)"),
+        ),
+        "min_frames": (
+            ("--min-frames",),
+            dict(type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)"),
+        ),
+        "decoders": (
+            ("--decoders",),
+            dict(
+                nargs="+",
+                choices=DECODERS,
+                default=list(DECODERS),
+                help="labels: decoders whose random access is verified per file (default: all that run here)",
+            ),
+        ),
+    }
+    flags, kwargs = options[name]
+    parser.add_argument(*flags, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rsp.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("step", choices=(*STEPS, "all"))
-    parser.add_argument("--root", required=True, help="preparation root; becomes data.root for training")
-    parser.add_argument("--jobs", type=int, default=4, help="parallel processes")
-    parser.add_argument("--base-url", default=kinetics.DEFAULT_BASE_URL, help="Kinetics-400 server (download)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP read or per ffmpeg run")
-    parser.add_argument("--short-side", type=int, default=256, help="pixels (rescale, labels)")
-    parser.add_argument("--keyint", type=int, default=30, help="frames between keyframes (rescale)")
-    parser.add_argument("--preset", default="veryfast", help="libx264 preset (rescale)")
-    parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (rescale)")
-    parser.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable (rescale)")
-    parser.add_argument(
-        "--videos-dir", default="", help="labels: class-folder directory relative to --root (default train_<short side>)"
-    )
-    parser.add_argument("--min-frames", type=int, default=5, help="labels: drop shorter videos (5 = data.min_gap 4 + 1)")
-    parser.add_argument(
-        "--decoders", nargs="+", choices=DECODERS, default=list(DECODERS),
-        help="labels: decoders whose random access is verified per file (default: all that run here)",
-    )  # fmt: skip
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP", help=", ".join((*STEPS, "all")))
+    for step in (*STEPS, "all"):
+        sub = steps.add_parser(step, help=STEP_HELP[step], description=f"python -m rsp.prepare {step}: {STEP_HELP[step]}")
+        sub.add_argument("--root", required=True, help="preparation root; becomes data.root for training")
+        names = STEP_OPTIONS.get(step) or dict.fromkeys(n for o in STEP_OPTIONS.values() for n in o)
+        for name in names:
+            _add_option(sub, name)
     return parser
 
 

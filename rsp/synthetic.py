@@ -5,14 +5,16 @@
 servers hold (train-list file, tar.gz parts, `annotations/train.csv`, the replacement archive for
 corrupted videos), small enough to test `rsp.prepare` end to end.
 
-Two scenes (`SCENES`): `shapes`, textured shapes moving over a drifting textured background, so
+Three scenes (`SCENES`): `shapes`, textured shapes moving over a drifting textured background, so
 every frame differs from its neighbours (an off-by-one read is visible) and crops contain structure
 (the tests' videos); and `camouflage` (rsp.scenes), objects of the background's own colours and
 textures under changing light, the pretraining videos of the smoke run and the CPU study, drawn
-from the distribution of their generated benchmarks. Everything is a function of the seed.
+from the distribution of their generated benchmarks; and `natural` (rsp.natural), real photographs
+in motion and real videos (docs/learning.md). Everything is a function of the seed.
 
     python -m rsp.synthetic dataset --root data/synth --videos 64 --height 96 --width 128 --frames 60
     python -m rsp.synthetic dataset --root data/camo --videos 48 --scene camouflage
+    python -m rsp.synthetic dataset --root data/natural --videos 96 --scene natural
     python -m rsp.synthetic kinetics-raw --out data/k400_raw --videos 200
 """
 
@@ -36,6 +38,7 @@ import numpy as np
 
 from rsp.atomicio import atomic_path, atomic_write_json
 from rsp.decoders import DECODERS
+from rsp.natural import natural_frames, natural_sources
 from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
@@ -87,10 +90,11 @@ def synthetic_frames(rng: np.random.Generator, num_frames: int, height: int, wid
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-SCENES = {"shapes": synthetic_frames, "camouflage": camouflage_frames}  # name -> frames(rng, num_frames, height, width)
+# name -> frames(rng, num_frames, height, width)
+SCENES = {"shapes": synthetic_frames, "camouflage": camouflage_frames, "natural": natural_frames}
 # (height, width, frames) of a scene's videos when none is given: camouflage videos are seen at
 # 64 px by the smoke run and the study, close to the scale of their 96-px generated benchmarks.
-SCENE_SIZES = {"shapes": (96, 128, 60), "camouflage": (72, 96, 40)}
+SCENE_SIZES = {"shapes": (96, 128, 60), "camouflage": (72, 96, 40), "natural": (72, 96, 40)}
 GENERATED_FILE = ".generated.json"  # beside the labels file: what generate_dataset made (scene, sizes, seed)
 
 
@@ -148,13 +152,18 @@ class VideoSpec:
     fps: int
     keyint: int
     scene: str = "shapes"
+    sources: tuple[str, ...] = ()  # the natural scene's extra photographs / videos (rsp.natural)
 
 
 def _write_spec(spec: VideoSpec) -> None:
     if spec.path.exists():  # written atomically, so an existing file is complete
         return
     rng = np.random.default_rng(list(spec.seed))
-    write_video(spec.path, SCENES[spec.scene](rng, spec.num_frames, spec.height, spec.width), spec.fps, spec.keyint)
+    if spec.scene == "natural":
+        frames = natural_frames(rng, spec.num_frames, spec.height, spec.width, spec.sources)
+    else:
+        frames = SCENES[spec.scene](rng, spec.num_frames, spec.height, spec.width)
+    write_video(spec.path, frames, spec.fps, spec.keyint)
 
 
 def _write_all(specs: list[VideoSpec], jobs: int) -> None:
@@ -185,11 +194,12 @@ def generate_dataset(
     seed: int = 0,
     jobs: int = 1,
     scene: str = "shapes",
+    sources: Sequence[str] = (),
 ) -> Path:
     """Write `num_videos` videos of `scene` in `num_classes` class folders under `root/train` and
     our labels file, with the frame counts and seek modes `rsp.probe` finds (as `rsp.prepare labels`
-    would); videos that already exist are kept. Sizes default to the scene's (SCENE_SIZES). Returns
-    the labels file."""
+    would); videos that already exist are kept. Sizes default to the scene's (SCENE_SIZES); `sources`
+    are the natural scene's extra photographs and videos (rsp.natural). Returns the labels file."""
     if scene not in SCENES:
         raise ValueError(f"scene {scene!r} is not a generated scene; valid: {', '.join(SCENES)}")
     default_height, default_width, default_frames = SCENE_SIZES[scene]
@@ -209,6 +219,7 @@ def generate_dataset(
             fps,
             keyint,
             scene,
+            tuple(sources),
         )
         for i in range(num_videos)
     ]
@@ -223,6 +234,9 @@ def generate_dataset(
     labels = root / OUR_LABELS
     write_labels(labels, entries)
     made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}
+    if scene == "natural":  # what the clips were drawn from, and the sources skipped (they failed to decode)
+        found = natural_sources(sources)
+        made.update(sources=list(found.names), skipped_sources=list(found.skipped))
     atomic_write_json(root / GENERATED_FILE, made)
     return labels
 
@@ -355,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     ds.add_argument("--keyint", type=int, default=30, help="frames between keyframes")
     ds.add_argument("--seed", type=int, default=0)
     ds.add_argument("--jobs", type=int, default=1)
+    ds.add_argument(
+        "--sources", nargs="*", default=[], help="--scene natural: more photographs / videos (files or folders) to draw from"
+    )
     raw = sub.add_parser("kinetics-raw", help="a small mirror of the Kinetics-400 download server")
     raw.add_argument("--out", required=True)
     raw.add_argument("--videos", type=int, required=True)
@@ -377,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             args.seed,
             args.jobs,
             args.scene,
+            args.sources,
         )
         print(f"wrote {args.videos} {args.scene} videos and {labels}")
     else:

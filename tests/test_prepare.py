@@ -242,3 +242,12 @@ def test_a_step_that_cannot_run_says_why_and_exits_non_zero(tmp_path, caplog):
     assert "no archives under" in caplog.text and "run the download step first" in caplog.text
     assert prepare.main(["labels", "--root", str(tmp_path)]) == 2
     assert f"no videos in class folders under {tmp_path / 'train_256'}" in caplog.text
+
+
+def test_each_step_help_shows_that_steps_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        prepare.build_parser().parse_args(["labels", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "python -m rsp.prepare labels" in shown and "--min-frames" in shown and "--decoders" in shown
+    assert "--base-url" not in shown and "--crf" not in shown  # other steps' options

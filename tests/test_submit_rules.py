@@ -16,6 +16,7 @@ from launch.config import compose
 from launch.datacheck import unlisted
 from launch.validate import absolutize, problems
 from rsp.schema import ConfigError
+from rsp.synthetic import generate_dataset
 from rsp.video import LabelEntry, read_labels, write_labels
 
 
@@ -316,7 +317,13 @@ def test_a_generated_set_must_fit_the_batch(tmp_path):
 def test_an_existing_dataset_of_another_size_is_not_silently_used_as_the_generated_one(tmp_path):
     root = listed_root(tmp_path)
     cfg = cfg_with(tmp_path, root, "experiment=smoke", "data.synthetic_videos=48", "data.batch_size=2")
-    only_problem(problems(cfg), "data.synthetic_videos (48)", "one of 12 videos", "data.synthetic_videos=12")
+    only_problem(
+        problems(cfg), "data.synthetic_videos (48)", "one of 12 videos", "data.synthetic_videos=0 (it is not a generated"
+    )
+    generated = tmp_path / "generated"
+    generate_dataset(generated, 3, num_classes=1, height=32, width=48, num_frames=6, scene="camouflage")
+    cfg = cfg_with(tmp_path, generated, "experiment=smoke", "data.synthetic_videos=48", "data.batch_size=2")
+    only_problem(problems(cfg), "one of 3 videos", "data.synthetic_videos=3 to train on it")
 
 
 # --- a refused submit creates nothing ------------------------------------------------------------------
