@@ -28,6 +28,12 @@ def machine() -> dict:
 
 def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
     """Print rows as an aligned table and the extras, then `write` them."""
+    show(rows, extra)
+    return write(name, rows, extra, out)
+
+
+def show(rows: list[dict], extra: dict | None = None) -> None:
+    """Print rows as an aligned table and the extras (nothing is written)."""
     if rows:
         keys = list(rows[0])
         cells = [[_fmt(r.get(k)) for k in keys] for r in rows]
@@ -37,7 +43,6 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | N
             print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     for k, v in (extra or {}).items():
         print(f"{k}: {_fmt(v)}")
-    return write(name, rows, extra, out)
 
 
 def write(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:

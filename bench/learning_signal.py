@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_io import report  # noqa: E402
+from bench.bench_io import report, show  # noqa: E402
 from eval.run import evaluate  # noqa: E402
 from launch.config import compose, train_config  # noqa: E402
 from launch.evaluations.expected import eval_config_for  # noqa: E402
@@ -112,17 +112,7 @@ def main() -> None:
     if args.out:
         report("learning_signal", rows, extra, args.out)
     else:
-        report_only(rows, extra)
-
-
-def report_only(rows: list[dict], extra: dict) -> None:
-    """Print the table and the extras without writing anything (bench_io.report writes a file)."""
-    import json
-
-    for row in rows:
-        print(json.dumps(row, default=str))
-    for k, v in extra.items():
-        print(f"{k}: {v}")
+        show(rows, extra)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME 
     plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint (solid)
                                    and step 0 (dashed), one line per combination of the other axes' values
     plots/<metric>_over_seeds.png  mean +- std over seeds per setting, over training
+    plots/benchmarks_over_seeds.png  the same, one panel per benchmark, when runs evaluated several
     tensorboard/                   hparams summaries: compare a sweep in TensorBoard's HPARAMS tab
 A corrupt or partial record is skipped with a warning naming it; two records for the same key keep
 the newer one and the conflict is reported.
@@ -42,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import pandas as pd
 
-from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds, plot_over_seeds
+from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds, plot_benchmarks_side_by_side, plot_over_seeds
 from eval.records import ResultRecord, find_record_files, read_records
 from eval.task import result_column
 from eval.tasks import TASKS
@@ -428,6 +429,9 @@ def aggregate(
         report.plots = plot_all(table, out / "plots")
         if report.seeds is not None:
             report.plots += plot_over_seeds(report.seeds, seed_values(table), out / "plots")
+            best = [c for t in TASKS.values() if (c := result_column(t.name, t.best_by)) in seed_values(table)]
+            if len(best) > 1:  # several benchmarks (the natural study's real-photo and camouflage sets): one figure
+                report.plots.append(plot_benchmarks_side_by_side(report.seeds, best, out / "plots"))
     if tensorboard:
         write_hparams(table, out / "tensorboard")
     return report

@@ -67,7 +67,7 @@ class EvalConfig:
     trust_checkpoint: bool = field(default=False, metadata=RUNTIME_ONLY)  # allow pickled objects (reference RSP files)
     dino_branch: str = "teacher"  # DINO training checkpoints: which network to evaluate
     num_heads: int | None = None  # attention heads; None: from our registry, else width / 64
-    task: str = "davis"  # a registered task: eval.tasks.TASKS (davis | vip | jhmdb)
+    task: str = "davis"  # a registered task: eval.tasks.TASKS (davis | vip | jhmdb | photo_davis)
     preset: str = "auto"  # a name in PRESETS the task accepts, or auto (the task's default)
     topk: int | None = None  # overrides the preset when set
     n_last_frames: int | None = None  # overrides the preset when set

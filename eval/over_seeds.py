@@ -82,3 +82,32 @@ def plot_over_seeds(summary: pd.DataFrame, values: Sequence[str], out: Path) -> 
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_benchmarks_side_by_side(summary: pd.DataFrame, values: Sequence[str], out: Path) -> Path:
+    """One figure with a panel per value (each benchmark's headline metric, e.g. the real-photo and
+    the camouflage set's J&F): the mean over seeds against the step per setting, +-1 std band."""
+    import matplotlib  # matplotlib: ~1 s to import; only drawing plots pays for it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (same reason; after choosing the headless backend)
+
+    out.mkdir(parents=True, exist_ok=True)
+    settings = [c for c in summary.columns if c.startswith("axis:")]
+    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 4), squeeze=False)
+    for ax, value in zip(axes[0], values, strict=True):
+        groups = summary.groupby(settings, dropna=False, sort=True) if settings else [((), summary)]
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            label = ", ".join(f"{s.removeprefix('axis:')}={k}" for s, k in zip(settings, key, strict=True)) or "all runs"
+            mean, std = 100 * group[f"{value} mean"], 100 * group[f"{value} std"].fillna(0)
+            (line,) = ax.plot(group["step"], mean, marker="o", label=label)
+            ax.fill_between(group["step"], mean - std, mean + std, alpha=0.2, color=line.get_color())
+        ax.set(xlabel="training step (0: the initialization)", ylabel=f"{value} (%)", title=value)
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle("mean ± std over seeds")
+    fig.tight_layout()
+    path = out / "benchmarks_over_seeds.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

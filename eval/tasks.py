@@ -16,7 +16,7 @@ TASKS: dict[str, EvalTask] = {}
 
 
 def registered() -> str:
-    """The registered task names, for messages: "davis, vip, jhmdb"."""
+    """The registered task names, for messages: "davis, vip, jhmdb, photo_davis"."""
     return ", ".join(TASKS)
 
 

@@ -165,11 +165,11 @@ def test_a_new_task_runs_through_validation_scheduling_records_table_status_and_
 
 
 def test_a_task_registered_twice_is_refused_naming_the_registered_ones():
-    with pytest.raises(ValueError, match=r"'davis' is registered twice; registered: davis, vip, jhmdb"):
+    with pytest.raises(ValueError, match=r"'davis' is registered twice; registered: davis, vip, jhmdb, photo_davis"):
         register(davis.TASK)
     with pytest.raises(ValueError, match=r"'davis' is registered twice"):
         register(dataclasses.replace(CENTRE, name="davis"))
-    assert list(TASKS) == ["davis", "vip", "jhmdb"] and TASKS["davis"] is davis.TASK
+    assert list(TASKS) == ["davis", "vip", "jhmdb", "photo_davis"] and TASKS["davis"] is davis.TASK
 
 
 def test_an_inconsistent_task_definition_is_refused_when_registered():
@@ -184,13 +184,13 @@ def test_an_inconsistent_task_definition_is_refused_when_registered():
 def test_an_unregistered_task_in_a_config_is_refused_at_submit_naming_the_registered_ones(train_videos, tmp_path):
     rc, out = submit(submit_args(train_videos, tmp_path, "evaluation.tasks=[davis,centre]", "evaluation.data_roots.davis=x"))
     assert rc == 2
-    assert "evaluation.tasks entry 'centre' is not a registered evaluation task; registered: davis, vip, jhmdb" in out
+    assert "evaluation.tasks entry 'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis" in out
     assert not (tmp_path / "runs").exists()  # nothing was created
     with pytest.raises(
-        ConfigError, match=r"task \('centre'\) is not a registered evaluation task; registered: davis, vip, jhmdb"
+        ConfigError, match=r"task \('centre'\) is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"
     ):
         validate(EvalConfig(checkpoint="a.pt", data_root="d", task="centre"))
-    with pytest.raises(ValueError, match="'centre' is not a registered evaluation task; registered: davis, vip, jhmdb"):
+    with pytest.raises(ValueError, match="'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"):
         get_task("centre")
 
 

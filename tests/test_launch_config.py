@@ -133,7 +133,7 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["data.synthetic_scene=cubes"], "data.synthetic_scene ('cubes') must be one of shapes, camouflage"),
         (
             ["evaluation.tasks=[davis,kitti]", "evaluation.synthetic=true"],
-            "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb",
+            "evaluation.tasks entry 'kitti' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis",
         ),
         (
             ["evaluation.tasks=[davis]", "evaluation.synthetic=false", "evaluation.data_roots.davis=/nonexistent/davis"],

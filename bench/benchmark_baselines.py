@@ -1,15 +1,15 @@
 """Baselines of the generated benchmarks (docs/learning.md#the-real-photo-benchmark): what a score
 on the real-photo set (`photo_davis`) and the camouflage set (`davis`) means without learning.
 
-    python bench/photo_baselines.py [--seeds 0,1,2] [--work DIR] [--out FILE]
+    python bench/benchmark_baselines.py [--seeds 0,1,2] [--work DIR] [--out FILE]
 
 - copy the first mask: every frame predicted as frame 0's annotation (objects that stay put);
 - random init: the CPU study's tiny ViT (rsp_vit_tiny_patch8) freshly initialized, one row per
   seed, drawn exactly as a training run draws its step-0 weights;
 - raw pixel patches: each 8x8 patch's normalized RGB values as its feature (no network at all).
 Same protocol as the study's evaluations (preset rsp, frame size 96, one thread). The sets are
-written to --work (default: a temporary folder). Prints a table and writes
-bench/results/photo_baselines.json (or --out).
+written to --work (default: a temporary folder). Prints a table; writes JSON only to --out.
+`--seeds 0` is the one command that evaluates a fresh random initialization.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_io import report  # noqa: E402
+from bench.bench_io import report, show  # noqa: E402
 from eval import jf  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.davis import read_davis  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the random initializations")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated benchmarks")
     p.add_argument("--work", type=Path, default=None, help="where the sets and predictions go (default: a temporary folder)")
-    p.add_argument("--out", type=Path, default=None, help="the JSON file (default: bench/results/photo_baselines.json)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print only)")
     args = p.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()
@@ -95,7 +95,10 @@ def main() -> None:
             row["random_init_mean"] = sum(draws) / len(draws)
             rows.append(row)
     extra = {"load_average_at_start": load, "load_average_at_end": os.getloadavg(), "what": "J&F-Mean x100, preset rsp, frame 96"}
-    report("photo_baselines", rows, extra, args.out)
+    if args.out:
+        report("benchmark_baselines", rows, extra, args.out)
+    else:
+        show(rows, extra)
 
 
 if __name__ == "__main__":
