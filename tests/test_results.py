@@ -14,14 +14,13 @@ import pytest
 from eval.aggregate import aggregate, build_table
 from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
-from launch.config import compose, train_config
+from launch.config import absolutize, compose, train_config
 from launch.evaluations.claims import FAILED, claim
 from launch.evaluations.expected import eval_config_for, eval_dir, expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.schedule import schedule
 from launch.rundir import RunDirectory
 from launch.submission import ensure_generated_data
-from launch.validate import absolutize
 from rsp.distributed import DistEnv
 from rsp.train import train
 
