@@ -24,6 +24,7 @@ def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
             f"output_root={root}",
             f"data.root={tmp_path / 'videos'}",
             f"evaluation.data_roots.davis={tmp_path / 'davis'}",
+            f"evaluation.data_roots.photo_davis={tmp_path / 'photo_davis'}",
             f"evaluation.data_roots.jhmdb={tmp_path / 'jhmdb'}",
             f"evaluation.data_roots.vip={tmp_path / 'vip'}",
             "data.synthetic_videos=16",

@@ -336,7 +336,7 @@ def test_a_refused_submit_creates_nothing_on_disk(tmp_path, extra):
         "experiment=smoke",
         f"data.root={tmp_path / 'gen'}",
         f"output_root={tmp_path / 'runs'}",
-        *[f"evaluation.data_roots.{t}={tmp_path / t}" for t in ("davis", "jhmdb", "vip")],
+        *[f"evaluation.data_roots.{t}={tmp_path / t}" for t in ("davis", "photo_davis", "jhmdb", "vip")],
         *extra,
         "--no-wait",
     ]

@@ -47,7 +47,7 @@ def write_sweep(tmp_path: Path, *overrides: str, name: str = "checked") -> str:
 
 def generated_sweep(tmp_path: Path, *extra: str) -> str:
     """A smoke sweep that generates its data at submit time (nothing of it exists before)."""
-    roots = [f"evaluation.data_roots.{t}={tmp_path / 'eval' / t}" for t in ("davis", "jhmdb", "vip")]
+    roots = [f"evaluation.data_roots.{t}={tmp_path / 'eval' / t}" for t in ("davis", "photo_davis", "jhmdb", "vip")]
     return write_sweep(tmp_path, f"data.root={tmp_path / 'gen'}", f"output_root={tmp_path / 'runs'}", *roots, *extra)
 
 
