@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from eval.aggregate import Pruned, aggregate_records, build_table
 from eval.aggregate import main as aggregate_main
@@ -302,3 +303,22 @@ def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tm
     ecfg = eval_config_for(cfg, "davis", trained_run.path / "checkpoints" / "step_00000001.pt", Path("."))
     failure = json.loads((eval_dir(trained_run, 1, "davis", protocol_hash(ecfg)) / FAILED).read_text())
     assert "step_00000001.pt" in failure["error"] and "vanished" in failure["error"]
+
+
+def test_runs_on_two_benchmarks_get_one_figure_with_a_panel_each(tmp_path):
+    for seed in (0, 1):
+        for task, base in (("davis", 0.25), ("photo_davis", 0.20)):
+            for step in (0, 100):
+                jf = base + 0.05 * (step == 100) + 0.01 * seed
+                r = record(f"s{seed}", step, task, {"J&F-Mean": jf, "J-Mean": jf, "F-Mean": jf}, axes={"runtime.seed": seed})
+                write_record(record_path(tmp_path, r), r)
+    report = aggregate_runs(tmp_path, tmp_path / "out", tensorboard=False)
+    figure = tmp_path / "out" / "plots" / "benchmarks_over_seeds.png"
+    assert figure in report.plots and figure.read_bytes()[:4] == b"\x89PNG"
+    with Image.open(figure) as image:  # two panels side by side
+        assert image.width > 1.8 * image.height
+    single = tmp_path / "single"
+    for step in (0, 100):
+        r = record("s0", step, "davis", {"J&F-Mean": 0.3, "J-Mean": 0.3, "F-Mean": 0.3}, axes={"runtime.seed": 0})
+        write_record(record_path(single, r), r)
+    assert not any(p.name == "benchmarks_over_seeds.png" for p in aggregate_runs(single, single / "out", tensorboard=False).plots)
