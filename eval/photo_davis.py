@@ -24,6 +24,7 @@ import numpy as np
 from eval import davis
 from eval.indexmaps import davis_palette, write_index_png
 from eval.task import EvalTask
+from rsp.photos import OPENCV_DOC_DATA
 
 # opencv-doc's colour photographs of natural scenes and objects (its drawings, charts, text, logos,
 # calibration boards and grey stereo pairs are left out). All evaluation-only.
@@ -60,8 +61,6 @@ PHOTO_STYLE = dict(objects=(2, 3), speed=(0.02, 0.04), gain=0.1, shadow=0.2, blu
 
 def benchmark_photos() -> list[Path]:
     """The benchmark's photographs; raises naming the missing file and the package that has it."""
-    from rsp.photos import OPENCV_DOC_DATA
-
     paths = [OPENCV_DOC_DATA / name for name in BENCHMARK_PHOTOS]
     missing = [p for p in paths if not p.is_file()]
     if missing:

@@ -37,7 +37,7 @@ def test_composition_reports_every_bad_override_at_once_with_suggestions():
     msgs = err.value.problems
     assert len(msgs) == 4
     assert any(
-        "experiment='rsp_vits16_k40' is not one of: cpu_study, rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m
+        "experiment='rsp_vits16_k40' is not one of: cpu_study, natural_study, rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m
         for m in msgs
     )
     assert any("cluster='slurmm' is not one of: debug, local, slurm" in m for m in msgs)
