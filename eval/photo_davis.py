@@ -57,6 +57,7 @@ BENCHMARK_PHOTOS = (
 # How the set differs from the camouflage sets' style (eval.synthetic.STYLE): 2-3 cut-outs per sequence,
 # moving 2-4% of the width per frame.
 PHOTO_STYLE = dict(objects=(2, 3), speed=(0.02, 0.04), gain=0.1, shadow=0.2, blur=(0.0, 1.0), noise=4.0)
+MIN_VISIBLE = 0.005  # of the frame: the least area of each cut-out in the first frame (visible_scene)
 
 
 def benchmark_photos() -> list[Path]:
@@ -83,7 +84,7 @@ def write_photo_davis(
     """A DAVIS-2017 root of `n_sequences` real-photo sequences in ImageSets/2017/val.txt."""
     # scipy.ndimage and the photographs: only writing the set pays for them
     from eval.synthetic import STYLE, save_jpeg
-    from rsp.natural import load_photo, photo_scene
+    from rsp.natural import load_photo
 
     root = Path(root)
     photos = [load_photo(p) for p in benchmark_photos()]
@@ -92,7 +93,7 @@ def write_photo_davis(
     palette = davis_palette()
     style = replace(STYLE, **PHOTO_STYLE)
     for name in names:
-        scene = photo_scene(rng, n_frames, height, width, photos, style, same_photo=1.0)
+        scene = visible_scene(rng, n_frames, height, width, photos, style)
         for t, (frame, labels) in enumerate(scene):
             save_jpeg(root / "JPEGImages" / resolution / name / f"{t:05d}.jpg", frame)
             write_index_png(root / "Annotations" / resolution / name / f"{t:05d}.png", labels, palette)
@@ -100,6 +101,21 @@ def write_photo_davis(
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("".join(f"{n}\n" for n in names))
     return root
+
+
+def visible_scene(rng: np.random.Generator, n_frames: int, height: int, width: int, photos: list, style) -> list:
+    """A drawn sequence whose first frame shows every cut-out (ids 1..K, each on >= MIN_VISIBLE of the
+    frame): semi-supervised propagation starts from the first mask, so an object hidden there could
+    never be found. Draws that fail are redrawn from the same generator (deterministic)."""
+    from rsp.natural import photo_scene  # (see write_photo_davis)
+
+    while True:
+        scene = list(photo_scene(rng, n_frames, height, width, photos, style, same_photo=1.0))
+        labels = np.stack([m for _, m in scene])
+        objects = int(labels.max())
+        first = np.bincount(labels[0].ravel(), minlength=objects + 1)[1:]
+        if objects and (first >= MIN_VISIBLE * height * width).all():
+            return scene
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,5 +142,5 @@ TASK = EvalTask(
     smoke_sizes=dict(n_sequences=30, n_frames=10, height=96, width=160),
     add_prepare_arguments=add_prepare_arguments,
     prepare=prepare,
-    generator="photos-1",
+    generator="photos-2",  # photos-1 could hide a cut-out in a first frame
 )
