@@ -21,7 +21,7 @@ from pathlib import Path
 from launch.backends import Resources
 from launch.rundir import RunDirectory, run_id
 from launch.rungs import SweepDirectory
-from launch.selection import run_problems
+from launch.selection import run_problems, runtime_problems, sweep_size_problems
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
@@ -103,6 +103,8 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
         found.append(f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides")
     output_root = Path(runs[0].cfg.output_root)
     found += selection_change_problems(sweep, SweepDirectory(output_root, sweep.name))
+    if sweep.selection is not None:
+        found += sweep_size_problems(sweep.selection, len(runs)) + runtime_problems(sweep.selection)
     dirs = RunDirectory.for_configs([r.cfg for r in runs])
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
