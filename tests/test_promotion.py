@@ -162,3 +162,27 @@ def test_the_runtime_refuses_async_promotion_until_it_can_pause_runs(tmp_path):
     sweep = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', rungs: [20], promotion: async, min_reports: 2}")
     problems = plan_sweep(load_sweep(sweep), [], tmp_path).problems
     assert any("select.promotion: async is not acted on by the local or SLURM runtime yet" in p for p in problems)
+
+
+def test_the_simulator_drives_the_rule_to_the_synchronous_kept_runs_and_prices_pausing():
+    """bench/sweep_sim.py on a small sweep: async ends with the runs the synchronous rule keeps,
+    every strategy's compute is counted step by step, and pausing is what saves it."""
+    from argparse import Namespace
+
+    from bench.sweep_sim import TOTAL_STEPS, Curves, Simulation
+
+    steps = [TOTAL_STEPS // 27, TOTAL_STEPS // 9, TOTAL_STEPS // 3, TOTAL_STEPS]
+    curves = Curves.draw(60, steps, Namespace(quality_low=0.25, quality_high=1.25, speed_spread=0.5), seed=3)
+    kept, compute = {}, {}
+    for strategy, promotion, pauses in (("async", "async", True), ("sync-pause", "sync", True), ("sync", "sync", False)):
+        selection = Selection("davis:J&F-Mean", "max", 1 / 3, tuple(steps[:-1]), promotion, 8 if promotion == "async" else None)
+        sim = Simulation(curves, strategy, 8, selection)
+        out = sim.run()
+        assert sim.pauses == pauses and all(rung.closed for rung in sim.promotion.rungs)
+        kept[strategy], compute[strategy] = sim.promotion.kept(steps[-2]), out["compute"]
+        assert kept[strategy] <= {str(i) for i in out["finished"]}  # every run kept at the last rung trained to its end
+    assert kept["async"] == kept["sync-pause"] == kept["sync"]
+    # sync-pause trains each run exactly to where the synchronous rule stops it
+    survivors = [60, 20, 7, 3]  # ceil(n / 3) per rung (ties aside)
+    exact = sum(n * (b - a) for n, a, b in zip(survivors, [0, *steps], steps, strict=False))
+    assert compute["sync-pause"] == exact < compute["async"] < compute["sync"] < 60 * TOTAL_STEPS
