@@ -29,7 +29,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from launch.selection import Selection, kept_count, rank_runs, value_key
+from launch.selection import Selection, kept_count, parse_selection, rank_runs, value_key
 
 RECORD_FORMAT = "rsp-async-promotion/1"
 
@@ -138,22 +138,25 @@ class Rung:
 
 
 def replay(record: dict) -> Outcome:
-    """Recompute a record's outcome from its inputs alone (raises ValueError on another format)."""
+    """Recompute a record's outcome from its inputs alone. ValueError naming what is wrong when the
+    record is of another format, its select block is not a valid one, or an input is unknown."""
     if record.get("format") != RECORD_FORMAT:
         raise ValueError(f"not an asynchronous promotion record ({record.get('format')!r}, expected {RECORD_FORMAT})")
-    raw = record["select"]
-    selection = Selection(
-        raw["metric"], raw["mode"], raw["keep"], tuple(raw["rungs"]), raw.get("promotion", "sync"), raw.get("min_reports")
-    )
+    selection, problems = parse_selection(record.get("select"))
+    if selection is None:
+        raise ValueError(f"the record's select block is not valid: {'; '.join(problems)}")
     rung = Rung(record["rung"], selection)
     out = Outcome()
-    for entry in record["inputs"]:
-        if entry[0] == "report":
+    for position, entry in enumerate(record["inputs"]):
+        kind = entry[0] if entry else None
+        if kind == "report":
             out = rung.report(entry[1], entry[2])
-        elif entry[0] == "withdraw":
+        elif kind == "withdraw":
             out = rung.withdraw(entry[1])
-        else:
+        elif kind == "close":
             out = rung.close()
+        else:
+            raise ValueError(f"input {position} of the record ({entry!r}) is not report, withdraw or close")
     return out
 
 
@@ -173,7 +176,11 @@ class Promotion:
     """Every rung of one sweep. A run reports at a rung only once it is promoted at the previous
     one; a rung closes when the previous one has closed and every run it kept has reported (or was
     excluded). `keep_records`: attach each change's record (O(inputs) each: the simulator leaves it
-    off for 1,000-run sweeps)."""
+    off for 1,000-run sweeps).
+
+    `log` holds the sweep's inputs in arrival order (["report", run, step, value] | ["exclude",
+    run]); `from_log` rebuilds the same state from it, so a decider without memory (a status call,
+    an evaluation job) can append to a stored log and act on `state`."""
 
     def __init__(self, selection: Selection, members: Sequence[str], keep_records: bool = True):
         self.selection = selection
@@ -181,6 +188,35 @@ class Promotion:
         self.live = set(members)  # of the first rung
         self.excluded: set[str] = set()  # failed runs: not waited for at any rung
         self.keep_records = keep_records
+        self.log: list[list] = []
+
+    @classmethod
+    def from_log(cls, selection: Selection, members: Sequence[str], log: Sequence[Sequence]) -> Promotion:
+        promotion = cls(selection, members, keep_records=False)
+        for position, entry in enumerate(log):
+            if entry and entry[0] == "report":
+                promotion.report(entry[1], entry[2], entry[3])
+            elif entry and entry[0] == "exclude":
+                promotion.exclude(entry[1])
+            else:
+                raise ValueError(f"entry {position} of the promotion log ({entry!r}) is not report or exclude")
+        return promotion
+
+    def state(self, run_id: str) -> tuple[str, int | None]:
+        """Where a run stands: ("training", last rung it was promoted at, or None), ("paused", rung),
+        ("pruned", rung) (demoted runs included) or ("excluded", None)."""
+        if run_id in self.excluded:
+            return "excluded", None
+        promoted_at = None
+        for rung in self.rungs:
+            if run_id in rung.pruned:
+                return "pruned", rung.step
+            if run_id not in rung.values:
+                break
+            if run_id not in rung.promoted:
+                return "paused", rung.step
+            promoted_at = rung.step
+        return "training", promoted_at
 
     def rung_index(self, step: int) -> int:
         return list(self.selection.rungs).index(step)
@@ -198,12 +234,14 @@ class Promotion:
         index = self.rung_index(step)
         if not self.may_report(run_id, index):
             raise ValueError(f"{run_id} is not live at rung {step} (not promoted at the rung before, or reported)")
+        self.log.append(["report", run_id, step, value])
         changes = [self._change(index, self.rungs[index].report(run_id, value))]
         return changes + self._close_due()
 
     def exclude(self, run_id: str) -> list[Change]:
         """A run that failed: it is no longer waited for at any rung."""
         self.excluded.add(run_id)
+        self.log.append(["exclude", run_id])
         changes = []
         for index, rung in enumerate(self.rungs):
             if run_id in rung.values and not rung.closed:

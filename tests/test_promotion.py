@@ -13,7 +13,6 @@ from launch.plan import plan_sweep
 from launch.promotion import Promotion, Rung, replay
 from launch.selection import Selection, parse_selection, rank_runs, sweep_size_problems
 from launch.sweep import load_sweep
-from tests.test_selection import write_sweep
 
 ASYNC = Selection("davis:J&F-Mean", "max", 0.5, (20, 40, 80), "async", 2)
 
@@ -96,6 +95,11 @@ def test_once_every_run_has_reported_the_state_is_the_synchronous_decision(seed)
     assert all(rung.closed for rung in promotion.rungs)
     expected = sync_cascade(selection, values, failed)
     assert [promotion.kept(step) - failed for step in selection.rungs] == [e - failed for e in expected]
+    last = selection.rungs[-1]
+    assert {r for r in values if promotion.state(r) == ("training", last)} == expected[-1] - failed
+    # the sweep's log, stored and read back, rebuilds the same state
+    rebuilt = Promotion.from_log(selection, sorted(values), json.loads(json.dumps(promotion.log)))
+    assert {r: rebuilt.state(r) for r in values} == {r: promotion.state(r) for r in values}
 
 
 def test_replaying_a_record_gives_the_same_promotions_and_a_tampered_one_does_not():
@@ -109,12 +113,29 @@ def test_replaying_a_record_gives_the_same_promotions_and_a_tampered_one_does_no
     assert replay(record).promoted == ["a"]
     with pytest.raises(ValueError, match="not an asynchronous promotion record"):
         replay({"format": "rsp-rung-decision/1"})
+    with pytest.raises(ValueError, match=r"input 1 of the record \(\['promote', 'a'\]\) is not report, withdraw or close"):
+        replay({**record, "inputs": [["report", "a", 0.3], ["promote", "a"]]})
+    with pytest.raises(ValueError, match="select block is not valid: select.keep"):
+        replay({**record, "select": {**record["select"], "keep": 2}})
 
 
 def test_a_run_reports_at_a_rung_only_once_promoted_at_the_one_before():
     promotion = Promotion(ASYNC, ["a", "b", "c"])
     with pytest.raises(ValueError, match="a is not live at rung 40"):
         promotion.report("a", 40, 0.1)
+
+
+def test_the_state_of_each_run_paused_promoted_pruned_or_demoted():
+    promotion = Promotion(ASYNC, ["a", "b", "c", "d"])
+    for run, value in (("a", 0.1), ("b", 0.5), ("c", 0.3)):
+        promotion.report(run, 20, value)
+    assert [promotion.state(r) for r in "abcd"] == [("paused", 20), ("training", 20), ("training", 20), ("training", None)]
+    promotion.report("c", 40, 0.2)  # c goes on to rung 40, then d's report closes rung 20 without it
+    promotion.report("d", 20, 0.9)
+    assert [promotion.state(r) for r in "abcd"] == [("pruned", 20), ("training", 20), ("pruned", 20), ("training", 20)]
+    assert "c" not in promotion.rungs[1].values  # the demoted run's value at 40 was withdrawn
+    with pytest.raises(ValueError, match="entry 0 of the promotion log"):
+        Promotion.from_log(ASYNC, ["a"], [["promote", "a"]])
 
 
 # --- the select block's promotion keys: one test per rule ----------------------------------------------
@@ -148,6 +169,17 @@ def test_a_synchronous_block_records_as_before_the_promotion_keys():
     assert sync.to_dict() == {"metric": "davis:J&F-Mean", "mode": "max", "keep": 0.5, "rungs": [20]}
     early, _ = parse_selection({**BASE, "promotion": "async", "min_reports": 3})
     assert early.to_dict()["promotion"] == "async" and parse_selection(early.to_dict())[0] == early
+
+
+def write_sweep(tmp_path, select: str) -> str:
+    """A three-run sweep file of the smoke experiment with `select`."""
+    path = tmp_path / "halving.yaml"
+    overrides = ["evaluation.tasks=[davis]", f"output_root={tmp_path / 'runs'}", f"data.root={tmp_path / 'videos'}"]
+    path.write_text(
+        f"experiment: smoke\noverrides: {json.dumps(overrides)}\nname: 'lr{{optim.lr}}'\n"
+        f"axes:\n  - key: optim.lr\n    values: [0.001, 0.002, 0.003]\nselect: {select}\n"
+    )
+    return str(path)
 
 
 def test_the_plan_refuses_a_minimum_count_larger_than_the_sweep(tmp_path):
