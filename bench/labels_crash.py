@@ -63,6 +63,7 @@ def run(root: Path, jobs: int, decoders: list[str], probe) -> dict:
         "seconds": round(seconds, 1),
         "labelled": step.done - len(step.failed),
         "dropped": len(step.failed),
+        "drop reasons": "; ".join(reason for _, reason in step.failed)[:100],
         "crashed_entry": crashed,
     }
 
@@ -92,8 +93,9 @@ def main() -> None:
     extra = {
         "videos": args.videos,
         "jobs": args.jobs,
+        "decoders": args.decoders,
         "load": os.getloadavg()[0],
-        "crash_marks_unreadable": rows[1][f"crashing file: seek_{args.decoder}"] == UNREADABLE,
+        "crash_recorded": rows[1][f"crashing file: seek_{args.decoder}"] == UNREADABLE or "SIGSEGV" in rows[1]["drop reasons"],
     }
     print(json.dumps(rows))
     report("labels_crash", rows, extra)
