@@ -33,7 +33,12 @@ from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
 from launch.validation.devices import device_warnings
 from launch.validation.run import problems
-from launch.validation.sweep import backend_problems, selection_change_problems, selection_problems
+from launch.validation.sweep import (
+    backend_problems,
+    selection_change_problems,
+    selection_problems,
+    sweep_selection_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,7 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
     of equal resources) is asked only once everything else passes."""
     found = run_problems(cfgs, sweep)
     if sweep is not None:
-        found += backend_problems(cfgs)
+        found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, len(cfgs))
         found += selection_change_problems(sweep.name, sweep.selection, SweepDirectory(cfgs[0].output_root, sweep.name))
     if not found:
         found = backend_refusals(cfgs, sweep)
