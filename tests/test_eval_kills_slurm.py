@@ -18,13 +18,14 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from chaos import rank_process
-from launch_helpers import Driver, explain, only_run, submit, wait_finished, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.evaluations.claims import submission
 from launch.evaluations.recovery import evaluation_states
 from launch.postmortem import live_job
 from launch.status import main as status
+from testkit.chaos import rank_process
+from testkit.launching import Driver, explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -74,7 +75,9 @@ def act(root: Path, what: str) -> None:
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
 
 
-def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_cluster, tmp_path):
+@slurm_scenario
+def killed_evaluations(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     cases = {
         "scancel": (),
         "freeze": ("evaluation.time_minutes=1", "evaluation.signal_delay_s=15"),
@@ -130,3 +133,7 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
         else:
             assert claim["lost"] == [first_jobs[what]] and claim["job_id"] != first_jobs[what], claim
+
+
+def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(killed_evaluations):
+    killed_evaluations.result()

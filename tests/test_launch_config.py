@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import compose, options
@@ -20,6 +19,7 @@ from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
 from launch.validate import absolutize, cluster_warnings, preemption_warnings, problems
 from rsp.schema import ConfigError, diff, to_dict
+from testkit.launching import merged
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, assert_same_training_state, tiny_config
 
 from launch.config import ClusterConfig
 from launch.postmortem import Instance, infer_end, stop_reason, usr2_reason
@@ -25,6 +24,7 @@ from rsp.distributed import DistEnv
 from rsp.provenance import describe_tree
 from rsp.schema import to_dict
 from rsp.train import train
+from testkit.training import REPO, assert_same_training_state, tiny_config
 
 CLUSTER = ClusterConfig(backend="slurm", time_minutes=60, signal_delay_s=120)
 

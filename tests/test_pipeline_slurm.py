@@ -8,14 +8,17 @@ import json
 import subprocess
 
 import pytest
-from launch_helpers import explain, only_run, submit, wait_finished, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from eval.aggregate import aggregate
+from testkit.launching import explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
 
-def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
+@slurm_scenario
+def smoke_pipeline(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     root = tmp_path / "runs"
     rc, out = submit(
         [
@@ -60,3 +63,7 @@ def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
     for metric in ("davis:J&F-Mean", "jhmdb:PCK@0.1", "vip:mIoU"):
         assert (0 <= report.table[metric]).all() and (report.table[metric] <= 1).all()
     assert (root / "results" / "paper.md").is_file() and report.plots
+
+
+def test_smoke_experiment_on_slurm_end_to_end(smoke_pipeline):
+    smoke_pipeline.result()

@@ -10,13 +10,13 @@ import pickle
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged, submit
 
 from launch.config import compose
 from launch.datacheck import unlisted
 from launch.validate import absolutize, problems
 from rsp.schema import ConfigError
 from rsp.video import LabelEntry, read_labels, write_labels
+from testkit.launching import merged, submit
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

@@ -7,11 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
 from launch.rundir import RunDirectory
 from launch.status import render
+from testkit.launching import TINY, explain, squeue_ids, submit, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -42,12 +43,14 @@ def all_ended(root: Path, n: int) -> bool:
     return len(runs) == n and all(r.status() is not None for r in runs)
 
 
-def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_cluster, train_videos, tmp_path):
+@slurm_scenario
+def two_by_two_sweep(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     root = tmp_path / "runs"
     # lr 1e30 diverges at once: with cluster.max_failures=0 those runs fail (deterministically)
     sweep = write_sweep(
         tmp_path,
-        train_videos,
+        env.videos,
         root,
         "  - key: model.kl_scale\n    values: [0.001, 0.01]\n  - key: optim.lr\n    values: [0.001, 1.0e+30]\n",
     )
@@ -67,10 +70,10 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
     assert table.count("finished") >= 2 and table.count("failed") >= 2
 
-    before = squeue_ids()
+    before = squeue_ids(root)
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
-    assert not squeue_ids() - before
+    assert not squeue_ids(root) - before
 
     failed = [r for r in runs_of(root) if r.status()["state"] == "failed"]
     attempts_before = {r.path: len(r.attempts()) for r in failed}
@@ -86,6 +89,11 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
 
 
+def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(two_by_two_sweep):
+    two_by_two_sweep.result()
+
+
+@pytest.mark.cluster_wide  # the setting would split the arrays of sweeps submitted meanwhile
 def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos, tmp_path):
     slurm_cluster.set_max_array_size(2)
     try:

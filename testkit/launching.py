@@ -123,9 +123,13 @@ def job_id(run: RunDirectory) -> str:
     return run.last_submission()["job_id"]
 
 
-def squeue_ids() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+def squeue_ids(under: Path) -> set[str]:
+    """The queued or running jobs whose batch script lies under `under` (an output root: the launcher
+    writes every job's script into the root's scheduler folders). Scoped, because other scenarios of
+    the suite's pool submit jobs to the same cluster at the same time."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%o"], capture_output=True, text=True, check=True).stdout
+    prefix = str(Path(under).resolve())
+    return {job for job, _, command in (line.partition("|") for line in out.splitlines()) if command.startswith(prefix)}
 
 
 def wait_for(
