@@ -10,7 +10,7 @@ Every run must end bitwise identical to an uninterrupted run with no manual step
 
 Prints a table (interruptions with their time after the attempt's start, attempt ends, steps
 lost as recorded by status and as measured from rank 0's log lines, bitwise yes/no) and writes
-bench/results/chaos.json. Targets: 10 of 10 bitwise; >= 3 runs with a signal inside an
+chaos.json in the results directory (bench/bench_io.py). Targets: 10 of 10 bitwise; >= 3 runs with a signal inside an
 attempt's first 5 s; >= 2 with scontrol requeue while loader workers run; recorded = measured.
 Needs root and SLURM's Debian packages (python -m launch.local_cluster install). Waits for the
 machine's local-cluster lock (the test suite's) first: one such cluster per machine.

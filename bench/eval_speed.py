@@ -13,7 +13,7 @@ Sections (all in one run, same process, same inputs):
                core) vs the official tool's approach (per object, per frame, one process), values
                compared for equality
   memory       peak resident memory of the end-to-end run (CPU) or peak CUDA memory at patch 8
-Prints a table and writes bench/results/eval_speed.json.
+Prints a table and writes eval_speed.json to the results directory (bench/bench_io.py).
 """
 
 from __future__ import annotations
