@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
-from eval.aggregate import aggregate
+from launch.results import aggregate_runs
 from testkit.launching import explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -58,7 +58,7 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
         ).stdout.split()
 
     wait_for(lambda: states() == ["COMPLETED"] * 3, 120, "the evaluation jobs to complete", lambda: str(states()))
-    report = aggregate(root)
+    report = aggregate_runs(root)
     assert list(report.table["step"]) == [0, 10] and report.table["best"].sum() == 1  # the initialization is a milestone too
     for metric in ("davis:J&F-Mean", "jhmdb:PCK@0.1", "vip:mIoU"):
         assert (0 <= report.table[metric]).all() and (report.table[metric] <= 1).all()
