@@ -105,12 +105,22 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...'
 
 
-def submit(args: Sequence[str]) -> tuple[int, str]:
-    """Run launch/submit.py's main in this process; returns (exit status, everything it printed)."""
+# One command at a time in this process: Hydra's configuration state is process-global, and so are the
+# standard streams the output is captured from (the suite's pooled scenarios run commands from threads).
+_COMMAND = threading.Lock()
+
+
+def run_command(main: Callable[[list[str]], int], args: Sequence[str]) -> tuple[int, str]:
+    """Run a command's `main(argv)` in this process; returns (exit status, everything it printed)."""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        rc = submit_main(list(args))
+    with _COMMAND, contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        rc = main(list(args))
     return rc, buffer.getvalue()
+
+
+def submit(args: Sequence[str]) -> tuple[int, str]:
+    """launch/submit.py in this process; returns (exit status, everything it printed)."""
+    return run_command(submit_main, args)
 
 
 def only_run(root: Path) -> RunDirectory:

@@ -10,11 +10,9 @@ with no manual step beyond looking at status, and its checkpoint's pin must be r
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from launch.evaluations.recovery import evaluation_states
 from launch.postmortem import live_job
 from launch.status import main as status
 from testkit.chaos import rank_process
-from testkit.launching import Driver, explain, only_run, submit, wait_finished, wait_for
+from testkit.launching import Driver, explain, only_run, run_command, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -106,14 +104,13 @@ def killed_evaluations(env: ScenarioEnv) -> None:
             f"{what}: the evaluation to be lost",
             lambda r=run: explain(r),
         )
-        printed = io.StringIO()
-        with redirect_stdout(printed):
-            assert status([str(roots[what])]) == 0
+        rc, printed = run_command(status, [str(roots[what])])
+        assert rc == 0, printed
         # status resubmits it, unless another path named in docs/requeue.md (its teardown, the next
         # scheduling) got there between the test's look and status's: either way it is resubmitted once
         claim = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)
-        assert "resubmitted lost evaluation" in printed.getvalue() or claim.get("lost") == [first_jobs[what]], (
-            printed.getvalue(),
+        assert "resubmitted lost evaluation" in printed or claim.get("lost") == [first_jobs[what]], (
+            printed,
             claim,
         )
     for what, root in roots.items():
