@@ -7,6 +7,9 @@
 #   ./bootstrap.sh test [PYTEST ARGS...]    also install the system packages the tests need
 #                                           (SLURM, munge, MariaDB, ffmpeg, sample videos), then
 #                                           run the test suite; the suite starts its own SLURM cluster
+#   ./bootstrap.sh test-fast [PYTEST ARGS...]
+#                                           the inner loop: the same, without the `slurm` and `slow`
+#                                           tiers (tests/README.md)
 #   ./bootstrap.sh CMD [ARGS...]            run CMD inside the environment, e.g.
 #                                           ./bootstrap.sh python launch/submit.py experiment=smoke
 #
@@ -106,5 +109,10 @@ if [ "$1" = "test" ]; then
     shift
     ensure_test_system_packages
     exec python -m pytest "$@"
+fi
+if [ "$1" = "test-fast" ]; then
+    shift
+    ensure_test_system_packages
+    exec python -m pytest -m "not slurm and not slow" "$@"
 fi
 exec "$@"

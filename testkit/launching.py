@@ -172,7 +172,7 @@ def explain(run: RunDirectory) -> str:
     return "\n".join(parts)
 
 
-def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
+def wait_finished(run: RunDirectory, timeout: float = 900) -> dict:
     wait_for(
         lambda: (run.status() or {}).get("state") in ("finished", "failed"),
         timeout,
@@ -197,7 +197,7 @@ class Driver(threading.Thread):
         self,
         root: Path,
         ready: Callable[[RunDirectory], bool],
-        action: Callable[[RunDirectory], None],
+        action: Callable[[RunDirectory], object],
         timeout: float = 600,
         poll_s: float = 1.0,
     ):
@@ -205,19 +205,22 @@ class Driver(threading.Thread):
         self.root, self.ready, self.action, self.timeout, self.poll_s = root, ready, action, timeout, poll_s
         self.error: Exception | None = None
         self.done_at: float | None = None
+        self.value: object = None  # what the action returned
         self.start()
 
     def run(self) -> None:
         try:
             run = only_run(self.root)
             wait_for(lambda: self.ready(run), self.timeout, f"{self.root.name} to be ready", lambda: explain(run), self.poll_s)
-            self.action(run)
+            self.value = self.action(run)
             self.done_at = time.time()
         except Exception as exc:  # reported by the test that owns the scenario
             self.error = exc
 
-    def result(self) -> None:
+    def result(self) -> object:
+        """What the action returned, once it has acted; its failure raised here."""
         self.join(self.timeout)
         if self.error is not None:
             raise self.error
         assert self.done_at is not None, f"driver of {self.root} never acted"
+        return self.value

@@ -23,6 +23,8 @@ from slurm_pool import scenarios_used
 from rsp.synthetic import generate_dataset
 from testkit.training import ReferenceRuns
 
+pytest_plugins = ["cpu_durations"]  # --cpu-durations=N (tests/cpu_durations.py)
+
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

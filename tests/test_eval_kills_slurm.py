@@ -78,7 +78,7 @@ def killed_evaluations(env: ScenarioEnv) -> None:
     tmp_path = env.tmp
     cases = {
         "scancel": (),
-        "freeze": ("evaluation.time_minutes=1", "evaluation.signal_delay_s=15"),
+        "freeze": ("evaluation.time_minutes=2", "evaluation.signal_delay_s=15"),  # its resubmission runs under it too
         "usr2": (),
     }
     roots, drivers = {}, {}
@@ -94,13 +94,13 @@ def killed_evaluations(env: ScenarioEnv) -> None:
     for what, root in roots.items():
         drivers[what].result()
         run = only_run(root)
-        wait_finished(run, timeout=600)
+        wait_finished(run, timeout=900)
         first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)["job_id"]
     for what in ("scancel", "freeze"):  # lost once their job is gone
         run = only_run(roots[what])
         wait_for(
             lambda r=run: evaluation_states([r])[0].state == "lost",
-            300,
+            600,
             f"{what}: the evaluation to be lost",
             lambda r=run: explain(r),
         )
@@ -117,7 +117,7 @@ def killed_evaluations(env: ScenarioEnv) -> None:
         run = only_run(root)
         wait_for(
             lambda r=run: evaluation_states([r])[0].state in ("recorded", "failed"),
-            600,
+            1200,
             f"{what}: a record",
             lambda r=run: explain(r),
         )

@@ -47,7 +47,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     directory = SweepDirectory(root, "halving_test")
     wait_for(
         lambda: directory.decision_path(RUNG).is_file(),
-        600,
+        1500,
         "the rung to be decided",
         lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
     )
@@ -64,7 +64,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
 
     by_id = {r.info()["run_id"]: r for r in runs}
     pruned = by_id[worst]
-    wait_for(lambda: all(r.status() is not None for r in runs), 900, "every run to end", lambda: "\n".join(map(explain, runs)))
+    wait_for(lambda: all(r.status() is not None for r in runs), 1500, "every run to end", lambda: "\n".join(map(explain, runs)))
     assert {r.info()["run_id"]: r.status()["state"] for r in runs} == {
         rid: "pruned" if rid == worst else "finished" for rid in by_id
     }, "\n".join(map(explain, runs))
@@ -110,7 +110,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     rc, out = submit([f"sweep={sweep_file}", "--unprune", pruned.info()["name"]])
     assert rc == 0 and "unpruned" in out and "submitted 1 run(s)" in out, out
     wait_for(
-        lambda: (pruned.status() or {}).get("state") == "finished", 600, "the unpruned run to finish", lambda: explain(pruned)
+        lambda: (pruned.status() or {}).get("state") == "finished", 1200, "the unpruned run to finish", lambda: explain(pruned)
     )
     resumed = pruned.attempts()[-1]
     assert resumed.start_step == stopped_at and resumed.end_reason == "finished"  # from its checkpoint, no step lost

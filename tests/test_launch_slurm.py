@@ -77,6 +77,11 @@ def launch_runs(env: ScenarioEnv) -> dict:
             lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
         ),
         "kill9": Driver(roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
+        "upstream": Driver(  # resubmitted while it trains: the check has to happen then, not when its test runs
+            roots["upstream"],
+            lambda r: r.latest_logged_step() >= 1,
+            lambda r: (r.status(), *submit(plan["upstream"])),
+        ),
     }
     return {"roots": roots, "drivers": drivers}
 
@@ -115,10 +120,9 @@ def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, ref
 
 def test_resubmitting_a_running_run_starts_nothing(submitted):
     run = only_run(submitted["roots"]["upstream"])
-    wait_for(lambda: run.latest_logged_step() >= 1, 240, "the run to train", lambda: explain(run))
-    if run.status() is not None:
+    status_then, rc, out = submitted["drivers"]["upstream"].result()
+    if status_then is not None:
         pytest.fail(f"{run.path} ended before it could be resubmitted while running; make it longer")
-    rc, out = submit(overrides(run.config().data.root, submitted["roots"]["upstream"], LONG, 100))
     assert rc == 0 and "nothing submitted" in out and ("running" in out or "pending" in out), out
     assert len(run.submissions()) == 1
 

@@ -40,11 +40,11 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
     assert rc == 0 and "submitted slurm job" in out, out
     assert (tmp_path / "videos" / "labels.csv").is_file() and (tmp_path / "davis" / "JPEGImages").is_dir()  # generated at submit
     run = only_run(root)
-    wait_finished(run, timeout=600)
+    wait_finished(run, timeout=1200)
     records = lambda: sorted(run.path.glob("evals/step_*/*/record.json"))  # noqa: E731
     wait_for(
         lambda: len(records()) == 6,
-        600,
+        1200,
         "6 evaluation records (steps 0 and 10)",
         lambda: explain(run) + "\n" + "\n".join(p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")),
     )

@@ -58,7 +58,7 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
     assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
     ids = {s["job_id"] for r in runs_of(root) for s in r.submissions()}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
-    wait_for(lambda: all_ended(root, 4), 420, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    wait_for(lambda: all_ended(root, 4), 900, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     states = {r.info()["name"]: r.status()["state"] for r in runs_of(root)}
     assert states == {
         "kl0.001-lr0.001": "finished",
@@ -81,7 +81,7 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
     assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
     wait_for(
         lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed),
-        300,
+        900,
         "the retried runs to end",
         lambda: "\n".join(explain(r) for r in failed),
     )
