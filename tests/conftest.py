@@ -6,9 +6,9 @@
 - Uninterrupted reference runs, trained once per configuration for the whole pytest run
   (testkit.training.ReferenceRuns), shared by every xdist worker.
 
-Under pytest-xdist (`-n 2 --dist loadgroup`, the default in pyproject.toml) every test marked `slurm`
-goes to one worker group, so one worker owns the cluster while the others run the CPU tests during
-SLURM's waits. Tiers and timings: tests/README.md.
+Under pytest-xdist (`./bootstrap.sh test` passes `-n 2`; pyproject.toml sets `--dist loadgroup`) every
+test marked `slurm` goes to one worker group, so one worker owns the cluster while the others run the
+CPU tests during SLURM's waits. Tiers and timings: tests/README.md.
 """
 
 from __future__ import annotations
