@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
-from launch.config import compose, options
+from launch.config import absolutize, compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
-from launch.validate import absolutize, cluster_warnings, preemption_warnings, problems
+from launch.validation.cluster import cluster_warnings, preemption_warnings
+from launch.validation.run import problems
 from rsp.schema import ConfigError, diff, to_dict
 from testkit.launching import merged
 
@@ -102,6 +103,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
         (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.tasks_per_node=0"], "cluster.tasks_per_node (0) must be >= 1 or null"),
+        (["cluster.backend=pbs"], "cluster.backend ('pbs') must be one of local, slurm, debug"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
         (
@@ -155,14 +158,14 @@ def test_validation_rule(train_videos, tmp_path, overrides, expected):
 
 
 def test_a_decoder_that_cannot_run_here_is_refused_at_submit_time(train_videos, tmp_path, monkeypatch):
-    import launch.datacheck
+    import launch.validation.data
     import rsp.decoders
-    from launch.datacheck import decoder_problem
+    from launch.validation.data import decoder_problem
 
     def missing(decoder):
         raise rsp.decoders.DecoderUnavailable(f"{decoder} cannot load FFmpeg's shared libraries: apt-get install ffmpeg")
 
-    monkeypatch.setattr(launch.datacheck, "require", missing)  # this project's check, as if FFmpeg were missing
+    monkeypatch.setattr(launch.validation.data, "require", missing)  # this project's check, as if FFmpeg were missing
     decoder_problem.cache_clear()
     try:
         found = problems(cfg_with(tmp_path, train_videos, "data.decoder=torchcodec"))
@@ -204,7 +207,7 @@ def test_validation_collects_all_problems_and_a_good_config_has_none(train_video
 )
 def test_warning_rule(train_videos, tmp_path, overrides, expected):
     cfg = cfg_with(tmp_path, train_videos, *overrides)
-    assert not problems(cfg, sbatch_script=None)  # allowed: a warning, not an error
+    assert not problems(cfg)  # allowed: a warning, not an error
     assert any(expected in w for w in cluster_warnings(cfg.cluster)), cluster_warnings(cfg.cluster)
 
 
@@ -303,6 +306,16 @@ def test_stop_signals_are_never_failures(train_videos, tmp_path):
         assert decide(attempts((reason, 0), (reason, 0)), cluster).requeue, reason  # no breaker, no failure budget
     cancelled = decide(attempts(("cancelled", 3)), cluster)
     assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
+
+
+def test_an_attempt_without_a_known_end_is_neither_requeued_nor_failed(train_videos, tmp_path):
+    """Two jobs of one run (a duplicate submit) leave the other's attempt open: deciding on it once
+    raised KeyError: None. Now it says why and takes the safe path: no requeue, no final state."""
+    cluster = cfg_with(tmp_path, train_videos).cluster
+    for reason in (None, "exploded"):
+        decision = decide(attempts(("timeout", 5), (reason, 7)), cluster)
+        assert not decision.requeue and decision.final_state is None
+        assert f"no known end reason ({reason!r})" in decision.reason and "another job may be running" in decision.reason
 
 
 # --- sweeps --------------------------------------------------------------------------------------
