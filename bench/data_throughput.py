@@ -61,7 +61,7 @@ from torchvision.transforms import InterpolationMode  # noqa: E402
 from torchvision.transforms import functional as F1  # noqa: E402
 
 from bench.bench_io import RESULTS, write  # noqa: E402
-from bench.feed_rate import K400_HOURS, bytes_per_video_hour, gpu_demand, k400_tib  # noqa: E402
+from bench.feed_rate import K400_HOURS, bytes_per_video_hour, gpu_demand, k400_tib, real_content_bytes  # noqa: E402
 from bench.frame_store import FrameStoreDataset, build_stores  # noqa: E402
 from bench.loader_probe import measure  # noqa: E402
 from rsp.config import DataConfig  # noqa: E402
@@ -270,6 +270,11 @@ def main() -> None:
             flush=True,
         )
 
+    real = real_content_bytes(work, SHORT_SIDE, args.jpeg_quality)
+    for name, size in real.get("bytes_per_video_hour", {}).items():
+        ratio = size / real["bytes_per_video_hour"]["keyint-30"]
+        print(f"real videos, {name}: {size / 2**30:.3f} GiB per video-hour ({ratio:.2f}x keyframe-30), "
+              f"{k400_tib(size):.3f} TiB for Kinetics-400")  # fmt: skip
     sets = storages(work, args, entries)
     for storage in sets:
         print(f"{storage['storage']}: {storage['bytes_per_video_hour'] / 2**30:.2f} GiB per video-hour, "
@@ -294,6 +299,7 @@ def main() -> None:
         "config": config,
         "gpu_demand": demand,
         "storages": [{k: v for k, v in st.items() if k not in ("root", "loaders")} for st in sets],
+        "real_content": real,
         "preparation": {k: v for k, v in system.items() if k.startswith(("prepare", "bytes"))},
     }
     write("data_throughput", rows, extra, out=args.out / "data_throughput.json")
