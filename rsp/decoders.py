@@ -14,7 +14,7 @@ parallelism). It gives frames two ways:
 PyAV bundles its own FFmpeg (8.x in av 18) and is the one decoder that exposes FFmpeg's frame
 skipping: its random access skips decoding the frames no other frame refers to (x264's non-reference
 B-frames) unless they are requested, 17-28% less decoding per item than torchcodec on x264 clips
-with a keyframe every 30 or 250 frames (README, Benchmarks). On an all-intra MP4 (the preparation's
+with a keyframe every 30 or 250 frames (bench/README.md). On an all-intra MP4 (the preparation's
 default) it takes the frame index from the container's sample table instead of reading every
 packet (`intra_index`), so an item costs one open and one decode per frame. torchcodec (PyTorch's
 maintained decoder) needs FFmpeg's shared libraries (major versions 4 to 9) from the system or conda;

@@ -152,8 +152,8 @@ def test_the_cycle_finder_finds_cycles():
 def test_launch_reads_top_down():
     """The front door above planning, above submission and the jobs, above backends, sweeps and run
     directories: nothing imports the front door, and the lower floors never reach an upper one."""
-    upper = {"launch.submit", "launch.plan", "launch.submission", "launch.validate", "launch.job", "launch.follow"}
-    upper |= {"launch.status", *(m for m in MODULES if m.startswith("launch.evaluations"))}
+    upper = {"launch.submit", "launch.plan", "launch.submission", "launch.job", "launch.follow", "launch.status"}
+    upper |= {m for m in MODULES if m.startswith(("launch.evaluations", "launch.validation"))}
     lower = ("launch.config", "launch.snapshot", "launch.rundir", "launch.backends", "launch.sweep", "launch.requeue")
     assert [m for m, targets in GRAPH.items() if "launch.submit" in targets] == []
     assert {m: sorted(reachable(m) & upper) for m in lower if reachable(m) & upper} == {}
@@ -198,3 +198,11 @@ def test_every_function_local_import_says_why(package):
         if not comments[i.path] & set(range(first - 1, last + 1)):
             missing.append(f"{i.path.relative_to(REPO)}:{i.lines[0]} imports {i.target or 'a library'} inside a function")
     assert sorted(set(missing)) == []
+
+
+def test_eval_knows_nothing_of_the_launchers_layout():
+    """Which records belong to which run or sweep, and which runs were pruned, is the launcher's join
+    (launch/results.py): eval/ works on records alone, so no eval module names a run directory's files."""
+    layout = ("run.json", "pruned.json", "evals/step_", "parents[", "sweeps/")
+    found = [f"{m}: {word}" for m, path in MODULES.items() if m.startswith("eval") for word in layout if word in path.read_text()]
+    assert found == []
