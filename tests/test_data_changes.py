@@ -1,6 +1,6 @@
 """Videos replaced after the labels step: the labels file records each file's size and mtime, the
-submit-time data check refuses the data naming the files, and the loader skips and counts a file
-that changed after submit, with the reason."""
+submit-time data check (launch/validation/data.py) refuses the data naming the files, and the
+loader skips and counts a file that changed after submit, with the reason."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fixtures_data import copy_dataset, data_config
 
-from launch.datacheck import listing_problems, survey
+from launch.validation.data import listing_problems, survey
 from rsp.data import FramePairDataset
 from rsp.prepare import write_labels_file
 from rsp.video import read_labels, write_labels
