@@ -30,7 +30,7 @@ from pathlib import Path
 
 import submitit
 
-from launch.backends import total_cpus
+from launch.backends import backend_class, total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
@@ -168,14 +168,14 @@ def configure_logging(path: Path, rank: int) -> None:
 @dataclass
 class TrainingJob:
     run_dir: str
-    backend: str  # local | slurm | debug
+    backend: str  # local | slurm | debug: a name of launch.backends.BACKENDS, whose class says how its jobs differ
 
     def environment(self, run: RunDirectory) -> tuple[DistEnv, str, str, list[str]]:
         """(DistEnv, job id, attempt key, hosts) from submitit's view of the allocation."""
-        if self.backend == "debug":
-            return DistEnv(), f"debug-{os.getpid()}", f"debug/{os.getpid()}", [socket.gethostname()]
+        if backend_class(self.backend).in_process:
+            return DistEnv(), f"{self.backend}-{os.getpid()}", f"{self.backend}/{os.getpid()}", [socket.gethostname()]
         job = submitit.JobEnvironment()
-        is_slurm = self.backend == "slurm"
+        is_slurm = backend_class(self.backend).scheduler_environment
         hosts = list(job.hostnames) if is_slurm else ["127.0.0.1"]
         key = attempt_key(job.job_id) if is_slurm else f"{job.job_id}/{os.getppid()}"
         env = DistEnv(
@@ -204,7 +204,7 @@ class TrainingJob:
                 on_commit=self._milestone_hook(run, cfg),
                 on_step=lambda step: steps.append(step, time.time()),
             )
-            if self.backend == "local" and env.world_size == 1 and run.sweep_names():
+            if backend_class(self.backend).pauses_at_rungs and env.world_size == 1 and run.sweep_names():
                 hooks.before_step = RungPause(run, stop, watch, cfg.cluster, cfg.evaluation.time_minutes * 60)
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
@@ -242,7 +242,7 @@ class TrainingJob:
         stop = early_stop_request()
         if stop is None:
             stop = StopRequest()
-            if self.backend != "debug":
+            if not backend_class(self.backend).in_process:
                 install_stop_signals(stop)  # replaces submitit's handlers (local backend)
         return stop
 
@@ -261,7 +261,7 @@ class TrainingJob:
             previous=attempts,
             deadline=float(end) if end else started + cluster.time_minutes * 60,
             signal_log=os.environ.get("RSP_SIGNAL_LOG"),
-            alloc=allocation(cluster, self.backend == "slurm"),
+            alloc=allocation(cluster, backend_class(self.backend).scheduler_environment),
         )
         return attempt, StepLog(run.step_log_path(attempt))
 
@@ -276,7 +276,7 @@ class TrainingJob:
 
     def _after_attempt(self, run: RunDirectory, cluster: ClusterConfig) -> None:
         """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""
-        if self.backend != "local":
+        if not backend_class(self.backend).requeues_in_process:
             return
         marker = run.prune_marker()
         decision = decide(run.policy_attempts(), cluster, marker)

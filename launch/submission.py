@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.tasks import get_task
-from launch.backends import Backend, Resources, make_backend, max_array_size
+from launch.backends import Backend, Resources, make_backend
 from launch.config import RunConfig
 from launch.job import TrainingJob
 from launch.rundir import RunDirectory, run_id, slug
@@ -44,7 +44,7 @@ def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
 
 def submit_arrays(backend: Backend, jobs: Sequence[Callable[[], Any]], resources: Sequence[Resources]) -> list[str]:
     """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
-    limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
+    limit = backend.max_array_size(len(jobs))
     ids: list[str | None] = [None] * len(jobs)
     for chunk in array_chunks(resources, limit):
         first = resources[chunk[0]]
