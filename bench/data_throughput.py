@@ -240,7 +240,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=4, help="timed batches per configuration")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--keyints", type=int, nargs="*", default=[DEFAULT_KEYINT, 30], help="1: all-intra; none: no storage rows")
+    parser.add_argument("--keyints", type=int, nargs="*", default=[DEFAULT_KEYINT, 30], help="1 all-intra; none: no storage rows")
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG frame store candidate; 0 skips it")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--gpu-json", type=Path, default=RESULTS / "gpu_check_cuda.json", help="bench/gpu_check.py result")
