@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
 PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
+# What a collective raises on the surviving ranks when a peer rank died without a word (kill -9, the
+# OOM killer, a node failure): gloo's transport errors (torch's RuntimeError text), NCCL's.
+PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited")
 PAUSE_POLL_S = 1.0  # how often a run paused at a rung looks for the decision
 
 
@@ -214,7 +217,8 @@ class TrainingJob:
             if env.is_main:
                 steps.close()
                 trace = read_trace(run.step_log_path(attempt))
-                run.end_attempt(attempt, "crashed", trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
+                reason = "interrupted" if peer_vanished(exc) else "crashed"
+                run.end_attempt(attempt, reason, trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
                 self._after_attempt(run, cfg.cluster)
             raise
         finally:
@@ -303,6 +307,13 @@ class TrainingJob:
             schedule_for_checkpoint(run, step, self.backend)
         except Exception:  # evaluations can be backfilled; training goes on
             log.exception("could not schedule evaluations of %s (step %s)", run.path.name, step)
+
+
+def peer_vanished(exc: BaseException) -> bool:
+    """This rank failed because another rank vanished: the attempt was `interrupted` (like the
+    killed rank itself), not `crashed` (docs/requeue.md#end-reasons). A real crash of the peer
+    (an exception) is recorded by that peer's traceback in its log; rank 0 sees only its absence."""
+    return isinstance(exc, RuntimeError) and any(words in str(exc) for words in PEER_VANISHED)
 
 
 def _tail(exc: BaseException, lines: int = 12) -> str:

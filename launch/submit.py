@@ -34,7 +34,7 @@ from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
 from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.submission import ensure_generated_data, resources_for, submit_runs
+from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
 from launch.sweep import SWEEPS_DIR, load_sweep
 from launch.validation import validate
 from rsp.commandline import HintingArgumentParser
@@ -159,7 +159,12 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
         print(f"nothing submitted: {describe_state(state)}{hint}")
         return 0
     ensure_generated_data(cfg)
-    job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
+    with claimed([cfg]):  # another submit of this run may have decided the same meanwhile
+        taken = still_as_decided([state], Path(cfg.output_root))[0]
+        if taken is not None:
+            print(f"nothing submitted: another submit took this run meanwhile: {describe_state(taken)}")
+            return 0
+        job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
     print(f"submitted {cfg.cluster.backend} job {job_ids[0]} for run {cfg.name} (id {run_id(cfg)})\nrun directory: {run.path}")
     if backend_class(cfg.cluster.backend).followed_in_terminal and cfg.cluster.wait and not args.no_wait:
         return follow(run, job_ids[0])

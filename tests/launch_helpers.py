@@ -4,12 +4,16 @@ and explaining a failure with the run's own records and logs."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from launch.rundir import RunDirectory
@@ -207,3 +211,47 @@ class Driver(threading.Thread):
         if self.error is not None:
             raise self.error
         assert self.done_at is not None, f"driver of {self.root} never acted"
+
+
+# --- racing submits (tests/test_submit_races.py, tests/test_sweep_slurm.py) ------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = [sys.executable, str(REPO / "launch" / "submit.py")]
+
+
+@contextmanager
+def holding_claims(paths: Sequence[Path]) -> Iterator[None]:
+    with ExitStack() as held:
+        for path in sorted(paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(path.open("a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def waiters_on(path: Path) -> int:
+    """Processes blocked on an flock of `path` (/proc/locks lists each waiter with '->')."""
+    inode = os.stat(path).st_ino
+    return sum(
+        1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and line.split()[-3].endswith(f":{inode}")
+    )
+
+
+def race(commands: list[list[str]], claims: list[Path]) -> list[str]:
+    """Start every command while holding `claims`; release once all of them wait on the first claim.
+    Returns each command's output (every command must succeed)."""
+    with holding_claims(claims):
+        procs = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+        wait_for(
+            lambda: waiters_on(min(claims)) == len(commands) or any(p.poll() is not None for p in procs),
+            240,
+            f"{len(commands)} submits to queue on {min(claims).name}",
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    return outputs
+
+
+def job_counts(root: Path) -> dict[str, int]:
+    return {p.parent.name: len(list((p.parent / "submissions").glob("*.json"))) for p in root.glob("*/run.json")}

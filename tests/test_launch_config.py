@@ -306,6 +306,16 @@ def test_stop_signals_are_never_failures(train_videos, tmp_path):
     assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
 
 
+def test_an_attempt_without_a_known_end_is_neither_requeued_nor_failed(train_videos, tmp_path):
+    """Two jobs of one run (a duplicate submit) leave the other's attempt open: deciding on it once
+    raised KeyError: None. Now it says why and takes the safe path: no requeue, no final state."""
+    cluster = cfg_with(tmp_path, train_videos).cluster
+    for reason in (None, "exploded"):
+        decision = decide(attempts(("timeout", 5), (reason, 7)), cluster)
+        assert not decision.requeue and decision.final_state is None
+        assert f"no known end reason ({reason!r})" in decision.reason and "another job may be running" in decision.reason
+
+
 # --- sweeps --------------------------------------------------------------------------------------
 
 

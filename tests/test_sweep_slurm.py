@@ -1,5 +1,6 @@
 """Sweeps against the real local SLURM cluster: a 2x2 sweep end to end as one job array,
-idempotent resubmission, failed runs retried only when asked, arrays split at MaxArraySize."""
+idempotent resubmission, failed runs retried only when asked, arrays split at MaxArraySize, two
+submits of one sweep at the same moment giving one job per run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
+from launch_helpers import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for
 
 from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
-from launch.rundir import RunDirectory
+from launch.plan import plan_sweep
+from launch.rundir import RunDirectory, run_id
 from launch.status import render
+from launch.submission import CLAIMS_DIR
+from launch.sweep import load_sweep
 
 pytestmark = pytest.mark.slurm
 
@@ -101,3 +105,18 @@ def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos
         subprocess.run(["scancel", *arrays], check=True)
     finally:
         slurm_cluster.set_max_array_size(DEFAULT_MAX_ARRAY_SIZE)
+
+
+def test_two_submits_of_one_sweep_at_once_give_one_slurm_job_per_run(slurm_cluster, train_videos, tmp_path):
+    """Both submitters decide the runs are missing while the test holds the runs' claims
+    (tests/test_submit_races.py has the local twin); then one array reaches SLURM, not two."""
+    root = tmp_path / "runs"
+    sweep = write_sweep(tmp_path, train_videos, root, "  - key: optim.lr\n    values: [0.001, 0.002]\n", steps=2)
+    claims = [root / CLAIMS_DIR / f"{run_id(row.run.cfg)}.lock" for row in plan_sweep(load_sweep(str(sweep)), [], REPO).rows]
+    outputs = race([[*SUBMIT, f"sweep={sweep}"]] * 2, claims)
+    assert sum("submitted 2 run(s) of sweep sweep_test as 1 slurm submission(s)" in out for out in outputs) == 1, outputs
+    assert sum("left alone: 2 run(s) another submit took meanwhile" in out for out in outputs) == 1, outputs
+    assert sorted(job_counts(root).values()) == [1, 1]
+    assert len({s["job_id"].split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
+    wait_for(lambda: all_ended(root, 2), 420, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    assert {r.status()["state"] for r in runs_of(root)} == {"finished"}

@@ -32,7 +32,7 @@ import numpy as np
 
 from launch.config import RunConfig
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
-from rsp.synthetic import generated_scene
+from rsp.synthetic import SCENE_SIZES, generated_scene
 from rsp.video import OUR_LABELS, DataError, LabelEntry, changed_since_labelling, read_labels, resolve_labels_file
 
 SHOWN = 3  # examples named per problem
@@ -289,18 +289,35 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
         f"data.synthetic_videos ({d.synthetic_videos}) generates only that many",
         f"or set data.synthetic_videos >= {d.batch_size * cfg.cluster.world_size * cfg.optim.accum_iter}",
     )
-    if (root / OUR_LABELS).is_file():
-        try:
-            found = survey(root, "auto").videos
-        except DataError as exc:
-            return out + [str(exc)]
-        if found != d.synthetic_videos:
-            out.append(
-                f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
-                f"one of {found} videos, which would be used as it is; set data.synthetic_videos={found} to train on it, or "
-                "point data.root at an empty folder"
-            )
-    return out
+    if not (root / OUR_LABELS).is_file():
+        return out + generated_gap_problems(cfg)
+    try:
+        s = survey(root, "auto")
+    except DataError as exc:
+        return out + [str(exc)]
+    if s.videos != d.synthetic_videos:
+        out.append(
+            f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
+            f"one of {s.videos} videos, which would be used as it is; set data.synthetic_videos={s.videos} to train on it, or "
+            "point data.root at an empty folder"
+        )
+    return out + gap_problems(s, cfg)
+
+
+def generated_gap_problems(cfg: RunConfig) -> list[str]:
+    """data.max_gap against the length of the videos a generated set will have (all alike): a gap
+    no video can hold sends every pair through the short-video fallback, silently."""
+    d = cfg.data
+    frames = SCENE_SIZES[d.synthetic_scene][2]
+    if d.max_gap + 1 <= frames or d.max_short_fraction >= 1 or d.max_gap < d.min_gap:
+        return []
+    fit = f"lower data.max_gap to at most {frames - 1}" if frames - 1 >= d.min_gap else "lower data.min_gap and data.max_gap"
+    return [
+        f"data.max_gap ({d.max_gap}) needs videos of at least {d.max_gap + 1} frames, but the generated "
+        f"{d.synthetic_scene} videos (data.synthetic_videos={d.synthetic_videos}) have {frames} frames each: every pair "
+        "would come from the short-video fallback (two random frames) instead of t, t+k with k in "
+        f"[data.min_gap, data.max_gap]; {fit}"
+    ]
 
 
 @functools.cache
