@@ -103,6 +103,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
         (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.tasks_per_node=0"], "cluster.tasks_per_node (0) must be >= 1 or null"),
+        (["cluster.backend=pbs"], "cluster.backend ('pbs') must be one of local, slurm, debug"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
         (
