@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.backends import Allocation, slurm_allocations
+from launch.backends import Allocation, backend_class, slurm_allocations
 from launch.rundir import Attempt, RunDirectory
 from launch.steplog import read_trace
 
@@ -188,10 +188,16 @@ def evaluation_jobs(run: RunDirectory) -> list[tuple[Path, dict]]:
     return out
 
 
+def in_accounting(submission: dict) -> bool:
+    """A submission (or an evaluation claim) whose job the scheduler's accounting (sacct) knows; the
+    others' cost comes from the attempt records."""
+    return backend_class(submission.get("backend")).accounted_by_sacct
+
+
 def run_job_ids(run: RunDirectory) -> list[str]:
     """SLURM job ids of the run's training submissions and evaluation jobs."""
-    ids = [s["job_id"] for s in run.submissions() if s.get("backend") == "slurm"]
-    ids += [c["job_id"] for _, c in evaluation_jobs(run) if c.get("backend") == "slurm" and c.get("job_id")]
+    ids = [s["job_id"] for s in run.submissions() if in_accounting(s)]
+    ids += [c["job_id"] for _, c in evaluation_jobs(run) if in_accounting(c) and c.get("job_id")]
     return ids
 
 
@@ -212,7 +218,7 @@ def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None 
         "cpus": processes * cluster.get("nodes", 1) * cluster.get("cpus_per_task", 1),
     }
     attempts = run.attempts()
-    on_slurm = any(s.get("backend") == "slurm" for s in run.submissions())
+    on_slurm = any(in_accounting(s) for s in run.submissions())
     if on_slurm:
         rows = [a for s in dict.fromkeys(s["job_id"] for s in run.submissions()) for a in allocations.get(s, [])]
         costs = slurm_attempt_costs(run, attempts, rows)
@@ -221,14 +227,14 @@ def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None 
     cost = RunCost(costs, now=now or time.time())
     cost.steps_trained = sum(max(0, (a.end_step or a.start_step) - a.start_step) for a in attempts)
     for directory, claim in evaluation_jobs(run):
-        if claim.get("backend") == "slurm" and claim.get("job_id") in allocations:
+        if in_accounting(claim) and claim.get("job_id") in allocations:
             continue  # counted below, once per job (a job may evaluate several tasks)
         record = directory / "record.json"
         if record.is_file():
             seconds = float(json.loads(record.read_text()).get("wall_time_s", 0.0))
             cost.eval_cpu_s += seconds * evaluation.get("cpus_per_task", 1)
             cost.eval_gpu_s += seconds * evaluation.get("gpus", 0)
-    for job in dict.fromkeys(c["job_id"] for _, c in evaluation_jobs(run) if c.get("backend") == "slurm"):
+    for job in dict.fromkeys(c["job_id"] for _, c in evaluation_jobs(run) if in_accounting(c)):
         for alloc in allocations.get(job, []):
             cost.eval_cpu_s += alloc.elapsed_s * alloc.cpus
             cost.eval_gpu_s += alloc.elapsed_s * alloc.gpus

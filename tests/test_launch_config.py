@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import absolutize, compose, options
@@ -21,6 +20,7 @@ from launch.sweep import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
 from rsp.schema import ConfigError, diff, to_dict
+from testkit.launching import merged
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -37,7 +37,8 @@ def test_composition_reports_every_bad_override_at_once_with_suggestions():
     msgs = err.value.problems
     assert len(msgs) == 4
     assert any(
-        "experiment='rsp_vits16_k40' is not one of: cpu_study, natural_study, rsp_vitb16_k400, rsp_vitl16_k400, rsp_vits16_k400, smoke" in m
+        "experiment='rsp_vits16_k40' is not one of: cpu_study, natural_study, rsp_vitb16_k400, rsp_vitl16_k400, "
+        "rsp_vits16_k400, smoke" in m
         for m in msgs
     )
     assert any("cluster='slurmm' is not one of: debug, local, slurm" in m for m in msgs)
@@ -103,6 +104,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
         (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.tasks_per_node=0"], "cluster.tasks_per_node (0) must be >= 1 or null"),
+        (["cluster.backend=pbs"], "cluster.backend ('pbs') must be one of local, slurm, debug"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
         (
@@ -304,6 +307,16 @@ def test_stop_signals_are_never_failures(train_videos, tmp_path):
         assert decide(attempts((reason, 0), (reason, 0)), cluster).requeue, reason  # no breaker, no failure budget
     cancelled = decide(attempts(("cancelled", 3)), cluster)
     assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
+
+
+def test_an_attempt_without_a_known_end_is_neither_requeued_nor_failed(train_videos, tmp_path):
+    """Two jobs of one run (a duplicate submit) leave the other's attempt open: deciding on it once
+    raised KeyError: None. Now it says why and takes the safe path: no requeue, no final state."""
+    cluster = cfg_with(tmp_path, train_videos).cluster
+    for reason in (None, "exploded"):
+        decision = decide(attempts(("timeout", 5), (reason, 7)), cluster)
+        assert not decision.requeue and decision.final_state is None
+        assert f"no known end reason ({reason!r})" in decision.reason and "another job may be running" in decision.reason
 
 
 # --- sweeps --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from launch.backends import backend_class
 from launch.evaluations.claims import claim_and_pin, is_recorded, reopen_failed
 from launch.evaluations.expected import expected
 from launch.evaluations.recovery import evaluation_states, recover
@@ -25,8 +26,8 @@ def schedule_for_checkpoint(run: RunDirectory, step: int | None, backend: str) -
     the start of every attempt (milestones a killed attempt committed but could not schedule).
     Submission runs in a subprocess with the job's own SLURM_* variables removed, so they cannot
     leak into the evaluation jobs."""
-    if backend == "debug":
-        schedule(run, None if step is None else [step], "debug")
+    if backend_class(backend).in_process:
+        schedule(run, None if step is None else [step], backend)
         return
     env = {
         k: v
@@ -56,7 +57,7 @@ def schedule(
     """Submit the evaluations of `steps` (None: every checkpoint due) that were never submitted
     (and, with retry_failed, those that failed). Returns the job ids."""
     cfg = run.config()
-    if backend_name != "debug":
+    if not backend_class(backend_name).in_process:
         recover(evaluation_states([run]))  # lost evaluations (their job vanished) first: one scheduler query
     todo: dict[int, list[tuple[str, Path]]] = {}
     for step, task, directory in expected(run, cfg, all_checkpoints):
