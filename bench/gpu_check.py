@@ -21,7 +21,7 @@ skipped, so the command always ends with its table and JSON:
   loader       FramePairDataset on generated 256x340 all-intra videos (the default preparation) with this machine's
                CPUs as workers, consumed at the measured GPU rate of the S/16 compiled step (the
                consumer sleeps for each batch's GPU time): the data-wait share at GPU speed.
-Writes one JSON (default bench/results/gpu_check_<device>.json) and prints one table.
+Writes one JSON (default gpu_check_<device>.json in the results directory, bench/bench_io.py) and prints one table.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.bench_io import machine  # noqa: E402
+from bench.bench_io import RESULTS, machine  # noqa: E402
 from bench.model_step import count_flops_per_pair  # noqa: E402
 from eval.config import PRESETS  # noqa: E402
 from eval.davis import read_davis, segment_sequence, short_side_size, write_davis  # noqa: E402
@@ -418,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=470, help="start a section only if its estimate fits in what is left of this (s)"
     )
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest section")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu_check_<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default gpu_check_<device>.json in the results directory, bench/bench_io.py)",
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["seconds"] = time.perf_counter() - started
     result["meta"]["load_average_end"] = os.getloadavg()
     print(format_table(result))
-    out = args.out or REPO / "bench" / "results" / f"gpu_check_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / f"gpu_check_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str))
     print(f"wrote {out}")

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import absolutize, compose, options
@@ -21,6 +20,7 @@ from launch.sweep import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
 from rsp.schema import ConfigError, diff, to_dict
+from testkit.launching import merged
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

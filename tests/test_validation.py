@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from fixtures_data import unavailable
-from launch_helpers import merged
 from test_submit_rules import cfg_with, listed_root
 
 from launch.backends import Resources, make_backend
@@ -21,6 +20,7 @@ from launch.submit import main
 from launch.validation import SweepContext, validate
 from launch.validation.sweep import backend_problems
 from rsp.video import LabelEntry
+from testkit.launching import merged
 
 SHORT_VIDEO_NOTE = "1 of the 41 videos with a known length have fewer than data.max_gap + 1 = 13 frames"
 
