@@ -38,6 +38,7 @@ from rsp.video import VIDEO_SUFFIXES, list_videos
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/kinetics/400"
 CHUNK = 1 << 20  # bytes per read while extracting
+DEFAULT_KEYINT = 1  # frames between keyframes of the rescale step: all-intra (docs/data.md#choosing-a-storage)
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,9 @@ def ffmpeg_command(
     ffmpeg's default for mp4 is a constant frame rate, which duplicates frames of low-rate and
     variable-rate sources, and a frame gap k would no longer mean k source frames), in the
     source's time base (`-enc_time_base -1`; the encoder's own would round times by up to 4 ms); a keyframe
-    every `keyint` frames (random access ~4x cheaper at 30 than at x264's default 250,
-    docs/data.md#decoding-and-seek-modes); no B-frame used as a reference (`b-pyramid=none`: PyAV's
+    every `keyint` frames (the default 1, all-intra: reading a frame decodes that frame only, ~3x the
+    bytes of a keyframe every 30; random access at 30 is ~4x cheaper than at x264's default 250,
+    docs/data.md#choosing-a-storage); no B-frame used as a reference (`b-pyramid=none`: PyAV's
     random access skips every B-frame it does not return, ~20% less decoding per item for ~2% more
     bytes); no audio.
     A rotated source comes out upright (ffmpeg applies the display matrix)."""
@@ -289,7 +291,7 @@ def rescale_video(job: tuple[Path, Path], command: Callable[[Path, Path], list[s
 def rescale(
     layout: KineticsLayout,
     short_side: int = 256,
-    keyint: int = 30,
+    keyint: int = DEFAULT_KEYINT,
     jobs: int = 4,
     ffmpeg: str = "ffmpeg",
     preset: str = "veryfast",

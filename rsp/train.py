@@ -38,7 +38,7 @@ from rsp.acceleration import (
 from rsp.agreement import StepReadback, StepValues, reduce_step, resolve_host_sync
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
 from rsp.config import TrainConfig, validate
-from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
+from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader, normalize_pairs
 from rsp.distributed import (
     DistEnv,
     all_gather_objects,
@@ -232,8 +232,9 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             waited += time.perf_counter() - t0
-            src = batch["src"].flatten(0, 1).to(self.device, non_blocking=True)  # (B * R, 3, S, S)
-            tgt = batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True)
+            # uint8 (B * R, 3, S, S) crops travel; the device converts and normalizes them
+            src = normalize_pairs(batch["src"].flatten(0, 1).to(self.device, non_blocking=True))
+            tgt = normalize_pairs(batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True))
             sync = self.ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with autocast(self.precision, self.device):

@@ -9,7 +9,6 @@ import re
 
 import pytest
 import torch
-from train_helpers import StopOnRead, assert_same_training_state, tiny_config
 
 from launch.config import ClusterConfig, RunConfig
 from launch.validation import validate
@@ -23,6 +22,7 @@ from rsp.model import create_model
 from rsp.optim import build_optimizer, implementation, load_optimizer_state, param_groups
 from rsp.schema import ConfigError
 from rsp.train import NonFiniteLossError, train
+from testkit.training import StopOnRead, assert_same_training_state, tiny_config
 
 # --- what DDP's settings rely on ------------------------------------------------------------------------
 

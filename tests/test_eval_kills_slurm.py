@@ -10,21 +10,20 @@ with no manual step beyond looking at status, and its checkpoint's pin must be r
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from chaos import rank_process
-from launch_helpers import Driver, explain, only_run, submit, wait_finished, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.evaluations.claims import submission
 from launch.evaluations.recovery import evaluation_states
 from launch.postmortem import live_job
 from launch.status import main as status
+from testkit.chaos import rank_process
+from testkit.launching import Driver, explain, only_run, run_command, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -74,10 +73,12 @@ def act(root: Path, what: str) -> None:
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
 
 
-def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_cluster, tmp_path):
+@slurm_scenario
+def killed_evaluations(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     cases = {
         "scancel": (),
-        "freeze": ("evaluation.time_minutes=1", "evaluation.signal_delay_s=15"),
+        "freeze": ("evaluation.time_minutes=2", "evaluation.signal_delay_s=15"),  # its resubmission runs under it too
         "usr2": (),
     }
     roots, drivers = {}, {}
@@ -93,31 +94,30 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
     for what, root in roots.items():
         drivers[what].result()
         run = only_run(root)
-        wait_finished(run, timeout=600)
+        wait_finished(run, timeout=900)
         first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)["job_id"]
     for what in ("scancel", "freeze"):  # lost once their job is gone
         run = only_run(roots[what])
         wait_for(
             lambda r=run: evaluation_states([r])[0].state == "lost",
-            300,
+            600,
             f"{what}: the evaluation to be lost",
             lambda r=run: explain(r),
         )
-        printed = io.StringIO()
-        with redirect_stdout(printed):
-            assert status([str(roots[what])]) == 0
+        rc, printed = run_command(status, [str(roots[what])])
+        assert rc == 0, printed
         # status resubmits it, unless another path named in docs/requeue.md (its teardown, the next
         # scheduling) got there between the test's look and status's: either way it is resubmitted once
         claim = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)
-        assert "resubmitted lost evaluation" in printed.getvalue() or claim.get("lost") == [first_jobs[what]], (
-            printed.getvalue(),
+        assert "resubmitted lost evaluation" in printed or claim.get("lost") == [first_jobs[what]], (
+            printed,
             claim,
         )
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
             lambda r=run: evaluation_states([r])[0].state in ("recorded", "failed"),
-            600,
+            1200,
             f"{what}: a record",
             lambda r=run: explain(r),
         )
@@ -130,3 +130,7 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
         else:
             assert claim["lost"] == [first_jobs[what]] and claim["job_id"] != first_jobs[what], claim
+
+
+def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(killed_evaluations):
+    killed_evaluations.result()

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launch_helpers import TINY, merged, submit
 from PIL import Image
 
 from eval import davis
@@ -38,6 +37,7 @@ from launch.status import render
 from launch.submit import main as submit_main
 from rsp.atomicio import atomic_write_json
 from rsp.schema import ConfigError
+from testkit.launching import TINY, merged, submit
 
 # --- the toy task: what a new task's module holds ------------------------------------------------------
 

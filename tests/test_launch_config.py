@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import absolutize, compose, options
@@ -21,6 +20,7 @@ from launch.sweep import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
 from rsp.schema import ConfigError, diff, to_dict
+from testkit.launching import merged
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -103,6 +103,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
         (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.tasks_per_node=0"], "cluster.tasks_per_node (0) must be >= 1 or null"),
+        (["cluster.backend=pbs"], "cluster.backend ('pbs') must be one of local, slurm, debug"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
         (

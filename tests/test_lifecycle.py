@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import REPO, assert_same_training_state, tiny_config
 
 from launch.config import ClusterConfig
 from launch.job import peer_vanished
@@ -31,6 +30,7 @@ from rsp.distributed import DistEnv
 from rsp.provenance import describe_tree
 from rsp.schema import to_dict
 from rsp.train import train
+from testkit.training import REPO, assert_same_training_state, tiny_config
 
 CLUSTER = ClusterConfig(backend="slurm", time_minutes=60, signal_delay_s=120)
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import SUBMIT, TINY, job_counts, merged, race, wait_finished
 
 from launch.plan import plan_sweep
 from launch.rundir import RunDirectory, run_id
@@ -21,6 +20,7 @@ from launch.state import reconcile
 from launch.submission import CLAIMS_DIR, claimed, still_as_decided
 from launch.submit import prepare
 from launch.sweep import load_sweep
+from testkit.launching import SUBMIT, TINY, job_counts, merged, race, wait_finished
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged, submit
 
 from launch.config import absolutize, compose
 from launch.validation import validate
@@ -19,6 +18,7 @@ from launch.validation.run import problems
 from rsp.schema import ConfigError
 from rsp.synthetic import SCENE_SIZES
 from rsp.video import LabelEntry, read_labels, write_labels
+from testkit.launching import merged, submit
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):

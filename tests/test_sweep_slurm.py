@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
 from launch.plan import plan_sweep
@@ -16,6 +16,7 @@ from launch.rundir import RunDirectory, run_id
 from launch.status import render
 from launch.submission import CLAIMS_DIR
 from launch.sweep import load_sweep
+from testkit.launching import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -46,12 +47,14 @@ def all_ended(root: Path, n: int) -> bool:
     return len(runs) == n and all(r.status() is not None for r in runs)
 
 
-def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_cluster, train_videos, tmp_path):
+@slurm_scenario
+def two_by_two_sweep(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     root = tmp_path / "runs"
     # lr 1e30 diverges at once: with cluster.max_failures=0 those runs fail (deterministically)
     sweep = write_sweep(
         tmp_path,
-        train_videos,
+        env.videos,
         root,
         "  - key: model.kl_scale\n    values: [0.001, 0.01]\n  - key: optim.lr\n    values: [0.001, 1.0e+30]\n",
     )
@@ -59,7 +62,7 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
     ids = {s["job_id"] for r in runs_of(root) for s in r.submissions()}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
-    wait_for(lambda: all_ended(root, 4), 420, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    wait_for(lambda: all_ended(root, 4), 900, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     states = {r.info()["name"]: r.status()["state"] for r in runs_of(root)}
     assert states == {
         "kl0.001-lr0.001": "finished",
@@ -71,10 +74,10 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
     assert table.count("finished") >= 2 and table.count("failed") >= 2
 
-    before = squeue_ids()
+    before = squeue_ids(root)
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
-    assert not squeue_ids() - before
+    assert not squeue_ids(root) - before
 
     failed = [r for r in runs_of(root) if r.status()["state"] == "failed"]
     attempts_before = {r.path: len(r.attempts()) for r in failed}
@@ -82,7 +85,7 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
     wait_for(
         lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed),
-        300,
+        900,
         "the retried runs to end",
         lambda: "\n".join(explain(r) for r in failed),
     )
@@ -90,6 +93,11 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
 
 
+def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(two_by_two_sweep):
+    two_by_two_sweep.result()
+
+
+@pytest.mark.cluster_wide  # the setting would split the arrays of sweeps submitted meanwhile
 def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos, tmp_path):
     slurm_cluster.set_max_array_size(2)
     try:
@@ -118,5 +126,5 @@ def test_two_submits_of_one_sweep_at_once_give_one_slurm_job_per_run(slurm_clust
     assert sum("left alone: 2 run(s) another submit took meanwhile" in out for out in outputs) == 1, outputs
     assert sorted(job_counts(root).values()) == [1, 1]
     assert len({s["job_id"].split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
-    wait_for(lambda: all_ended(root, 2), 420, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    wait_for(lambda: all_ended(root, 2), 900, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     assert {r.status()["state"] for r in runs_of(root)} == {"finished"}

@@ -32,12 +32,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launch_helpers import explain, job_id, only_run, overrides, submit
-
 from launch.postmortem import live_job
 from launch.rundir import RunDirectory
 from launch.status import lost_time
 from launch.steplog import read_trace
+from testkit.launching import explain, job_id, only_run, overrides, submit
 
 KINDS = (
     "usr2_startup",
