@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from launch_helpers import TINY, merged, only_run, submit
+
+from testkit.launching import TINY, merged, only_run, submit
 
 
 @pytest.mark.slow  # a tiny local training run followed to its end: ~20 s quiet
