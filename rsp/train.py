@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from core.provenance import code_version
+from core.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 from rsp import rng
 from rsp.acceleration import (
     BatchTooLargeError,
@@ -53,8 +55,6 @@ from rsp.lifecycle import ProgressWatchdog, StopRequest
 from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, load_optimizer_state, resolve_schedule
-from rsp.provenance import code_version
-from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
 log = logging.getLogger(__name__)
 

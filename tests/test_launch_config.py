@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.schema import ConfigError, diff, to_dict
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import absolutize, compose, options
 from launch.requeue import decide
@@ -19,7 +20,6 @@ from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
-from rsp.schema import ConfigError, diff, to_dict
 from testkit.launching import merged
 
 
@@ -484,8 +484,8 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
 
 
 def test_following_reads_each_metrics_line_once_and_starts_over_when_the_log_is_rewritten(tmp_path):
+    from core.atomicio import atomic_write_text
     from launch.follow import MetricsTail
-    from rsp.atomicio import atomic_write_text
 
     path = tmp_path / "metrics.jsonl"
     tail = MetricsTail(path)

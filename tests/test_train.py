@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
+from core.schema import to_dict
 from rsp import rng
 from rsp.checkpoint import CheckpointStore, weights_digest
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
 from rsp.model import create_model
-from rsp.schema import to_dict
 from rsp.train import NonFiniteLossError, ResumeError, train
 from testkit.training import (
     REPO,

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.backends import make_backend
+from launch.backends import Resources, make_backend
 from launch.config import RunConfig
 from launch.rungs import SweepDirectory
 from launch.selection import Selection
@@ -92,8 +92,9 @@ def run_problems(cfgs: Sequence[RunConfig], sweep: SweepContext | None) -> list[
 def backend_refusals(cfgs: Sequence[RunConfig], sweep: SweepContext | None) -> list[str]:
     """The backend's judgement of one representative job per group of equal resources."""
     groups: dict[tuple, list[RunConfig]] = {}
-    for cfg in cfgs:
-        groups.setdefault((cfg.cluster.backend, resources_for(cfg).group_key()), []).append(cfg)
+    for cfg in cfgs:  # the group key leaves the job name out: no run id to compute per run
+        key = Resources.from_cluster(cfg.cluster, job_name="").group_key()
+        groups.setdefault((cfg.cluster.backend, key), []).append(cfg)
     found = []
     for group in groups.values():
         backend = make_backend(group[0].cluster.backend, Path(group[0].output_root) / ".jobs" / "validate")
