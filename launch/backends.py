@@ -29,10 +29,10 @@ from typing import Any
 
 import submitit
 
+from core.atomicio import atomic_write_json
 from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_lines
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
-from rsp.atomicio import atomic_write_json
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
 ACTIVE_STATES = {

@@ -34,13 +34,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.atomicio import atomic_write_json, create_json_exclusive
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, parse_record
 from launch.evaluations.claims import FAILED, SUBMITTED
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
 from launch.selection import Selection, parse_selection, rank_runs
-from rsp.atomicio import atomic_write_json, create_json_exclusive
 from rsp.manifest import checkpoint_name
 
 DECISION_FORMAT = "rsp-rung-decision/1"

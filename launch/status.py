@@ -34,6 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from core.commandline import HintingArgumentParser
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
@@ -41,7 +42,6 @@ from launch.rundir import Attempt, RunDirectory
 from launch.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 from launch.state import RunState, reconcile
 from launch.sweep import SWEEPS_DIR
-from rsp.commandline import HintingArgumentParser
 
 log = logging.getLogger(__name__)
 

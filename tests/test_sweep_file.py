@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.schema import ConfigError
 from launch.sweep import expand, load_sweep
 from launch.sweepfile import TOP_LEVEL, read_sweep_file
-from rsp.schema import ConfigError
 from testkit.launching import submit
 
 HEAD = "experiment: smoke\n"
