@@ -72,8 +72,9 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     status = run.status()
     if not status or status["state"] != "finished":
         attempts = run.attempts()
-        why = attempts[-1].error if attempts and attempts[-1].error else (status or {}).get("reason", "no status recorded")
-        print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}")
+        error = attempts[-1].error.strip().splitlines()[-1] if attempts and (attempts[-1].error or "").strip() else None
+        why = status["reason"] if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
+        print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status['reason']} ({run.path})")
     cfg = run.config()
