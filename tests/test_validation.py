@@ -15,8 +15,8 @@ from fixtures_data import unavailable
 from test_submit_rules import cfg_with, listed_root
 
 from launch.backends import Resources, make_backend
-from launch.rungs import SweepDirectory
 from launch.submit import main
+from launch.sweeps.rungs import SweepDirectory
 from launch.validation import SweepContext, validate
 from launch.validation.sweep import backend_problems
 from rsp.video import LabelEntry
