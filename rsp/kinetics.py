@@ -31,8 +31,8 @@ from urllib.parse import urljoin
 
 from tqdm import tqdm
 
-from rsp.atomicio import atomic_path, remove_stale_temporaries
-from rsp.download import download_file
+from core.atomicio import atomic_path, remove_stale_temporaries
+from core.download import download_file
 from rsp.filepool import run_isolated
 from rsp.video import VIDEO_SUFFIXES, list_videos
 

@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+from core.download import DownloadError
 from rsp import kinetics
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
-from rsp.download import DownloadError
 from rsp.filepool import WorkerLost, WorkerStartError
 from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
 from rsp.probe import VideoProbe, probe_video

@@ -35,7 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from rsp.atomicio import atomic_path, atomic_write_json
+from core.atomicio import atomic_path, atomic_write_json
 from rsp.decoders import DECODERS
 from rsp.filepool import run_isolated
 from rsp.natural import natural_frames, natural_sources

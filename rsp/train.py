@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from core.provenance import code_version
+from core.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 from rsp import rng
 from rsp.acceleration import (
     BatchTooLargeError,
@@ -53,14 +55,20 @@ from rsp.lifecycle import ProgressWatchdog, StopRequest
 from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, load_optimizer_state, resolve_schedule
-from rsp.provenance import code_version
-from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised on every rank at the same step when any rank's loss is not finite."""
+
+
+def nonfinite_hint(lr: float, precision: str) -> str:
+    """What to change after a non-finite loss: the usual causes, with this run's values."""
+    hint = f"The learning rate was {lr:.3g} at that step: lower optim.lr (or optim.blr)"
+    if precision in ("fp16", "bf16"):
+        hint += f", or train in runtime.precision=fp32 ({precision} overflows sooner)"
+    return f"{hint}, or set optim.clip_grad to bound the updates"
 
 
 class ResumeError(RuntimeError):
@@ -269,9 +277,11 @@ class Trainer:
         """Act on a step's agreed values: every rank raises together on a non-finite loss; data counts."""
         if values.nonfinite_ranks:
             raise NonFiniteLossError(
-                f"non-finite loss at step {values.step} on {values.nonfinite_ranks} rank(s): "
+                f"non-finite loss at step {values.step} on {values.nonfinite_ranks} rank(s), step {values.step - 1} the "
+                "last completed: "
                 + ", ".join(f"{k}={v:.6g}" for k, v in values.means.items())
-                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in values.local.items())}); the last checkpoint is intact"
+                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in values.local.items())}); the last checkpoint is intact. "
+                + nonfinite_hint(self.schedule.lr_at(values.step - 1), self.precision)
             )
         self.counters["broken_videos"] += values.broken
         self.counters["videos_read"] += values.read

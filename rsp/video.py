@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rsp.atomicio import PARTIAL_PREFIX, atomic_path
+from core.atomicio import PARTIAL_PREFIX, atomic_path
 from rsp.decoders import DECODERS, FILE_SEEK_MODES, RANDOM, SEQUENTIAL, UNREADABLE, VideoReadError, open_reader, sequential
 
 __all__ = ["DataError", "LabelEntry", "VideoFile", "VideoReadError", "changed_since_labelling", "read_labels", "write_labels"]

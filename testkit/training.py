@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from core.schema import fingerprint, to_dict
 from rsp.checkpoint import CheckpointStore
 from rsp.config import (
     CheckpointConfig,
@@ -27,7 +28,6 @@ from rsp.config import (
 )
 from rsp.distributed import DistEnv
 from rsp.lifecycle import StopRequest
-from rsp.schema import fingerprint, to_dict
 from rsp.train import train
 
 REPO = Path(__file__).resolve().parent.parent

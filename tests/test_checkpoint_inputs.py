@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 import torch
 
+from core.filekind import PICKLE, TORCH_LEGACY, TORCH_ZIP, sniff
+from core.schema import ConfigError
 from eval.backbone import load_backbone
 from eval.config import EvalConfig
 from eval.davis import write_davis
 from eval.protocol import protocol_hash
 from eval.run import config_from_overrides, evaluate
 from rsp.checkpoint import CheckpointError, CheckpointStore, PickleRefused, load_checkpoint_file
-from rsp.filekind import PICKLE, TORCH_LEGACY, TORCH_ZIP, sniff
 from rsp.manifest import sha256_file
 from rsp.model import create_model
-from rsp.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

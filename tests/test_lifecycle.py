@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from core.provenance import describe_tree
+from core.schema import to_dict
 from launch.config import ClusterConfig
 from launch.job import peer_vanished
 from launch.postmortem import Instance, infer_end, stop_reason, usr2_reason
@@ -27,8 +29,6 @@ from launch.snapshot import take_snapshot
 from launch.status import lost_time
 from launch.steplog import RECORD, StepLog, read_trace
 from rsp.distributed import DistEnv
-from rsp.provenance import describe_tree
-from rsp.schema import to_dict
 from rsp.train import train
 from testkit.training import REPO, assert_same_training_state, tiny_config
 
@@ -81,7 +81,7 @@ STOPPABLE = """
 import json, sys
 from pathlib import Path
 from rsp.config import TrainConfig
-from rsp.schema import from_dict
+from core.schema import from_dict
 from rsp.distributed import DistEnv
 from rsp.lifecycle import ignore_stop_signals, install_early_stop_signals
 from rsp.train import train

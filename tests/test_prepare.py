@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from fixtures_data import TINY, http_server
 
+from core.download import DownloadError, download_file
 from rsp import kinetics, prepare
-from rsp.download import DownloadError, download_file
 from rsp.kinetics import KineticsLayout, ffmpeg_command, rescale_video
 from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
 from rsp.video import list_videos

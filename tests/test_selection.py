@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core.schema import ConfigError
 from eval.records import ResultRecord, write_record
 from launch.config import ClusterConfig, absolutize, compose
 from launch.evaluations.claims import FAILED, SUBMITTED
@@ -21,14 +22,13 @@ from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
-from launch.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.state import reconcile
-from launch.sweep import load_sweep
-from launch.sweepfile import TOP_LEVEL, read_sweep_file
+from launch.sweeps.expand import load_sweep
+from launch.sweeps.file import TOP_LEVEL, read_sweep_file
+from launch.sweeps.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
+from launch.sweeps.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
-from rsp.schema import ConfigError
 
 SELECT = Selection("davis:J&F-Mean", "max", 0.5, (20, 40))
 

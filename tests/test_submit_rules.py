@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.schema import ConfigError
 from launch.config import absolutize, compose
 from launch.validation import validate
 from launch.validation.data import unlisted
 from launch.validation.run import problems
-from rsp.schema import ConfigError
 from rsp.synthetic import SCENE_SIZES, generate_dataset
 from rsp.video import LabelEntry, read_labels, write_labels
 from testkit.launching import merged, submit

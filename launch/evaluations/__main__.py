@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import launch.evaluations
+from core.commandline import HintingArgumentParser
 from launch.evaluations.schedule import backfill, schedule
 from launch.rundir import RunDirectory
-from rsp.commandline import HintingArgumentParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

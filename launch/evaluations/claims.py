@@ -21,9 +21,9 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.atomicio import atomic_write_json
 from eval.records import RECORD_NAME
 from launch.rundir import RunDirectory
-from rsp.atomicio import atomic_write_json
 from rsp.manifest import pin, unpin
 
 SUBMITTED, FAILED, STOPPED = "submitted.json", "failed.json", "stopped.json"

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 import torch
 
+from core.schema import from_dict, ignored, to_dict
 from launch.backends import BACKENDS, backend_class
 from launch.config import ClusterConfig, RunConfig
 from rsp.config import ModelConfig
 from rsp.model import create_model
-from rsp.schema import from_dict, ignored, to_dict
 
 # sbatch options the launcher writes from its own fields (launch/backends.py): in extra_sbatch they would contradict them.
 MANAGED_SBATCH = {
