@@ -5,7 +5,7 @@
 Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME for one sweep's runs):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
                                    `gain:<task>:<metric>` (the gain over the run's own step 0, its
-                                   initialization), `generated` (the tasks evaluated on generated sets);
+                                   initialization), `generated` (the tasks evaluated on generated sets, decided from the data each record names, or on data it does not name);
                                    train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
                                    (from its records); pruned_at, pruned_rank, pruned_value: the rung that
                                    pruned the run (its pruned.json, launch/rungs.py);
@@ -132,7 +132,7 @@ def build_table(records: Sequence[ResultRecord], pruned: dict[str, dict] | None 
                 pruned_at=int(marker["rung"]), pruned_rank=f"{marker['rank']}/{marker['of']}", pruned_value=marker["value"]
             )
         row.setdefault("generated", set())
-        if r.protocol.get("generated_set"):
+        if r.measured_on_generated is not False:  # generated, or data that cannot be told: never beside the paper
             row["generated"].add(r.task)
     table = pd.DataFrame(list(rows.values()))
     if table.empty:

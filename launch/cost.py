@@ -110,7 +110,7 @@ def redone(run: RunDirectory, attempts: Sequence[Attempt]) -> list[tuple[int, fl
     redone. launch/status.py's lost column sums the same figures. An attempt without a step log
     (recorded before step logs existed) is timed at its mean step time."""
     out = []
-    for a, nxt in zip(attempts, [*attempts[1:], None], strict=True):
+    for a, nxt in zip(attempts, [*attempts[1:], None][: len(attempts)], strict=True):  # none yet: queued
         steps = max(0, (a.end_step or 0) - nxt.start_step) if nxt is not None and a.end_step is not None else 0
         seconds = 0.0
         if steps:

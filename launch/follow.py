@@ -1,6 +1,7 @@
 """Follow a run (or a sweep) on the local backend in the submitting terminal: progress while it
 trains, then its evaluations, then the results table. Ctrl-C stops following, not the runs (they
-are separate processes). Following a sweep also decides its rungs on every poll (launch/rungs.py)."""
+are separate processes). Following a sweep also advances it on every poll (launch/advance.py: due
+rungs decided, lost evaluations resubmitted)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import time
 from pathlib import Path
 
 from eval.aggregate import aggregate
+from launch.advance import advance
 from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, decide_due, rung_views
+from launch.rungs import SweepDirectory, rung_views
 from launch.state import reconcile
 from launch.status import render
 
@@ -117,7 +119,9 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
     root, started, shown, decided = sweep.output_root, time.time(), "", set(sweep.decisions())
     try:
         while time.time() - started < timeout_s:
-            decide_due(sweep, "follow")
+            for line in advance(root, sweep.name, role="follow", runs=runs).lines():
+                if not line.startswith("decided "):  # decisions are printed below, with their names
+                    print(line, flush=True)
             for rung, decision in sorted(sweep.decisions().items()):
                 if rung not in decided:
                     decided.add(rung)
@@ -149,7 +153,7 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
         return 130
     report = aggregate(root, sweep=sweep.name)
     print(report.summary())
-    print(render(root, sweep.name))
+    print(render(root, sweep.name, advance(root, sweep.name, role="follow", runs=runs)))
     failed = [s.run.path.name for s in reconcile(runs, root) if s.state not in ("finished", "pruned")]
     if failed:
         print(f"runs that did not finish: {', '.join(failed)} (logs under each run's logs/)")

@@ -9,8 +9,10 @@ writing each pruned run's prune marker (its training job stops cooperatively and
         exempt/<run id>.json          runs brought back with --unprune: later rungs leave them alone
         .lock                         serializes deciders (flock); the decision file's hard link makes it unique
 
-Who decides: the evaluation job that writes a rung's record (launch/evaluations/job.py), every
-status call and every poll of a followed local sweep (`decide_due`). A rung is due once every live
+Who decides: launch/advance.py, the one owner of state transitions (`decide_due` is its deciding
+step), called by the evaluation job that writes a rung's record (launch/evaluations/job.py), every
+status call (unless --no-advance), every poll of a followed local sweep, a backfill and the SLURM
+watcher job. A rung is due once every live
 run has its record at that step. Deciders may race (two evaluation jobs finishing together, a
 status call beside them): each computes the decision from the same records, the first hard link of
 the decision file wins and the others read it, and applying a decision is idempotent (a marker is
@@ -35,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.protocol import protocol_hash
-from eval.records import RECORD_NAME, parse_record
-from launch.evaluations.claims import FAILED, SUBMITTED
+from eval.records import RECORD_NAME
+from launch.evaluations.claims import FAILED, SUBMITTED, valid_record
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
 from launch.selection import Selection, parse_selection, rank_runs
@@ -156,7 +158,15 @@ def look_at_rung(sweep: SweepDirectory, selection: Selection, rung: int, out_bef
         directory = record_dir(run, rung, selection.task)
         record = directory / RECORD_NAME
         if record.is_file():
-            metrics = parse_record(record).metrics
+            try:
+                manifest = next((m for m in run.manifests() if m.step == rung), None)
+                metrics = valid_record(directory, rid, manifest).metrics
+            except ValueError as exc:  # never ranked, never a traceback: named, and backfill evaluates it again
+                view.waiting[rid] = (
+                    f"its step-{rung} {selection.task} record is invalid ({exc}); "
+                    f"python -m launch.evaluations backfill {sweep.output_root} moves it aside and evaluates again"
+                )
+                continue
             if selection.task_metric in metrics:
                 view.values[rid], view.records[rid] = float(metrics[selection.task_metric]), str(record)
                 continue

@@ -249,9 +249,9 @@ def test_each_evaluation_is_claimed_at_most_once(tmp_path):
 def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     due = expected(trained_run)
     assert [(s, t) for s, t, _ in due] == [(0, "davis"), (0, "vip"), (2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
-    ids = schedule(trained_run, None, "debug")
-    assert len(ids) == 3  # debug/local: one job per checkpoint runs its tasks in turn
-    assert schedule(trained_run, None, "debug") == []  # at most once
+    ids, set_aside = schedule(trained_run, None, "debug")
+    assert len(ids) == 3 and set_aside == []  # debug/local: one job per checkpoint runs its tasks in turn
+    assert schedule(trained_run, None, "debug") == ([], [])  # at most once
     records, warnings = read_records(find_record_files(trained_run.path.parent))
     assert len(records) == 6 and not warnings
     r = next(r for r in records if r.step == 4 and r.task == "davis")

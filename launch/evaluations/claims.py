@@ -5,7 +5,10 @@
     stopped.json    the job was stopped by a stop signal (time limit, preemption): it is requeued
     failed.json     the evaluation failed (the tail of its traceback, or why the teardown or the
                     recovery gave up on it): never submitted again without --retry-failed
-    record.json     the result (eval.records), written by the job
+    record.json     the result (eval.records), written by the job; counted only when valid
+                    (`record_problem`): an invalid one is reported, never counted done, and moved
+                    aside (`set_aside`: record.invalid-N.json, never deleted) by the next scheduling
+                    (a backfill), which evaluates again
 
 A second scheduler (a requeued training job, a backfill) finds submitted.json and skips. The
 checkpoint is pinned against retention from the claim until its evaluation recorded, failed or was
@@ -21,10 +24,10 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.records import RECORD_NAME
+from eval.records import RECORD_NAME, ResultRecord, parse_record
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
-from rsp.manifest import pin, unpin
+from rsp.manifest import Manifest, pin, unpin
 
 SUBMITTED, FAILED, STOPPED = "submitted.json", "failed.json", "stopped.json"
 
@@ -62,7 +65,10 @@ def reopen_failed(directory: Path) -> None:
 
 
 def mark_submitted(directory: Path, job_id: str, backend: str, lost: Sequence[str] = ()) -> None:
-    """`lost`: the jobs of this evaluation that vanished before it (each one was a resubmission)."""
+    """`lost`: the jobs of this evaluation that vanished before it (each one was a resubmission). A
+    new job was not stopped: a lost job's stopped.json is moved aside, so status names it truthfully."""
+    if lost and (directory / STOPPED).is_file():
+        (directory / STOPPED).rename(directory / f"stopped.lost-{len(lost):03d}.json")
     atomic_write_json(
         directory / SUBMITTED,
         {"job_id": job_id, "backend": backend, "time": time.time(), "resubmissions": len(lost), "lost": list(lost)},
@@ -96,3 +102,41 @@ def is_recorded(directory: Path) -> bool:
 
 def is_failed(directory: Path) -> bool:
     return (directory / FAILED).is_file()
+
+
+def valid_record(directory: Path, run_id: str, manifest: Manifest | None) -> ResultRecord:
+    """The record in `directory`; ValueError naming the file when it cannot be counted: unreadable,
+    truncated, out of range or misplaced (eval.records.parse_record), of another run, or of other
+    weights than the checkpoint its step's manifest describes (`manifest`; None when that checkpoint
+    is gone)."""
+    path = directory / RECORD_NAME
+    record = parse_record(path)
+    if record.run_id != run_id:
+        raise ValueError(f"{path}: it is a record of run {record.run_id}, not of this run ({run_id})")
+    if manifest is not None and record.checkpoint_sha256 != manifest.sha256:
+        raise ValueError(
+            f"{path}: its checkpoint_sha256 ({record.checkpoint_sha256[:12]}...) is not the sha256 in step "
+            f"{manifest.step}'s checkpoint manifest ({manifest.sha256[:12]}...)"
+        )
+    return record
+
+
+def record_problem(directory: Path, run_id: str, manifest: Manifest | None) -> str | None:
+    """Why the record in `directory` cannot be counted (valid_record), None when it can."""
+    try:
+        valid_record(directory, run_id, manifest)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def set_aside(directory: Path) -> Path:
+    """Move an invalid record (and the claim that produced it) aside, never deleting it, so that the
+    evaluation can be claimed and run again. Returns where the record went."""
+    number = len(list(directory.glob("record.invalid-*.json")))
+    target = directory / f"record.invalid-{number:03d}.json"
+    (directory / RECORD_NAME).rename(target)
+    for name in (SUBMITTED, STOPPED):
+        if (directory / name).is_file():
+            (directory / name).rename(directory / f"{Path(name).stem}.invalid-{number:03d}.json")
+    return target
