@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
-from eval.aggregate import aggregate  # noqa: E402
 from eval.records import ResultRecord, write_record  # noqa: E402
+from launch.results import aggregate_runs  # noqa: E402
 
 METRICS = {
     "davis": ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"],
@@ -70,7 +70,7 @@ def main() -> None:
         rows = []
         for label, plots in (("table only", False), ("table + plots + hparams", True)):
             start = time.perf_counter()
-            out = aggregate(root, Path(tmp) / f"out-{plots}", plots=plots, tensorboard=plots)
+            out = aggregate_runs(root, Path(tmp) / f"out-{plots}", plots=plots, tensorboard=plots)
             rows.append(
                 {
                     "what": label,

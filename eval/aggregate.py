@@ -1,14 +1,16 @@
-"""All result records of an output root -> one table, plots, the paper-style comparison.
+"""Result records -> one table, plots, the paper-style comparison. Works on records alone: which
+records belong to which runs or sweep, and which runs a sweep pruned, is the launcher's join
+(launch/results.py, the command for an output root or a sweep).
 
-    python eval/aggregate.py [OUTPUT_ROOT] [--sweep NAME] [--out DIR] [--no-plots] [--no-tensorboard]
+    python eval/aggregate.py [DIR] [--out DIR] [--no-plots] [--no-tensorboard]   # every record.json below DIR
 
-Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME for one sweep's runs):
+Writes into the output directory (default DIR/results):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
                                    `gain:<task>:<metric>` (the gain over the run's own step 0, its
                                    initialization), `generated` (the tasks evaluated on generated sets, decided from the data each record names, or on data it does not name);
                                    train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
                                    (from its records); pruned_at, pruned_rank, pruned_value: the rung that
-                                   pruned the run (its pruned.json, launch/rungs.py);
+                                   pruned the run (given by the launcher: launch/results.py);
                                    `best` marks each run's best trained checkpoint (by the best_by metric
                                    of the first registered task it has: DAVIS J&F, else VIP mIoU, ...)
     results.table.json             the same table with dtypes: pandas.read_json(path, orient="table")
@@ -28,12 +30,11 @@ the newer one and the conflict is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,21 @@ COST_COLUMNS = {"gpu_hours": "train_gpu_h", "cpu_hours": "train_cpu_h"}  # recor
 PRUNED_COLUMNS = ("pruned_at", "pruned_rank", "pruned_value")
 
 
-def build_table(records: Sequence[ResultRecord], pruned: dict[str, dict] | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Pruned:
+    """A run a sweep's successive halving stopped, as the table shows it: at which rung (step), its
+    rank among the `of` runs ranked there, and its value of the sweep's metric."""
+
+    rung: int
+    rank: int
+    of: int
+    value: float
+
+
+def build_table(records: Sequence[ResultRecord], pruned: Mapping[str, Pruned] | None = None) -> pd.DataFrame:
     """One row per (run, step); a column per metric (task:metric) and per sweep axis, the training
-    cost to each checkpoint, and for runs a sweep pruned (`pruned`: run id -> its pruned.json) the
-    rung, rank and value that pruned them."""
+    cost to each checkpoint, and for runs a sweep pruned (`pruned`: run id -> Pruned) the rung, rank
+    and value that pruned them."""
     pruned = pruned or {}
     rows: dict[tuple[str, int], dict] = {}
     for r in records:
@@ -127,10 +139,8 @@ def build_table(records: Sequence[ResultRecord], pruned: dict[str, dict] | None 
             if isinstance(r.training_cost.get(key), (int, float)):
                 row[column] = float(r.training_cost[key])
         if r.run_id in pruned:
-            marker = pruned[r.run_id]
-            row.update(
-                pruned_at=int(marker["rung"]), pruned_rank=f"{marker['rank']}/{marker['of']}", pruned_value=marker["value"]
-            )
+            p = pruned[r.run_id]
+            row.update(pruned_at=p.rung, pruned_rank=f"{p.rank}/{p.of}", pruned_value=p.value)
         row.setdefault("generated", set())
         if r.measured_on_generated is not False:  # generated, or data that cannot be told: never beside the paper
             row["generated"].add(r.task)
@@ -371,46 +381,20 @@ class Report:
         return "\n".join(lines)
 
 
-def run_directories(root: Path, sweep: str | None) -> dict[str, Path]:
-    """Run id -> run directory (<name>-<run id>) of every run under `root` (of `sweep` only: those
-    whose sweeps/<sweep>.json membership file exists; docs/formats.md#sweep-membership)."""
-    out = {}
-    for path in sorted(root.glob("*-*/run.json")):
-        if sweep is None or (path.parent / "sweeps" / f"{sweep}.json").is_file():
-            out[path.parent.name.rsplit("-", 1)[1]] = path.parent
-    return out
-
-
-def pruned_markers(runs: dict[str, Path]) -> dict[str, dict]:
-    """Run id -> its prune marker (pruned.json, written by the launcher's successive halving)."""
-    out = {}
-    for rid, path in runs.items():
-        try:
-            out[rid] = json.loads((path / "pruned.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return out
-
-
-def aggregate(
-    output_root: str | Path,
-    out: str | Path | None = None,
+def aggregate_records(
+    records: Sequence[ResultRecord],
+    out: str | Path,
+    warnings: Sequence[str] = (),
+    pruned: Mapping[str, Pruned] | None = None,
     plots: bool = True,
     tensorboard: bool = True,
-    sweep: str | None = None,
 ) -> Report:
-    """Aggregate every record under `output_root` (of `sweep`'s runs only, when given) into `out`
-    (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-<name>)."""
-    root = Path(output_root)
-    out = Path(out) if out else root / "results" / (f"sweep-{sweep}" if sweep else "")
-    runs = run_directories(root, sweep)
-    files = find_record_files(root)
-    if sweep is not None:
-        files = [f for f in files if f.parents[3] in set(runs.values())]
-    records, warnings = read_records(files)
-    table = build_table(records, pruned_markers(runs))
+    """Write the table, its views and plots of `records` into `out`; `warnings` (records skipped
+    while reading) are reported with it, `pruned` marks the runs a sweep stopped."""
+    out = Path(out)
+    table = build_table(records, pruned)
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(table, out, warnings)
+    report = Report(table, out, list(warnings))
     if table.empty:
         return report
     table.to_csv(out / "results.csv", index=False)
@@ -435,22 +419,20 @@ def aggregate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = HintingArgumentParser(prog="eval/aggregate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("output_root", nargs="?", default="runs")
-    p.add_argument("--sweep", default=None, help="only the runs of this sweep (default --out: OUTPUT_ROOT/results/sweep-NAME)")
-    p.add_argument("--out", default=None, help="default: OUTPUT_ROOT/results")
+    p.add_argument("directory", nargs="?", default="runs", help="where to look for record.json files (any depth)")
+    p.add_argument("--out", default=None, help="default: DIR/results")
+    p.add_argument("--sweep", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
-    root = Path(args.output_root).expanduser()
+    if args.sweep is not None:
+        p.error(f"which runs belong to a sweep is the launcher's to say: python launch/results.py DIR --sweep {args.sweep}")
+    root = Path(args.directory).expanduser()
     if not root.is_dir():
-        p.error(f"output root {root} does not exist; pass the output_root your runs were submitted with")
-    report = aggregate(
-        root,
-        Path(args.out).expanduser() if args.out else None,
-        plots=not args.no_plots,
-        tensorboard=not args.no_tensorboard,
-        sweep=args.sweep,
-    )
+        p.error(f"{root} does not exist; pass the output root (or any directory) that holds the records")
+    records, warnings = read_records(find_record_files(root))
+    out = Path(args.out).expanduser() if args.out else root / "results"
+    report = aggregate_records(records, out, warnings, plots=not args.no_plots, tensorboard=not args.no_tensorboard)
     print(report.summary())
     return 0
 

@@ -191,6 +191,7 @@ def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
     return [r for r, _ in by_key.values()], warnings
 
 
-def find_record_files(output_root: str | Path) -> list[Path]:
-    """Every record under an output root: <root>/<run>/evals/step_*/<task>-<hash>/record.json."""
-    return sorted(Path(output_root).glob(f"*/evals/step_*/*/{RECORD_NAME}"))
+def find_record_files(directory: str | Path) -> list[Path]:
+    """Every record file below `directory`, at any depth (where the launcher puts them is its own
+    business: launch/results.py)."""
+    return sorted(Path(directory).rglob(RECORD_NAME))

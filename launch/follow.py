@@ -9,11 +9,11 @@ import json
 import time
 from pathlib import Path
 
-from eval.aggregate import aggregate
 from launch.advance import advance
 from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
+from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, rung_views
 from launch.state import reconcile
@@ -98,7 +98,7 @@ def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3
     print(f"evaluations: {len(todo) - len(failed) - len(open_)} done, {len(failed)} failed, {len(open_)} unfinished")
     for d in failed:
         print(f"  failed: {d / FAILED}")
-    report = aggregate(run.path.parent, run.path.parent / "results")
+    report = aggregate_runs(run.path.parent, run.path.parent / "results")
     print(report.summary())
     return 0 if not failed and not open_ else 1
 
@@ -151,7 +151,7 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
     except KeyboardInterrupt:
         print(f"\nstopped following; the sweep goes on. See it with: python launch/status.py {root} sweep={sweep.name}")
         return 130
-    report = aggregate(root, sweep=sweep.name)
+    report = aggregate_runs(root, sweep=sweep.name)
     print(report.summary())
     print(render(root, sweep.name, advance(root, sweep.name, role="follow", runs=runs)))
     failed = [s.run.path.name for s in reconcile(runs, root) if s.state not in ("finished", "pruned")]

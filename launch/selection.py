@@ -11,7 +11,7 @@ that decides one rung. Pure (no files, no scheduler): launch/rungs.py makes and 
 - rungs   increasing training steps, each a milestone of every run (a multiple of
           checkpoint.milestone_every_steps) before its last step
 
-Synchronous rungs (the README says why): a rung is decided once every live run's evaluation at that
+Synchronous rungs (docs/sweeps.md#synchronous-rungs says why): a rung is decided once every live run's evaluation at that
 step exists, from those values alone, so the same results always give the same decision whatever the
 order in which runs and evaluations finished. Runs do not pause at a rung: they train on while the
 decision waits.

@@ -6,7 +6,7 @@ as job arrays.
     python launch/submit.py sweep=kl_weight               # submit what is missing; 0 jobs if nothing is
     python launch/status.py sweep=kl_weight               # one table, axis values as columns
 
-Schema (sweeps/*.yaml; documented in the README):
+Schema (sweeps/*.yaml; documented in docs/sweeps.md#running-a-sweep):
 
     experiment: rsp_vits16_k400        # base experiment (experiments/experiment/*.yaml)
     overrides: [cluster=slurm]          # Hydra overrides for every run (groups allowed here)

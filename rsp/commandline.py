@@ -4,7 +4,7 @@ means `model.kl_scale=0.1`, and a value with characters the override grammar doe
 unquoted (`~`, non-ASCII letters, quotes, `#`, brackets, ...) must be quoted.
 
 Pure string logic over a schema's dotted keys (rsp.schema.schema_keys), shared by every command
-line of the project: launch/submit.py, launch/status.py, eval/aggregate.py, python -m eval.run,
+line of the project: launch/submit.py, launch/status.py, launch/results.py, eval/aggregate.py, python -m eval.run,
 python -m launch.evaluations. `HintingArgumentParser` is argparse with these hints on unknown
 arguments (exit status 2, one message, as argparse's own errors).
 """

@@ -14,7 +14,7 @@ parallelism). It gives frames two ways:
 PyAV bundles its own FFmpeg (8.x in av 18) and is the one decoder that exposes FFmpeg's frame
 skipping: its random access skips decoding the frames no other frame refers to (x264's non-reference
 B-frames) unless they are requested, 17-28% less decoding per item than torchcodec on x264 clips
-with a keyframe every 30 or 250 frames (README, Benchmarks). torchcodec (PyTorch's maintained decoder) needs FFmpeg's shared
+with a keyframe every 30 or 250 frames (bench/README.md). torchcodec (PyTorch's maintained decoder) needs FFmpeg's shared
 libraries (major versions 4 to 9) from the system or conda; decord 0.6.0 bundles FFmpeg 4.1.
 `require(decoder)` checks once per process and raises `DecoderUnavailable` naming what to install.
 All three turn a rotated video upright (its display matrix) and, on every h264 file tested, return

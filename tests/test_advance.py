@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 import launch.evaluations.job
-from eval.aggregate import aggregate
 from eval.records import ResultRecord, parse_record, read_records, write_record
 from launch.advance import Missing, advance
 from launch.config import compose
 from launch.evaluations.claims import claim_and_pin, mark_stopped, mark_submitted
 from launch.evaluations.expected import expected
 from launch.evaluations.recovery import evaluation_states
+from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, record_dir, rung_views
 from launch.selection import Selection
@@ -213,6 +213,6 @@ def test_aggregation_keeps_an_older_generated_record_out_of_paper_md(tmp_path):
         record = record_for(run, step, 0.3 + step / 10)
         record.protocol = {"data_root": str(generated)}  # no generated_set field: an older record
         write_record(record_dir(run, step, "davis") / "record.json", record)
-    report = aggregate(tmp_path / "runs", tmp_path / "results", plots=False, tensorboard=False)
+    report = aggregate_runs(tmp_path / "runs", tmp_path / "results", plots=False, tensorboard=False)
     assert "| ours:" not in (report.out / "paper.md").read_text()
     assert set(report.table["generated"]) == {"davis"}

@@ -12,11 +12,11 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from eval.aggregate import aggregate
 from eval.records import ResultRecord, write_record
 from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpus
 from launch.config import compose
 from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost, slurm_attempt_costs
+from launch.results import aggregate_runs
 from launch.rundir import Attempt, RunDirectory
 from launch.status import lost_time
 from launch.steplog import StepLog
@@ -131,7 +131,7 @@ def test_the_results_table_has_the_cost_to_each_checkpoint_and_the_rung_that_pru
         atomic_write_json(tmp_path / f"{name}-{rid}" / "sweeps" / "s.json", {"sweep": "s", "axes": {}})
     marker = {"sweep": "s", "rung": 20, "rank": 2, "of": 2, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
     atomic_write_json(tmp_path / "a-aaaaaaaaaaaa" / "pruned.json", marker)
-    report = aggregate(tmp_path, sweep="s", plots=False, tensorboard=False)
+    report = aggregate_runs(tmp_path, sweep="s", plots=False, tensorboard=False)
     assert report.out == tmp_path / "results" / "sweep-s"
     table = pd.read_json(report.out / "results.table.json", orient="table")
     rows = table.set_index(["run", "step"])
@@ -139,5 +139,5 @@ def test_the_results_table_has_the_cost_to_each_checkpoint_and_the_rung_that_pru
     assert rows.loc[("a", 20), "pruned_at"] == 20 and rows.loc[("a", 20), "pruned_rank"] == "2/2"
     assert pd.isna(rows.loc[("b", 20), "pruned_at"])
     assert "train_cpu_h" in report.summary() and "pruned_rank" in report.summary()
-    other = aggregate(tmp_path, sweep="other", plots=False, tensorboard=False)
+    other = aggregate_runs(tmp_path, sweep="other", plots=False, tensorboard=False)
     assert other.table.empty

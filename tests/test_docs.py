@@ -5,6 +5,8 @@
   paths into a shared folder); such facts belong in docs/ (docs/README.md lists the documents).
 - Every `docs/<file>.md` a file cites exists, and so does every `#anchor` it names (GitHub's anchor of
   a heading); links between the docs resolve the same way.
+- The README stays a front page (at most 220 lines); every link in it and in bench/README.md resolves;
+  every section the README used to hold has a home in docs/ (or bench/README.md) under a heading.
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ DOCS_CITATION = re.compile(r"\bdocs/([\w-]+\.md)(?:#([\w-]+))?")
 MARKDOWN_LINK = re.compile(r"\]\((?!https?:)([\w./-]*\.md)?(?:#([\w-]+))?\)")
 
 
+README_MAX_LINES = 220
+# Where each section of the README went when it was cut to a front page (README heading -> its home).
+MOVED_SECTIONS = {
+    "Quickstart (what both commands do)": "docs/launching.md#what-the-quickstart-does",
+    "How the project is laid out": "docs/architecture.md#layout",
+    "The model": "docs/model.md#using-the-model",
+    "Training": "docs/training.md#training-in-short",
+    "GPUs": "docs/training.md#gpus-in-short",
+    "Launching": "docs/launching.md#launching",
+    "Sweeps": "docs/sweeps.md#running-a-sweep",
+    "Evaluations and results": "docs/evaluation.md#evaluation-jobs-and-results",
+    "Does it learn? (the CPU study)": "docs/evaluation.md#the-cpu-study-on-camouflage-worlds",
+    "Data": "docs/data.md#data-in-short",
+    "Evaluation: video label propagation": "docs/evaluation.md#running-an-evaluation",
+    "Try it without a cluster: a local SLURM cluster": "docs/local-slurm.md#trying-it",
+    "Tests, benchmarks, CI (tests)": "docs/architecture.md#tests-and-ci",
+    "Tests, benchmarks, CI (benchmarks and their table)": "bench/README.md#results",
+    "Environment": "docs/architecture.md#environment",
+}
+
+
 def scanned_files() -> list[Path]:
     files = [p for d in CODE_DIRS for p in (REPO / d).rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES]
     files += [p for p in REPO.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES]
@@ -48,9 +71,13 @@ def anchors_of(doc: Path) -> set[str]:
     return {github_anchor(h) for h in re.findall(r"^#{1,6} (.+?)\s*#*$", text, flags=re.M)}
 
 
+def shown(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def lines(path: Path):
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        yield f"{path.relative_to(REPO)}:{number}", line
+        yield f"{shown(path)}:{number}", line
 
 
 def test_nothing_cites_a_document_outside_the_repository():
@@ -122,3 +149,48 @@ def test_the_outside_citation_check_catches_what_it_must():
     assert [text for text in legal if OUTSIDE.search(text)] == []
     assert github_anchor("J&F metric") == "jf-metric"
     assert github_anchor("Targets (norm_pix)") == "targets-norm_pix"
+
+
+def broken_links(page: Path) -> list[str]:
+    """Relative Markdown links of a page (README.md, bench/README.md) whose file or heading is missing."""
+    broken = []
+    for where, line in lines(page):
+        for target, anchor in MARKDOWN_LINK.findall(line):
+            linked = (page.parent / target).resolve() if target else page
+            if not linked.is_file():
+                broken.append(f"{where}: link to {target}, which does not exist")
+            elif anchor and anchor not in anchors_of(linked):
+                broken.append(f"{where}: {shown(linked)} has no heading with the anchor #{anchor}")
+    return broken
+
+
+def test_the_readme_is_a_front_page():
+    count = len((REPO / "README.md").read_text().splitlines())
+    assert count <= README_MAX_LINES, (
+        f"README.md has {count} lines (at most {README_MAX_LINES}); move the detail into the docs/ page it belongs "
+        "to (docs/README.md lists them) and link it from the README"
+    )
+
+
+def test_every_link_of_the_readme_and_the_benchmarks_page_resolves():
+    broken = broken_links(REPO / "README.md") + broken_links(REPO / "bench" / "README.md")
+    assert not broken, "links that do not resolve; fix the link or the heading:\n" + "\n".join(broken)
+
+
+def test_every_section_moved_out_of_the_readme_has_a_home():
+    homeless = []
+    for section, home in MOVED_SECTIONS.items():
+        path, anchor = home.split("#")
+        if not (REPO / path).is_file() or anchor not in anchors_of(REPO / path):
+            homeless.append(f"{section!r} -> {home}: no such file or heading")
+    assert not homeless, "README sections without a home:\n" + "\n".join(homeless)
+
+
+def test_the_link_check_catches_what_it_must(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "other.md").write_text("# Other\n\n## A heading\n")
+    page.write_text("[ok](other.md#a-heading) [gone](missing.md) [bad](other.md#no-heading) [web](https://x.org/a.md)\n")
+    broken = broken_links(page)
+    assert len(broken) == 2, broken
+    assert "link to missing.md, which does not exist" in broken[0]
+    assert "other.md has no heading with the anchor #no-heading" in broken[1]

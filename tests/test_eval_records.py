@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from eval.aggregate import aggregate
 from eval.records import find_record_files, parse_record, read_records
+from launch.results import aggregate_runs
 
 
 @pytest.mark.parametrize("text", ["5", "null", "[{}]", '"record"'])
@@ -21,7 +21,7 @@ def test_valid_json_that_is_not_an_object_is_skipped_with_a_warning_naming_it(tm
         parse_record(path)
     records, warnings = read_records(find_record_files(tmp_path))
     assert records == [] and len(warnings) == 1 and str(path) in warnings[0]
-    assert aggregate(tmp_path, tmp_path / "out").warnings == warnings
+    assert aggregate_runs(tmp_path, tmp_path / "out").warnings == warnings
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,6 @@ from launch_helpers import TINY, merged, submit
 from PIL import Image
 
 from eval import davis
-from eval.aggregate import aggregate
 from eval.config import EvalConfig
 from eval.features import encode_frames
 from eval.indexmaps import image_hw
@@ -33,6 +32,7 @@ from eval.splits import read_listing, select_sequences
 from eval.task import EvalTask, Evaluation
 from eval.tasks import TASKS, get_task, register
 from launch.evaluations.expected import expected
+from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.status import render
 from launch.submit import main as submit_main
@@ -152,7 +152,7 @@ def test_a_new_task_runs_through_validation_scheduling_records_table_status_and_
     assert record.protocol["preset"] == "rsp" and record.protocol["frame_size"] == 64 and record.protocol["split"] == "val"
     assert record.protocol["generated_set"].startswith("generated centre set (camouflage-1)")  # tables label it
 
-    report = aggregate(tmp_path / "runs", tmp_path / "results")
+    report = aggregate_runs(tmp_path / "runs", tmp_path / "results")
     assert "centre:hit@0.1" in report.table.columns and report.table["best"].sum() == 1  # best checkpoint picked by hit@0.1
     assert "centre:hit@0.1" in report.summary() and any(p.name == "centre_hit_0.1_vs_step.png" for p in report.plots)
     assert " 3/3" in render(tmp_path / "runs", None)  # the status table counts the task's evaluations

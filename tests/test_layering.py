@@ -198,3 +198,11 @@ def test_every_function_local_import_says_why(package):
         if not comments[i.path] & set(range(first - 1, last + 1)):
             missing.append(f"{i.path.relative_to(REPO)}:{i.lines[0]} imports {i.target or 'a library'} inside a function")
     assert sorted(set(missing)) == []
+
+
+def test_eval_knows_nothing_of_the_launchers_layout():
+    """Which records belong to which run or sweep, and which runs were pruned, is the launcher's join
+    (launch/results.py): eval/ works on records alone, so no eval module names a run directory's files."""
+    layout = ("run.json", "pruned.json", "evals/step_", "parents[", "sweeps/")
+    found = [f"{m}: {word}" for m, path in MODULES.items() if m.startswith("eval") for word in layout if word in path.read_text()]
+    assert found == []

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from launch_helpers import explain, only_run, submit, wait_finished, wait_for
 
-from eval.aggregate import aggregate
+from launch.results import aggregate_runs
 
 pytestmark = pytest.mark.slurm
 
@@ -55,7 +55,7 @@ def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
         ).stdout.split()
 
     wait_for(lambda: states() == ["COMPLETED"] * 3, 120, "the evaluation jobs to complete", lambda: str(states()))
-    report = aggregate(root)
+    report = aggregate_runs(root)
     assert list(report.table["step"]) == [0, 10] and report.table["best"].sum() == 1  # the initialization is a milestone too
     for metric in ("davis:J&F-Mean", "jhmdb:PCK@0.1", "vip:mIoU"):
         assert (0 <= report.table[metric]).all() and (report.table[metric] <= 1).all()

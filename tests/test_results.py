@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eval.aggregate import aggregate, build_table
+from eval.aggregate import Pruned, aggregate_records, build_table
+from eval.aggregate import main as aggregate_main
 from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
 from launch.config import compose, train_config
@@ -19,6 +20,7 @@ from launch.evaluations.claims import FAILED, claim
 from launch.evaluations.expected import eval_config_for, eval_dir, expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.schedule import schedule
+from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.submission import ensure_generated_data
 from launch.validate import absolutize
@@ -85,7 +87,7 @@ def test_corrupt_partial_and_conflicting_records(tmp_path, caplog):
     assert any(str(partial) in w and "unreadable" in w for w in warnings)
     assert any("metrics must be finite" in w for w in warnings)
     assert any("conflict" in w and str(other_place) in w for w in warnings)
-    report = aggregate(tmp_path, tmp_path / "out")  # never aborts on bad records
+    report = aggregate_runs(tmp_path, tmp_path / "out")  # never aborts on bad records
     assert len(report.table) == 2 and len(report.warnings) == 3
 
 
@@ -113,7 +115,7 @@ def test_aggregate_writes_table_markdown_typed_json_plots_paper_view_and_hparams
                 ),
                 r,
             )
-    report = aggregate(tmp_path, tmp_path / "out")
+    report = aggregate_runs(tmp_path, tmp_path / "out")
     table = pd.read_json(tmp_path / "out" / "results.table.json", orient="table")
     assert len(table) == 6 and set(table["axis:model.kl_scale"]) == {0.001, 0.01}
     best = table[table["best"]].set_index("run")["step"].to_dict()
@@ -156,7 +158,7 @@ def test_step0_gains_paper_baseline_and_mean_std_over_seeds(tmp_path):
                 name=f"{latent}-s{seed}",
             )
             write_record(record_path(tmp_path, r), r)
-    report = aggregate(tmp_path, tmp_path / "out", tensorboard=False)
+    report = aggregate_runs(tmp_path, tmp_path / "out", tensorboard=False)
     table = report.table
     assert table.loc[(table["run"] == "none-s2") & (table["step"] == 100), "gain:davis:J&F-Mean"].item() == pytest.approx(0.17)
     assert set(table.loc[table["best"], "step"]) == {100} and set(table["generated"]) == {""}
@@ -177,15 +179,37 @@ def test_step0_gains_paper_baseline_and_mean_std_over_seeds(tmp_path):
 
 def test_a_single_point_still_plots(tmp_path):
     write_record(record_path(tmp_path, r := record(metrics={"mIoU": 0.3}, task="vip", axes={"data.max_gap": 48})), r)
-    report = aggregate(tmp_path, tmp_path / "out")
+    report = aggregate_runs(tmp_path, tmp_path / "out")
     assert len(report.plots) == 2 and all(p.stat().st_size > 1000 for p in report.plots)
 
 
 def test_aggregating_nothing_says_so(tmp_path):
-    assert "no result records found" in aggregate(tmp_path, tmp_path / "out").summary()
+    assert "no result records found" in aggregate_runs(tmp_path, tmp_path / "out").summary()
 
 
 # --- scheduling evaluations per checkpoint -----------------------------------------------------------
+
+
+def test_aggregation_works_on_records_alone(tmp_path):
+    """eval/ needs no run directory: records in memory, and what the launcher joined in (a pruned run)."""
+    records = [record(run_id="r1", step=0), record(run_id="r1", step=10), record(run_id="r2", name="other", step=10)]
+    report = aggregate_records(
+        records, tmp_path / "out", ["a warning"], {"r2": Pruned(10, 2, 2, 0.5)}, plots=False, tensorboard=False
+    )
+    rows = report.table.set_index(["run_id", "step"])
+    assert rows.loc[("r2", 10), "pruned_at"] == 10 and rows.loc[("r2", 10), "pruned_rank"] == "2/2"
+    assert pd.isna(rows.loc[("r1", 10), "pruned_at"]) and report.warnings == ["a warning"]
+    assert (tmp_path / "out" / "results.csv").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_records_command_reads_records_at_any_depth_and_sends_sweeps_to_the_launcher(tmp_path, capsys):
+    for depth, r in enumerate((record(run_id="r1"), record(run_id="r2"))):
+        write_record(tmp_path / "copied" / ("x/" * depth) / f"{r.run_id}.d" / "record.json", r)
+    assert aggregate_main([str(tmp_path / "copied"), "--no-plots", "--no-tensorboard"]) == 0
+    assert sorted(pd.read_csv(tmp_path / "copied" / "results" / "results.csv")["run_id"]) == ["r1", "r2"]
+    with pytest.raises(SystemExit):
+        aggregate_main([str(tmp_path / "copied"), "--sweep", "s"])
+    assert "python launch/results.py" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +289,7 @@ def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     for metric in ("davis:J&F-Mean", "davis:F-Decay", "vip:mIoU"):  # every metric has its gain over step 0
         assert list(table["gain:" + metric]) == pytest.approx(list(table[metric] - table.loc[0, metric]))
     assert set(table["generated"]) == {"davis, vip"}  # both sets were generated (their markers say so)
-    report = aggregate(trained_run.path.parent, trained_run.path.parent / "results", plots=False, tensorboard=False)
+    report = aggregate_runs(trained_run.path.parent, trained_run.path.parent / "results", plots=False, tensorboard=False)
     paper = (report.out / "paper.md").read_text()
     assert "| ours:" not in paper and "Not shown: 1 run(s) evaluated only on generated sets" in paper
     assert "gain:davis:J&F-Mean" in report.summary() and "generated: tasks evaluated on generated sets" in report.summary()

@@ -1,6 +1,6 @@
 """Evaluation jobs for every milestone checkpoint; each (run, step, task, protocol) at most once.
 
-How they are scheduled (the README explains the choice): the training job itself, on rank 0,
+How they are scheduled (docs/evaluation.md#evaluation-jobs-and-results explains the choice): the training job itself, on rank 0,
 submits them when a milestone checkpoint is durable, to the same backend (SLURM: one job per task;
 local: one job per checkpoint running its tasks in turn, so a laptop is not oversubscribed; debug:
 in-process). No watcher process has to stay alive, and a dependency on a job that has not written
