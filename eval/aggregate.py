@@ -7,7 +7,8 @@ records belong to which runs or sweep, and which runs a sweep pruned, is the lau
 Writes into the output directory (default DIR/results):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
                                    `gain:<task>:<metric>` (the gain over the run's own step 0, its
-                                   initialization), `generated` (the tasks evaluated on generated sets, decided from the data each record names, or on data it does not name);
+                                   initialization), `generated` (the tasks evaluated on generated sets:
+                                   decided from the data each record names, or data it does not name);
                                    train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
                                    (from its records); pruned_at, pruned_rank, pruned_value: the rung that
                                    pruned the run (given by the launcher: launch/results.py);

@@ -5,8 +5,8 @@ appends to one shared CSV interleave and SQLite locking is unreliable (docs/form
 job writes its own file, atomically (temporary file + fsync + rename): a reader sees a complete
 record or none. Every reader validates what it reads (`parse_record`): the schema, numbers as
 numbers, each metric in its documented range (a registered task's metrics are fractions in [0, 1]),
-and a file's place (its step and task directory) against its content. The aggregator reads them all;
-a corrupt, partial, out-of-range or misplaced file is skipped with a warning that names it; two
+and the checkpoint it names against that checkpoint's manifest. The aggregator reads them all; a
+corrupt, partial, out-of-range or inconsistent file is skipped with a warning that names it; two
 records for the same key keep the newer one and report the conflict.
 """
 
@@ -120,10 +120,7 @@ def parse_record(path: Path) -> ResultRecord:
         raise ValueError(f"{path}: metrics must be finite numbers, got {metrics!r}")
     if problems := metric_problems(data["task"], metrics):
         raise ValueError(f"{path}: {'; '.join(problems)}")
-    record = ResultRecord(**{k: v for k, v in data.items() if k in FIELDS})
-    if problem := place_problem(path, record):
-        raise ValueError(f"{path}: {problem}")
-    return record
+    return ResultRecord(**{k: v for k, v in data.items() if k in FIELDS})
 
 
 def metric_problems(task: str, metrics: dict[str, float]) -> list[str]:
@@ -135,18 +132,6 @@ def metric_problems(task: str, metrics: dict[str, float]) -> list[str]:
     out = [f"metric {k!r} is not one of {task}'s ({', '.join(known)})" for k in metrics if k not in known]
     out += [f"{k} = {v!r} is outside [0, 1] (metrics are fractions)" for k, v in metrics.items() if not 0 <= v <= 1]
     return out
-
-
-def place_problem(path: Path, record: ResultRecord) -> str | None:
-    """A record under <run>/evals/step_XXXXXXXX/<task>-<hash12>/ must be of that step and task (a
-    copied or hand-moved file is not the evaluation its directory stands for)."""
-    step_dir, task_dir = path.parent.parent.name, path.parent.name
-    if not step_dir.startswith("step_") or "-" not in task_dir:
-        return None  # not in a run directory's layout (a record written elsewhere by eval.run)
-    here = (step_dir, task_dir.rsplit("-", 1)[0])
-    if here == (f"step_{record.step:08d}", record.task):
-        return None
-    return f"its content (step {record.step}, task {record.task}) does not match its place {step_dir}/{task_dir}"
 
 
 def manifest_problem(record: ResultRecord) -> str | None:

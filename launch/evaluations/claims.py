@@ -106,13 +106,16 @@ def is_failed(directory: Path) -> bool:
 
 def valid_record(directory: Path, run_id: str, manifest: Manifest | None) -> ResultRecord:
     """The record in `directory`; ValueError naming the file when it cannot be counted: unreadable,
-    truncated, out of range or misplaced (eval.records.parse_record), of another run, or of other
-    weights than the checkpoint its step's manifest describes (`manifest`; None when that checkpoint
-    is gone)."""
+    truncated or out of range (eval.records.parse_record), of another run, step or task than its
+    directory (launch/evaluations/expected.py: step_XXXXXXXX/<task>-<hash12>), or of other weights
+    than the checkpoint its step's manifest describes (`manifest`; None when that checkpoint is gone)."""
     path = directory / RECORD_NAME
     record = parse_record(path)
     if record.run_id != run_id:
         raise ValueError(f"{path}: it is a record of run {record.run_id}, not of this run ({run_id})")
+    place = (directory.parent.name, directory.name.rsplit("-", 1)[0])
+    if place != (f"step_{record.step:08d}", record.task):
+        raise ValueError(f"{path}: its content (step {record.step}, task {record.task}) is not its directory's")
     if manifest is not None and record.checkpoint_sha256 != manifest.sha256:
         raise ValueError(
             f"{path}: its checkpoint_sha256 ({record.checkpoint_sha256[:12]}...) is not the sha256 in step "
