@@ -20,7 +20,7 @@ from pathlib import Path
 
 from launch.backends import Resources
 from launch.rundir import RunDirectory, run_id
-from launch.rungs import SweepDirectory
+from launch.rungs import SweepDirectory, membership_changes
 from launch.selection import run_problems
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
@@ -102,7 +102,12 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
     if len(backends) != 1:
         found.append(f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides")
     output_root = Path(runs[0].cfg.output_root)
-    found += selection_change_problems(sweep, SweepDirectory(output_root, sweep.name))
+    directory = SweepDirectory(output_root, sweep.name)
+    found += selection_change_problems(sweep, directory)
+    changed, notes = membership_changes(directory, {run_id(r.cfg): r.name for r in runs}, f"sweep file {sweep.name}")
+    found += changed
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     dirs = RunDirectory.for_configs([r.cfg for r in runs])
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())

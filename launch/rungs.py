@@ -112,6 +112,32 @@ class SweepDirectory:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def membership_changes(sweep: SweepDirectory, planned: dict[str, str], file: str) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a sweep file whose runs changed since it was last submitted: `planned`
+    (run id -> run name) against the recorded members. A run added after a rung was decided cannot
+    be ranked at that rung fairly (its value would arrive after the others were pruned): refused,
+    with how to start a new sweep. A run removed from the file is reported; it stays a member (its
+    decisions and markers stand) and is not resubmitted by this file."""
+    decisions = sweep.decisions() if sweep.path.is_dir() else {}
+    members = sweep.members()
+    added = sorted(name for rid, name in planned.items() if rid not in members)
+    removed = sorted(run.path.name for rid, run in members.items() if rid not in planned)
+    problems, notes = [], []
+    if added and decisions:
+        steps = ", ".join(map(str, sorted(decisions)))
+        problems.append(
+            f"runs added to sweep {sweep.name} after it decided step(s) {steps} ({sweep.path / 'decisions'}): "
+            f"{', '.join(added)} cannot be ranked at rungs already decided; remove them from {file}, or copy the "
+            f"file to a new name (e.g. {sweep.name}_2.yaml) to start a sweep of its own"
+        )
+    if removed:
+        notes.append(
+            f"{len(removed)} run(s) of sweep {sweep.name} are no longer in {file}: {', '.join(removed)}; they stay "
+            "members (their decisions and prune markers stand) and this file does not resubmit them"
+        )
+    return problems, notes
+
+
 def sweep_directories(output_root: str | Path) -> list[SweepDirectory]:
     root = Path(output_root)
     return [SweepDirectory(root, p.parent.name) for p in sorted(root.glob("sweeps/*/sweep.json"))]

@@ -400,6 +400,24 @@ def test_a_pruned_sweep_resubmitted_with_another_select_is_refused(tmp_path):
     print_plan(again)  # renders a plan that holds a pruned run
 
 
+def test_runs_added_after_a_rung_was_decided_are_refused_and_removed_runs_reported(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', keep: 0.5, rungs: [20]}")
+    plan = plan_sweep(load_sweep(sweep_file), [], tmp_path)
+    for row in plan.rows:
+        row.rundir.create(row.run.cfg)
+    plan.record_membership(plan.rows)
+    for row, value in zip(plan.rows, (0.1, 0.5, 0.3), strict=True):
+        write_metric(row.rundir, 20, value)
+    Path(sweep_file).write_text(Path(sweep_file).read_text().replace("[0.001, 0.002, 0.003]", "[0.001, 0.002, 0.004]"))
+    assert plan_sweep(load_sweep(sweep_file), [], tmp_path).problems == []  # nothing decided yet: a new member is ranked too
+    assert "1 run(s) of sweep halving are no longer in sweep file halving: lr0.003-" in capsys.readouterr().err
+    assert len(decide_due(SweepDirectory(tmp_path / "runs", "halving"), "test")) == 1
+    problems = plan_sweep(load_sweep(sweep_file), [], tmp_path).problems
+    assert len(problems) == 1 and "runs added to sweep halving after it decided step(s) 20" in problems[0]
+    assert "lr0.004 cannot be ranked at rungs already decided" in problems[0] and "halving_2.yaml" in problems[0]
+    assert "they stay members (their decisions and prune markers stand)" in capsys.readouterr().err
+
+
 def test_unprune_names_must_be_pruned_runs_of_the_sweep_and_nothing_is_unpruned_otherwise(tmp_path, capsys):
     from launch.submit import main
 
