@@ -7,8 +7,8 @@ Who calls `advance`, and for what:
     the milestone hook      the training job (rank 0), when a milestone is durable and at the start
                             of every attempt: recover and schedule that run's evaluations
     the evaluation job      after writing a record: decide the rungs of the run's sweeps
-    the watcher job         on SLURM, after a run's evaluation jobs (afterany): recover, decide, and
-                            chain itself while anything is pending (launch/evaluations/watch.py)
+    the watcher job         on SLURM, after a run's evaluation jobs (--dependency=afterany): recover,
+                            decide, and chain itself after whatever is still pending (`watch`)
     follow                  every poll of a followed sweep: decide and recover
     backfill                decide, recover, move invalid records aside, schedule what is missing
     status                  decide and recover, unless --no-advance (then status writes nothing)
@@ -18,7 +18,16 @@ schedulers may race: every transition is claimed exclusively on disk (a decision
 evaluation's submitted.json, a lost job's recovering-<job> marker), so running advance twice at
 once does each thing once.
 
-    python -m launch.advance OUTPUT_ROOT [--sweep NAME] [--run RUN_DIR ...] [--no-recover] [--role ROLE]
+    python -m launch.advance OUTPUT_ROOT [--sweep NAME] [--run RUN_DIR ...] [--no-recover] [--role ROLE] [--watcher]
+
+No lost evaluation waits for a human: whenever an advance submits evaluation jobs on SLURM (a
+milestone's, or a lost one's again), it also submits a small watcher job per run with
+`--dependency=afterany:<those jobs>`, which runs `python -m launch.advance ROOT --run RUN --watcher`
+once they ended however they ended (a record, a failure, scancel, the time limit, a node failure).
+The watcher advances the run (a lost evaluation is resubmitted, with a watcher of its own) and, while
+any of the run's evaluation jobs is still pending or running (requeued, or the scheduler still
+ending it), chains one more watcher after them. It also covers a run whose training ended before
+its evaluations did: nothing in it depends on the training job.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ class Report:
     given_up: list[str] = field(default_factory=list)  # lost evaluations over their budget: failed.json
     set_aside: list[str] = field(default_factory=list)  # invalid records moved aside for a new evaluation
     submitted: dict[str, list[str]] = field(default_factory=dict)  # run directory name -> new evaluation job ids
+    watchers: dict[str, str] = field(default_factory=dict)  # run directory name -> its new watcher job (SLURM)
     errors: list[str] = field(default_factory=list)  # what could not be advanced (the next call tries again)
 
     @property
@@ -75,6 +85,7 @@ class Report:
             *(f"resubmitted lost evaluation: {d}" for d in self.resubmitted),
             *(f"gave up on lost evaluation (failed.json): {d}" for d in self.given_up),
             *(f"moved an invalid record aside, to be evaluated again: {d}" for d in self.set_aside),
+            *(f"watcher job {job} of {name} follows its evaluation jobs" for name, job in self.watchers.items()),
             *(f"advance: {e}" for e in self.errors),
         ]
 
@@ -107,7 +118,63 @@ def advance(
         _recover(runs, report)
     if missing is not None:
         _schedule(runs, missing, report)
+    watch(runs, report)
     return report
+
+
+WATCHER_MINUTES = 10  # its time limit: one advance of one run takes seconds
+
+
+def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[str]] | None = None) -> None:
+    """Submit one watcher job per run after the SLURM evaluation jobs this advance submitted for it
+    (`after`: run directory name -> more job ids to wait for). Never fails the caller: the next
+    status or backfill still recovers what a missing watcher would have."""
+    after = dict(after or {})
+    for run in runs:
+        ids = [*report.submitted.get(run.path.name, []), *after.get(run.path.name, [])]
+        ids += [line.rsplit(" as job ", 1)[1] for line in report.resubmitted if line.startswith(f"{run.path.name} step ")]
+        last = run.last_submission() if run.exists and ids else None
+        if not ids or last is None or last["backend"] != "slurm":
+            continue
+        try:
+            report.watchers[run.path.name] = submit_watcher(run, sorted(set(ids)))
+        except Exception as exc:  # no watcher: status, follow and backfill still recover
+            log.exception("could not submit the watcher of %s", run.path.name)
+            report.errors.append(f"could not submit the watcher job of {run.path.name}: {exc}")
+
+
+def submit_watcher(run: RunDirectory, job_ids: Sequence[str]) -> str:
+    """sbatch `python -m launch.advance ROOT --run RUN --watcher` after `job_ids` (afterany), from the
+    run's code snapshot; returns its job id."""
+    # submitit: only a SLURM advance that submitted something pays for the import
+    from submitit.helpers import CommandFunction
+
+    from launch.backends import Resources, make_backend
+    from launch.snapshot import Snapshot
+
+    cluster = run.config().cluster
+    last = run.last_submission() or {}
+    snapshot = Snapshot(Path(last["snapshot"]), last["code_version"]) if last.get("snapshot") else None
+    backend = make_backend("slurm", run.path / "evals" / ".jobs" / "watchers", snapshot)
+    command = [sys.executable, "-m", "launch.advance", str(run.path.parent), "--run", str(run.path), "--watcher"]
+    resources = Resources(
+        cpus_per_task=1,
+        time_minutes=WATCHER_MINUTES,
+        partition=cluster.partition,
+        account=cluster.account,
+        qos=cluster.qos,
+        dependency="afterany:" + ":".join(job_ids),
+        job_name=f"watch-{run.path.name}",
+        teardown=None,
+    )
+    (job_id,) = backend.submit([CommandFunction(command)], resources)
+    log.info("watcher job %s of %s waits for %s", job_id, run.path.name, ", ".join(job_ids))
+    return job_id
+
+
+def still_open(run: RunDirectory) -> list[str]:
+    """The run's evaluation jobs that the scheduler still holds (pending, running, ending)."""
+    return sorted({e.job_id for e in evaluation_states([run]) if e.job_id and e.state in ("pending", "running")})
 
 
 def _sweeps_of(root: Path, sweep: str | None, runs: Sequence[RunDirectory]) -> list[SweepDirectory]:
@@ -191,12 +258,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-decide", action="store_true", help="do not decide rungs")
     p.add_argument("--no-recover", action="store_true", help="do not resubmit lost evaluations")
     p.add_argument("--role", default="advance", help="who decides, for the decision records")
+    p.add_argument("--watcher", action="store_true", help="run as a SLURM watcher job: chain another while jobs are open")
     ns = p.parse_args(argv)
     runs = [RunDirectory(r) for r in ns.run] if ns.run else None
-    report = advance(ns.output_root, ns.sweep, role=ns.role, runs=runs, decide=not ns.no_decide, recover_lost=not ns.no_recover)
+    role = ns.role
+    if ns.watcher:
+        role = f"watcher job {os.environ.get('SLURM_JOB_ID', os.getpid())}"
+        for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_")) and k != "SLURM_CONF"]:
+            del os.environ[key]  # the jobs it submits must not inherit this job's identity
+    report = advance(ns.output_root, ns.sweep, role=role, runs=runs, decide=not ns.no_decide, recover_lost=not ns.no_recover)
+    if ns.watcher:
+        covered = set(report.watchers)
+        watch([r for r in runs or runs_under(Path(ns.output_root)) if r.path.name not in covered], report, after_open(runs))
     for line in report.lines():
         print(line)
     return 1 if report.errors else 0
+
+
+def after_open(runs: Sequence[RunDirectory] | None) -> dict[str, list[str]]:
+    """Run directory name -> its evaluation jobs still open: what a watcher chains the next one after."""
+    return {run.path.name: ids for run in runs or [] if (ids := still_open(run))}
 
 
 if __name__ == "__main__":

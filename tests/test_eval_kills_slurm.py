@@ -1,9 +1,11 @@
 """Evaluation jobs killed on the real local SLURM cluster: each evaluation must still get its record
-with no manual step beyond looking at status, and its checkpoint's pin must be released.
+with no manual step at all (not even a status call), and its checkpoint's pin must be released. The
+killed evaluation is the run's last milestone's, so no later milestone comes to recover it: the
+watcher job (launch/advance.py, afterany on the evaluation jobs) does.
 
-    scancel          the job is cancelled: the evaluation is lost; status resubmits it
+    scancel          the job is cancelled: the evaluation is lost; the watcher resubmits it
     time limit       the job overruns evaluation.time_minutes (its rank is frozen) and SLURM ends it:
-                     lost; status resubmits it
+                     lost; the watcher resubmits it
     stop signal      SIGUSR2 to the batch shell (what a preemption sends): the evaluation stops, its
                      teardown requeues the same job, which records it
 """
@@ -95,24 +97,6 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         run = only_run(root)
         wait_finished(run, timeout=600)
         first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)["job_id"]
-    for what in ("scancel", "freeze"):  # lost once their job is gone
-        run = only_run(roots[what])
-        wait_for(
-            lambda r=run: evaluation_states([r])[0].state == "lost",
-            300,
-            f"{what}: the evaluation to be lost",
-            lambda r=run: explain(r),
-        )
-        printed = io.StringIO()
-        with redirect_stdout(printed):
-            assert status([str(roots[what])]) == 0
-        # status resubmits it, unless another path named in docs/requeue.md (its teardown, the next
-        # scheduling) got there between the test's look and status's: either way it is resubmitted once
-        claim = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)
-        assert "resubmitted lost evaluation" in printed.getvalue() or claim.get("lost") == [first_jobs[what]], (
-            printed.getvalue(),
-            claim,
-        )
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
@@ -128,5 +112,11 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         if what == "usr2":  # requeued by its own teardown: the same job, restarted once
             assert claim["job_id"] == first_jobs[what] and claim["lost"] == []
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
-        else:
+        else:  # resubmitted by the watcher, with no manual step
             assert claim["lost"] == [first_jobs[what]] and claim["job_id"] != first_jobs[what], claim
+            watchers = list(run.path.glob("evals/.jobs/watchers/*/*_log.out"))
+            assert any("resubmitted lost evaluation" in w.read_text() for w in watchers), explain(run)
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            assert status([str(root), "--no-advance"]) == 0
+        assert "stopped, requeued" not in printed.getvalue() and " 1/1 " in printed.getvalue(), printed.getvalue()
