@@ -134,7 +134,7 @@ def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[st
         ids = [*report.submitted.get(run.path.name, []), *after.get(run.path.name, [])]
         ids += [line.rsplit(" as job ", 1)[1] for line in report.resubmitted if line.startswith(f"{run.path.name} step ")]
         last = run.last_submission() if run.exists and ids else None
-        if not ids or last is None or last["backend"] != "slurm":
+        if not ids or last is None or last.backend != "slurm":
             continue
         try:
             report.watchers[run.path.name] = submit_watcher(run, sorted(set(ids)))
@@ -153,8 +153,8 @@ def submit_watcher(run: RunDirectory, job_ids: Sequence[str]) -> str:
     from launch.snapshot import Snapshot
 
     cluster = run.config().cluster
-    last = run.last_submission() or {}
-    snapshot = Snapshot(Path(last["snapshot"]), last["code_version"]) if last.get("snapshot") else None
+    last = run.last_submission()
+    snapshot = Snapshot(Path(last.snapshot), last.code_version) if last and last.snapshot else None
     backend = make_backend("slurm", run.path / "evals" / ".jobs" / "watchers", snapshot)
     command = [sys.executable, "-m", "launch.advance", str(run.path.parent), "--run", str(run.path), "--watcher"]
     resources = Resources(
@@ -188,10 +188,7 @@ def _decide(root: Path, sweep: str | None, runs: Sequence[RunDirectory], role: s
     for directory in _sweeps_of(root, sweep, runs):
         try:
             for d in decide_due(directory, role):
-                names = {r["run_id"]: r["name"] for r in d["ranking"]}
-                kept = ", ".join(names[i] for i in d["kept"])
-                pruned = ", ".join(names[i] for i in d["pruned"]) or "none"
-                report.decided.append(f"sweep {directory.name} step {d['rung']} ({role}): kept {kept}; pruned {pruned}")
+                report.decided.append(f"sweep {directory.name} step {d.rung} ({role}): {d.summary()}")
         except Exception as exc:  # one sweep's trouble must not stop the others; the next call tries again
             log.exception("could not decide the rungs of sweep %s", directory.name)
             report.errors.append(f"could not decide the rungs of sweep {directory.name}: {exc}")
@@ -212,7 +209,7 @@ def _schedule(runs: Sequence[RunDirectory], missing: Missing, report: Report) ->
     for run in runs:
         if not run.exists:
             continue
-        backend = missing.backend or (run.last_submission() or {"backend": "local"})["backend"]
+        backend = missing.backend or run.backend()
         ids, set_aside = schedule(run, missing.steps, backend, missing.retry_failed, missing.all_checkpoints)
         report.submitted[run.path.name] = ids
         report.set_aside += set_aside

@@ -72,7 +72,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
         print(f"\nstopped following; the run goes on (job {job_id}). See it with: python launch/status.py {run.path.parent}")
         return 130
     status = run.status()
-    if not status or status["state"] != "finished":
+    if not status or status.state != "finished":
         attempts = run.attempts()
         why = attempts[-1].error if attempts and attempts[-1].error else (status or {}).get("reason", "no status recorded")
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}")
@@ -125,13 +125,10 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
             for rung, decision in sorted(sweep.decisions().items()):
                 if rung not in decided:
                     decided.add(rung)
-                    names = {r["run_id"]: r["name"] for r in decision["ranking"]}
-                    kept = ", ".join(names[i] for i in decision["kept"])
-                    pruned = ", ".join(names[i] for i in decision["pruned"]) or "none"
-                    print(f"step {rung} decided ({decision['decided_by']['role']}): kept {kept}; pruned {pruned}", flush=True)
+                    print(f"step {rung} decided ({decision.decided_by.role}): {decision.summary()}", flush=True)
             states = reconcile(runs, root)
             progress = "  ".join(
-                f"{s.run.info()['name']} {max(s.run.latest_logged_step(), s.run.last_checkpoint_step() or 0)}/"
+                f"{s.run.info().name} {max(s.run.latest_logged_step(), s.run.last_checkpoint_step() or 0)}/"
                 f"{s.run.total_steps() or '?'}{'' if s.state in ('running', 'pending') else ' ' + s.state}"
                 for s in states
                 if s.run.exists

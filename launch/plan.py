@@ -123,7 +123,8 @@ def selection_change_problems(sweep: Sweep, directory: SweepDirectory) -> list[s
     decisions = directory.decisions() if directory.path.is_dir() else {}
     if not decisions:
         return []
-    before = (directory.record() or {}).get("select")
+    record = directory.record()
+    before = record.select if record else None
     now = sweep.selection.to_dict() if sweep.selection else None
     if before == now:
         return []

@@ -13,7 +13,6 @@ sweep's successive halving pruned (their pruned.json, launch/rungs.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
 from launch.rundir import RunDirectory
 from rsp.commandline import HintingArgumentParser
+from rsp.schema import ConfigError
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:
@@ -47,11 +47,11 @@ def pruned_runs(runs: Sequence[RunDirectory]) -> dict[str, Pruned]:
     for run in runs:
         try:
             marker = run.prune_marker()
-        except (OSError, json.JSONDecodeError):
+        except ConfigError:  # unreadable or of another format: the run is shown unpruned
             continue
         if marker is not None:
             run_id = run.path.name.rsplit("-", 1)[1]
-            out[run_id] = Pruned(int(marker["rung"]), int(marker["rank"]), int(marker["of"]), float(marker["value"]))
+            out[run_id] = Pruned(marker.rung, marker.rank, marker.of, marker.value)
     return out
 
 

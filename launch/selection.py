@@ -26,6 +26,7 @@ from typing import Any
 
 from eval.tasks import TASKS
 from launch.config import RunConfig
+from rsp.schema import ConfigError
 
 SELECT_KEYS = ("metric", "mode", "keep", "rungs")
 MODES = ("max", "min")
@@ -49,6 +50,15 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "mode": self.mode, "keep": self.keep, "rungs": list(self.rungs)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Selection:
+        """A select block as recorded (to_dict, in sweep.json and each decision); ConfigError naming
+        every problem when it is not a valid one."""
+        selection, problems = parse_selection(raw)
+        if selection is None:
+            raise ConfigError(problems, what="recorded select block")
+        return selection
 
     def describe(self) -> str:
         rungs = ", ".join(map(str, self.rungs))

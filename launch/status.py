@@ -84,9 +84,9 @@ def describe_state(state: RunState) -> str:
     marker = state.run.prune_marker() if state.run.exists else None
     text = state.state + (f" [{state.job_id}]" if state.job_id and state.state in ("pending", "running") else "")
     if marker and state.state == "pruned":
-        text += f"@{marker['rung']} ({marker['rank']}/{marker['of']}, {marker['value']:.3g})"
+        text += f"@{marker.rung} ({marker.rank}/{marker.of}, {marker.value:.3g})"
     elif marker and state.state in ("pending", "running"):
-        text += f", pruned@{marker['rung']}: stopping"
+        text += f", pruned@{marker.rung}: stopping"
     return text
 
 
@@ -106,8 +106,8 @@ def row(
     total = run.total_steps()
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
     return [
-        info["name"],
-        info["run_id"],
+        info.name,
+        info.run_id,
         describe_state(state),
         f"{step}/{total or '?'}",
         f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
@@ -175,11 +175,11 @@ def rung_lines(directory: SweepDirectory) -> list[str]:
             d = view.decision
             members, exempt = directory.members(), directory.exempt()
             pruned = ", ".join(
-                f"{r['name']} ({r['rank']}/{d['live']}, {r['value']:.4g}{late(members.get(r['run_id']), r['run_id'] in exempt)})"
-                for r in d["ranking"]
-                if not r["kept"]
+                f"{r.name} ({r.rank}/{d.live}, {r.value:.4g}{late(members.get(r.run_id), r.run_id in exempt)})"
+                for r in d.ranking
+                if not r.kept
             )
-            lines.append(f"  step {view.rung}: kept {len(d['kept'])} of {d['live']}; pruned {pruned or 'none'}")
+            lines.append(f"  step {view.rung}: kept {len(d.kept)} of {d.live}; pruned {pruned or 'none'}")
         elif view.due:
             n = len(view.values)
             lines.append(f"  step {view.rung}: due ({n} of {n} values in); the next status without --no-advance decides it")
@@ -193,7 +193,7 @@ def late(run: RunDirectory | None, exempt: bool) -> str:
     """Why a run a decision pruned is not (or no longer) pruned: it finished first, or --unprune."""
     if exempt:
         return "; unpruned since"
-    if run is not None and run.exists and (run.status() or {}).get("state") == "finished":
+    if run is not None and run.exists and run.final_state() == "finished":
         return "; it finished before it could be stopped"
     return ""
 

@@ -120,7 +120,7 @@ def only_run(root: Path) -> RunDirectory:
 
 
 def job_id(run: RunDirectory) -> str:
-    return run.last_submission()["job_id"]
+    return run.last_submission().job_id
 
 
 def squeue_ids() -> set[str]:
@@ -145,7 +145,7 @@ def explain(run: RunDirectory) -> str:
     parts += [f"attempt: {json.dumps(a.__dict__)}" for a in run.attempts()]
     subs = run.submissions()
     if subs:
-        jid = subs[-1]["job_id"]
+        jid = subs[-1].job_id
         sacct = subprocess.run(
             ["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True
         )
@@ -160,13 +160,13 @@ def explain(run: RunDirectory) -> str:
 
 def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
     wait_for(
-        lambda: (run.status() or {}).get("state") in ("finished", "failed"),
+        lambda: run.final_state() in ("finished", "failed"),
         timeout,
         f"{run.path.name} to end",
         lambda: explain(run),
     )
     status = run.status()
-    assert status["state"] == "finished", explain(run)
+    assert status.state == "finished", explain(run)
     return status
 
 

@@ -71,14 +71,14 @@ def sweep_of(root: Path, n: int = 4) -> tuple[SweepDirectory, list[RunDirectory]
         run.record_sweep("s", {"optim.lr": cfg.optim.lr})
         runs.append(run)
     sweep = SweepDirectory(root, "s")
-    sweep.write_record(SELECT, {r.info()["run_id"]: r.path.name for r in runs})
+    sweep.write_record(SELECT, {r.info().run_id: r.path.name for r in runs})
     return sweep, runs
 
 
 def record_for(run: RunDirectory, step: int, value: float, sha: str = "s" * 64) -> ResultRecord:
     info = run.info()
     return ResultRecord(
-        info["run_id"], info["name"], info["config_hash"], step, "davis", "p" * 64, {}, {"J&F-Mean": value},
+        info.run_id, info.name, info.config_hash, step, "davis", "p" * 64, {}, {"J&F-Mean": value},
         sha, str(run.path / "checkpoints" / checkpoint_name(step)), "v", "1", 1.0,
     )  # fmt: skip
 
@@ -166,7 +166,7 @@ def test_an_invalid_record_at_a_rung_waits_with_its_name_instead_of_ranking(tmp_
     paths = [write_record(record_dir(r, 20, "davis") / "record.json", record_for(r, 20, 0.4)) for r in runs]
     paths[1].write_text(paths[1].read_text().replace('"J&F-Mean": 0.4', '"J&F-Mean": 1.7'))
     (view,) = rung_views(sweep)
-    rid = runs[1].info()["run_id"]
+    rid = runs[1].info().run_id
     assert not view.due and "1.7 is outside [0, 1]" in view.waiting[rid] and "backfill" in view.waiting[rid]
     assert advance(root, role="test").decided == [] and sweep.decisions() == {}
     assert "waiting for 1 run(s)" in render(root, "s")

@@ -29,7 +29,7 @@ def test_interrupted_runs_end_bitwise_identical_with_the_lost_steps_measured(slu
     references = {}
 
     def same_as_reference(run) -> bool:
-        ranks = run.info()["world_size"]
+        ranks = run.info().world_size
         if ranks not in references:
             references[ranks] = tmp_path / f"reference{ranks}"
             if ranks == 1:

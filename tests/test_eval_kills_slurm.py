@@ -56,7 +56,7 @@ def evaluation_job(root: Path) -> str | None:
     """The job id the evaluation's claim names once it is running (its rank process exists)."""
     run = only_run(root)
     claims = list(run.path.glob("evals/step_*/*/submitted.json"))
-    job = submission(claims[0].parent)["job_id"] if claims else None
+    job = submission(claims[0].parent).job_id if claims else None
     if not job or live_job(job).get("JobState") != "RUNNING":
         return None
     try:
@@ -96,7 +96,7 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         drivers[what].result()
         run = only_run(root)
         wait_finished(run, timeout=600)
-        first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)["job_id"]
+        first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent).job_id
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
@@ -110,10 +110,10 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         assert not list(run.path.glob("checkpoints/pins/*")), what  # released
         claim = submission(state.directory)
         if what == "usr2":  # requeued by its own teardown: the same job, restarted once
-            assert claim["job_id"] == first_jobs[what] and claim["lost"] == []
+            assert claim.job_id == first_jobs[what] and claim.lost == []
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
         else:  # resubmitted by the watcher, with no manual step
-            assert claim["lost"] == [first_jobs[what]] and claim["job_id"] != first_jobs[what], claim
+            assert claim.lost == [first_jobs[what]] and claim.job_id != first_jobs[what], claim
             watchers = list(run.path.glob("evals/.jobs/watchers/*/*_log.out"))
             assert any("resubmitted lost evaluation" in w.read_text() for w in watchers), explain(run)
         printed = io.StringIO()

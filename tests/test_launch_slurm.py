@@ -91,7 +91,7 @@ REFERENCES: dict[tuple[str, int], Path] = {}  # (config hash, ranks) -> referenc
 
 def reference(run: RunDirectory, tmp_path: Path) -> Path:
     """The same training config trained uninterrupted in this process (one rank)."""
-    key = (run.info()["config_hash"], 1)
+    key = (run.info().config_hash, 1)
     if key not in REFERENCES:
         REFERENCES[key] = tmp_path / "reference"
         train(train_config(run.config()), DistEnv(), REFERENCES[key])
@@ -100,7 +100,7 @@ def reference(run: RunDirectory, tmp_path: Path) -> Path:
 
 def reference_two_ranks(run: RunDirectory, tmp_path: Path) -> Path:
     """The same training config trained uninterrupted with two ranks under torchrun."""
-    key = (run.info()["config_hash"], 2)
+    key = (run.info().config_hash, 2)
     if key not in REFERENCES:
         REFERENCES[key] = tmp_path / "reference2"
         proc = torchrun(train_config(run.config()), REFERENCES[key], tmp_path, nproc=2, timeout=600)
@@ -186,7 +186,7 @@ def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submi
 
 
 def all_logs(run: RunDirectory) -> str:
-    folder = Path(run.last_submission()["folder"])
+    folder = Path(run.last_submission().folder)
     return "".join(p.read_text(errors="replace") for p in [*folder.glob("**/*_log.*"), *run.path.glob("logs/*/*.log")])
 
 
@@ -225,7 +225,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
     assert rc == 0, out
     run = only_run(root)
     wait_finished(run)
-    assert run.info()["name"] == name and "\n" not in run.path.name and "'" not in run.path.name
+    assert run.info().name == name and "\n" not in run.path.name and "'" not in run.path.name
     assert not Path("pwned").exists() and not (root / "pwned").exists()
     rc, out = submit([*args, f"output_root={hydra_quote(f'{tmp_path}/line{chr(10)}break')}"])
     assert rc == 2 and "contains a line break" in out, out

@@ -3,7 +3,6 @@ the debug backend runs evaluation jobs in-process)."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from eval.aggregate import main as aggregate_main
 from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
 from launch.config import compose, train_config
-from launch.evaluations.claims import FAILED, claim
+from launch.evaluations.claims import claim, failure
 from launch.evaluations.expected import eval_config_for, eval_dir, expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.schedule import schedule
@@ -281,7 +280,7 @@ def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     r = next(r for r in records if r.step == 4 and r.task == "davis")
     info = trained_run.info()
     manifest = next(m for m in trained_run.manifests() if m.step == 4)
-    assert (r.run_id, r.config_hash, r.checkpoint_sha256) == (info["run_id"], info["config_hash"], manifest.sha256)
+    assert (r.run_id, r.config_hash, r.checkpoint_sha256) == (info.run_id, info.config_hash, manifest.sha256)
     assert r.protocol["preset"].startswith("rsp") and 0 <= r.metrics["J&F-Mean"] <= 1 and r.wall_time_s > 0
     assert not list((trained_run.path / "checkpoints" / "pins").glob("*"))  # unpinned once recorded
     table = build_table(records)
@@ -301,5 +300,5 @@ def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tm
         job()
     cfg = trained_run.config()
     ecfg = eval_config_for(cfg, "davis", trained_run.path / "checkpoints" / "step_00000001.pt", Path("."))
-    failure = json.loads((eval_dir(trained_run, 1, "davis", protocol_hash(ecfg)) / FAILED).read_text())
-    assert "step_00000001.pt" in failure["error"] and "vanished" in failure["error"]
+    error = failure(eval_dir(trained_run, 1, "davis", protocol_hash(ecfg))).error
+    assert "step_00000001.pt" in error and "vanished" in error

@@ -17,17 +17,18 @@ given up (launch/evaluations/recovery.py).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.records import RECORD_NAME, ResultRecord, parse_record
 from launch.rundir import RunDirectory
 from rsp.atomicio import atomic_write_json
 from rsp.manifest import Manifest, pin, unpin
+from rsp.schema import ConfigError, read_record, to_dict
 
 SUBMITTED, FAILED, STOPPED = "submitted.json", "failed.json", "stopped.json"
 
@@ -69,23 +70,44 @@ def mark_submitted(directory: Path, job_id: str, backend: str, lost: Sequence[st
     new job was not stopped: a lost job's stopped.json is moved aside, so status names it truthfully."""
     if lost and (directory / STOPPED).is_file():
         (directory / STOPPED).rename(directory / f"stopped.lost-{len(lost):03d}.json")
-    atomic_write_json(
-        directory / SUBMITTED,
-        {"job_id": job_id, "backend": backend, "time": time.time(), "resubmissions": len(lost), "lost": list(lost)},
-    )
+    atomic_write_json(directory / SUBMITTED, to_dict(EvaluationSubmission(job_id, backend, time.time(), len(lost), list(lost))))
 
 
-def submission(directory: Path) -> dict:
-    """submitted.json as written ({"job_id": None} while a claim is being submitted, or torn)."""
+@dataclass
+class EvaluationSubmission:
+    """submitted.json: the claim of one evaluation, then the job that runs it."""
+
+    job_id: str | None = None  # None while the claim is being submitted (or its file is torn)
+    backend: str | None = None  # debug | local | slurm
+    time: float | None = None
+    resubmissions: int = 0  # how often it was submitted again after its job was lost
+    lost: list[str] = field(default_factory=list)  # those lost jobs, oldest first
+
+
+def submission(directory: Path) -> EvaluationSubmission:
+    """submitted.json as written (an empty one while a claim is being submitted, or torn)."""
     try:
-        return {"job_id": None, "lost": [], **json.loads((directory / SUBMITTED).read_text())}
-    except (OSError, ValueError):
-        return {"job_id": None, "lost": []}
+        return read_record(EvaluationSubmission, directory / SUBMITTED)
+    except ConfigError:
+        return EvaluationSubmission()
+
+
+@dataclass
+class EvaluationFailure:
+    """failed.json: why the evaluation failed or was given up."""
+
+    error: str  # the tail of its traceback, or the teardown's or the recovery's reason
+    time: float
 
 
 def mark_failed(directory: Path, error: BaseException | str) -> None:
     text = error if isinstance(error, str) else "".join(traceback.format_exception(error)[-8:])
-    atomic_write_json(directory / FAILED, {"error": text, "time": time.time()})
+    atomic_write_json(directory / FAILED, to_dict(EvaluationFailure(text, time.time())))
+
+
+def failure(directory: Path) -> EvaluationFailure | None:
+    """failed.json, None when there is none; ConfigError when it cannot be read."""
+    return read_record(EvaluationFailure, directory / FAILED) if is_failed(directory) else None
 
 
 def mark_stopped(directory: Path, signal_name: str | None) -> None:

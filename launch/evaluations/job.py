@@ -127,9 +127,9 @@ class EvaluationJob:
                 outcome = evaluate(ecfg)
                 metrics, details = outcome.metrics, outcome.protocol
             record = ResultRecord(
-                run_id=info["run_id"],
-                run_name=info["name"],
-                config_hash=info["config_hash"],
+                run_id=info.run_id,
+                run_name=info.name,
+                config_hash=info.config_hash,
                 step=self.step,
                 task=task,
                 protocol_hash=protocol_hash(ecfg),
@@ -141,7 +141,7 @@ class EvaluationJob:
                 job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
                 wall_time_s=time.time() - started,
                 sweep_axes=run.sweep_axes(),
-                model_name=info["config"]["model"]["name"],
+                model_name=run.config(info).model.name,
                 training_cost=cost,
                 same_as=earlier.record_path,
             )

@@ -28,7 +28,7 @@ def schedule(
     """Submit the evaluations of `steps` (None: every checkpoint due) that were never submitted
     (and, with retry_failed, those that failed). Returns (the job ids, the invalid records moved aside)."""
     cfg = run.config()
-    manifests, run_id = run.manifests(), run.info()["run_id"]
+    manifests, run_id = run.manifests(), run.info().run_id
     by_step = {m.step: m for m in manifests}
     todo: dict[int, list[tuple[str, Path]]] = {}
     set_aside_now = []
