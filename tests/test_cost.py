@@ -17,7 +17,7 @@ from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpu
 from launch.config import compose
 from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost, slurm_attempt_costs
 from launch.results import aggregate_runs
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.status import lost_time
 from launch.steplog import StepLog
 from rsp.atomicio import atomic_write_json
@@ -129,8 +129,8 @@ def test_the_results_table_has_the_cost_to_each_checkpoint_and_the_rung_that_pru
             write_record(tmp_path / f"{name}-{rid}" / "evals" / f"step_{step:08d}" / "davis-p" / "record.json", r)
         atomic_write_json(tmp_path / f"{name}-{rid}" / "run.json", {"run_id": rid})
         atomic_write_json(tmp_path / f"{name}-{rid}" / "sweeps" / "s.json", {"sweep": "s", "axes": {}})
-    marker = {"sweep": "s", "rung": 20, "rank": 2, "of": 2, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
-    atomic_write_json(tmp_path / "a-aaaaaaaaaaaa" / "pruned.json", marker)
+    marker = PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.4, "decisions/step_00000020.json", 0.0)
+    assert RunDirectory(tmp_path / "a-aaaaaaaaaaaa").mark_pruned(marker)
     report = aggregate_runs(tmp_path, sweep="s", plots=False, tensorboard=False)
     assert report.out == tmp_path / "results" / "sweep-s"
     table = pd.read_json(report.out / "results.table.json", orient="table")

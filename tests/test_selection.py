@@ -20,7 +20,7 @@ from launch.evaluations.claims import FAILED, SUBMITTED
 from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.rungs import Decision, SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
 from launch.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.state import reconcile
@@ -309,7 +309,7 @@ def test_a_stop_request_ends_a_pause_at_once(tmp_path):
 
 
 def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
-    marker = {"sweep": "s", "rung": 20, "rank": 3, "of": 4, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
+    marker = PruneMarker("s", 20, 3, 4, "davis:J&F-Mean", "max", 0.4, "decisions/step_00000020.json", 0.0)
     for reason in ("pruned", "preempted", "timeout", "stopped", "requeued", "cancelled", "crashed", "interrupted"):
         attempt = Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 23, reason)
         decision = decide([attempt], ClusterConfig(), marker)
