@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
 from launch.config import RunConfig  # noqa: E402
-from launch.datacheck import _survey, data_problems, survey  # noqa: E402
+from launch.validation.data import _survey, data_problems, survey  # noqa: E402
 from rsp.video import LabelEntry, read_labels, write_labels  # noqa: E402
 
 

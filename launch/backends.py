@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -124,6 +125,12 @@ class Backend:
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         raise NotImplementedError
 
+    def refusals(self, resources: Resources) -> list[str]:
+        """Why this backend would refuse a job with `resources`, asked before anything is written
+        (submit-time validation). A scheduler judges for itself; this machine's limits are validated
+        from the config."""
+        return []
+
 
 class SlurmBackend(Backend):
     name = "slurm"
@@ -188,6 +195,25 @@ class SlurmBackend(Backend):
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         return slurm_states(job_ids)
+
+    def refusals(self, resources: Resources) -> list[str]:
+        """Ask SLURM whether it could run the job (`sbatch --test-only` queues nothing)."""
+        if shutil.which("sbatch") is None:
+            return ["cluster=slurm but `sbatch` is not on PATH; submit from a SLURM login node, or use cluster=local"]
+        script = self.sbatch_script(resources)
+        proc = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return []
+        reason = " ".join(line for line in proc.stderr.splitlines() if "error" in line.lower()) or proc.stderr.strip()
+        if any(s in reason for s in ("fetch_config", "Unable to contact", "Zero Bytes were transmitted", "Connection refused")):
+            return [
+                f"cannot reach the SLURM controller ({reason}); check SLURM_CONF, "
+                "or start the local test cluster with `python -m launch.local_cluster start`"
+            ]
+        return [
+            "SLURM rejects the requested resources: "
+            f"{reason}; adjust cluster.* (partition, nodes, gpus_per_node, time_minutes, ...)"
+        ]
 
 
 def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:

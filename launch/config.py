@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,16 @@ def to_run_config(cfg: Any) -> RunConfig:
     container.pop("hydra", None)
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), container)
     return OmegaConf.to_object(merged)
+
+
+def absolutize(cfg: RunConfig, base: Path) -> RunConfig:
+    """Relative paths in the config are relative to where the user submits; jobs run elsewhere."""
+
+    def fix(path: str) -> str:
+        path = os.path.expanduser(path)  # a quoted "~/x" reaches the config unexpanded
+        return path if not path or os.path.isabs(path) else str((base / path).resolve())
+
+    cfg.output_root = fix(cfg.output_root)
+    cfg.data.root = fix(cfg.data.root)
+    cfg.evaluation.data_roots = {k: fix(v) for k, v in cfg.evaluation.data_roots.items()}
+    return cfg

@@ -7,8 +7,9 @@ running and finished runs are never submitted twice; failed runs only with --ret
 sweep's successive halving pruned only after `--unprune` (launch/rungs.py).
 
 Problems (a data root that is not set, a batch the data cannot fill, a select block the runs
-cannot honour, ...) are collected for all runs at once and listed under the plan: a dry run shows
-them and succeeds; a submission refuses them (exit 2) with nothing queued.
+cannot honour, resources SLURM would refuse, ...) are found for all runs at once by the one
+validation (launch.validation) and listed under the plan: a dry run shows them and succeeds; a
+submission refuses them (exit 2) with nothing written or queued.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.backends import Resources
+from launch.config import absolutize
 from launch.rundir import RunDirectory, run_id
-from launch.rungs import SweepDirectory, membership_changes
-from launch.selection import run_problems
+from launch.rungs import SweepDirectory
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
-from launch.validate import absolutize, known_total_steps, problems, warnings
+from launch.validation import Findings, SweepContext, validate
 
 
 @dataclass
@@ -43,7 +44,11 @@ class Plan:
     rows: list[PlanRow]
     backend: str
     output_root: Path
-    problems: list[str] = field(default_factory=list)  # each ends with the runs it concerns
+    findings: Findings = field(default_factory=Findings)  # each problem ends with the runs it concerns
+
+    @property
+    def problems(self) -> list[str]:
+        return self.findings.problems
 
     def pending_rows(self) -> list[PlanRow]:
         return [r for r in self.rows if r.action in ("submit", "retry")]
@@ -85,29 +90,14 @@ class Plan:
 
 
 def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool = False) -> Plan:
+    """The sweep's runs, validated together (launch.validation; its warnings and notes are shown
+    here), with their states and actions. Writes nothing."""
     runs = expand(sweep, extra)
     for run in runs:
         absolutize(run.cfg, cwd)
-    by_problem: dict[str, list[str]] = {}
-    for run in runs:
-        found = problems(run.cfg)
-        if sweep.selection is not None:
-            found += run_problems(sweep.selection, run.cfg, known_total_steps(run.cfg))
-        for problem in found:
-            by_problem.setdefault(problem, []).append(run.name)
-    found = [f"{p} ({'all runs' if len(names) == len(runs) else 'runs: ' + ', '.join(names)})" for p, names in by_problem.items()]
-    for warning in warnings([r.cfg for r in runs]):
-        print(f"warning: {warning}", file=sys.stderr)
-    backends = {r.cfg.cluster.backend for r in runs}
-    if len(backends) != 1:
-        found.append(f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides")
+    findings = validate([r.cfg for r in runs], SweepContext(sweep.name, sweep.selection))
+    findings.show()
     output_root = Path(runs[0].cfg.output_root)
-    directory = SweepDirectory(output_root, sweep.name)
-    found += selection_change_problems(sweep, directory)
-    changed, notes = membership_changes(directory, {run_id(r.cfg): r.name for r in runs}, f"sweep file {sweep.name}")
-    found += changed
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     dirs = RunDirectory.for_configs([r.cfg for r in runs])
     states = reconcile(dirs, output_root)
     wanted = SUBMITTABLE + (("failed",) if retry_failed else ())
@@ -115,25 +105,7 @@ def plan_sweep(sweep: Sweep, extra: Sequence[str], cwd: Path, retry_failed: bool
     for run, rundir, state in zip(runs, dirs, states, strict=True):
         action = ("retry" if state.state == "failed" else "submit") if state.state in wanted else "nothing"
         rows.append(PlanRow(run, rundir, state, action, resources_for(run.cfg)))
-    return Plan(sweep, rows, sorted(backends)[0], output_root, found)
-
-
-def selection_change_problems(sweep: Sweep, directory: SweepDirectory) -> list[str]:
-    """A sweep whose rungs were decided keeps the select block they were decided under."""
-    decisions = directory.decisions() if directory.path.is_dir() else {}
-    if not decisions:
-        return []
-    record = directory.record()
-    before = record.select if record else None
-    now = sweep.selection.to_dict() if sweep.selection else None
-    if before == now:
-        return []
-    return [
-        f"select changed: sweep {sweep.name} was pruned under select {before} (decided at step(s) "
-        f"{', '.join(map(str, sorted(decisions)))}, {directory.path / 'decisions'}) but its file now says {now}; "
-        f"restore the select block, or copy the file to a new name to start a sweep of its own "
-        "(bring single runs back with --unprune RUN)"
-    ]
+    return Plan(sweep, rows, sorted({r.cfg.cluster.backend for r in runs})[0], output_root, findings)
 
 
 def describe_resources(r: Resources) -> str:

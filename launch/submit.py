@@ -28,8 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import yaml
 
 from launch.backends import SlurmBackend
-from launch.config import EXPERIMENTS_DIR, RunConfig, compose
-from launch.datacheck import data_notes
+from launch.config import EXPERIMENTS_DIR, RunConfig, absolutize, compose
 from launch.follow import follow, follow_sweep
 from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
@@ -37,7 +36,7 @@ from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import ensure_generated_data, resources_for, submit_runs
 from launch.sweep import SWEEPS_DIR, load_sweep
-from launch.validate import absolutize, problems, warnings
+from launch.validation import validate
 from rsp.commandline import HintingArgumentParser
 from rsp.schema import ConfigError, schema_keys, to_dict
 
@@ -120,17 +119,11 @@ def prepare(overrides: Sequence[str], cwd: Path) -> RunConfig:
 
 
 def check(cfg: RunConfig) -> list[str]:
-    """Every problem of the run (for SLURM, sbatch --test-only too once the rest is fine)."""
-    script = None
-    if cfg.cluster.backend == "slurm":
-        script = SlurmBackend(Path(cfg.output_root) / ".jobs" / "validate").sbatch_script(resources_for(cfg))
-    found = problems(cfg, sbatch_script=script)
-    for warning in warnings([cfg]):
-        print(f"warning: {warning}", file=sys.stderr)
-    if not found:
-        for note in data_notes(cfg):
-            log.warning("%s", note)
-    return found
+    """Every problem of the run (launch.validation; for SLURM, sbatch --test-only too once the rest
+    is fine); its warnings and data notes are shown."""
+    findings = validate([cfg])
+    findings.show()
+    return findings.problems
 
 
 def describe_state(state: RunState) -> str:

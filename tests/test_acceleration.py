@@ -5,7 +5,6 @@ torch.compile's exact resume (slow: Inductor builds C++ kernels)."""
 from __future__ import annotations
 
 import copy
-import logging
 import re
 
 import pytest
@@ -13,8 +12,8 @@ import torch
 from train_helpers import StopOnRead, assert_same_training_state, tiny_config
 
 from launch.config import ClusterConfig, RunConfig
-from launch.devices import device_problems as submit_problems
-from launch.validate import validate as validate_run
+from launch.validation import validate
+from launch.validation.devices import device_problems as submit_problems
 from rsp.acceleration import DeviceSupportError, check_device_support, device_problems, memory_lower_bound
 from rsp.checkpoint import CheckpointStore
 from rsp.config import LATENTS, MAE_AUX_MODES, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
@@ -178,7 +177,7 @@ def test_host_sync_must_be_a_known_mode():
     assert "runtime.host_sync ('sometimes') must be one of auto, every_step, deferred" in problem
 
 
-# --- device rules at submit time (launch.devices) ------------------------------------------------------------
+# --- device rules at submit time (launch.validation.devices) ------------------------------------------------------------
 
 
 def gpu_run(gpu_type: str | None = "h100", **sections) -> RunConfig:
@@ -235,13 +234,14 @@ def test_submit_refuses_compile_on_a_local_run_without_a_compiler(tmp_path, monk
     assert any("runtime.compile=true cannot work on this machine" in p for p in submit_problems(cfg))
 
 
-def test_submit_warns_about_compile_on_a_cpu_run(tmp_path, caplog):
+def test_submit_warns_about_compile_on_a_cpu_run(tmp_path, capsys):
     root = tmp_path / "videos"
     cfg = RunConfig(data=DataConfig(root=str(root), synthetic_videos=4, batch_size=4), output_root=str(tmp_path / "runs"))
     cfg.runtime.compile = True
-    with caplog.at_level(logging.WARNING, logger="launch.validate"):
-        validate_run(cfg)
-    assert "runtime.compile=true on a CPU run" in caplog.text
+    findings = validate([cfg])
+    assert findings.problems == [] and any("runtime.compile=true on a CPU run" in w for w in findings.warnings)
+    findings.show()  # what both front doors print
+    assert "warning: runtime.compile=true on a CPU run" in capsys.readouterr().err
 
 
 def test_memory_lower_bound_grows_with_the_batch_and_shrinks_with_16_bit():

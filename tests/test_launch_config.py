@@ -13,12 +13,13 @@ import pytest
 from launch_helpers import merged
 
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
-from launch.config import compose, options
+from launch.config import absolutize, compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
-from launch.validate import absolutize, cluster_warnings, preemption_warnings, problems
+from launch.validation.cluster import cluster_warnings, preemption_warnings
+from launch.validation.run import problems
 from rsp.schema import ConfigError, diff, to_dict
 
 
@@ -155,14 +156,14 @@ def test_validation_rule(train_videos, tmp_path, overrides, expected):
 
 
 def test_a_decoder_that_cannot_run_here_is_refused_at_submit_time(train_videos, tmp_path, monkeypatch):
-    import launch.datacheck
+    import launch.validation.data
     import rsp.decoders
-    from launch.datacheck import decoder_problem
+    from launch.validation.data import decoder_problem
 
     def missing(decoder):
         raise rsp.decoders.DecoderUnavailable(f"{decoder} cannot load FFmpeg's shared libraries: apt-get install ffmpeg")
 
-    monkeypatch.setattr(launch.datacheck, "require", missing)  # this project's check, as if FFmpeg were missing
+    monkeypatch.setattr(launch.validation.data, "require", missing)  # this project's check, as if FFmpeg were missing
     decoder_problem.cache_clear()
     try:
         found = problems(cfg_with(tmp_path, train_videos, "data.decoder=torchcodec"))
@@ -204,7 +205,7 @@ def test_validation_collects_all_problems_and_a_good_config_has_none(train_video
 )
 def test_warning_rule(train_videos, tmp_path, overrides, expected):
     cfg = cfg_with(tmp_path, train_videos, *overrides)
-    assert not problems(cfg, sbatch_script=None)  # allowed: a warning, not an error
+    assert not problems(cfg)  # allowed: a warning, not an error
     assert any(expected in w for w in cluster_warnings(cfg.cluster)), cluster_warnings(cfg.cluster)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from eval.records import ResultRecord, write_record
-from launch.config import ClusterConfig, compose
+from launch.config import ClusterConfig, absolutize, compose
 from launch.evaluations.claims import FAILED, SUBMITTED
 from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
@@ -26,7 +26,7 @@ from launch.selection import Selection, kept_count, parse_selection, rank_runs, 
 from launch.state import reconcile
 from launch.sweep import load_sweep
 from launch.sweepfile import TOP_LEVEL, read_sweep_file
-from launch.validate import absolutize, known_total_steps
+from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
 from rsp.schema import ConfigError
 

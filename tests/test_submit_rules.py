@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from launch_helpers import merged, submit
 
-from launch.config import compose
-from launch.datacheck import unlisted
-from launch.validate import absolutize, problems
+from launch.config import absolutize, compose
+from launch.validation import validate
+from launch.validation.data import unlisted
+from launch.validation.run import problems
 from rsp.schema import ConfigError
 from rsp.video import LabelEntry, read_labels, write_labels
 
@@ -241,17 +242,14 @@ def test_max_gap_beyond_most_videos_is_refused(tmp_path):
     assert "12 of the 12 videos" in p and "Lower data.max_gap to at most 39" in p and "data.max_short_fraction" in p
 
 
-def test_a_few_short_videos_are_allowed_and_counted(tmp_path, caplog):
+def test_a_few_short_videos_are_allowed_and_counted(tmp_path):
     short = [LabelEntry(f"train/c0/short{i}.mp4", 0, "c0", 10) for i in range(1)]
     root = listed_root(tmp_path, n=40, extra=short)
     (root / "train/c0/short0.mp4").touch()
     cfg = cfg_with(tmp_path, root, "experiment=smoke", "data.batch_size=2", "data.max_gap=12")
     assert problems(cfg) == []  # 1 of 41 is below the 5% threshold
-    from launch.validate import validate
-
-    with caplog.at_level("WARNING"):
-        validate(cfg)
-    assert "1 of the 41 videos with a known length have fewer than data.max_gap + 1 = 13 frames" in caplog.text
+    notes = validate([cfg]).notes
+    assert any("1 of the 41 videos with a known length have fewer than data.max_gap + 1 = 13 frames" in n for n in notes)
 
 
 def seek_root(tmp_path: Path, unreadable_by_pyav: int) -> Path:
@@ -276,7 +274,7 @@ def test_a_decoder_that_cannot_decode_the_videos_is_refused(tmp_path):
     assert data_problems_of(tmp_path, root, "data.decoder=torchcodec") == []
 
 
-def test_videos_a_decoder_cannot_read_or_never_verified_are_noted(tmp_path, caplog):
+def test_videos_a_decoder_cannot_read_or_never_verified_are_noted(tmp_path):
     root = seek_root(tmp_path, unreadable_by_pyav=0)
     entries = read_labels(root / "labels.csv")
     write_labels(root / "labels.csv", [*entries[:-1], entries[-1]._replace(seek_pyav="unreadable")])
@@ -288,13 +286,9 @@ def test_videos_a_decoder_cannot_read_or_never_verified_are_noted(tmp_path, capl
             tmp_path, root, "experiment=smoke", "data.batch_size=2", "data.max_broken_fraction=0.1", f"data.decoder={decoder}"
         )
         assert problems(cfg) == []  # 1 of 12 is within data.max_broken_fraction 0.1
-        from launch.validate import validate
-
-        caplog.clear()
-        with caplog.at_level("WARNING"):
-            validate(cfg)
-        assert note in caplog.text, caplog.text
-    assert "no verified seek mode for data.decoder=decord" in caplog.text
+        notes = validate([cfg]).notes
+        assert any(note in n for n in notes), notes
+    assert any("no verified seek mode for data.decoder=decord" in n for n in notes)
 
 
 def test_the_reference_pickle_is_accepted(tmp_path):

@@ -1,0 +1,44 @@
+"""Submit-time rules of a sweep as a whole (each run's own rules are launch.validation.run's):
+- its select block can rank every run (launch.selection.run_problems: the metric is evaluated, the
+  rungs are milestones before the run's last step);
+- its runs share one backend;
+- a sweep whose rungs were decided keeps the select block they were decided under."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from launch.config import RunConfig
+from launch.rungs import SweepDirectory
+from launch.selection import Selection, run_problems
+from launch.validation.run import known_total_steps
+
+
+def selection_problems(selection: Selection | None, cfg: RunConfig) -> list[str]:
+    """Why the sweep's select block cannot rank the run `cfg` ([] without a select block)."""
+    return [] if selection is None else run_problems(selection, cfg, known_total_steps(cfg))
+
+
+def backend_problems(cfgs: Sequence[RunConfig]) -> list[str]:
+    backends = {cfg.cluster.backend for cfg in cfgs}
+    if len(backends) == 1:
+        return []
+    return [f"a sweep runs on one backend; its runs ask for {sorted(backends)}: set cluster= once, in overrides"]
+
+
+def selection_change_problems(name: str, selection: Selection | None, directory: SweepDirectory) -> list[str]:
+    """A sweep whose rungs were decided keeps the select block they were decided under."""
+    decisions = directory.decisions() if directory.path.is_dir() else {}
+    if not decisions:
+        return []
+    record = directory.record()
+    before = record.select if record else None
+    now = selection.to_dict() if selection else None
+    if before == now:
+        return []
+    return [
+        f"select changed: sweep {name} was pruned under select {before} (decided at step(s) "
+        f"{', '.join(map(str, sorted(decisions)))}, {directory.path / 'decisions'}) but its file now says {now}; "
+        f"restore the select block, or copy the file to a new name to start a sweep of its own "
+        "(bring single runs back with --unprune RUN)"
+    ]
