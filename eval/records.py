@@ -70,7 +70,7 @@ class ResultRecord:
         """Whether the numbers were measured on a generated set, decided from the data they were
         measured on: the marker the record names (`generated_set`), else the data root it names
         (a generated set's root holds eval.task.GENERATED_MARKER), whatever code wrote it. None:
-        the record names neither, so the data cannot be told (never compare it with the paper)."""
+        the record names neither (a hand-made record), so the data cannot be told."""
         if self.protocol.get("generated_set"):
             return True
         root = self.protocol.get("data_root")

@@ -62,7 +62,7 @@ class PruneWatch:
         self.thread.start()
 
     def check(self) -> bool:
-        if self.run.prune_marker() is not None:
+        if self.run.is_pruned():
             self.stop.request("pruned")
             return True
         return False

@@ -370,6 +370,10 @@ class RunDirectory:
         path = self.path / PRUNED
         return read_record(PruneMarker, path) if path.is_file() else None
 
+    def is_pruned(self) -> bool:
+        """Whether a prune marker is there, whatever it holds (what the job obeys: one stat)."""
+        return (self.path / PRUNED).is_file()
+
     def mark_pruned(self, marker: PruneMarker) -> bool:
         """Write the prune marker unless one is there (idempotent: concurrent deciders write one)."""
         return create_json_exclusive(self.path / PRUNED, to_dict(marker))

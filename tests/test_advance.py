@@ -200,7 +200,7 @@ def test_generated_is_decided_from_the_data_a_record_was_measured_on(tmp_path):
     assert record.measured_on_generated is True
     record.protocol = {"data_root": str(real)}
     assert record.measured_on_generated is False
-    record.protocol = {}  # neither: it cannot be told, so it never stands beside the paper's numbers
+    record.protocol = {}  # neither (a hand-made record): it cannot be told
     assert record.measured_on_generated is None
 
 

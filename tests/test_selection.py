@@ -329,7 +329,7 @@ def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
 
 def test_a_pruned_run_without_a_live_job_is_pruned_not_incomplete(tmp_path):
     sweep, runs = make_sweep(tmp_path, n=2)
-    runs[0].mark_pruned({"sweep": "s", "rung": 20, "rank": 2, "of": 2, "metric": "davis:J&F-Mean", "value": 0.1, "mode": "max"})
+    runs[0].mark_pruned(PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.1, "decisions/step_00000020.json", 0.0))
     states = reconcile(runs, sweep.output_root)
     assert [s.state for s in states] == ["pruned", "missing" if not runs[1].exists else "incomplete"]
     assert "rank 2 of 2 by davis:J&F-Mean" in states[0].detail
@@ -341,7 +341,8 @@ def test_the_prune_watch_turns_a_marker_into_a_cooperative_stop(tmp_path):
     watch = PruneWatch(runs[0], stop)
     try:
         assert not stop.requested
-        threading.Timer(0.2, runs[0].mark_pruned, [{"rung": 20}]).start()
+        marker = PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.1, "decisions/step_00000020.json", 0.0)
+        threading.Timer(0.2, runs[0].mark_pruned, [marker]).start()
         deadline = time.monotonic() + 10 * PRUNE_POLL_S
         while not stop.requested and time.monotonic() < deadline:
             time.sleep(0.05)
