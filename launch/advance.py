@@ -42,9 +42,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from submitit.helpers import CommandFunction
+
+from launch.backends import Resources, make_backend
 from launch.evaluations.recovery import evaluation_states, recover
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, decide_due, sweep_directories
+from launch.snapshot import Snapshot
 from rsp.commandline import HintingArgumentParser
 from rsp.lifecycle import blocked_stop_signals
 
@@ -146,12 +150,6 @@ def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[st
 def submit_watcher(run: RunDirectory, job_ids: Sequence[str]) -> str:
     """sbatch `python -m launch.advance ROOT --run RUN --watcher` after `job_ids` (afterany), from the
     run's code snapshot; returns its job id."""
-    # submitit: only a SLURM advance that submitted something pays for the import
-    from submitit.helpers import CommandFunction
-
-    from launch.backends import Resources, make_backend
-    from launch.snapshot import Snapshot
-
     cluster = run.config().cluster
     last = run.last_submission()
     snapshot = Snapshot(Path(last.snapshot), last.code_version) if last and last.snapshot else None

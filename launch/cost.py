@@ -127,7 +127,7 @@ def redone(run: RunDirectory, attempts: Sequence[Attempt]) -> list[tuple[int, fl
 
 def local_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], fallback: dict[str, int]) -> list[AttemptCost]:
     """Attempts of a run on the local backend (or any run whose scheduler has no accounting)."""
-    submitted = sorted(s["time"] for s in run.submissions())
+    submitted = sorted(s.time for s in run.submissions())
     out = []
     for a, (steps, seconds) in zip(attempts, redone(run, attempts), strict=True):
         since = max([t for t in submitted if t <= a.start_time], default=a.start_time)

@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,15 @@ class Submission:
     time: float
     backend: str  # debug | local | slurm
     job_id: str
-    command: list[str]  # sys.argv of the submitting command
-    cwd: str
-    user: str
-    host: str
-    python: str
-    code_version: str
-    snapshot: str | None  # the code snapshot the job runs from (launch/snapshot.py)
-    environment: dict[str, str]  # ENV_RECORDED
+    # Provenance (what the decisions never need: a record without it still reads)
+    command: list[str] = field(default_factory=list)  # sys.argv of the submitting command
+    cwd: str = ""
+    user: str = ""
+    host: str = ""
+    python: str = ""
+    code_version: str = ""
+    snapshot: str | None = None  # the code snapshot the job runs from (launch/snapshot.py)
+    environment: dict[str, str] = field(default_factory=dict)  # ENV_RECORDED
     folder: str | None = None  # the scheduler's files of the job
 
 

@@ -112,7 +112,8 @@ def test_a_pruned_run_would_still_have_cost_its_remaining_steps_and_milestone_ev
     for step in (20, 40):
         path = run.path / "evals" / f"step_{step:08d}" / "davis-x" / "record.json"
         atomic_write_json(path.parent / "submitted.json", {"job_id": "7", "backend": "local"})
-        atomic_write_json(path, {"wall_time_s": 10.0})
+        record = ResultRecord("rid", "r", "c", step, "davis", "p" * 64, {}, {"J&F-Mean": 0.5}, "s", "x.pt", "v", "7", 10.0)
+        write_record(path, record)  # only a valid record's wall time is counted
     cost = run_cost(run, now=t0 + 50)
     assert cost.eval_s("cpu") == 2 * 10 * 2  # two records x 10 s x evaluation.cpus_per_task (2)
     # 60 steps left at 2 CPU-s per step, and milestones 60, 80, 100 evaluated at 20 CPU-s each
