@@ -150,7 +150,7 @@ def explain(run: RunDirectory) -> str:
             ["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True
         )
         parts.append(f"sacct: {sacct.stdout.strip()}")
-        folder = Path(subs[-1].get("folder", ""))
+        folder = Path(subs[-1].folder or "")
         for log in sorted(folder.glob(f"**/{jid.split('_')[0]}*_log.*"))[-4:]:
             parts.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
     for log in sorted(run.path.glob("logs/*/rank_*.log"))[-3:]:
