@@ -15,7 +15,6 @@ before and after each is recorded, because the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -68,7 +67,8 @@ def main() -> None:
     runs = [RunDirectory(tmp / "sweep" / name) for name in (directory.record().runs.values() if directory.record() else [])]
     stops = {}
     for run in runs:
-        marker = json.loads((run.path / "status.json").read_text()).get("pruned")
+        status = run.status()
+        marker = status.pruned if status else None
         if marker:
             stops[run.path.name] = run.attempts()[-1].end_time - marker.time
     extra["stop_after_marker_s"] = stops

@@ -6,13 +6,11 @@ step-0 weights are evaluated once."""
 
 from __future__ import annotations
 
-import json
-
 from launch_helpers import explain, halving_sweep_file, submit
 
 from eval.records import parse_record
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, record_dir
+from launch.rungs import Decision, SweepDirectory, record_dir
 
 STEPS, RUNG = 40, 20
 LRS = (0.0001, 0.01)
@@ -26,7 +24,7 @@ def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_v
     why = out + "\n".join(map(explain, runs))
     assert rc == 0 and len(runs) == 2, why
 
-    decision = json.loads(SweepDirectory(root, "halving_test").decision_path(RUNG).read_text())
+    decision = Decision.read(SweepDirectory(root, "halving_test").decision_path(RUNG))
     values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
     assert decision.pruned == [worst] and decision.decided_by.role.startswith("evaluation job"), (decision, values)

@@ -5,7 +5,6 @@ agree with sacct and the attempt records, and --unprune resuming the run bitwise
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from eval.records import parse_record
 from launch.config import train_config
 from launch.cost import accounting, run_cost
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, record_dir
+from launch.rungs import Decision, SweepDirectory, record_dir
 from launch.status import render
 from rsp.distributed import DistEnv
 from rsp.train import train
@@ -51,7 +50,7 @@ def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitw
     )
 
     # The right run: the lowest J&F at the rung, read from the records themselves.
-    decision = json.loads(directory.decision_path(RUNG).read_text())
+    decision = Decision.read(directory.decision_path(RUNG))
     values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
     assert {e.run_id: e.value for e in decision.ranking} == values
