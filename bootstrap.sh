@@ -7,6 +7,9 @@
 #   ./bootstrap.sh test [PYTEST ARGS...]    also install the system packages the tests need
 #                                           (SLURM, munge, MariaDB, ffmpeg, sample videos), then
 #                                           run the test suite; the suite starts its own SLURM cluster
+#   ./bootstrap.sh test-fast [PYTEST ARGS...]
+#                                           the inner loop: the same, without the `slurm` and `slow`
+#                                           tiers (tests/README.md)
 #   ./bootstrap.sh CMD [ARGS...]            run CMD inside the environment, e.g.
 #                                           ./bootstrap.sh python launch/submit.py experiment=smoke
 #
@@ -102,9 +105,16 @@ cd "$ROOT"
 if [ $# -eq 0 ]; then
     exit 0
 fi
-if [ "$1" = "test" ]; then
+# The suite runs on RSP_TEST_WORKERS pytest-xdist workers (default 2): the SLURM tests on one of them,
+# the CPU tests on the others meanwhile (tests/README.md). RSP_TEST_WORKERS=0 runs it in one process.
+if [ "$1" = "test" ] || [ "$1" = "test-fast" ]; then
+    tier=$1
     shift
     ensure_test_system_packages
-    exec python -m pytest "$@"
+    workers=(-n "${RSP_TEST_WORKERS:-2}")
+    if [ "$tier" = "test-fast" ]; then
+        exec python -m pytest "${workers[@]}" -m "not slurm and not slow" "$@"
+    fi
+    exec python -m pytest "${workers[@]}" "$@"
 fi
 exec "$@"

@@ -1,5 +1,8 @@
 """Shared by the benchmark scripts: where results go, the machine they ran on, and printing a
-table plus its JSON."""
+table plus its JSON.
+
+Results go outside the checkout unless told otherwise: `$RSP_BENCH_RESULTS`, else
+`$XDG_CACHE_HOME/rsp-bench` (`~/.cache/rsp-bench`); every script also takes `--out`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(
+    os.environ.get("RSP_BENCH_RESULTS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rsp-bench"
+)
 
 
 def machine() -> dict:
@@ -41,7 +46,7 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out: Path | N
 
 
 def write(name: str, rows: list[dict], extra: dict | None = None, out: Path | None = None) -> Path:
-    """Write {machine, rows, **extra} to `out` (default bench/results/<name>.json). Benchmarks that
+    """Write {machine, rows, **extra} to `out` (default RESULTS/<name>.json). Benchmarks that
     print their own table call it directly."""
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Randomized chaos on the real local SLURM cluster (started here in a temporary state dir): N
 training runs with loader workers, one or two nodes, each interrupted once or twice by a seeded
-schedule (tests/chaos.py: stop signals inside an attempt's first seconds, during checkpointing,
+schedule (testkit/chaos.py: stop signals inside an attempt's first seconds, during checkpointing,
 scontrol requeue while the workers run, kill -9 of a rank or a worker, preemption, two in a row).
 Every run must end bitwise identical to an uninterrupted run with no manual step.
 
@@ -10,7 +10,7 @@ Every run must end bitwise identical to an uninterrupted run with no manual step
 
 Prints a table (interruptions with their time after the attempt's start, attempt ends, steps
 lost as recorded by status and as measured from rank 0's log lines, bitwise yes/no) and writes
-bench/results/chaos.json. Targets: 10 of 10 bitwise; >= 3 runs with a signal inside an
+chaos.json in the results directory (bench/bench_io.py). Targets: 10 of 10 bitwise; >= 3 runs with a signal inside an
 attempt's first 5 s; >= 2 with scontrol requeue while loader workers run; recorded = measured.
 Needs root and SLURM's Debian packages (python -m launch.local_cluster install). Waits for the
 machine's local-cluster lock (the test suite's) first: one such cluster per machine.
@@ -28,11 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from chaos import KINDS, describe, make_schedule, outcome, rows, submit_schedule, summary  # noqa: E402
-from launch_helpers import only_run  # noqa: E402
-from train_helpers import assert_same_training_state, torchrun  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 from bench.bench_io import report  # noqa: E402
 from launch.config import train_config  # noqa: E402
@@ -40,6 +36,9 @@ from launch.local_cluster import LocalSlurmCluster  # noqa: E402
 from rsp.distributed import DistEnv  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 from rsp.train import train  # noqa: E402
+from testkit.chaos import KINDS, describe, make_schedule, outcome, rows, submit_schedule, summary  # noqa: E402
+from testkit.launching import only_run  # noqa: E402
+from testkit.training import assert_same_training_state, torchrun  # noqa: E402
 
 LOCK = Path(tempfile.gettempdir()) / "rsp-local-slurm-session.lock"  # tests/slurm_fixtures.py's
 

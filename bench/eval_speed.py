@@ -1,4 +1,4 @@
-"""Evaluation speed: the fast engine and metric against the reference-style code of bench/reference_eval.py.
+"""Evaluation speed: the fast engine and metric against the reference-style code of testkit/reference_eval.py.
 
     python bench/eval_speed.py                 # the issue's settings (ViT-S/16, 480p, RSP preset)
     python bench/eval_speed.py --quick         # small sizes, a smoke run of the script itself
@@ -13,7 +13,7 @@ Sections (all in one run, same process, same inputs):
                core) vs the official tool's approach (per object, per frame, one process), values
                compared for equality
   memory       peak resident memory of the end-to-end run (CPU) or peak CUDA memory at patch 8
-Prints a table and writes bench/results/eval_speed.json.
+Prints a table and writes eval_speed.json to the results directory (bench/bench_io.py).
 """
 
 from __future__ import annotations
@@ -36,12 +36,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: bench/ and the packages import from the repository
 
-from bench.reference_eval import (  # noqa: E402
-    loop_neighbourhood_mask,
-    reference_davis_scores,
-    reference_label_propagation,
-    reference_segment_sequence,
-)
 from eval import jf  # noqa: E402
 from eval.config import PRESETS  # noqa: E402
 from eval.davis import read_davis, segment_sequence, short_side_size, write_davis  # noqa: E402
@@ -49,6 +43,12 @@ from eval.features import extract_features, iter_frames  # noqa: E402
 from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, write_index_png  # noqa: E402
 from eval.propagation import fp32_matmul, neighbourhood_mask, propagate  # noqa: E402
 from rsp.encoder import ViTEncoder  # noqa: E402
+from testkit.reference_eval import (  # noqa: E402
+    loop_neighbourhood_mask,
+    reference_davis_scores,
+    reference_label_propagation,
+    reference_segment_sequence,
+)
 
 
 class PeakMemory:

@@ -18,10 +18,10 @@ skipped, so the command always ends with its table and JSON:
   propagation  DAVIS label propagation at patch 8 (ViT-S/8, random weights) on a generated 480p
                sequence (832x480 frames, RSP preset, 30 context frames): s/frame of the propagation
                with full context, end to end (features + propagation + PNGs), peak GPU memory.
-  loader       FramePairDataset on generated 256x340 videos (keyframe every 30) with this machine's
+  loader       FramePairDataset on generated 256x340 all-intra videos (the default preparation) with this machine's
                CPUs as workers, consumed at the measured GPU rate of the S/16 compiled step (the
                consumer sleeps for each batch's GPU time): the data-wait share at GPU speed.
-Writes one JSON (default bench/results/gpu_check_<device>.json) and prints one table.
+Writes one JSON (default gpu_check_<device>.json in the results directory, bench/bench_io.py) and prints one table.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.bench_io import machine  # noqa: E402
+from bench.bench_io import RESULTS, machine  # noqa: E402
 from bench.model_step import count_flops_per_pair  # noqa: E402
 from eval.config import PRESETS  # noqa: E402
 from eval.davis import read_davis, segment_sequence, short_side_size, write_davis  # noqa: E402
@@ -56,6 +56,7 @@ from rsp.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, Trai
 from rsp.data import EpochSampler, FramePairDataset, make_loader  # noqa: E402
 from rsp.encoder import ViTEncoder  # noqa: E402
 from rsp.gpus import lookup  # noqa: E402
+from rsp.kinetics import DEFAULT_KEYINT  # noqa: E402
 from rsp.model import create_model  # noqa: E402
 from rsp.optim import build_optimizer, param_groups  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
@@ -325,7 +326,9 @@ def loader(s: dict, gpu_pairs_per_s: float | None, worker_counts: list[int], bud
     gpu_s = batch_videos * 2 / gpu_pairs_per_s if gpu_pairs_per_s else 0.0  # one batch's GPU time
     with tempfile.TemporaryDirectory() as tmp:
         root, (h, w) = Path(tmp) / "videos", s["video_hw"]
-        generate_dataset(root, s["videos"], height=h, width=w, num_frames=s["video_frames"], keyint=30, jobs=os.cpu_count() or 1)
+        generate_dataset(
+            root, s["videos"], height=h, width=w, num_frames=s["video_frames"], keyint=DEFAULT_KEYINT, jobs=os.cpu_count() or 1
+        )
         for workers in worker_counts:
             if not budget.allows(f"loader with {workers} workers", 0 if s["quick"] else 40):
                 continue
@@ -341,7 +344,7 @@ def loader(s: dict, gpu_pairs_per_s: float | None, worker_counts: list[int], bud
                 row[f"{mode}_pairs_per_s"] = pairs / elapsed
                 if mode == "at_gpu_rate":
                     row["data_wait_share"] = waited / elapsed
-            row["videos"] = f"{s['videos']} of {w}x{h}, {s['video_frames']} frames, keyframe every 30"
+            row["videos"] = f"{s['videos']} of {w}x{h}, {s['video_frames']} frames, keyframe every {DEFAULT_KEYINT}"
             rows.append(row)
             del loader_  # its persistent workers stop before the videos are deleted
     return rows
@@ -415,7 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=470, help="start a section only if its estimate fits in what is left of this (s)"
     )
     parser.add_argument("--no-tests", action="store_true", help="skip the pytest section")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/gpu_check_<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default gpu_check_<device>.json in the results directory, bench/bench_io.py)",
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -455,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"]["seconds"] = time.perf_counter() - started
     result["meta"]["load_average_end"] = os.getloadavg()
     print(format_table(result))
-    out = args.out or REPO / "bench" / "results" / f"gpu_check_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
+    out = args.out or RESULTS / f"gpu_check_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str))
     print(f"wrote {out}")

@@ -36,7 +36,7 @@ the model and its inputs, and as the process total.
 On the CPU, the cpu% column is the share of the wall time the process's threads spent on a core:
 a shared machine that ran other work during a step shows well below 100%, and its times are not
 the machine's capability. Results are printed as a table and written as JSON (default
-bench/results/model_step_<device>.json).
+model_step_<device>.json in the results directory, bench/bench_io.py).
 """
 
 from __future__ import annotations
@@ -348,7 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="run the timed steps through torch.compile (GPU runs)")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the reference matmul")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device's dense bf16 peak for MFU (default: table)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/model_step_<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default model_step_<device>.json in the results directory, bench/bench_io.py)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from bench.bench_io import report  # noqa: E402
+from core.schema import to_dict  # noqa: E402
 from rsp.checkpoint import CheckpointStore, cpu_snapshot  # noqa: E402
 from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig  # noqa: E402
 from rsp.model import create_model  # noqa: E402
 from rsp.optim import build_optimizer  # noqa: E402
-from rsp.schema import to_dict  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"

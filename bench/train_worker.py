@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
+from core.schema import from_dict  # noqa: E402
 from rsp.config import TrainConfig  # noqa: E402
 from rsp.distributed import DistEnv, all_reduce_sum, init_process_group, shutdown  # noqa: E402
 from rsp.model import create_model  # noqa: E402
 from rsp.optim import build_optimizer  # noqa: E402
-from rsp.schema import from_dict  # noqa: E402
 from rsp.train import train  # noqa: E402
 
 WARMUP = 2

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
-from rsp.download import DownloadError, download_file
+from core.download import DownloadError, download_file
 
 log = logging.getLogger(__name__)
 

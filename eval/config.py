@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rsp.schema import RUNTIME_ONLY
+from core.schema import RUNTIME_ONLY
 
 CHECKPOINT_FORMATS = ("auto", "ours", "rsp_reference", "timm", "dino", "mae")
 DINO_BRANCHES = ("teacher", "student")

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.atomicio import atomic_write_json
 from eval.archives import download, extract
 from eval.config import EvalConfig
 from eval.indexmaps import image_hw
 from eval.splits import select_sequences
 from eval.task import EvalTask, Evaluation, dataset_problems
-from rsp.atomicio import atomic_write_json
 
 NUM_JOINTS = 15
 PCK_BOX_FACTOR = 0.6  # normalizer = 0.6 x diagonal of the GT joints' bounding box (docs/evaluation.md#jhmdb-protocol)

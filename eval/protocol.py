@@ -13,9 +13,9 @@ import dataclasses
 import hashlib
 import json
 
+from core.schema import ConfigError
 from eval.config import OVERRIDABLE, PRESETS, EvalConfig, PropagationParams
 from eval.tasks import TASKS, get_task, registered
-from rsp.schema import ConfigError
 
 
 def preset_problem(task: str, preset: str, key: str = "preset") -> str | None:

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.atomicio import atomic_write_json
 from eval.task import GENERATED_MARKER
 from eval.tasks import TASKS
-from rsp.atomicio import atomic_write_json
 from rsp.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ FORMAT = "rsp-result/1"
 class ResultRecord:
     run_id: str
     run_name: str
-    config_hash: str  # of the training run (rsp.schema.fingerprint)
+    config_hash: str  # of the training run (core.schema.fingerprint)
     step: int  # checkpoint step evaluated
     task: str  # davis | jhmdb | vip
     protocol_hash: str  # eval.protocol.protocol_hash

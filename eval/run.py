@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
+from core.atomicio import atomic_write_json
+from core.commandline import flag_hint, syntax_hint, unknown_key_hint
+from core.schema import ConfigError, schema_keys
 from eval.backbone import load_backbone
 from eval.config import EvalConfig, register_configs
 from eval.protocol import frame_size, propagation_params, protocol, protocol_hash, validate
 from eval.task import GENERATED_MARKER, Evaluation
 from eval.tasks import get_task
-from rsp.atomicio import atomic_write_json
 from rsp.checkpoint import CheckpointError
-from rsp.commandline import flag_hint, syntax_hint, unknown_key_hint
-from rsp.schema import ConfigError, schema_keys
 
 log = logging.getLogger(__name__)
 # What a user's input can get wrong (ConfigError and DataError are ValueErrors): reported as one message, exit status 2.

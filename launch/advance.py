@@ -44,12 +44,12 @@ from pathlib import Path
 
 from submitit.helpers import CommandFunction
 
-from launch.backends import Resources, make_backend
+from core.commandline import HintingArgumentParser
+from launch.backends import Resources, backend_class, make_backend
 from launch.evaluations.recovery import evaluation_states, recover
 from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory, decide_due, sweep_directories
 from launch.snapshot import Snapshot
-from rsp.commandline import HintingArgumentParser
 from rsp.lifecycle import blocked_stop_signals
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ WATCHER_MINUTES = 10  # its time limit: one advance of one run takes seconds
 
 
 def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[str]] | None = None) -> None:
-    """Submit one watcher job per run after the SLURM evaluation jobs this advance submitted for it
+    """Submit one watcher job per run after the evaluation jobs this advance submitted for it, on a
+    backend that can hold a job until others end (SLURM's --dependency; holds_for_dependencies)
     (`after`: run directory name -> more job ids to wait for). Never fails the caller: the next
     status or backfill still recovers what a missing watcher would have."""
     after = dict(after or {})
@@ -138,7 +139,7 @@ def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[st
         ids = [*report.submitted.get(run.path.name, []), *after.get(run.path.name, [])]
         ids += [line.rsplit(" as job ", 1)[1] for line in report.resubmitted if line.startswith(f"{run.path.name} step ")]
         last = run.last_submission() if run.exists and ids else None
-        if not ids or last is None or last.backend != "slurm":
+        if not ids or last is None or not backend_class(last.backend).holds_for_dependencies:
             continue
         try:
             report.watchers[run.path.name] = submit_watcher(run, sorted(set(ids)))
@@ -219,7 +220,7 @@ def schedule_for_checkpoint(run: RunDirectory, step: int | None, backend: str) -
     not schedule). Submission runs in a subprocess (`python -m launch.evaluations schedule`, which
     advances this run) with the job's own SLURM_* variables removed, so they cannot leak into the
     evaluation jobs; the debug backend advances in-process."""
-    if backend == "debug":
+    if backend_class(backend).in_process:
         steps = None if step is None else [step]
         missing = Missing(backend, steps)
         advance(run.path.parent, role="training job", runs=[run], decide=False, recover_lost=False, missing=missing)

@@ -29,10 +29,10 @@ from typing import Any
 
 import submitit
 
+from core.atomicio import atomic_write_json
 from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_lines
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
-from rsp.atomicio import atomic_write_json
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
 ACTIVE_STATES = {
@@ -113,11 +113,45 @@ def snapshot_setup(snapshot: Snapshot | None) -> list[str]:
 
 
 class Backend:
+    """Where jobs run. Everything that differs between backends is an attribute or a method of its
+    class, so a new backend is one class. The base class answers "none of these", which is also the
+    answer for a name that is no backend (an invalid cluster.backend, which validation reports)."""
+
     name = "base"
+    # Where its jobs run
+    runs_here = False  # on this machine: one node; SLURM-only keys would be ignored; its GPU and compiler are this one's
+    in_process = False  # in the submitting interpreter: one process, its signals left alone, done when submit returns
+    counts_gpus_here = False  # a job gets cluster.gpus_per_node of this machine's GPUs (more than it has is refused)
+    scheduler_environment = False  # jobs read their hosts, restart count and allocation from the scheduler (SLURM_*)
+    holds_for_dependencies = False  # can hold a job until others end (cluster.after)
+    # How its jobs end and go on
+    tracks_jobs = False  # a job's state can be asked later (`states`); an in-process job ended with its call
+    requeues = False  # an attempt that stops is requeued within the cluster.max_* budgets
+    requeues_in_process = False  # the job applies the requeue policy itself (SLURM: the batch script's teardown)
+    logs_stop_signals = False  # the batch shell logs the job's signals (launch.batch): a stop's cause is read there
+    signal_early_s = 0  # how much earlier than signal_delay_s the stop signal can come
+    pauses_at_rungs = False  # a single-process run of a sweep waits at a rung for its decision (launch.job.RungPause)
+    followed_in_terminal = False  # the submitting terminal follows the run to its end (cluster.wait)
+    # Evaluations and cost
+    evaluation_job_per_task = False  # each task of a milestone gets its own job (in parallel), else one job per milestone
+    accounted_by_sacct = False  # cost comes from the scheduler's accounting (sacct), else from the attempt records
 
     def __init__(self, folder: Path, snapshot: Snapshot | None = None):
         self.folder = Path(folder)
         self.snapshot = snapshot
+
+    @classmethod
+    def scheduler_config(cls) -> dict[str, str]:
+        """The scheduler's configuration, for submit-time warnings ({}: no scheduler to ask)."""
+        return {}
+
+    def job_script(self, resources: Resources) -> str | None:
+        """The exact script a submission hands to the scheduler, for dry runs (None: no script)."""
+        return None
+
+    def max_array_size(self, jobs: int) -> int:
+        """How many jobs one submission may hold."""
+        return max(1, jobs)
 
     def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
         raise NotImplementedError
@@ -134,6 +168,19 @@ class Backend:
 
 class SlurmBackend(Backend):
     name = "slurm"
+    scheduler_environment = holds_for_dependencies = tracks_jobs = requeues = logs_stop_signals = True
+    signal_early_s = 30  # SLURM checks time limits on a 30 s tick
+    evaluation_job_per_task = accounted_by_sacct = True
+
+    @classmethod
+    def scheduler_config(cls) -> dict[str, str]:
+        return slurm_config()
+
+    def job_script(self, resources: Resources) -> str | None:
+        return self.sbatch_script(resources)
+
+    def max_array_size(self, jobs: int) -> int:
+        return max_array_size()
 
     def executor(self, resources: Resources, folder: Path) -> submitit.SlurmExecutor:
         """Jobs with a teardown get the lifecycle batch script of launch.batch."""
@@ -355,6 +402,8 @@ class LocalBackend(Backend):
     restarts on the requeue exit status). Job ids are the controllers' process ids."""
 
     name = "local"
+    runs_here = counts_gpus_here = tracks_jobs = requeues = requeues_in_process = True
+    pauses_at_rungs = followed_in_terminal = True
 
     def executor(self, resources: Resources) -> submitit.LocalExecutor:
         ex = submitit.LocalExecutor(folder=self.folder)
@@ -421,6 +470,7 @@ class DebugBackend(Backend):
     """In-process and synchronous: breakpoints work; one process only."""
 
     name = "debug"
+    runs_here = in_process = True
 
     def __init__(self, folder: Path, snapshot: Snapshot | None = None):
         super().__init__(folder, None)  # runs the live code: that is the point of debugging
@@ -440,6 +490,12 @@ class DebugBackend(Backend):
 
 
 BACKENDS = {"local": LocalBackend, "slurm": SlurmBackend, "debug": DebugBackend}  # the values of cluster.backend
+
+
+def backend_class(name: str | None) -> type[Backend]:
+    """The class of the backend named in a config or a record; the base class (none of the
+    attributes) for no name or one that is no backend."""
+    return BACKENDS.get(name or "", Backend)
 
 
 def make_backend(name: str, folder: Path, snapshot: Snapshot | None = None) -> Backend:

@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rsp.commandline import syntax_hint, unknown_key_hint
+from core.commandline import syntax_hint, unknown_key_hint
+from core.schema import RUNTIME_ONLY, ConfigError, field_type, schema_keys
 from rsp.config import TrainConfig
-from rsp.schema import RUNTIME_ONLY, ConfigError, field_type, schema_keys
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.records import RECORD_NAME, parse_record
-from launch.backends import Allocation, slurm_allocations
+from launch.backends import Allocation, backend_class, slurm_allocations
 from launch.evaluations.claims import SUBMITTED, EvaluationSubmission, submission
 from launch.rundir import Attempt, RunDirectory
 from launch.steplog import read_trace
@@ -192,10 +192,16 @@ def recorded_seconds(directory: Path) -> float:
         return 0.0
 
 
+def in_accounting(backend: str | None) -> bool:
+    """Whether the scheduler's accounting (sacct) knows the jobs of a submission (or an evaluation
+    claim) on `backend`; the others' cost comes from the attempt records."""
+    return backend_class(backend).accounted_by_sacct
+
+
 def run_job_ids(run: RunDirectory) -> list[str]:
     """SLURM job ids of the run's training submissions and evaluation jobs."""
-    ids = [s.job_id for s in run.submissions() if s.backend == "slurm"]
-    ids += [c.job_id for _, c in evaluation_jobs(run) if c.backend == "slurm" and c.job_id]
+    ids = [s.job_id for s in run.submissions() if in_accounting(s.backend)]
+    ids += [c.job_id for _, c in evaluation_jobs(run) if in_accounting(c.backend) and c.job_id]
     return ids
 
 
@@ -215,7 +221,7 @@ def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None 
         "cpus": cluster.processes_per_node * cluster.nodes * cluster.cpus_per_task,
     }
     attempts = run.attempts()
-    on_slurm = any(s.backend == "slurm" for s in run.submissions())
+    on_slurm = any(in_accounting(s.backend) for s in run.submissions())
     if on_slurm:
         rows = [a for s in dict.fromkeys(s.job_id for s in run.submissions()) for a in allocations.get(s, [])]
         costs = slurm_attempt_costs(run, attempts, rows)
@@ -224,12 +230,12 @@ def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None 
     cost = RunCost(costs, now=now or time.time())
     cost.steps_trained = sum(max(0, (a.end_step or a.start_step) - a.start_step) for a in attempts)
     for directory, claim in evaluation_jobs(run):
-        if claim.backend == "slurm" and claim.job_id in allocations:
+        if in_accounting(claim.backend) and claim.job_id in allocations:
             continue  # counted below, once per job (a job may evaluate several tasks)
         seconds = recorded_seconds(directory)
         cost.eval_cpu_s += seconds * evaluation.cpus_per_task
         cost.eval_gpu_s += seconds * evaluation.gpus
-    for job in dict.fromkeys(c.job_id for _, c in evaluation_jobs(run) if c.backend == "slurm"):
+    for job in dict.fromkeys(c.job_id for _, c in evaluation_jobs(run) if in_accounting(c.backend)):
         for alloc in allocations.get(job, []):
             cost.eval_cpu_s += alloc.elapsed_s * alloc.cpus
             cost.eval_gpu_s += alloc.elapsed_s * alloc.gpus

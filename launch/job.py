@@ -31,7 +31,7 @@ from pathlib import Path
 import submitit
 
 from launch.advance import schedule_for_checkpoint
-from launch.backends import total_cpus
+from launch.backends import backend_class, total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts the tasks when one exits with it
 PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a file
+# What a collective raises on the surviving ranks when a peer rank died without a word (kill -9, the
+# OOM killer, a node failure): gloo's transport errors (torch's RuntimeError text), NCCL's.
+PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited")
 PAUSE_POLL_S = 1.0  # how often a run paused at a rung looks for the decision
 
 
@@ -168,14 +171,14 @@ def configure_logging(path: Path, rank: int) -> None:
 @dataclass
 class TrainingJob:
     run_dir: str
-    backend: str  # local | slurm | debug
+    backend: str  # local | slurm | debug: a name of launch.backends.BACKENDS, whose class says how its jobs differ
 
     def environment(self, run: RunDirectory) -> tuple[DistEnv, str, str, list[str]]:
         """(DistEnv, job id, attempt key, hosts) from submitit's view of the allocation."""
-        if self.backend == "debug":
-            return DistEnv(), f"debug-{os.getpid()}", f"debug/{os.getpid()}", [socket.gethostname()]
+        if backend_class(self.backend).in_process:
+            return DistEnv(), f"{self.backend}-{os.getpid()}", f"{self.backend}/{os.getpid()}", [socket.gethostname()]
         job = submitit.JobEnvironment()
-        is_slurm = self.backend == "slurm"
+        is_slurm = backend_class(self.backend).scheduler_environment
         hosts = list(job.hostnames) if is_slurm else ["127.0.0.1"]
         key = attempt_key(job.job_id) if is_slurm else f"{job.job_id}/{os.getppid()}"
         env = DistEnv(
@@ -204,7 +207,7 @@ class TrainingJob:
                 on_commit=self._milestone_hook(run, cfg),
                 on_step=lambda step: steps.append(step, time.time()),
             )
-            if self.backend == "local" and env.world_size == 1 and run.sweep_names():
+            if backend_class(self.backend).pauses_at_rungs and env.world_size == 1 and run.sweep_names():
                 hooks.before_step = RungPause(run, stop, watch, cfg.cluster, cfg.evaluation.time_minutes * 60)
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
@@ -214,7 +217,8 @@ class TrainingJob:
             if env.is_main:
                 steps.close()
                 trace = read_trace(run.step_log_path(attempt))
-                run.end_attempt(attempt, "crashed", trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
+                reason = "interrupted" if peer_vanished(exc) else "crashed"
+                run.end_attempt(attempt, reason, trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
                 self._after_attempt(run, cfg.cluster)
             raise
         finally:
@@ -242,7 +246,7 @@ class TrainingJob:
         stop = early_stop_request()
         if stop is None:
             stop = StopRequest()
-            if self.backend != "debug":
+            if not backend_class(self.backend).in_process:
                 install_stop_signals(stop)  # replaces submitit's handlers (local backend)
         return stop
 
@@ -261,7 +265,7 @@ class TrainingJob:
             previous=attempts,
             deadline=float(end) if end else started + cluster.time_minutes * 60,
             signal_log=os.environ.get("RSP_SIGNAL_LOG"),
-            alloc=allocation(cluster, self.backend == "slurm"),
+            alloc=allocation(cluster, backend_class(self.backend).scheduler_environment),
         )
         return attempt, StepLog(run.step_log_path(attempt))
 
@@ -276,7 +280,7 @@ class TrainingJob:
 
     def _after_attempt(self, run: RunDirectory, cluster: ClusterConfig) -> None:
         """Local backend: apply the requeue policy here (SLURM does it in the batch teardown)."""
-        if self.backend != "local":
+        if not backend_class(self.backend).requeues_in_process:
             return
         marker = run.prune_marker()
         decision = decide(run.policy_attempts(), cluster, marker)
@@ -303,6 +307,13 @@ class TrainingJob:
             schedule_for_checkpoint(run, step, self.backend)
         except Exception:  # evaluations can be backfilled; training goes on
             log.exception("could not schedule evaluations of %s (step %s)", run.path.name, step)
+
+
+def peer_vanished(exc: BaseException) -> bool:
+    """This rank failed because another rank vanished: the attempt was `interrupted` (like the
+    killed rank itself), not `crashed` (docs/requeue.md#end-reasons). A real crash of the peer
+    (an exception) is recorded by that peer's traceback in its log; rank 0 sees only its absence."""
+    return isinstance(exc, RuntimeError) and any(words in str(exc) for words in PEER_VANISHED)
 
 
 def _tail(exc: BaseException, lines: int = 12) -> str:

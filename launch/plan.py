@@ -24,7 +24,7 @@ from launch.config import absolutize
 from launch.rundir import RunDirectory, run_id
 from launch.rungs import SweepDirectory
 from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.submission import ensure_generated_data, resources_for, submit_runs
+from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
 from launch.sweep import Sweep, SweepRun, expand
 from launch.validation import Findings, SweepContext, validate
 
@@ -77,13 +77,21 @@ class Plan:
             return 0
         for cfg in {(r.run.cfg.data.root, r.run.cfg.evaluation.synthetic): r.run.cfg for r in rows}.values():
             ensure_generated_data(cfg)
-        # Membership first: an evaluation that completes a rung looks the sweep up (launch/rungs.py).
-        for row in rows:
-            row.rundir.create(row.run.cfg)
-        self.record_membership([r for r in self.rows if r.rundir.exists])
-        job_ids = submit_runs(
-            [r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root
-        )
+        with claimed([r.run.cfg for r in rows]):  # another submit may have decided the same meanwhile
+            taken = still_as_decided([r.state for r in rows], self.output_root)
+            if any(taken):
+                names = ", ".join(r.run.name for r, now in zip(rows, taken, strict=True) if now)
+                print(f"left alone: {sum(map(bool, taken))} run(s) another submit took meanwhile ({names})")
+            rows = [r for r, now in zip(rows, taken, strict=True) if now is None]
+            # Membership first: an evaluation that completes a rung looks the sweep up (launch/rungs.py).
+            for row in rows:
+                row.rundir.create(row.run.cfg)
+            self.record_membership([r for r in self.rows if r.rundir.exists])
+            if not rows:
+                return 0
+            job_ids = submit_runs(
+                [r.run.cfg for r in rows], [r.rundir for r in rows], [r.resources for r in rows], self.backend, self.output_root
+            )
         arrays = len({j.split("_")[0] for j in job_ids})
         print(f"submitted {len(rows)} run(s) of sweep {self.sweep.name} as {arrays} {self.backend} submission(s)")
         return 0

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.backends import backend_class
 from launch.config import ClusterConfig
 from launch.rundir import Attempt, RunDirectory
 from launch.steplog import read_trace
@@ -168,7 +169,7 @@ def stop_reason(attempt: Attempt, cluster: ClusterConfig, backend: str, stop_sig
     or another reason such as runtime.stop_after_steps)."""
     if stop_signal not in ("SIGUSR2", "SIGTERM"):
         return "stopped"
-    if backend != "slurm":  # submitit's local controller sends SIGUSR2 at the time limit
+    if not backend_class(backend).logs_stop_signals:  # submitit's local controller sends SIGUSR2 at the time limit
         return usr2_reason(stop_time, attempt.deadline, cluster) if stop_signal == "SIGUSR2" else "stopped"
     batch = read_signal_log(attempt.signal_log)
     usr2 = first(batch, "USR2")

@@ -83,6 +83,12 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
         return Decision(False, f"{prune_reason(pruned)}; stopped at step {last.end_step}, not requeued", "pruned")
     if last.end_reason == "pruned":
         return Decision(True, f"pruned at step {last.end_step}, unpruned since: requeue (no budget used)")
+    if last.end_reason not in CATEGORY:  # an open attempt (another job may be running this run) or an unknown reason
+        return Decision(
+            False,
+            f"attempt {last.number} has no known end reason ({last.end_reason!r}): another job may be running this run, "
+            "so it is not requeued and its status is left as is (submit it again to resume once no job of it runs)",
+        )
     category = CATEGORY[last.end_reason]
     if category is None:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")

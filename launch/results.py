@@ -20,11 +20,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from core.commandline import HintingArgumentParser
+from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
 from launch.rundir import RunDirectory
-from rsp.commandline import HintingArgumentParser
-from rsp.schema import ConfigError
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:

@@ -17,7 +17,7 @@
         status.json         written once the run is over: finished | failed | pruned (+ why)
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
-Run id = the first 12 hex digits of the hash of every result-affecting setting (rsp.schema
+Run id = the first 12 hex digits of the hash of every result-affecting setting (core.schema
 fingerprint, world size included): the same experiment submitted twice maps to the same
 directory; worker counts, log cadence, cluster partition or time limit do not change it.
 """
@@ -39,11 +39,11 @@ from typing import Any
 
 import yaml
 
+from core.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
+from core.schema import fingerprint, from_dict, read_record, to_dict
 from launch.config import RunConfig, train_config
 from launch.steplog import read_trace
-from rsp.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
 from rsp.manifest import Manifest, list_manifests
-from rsp.schema import fingerprint, from_dict, read_record, to_dict
 
 RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (written by backends, read by requeue)
 # finished; timeout, preempted: the time-limit / preemption signal; stopped: a stop signal sent to

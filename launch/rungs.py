@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.atomicio import atomic_write_json, create_json_exclusive
+from core.schema import from_dict, read_record, to_dict
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME
 from launch.evaluations.claims import FAILED, SUBMITTED, valid_record
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import PruneMarker, RunDirectory
 from launch.selection import Selection, rank_runs
-from rsp.atomicio import atomic_write_json, create_json_exclusive
 from rsp.manifest import checkpoint_name
-from rsp.schema import from_dict, read_record, to_dict
 
 DECISION_FORMAT = "rsp-rung-decision/1"
 

@@ -10,6 +10,11 @@ that decides one rung. Pure (no files, no scheduler): launch/rungs.py makes and 
           is ceil(keep x live runs), at least one, and a run tied with the last kept one is kept too
 - rungs   increasing training steps, each a milestone of every run (a multiple of
           checkpoint.milestone_every_steps) before its last step
+- promotion    sync (the default: a rung is decided once every live run has reported) or async
+               (launch/promotion.py: a run goes on as soon as it ranks in the top `keep` of the runs
+               reported so far, once min_reports have reported)
+- min_reports  with promotion: async, how many runs must have reported at a rung before any is
+               promoted early (at most the number of runs in the sweep)
 
 Synchronous rungs (docs/sweeps.md#synchronous-rungs says why): a rung is decided once every live run's evaluation at that
 step exists, from those values alone, so the same results always give the same decision whatever the
@@ -24,12 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.schema import ConfigError
 from eval.tasks import TASKS
 from launch.config import RunConfig
-from rsp.schema import ConfigError
 
-SELECT_KEYS = ("metric", "mode", "keep", "rungs")
+SELECT_KEYS = ("metric", "mode", "keep", "rungs", "promotion", "min_reports")
 MODES = ("max", "min")
+PROMOTIONS = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class Selection:
     mode: str  # max | min
     keep: float  # fraction of the live runs kept at each rung, in (0, 1)
     rungs: tuple[int, ...]  # training steps (milestones), increasing
+    promotion: str = "sync"  # sync | async (launch/promotion.py)
+    min_reports: int | None = None  # async: runs reported at a rung before any early promotion
 
     @property
     def task(self) -> str:
@@ -49,7 +57,12 @@ class Selection:
         return self.metric.split(":", 1)[1]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "mode": self.mode, "keep": self.keep, "rungs": list(self.rungs)}
+        """The block as written; a synchronous one without the promotion keys, so sweeps recorded
+        before they existed compare equal (launch/plan.py refuses a changed block)."""
+        out = {"metric": self.metric, "mode": self.mode, "keep": self.keep, "rungs": list(self.rungs)}
+        if self.promotion != "sync":
+            out.update(promotion=self.promotion, min_reports=self.min_reports)
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any) -> Selection:
@@ -62,7 +75,8 @@ class Selection:
 
     def describe(self) -> str:
         rungs = ", ".join(map(str, self.rungs))
-        return f"{self.metric} ({self.mode}), keep {self.keep:g} at step(s) {rungs}"
+        early = f", async promotion after {self.min_reports} reports" if self.promotion == "async" else ""
+        return f"{self.metric} ({self.mode}), keep {self.keep:g} at step(s) {rungs}{early}"
 
 
 def produced_metrics() -> list[str]:
@@ -97,9 +111,51 @@ def parse_selection(raw: Any) -> tuple[Selection | None, list[str]]:
         problems.append(f"select.rungs ({rungs!r}) must be positive whole training steps, e.g. rungs: [5000, 20000]")
     elif any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
         problems.append(f"select.rungs ({rungs!r}) must increase strictly, e.g. rungs: {sorted(set(rungs))}")
+    promotion, min_reports = raw.get("promotion", "sync"), raw.get("min_reports")
+    problems += promotion_problems(promotion, min_reports)
     if problems:
         return None, problems
-    return Selection(metric, mode, float(keep), tuple(rungs)), []
+    return Selection(metric, mode, float(keep), tuple(rungs), promotion, min_reports), []
+
+
+def promotion_problems(promotion: Any, min_reports: Any) -> list[str]:
+    if promotion not in PROMOTIONS:
+        return [
+            f"select.promotion ({promotion!r}) must be sync (decide a rung once every live run has reported) or async "
+            "(promote a run as soon as it ranks in the top keep of the runs reported so far)"
+        ]
+    if promotion == "sync":
+        if min_reports is None:
+            return []
+        return [f"select.min_reports ({min_reports!r}) applies to promotion: async only; remove it or set promotion: async"]
+    if not isinstance(min_reports, int) or isinstance(min_reports, bool) or min_reports < 1:
+        return [
+            f"select.min_reports ({min_reports!r}) must be a whole number >= 1 with promotion: async: how many runs must "
+            "have reported at a rung before any is promoted early, e.g. min_reports: 8"
+        ]
+    return []
+
+
+def sweep_size_problems(selection: Selection, runs: int) -> list[str]:
+    """What the select block cannot do with a sweep of `runs` runs."""
+    if selection.promotion == "async" and selection.min_reports > runs:
+        return [
+            f"select.min_reports ({selection.min_reports}) is larger than the sweep ({runs} runs): no run could ever be "
+            f"promoted early, so promotion: async would wait like sync; set min_reports to at most {runs} "
+            "(a few times 1/keep is typical) or use promotion: sync"
+        ]
+    return []
+
+
+def runtime_problems(selection: Selection) -> list[str]:
+    """What the local and SLURM runtimes cannot act on yet: asynchronous promotion is a rule
+    (launch/promotion.py) and a simulation (bench/sweep_sim.py), not yet paused and resumed jobs."""
+    if selection.promotion == "async":
+        return [
+            "select.promotion: async is not acted on by the local or SLURM runtime yet (paused runs that free their "
+            "slot and resume when promoted are still to come; bench/sweep_sim.py simulates it); use promotion: sync"
+        ]
+    return []
 
 
 def run_problems(selection: Selection, cfg: RunConfig, total_steps: int | None) -> list[str]:
@@ -150,18 +206,21 @@ def kept_count(live: int, keep: float) -> int:
     return max(1, math.ceil(keep * live - 1e-9))
 
 
+def value_key(value: float | None, mode: str) -> tuple[bool, float]:
+    """The order of metric values, best first: a missing or NaN value after every number."""
+    bad = value is None or math.isnan(value)
+    return (bad, 0.0 if bad else (-value if mode == "max" else value))
+
+
 def rank_runs(values: Mapping[str, float], mode: str, keep: float) -> list[Ranked]:
     """Rank the runs of one rung by their metric (`values`: run id -> value) best first and keep the
     best kept_count(len(values), keep), plus any run tied with the last kept one. Ties are ordered
     by run id so the listing is stable; they never decide who is pruned."""
     if mode not in MODES:
         raise ValueError(f"mode ({mode!r}) must be one of {', '.join(MODES)}")
-    sign = -1.0 if mode == "max" else 1.0
 
     def key(item: tuple[str, float]) -> tuple[bool, float, str]:
-        run, value = item
-        bad = value is None or math.isnan(value)
-        return (bad, 0.0 if bad else sign * value, run)
+        return (*value_key(item[1], mode), item[0])
 
     order = sorted(values.items(), key=key)
     if not order:

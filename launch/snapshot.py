@@ -1,7 +1,7 @@
 """A copy of the code taken at submit time, which the job imports instead of the live checkout.
 
 Edits made while a job waits in the queue or between its requeued attempts never leak into it.
-Snapshots are content-addressed (rsp.provenance: the commit, plus a hash of every file's content
+Snapshots are content-addressed (core.provenance: the commit, plus a hash of every file's content
 when they differ from it) under <output_root>/.code/<version>/: the snapshot holds exactly the
 bytes its version was computed from (read once), so resubmitting unchanged code reuses one copy
 and any edit, to an untracked module too, gets a new one. The job puts the snapshot first on
@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.provenance import CODE_PATHS, REPO_ROOT, read_tree, tree_version
+from core.provenance import CODE_PATHS, REPO_ROOT, read_tree, tree_version
 
 PACKAGES = CODE_PATHS
 COMPLETE = ".complete"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.backends import ACTIVE_STATES, BACKENDS
+from launch.backends import ACTIVE_STATES, BACKENDS, backend_class
 from launch.rundir import RunDirectory, prune_reason
 
 SUBMITTABLE = ("missing", "incomplete")
@@ -49,7 +49,7 @@ def reconcile(runs: Sequence[RunDirectory], folder: Path | None = None) -> list[
         status = run.status() if run.exists else None
         backend, job_id = last_job(run) if run.exists else (None, None)
         known.append((run, status, job_id))
-        if status is None and job_id and backend in ("slurm", "local"):
+        if status is None and job_id and backend_class(backend).tracks_jobs:
             jobs_by_backend[backend].append(job_id)
     scheduler = {}
     for backend, ids in jobs_by_backend.items():

@@ -36,6 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from core.commandline import HintingArgumentParser
 from launch.advance import Report, advance, runs_under
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
@@ -44,7 +45,6 @@ from launch.rundir import Attempt, RunDirectory
 from launch.rungs import SweepDirectory, rung_views, sweep_directories
 from launch.state import RunState, reconcile
 from launch.sweep import SWEEPS_DIR
-from rsp.commandline import HintingArgumentParser
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,33 @@
 """Handing runs to a backend: their resources, the data they generate at submit time, the code
 snapshot, their run directories, one job per run (a sweep's runs as job arrays), and a record of
 each submission. The front door (launch/submit.py) and a sweep's plan (launch/plan.py) submit
-through here, after validation."""
+through here, after validation.
+
+At most once under any concurrency: a submit decides from the runs' states (launch/state.py),
+then takes each run's claim (`claimed`) and, holding it across "check again + create + submit +
+record", submits only the runs whose state is still the one it decided on (`still_as_decided`).
+Two submits of the same run or sweep at the same moment thus give one job per run: the second
+waits for the first's claims, then finds its jobs recorded and leaves those runs alone."""
 
 from __future__ import annotations
 
+import fcntl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from eval.tasks import get_task
-from launch.backends import Backend, Resources, make_backend, max_array_size
+from launch.backends import Backend, Resources, make_backend
 from launch.config import RunConfig
 from launch.job import TrainingJob
 from launch.rundir import RunDirectory, run_id, slug
 from launch.snapshot import take_snapshot
+from launch.state import RunState, reconcile
 from rsp.synthetic import ensure_synthetic_dataset
+
+CLAIMS_DIR = ".claims"  # under the output root: one lock file per run id
 
 
 def resources_for(cfg: RunConfig) -> Resources:
@@ -34,6 +45,29 @@ def ensure_generated_data(cfg: RunConfig) -> None:
             get_task(task).ensure_generated(cfg.evaluation.data_roots[task])
 
 
+@contextmanager
+def claimed(cfgs: Sequence[RunConfig]) -> Iterator[None]:
+    """Hold the submit claim of each run of `cfgs`: an exclusive flock on
+    `<output root>/.claims/<run id>.lock`, taken in a fixed order (two overlapping sweeps cannot
+    deadlock) and released when the block ends, however it ends (the kernel drops an flock with
+    its process, kill -9 included). flock works across machines on NFSv4 (Linux maps it to a
+    POSIX lock there)."""
+    paths = sorted({Path(cfg.output_root) / CLAIMS_DIR / f"{run_id(cfg)}.lock" for cfg in cfgs})
+    with ExitStack() as held:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(path.open("a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def still_as_decided(decided: Sequence[RunState], output_root: Path) -> list[RunState | None]:
+    """For each run: None when its state and last job are still those `decided` (nobody submitted it
+    since), else its state now. Call while holding the runs' claims."""
+    now = reconcile([d.run for d in decided], output_root)
+    return [None if (n.state, n.job_id) == (d.state, d.job_id) else n for d, n in zip(decided, now, strict=True)]
+
+
 def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
     """Indices of runs grouped by identical resources, each group split into arrays of <= limit."""
     groups: dict[tuple, list[int]] = {}
@@ -44,7 +78,7 @@ def array_chunks(resources: Sequence[Resources], limit: int) -> list[list[int]]:
 
 def submit_arrays(backend: Backend, jobs: Sequence[Callable[[], Any]], resources: Sequence[Resources]) -> list[str]:
     """One submission per chunk (SLURM: one sbatch of an array); returns job ids in `jobs` order."""
-    limit = max_array_size() if backend.name == "slurm" else len(jobs) or 1
+    limit = backend.max_array_size(len(jobs))
     ids: list[str | None] = [None] * len(jobs)
     for chunk in array_chunks(resources, limit):
         first = resources[chunk[0]]

@@ -27,18 +27,18 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import yaml
 
-from launch.backends import SlurmBackend
+from core.commandline import HintingArgumentParser
+from core.schema import ConfigError, schema_keys, to_dict
+from launch.backends import backend_class
 from launch.config import EXPERIMENTS_DIR, RunConfig, absolutize, compose
 from launch.follow import follow, follow_sweep
 from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
 from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.submission import ensure_generated_data, resources_for, submit_runs
+from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
 from launch.sweep import SWEEPS_DIR, load_sweep
 from launch.validation import validate
-from rsp.commandline import HintingArgumentParser
-from rsp.schema import ConfigError, schema_keys, to_dict
 
 log = logging.getLogger("launch.submit")
 
@@ -146,9 +146,10 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         print(f"run {cfg.name} (id {run_id(cfg)}) -> {run.path}\nstate: {state.state} ({state.detail})\naction: {action}")
-        if cfg.cluster.backend == "slurm":
+        backend = backend_class(cfg.cluster.backend)(Path(cfg.output_root) / ".jobs" / "DRYRUN")
+        if (script := backend.job_script(resources_for(cfg))) is not None:
             print("\n# sbatch script (submitted as is, with the job's pickle):")
-            print(SlurmBackend(Path(cfg.output_root) / ".jobs" / "DRYRUN").sbatch_script(resources_for(cfg)))
+            print(script)
         if found:
             print(f"\n{len(found)} problem(s); a submission would queue nothing until they are fixed:")
             print("\n".join(f"  - {p}" for p in found))
@@ -158,9 +159,14 @@ def submit_one(cfg: RunConfig, args: argparse.Namespace) -> int:
         print(f"nothing submitted: {describe_state(state)}{hint}")
         return 0
     ensure_generated_data(cfg)
-    job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
+    with claimed([cfg]):  # another submit of this run may have decided the same meanwhile
+        taken = still_as_decided([state], Path(cfg.output_root))[0]
+        if taken is not None:
+            print(f"nothing submitted: another submit took this run meanwhile: {describe_state(taken)}")
+            return 0
+        job_ids = submit_runs([cfg], [run], [resources_for(cfg)], cfg.cluster.backend, Path(cfg.output_root))
     print(f"submitted {cfg.cluster.backend} job {job_ids[0]} for run {cfg.name} (id {run_id(cfg)})\nrun directory: {run.path}")
-    if cfg.cluster.backend == "local" and cfg.cluster.wait and not args.no_wait:
+    if backend_class(cfg.cluster.backend).followed_in_terminal and cfg.cluster.wait and not args.no_wait:
         return follow(run, job_ids[0])
     return 0
 
@@ -186,7 +192,8 @@ def submit_sweep(name: str, extra: Sequence[str], args: argparse.Namespace, cwd:
         return 0
     rc = plan.submit()
     cfg = plan.rows[0].run.cfg
-    if rc == 0 and plan.backend == "local" and cfg.cluster.wait and not args.no_wait and plan.pending_rows():
+    followed = backend_class(plan.backend).followed_in_terminal
+    if rc == 0 and followed and cfg.cluster.wait and not args.no_wait and plan.pending_rows():
         return follow_sweep([r.rundir for r in plan.rows], SweepDirectory(plan.output_root, plan.sweep.name))
     return rc
 

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.schema import ConfigError, from_dict, to_dict
 from launch.config import RunConfig, compose
 from launch.rundir import run_id
 from launch.selection import Selection
 from launch.sweepfile import read_sweep_file
-from rsp.schema import ConfigError, from_dict, to_dict
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 

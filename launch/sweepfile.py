@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from core.commandline import unknown_key_hint
+from core.schema import field_type, schema_keys, value_fits
 from launch.config import RunConfig, check_overrides, options
 from launch.selection import Selection, parse_selection
-from rsp.commandline import unknown_key_hint
-from rsp.schema import field_type, schema_keys, value_fits
 
 AXIS_FIELDS = ("key", "values", "zip", "overrides")
 EXAMPLE_AXES = "axes:\n  - key: model.kl_scale\n    values: [0.0, 0.01]"

@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from core.schema import ConfigError, from_dict, to_dict
 from rsp.blocks import set_fused_attention
 from rsp.config import ModelConfig, RuntimeConfig, TrainConfig
 from rsp.gpus import BF16_MIN_CAPABILITY
 from rsp.model import create_model
-from rsp.schema import ConfigError, from_dict, to_dict
 
 # cuBLAS is deterministic run to run only with a fixed workspace; torch refuses deterministic
 # algorithms on CUDA without this setting (PyTorch's reproducibility notes).

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import pickle
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from rsp.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
+from core.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
 from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, pin, pinned_steps, unpin, verify
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,46 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required; the message names the files and why."""
+
+
+# Modules whose globals run programs or code when a pickle calls them: never a reason to trust one.
+CODE_MODULES = ("os", "posix", "nt", "subprocess", "builtins", "sys", "runpy", "importlib", "pty", "shutil", "socket", "code")
+
+
+class PickleRefused(CheckpointError):
+    """torch.load(weights_only=True) refused a global the pickle references: said as such, never
+    as damage (the file may be intact and malicious)."""
+
+    def __init__(self, path: str | Path, name: str):
+        self.path, self.name = Path(path), name
+        runs_code = name.split(".")[0] in CODE_MODULES
+        advice = (
+            "a checkpoint holds tensors and plain data, never a call to it: do not load this file with "
+            "weights_only=False; get the checkpoint from its source again"
+            if runs_code
+            else "unpickling it can execute arbitrary code. If the file comes from a source you trust (the reference's "
+            "checkpoints store an argparse Namespace under 'args'), pass trust_pickle=True, or trust_checkpoint=true "
+            "to python -m eval.run"
+        )
+        super().__init__(f"{self.path} refused: it references code ({name}); it was not loaded: {advice}")
+
+
+def refused_global(err: BaseException) -> str | None:
+    """The global torch's weights_only unpickler refused ("posix.system", "argparse.Namespace"),
+    or None when the error is something else (a truncated or corrupted pickle). Torch words it
+    differently across versions."""
+    match = re.search(r"(?:Unsupported (?:global: GLOBAL|class)|unsupported GLOBAL) ([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
+def load_weights_only(path: str | Path, map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True; a refused global raises PickleRefused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if (name := refused_global(err)) is None:
+            raise
+        raise PickleRefused(path, name) from err
 
 
 def weights_digest(state: dict[str, Any]) -> str:
@@ -108,7 +150,7 @@ class CheckpointStore:
         return None, rejected
 
     def load(self, manifest: Manifest, map_location: Any = "cpu") -> dict:
-        return torch.load(self.dir / manifest.file, map_location=map_location, weights_only=True)
+        return load_weights_only(self.dir / manifest.file, map_location)
 
     # --- housekeeping ---------------------------------------------------------------------------
 
@@ -175,7 +217,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
                 f"refusing to load {path}: {reason}; its manifest records the file as committed, so it was damaged "
                 "afterwards: load another checkpoint of the run (the loader's newest valid one), or restore this file"
             )
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return load_weights_only(path, map_location)
 
 
 def cpu_snapshot(obj: Any) -> Any:

@@ -5,7 +5,7 @@
 override their defaults. Each field states its unit and meaning.
 
 Fields that cannot change the numbers a run produces (worker counts, log cadence, where
-checkpoints go, ...) carry ``metadata=RUNTIME_ONLY`` (rsp/schema.py: the machinery every typed
+checkpoints go, ...) carry ``metadata=RUNTIME_ONLY`` (core/schema.py: the machinery every typed
 config shares, including the fingerprint that identifies a run).
 
 Validation collects every problem of every section and raises once (`ConfigError`); each message
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.schema import RUNTIME_ONLY, ConfigError, ignored
 from rsp.architectures import MODELS
 from rsp.decoders import DECODERS
-from rsp.schema import RUNTIME_ONLY, ConfigError, ignored
 
 LATENTS = ("discrete", "gaussian", "none")
 MAE_AUX_MODES = ("shared", "separate", "off")

@@ -5,7 +5,9 @@ frames decoded with one call of the configured decoder (data.decoder: torchcodec
 access where `rsp.prepare labels` verified it for the file, else decoding from the first frame:
 docs/data.md, Decoding), each pair cropped (RandomResizedCrop: area scale
 crop_min_scale..crop_max_scale, ratio 3/4..4/3, bicubic) and flipped the same way for both of its
-frames, then ImageNet-normalized. Crops and resizes run on uint8 tensors, not PIL images.
+frames. Crops and resizes run on uint8 tensors, not PIL images, and items and batches stay uint8
+(a quarter of float32's bytes to stack, share and pin); `normalize_pairs` converts and
+ImageNet-normalizes them on the training device, inside the step.
 
 Determinism: items are addressed by `(epoch, index)` keys from `EpochSampler`, and every random
 choice of an item (frames, crops, flips, the replacement of an unreadable video) comes from a
@@ -26,6 +28,7 @@ in the item's `broken` / `broken_paths`, so the trainer can count them (`BrokenV
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator
@@ -42,7 +45,15 @@ from rsp.config import DataConfig
 from rsp.decoders import SEQUENTIAL, UNREADABLE, require
 from rsp.lifecycle import blocked_stop_signals, shield_loader_worker
 from rsp.synthetic import ensure_synthetic_dataset
-from rsp.video import DataError, LabelEntry, VideoFile, VideoReadError, read_labels, resolve_labels_file
+from rsp.video import (
+    DataError,
+    LabelEntry,
+    VideoFile,
+    VideoReadError,
+    changed_since_labelling,
+    read_labels,
+    resolve_labels_file,
+)
 
 __all__ = [
     "DataError",
@@ -51,6 +62,7 @@ __all__ = [
     "DecodedItem",
     "collate_pairs",
     "make_loader",
+    "normalize_pairs",
     "BrokenVideoBudget",
     "sample_pair_indices",
     "crop_box",
@@ -202,9 +214,6 @@ class FramePairDataset(Dataset):
         self._report_short(self.entries)
         log.info("decoding with %s", require(cfg.decoder))  # DecoderUnavailable names what to install
         self._report_seek_modes()
-        # (x / 255 - mean) / std as one multiply-add: x * scale + shift
-        self._scale = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
-        self._shift = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
         self._logged: set[str] = set()
 
     def _check_missing(self) -> None:
@@ -300,27 +309,48 @@ class FramePairDataset(Dataset):
         if video in self.missing:
             raise VideoReadError(path, "listed in the labels file but does not exist")
         entry, cfg = self.entries[video], self.cfg
+        if changed := changed_since_labelling(path, entry):
+            raise VideoReadError(path, changed)
         reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames)
         indices = sample_pair_indices(rng, reader.num_frames, cfg.repeated_sampling, cfg.min_gap, cfg.max_gap, path)
         frames = reader.read(indices.reshape(-1))  # (2R, H, W, 3), one decoder call
         return indices, frames.reshape(cfg.repeated_sampling, 2, *frames.shape[1:])
 
     def _transform(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (R, 2, H, W, 3) frames -> uint8 src, tgt (R, 3, S, S): one crop and flip per pair,
+        written straight into the item's output (no float copy: `normalize_pairs` runs on the device)."""
         cfg, size = self.cfg, self.img_size
-        pairs = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8
+        pairs = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8, a view
         height, width = pairs.shape[-2:]
-        crops = []
-        for pair in pairs:  # one crop and one flip per pair, shared by its two frames
-            top, left, h, w = crop_box(rng, height, width, (cfg.crop_min_scale, cfg.crop_max_scale))
+        out = torch.empty((2, len(pairs), 3, size, size), dtype=torch.uint8)  # src, tgt
+        scale = (cfg.crop_min_scale, cfg.crop_max_scale)
+        for r, pair in enumerate(pairs):  # one crop and one flip per pair, shared by its two frames
+            top, left, h, w = crop_box(rng, height, width, scale)
             crop = TF.resized_crop(pair, top, left, h, w, [size, size], InterpolationMode.BICUBIC, antialias=True)
-            crops.append(crop.flip(-1) if rng.random() < cfg.hflip_prob else crop)  # (2, 3, S, S)
-        x = torch.stack(crops, dim=1).float().mul_(self._scale).add_(self._shift)  # (2, R, 3, S, S)
-        return x[0], x[1]  # src, tgt: each (R, 3, S, S), contiguous without a copy
+            out[:, r] = crop.flip(-1) if rng.random() < cfg.hflip_prob else crop  # (2, 3, S, S)
+        return out[0], out[1]  # each (R, 3, S, S), contiguous without a copy
 
     def _log_broken(self, err: VideoReadError) -> None:
         if err.path not in self._logged:  # once per path and process: a broken file fails every time
             self._logged.add(err.path)
             log.warning("unreadable video replaced by another: %s", err)
+
+
+# --- normalization (on the training device) -------------------------------------------------------
+
+
+def normalize_pairs(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) crops -> float32 ImageNet-normalized, on the crops' device: what the
+    model sees. (x / 255 - mean) / std as one multiply and one add, the same float operations
+    (and so the same bits) as when the loader's workers normalized."""
+    scale, shift = _normalization(frames.device)
+    return frames.float().mul_(scale).add_(shift)
+
+
+@functools.cache
+def _normalization(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    std, mean = torch.tensor(IMAGENET_STD).view(3, 1, 1), torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    return (1 / (255 * std)).to(device), (-mean / std).to(device)
 
 
 # --- batching and loading -------------------------------------------------------------------------

@@ -14,8 +14,11 @@ parallelism). It gives frames two ways:
 PyAV bundles its own FFmpeg (8.x in av 18) and is the one decoder that exposes FFmpeg's frame
 skipping: its random access skips decoding the frames no other frame refers to (x264's non-reference
 B-frames) unless they are requested, 17-28% less decoding per item than torchcodec on x264 clips
-with a keyframe every 30 or 250 frames (bench/README.md). torchcodec (PyTorch's maintained decoder) needs FFmpeg's shared
-libraries (major versions 4 to 9) from the system or conda; decord 0.6.0 bundles FFmpeg 4.1.
+with a keyframe every 30 or 250 frames (bench/README.md). On an all-intra MP4 (the preparation's
+default) it takes the frame index from the container's sample table instead of reading every
+packet (`intra_index`), so an item costs one open and one decode per frame. torchcodec (PyTorch's
+maintained decoder) needs FFmpeg's shared libraries (major versions 4 to 9) from the system or conda;
+decord 0.6.0 bundles FFmpeg 4.1.
 `require(decoder)` checks once per process and raises `DecoderUnavailable` naming what to install.
 All three turn a rotated video upright (its display matrix) and, on every h264 file tested, return
 bit-identical frames.
@@ -114,7 +117,11 @@ class PyavReader:
 
     @functools.cached_property
     def _index(self) -> tuple[list[int], list[int]]:
-        """Timestamps of every frame and of every keyframe, sorted, from the packets (no decoding)."""
+        """Timestamps of every frame and of every keyframe, sorted, from the packets (no decoding);
+        for an all-intra MP4, from the sample table the container read when it opened (`intra_index`)."""
+        intra = intra_index(self._container)
+        if intra is not None:
+            return intra, intra
         pts, keys = [], []
         try:
             for packet in self._container.demux(self._container.streams.video[0]):
@@ -187,6 +194,28 @@ class PyavReader:
             raise VideoReadError(self.path, "PyAV cannot open it (no video stream)")
         container.streams.video[0].codec_context.thread_count = 1
         return container
+
+
+def intra_index(container) -> list[int] | None:
+    """Sorted frame timestamps of an MP4/MOV whose every sample is a keyframe (an all-intra
+    encode, `rsp.prepare rescale --keyint 1`), read from the sample table FFmpeg loaded when it
+    opened the file: no packet is read, where the demuxing scan costs ~10 us per frame. Without
+    B-frames a frame's presentation time is its decoding time, the sample table's. None for any
+    other file (a matroska index lists only cue points; a stream with predicted frames reorders).
+    A wrong entry cannot give a wrong frame: the decoder accepts only a frame whose own timestamp
+    is the requested one, and `rsp.probe` verifies random access per file against a full decode."""
+    if "mp4" not in container.format.name:  # "mov,mp4,m4a,3gp,3g2,mj2": the demuxer whose table is complete
+        return None
+    stream = container.streams.video[0]
+    entries = stream.index_entries
+    if not stream.frames or len(entries) != stream.frames:
+        return None
+    stamps = []
+    for entry in entries:
+        if not entry.is_keyframe or entry.is_discard:
+            return None
+        stamps.append(entry.timestamp)
+    return sorted(stamps)
 
 
 def upright_rgb(frame) -> np.ndarray:

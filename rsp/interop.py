@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
-import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,10 +26,11 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from core.filekind import TORCH_LEGACY, TORCH_ZIP, sniff
 from rsp.architectures import MODELS
+from rsp.checkpoint import CODE_MODULES, PickleRefused, load_weights_only
 from rsp.config import ModelConfig
 from rsp.encoder import ViTEncoder, is_encoder_key, load_strict
-from rsp.filekind import TORCH_LEGACY, TORCH_ZIP, sniff
 from rsp.model import RSP, create_model
 
 REFERENCE_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "scaler", "args")
@@ -78,7 +78,7 @@ def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
     """torch.load on the CPU with weights_only=True; a file that needs the full unpickler (the
     reference's, with its argparse Namespace) is read only when `trust_pickle` is True. Anything
     else fails with one line that says what the file is: missing, a directory, not a checkpoint
-    (looks like text, an image, ...: rsp.filekind), or a damaged torch checkpoint."""
+    (looks like text, an image, ...: core.filekind), or a damaged torch checkpoint."""
     path = Path(path)
     if path.is_dir():
         found = sorted(str(p.relative_to(path)) for p in path.rglob("*.pt*") if p.is_file())[:5]
@@ -95,23 +95,17 @@ def load_torch_file(path: str | Path, trust_pickle: bool = False) -> Any:
     if found.kind == TORCH_ZIP and (damage := zip_damage(path)):
         raise ValueError(f"{path} is a damaged torch checkpoint ({damage}); copy or download it again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = _refused_global(err)
-        if refused is None:  # not a class weights_only refuses: the pickle itself is broken
-            raise ValueError(f"{path} is a damaged torch checkpoint ({_first_line(err)}); copy or download it again") from err
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} contains pickled Python objects ({refused}) that weights_only=True loading refuses (reference "
-                "checkpoints store an argparse Namespace under 'args'), and unpickling can execute arbitrary "
-                "code. If the file comes from a source you trust (e.g. the authors' released "
-                "checkpoint-199.pth), pass trust_pickle=True, or trust_checkpoint=true to python -m eval.run."
-            ) from err
+        return load_weights_only(path)
+    except PickleRefused as refused:
+        if not trust_pickle or refused.name.split(".")[0] in CODE_MODULES:
+            raise ValueError(str(refused)) from refused
         log.warning("loading %s with weights_only=False (trusted by the user)", path)
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err2:  # a trusted pickle that still cannot be read is damaged
             raise ValueError(f"{path} is a damaged torch checkpoint ({_first_line(err2)}); copy or download it again") from err2
+    except pickle.UnpicklingError as err:  # not a global weights_only refuses: the pickle itself is broken
+        raise ValueError(f"{path} is a damaged torch checkpoint ({_first_line(err)}); copy or download it again") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"{path} is a damaged torch checkpoint, truncated or corrupted ({_first_line(err)}); copy or download it again"
@@ -128,13 +122,6 @@ def zip_damage(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         return f"truncated or corrupted: {err}"
     return f"its entry {bad} fails its CRC check: the file was corrupted after it was written" if bad else None
-
-
-def _refused_global(err: BaseException) -> str | None:
-    """The class torch's weights_only unpickler refused ("argparse.Namespace"), or None when the
-    error is something else (a truncated or corrupted pickle)."""
-    match = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(err))
-    return match.group(1) if match else None
 
 
 def _first_line(err: BaseException) -> str:

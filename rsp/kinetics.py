@@ -23,8 +23,6 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -33,12 +31,14 @@ from urllib.parse import urljoin
 
 from tqdm import tqdm
 
-from rsp.atomicio import atomic_path, remove_stale_temporaries
-from rsp.download import download_file
+from core.atomicio import atomic_path, remove_stale_temporaries
+from core.download import download_file
+from rsp.filepool import run_isolated
 from rsp.video import VIDEO_SUFFIXES, list_videos
 
 DEFAULT_BASE_URL = "https://s3.amazonaws.com/kinetics/400"
 CHUNK = 1 << 20  # bytes per read while extracting
+DEFAULT_KEYINT = 1  # frames between keyframes of the rescale step: all-intra (docs/data.md#choosing-a-storage)
 
 
 @dataclass(frozen=True)
@@ -108,35 +108,27 @@ def write_failure_list(path: Path, failed: Sequence[tuple[str, str]]) -> None:
             csv.writer(f).writerows([("path", "reason"), *failed])
 
 
-def run_parallel(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, desc: str) -> Iterator[tuple[Any, Any, str]]:
-    """Yield (item, result, error) as items finish; `error` is "" or the exception's message.
+def run_parallel(
+    fn: Callable[[Any], Any], items: Sequence[Any], jobs: int, desc: str, stall_timeout: float | None = None
+) -> Iterator[tuple[Any, Any, str]]:
+    """Yield (item, result, error) as items finish; `error` is "" or why the item has none.
 
-    One process when jobs <= 1 (debuggable), else a process pool; Ctrl-C cancels what has not
-    started, and the atomic writes make what was running restartable."""
-    bar = tqdm(total=len(items), desc=desc, unit="file", disable=None)
-    if jobs <= 1:
-        for item in items:
-            try:
-                yield item, fn(item), ""
-            except Exception as err:
-                yield item, None, f"{type(err).__name__}: {err}"
-            bar.update()
-        bar.close()
+    `jobs` >= 1: spawned worker processes, one item each at a time (rsp/filepool.py): a native
+    crash or a stall (`stall_timeout` seconds) costs its one item, never the batch, and no worker
+    inherits this process's OpenMP state. `jobs` 0: in this process (for a debugger; a crash
+    ends the step). Ctrl-C ends the workers, and the atomic writes make what was running
+    restartable."""
+    if jobs >= 1:
+        yield from run_isolated(fn, items, jobs, desc, stall_timeout)
         return
-    pool = ProcessPoolExecutor(jobs)
-    try:
-        futures = {pool.submit(fn, item): item for item in items}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], future.result(), ""
-            except BrokenProcessPool:
-                raise
-            except Exception as err:
-                yield futures[future], None, f"{type(err).__name__}: {err}"
-            bar.update()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    bar = tqdm(total=len(items), desc=desc, unit="file", disable=None)
+    for item in items:
+        try:
+            yield item, fn(item), ""
+        except Exception as err:
+            yield item, None, f"{type(err).__name__}: {err}"
+        bar.update()
+    bar.close()
 
 
 # --- download -------------------------------------------------------------------------------------
@@ -260,8 +252,9 @@ def ffmpeg_command(
     ffmpeg's default for mp4 is a constant frame rate, which duplicates frames of low-rate and
     variable-rate sources, and a frame gap k would no longer mean k source frames), in the
     source's time base (`-enc_time_base -1`; the encoder's own would round times by up to 4 ms); a keyframe
-    every `keyint` frames (random access ~4x cheaper at 30 than at x264's default 250,
-    docs/data.md#decoding-and-seek-modes); no B-frame used as a reference (`b-pyramid=none`: PyAV's
+    every `keyint` frames (the default 1, all-intra: reading a frame decodes that frame only, ~3x the
+    bytes of a keyframe every 30; random access at 30 is ~4x cheaper than at x264's default 250,
+    docs/data.md#choosing-a-storage); no B-frame used as a reference (`b-pyramid=none`: PyAV's
     random access skips every B-frame it does not return, ~20% less decoding per item for ~2% more
     bytes); no audio.
     A rotated source comes out upright (ffmpeg applies the display matrix)."""
@@ -298,7 +291,7 @@ def rescale_video(job: tuple[Path, Path], command: Callable[[Path, Path], list[s
 def rescale(
     layout: KineticsLayout,
     short_side: int = 256,
-    keyint: int = 30,
+    keyint: int = DEFAULT_KEYINT,
     jobs: int = 4,
     ffmpeg: str = "ffmpeg",
     preset: str = "veryfast",
@@ -320,6 +313,6 @@ def rescale(
         passthrough=passthrough_option(executable),
     )  # fmt: skip
     work = partial(rescale_video, command=command, timeout=timeout)
-    for (src, _), encoded, error in run_parallel(work, pending, jobs, "rescale"):
+    for (src, _), encoded, error in run_parallel(work, pending, jobs, "rescale", timeout + 60):
         _count(report, src, encoded, error)
     return report

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsp.atomicio import sha256_file
+from core.atomicio import sha256_file
 
 log = logging.getLogger(__name__)
 

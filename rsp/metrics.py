@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from rsp.atomicio import atomic_write_text
+from core.atomicio import atomic_write_text
 
 log = logging.getLogger(__name__)
 

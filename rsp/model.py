@@ -19,12 +19,12 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from core.schema import ConfigError
 from rsp import latent
 from rsp.architectures import MODELS, ModelSpec
 from rsp.blocks import DecoderBlock, LayerNorm, sincos_pos_embed_2d
 from rsp.config import ModelConfig
 from rsp.encoder import ViTEncoder
-from rsp.schema import ConfigError
 
 
 @dataclass

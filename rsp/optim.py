@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.schema import ConfigError
 from rsp.config import TrainConfig
-from rsp.schema import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -9,8 +9,9 @@ and rerun, redoing no finished file:
               sizes checked against the server's)
     extract   parts -> raw/, replacement archive -> raw_replacement/ (flat)
     arrange   raw/ -> arranged/<class>/ from annotations/train.csv; replacements win
-    rescale   arranged/ -> train_256/: short side 256, aspect kept, even sides, keyframe every 30
-              frames, no audio (ffmpeg, called with an argument list)
+    rescale   arranged/ -> train_256/: short side 256, aspect kept, even sides, every frame a
+              keyframe (--keyint 1, all-intra; 30 for a third of the bytes and ~3x the decoding),
+              no audio (ffmpeg, called with an argument list)
     labels    labels.csv listing the videos of train_256/ a decoder can read with enough frames,
               with each one's true frame count and the seek mode each decoder needs for it
               (random access only where verified against decoding from the first frame,
@@ -28,18 +29,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+from core.download import DownloadError
 from rsp import kinetics
-from rsp.decoders import DECODERS, DecoderUnavailable, require
-from rsp.download import DownloadError
+from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
+from rsp.filepool import WorkerLost, WorkerStartError
 from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
-from rsp.probe import probe_video
+from rsp.probe import VideoProbe, probe_video
 from rsp.video import OUR_LABELS, LabelEntry, list_videos, write_labels
 
 log = logging.getLogger("rsp.prepare")
+
+ProbeFile = Callable[[Path, Sequence[str]], VideoProbe]  # (video, decoders) -> what rsp.probe finds
 
 STEPS = ("download", "extract", "arrange", "rescale", "labels")
 
@@ -56,7 +60,7 @@ def run_step(step: str, args: argparse.Namespace) -> StepReport:
         return kinetics.rescale(layout, args.short_side, args.keyint, args.jobs, args.ffmpeg, args.preset, args.crf, args.timeout)
     if step == "labels":
         video_dir = layout.root / (args.videos_dir or layout.videos(args.short_side).name)
-        return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs, args.decoders)
+        return write_labels_file(layout.root, video_dir, args.min_frames, args.jobs, args.decoders, args.timeout)
     raise ValueError(f"unknown step {step!r}; valid: {', '.join(STEPS)}, all")
 
 
@@ -75,8 +79,8 @@ def available_decoders(decoders: Sequence[str] = DECODERS) -> list[str]:
     return found
 
 
-def _probe(video: Path, decoders: Sequence[str]) -> dict:
-    probe = probe_video(video, decoders)
+def _probe(video: Path, decoders: Sequence[str], probe_file: ProbeFile = probe_video) -> dict:
+    probe = probe_file(video, decoders)
     return {
         "frames": probe.num_frames,
         "seek": probe.seek,
@@ -87,7 +91,13 @@ def _probe(video: Path, decoders: Sequence[str]) -> dict:
 
 
 def write_labels_file(
-    root: Path, video_dir: Path, min_frames: int = 5, jobs: int = 4, decoders: Sequence[str] = DECODERS
+    root: Path,
+    video_dir: Path,
+    min_frames: int = 5,
+    jobs: int = 4,
+    decoders: Sequence[str] = DECODERS,
+    stall_timeout: float | None = 600.0,
+    probe_file: ProbeFile = probe_video,
 ) -> StepReport:
     """Probe every video under `video_dir` (class folders, rsp/probe.py) and write `root/labels.csv`
     with each video's true frame count and per-decoder seek mode, dropping videos no decoder can
@@ -95,7 +105,13 @@ def write_labels_file(
     `root/labels_dropped.csv`. Probe results are cached (by size and mtime, and the decoders that
     ran) in `root/.labels_probe_cache.jsonl`, so an interrupted run resumes where it stopped.
     Only `decoders` are checked (those that run here); the others' seek modes stay empty, and a
-    run that reads with one of them decodes every file from its first frame."""
+    run that reads with one of them decodes every file from its first frame.
+
+    Each file is probed in a spawned worker (rsp/filepool.py, `jobs` of them). A file whose probe
+    kills its worker (a decoder's native crash) or takes over `stall_timeout` seconds is probed
+    again one decoder at a time: the decoders that crash or stall on it are recorded `unreadable`
+    with the signal, the others keep their modes. `probe_file`: the check run per file (a
+    module-level function, so that it pickles; tests pass one that crashes on chosen files)."""
     if not video_dir.is_relative_to(root):
         raise ValueError(f"video_dir ({video_dir}) must lie inside the data root ({root}): labels paths are relative to it")
     videos = list_videos(video_dir)
@@ -109,14 +125,26 @@ def write_labels_file(
     pending = [v for v in videos if not _cached(cache.get(keys[v]["path"]), keys[v], decoders)]
     report = StepReport("labels", skipped=len(videos) - len(pending))
     with cache_path.open("a") as cache_file:
-        for video, result, error in run_parallel(partial(_probe, decoders=decoders), pending, jobs, "labels"):
-            result = result or {"frames": -1, "seek": {}, "reason": error, "notes": [], "decoders": []}
+
+        def record(video: Path, result: dict) -> None:
             for note in result["notes"]:
                 log.info("labels: %s: %s", keys[video]["path"], note)
             cache[keys[video]["path"]] = {"key": keys[video], **result}
             cache_file.write(json.dumps(cache[keys[video]["path"]]) + "\n")
             cache_file.flush()
             report.done += 1
+
+        lost = []
+        for video, result, error in run_parallel(
+            partial(_probe, decoders=decoders, probe_file=probe_file), pending, jobs, "labels", stall_timeout
+        ):
+            if isinstance(error, WorkerLost):
+                log.warning("labels: %s: %s; probing it again one decoder at a time", keys[video]["path"], error)
+                lost.append(video)
+            else:
+                record(video, result or {"frames": -1, "seek": {}, "reason": error, "notes": [], "decoders": []})
+        for video, result in _probe_each_decoder(lost, decoders, jobs, stall_timeout, probe_file):
+            record(video, result)
     kept = []
     for video in videos:
         rel = keys[video]["path"]
@@ -127,11 +155,58 @@ def write_labels_file(
             report.failed.append((rel, reason))
         else:
             modes = [seek.get(d, "") for d in DECODERS]
-            kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames, *modes))
+            stat = (keys[video]["size"], keys[video]["mtime_ns"])  # what was probed: a later change is caught
+            kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames, *modes, *stat))
     write_labels(root / OUR_LABELS, kept)
     report.listed_in = root / "labels_dropped.csv"  # written even when empty: no stale list survives a rerun
     write_failure_list(report.listed_in, report.failed)
     return report
+
+
+def _probe_one_decoder(video_and_decoder: tuple[Path, str], probe_file: ProbeFile) -> dict:
+    video, decoder = video_and_decoder
+    return _probe(video, [decoder], probe_file)
+
+
+def _probe_each_decoder(
+    videos: list[Path], decoders: Sequence[str], jobs: int, stall_timeout: float | None, probe_file: ProbeFile
+) -> Iterator[tuple[Path, dict]]:
+    """(video, probe record) for videos whose probe with all `decoders` lost its worker: each
+    decoder alone, in its own worker; one that crashes or stalls is `unreadable` for that file,
+    with the reason in the record's notes (and in its `reason` when no decoder reads the file)."""
+    pairs = [(video, decoder) for video in videos for decoder in decoders]
+    single: dict[Path, dict[str, tuple[dict | None, str]]] = {video: {} for video in videos}
+    for (video, decoder), result, error in run_parallel(
+        partial(_probe_one_decoder, probe_file=probe_file), pairs, jobs, "labels, per decoder", stall_timeout
+    ):
+        single[video][decoder] = (result, error)
+        if len(single[video]) == len(decoders):
+            yield video, _merge_single_decoder_probes(single.pop(video), decoders)
+
+
+def _merge_single_decoder_probes(single: dict[str, tuple[dict | None, str]], decoders: Sequence[str]) -> dict:
+    seek, counts, reasons, notes = {}, [], [], []
+    for decoder in decoders:
+        result, error = single[decoder]
+        if result is None:
+            seek[decoder] = UNREADABLE
+            reasons.append(f"{decoder}: {error}")
+            notes.append(f"{decoder}: unreadable: {error}")
+            continue
+        seek.update(result["seek"])
+        notes.extend(result["notes"])
+        if result["reason"]:
+            reasons.append(result["reason"])
+        else:
+            counts.append(result["frames"])
+    frames = min(counts) if counts else -1
+    return {
+        "frames": frames,
+        "seek": seek,
+        "reason": "" if counts else "; ".join(reasons),
+        "notes": notes,
+        "decoders": list(decoders),
+    }
 
 
 def _probe_key(root: Path, video: Path) -> dict:
@@ -165,11 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("step", choices=(*STEPS, "all"))
     parser.add_argument("--root", required=True, help="preparation root; becomes data.root for training")
-    parser.add_argument("--jobs", type=int, default=4, help="parallel processes")
+    parser.add_argument("--jobs", type=int, default=4, help="worker processes (0: in this process, for a debugger)")
     parser.add_argument("--base-url", default=kinetics.DEFAULT_BASE_URL, help="Kinetics-400 server (download)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP read or per ffmpeg run")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per HTTP read, per ffmpeg run, per labels probe of one file"
+    )
     parser.add_argument("--short-side", type=int, default=256, help="pixels (rescale, labels)")
-    parser.add_argument("--keyint", type=int, default=30, help="frames between keyframes (rescale)")
+    parser.add_argument(
+        "--keyint",
+        type=int,
+        default=kinetics.DEFAULT_KEYINT,
+        help="frames between keyframes (rescale): 1 all-intra, 30 a third of the bytes",
+    )
     parser.add_argument("--preset", default="veryfast", help="libx264 preset (rescale)")
     parser.add_argument("--crf", type=int, default=23, help="libx264 constant rate factor (rescale)")
     parser.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable (rescale)")
@@ -190,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in STEPS if args.step == "all" else (args.step,):
         try:
             report = run_step(step, args)
-        except (OSError, ValueError, DownloadError) as err:  # the step cannot run at all
+        except (OSError, ValueError, DownloadError, WorkerStartError) as err:  # the step cannot run at all
             log.error("%s: %s", step, err)
             return 2
         log.info(report.summary())

@@ -26,7 +26,6 @@ import logging
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,8 +33,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from rsp.atomicio import atomic_path, atomic_write_json
+from core.atomicio import atomic_path, atomic_write_json
 from rsp.decoders import DECODERS
+from rsp.filepool import run_isolated
 from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
@@ -162,15 +162,18 @@ def _write_all(specs: list[VideoSpec], jobs: int) -> None:
         for spec in specs:
             _write_spec(spec)
         return
-    with ProcessPoolExecutor(jobs) as pool:
-        list(pool.map(_write_spec, specs, chunksize=4))
+    for spec, _, error in run_isolated(_write_spec, specs, jobs, "generate"):  # spawned: see rsp/filepool.py
+        if error:
+            raise RuntimeError(f"generating {spec.path} failed: {error}")
 
 
 def _probe_all(paths: list[Path], jobs: int) -> list[VideoProbe]:
     if jobs <= 1:
         return [probe_video(p) for p in paths]
-    with ProcessPoolExecutor(jobs) as pool:
-        return list(pool.map(probe_video, paths, chunksize=4))
+    probes = {}
+    for path, probe, error in run_isolated(probe_video, paths, jobs, "probe"):  # spawned: see rsp/filepool.py
+        probes[path] = probe or VideoProbe(reason=error)
+    return [probes[p] for p in paths]
 
 
 def generate_dataset(

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from core.provenance import code_version
+from core.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 from rsp import rng
 from rsp.acceleration import (
     BatchTooLargeError,
@@ -38,7 +40,7 @@ from rsp.acceleration import (
 from rsp.agreement import StepReadback, StepValues, reduce_step, resolve_host_sync
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
 from rsp.config import TrainConfig, validate
-from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader
+from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader, normalize_pairs
 from rsp.distributed import (
     DistEnv,
     all_gather_objects,
@@ -53,8 +55,6 @@ from rsp.lifecycle import ProgressWatchdog, StopRequest
 from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, load_optimizer_state, resolve_schedule
-from rsp.provenance import code_version
-from rsp.schema import diff, fingerprint, identity_dict, to_dict, without_runtime_only
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,9 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             waited += time.perf_counter() - t0
-            src = batch["src"].flatten(0, 1).to(self.device, non_blocking=True)  # (B * R, 3, S, S)
-            tgt = batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True)
+            # uint8 (B * R, 3, S, S) crops travel; the device converts and normalizes them
+            src = normalize_pairs(batch["src"].flatten(0, 1).to(self.device, non_blocking=True))
+            tgt = normalize_pairs(batch["tgt"].flatten(0, 1).to(self.device, non_blocking=True))
             sync = self.ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with autocast(self.precision, self.device):

@@ -3,11 +3,14 @@ labels file that lists the videos (docs/data.md#labels-files, docs/data.md#decod
 
 Two labels-file formats are read:
 - ours, `labels.csv`: a CSV with the header `path,class_idx,class_name,num_frames,seek_pyav,
-  seek_torchcodec,seek_decord`, one video per row, `path` relative to the data root (POSIX separators), written by
-  `python -m rsp.prepare labels` and `python -m rsp.synthetic`. `num_frames` is the true frame
-  count and `seek_<decoder>` the seek mode that decoder needs for the file (`random`, `sequential`,
-  `unreadable`; empty: not verified), both found by `rsp.probe`. Files written before those columns
-  existed (the first four columns only) are read too;
+  seek_torchcodec,seek_decord,size,mtime_ns`, one video per row, `path` relative to the data root (POSIX
+  separators), written by `python -m rsp.prepare labels` and `python -m rsp.synthetic`. `num_frames` is
+  the true frame count and `seek_<decoder>` the seek mode that decoder needs for the file (`random`,
+  `sequential`, `unreadable`; empty: not verified), both found by `rsp.probe`; `size` and `mtime_ns`
+  are the file's bytes and modification time when it was probed (-1: not recorded), so a file
+  replaced afterwards is caught (`changed_since_labelling`) instead of read with another file's
+  frame count and seek mode. Files written before those columns existed (the first four or seven
+  columns only) are read too;
 - the reference's pickle: a pickled list of `(class_idx, relative_path)` tuples. The reference
   writes it as `label_full_1.0.pickle` but reads `label_1.0.pickle` (docs/data.md#labels-files); both names are
   accepted. It is read with an unpickler that refuses every class or function, so a pickle can only
@@ -28,15 +31,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rsp.atomicio import PARTIAL_PREFIX, atomic_path
+from core.atomicio import PARTIAL_PREFIX, atomic_path
 from rsp.decoders import DECODERS, FILE_SEEK_MODES, RANDOM, SEQUENTIAL, UNREADABLE, VideoReadError, open_reader, sequential
 
-__all__ = ["DataError", "LabelEntry", "VideoFile", "VideoReadError", "read_labels", "write_labels"]
+__all__ = ["DataError", "LabelEntry", "VideoFile", "VideoReadError", "changed_since_labelling", "read_labels", "write_labels"]
 
 OUR_LABELS = "labels.csv"
 REFERENCE_LABELS = ("label_1.0.pickle", "label_full_1.0.pickle")  # read name, written name (docs/data.md#labels-files)
-LABELS_HEADER = ("path", "class_idx", "class_name", "num_frames", *(f"seek_{d}" for d in DECODERS))
+LABELS_HEADER = ("path", "class_idx", "class_name", "num_frames", *(f"seek_{d}" for d in DECODERS), "size", "mtime_ns")
 OLD_LABELS_HEADER = LABELS_HEADER[:4]  # before seek modes were recorded
+SEEK_LABELS_HEADER = LABELS_HEADER[: 4 + len(DECODERS)]  # before sizes and modification times were recorded
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 
@@ -52,10 +56,30 @@ class LabelEntry(NamedTuple):
     seek_pyav: str = ""  # random | sequential | unreadable (rsp.probe); "" when not verified
     seek_torchcodec: str = ""
     seek_decord: str = ""
+    size: int = -1  # bytes of the file when it was labelled; -1 when not recorded
+    mtime_ns: int = -1  # its modification time then (st_mtime_ns); -1 when not recorded
 
     def seek(self, decoder: str) -> str:
         """The seek mode `decoder` needs for this file; "" when not verified."""
         return getattr(self, f"seek_{decoder}")
+
+
+def changed_since_labelling(path: Path, entry: LabelEntry) -> str:
+    """Why the file at `path` is not the one `entry` describes ("" when it is, or when the labels
+    file recorded no size): its size or modification time differ from the labelled ones."""
+    if entry.size < 0:
+        return ""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if stat.st_size == entry.size and (entry.mtime_ns < 0 or stat.st_mtime_ns == entry.mtime_ns):
+        return ""
+    return (
+        f"changed after `python -m rsp.prepare labels` recorded it ({stat.st_size} bytes, modified at {stat.st_mtime_ns} ns; "
+        f"labelled: {entry.size} bytes at {entry.mtime_ns} ns): its frame count and seek mode are another file's. "
+        "Rerun that step (it probes only changed files); a copy keeps the times with `cp -p` or `rsync -t`"
+    )
 
 
 # --- reading frames -------------------------------------------------------------------------------
@@ -139,11 +163,11 @@ def _read_csv(path: Path) -> list[LabelEntry]:
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (spreadsheet exports) is not data
         rows = list(csv.reader(f))
     header = tuple(rows[0]) if rows else ()
-    if header not in (LABELS_HEADER, OLD_LABELS_HEADER):
+    if header not in (LABELS_HEADER, SEEK_LABELS_HEADER, OLD_LABELS_HEADER):
         got = ",".join(header) if rows else "an empty file"
         raise DataError(
-            f"labels file {path} must start with the header {','.join(LABELS_HEADER)} (or, written before seek modes "
-            f"were recorded, {','.join(OLD_LABELS_HEADER)}), found {got}"
+            f"labels file {path} must start with the header {','.join(LABELS_HEADER)} (or, written before sizes or seek "
+            f"modes were recorded, {','.join(SEEK_LABELS_HEADER)} or {','.join(OLD_LABELS_HEADER)}), found {got}"
         )
     entries = []
     for line, row in enumerate(rows[1:], start=2):
@@ -152,7 +176,8 @@ def _read_csv(path: Path) -> list[LabelEntry]:
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} fields")
-            entry = LabelEntry(row[0], int(row[1]), row[2], int(row[3]), *row[4:])
+            seeks, stat = row[4 : len(SEEK_LABELS_HEADER)], [int(v) for v in row[len(SEEK_LABELS_HEADER) :]]
+            entry = LabelEntry(row[0], int(row[1]), row[2], int(row[3]), *seeks, *stat)
         except ValueError as err:
             raise DataError(f"labels file {path}, line {line}: expected {','.join(header)}, got {row} ({err})") from err
         bad = [f"{d}={entry.seek(d)!r}" for d in DECODERS if entry.seek(d) not in ("", *FILE_SEEK_MODES)]

@@ -5,9 +5,9 @@ import logging
 import sys
 from pathlib import Path
 
+from core.schema import from_dict
 from rsp.config import TrainConfig
 from rsp.distributed import DistEnv
-from rsp.schema import from_dict
 from rsp.train import train
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_data import unavailable
+from slurm_pool import ScenarioPool, scenarios_used
 
 from launch.local_cluster import ClusterError, LocalSlurmCluster, running_clusters
 
@@ -95,3 +96,9 @@ def slurm_cluster() -> Iterator[LocalSlurmCluster]:
         stack.callback(cluster.stop)  # runs after os.environ is restored, before the lock is released
         stack.enter_context(_exported(cluster.env))
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_pool(request: pytest.FixtureRequest, slurm_cluster, train_videos: Path, tmp_path_factory) -> ScenarioPool:
+    """Every pooled scenario a selected test uses, started at once (tests/slurm_pool.py)."""
+    return ScenarioPool(slurm_cluster, train_videos, tmp_path_factory, scenarios_used(request.session.items))

@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
-from train_helpers import StopOnRead, assert_same_training_state, tiny_config
 
+from core.schema import ConfigError
 from launch.config import ClusterConfig, RunConfig
 from launch.validation import validate
 from launch.validation.devices import device_problems as submit_problems
@@ -21,8 +21,8 @@ from rsp.distributed import DistEnv
 from rsp.gpus import lookup
 from rsp.model import create_model
 from rsp.optim import build_optimizer, implementation, load_optimizer_state, param_groups
-from rsp.schema import ConfigError
 from rsp.train import NonFiniteLossError, train
+from testkit.training import StopOnRead, assert_same_training_state, tiny_config
 
 # --- what DDP's settings rely on ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A fixed-seed subset of the chaos schedule (tests/chaos.py) on the real local SLURM cluster: runs
+"""A fixed-seed subset of the chaos schedule (testkit/chaos.py) on the real local SLURM cluster: runs
 with loader workers, interrupted by a stop signal inside an attempt's first seconds, scontrol
 requeue while the workers run, kill -9 and more, two in a row, on one and two nodes; each must end
 bitwise identical to an uninterrupted run with no manual step, with the steps it redid measured.
@@ -7,43 +7,40 @@ The full randomized version is bench/chaos.py (N=10)."""
 from __future__ import annotations
 
 import pytest
-from chaos import KINDS, describe, make_schedule, outcome, submit_schedule, summary
-from launch_helpers import explain, only_run, wait_finished
-from train_helpers import assert_same_training_state, torchrun
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.config import train_config
-from rsp.distributed import DistEnv
-from rsp.train import train
+from testkit.chaos import KINDS, describe, make_schedule, outcome, submit_schedule, summary
+from testkit.launching import explain, only_run, wait_finished
+from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
 SEED = 11  # replay: python bench/chaos.py --seed 11 --runs 2 --no-preempt
 SUBSET = tuple(k for k in KINDS if k != "preempt")  # preemption hits every job of the partition: test_launch_slurm does it alone
 
 
-def test_interrupted_runs_end_bitwise_identical_with_the_lost_steps_measured(slurm_cluster, train_videos, tmp_path):
+@slurm_scenario
+def chaos_runs(env: ScenarioEnv) -> list:
+    """Every run of the schedule submitted, interrupted as scheduled, and ended."""
     schedule = make_schedule(SEED, 2, SUBSET)
     print(f"chaos seed {SEED}:\n{describe(schedule)}")
-    threads = submit_schedule(schedule, train_videos, tmp_path, SEED)
-    for thread in threads:
+    for thread in submit_schedule(schedule, env.videos, env.tmp, SEED):
         thread.join(900)
-    references = {}
+    for chaos in schedule:
+        assert chaos.error is None, chaos.error
+        wait_finished(only_run(chaos.root), timeout=900)
+    return schedule
+
+
+def test_interrupted_runs_end_bitwise_identical_with_the_lost_steps_measured(chaos_runs, reference_runs):
+    schedule = chaos_runs.result()
 
     def same_as_reference(run) -> bool:
-        ranks = run.info().world_size
-        if ranks not in references:
-            references[ranks] = tmp_path / f"reference{ranks}"
-            if ranks == 1:
-                train(train_config(run.config()), DistEnv(), references[ranks])
-            else:
-                proc = torchrun(train_config(run.config()), references[ranks], tmp_path, nproc=ranks, timeout=900)
-                assert proc.returncode == 0, proc.stderr[-3000:]
-        assert_same_training_state(run.path, references[ranks])
+        assert_same_training_state(run.path, reference_runs.get(train_config(run.config()), run.info().world_size))
         return True
 
     for chaos in schedule:
-        assert chaos.error is None, chaos.error
         run = only_run(chaos.root)
-        wait_finished(run, timeout=900)
         chaos.outcome = outcome(chaos, same_as_reference)
         assert chaos.outcome["bitwise"], explain(run)
         assert all(i.sent is not None for i in chaos.interruptions), chaos

@@ -20,15 +20,16 @@ import numpy as np
 import pytest
 import torch
 
+from core.filekind import PICKLE, TORCH_LEGACY, TORCH_ZIP, sniff
+from core.schema import ConfigError
 from eval.backbone import load_backbone
 from eval.config import EvalConfig
 from eval.davis import write_davis
 from eval.protocol import protocol_hash
 from eval.run import config_from_overrides, evaluate
-from rsp.checkpoint import CheckpointError, CheckpointStore
-from rsp.filekind import PICKLE, TORCH_LEGACY, TORCH_ZIP, sniff
+from rsp.checkpoint import CheckpointError, CheckpointStore, PickleRefused, load_checkpoint_file
+from rsp.manifest import sha256_file
 from rsp.model import create_model
-from rsp.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,42 @@ def test_torch_files_are_recognized(files, tmp_path):
 
 def test_trust_is_suggested_only_for_a_pickle_that_needs_it(files):
     text = message_of(files["reference"])
-    assert "contains pickled Python objects (argparse.Namespace)" in text and "trust_checkpoint=true" in text
+    assert "refused: it references code (argparse.Namespace)" in text and "trust_checkpoint=true" in text
+
+
+class RunsAProgram:
+    """What a malicious checkpoint pickles: a call of os.system (posix.system) at load time."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_that_calls_code_is_refused_as_such_never_damaged_and_never_run(tmp_path, legacy):
+    path, marker = tmp_path / "checkpoint-199.pth", tmp_path / "it-ran"
+    torch.save({"model": RunsAProgram(marker)}, path, _use_new_zipfile_serialization=not legacy)
+    for trust in (False, True):  # trusting a file that calls os.system is not offered, and not done
+        text = message_of(path, trust_pickle=trust)
+        assert f"{path} refused: it references code (posix.system)" in text and "damaged" not in text
+        assert "do not load this file with weights_only=False" in text and "trust_checkpoint" not in text
+    assert not marker.exists()
+
+
+def test_a_malicious_pickle_beside_a_forged_manifest_is_refused_in_one_line(tmp_path):
+    """The sha256 in the manifest matches (forged along with the file): verification passes, and
+    the load still refuses, with the same one line."""
+    path, marker = tmp_path / "step_00000010.pt", tmp_path / "it-ran"
+    torch.save({"model": RunsAProgram(marker)}, path)
+    manifest = {"step": 10, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest |= {"config_hash": "x", "milestone": True, "model_name": "rsp_vit_tiny", "code_version": "x", "created": 0.0}
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    with pytest.raises(PickleRefused) as err:
+        load_checkpoint_file(path)
+    assert "refused: it references code (posix.system)" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.97])

@@ -12,6 +12,7 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
+from core.atomicio import atomic_write_json
 from eval.records import ResultRecord, write_record
 from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpus
 from launch.config import compose
@@ -20,7 +21,6 @@ from launch.results import aggregate_runs
 from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.status import lost_time
 from launch.steplog import StepLog
-from rsp.atomicio import atomic_write_json
 from rsp.manifest import Manifest, checkpoint_name
 
 

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 import torch
 from fixtures_data import copy_dataset, data_config
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from rsp.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     BrokenVideoBudget,
     DataError,
     EpochSampler,
@@ -20,6 +24,7 @@ from rsp.data import (
     collate_pairs,
     crop_box,
     make_loader,
+    normalize_pairs,
     sample_pair_indices,
 )
 from rsp.synthetic import synthetic_frames, write_video
@@ -109,9 +114,10 @@ def test_item_shapes_normalization_and_determinism(synthetic_root):
     ds = FramePairDataset(data_config(synthetic_root), img_size=32, seed=0)
     item = ds[(0, 5)]
     assert item["src"].shape == item["tgt"].shape == (2, 3, 32, 32)
-    assert item["src"].dtype == torch.float32 and item["broken"] == 0 and item["broken_paths"] == []
+    assert item["src"].dtype == torch.uint8 and item["broken"] == 0 and item["broken_paths"] == []
     # ImageNet-normalized range, by hand: (0 - 0.485) / 0.229 = -2.12 to (1 - 0.406) / 0.225 = 2.64
-    assert -2.2 < item["src"].min() and item["src"].max() < 2.7
+    normalized = normalize_pairs(item["src"])
+    assert normalized.dtype == torch.float32 and -2.2 < normalized.min() and normalized.max() < 2.7
     again = ds[(0, 5)]
     assert torch.equal(item["src"], again["src"]) and torch.equal(item["tgt"], again["tgt"])
     other_epoch = ds[(1, 5)]
@@ -130,6 +136,38 @@ def test_decoded_frames_are_the_sampled_frames(synthetic_root):
     for pair, indices in zip(decoded.frames, decoded.frame_indices, strict=True):
         for frame, index in zip(pair, indices, strict=True):
             assert np.array_equal(frame, sequential[index])
+
+
+def _float_item(ds: FramePairDataset, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The item as the loader made it before it handed over uint8: crops stacked, then converted
+    and normalized in the worker (the code of that version, kept here as the yardstick)."""
+    decoded, rng = ds._decode(key)
+    pairs = torch.from_numpy(decoded.frames).permute(0, 1, 4, 2, 3)
+    crops = []
+    for pair in pairs:
+        top, left, h, w = crop_box(rng, *pairs.shape[-2:], (ds.cfg.crop_min_scale, ds.cfg.crop_max_scale))
+        crop = TF.resized_crop(pair, top, left, h, w, [ds.img_size] * 2, InterpolationMode.BICUBIC, antialias=True)
+        crops.append(crop.flip(-1) if rng.random() < ds.cfg.hflip_prob else crop)
+    scale = 1 / (255 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
+    shift = -torch.tensor(IMAGENET_MEAN).view(3, 1, 1) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = torch.stack(crops, dim=1).float().mul_(scale).add_(shift)
+    return x[0], x[1]
+
+
+def test_uint8_items_normalized_on_the_device_match_the_float_items(synthetic_root):
+    ds = FramePairDataset(data_config(synthetic_root, repeated_sampling=3, hflip_prob=0.5), img_size=40, seed=2)
+    for key in [(0, 1), (3, 7), (5, 2)]:
+        item, (src, tgt) = ds[key], _float_item(ds, key)
+        batch = collate_pairs([item, item])
+        for uint8, expected in ((batch["src"][0], src), (batch["tgt"][1], tgt)):
+            assert uint8.dtype == torch.uint8
+            # the same crops (the same pixels), and on the CPU the same normalized bits
+            assert torch.equal(normalize_pairs(uint8), expected)
+            # and the definition, (x / 255 - mean) / std in float64, within float32 rounding
+            exact = (uint8.double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)) / torch.tensor(
+                IMAGENET_STD, dtype=torch.float64
+            ).view(3, 1, 1)
+            assert torch.allclose(normalize_pairs(uint8).double(), exact, atol=1e-6, rtol=0)
 
 
 def _static_dataset(root, frames: int = 12):

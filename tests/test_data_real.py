@@ -23,8 +23,8 @@ import pytest
 import torch
 from fixtures_data import data_config
 
-from rsp.data import FramePairDataset
-from rsp.decoders import DECODERS
+from rsp.data import FramePairDataset, normalize_pairs
+from rsp.decoders import DECODERS, intra_index
 from rsp.kinetics import ffmpeg_command, rescale_video
 from rsp.prepare import write_labels_file
 from rsp.video import OLD_LABELS_HEADER, read_labels
@@ -142,15 +142,19 @@ def test_labels_without_seek_modes_are_read_exactly_by_decoding_from_the_start(r
     assert wrong_frames(read) == []
 
 
+@pytest.mark.parametrize("keyint", [30, 1], ids=["keyframe-30", "all-intra"])
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_prepared_copies_allow_random_access_and_keep_every_frame(real_videos, tmp_path, decoder):
-    command = partial(ffmpeg_command, "ffmpeg", short_side=128, keyint=30, preset="ultrafast", crf=23)
+def test_prepared_copies_allow_random_access_and_keep_every_frame(real_videos, tmp_path, decoder, keyint):
+    command = partial(ffmpeg_command, "ffmpeg", short_side=128, keyint=keyint, preset="ultrafast", crf=23)
     for name in ("Megamind.avi", "Megamind_bugy.avi", "tree.avi", "cup.mp4"):
         assert rescale_video((real_videos[name], tmp_path / "train" / "real" / f"{Path(name).stem}.mp4"), command, 120)
     write_labels_file(tmp_path, tmp_path / "train", jobs=1, decoders=[decoder])
     entries = {Path(e.path).stem: e for e in read_labels(tmp_path / "labels.csv")}
     assert {k: e.num_frames for k, e in entries.items()} == {"Megamind": 270, "Megamind_bugy": 270, "tree": 68, "cup": 217}
     assert {e.seek(decoder) for e in entries.values()} == {"random"}  # re-encoding repaired the timestamps
+    for entry in entries.values():  # PyAV reads an all-intra copy's index from its sample table
+        with av.open(str(tmp_path / entry.path)) as container:
+            assert (intra_index(container) is not None) == (keyint == 1)
     ds = FramePairDataset(data_config(tmp_path, decoder=decoder, repeated_sampling=3), img_size=32, seed=0)
     assert wrong_frames(read_items(ds, [(epoch, i) for i in range(len(ds)) for epoch in range(3)])) == []
 
@@ -160,5 +164,6 @@ def test_items_from_real_videos_are_finite_and_normalized(real_root):
     for i in range(len(ds)):
         item = ds[(0, i)]
         assert item["src"].shape == item["tgt"].shape == (2, 3, 48, 48)
-        assert torch.isfinite(item["src"]).all() and item["broken"] == 0
-        assert item["src"].std() > 0.05  # real image content, not a blank frame
+        assert item["src"].dtype == torch.uint8 and item["broken"] == 0
+        src = normalize_pairs(item["src"])
+        assert torch.isfinite(src).all() and src.std() > 0.05  # real image content, not a blank frame

@@ -18,7 +18,16 @@ from torchcodec import _core
 from rsp import decoders
 from rsp.data import FramePairDataset
 from rsp.decoders import DECODERS, DecoderUnavailable, VideoReadError, check_torchcodec, first_line, open_reader, sequential
-from rsp.video import LABELS_HEADER, OLD_LABELS_HEADER, DataError, LabelEntry, VideoFile, read_labels, write_labels
+from rsp.video import (
+    LABELS_HEADER,
+    OLD_LABELS_HEADER,
+    SEEK_LABELS_HEADER,
+    DataError,
+    LabelEntry,
+    VideoFile,
+    read_labels,
+    write_labels,
+)
 
 # --- a machine without FFmpeg's shared libraries --------------------------------------------------
 
@@ -76,10 +85,13 @@ def test_random_and_sequential_reads_agree_and_reading_past_the_end_names_the_co
 def test_labels_round_trip_and_old_files_without_seek_modes_still_load(tmp_path):
     entries = [
         LabelEntry("a/x.mp4", 0, "a", 300, "random", "random", "sequential"),
-        LabelEntry("b/y.mp4", 1, "b", 12, "", "unreadable", ""),
+        LabelEntry("b/y.mp4", 1, "b", 12, "", "unreadable", "", 5123, 1765000000123456789),
     ]
     write_labels(tmp_path / "labels.csv", entries)
     assert read_labels(tmp_path / "labels.csv") == entries
+    (tmp_path / "seek.csv").write_text(",".join(SEEK_LABELS_HEADER) + "\na/x.mp4,0,a,300,random,,\n")
+    (seek_only,) = read_labels(tmp_path / "seek.csv")  # written before sizes were recorded
+    assert (seek_only.seek("pyav"), seek_only.size, seek_only.mtime_ns) == ("random", -1, -1)
     (tmp_path / "old.csv").write_text(",".join(OLD_LABELS_HEADER) + "\na/x.mp4,0,a,300\n")
     (old,) = read_labels(tmp_path / "old.csv")
     assert (old.num_frames, *(old.seek(d) for d in DECODERS)) == (300, "", "", "")
@@ -89,10 +101,14 @@ def test_labels_round_trip_and_old_files_without_seek_modes_still_load(tmp_path)
     "row, expected",
     [
         (
-            "a/x.mp4,0,a,300,random,fast,random",
+            "a/x.mp4,0,a,300,random,fast,random,10,20",
             "line 2: seek modes torchcodec='fast' must be one of random, sequential, unreadable",
         ),
-        ("a/x.mp4,0,a,300,random", "line 2: expected path,class_idx,class_name,num_frames,seek_pyav,seek_torchcodec,seek_decord"),
+        (
+            "a/x.mp4,0,a,300,random",
+            "line 2: expected path,class_idx,class_name,num_frames,seek_pyav,seek_torchcodec,seek_decord,size",
+        ),
+        ("a/x.mp4,0,a,300,random,random,random,ten,20", "line 2: .*invalid literal for int"),
     ],
 )
 def test_bad_labels_rows_name_the_line_and_value(tmp_path, row, expected):

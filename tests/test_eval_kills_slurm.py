@@ -12,21 +12,20 @@ watcher job (launch/advance.py, afterany on the evaluation jobs) does.
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from chaos import rank_process
-from launch_helpers import Driver, explain, only_run, submit, wait_finished, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.evaluations.claims import submission
 from launch.evaluations.recovery import evaluation_states
 from launch.postmortem import live_job
 from launch.status import main as status
+from testkit.chaos import rank_process
+from testkit.launching import Driver, explain, only_run, run_command, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -76,10 +75,12 @@ def act(root: Path, what: str) -> None:
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
 
 
-def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_cluster, tmp_path):
+@slurm_scenario
+def killed_evaluations(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     cases = {
         "scancel": (),
-        "freeze": ("evaluation.time_minutes=1", "evaluation.signal_delay_s=15"),
+        "freeze": ("evaluation.time_minutes=2", "evaluation.signal_delay_s=15"),  # its resubmission runs under it too
         "usr2": (),
     }
     roots, drivers = {}, {}
@@ -95,13 +96,13 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
     for what, root in roots.items():
         drivers[what].result()
         run = only_run(root)
-        wait_finished(run, timeout=600)
+        wait_finished(run, timeout=900)
         first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent).job_id
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
             lambda r=run: evaluation_states([r])[0].state in ("recorded", "failed"),
-            600,
+            1200,
             f"{what}: a record",
             lambda r=run: explain(r),
         )
@@ -112,11 +113,13 @@ def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(slurm_c
         if what == "usr2":  # requeued by its own teardown: the same job, restarted once
             assert claim.job_id == first_jobs[what] and claim.lost == []
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
-        else:  # resubmitted by the watcher, with no manual step
+        else:  # resubmitted by the watcher job, with no manual step
             assert claim.lost == [first_jobs[what]] and claim.job_id != first_jobs[what], claim
             watchers = list(run.path.glob("evals/.jobs/watchers/*/*_log.out"))
             assert any("resubmitted lost evaluation" in w.read_text() for w in watchers), explain(run)
-        printed = io.StringIO()
-        with redirect_stdout(printed):
-            assert status([str(root), "--no-advance"]) == 0
-        assert "stopped, requeued" not in printed.getvalue() and " 1/1 " in printed.getvalue(), printed.getvalue()
+        rc, printed = run_command(status, [str(root), "--no-advance"])
+        assert rc == 0 and "stopped, requeued" not in printed and " 1/1 " in printed, printed
+
+
+def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(killed_evaluations):
+    killed_evaluations.result()

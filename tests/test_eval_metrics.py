@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and against the official tool's approach (bench/reference_eval.py)."""
+"""Metrics against hand-computed values and against the official tool's approach (testkit/reference_eval.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.reference_eval import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 from eval import jf, jhmdb, keypoints, vip
 from eval.davis import read_davis, write_davis
 from eval.indexmaps import davis_palette, write_index_png
+from testkit.reference_eval import dilate, disk, reference_davis_scores, reference_f, reference_statistics, seg2bmap
 
 SQUARE = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=bool)
 # The official seg2bmap marks a pixel when it differs from its right, lower or lower-right neighbour.

@@ -1,4 +1,4 @@
-"""The fast propagation engine against the reference algorithm (bench/reference_eval.py), and against
+"""The fast propagation engine against the reference algorithm (testkit/reference_eval.py), and against
 the answer when the features are an oracle's."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.reference_eval import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 from eval import jf
 from eval.config import PRESETS, PropagationParams
 from eval.davis import read_davis, segment_sequence, write_davis
@@ -17,6 +16,7 @@ from eval.indexmaps import davis_palette, one_hot_grid, read_index_png, soft_to_
 from eval.propagation import neighbourhood_mask, propagate
 from rsp.encoder import ViTEncoder
 from rsp.model import create_model
+from testkit.reference_eval import loop_neighbourhood_mask, reference_label_propagation, reference_segment_sequence
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from core.schema import ConfigError
 from eval.config import PRESETS, EvalConfig
 from eval.davis import write_davis
 from eval.jhmdb import write_jhmdb
@@ -20,7 +21,6 @@ from eval.protocol import propagation_params, protocol, protocol_hash, validate
 from eval.run import EvalOutcome, config_from_overrides, evaluate
 from eval.vip import write_vip
 from rsp.encoder import ViTEncoder
-from rsp.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launch_helpers import TINY, merged, submit
 from PIL import Image
 
+from core.atomicio import atomic_write_json
+from core.schema import ConfigError
 from eval import davis
 from eval.config import EvalConfig
 from eval.features import encode_frames
@@ -36,8 +37,7 @@ from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.status import render
 from launch.submit import main as submit_main
-from rsp.atomicio import atomic_write_json
-from rsp.schema import ConfigError
+from testkit.launching import TINY, merged, submit
 
 # --- the toy task: what a new task's module holds ------------------------------------------------------
 

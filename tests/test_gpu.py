@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch._inductor.config as inductor_config
 from PIL import Image
-from train_helpers import assert_same_training_state, final_state, loss_trace, tiny_config
 
 from eval.config import EvalConfig
 from eval.davis import write_davis
@@ -28,6 +27,7 @@ from rsp.latent import categorical_sample
 from rsp.lifecycle import StopRequest
 from rsp.model import create_model
 from rsp.train import Trainer, TrainHooks, train
+from testkit.training import assert_same_training_state, final_state, loss_trace, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

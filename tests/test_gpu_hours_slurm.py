@@ -6,10 +6,11 @@ and the results tables print (launch/cost.py) must agree with sacct's own AllocT
 from __future__ import annotations
 
 import pytest
-from launch_helpers import explain, only_run, overrides, sacct_rows, submit, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.cost import accounting, run_cost
 from launch.status import render
+from testkit.launching import explain, only_run, overrides, sacct_rows, submit, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -24,10 +25,11 @@ def sacct_gpu_seconds(job_ids: list[str]) -> float:
     return total
 
 
-def test_gpu_hours_agree_with_sacct_alloc_tres_times_elapsed(slurm_cluster, train_videos, tmp_path):
-    root = tmp_path / "runs"
+@slurm_scenario
+def gpu_run(env: ScenarioEnv) -> None:
+    root = env.tmp / "runs"
     gpus = ("cluster.gpus_per_node=2", "cluster.tasks_per_node=2", "runtime.device=cpu")  # two ranks, one per GPU
-    rc, out = submit(overrides(train_videos, root, 8, 4, *gpus))
+    rc, out = submit(overrides(env.videos, root, 8, 4, *gpus))
     assert rc == 0, out
     run = only_run(root)
     wait_for(lambda: run.final_state() == "finished", 600, "the run to finish", lambda: explain(run))
@@ -46,3 +48,7 @@ def test_gpu_hours_agree_with_sacct_alloc_tres_times_elapsed(slurm_cluster, trai
     assert [a.gpus for a in cost.attempts] == [2] and cost.attempts[0].source == "sacct"
     table = render(root, None)
     assert "GPU-h" in table and "no GPU was allocated" not in table, table
+
+
+def test_gpu_hours_agree_with_sacct_alloc_tres_times_elapsed(gpu_run):
+    gpu_run.result()

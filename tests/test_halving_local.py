@@ -6,11 +6,10 @@ step-0 weights are evaluated once."""
 
 from __future__ import annotations
 
-from launch_helpers import explain, halving_sweep_file, submit
-
 from eval.records import parse_record
 from launch.rundir import RunDirectory
 from launch.rungs import Decision, SweepDirectory, record_dir
+from testkit.launching import explain, halving_sweep_file, submit
 
 STEPS, RUNG = 40, 20
 LRS = (0.0001, 0.01)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from launch_helpers import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
-from train_helpers import assert_same_training_state
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from eval.records import parse_record
 from launch.config import train_config
@@ -17,8 +16,8 @@ from launch.cost import accounting, run_cost
 from launch.rundir import RunDirectory
 from launch.rungs import Decision, SweepDirectory, record_dir
 from launch.status import render
-from rsp.distributed import DistEnv
-from rsp.train import train
+from testkit.launching import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
+from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
 
@@ -35,16 +34,19 @@ def sacct_cpu_seconds(job_ids: list[str]) -> float:
     return sum(int(cpu) for _, cpu in sacct_rows(job_ids, "JobID,CPUTimeRAW") if cpu.isdigit())
 
 
-def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitwise(slurm_cluster, train_videos, tmp_path):
+@slurm_scenario
+def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
+    """The sweep end to end, through the unpruned run's end; returns that run (pooled: runs in a thread)."""
+    tmp_path = env.tmp
     root = tmp_path / "runs"
-    sweep_file = halving_sweep_file(tmp_path, train_videos, root, "slurm", STEPS, RUNG, LRS)
+    sweep_file = halving_sweep_file(tmp_path, env.videos, root, "slurm", STEPS, RUNG, LRS)
     rc, out = submit([f"sweep={sweep_file}"])
     assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
     runs = runs_of(root)
     directory = SweepDirectory(root, "halving_test")
     wait_for(
         lambda: directory.decision_path(RUNG).is_file(),
-        600,
+        1500,
         "the rung to be decided",
         lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
     )
@@ -61,7 +63,7 @@ def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitw
 
     by_id = {r.info().run_id: r for r in runs}
     pruned = by_id[worst]
-    wait_for(lambda: all(r.status() is not None for r in runs), 900, "every run to end", lambda: "\n".join(map(explain, runs)))
+    wait_for(lambda: all(r.status() is not None for r in runs), 1500, "every run to end", lambda: "\n".join(map(explain, runs)))
     assert {r.info().run_id: r.final_state() for r in runs} == {rid: "pruned" if rid == worst else "finished" for rid in by_id}, (
         "\n".join(map(explain, runs))
     )
@@ -73,10 +75,10 @@ def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitw
     assert (pruned.path / "checkpoints" / f"step_{stopped_at:08d}.pt").is_file()
     print(f"[halving] pruned run stopped {attempts[-1].end_time - pruned.prune_marker()['time']:.1f} s after its marker")
 
-    before = squeue_ids()
+    before = squeue_ids(root)
     rc, out = submit([f"sweep={sweep_file}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 3" in out, out
-    assert not squeue_ids() - before and len(pruned.submissions()) == 1
+    assert not squeue_ids(root) - before and len(pruned.submissions()) == 1
 
     # Costs: sacct's own AllocCPUS x Elapsed, attempt by attempt, and the records' cost to each checkpoint.
     # A run's status is written by its job's teardown, seconds before SLURM closes the allocation:
@@ -106,9 +108,12 @@ def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitw
 
     rc, out = submit([f"sweep={sweep_file}", "--unprune", pruned.info().name])
     assert rc == 0 and "unpruned" in out and "submitted 1 run(s)" in out, out
-    wait_for(lambda: pruned.final_state() == "finished", 600, "the unpruned run to finish", lambda: explain(pruned))
+    wait_for(lambda: pruned.final_state() == "finished", 1200, "the unpruned run to finish", lambda: explain(pruned))
     resumed = pruned.attempts()[-1]
     assert resumed.start_step == stopped_at and resumed.end_reason == "finished"  # from its checkpoint, no step lost
-    reference = tmp_path / "reference"
-    train(train_config(pruned.config()), DistEnv(), reference)
-    assert_same_training_state(pruned.path, reference)
+    return pruned
+
+
+def test_a_pruned_sweep_stops_the_right_run_keeps_it_and_unprune_resumes_it_bitwise(pruned_sweep, reference_runs):
+    unpruned = pruned_sweep.result()
+    assert_same_training_state(unpruned.path, reference_runs.get(train_config(unpruned.config())))

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
 
+from core.schema import ConfigError, diff, to_dict
 from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
 from launch.config import absolutize, compose, options
 from launch.requeue import decide
@@ -20,7 +20,7 @@ from launch.submission import array_chunks
 from launch.sweep import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
-from rsp.schema import ConfigError, diff, to_dict
+from testkit.launching import merged
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -103,6 +103,8 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
         (["cluster.nodes=2"], "cluster.nodes (2) must be 1 with cluster=local"),
         (["cluster=debug", "cluster.tasks_per_node=2"], "cluster=debug runs one process in this interpreter"),
         (["cluster.gpus_per_node=2", "cluster.tasks_per_node=1"], "must equal cluster.gpus_per_node (2): one process per GPU"),
+        (["cluster.tasks_per_node=0"], "cluster.tasks_per_node (0) must be >= 1 or null"),
+        (["cluster.backend=pbs"], "cluster.backend ('pbs') must be one of local, slurm, debug"),
         (["cluster.gpus_per_node=1"], "exceeds the 0 GPU(s) of this machine"),
         (["cluster.signal_delay_s=5"], "cluster.signal_delay_s (5) must be >= 10"),
         (
@@ -306,6 +308,16 @@ def test_stop_signals_are_never_failures(train_videos, tmp_path):
     assert not cancelled.requeue and cancelled.final_state is None  # scancel: not requeued, not failed
 
 
+def test_an_attempt_without_a_known_end_is_neither_requeued_nor_failed(train_videos, tmp_path):
+    """Two jobs of one run (a duplicate submit) leave the other's attempt open: deciding on it once
+    raised KeyError: None. Now it says why and takes the safe path: no requeue, no final state."""
+    cluster = cfg_with(tmp_path, train_videos).cluster
+    for reason in (None, "exploded"):
+        decision = decide(attempts(("timeout", 5), (reason, 7)), cluster)
+        assert not decision.requeue and decision.final_state is None
+        assert f"no known end reason ({reason!r})" in decision.reason and "another job may be running" in decision.reason
+
+
 # --- sweeps --------------------------------------------------------------------------------------
 
 
@@ -458,8 +470,8 @@ def test_sbatch_script_is_requeueable_kills_on_bad_exit_and_ends_with_the_policy
 
 
 def test_following_reads_each_metrics_line_once_and_starts_over_when_the_log_is_rewritten(tmp_path):
+    from core.atomicio import atomic_write_text
     from launch.follow import MetricsTail
-    from rsp.atomicio import atomic_write_text
 
     path = tmp_path / "metrics.jsonl"
     tail = MetricsTail(path)

@@ -1,9 +1,10 @@
 """The launcher against the real local SLURM cluster (started once per session by tests/conftest.py).
 
-Scenarios are submitted together at module start (the `submitted` fixture) and run concurrently on
-the two fake nodes; each test then waits for its own run. Preemption preempts every job of the
-preemptible partition, so it runs last, alone. Exactness is checked against uninterrupted
-reference runs of the same training config, bitwise.
+The runs are submitted together when the suite's SLURM tests start (the pooled scenario `launch_runs`,
+tests/slurm_pool.py) and run concurrently on the two fake nodes with the other pooled scenarios; each
+test then waits for its own run. Preemption preempts every job of the preemptible partition, so it
+runs last, alone (`cluster_wide`). Exactness is checked against uninterrupted reference runs of the
+same training config, bitwise (trained once per pytest run: `reference_runs`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chaos import last_logged_step, rank_exists, rank_process
-from launch_helpers import (
+from slurm_pool import ScenarioEnv, slurm_scenario
+
+from launch.config import train_config
+from launch.rundir import RunDirectory
+from testkit.chaos import last_logged_step, rank_exists, rank_process
+from testkit.launching import (
     Driver,
     explain,
     hydra_quote,
@@ -28,22 +33,17 @@ from launch_helpers import (
     wait_finished,
     wait_for,
 )
-from train_helpers import assert_same_training_state, torchrun
-
-from launch.config import train_config
-from launch.rundir import RunDirectory
-from rsp.distributed import DistEnv
-from rsp.train import train
+from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
 LONG = 400  # steps: a run that is still training when the test interferes with it
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")  # loader workers: the scheduler's signals reach them too
 
 
-@pytest.fixture(scope="module")
-def submitted(slurm_cluster, train_videos, tmp_path_factory):
-    """Submit the concurrent scenarios; returns name -> output root."""
-    base = tmp_path_factory.mktemp("launch")
+@slurm_scenario
+def launch_runs(env: ScenarioEnv) -> dict:
+    """Submit the concurrent runs and start their drivers; returns their output roots and drivers."""
+    base, train_videos = env.tmp, env.videos
     plan = {
         "single": overrides(train_videos, base / "single", 12, 4),
         "two_nodes": overrides(train_videos, base / "two_nodes", 12, 4, "cluster.nodes=2"),
@@ -77,8 +77,18 @@ def submitted(slurm_cluster, train_videos, tmp_path_factory):
             lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
         ),
         "kill9": Driver(roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
+        "upstream": Driver(  # resubmitted while it trains: the check has to happen then, not when its test runs
+            roots["upstream"],
+            lambda r: r.latest_logged_step() >= 1,
+            lambda r: (r.status(), *submit(plan["upstream"])),
+        ),
     }
     return {"roots": roots, "drivers": drivers}
+
+
+@pytest.fixture(scope="module")
+def submitted(launch_runs) -> dict:
+    return launch_runs.result()
 
 
 def trained_checkpoint(run: RunDirectory) -> bool:
@@ -86,70 +96,57 @@ def trained_checkpoint(run: RunDirectory) -> bool:
     return any(m.step > 0 for m in run.manifests())
 
 
-REFERENCES: dict[tuple[str, int], Path] = {}  # (config hash, ranks) -> reference run: scenarios share them
-
-
-def reference(run: RunDirectory, tmp_path: Path) -> Path:
+def reference(run: RunDirectory, reference_runs) -> Path:
     """The same training config trained uninterrupted in this process (one rank)."""
-    key = (run.info().config_hash, 1)
-    if key not in REFERENCES:
-        REFERENCES[key] = tmp_path / "reference"
-        train(train_config(run.config()), DistEnv(), REFERENCES[key])
-    return REFERENCES[key]
+    return reference_runs.get(train_config(run.config()))
 
 
-def reference_two_ranks(run: RunDirectory, tmp_path: Path) -> Path:
+def reference_two_ranks(run: RunDirectory, reference_runs) -> Path:
     """The same training config trained uninterrupted with two ranks under torchrun."""
-    key = (run.info().config_hash, 2)
-    if key not in REFERENCES:
-        REFERENCES[key] = tmp_path / "reference2"
-        proc = torchrun(train_config(run.config()), REFERENCES[key], tmp_path, nproc=2, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return REFERENCES[key]
+    return reference_runs.get(train_config(run.config()), ranks=2, timeout=600)
 
 
-def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, tmp_path):
+def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, reference_runs):
     run = only_run(submitted["roots"]["single"])
     wait_finished(run)
     attempts = run.attempts()
     assert [a.end_reason for a in attempts] == ["finished"] and attempts[0].exit_code == 0
-    before = squeue_ids()
+    before = squeue_ids(submitted["roots"]["single"])
     rc, out = submit(overrides(run.config().data.root, submitted["roots"]["single"], 12, 4))
     assert rc == 0 and "nothing submitted" in out and "finished" in out and str(run.path) in out
-    assert not squeue_ids() - before and len(run.submissions()) == 1
-    assert_same_training_state(run.path, reference(run, tmp_path))
+    assert not squeue_ids(submitted["roots"]["single"]) - before and len(run.submissions()) == 1
+    assert_same_training_state(run.path, reference(run, reference_runs))
 
 
 def test_resubmitting_a_running_run_starts_nothing(submitted):
     run = only_run(submitted["roots"]["upstream"])
-    wait_for(lambda: run.latest_logged_step() >= 1, 240, "the run to train", lambda: explain(run))
-    if run.status() is not None:
+    status_then, rc, out = submitted["drivers"]["upstream"].result()
+    if status_then is not None:
         pytest.fail(f"{run.path} ended before it could be resubmitted while running; make it longer")
-    rc, out = submit(overrides(run.config().data.root, submitted["roots"]["upstream"], LONG, 100))
     assert rc == 0 and "nothing submitted" in out and ("running" in out or "pending" in out), out
     assert len(run.submissions()) == 1
 
 
-def test_two_node_gloo_ddp(submitted, tmp_path):
+def test_two_node_gloo_ddp(submitted, reference_runs):
     run = only_run(submitted["roots"]["two_nodes"])
     wait_finished(run)
     state = run.checkpoints.load(run.checkpoints.manifests()[-1])
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert len(run.attempts()[0].hosts) == 2
-    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
+    assert_same_training_state(run.path, reference_two_ranks(run, reference_runs))
 
 
-def test_scancel_signal_usr2_stops_checkpoints_and_requeues(submitted, tmp_path):
+def test_scancel_signal_usr2_stops_checkpoints_and_requeues(submitted, reference_runs):
     run = only_run(submitted["roots"]["usr2"])
     submitted["drivers"]["usr2"].result()
     wait_finished(run)
     attempts = run.attempts()
     assert attempts[0].end_reason in ("preempted", "stopped") and len(attempts) >= 2, explain(run)
     assert attempts[1].start_step == attempts[0].end_step > 0 and steps_lost(run) == 0
-    assert_same_training_state(run.path, reference(run, tmp_path))
+    assert_same_training_state(run.path, reference(run, reference_runs))
 
 
-def test_a_stop_signal_while_the_ranks_start_is_a_stop_not_a_crash(submitted, tmp_path):
+def test_a_stop_signal_while_the_ranks_start_is_a_stop_not_a_crash(submitted, reference_runs):
     run = only_run(submitted["roots"]["startup_usr2"])
     submitted["drivers"]["startup_usr2"].result()
     wait_finished(run)
@@ -157,10 +154,10 @@ def test_a_stop_signal_while_the_ranks_start_is_a_stop_not_a_crash(submitted, tm
     assert attempts[0].end_reason == "stopped" and attempts[0].stop_signal == "SIGUSR2", explain(run)
     assert attempts[0].stop_time - attempts[0].start_time < 5  # it came while Python started
     assert attempts[1].start_step == attempts[0].end_step and steps_lost(run) == 0, explain(run)
-    assert_same_training_state(run.path, reference(run, tmp_path))
+    assert_same_training_state(run.path, reference(run, reference_runs))
 
 
-def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_redone_steps_measured(submitted, tmp_path):
+def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_redone_steps_measured(submitted, reference_runs):
     run = only_run(submitted["roots"]["requeue"])
     submitted["drivers"]["requeue"].result()
     wait_finished(run)
@@ -170,19 +167,19 @@ def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_red
     assert attempts[1].start_step >= 50 and attempts[0].end_step >= attempts[1].start_step
     assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
     assert steps_lost(run) >= attempts[0].end_step - attempts[1].start_step  # the lost column counts what was redone
-    assert_same_training_state(run.path, reference(run, tmp_path))
+    assert_same_training_state(run.path, reference(run, reference_runs))
 
 
-def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submitted, tmp_path):
+def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submitted, reference_runs):
     run = only_run(submitted["roots"]["kill9"])
     submitted["drivers"]["kill9"].result()
     wait_finished(run)
     attempts = run.attempts()
-    assert attempts[0].end_reason in ("crashed", "interrupted") and attempts[-1].end_reason == "finished", explain(run)
+    assert attempts[0].end_reason == "interrupted" and attempts[-1].end_reason == "finished", explain(run)
     redone = attempts[0].end_step - attempts[1].start_step  # measured: the last step attempt 0 completed
     assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
     assert redone >= 0 and steps_lost(run) == redone
-    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
+    assert_same_training_state(run.path, reference_two_ranks(run, reference_runs))
 
 
 def all_logs(run: RunDirectory) -> str:
@@ -190,14 +187,14 @@ def all_logs(run: RunDirectory) -> str:
     return "".join(p.read_text(errors="replace") for p in [*folder.glob("**/*_log.*"), *run.path.glob("logs/*/*.log")])
 
 
-def test_time_limit_requeue_resumes_exactly(submitted, tmp_path):
+def test_time_limit_requeue_resumes_exactly(submitted, reference_runs):
     run = only_run(submitted["roots"]["timeout"])
     wait_finished(run, timeout=900)
     attempts = run.attempts()
     assert any(a.end_reason == "timeout" for a in attempts), explain(run)
     assert attempts[-1].end_reason == "finished" and steps_lost(run) == 0, explain(run)
     assert len({a.key for a in attempts}) == len(attempts) and len({a.job_id for a in attempts}) == 1  # same job id
-    assert_same_training_state(run.path, reference(run, tmp_path))
+    assert_same_training_state(run.path, reference(run, reference_runs))
 
 
 def test_dependency_chain_waits_for_its_upstream_job(submitted, train_videos, tmp_path):
@@ -244,13 +241,14 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
     ],
 )
 def test_bad_input_fails_at_submit_before_anything_is_queued(slurm_cluster, train_videos, tmp_path, extra, message):
-    before = squeue_ids()
+    before = squeue_ids(tmp_path)
     rc, out = submit(overrides(train_videos, tmp_path / "bad", 4, 2, *extra))
     assert rc == 2 and message in out, out
-    assert not squeue_ids() - before and not (tmp_path / "bad").exists()  # nothing new queued, nothing created
+    assert not squeue_ids(tmp_path) - before and not (tmp_path / "bad").exists()  # nothing new queued, nothing created
 
 
-def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, train_videos, tmp_path):
+@pytest.mark.cluster_wide
+def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, train_videos, tmp_path, reference_runs):
     """Last: it preempts everything on the preemptible partition."""
     for root in submitted["roots"].values():
         wait_finished(only_run(root), timeout=900)
@@ -273,4 +271,4 @@ def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, tra
         ["sacct", "-n", "-X", "-P", "-j", high.stdout.strip(), "-o", "State"], capture_output=True, text=True
     ).stdout
     assert "COMPLETED" in state
-    assert_same_training_state(run.path, reference_two_ranks(run, tmp_path))
+    assert_same_training_state(run.path, reference_two_ranks(run, reference_runs))

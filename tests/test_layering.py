@@ -1,5 +1,6 @@
-"""The import graph of rsp/, launch/ and eval/, read from the source with ast (every import,
-function-local ones included): no cycle anywhere; rsp/ imports neither launch/ nor eval/ (nor
+"""The import graph of core/, rsp/, launch/ and eval/, read from the source with ast (every import,
+function-local ones included): no cycle anywhere; the packages import only downwards (launch, eval,
+rsp, core: core/ is the base and imports none of them); rsp/ imports neither launch/ nor eval/ (nor
 Hydra or submitit); eval/ never reaches the trainer (rsp.train and the modules only it needs); and
 every function-local import says why it is there (a comment on or above it: a heavy library whose
 import only some calls pay for). An import that merely dodges a cycle has no such reason."""
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("rsp", "launch", "eval")
+PACKAGES = ("core", "rsp", "launch", "eval")
 
 
 @dataclass(frozen=True)
@@ -206,3 +207,24 @@ def test_eval_knows_nothing_of_the_launchers_layout():
     layout = ("run.json", "pruned.json", "evals/step_", "parents[", "sweeps/")
     found = [f"{m}: {word}" for m, path in MODULES.items() if m.startswith("eval") for word in layout if word in path.read_text()]
     assert found == []
+
+
+# The house by folder, from the top: each package imports only packages after it in this order.
+HOUSE = ("launch", "eval", "rsp", "core")
+
+
+def folder_arrows() -> set[tuple[str, str]]:
+    return {(i.source.split(".")[0], i.target.split(".")[0]) for i in IMPORTS if i.target} - {(p, p) for p in PACKAGES}
+
+
+def test_folders_import_only_downwards():
+    """0 upward arrows (and so 0 circles) between the project's packages: launch above eval, eval
+    above rsp (the method), rsp above core (the base)."""
+    assert set(PACKAGES) == set(HOUSE)
+    upward = sorted((a, b) for a, b in folder_arrows() if HOUSE.index(a) > HOUSE.index(b))
+    assert upward == []
+    assert {"launch", "eval", "rsp"} <= {a for a, b in folder_arrows() if b == "core"}  # the rule is not vacuous
+
+
+def test_core_is_the_base():
+    assert sorted(b for a, b in folder_arrows() if a == "core") == []

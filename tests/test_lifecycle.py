@@ -4,27 +4,33 @@ content-addressed code snapshots. The SLURM side is in test_launch_slurm.py and 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, assert_same_training_state, tiny_config
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from core.provenance import describe_tree
+from core.schema import to_dict
 from launch.config import ClusterConfig
+from launch.job import peer_vanished
 from launch.postmortem import Instance, infer_end, stop_reason, usr2_reason
 from launch.rundir import Attempt, RunDirectory
 from launch.snapshot import take_snapshot
 from launch.status import lost_time
 from launch.steplog import RECORD, StepLog, read_trace
 from rsp.distributed import DistEnv
-from rsp.provenance import describe_tree
-from rsp.schema import to_dict
 from rsp.train import train
+from testkit.training import REPO, assert_same_training_state, tiny_config
 
 CLUSTER = ClusterConfig(backend="slurm", time_minutes=60, signal_delay_s=120)
 
@@ -75,7 +81,7 @@ STOPPABLE = """
 import json, sys
 from pathlib import Path
 from rsp.config import TrainConfig
-from rsp.schema import from_dict
+from core.schema import from_dict
 from rsp.distributed import DistEnv
 from rsp.lifecycle import ignore_stop_signals, install_early_stop_signals
 from rsp.train import train
@@ -239,3 +245,30 @@ def test_the_code_version_addresses_every_file_a_job_imports_untracked_ones_too(
     assert again.version == first and (again.path / "rsp" / "extra.py").read_text() == "B = 1\n"
     (repo / "rsp" / "extra.py").unlink()
     assert take_snapshot(tmp_path / "code", repo).version == commit  # back to the commit: its own snapshot
+
+
+def _all_reduce_after_peer_dies(rank: int, port: int, out: str) -> None:
+    timeout = datetime.timedelta(seconds=60)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timeout)
+    tensor = torch.ones(4)
+    dist.all_reduce(tensor)
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # like the chaos test's kill -9 of rank 1
+    time.sleep(1)
+    try:
+        dist.all_reduce(tensor)
+        Path(out).write_text("no error")
+    except RuntimeError as exc:
+        Path(out).write_text(f"{peer_vanished(exc)}: {exc}")
+
+
+@pytest.mark.slow  # two spawned processes importing torch: ~10 s quiet, minutes on a busy machine
+def test_a_collective_that_lost_its_peer_to_kill_9_is_an_interruption_not_a_crash(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rank0.txt"
+    context = mp.start_processes(_all_reduce_after_peer_dies, args=(port, str(out)), nprocs=2, join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(120)
+    assert out.read_text().startswith("True: "), out.read_text()

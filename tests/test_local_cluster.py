@@ -131,6 +131,7 @@ def node_states() -> list[list[str]]:
     return sorted(line.split() for line in out.splitlines())
 
 
+@pytest.mark.cluster_wide  # idle nodes: after every pooled scenario
 def test_cluster_has_two_idle_nodes_and_both_partitions(slurm_cluster: LocalSlurmCluster) -> None:
     # Polled: jobs of tests that ran before may still be completing.
     idle = [["n1", "idle", "4"], ["n2", "idle", "4"]]
@@ -225,7 +226,7 @@ def test_scancel_signal_usr2_reaches_python_without_killing_the_job(slurm_cluste
     submitted = time.perf_counter()
     job_id, log_path = submit_signal_logger(tmp_path)
     with cancelled_at_exit(job_id):
-        wait_for(lambda: queue_state(job_id) == "RUNNING", f"job {job_id} RUNNING", timeout_s=30)
+        wait_for(lambda: queue_state(job_id) == "RUNNING", f"job {job_id} RUNNING")
         print(f"[slurm] sbatch -> RUNNING: {time.perf_counter() - submitted:.2f} s")
         wait_for(lambda: "start 0" in events(log_path), "the Python process to start")
         run("scancel", "--signal=USR2", job_id)
@@ -253,6 +254,7 @@ def test_scontrol_requeue_restarts_the_job_under_the_same_id(slurm_cluster: Loca
         assert seen.index("term 0") < seen.index("start 1")
 
 
+@pytest.mark.cluster_wide  # it preempts whatever runs on n1
 def test_high_partition_preempts_debug_job_with_usr2_then_requeues_it(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     # Both jobs need all of n1, so the `high` job can only run by preempting the `debug` one.
     low, log_path = submit_signal_logger(
@@ -272,6 +274,7 @@ def test_high_partition_preempts_debug_job_with_usr2_then_requeues_it(slurm_clus
         assert seen.index("usr2 0") < seen.index("start 1")
 
 
+@pytest.mark.cluster_wide  # the setting would split the arrays of sweeps submitted meanwhile
 def test_job_arrays_respect_max_array_size(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     try:
         slurm_cluster.set_max_array_size(4)
@@ -307,6 +310,7 @@ def _is_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended; its parent reaps it
 
 
+@pytest.mark.cluster_wide  # it stops the cluster
 def test_stop_leaves_no_process_behind_and_start_comes_back(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     job_id, log_path = submit_signal_logger(tmp_path)
     wait_for(lambda: "start 0" in events(log_path), f"job {job_id} to start")

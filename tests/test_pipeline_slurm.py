@@ -7,15 +7,18 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from launch_helpers import explain, only_run, submit, wait_finished, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.evaluations.claims import submission
 from launch.results import aggregate_runs
+from testkit.launching import explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
 
 
-def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
+@slurm_scenario
+def smoke_pipeline(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     root = tmp_path / "runs"
     rc, out = submit(
         [
@@ -37,11 +40,11 @@ def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
     assert rc == 0 and "submitted slurm job" in out, out
     assert (tmp_path / "videos" / "labels.csv").is_file() and (tmp_path / "davis" / "JPEGImages").is_dir()  # generated at submit
     run = only_run(root)
-    wait_finished(run, timeout=600)
+    wait_finished(run, timeout=1200)
     records = lambda: sorted(run.path.glob("evals/step_*/*/record.json"))  # noqa: E731
     wait_for(
         lambda: len(records()) == 6,
-        600,
+        1200,
         "6 evaluation records (steps 0 and 10)",
         lambda: explain(run) + "\n" + "\n".join(p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")),
     )
@@ -60,3 +63,7 @@ def test_smoke_experiment_on_slurm_end_to_end(slurm_cluster, tmp_path):
     for metric in ("davis:J&F-Mean", "jhmdb:PCK@0.1", "vip:mIoU"):
         assert (0 <= report.table[metric]).all() and (report.table[metric] <= 1).all()
     assert (root / "results" / "paper.md").is_file() and report.plots
+
+
+def test_smoke_experiment_on_slurm_end_to_end(smoke_pipeline):
+    smoke_pipeline.result()

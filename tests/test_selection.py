@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core.schema import ConfigError
 from eval.records import ResultRecord, write_record
 from launch.config import ClusterConfig, absolutize, compose
 from launch.evaluations.claims import FAILED, SUBMITTED
@@ -28,7 +29,6 @@ from launch.sweep import load_sweep
 from launch.sweepfile import TOP_LEVEL, read_sweep_file
 from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
-from rsp.schema import ConfigError
 
 SELECT = Selection("davis:J&F-Mean", "max", 0.5, (20, 40))
 

@@ -10,14 +10,15 @@ import pickle
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged, submit
 
+from core.schema import ConfigError
 from launch.config import absolutize, compose
 from launch.validation import validate
 from launch.validation.data import unlisted
 from launch.validation.run import problems
-from rsp.schema import ConfigError
+from rsp.synthetic import SCENE_SIZES
 from rsp.video import LabelEntry, read_labels, write_labels
+from testkit.launching import merged, submit
 
 
 def cfg_with(tmp_path: Path, videos: Path, *overrides: str):
@@ -305,6 +306,28 @@ def test_a_generated_set_must_fit_the_batch(tmp_path):
     only_problem(
         problems(cfg), "data.batch_size (8)", "data.synthetic_videos (4) generates only that many", "data.synthetic_videos >= 8"
     )
+
+
+def test_a_max_gap_beyond_the_generated_videos_length_is_refused(tmp_path):
+    frames = SCENE_SIZES["shapes"][2]
+    cfg = cfg_with(
+        tmp_path,
+        tmp_path / "gen",
+        "experiment=smoke",
+        "data.synthetic_videos=16",
+        "data.synthetic_scene=shapes",
+        f"data.max_gap={10 * frames}",
+    )
+    only_problem(problems(cfg), f"data.max_gap ({10 * frames})", f"have {frames} frames each", f"at most {frames - 1}")
+    fits = cfg_with(
+        tmp_path,
+        tmp_path / "gen",
+        "experiment=smoke",
+        "data.synthetic_videos=16",
+        "data.synthetic_scene=shapes",
+        f"data.max_gap={frames - 1}",
+    )
+    assert not [p for p in problems(fits) if "data.max_gap" in p]
 
 
 def test_an_existing_dataset_of_another_size_is_not_silently_used_as_the_generated_one(tmp_path):

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from launch_helpers import submit
 
+from core.schema import ConfigError
 from launch.sweep import expand, load_sweep
 from launch.sweepfile import TOP_LEVEL, read_sweep_file
-from rsp.schema import ConfigError
+from testkit.launching import submit
 
 HEAD = "experiment: smoke\n"
 AXIS = "axes:\n  - key: model.kl_scale\n    values: [0.1, 0.2]\n"

@@ -1,5 +1,6 @@
 """Sweeps against the real local SLURM cluster: a 2x2 sweep end to end as one job array,
-idempotent resubmission, failed runs retried only when asked, arrays split at MaxArraySize."""
+idempotent resubmission, failed runs retried only when asked, arrays split at MaxArraySize, two
+submits of one sweep at the same moment giving one job per run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from launch_helpers import TINY, explain, squeue_ids, submit, wait_for
+from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE
-from launch.rundir import RunDirectory
+from launch.plan import plan_sweep
+from launch.rundir import RunDirectory, run_id
 from launch.status import render
+from launch.submission import CLAIMS_DIR
+from launch.sweep import load_sweep
+from testkit.launching import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -42,12 +47,14 @@ def all_ended(root: Path, n: int) -> bool:
     return len(runs) == n and all(r.status() is not None for r in runs)
 
 
-def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_cluster, train_videos, tmp_path):
+@slurm_scenario
+def two_by_two_sweep(env: ScenarioEnv) -> None:
+    tmp_path = env.tmp
     root = tmp_path / "runs"
     # lr 1e30 diverges at once: with cluster.max_failures=0 those runs fail (deterministically)
     sweep = write_sweep(
         tmp_path,
-        train_videos,
+        env.videos,
         root,
         "  - key: model.kl_scale\n    values: [0.001, 0.01]\n  - key: optim.lr\n    values: [0.001, 1.0e+30]\n",
     )
@@ -55,7 +62,7 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
     ids = {s.job_id for r in runs_of(root) for s in r.submissions()}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
-    wait_for(lambda: all_ended(root, 4), 420, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    wait_for(lambda: all_ended(root, 4), 900, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     states = {r.info().name: r.final_state() for r in runs_of(root)}
     assert states == {
         "kl0.001-lr0.001": "finished",
@@ -67,10 +74,10 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
     assert table.count("finished") >= 2 and table.count("failed") >= 2
 
-    before = squeue_ids()
+    before = squeue_ids(root)
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
-    assert not squeue_ids() - before
+    assert not squeue_ids(root) - before
 
     failed = [r for r in runs_of(root) if r.final_state() == "failed"]
     attempts_before = {r.path: len(r.attempts()) for r in failed}
@@ -78,7 +85,7 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
     wait_for(
         lambda: all(len(r.attempts()) > attempts_before[r.path] and r.status() is not None for r in failed),
-        300,
+        900,
         "the retried runs to end",
         lambda: "\n".join(explain(r) for r in failed),
     )
@@ -86,6 +93,11 @@ def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(slurm_c
     assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
 
 
+def test_two_by_two_sweep_runs_once_and_retries_failures_only_when_asked(two_by_two_sweep):
+    two_by_two_sweep.result()
+
+
+@pytest.mark.cluster_wide  # the setting would split the arrays of sweeps submitted meanwhile
 def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos, tmp_path):
     slurm_cluster.set_max_array_size(2)
     try:
@@ -101,3 +113,18 @@ def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos
         subprocess.run(["scancel", *arrays], check=True)
     finally:
         slurm_cluster.set_max_array_size(DEFAULT_MAX_ARRAY_SIZE)
+
+
+def test_two_submits_of_one_sweep_at_once_give_one_slurm_job_per_run(slurm_cluster, train_videos, tmp_path):
+    """Both submitters decide the runs are missing while the test holds the runs' claims
+    (tests/test_submit_races.py has the local twin); then one array reaches SLURM, not two."""
+    root = tmp_path / "runs"
+    sweep = write_sweep(tmp_path, train_videos, root, "  - key: optim.lr\n    values: [0.001, 0.002]\n", steps=2)
+    claims = [root / CLAIMS_DIR / f"{run_id(row.run.cfg)}.lock" for row in plan_sweep(load_sweep(str(sweep)), [], REPO).rows]
+    outputs = race([[*SUBMIT, f"sweep={sweep}"]] * 2, claims)
+    assert sum("submitted 2 run(s) of sweep sweep_test as 1 slurm submission(s)" in out for out in outputs) == 1, outputs
+    assert sum("left alone: 2 run(s) another submit took meanwhile" in out for out in outputs) == 1, outputs
+    assert sorted(job_counts(root).values()) == [1, 1]
+    assert len({s.job_id.split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
+    wait_for(lambda: all_ended(root, 2), 900, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
+    assert {r.final_state() for r in runs_of(root)} == {"finished"}

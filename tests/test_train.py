@@ -11,7 +11,15 @@ import time
 
 import pytest
 import torch
-from train_helpers import (
+
+from core.schema import to_dict
+from rsp import rng
+from rsp.checkpoint import CheckpointStore, weights_digest
+from rsp.distributed import DistEnv, RendezvousError, init_process_group
+from rsp.lifecycle import StopRequest
+from rsp.model import create_model
+from rsp.train import NonFiniteLossError, ResumeError, train
+from testkit.training import (
     REPO,
     StopOnRead,
     assert_same_tensors,
@@ -21,14 +29,6 @@ from train_helpers import (
     tiny_config,
     torchrun,
 )
-
-from rsp import rng
-from rsp.checkpoint import CheckpointStore, weights_digest
-from rsp.distributed import DistEnv, RendezvousError, init_process_group
-from rsp.lifecycle import StopRequest
-from rsp.model import create_model
-from rsp.schema import to_dict
-from rsp.train import NonFiniteLossError, ResumeError, train
 
 
 def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
-from launch_helpers import merged
+from fixtures_data import unavailable
 from test_submit_rules import cfg_with, listed_root
 
 from launch.backends import Resources, make_backend
@@ -19,6 +20,7 @@ from launch.submit import main
 from launch.validation import SweepContext, validate
 from launch.validation.sweep import backend_problems
 from rsp.video import LabelEntry
+from testkit.launching import merged
 
 SHORT_VIDEO_NOTE = "1 of the 41 videos with a known length have fewer than data.max_gap + 1 = 13 frames"
 
@@ -93,6 +95,20 @@ def test_slurm_missing_is_a_problem_of_the_slurm_backend(tmp_path, monkeypatch):
     ]
     assert make_backend("local", tmp_path).refusals(Resources()) == []
     assert not (tmp_path / "validate").exists() and os.listdir(tmp_path) == []  # judging writes nothing
+
+
+def test_a_slurm_controller_that_cannot_be_reached_is_named_with_the_fix(tmp_path, monkeypatch):
+    if shutil.which("sbatch") is None:
+        unavailable("SLURM's client commands (sbatch) are not installed")
+    conf = tmp_path / "slurm.conf"  # a controller on a port where nothing listens
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=9\nMessageTimeout=2\n"
+        "NodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost Default=YES\n"
+    )
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    (problem,) = make_backend("slurm", tmp_path / "jobs").refusals(Resources())
+    assert problem.startswith("cannot reach the SLURM controller (") and "check SLURM_CONF" in problem
+    assert "python -m launch.local_cluster start" in problem
 
 
 def test_a_sweep_runs_on_one_backend(tmp_path):

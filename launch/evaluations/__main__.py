@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import launch.evaluations
+from core.commandline import HintingArgumentParser
 from launch.advance import Missing, advance
+from launch.backends import backend_class
 from launch.rundir import RunDirectory
-from rsp.commandline import HintingArgumentParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             role="training job",
             runs=[run],
             decide=False,
-            recover_lost=args.backend != "debug",
+            recover_lost=not backend_class(args.backend).in_process,
             missing=Missing(args.backend, args.step),
         )
         print(" ".join(report.submitted.get(run.path.name, [])))

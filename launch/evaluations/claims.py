@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.atomicio import atomic_write_json
+from core.schema import ConfigError, read_record, to_dict
 from eval.records import RECORD_NAME, ResultRecord, parse_record
 from launch.rundir import RunDirectory
-from rsp.atomicio import atomic_write_json
 from rsp.manifest import Manifest, pin, unpin
-from rsp.schema import ConfigError, read_record, to_dict
 
 SUBMITTED, FAILED, STOPPED = "submitted.json", "failed.json", "stopped.json"
 

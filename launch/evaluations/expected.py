@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.schema import from_dict
 from eval.config import EvalConfig
 from eval.protocol import protocol_hash
 from launch.config import EvaluationConfig, RunConfig
 from launch.rundir import RunDirectory
 from rsp.manifest import Manifest
-from rsp.schema import from_dict
 
 
 def task_eval_config(e: EvaluationConfig, task: str, **paths: str) -> EvalConfig:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.provenance import code_version
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, ResultRecord, write_record
 from launch.cost import accounting, to_checkpoint
@@ -28,7 +29,6 @@ from launch.rundir import RunDirectory
 from launch.rungs import SweepDirectory
 from rsp.lifecycle import STOP_SIGNALS, blocked_stop_signals, early_stop_request
 from rsp.manifest import checkpoint_name
-from rsp.provenance import code_version
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.backends import ACTIVE_STATES, BACKENDS
+from launch.backends import ACTIVE_STATES, BACKENDS, backend_class
 from launch.evaluations.claims import (
     FAILED,
     SUBMITTED,
@@ -75,7 +75,7 @@ def evaluation_states(runs: Sequence[RunDirectory]) -> list[EvaluationState]:
             elif (directory / SUBMITTED).is_file():
                 sub = submission(directory)
                 state.job_id, state.backend = sub.job_id, sub.backend
-                if state.job_id and state.backend in ("slurm", "local"):
+                if state.job_id and backend_class(state.backend).tracks_jobs:
                     claimed[state.backend].add(state.job_id)
                 state.state = "claimed"
             states.append(state)
@@ -96,7 +96,7 @@ def _resolve(state: EvaluationState, scheduler: dict[str, str]) -> None:
         state.state = "lost" if age > SUBMIT_GRACE_S else "submitting"
         state.detail = f"claimed {age:.0f} s ago, no job recorded"
         return
-    if state.backend == "debug":  # in-process: it ended with the process that ran it
+    if backend_class(state.backend).in_process:  # it ended with the process that ran it
         state.state, state.detail = "lost", "its in-process (debug) job ended without a record"
         return
     sched = scheduler.get(state.job_id, "UNKNOWN")
@@ -130,7 +130,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
     backend_of: dict[RunDirectory, str] = {}
     resubmitted, given_up = [], []
     for state in states:
-        if state.state != "lost" or state.backend == "debug":
+        if state.state != "lost" or backend_class(state.backend).in_process:
             continue
         run, directory = state.run, state.directory
         lost = [*submission(directory).lost, state.job_id or "no job"]

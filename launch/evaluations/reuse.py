@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomicio import atomic_write_json
 from eval.records import ResultRecord, parse_record
-from rsp.atomicio import atomic_write_json
 
 INDEX_DIR = ".evaluated"
 

@@ -47,7 +47,7 @@ def submit_evaluations(
     backend = make_backend(backend_name, run.path / "evals" / ".jobs", snapshot_of(run))
     ids = []
     for step, items in sorted(todo.items()):
-        groups = [[t] for t, _ in items] if backend_name == "slurm" else [[t for t, _ in items]]
+        groups = [[t] for t, _ in items] if backend.evaluation_job_per_task else [[t for t, _ in items]]
         for tasks in groups:
             job_ids = backend.submit([EvaluationJob(str(run.path), step, tasks)], resources)
             ids += job_ids

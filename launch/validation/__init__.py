@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.backends import make_backend
+from launch.backends import Resources, make_backend
 from launch.config import RunConfig
 from launch.rundir import run_id
 from launch.rungs import SweepDirectory, membership_changes
@@ -34,7 +34,12 @@ from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
 from launch.validation.devices import device_warnings
 from launch.validation.run import problems
-from launch.validation.sweep import backend_problems, selection_change_problems, selection_problems
+from launch.validation.sweep import (
+    backend_problems,
+    selection_change_problems,
+    selection_problems,
+    sweep_selection_problems,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
     (launch.rungs.membership_changes)."""
     found, removed = run_problems(cfgs, sweep), []
     if sweep is not None:
-        found += backend_problems(cfgs)
+        found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, len(cfgs))
         directory = SweepDirectory(cfgs[0].output_root, sweep.name)
         found += selection_change_problems(sweep.name, sweep.selection, directory)
         changed, removed = membership_changes(directory, {run_id(cfg): cfg.name for cfg in cfgs}, f"sweep file {sweep.name}")
@@ -93,8 +98,9 @@ def run_problems(cfgs: Sequence[RunConfig], sweep: SweepContext | None) -> list[
 def backend_refusals(cfgs: Sequence[RunConfig], sweep: SweepContext | None) -> list[str]:
     """The backend's judgement of one representative job per group of equal resources."""
     groups: dict[tuple, list[RunConfig]] = {}
-    for cfg in cfgs:
-        groups.setdefault((cfg.cluster.backend, resources_for(cfg).group_key()), []).append(cfg)
+    for cfg in cfgs:  # the group key leaves the job name out: no run id to compute per run
+        key = Resources.from_cluster(cfg.cluster, job_name="").group_key()
+        groups.setdefault((cfg.cluster.backend, key), []).append(cfg)
     found = []
     for group in groups.values():
         backend = make_backend(group[0].cluster.backend, Path(group[0].output_root) / ".jobs" / "validate")

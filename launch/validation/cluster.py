@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 import torch
 
-from launch.backends import BACKENDS, slurm_config
+from core.schema import from_dict, ignored, to_dict
+from launch.backends import BACKENDS, backend_class
 from launch.config import ClusterConfig, RunConfig
 from rsp.config import ModelConfig
 from rsp.model import create_model
-from rsp.schema import from_dict, ignored, to_dict
 
 # sbatch options the launcher writes from its own fields (launch/backends.py): in extra_sbatch they would contradict them.
 MANAGED_SBATCH = {
@@ -82,19 +82,21 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
         out.append(f"cluster.mem_gb ({c.mem_gb}) must be > 0 or null")
     if c.signal_delay_s < 10:
         out.append(f"cluster.signal_delay_s ({c.signal_delay_s}) must be >= 10 s to finish a step and checkpoint")
-    if c.after and c.backend != "slurm":
+    backend = backend_class(c.backend)
+    if c.after and not backend.holds_for_dependencies:
         out.append(f"cluster.after ({c.after}) needs cluster=slurm: only a scheduler can hold a job until others end")
     elif c.after and not all(part.strip().replace("_", "").isdigit() for part in c.after.split(",")):
         out.append(f"cluster.after ({c.after!r}) must be SLURM job ids separated by commas, e.g. 1234,1235")
-    if c.backend in ("local", "debug") and c.nodes != 1:
+    if backend.runs_here and c.nodes != 1:
         out.append(
             f"cluster.nodes ({c.nodes}) must be 1 with cluster={c.backend} (one machine); use cluster=slurm for multi-node runs"
         )
-    if c.backend == "debug" and c.world_size != 1:
+    if backend.in_process and c.world_size != 1:
         out.append(
-            f"cluster=debug runs one process in this interpreter; set cluster.tasks_per_node=1 (got {c.world_size} processes)"
+            f"cluster={c.backend} runs one process in this interpreter; "
+            f"set cluster.tasks_per_node=1 (got {c.world_size} processes)"
         )
-    if c.backend == "local" and c.gpus_per_node:
+    if backend.counts_gpus_here and c.gpus_per_node:
         visible = torch.cuda.device_count()
         if c.gpus_per_node > visible:
             out.append(f"cluster.gpus_per_node ({c.gpus_per_node}) exceeds the {visible} GPU(s) of this machine")
@@ -103,7 +105,7 @@ def cluster_problems(c: ClusterConfig) -> list[str]:
             f"cluster.extra_sbatch.{flag} ({c.extra_sbatch[flag]}) is an sbatch option the launcher writes itself; "
             f"set {MANAGED_SBATCH[flag]} instead"
         )
-    if c.backend in ("local", "debug"):
+    if backend.runs_here:
         for key in SLURM_ONLY:
             out += ignored(c, "cluster", key, f"cluster={c.backend} runs on this machine", "use cluster=slurm, or drop it")
     return out
@@ -130,7 +132,8 @@ def time_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
 
 def cluster_warnings(c: ClusterConfig, slurm: dict[str, str] | None = None) -> list[str]:
     """Allowed, but probably not what the user wants. `slurm`: `scontrol show config` (SLURM backend)."""
-    if c.backend == "debug":
+    backend = backend_class(c.backend)
+    if not backend.requeues:  # the budgets and the stop signal are the requeue's
         return []
     out = [
         f"cluster.{key}=0: the run is marked failed at {end} instead of resuming from its newest checkpoint "
@@ -139,10 +142,10 @@ def cluster_warnings(c: ClusterConfig, slurm: dict[str, str] | None = None) -> l
         if getattr(c, key) == 0
     ]
     window = c.time_minutes * 60 - c.signal_delay_s
-    if c.backend == "slurm" and MIN_TRAINING_S <= window < SIGNAL_TICK_S + 60:
+    if backend.signal_early_s and MIN_TRAINING_S <= window < backend.signal_early_s + 60:
         out.append(
             f"cluster.signal_delay_s ({c.signal_delay_s}) leaves {window} s of cluster.time_minutes ({c.time_minutes}) "
-            f"before the stop signal, which SLURM may send up to {SIGNAL_TICK_S} s early: attempts may stop after "
+            f"before the stop signal, which SLURM may send up to {backend.signal_early_s} s early: attempts may stop after "
             "their first step; raise cluster.time_minutes or lower cluster.signal_delay_s"
         )
     if slurm:
@@ -166,11 +169,11 @@ def preemption_warnings(slurm: dict[str, str]) -> list[str]:
 
 
 def scheduler_warnings(cfgs: Sequence[RunConfig]) -> list[str]:
-    """The warnings of a run or a sweep's runs, each once (SLURM's configuration is asked once)."""
-    slurm = None
-    if any(cfg.cluster.backend == "slurm" for cfg in cfgs):
-        slurm = slurm_config()
-    return list(dict.fromkeys(w for cfg in cfgs for w in cluster_warnings(cfg.cluster, slurm)))
+    """The warnings of a run or a sweep's runs, each once (each scheduler's configuration is asked once)."""
+    configs = {cls: cls.scheduler_config() for cls in {backend_class(cfg.cluster.backend) for cfg in cfgs}}
+    return list(
+        dict.fromkeys(w for cfg in cfgs for w in cluster_warnings(cfg.cluster, configs[backend_class(cfg.cluster.backend)]))
+    )
 
 
 def checkpoint_size(cfg: RunConfig) -> float:

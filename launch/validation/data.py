@@ -32,8 +32,8 @@ import numpy as np
 
 from launch.config import RunConfig
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
-from rsp.synthetic import generated_scene
-from rsp.video import OUR_LABELS, DataError, read_labels, resolve_labels_file
+from rsp.synthetic import SCENE_SIZES, generated_scene
+from rsp.video import OUR_LABELS, DataError, LabelEntry, changed_since_labelling, read_labels, resolve_labels_file
 
 SHOWN = 3  # examples named per problem
 
@@ -51,6 +51,7 @@ class DatasetSurvey:
     invalid_counts: tuple[tuple[str, int], ...]  # entries whose count is neither >= 0 nor -1 (unknown)
     unreadable: dict[str, tuple[str, ...]]  # decoder -> paths rsp.probe found it cannot decode
     unverified: dict[str, int]  # decoder -> entries without a seek mode for it (read from the first frame)
+    changed: tuple[str, ...] = ()  # listed files whose size or mtime differ from the labelled ones
 
 
 def survey(root: Path, labels: str) -> DatasetSurvey:
@@ -77,7 +78,14 @@ def _survey(root: str, labels: str, mtime_ns: int, size: int) -> DatasetSurvey: 
         invalid_counts=invalid,
         unreadable={d: tuple(e.path for e in entries if e.seek(d) == UNREADABLE) for d in DECODERS},
         unverified={d: sum(1 for e in entries if not e.seek(d)) for d in DECODERS},
+        changed=changed_files(Path(root), entries, skip=set(missing) | set(folders)),
     )
+
+
+def changed_files(root: Path, entries: Sequence[LabelEntry], skip: set[str]) -> tuple[str, ...]:
+    """Listed files replaced after labelling: size or modification time differ from the labels
+    file's (one stat per entry that records them)."""
+    return tuple(e.path for e in entries if e.path not in skip and changed_since_labelling(root / e.path, e))
 
 
 def unlisted(root: str | Path, relative: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -121,6 +129,13 @@ def listing_problems(s: DatasetSurvey, root: Path) -> list[str]:
             f"{len(s.missing)} of the {s.videos} videos {s.labels} lists are missing under data.root {root} "
             f"({examples(s.missing)}); training would replace them at every read and stop when they exceed "
             f"data.max_broken_fraction: restore the files or {regenerate}"
+        )
+    if s.changed:
+        out.append(
+            f"{len(s.changed)} of the {s.videos} videos {s.labels} lists changed after it was written (size or "
+            f"modification time differ from the recorded ones: {examples(s.changed)}), so their recorded frame counts and "
+            f"seek modes may be another file's: rerun python -m rsp.prepare labels --root {root} (it probes only the "
+            "changed files again), or restore the labelled files (`cp -p` and `rsync -t` keep modification times)"
         )
     if s.folders:
         out.append(
@@ -274,18 +289,35 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
         f"data.synthetic_videos ({d.synthetic_videos}) generates only that many",
         f"or set data.synthetic_videos >= {d.batch_size * cfg.cluster.world_size * cfg.optim.accum_iter}",
     )
-    if (root / OUR_LABELS).is_file():
-        try:
-            found = survey(root, "auto").videos
-        except DataError as exc:
-            return out + [str(exc)]
-        if found != d.synthetic_videos:
-            out.append(
-                f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
-                f"one of {found} videos, which would be used as it is; set data.synthetic_videos={found} to train on it, or "
-                "point data.root at an empty folder"
-            )
-    return out
+    if not (root / OUR_LABELS).is_file():
+        return out + generated_gap_problems(cfg)
+    try:
+        s = survey(root, "auto")
+    except DataError as exc:
+        return out + [str(exc)]
+    if s.videos != d.synthetic_videos:
+        out.append(
+            f"data.synthetic_videos ({d.synthetic_videos}) asks for a generated set, but data.root ({root}) already holds "
+            f"one of {s.videos} videos, which would be used as it is; set data.synthetic_videos={s.videos} to train on it, or "
+            "point data.root at an empty folder"
+        )
+    return out + gap_problems(s, cfg)
+
+
+def generated_gap_problems(cfg: RunConfig) -> list[str]:
+    """data.max_gap against the length of the videos a generated set will have (all alike): a gap
+    no video can hold sends every pair through the short-video fallback, silently."""
+    d = cfg.data
+    frames = SCENE_SIZES[d.synthetic_scene][2]
+    if d.max_gap + 1 <= frames or d.max_short_fraction >= 1 or d.max_gap < d.min_gap:
+        return []
+    fit = f"lower data.max_gap to at most {frames - 1}" if frames - 1 >= d.min_gap else "lower data.min_gap and data.max_gap"
+    return [
+        f"data.max_gap ({d.max_gap}) needs videos of at least {d.max_gap + 1} frames, but the generated "
+        f"{d.synthetic_scene} videos (data.synthetic_videos={d.synthetic_videos}) have {frames} frames each: every pair "
+        "would come from the short-video fallback (two random frames) instead of t, t+k with k in "
+        f"[data.min_gap, data.max_gap]; {fit}"
+    ]
 
 
 @functools.cache

@@ -23,6 +23,7 @@ import logging
 
 import torch
 
+from launch.backends import backend_class
 from launch.config import RunConfig
 from rsp.acceleration import compiler_problem, memory_lower_bound
 from rsp.gpus import GPUModel, known_keys, lookup
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 def runs_on_cpu(cfg: RunConfig) -> bool:
     if cfg.runtime.device == "cpu":
         return True
-    if cfg.cluster.backend == "debug":  # in this process, on whatever this machine has
+    if backend_class(cfg.cluster.backend).in_process:  # in this process, on whatever this machine has
         return not _local_gpu_name()
     return cfg.cluster.gpus_per_node == 0  # local and SLURM jobs see only the GPUs they requested
 
@@ -46,7 +47,7 @@ def _local_gpu_name() -> str | None:
 def gpu_model(cfg: RunConfig) -> GPUModel | None:
     """The GPU model the run's processes will get, when submit time can know it."""
     c = cfg.cluster
-    if c.backend in ("local", "debug"):
+    if backend_class(c.backend).runs_here:
         name = _local_gpu_name()
         return lookup(name) if name else None
     if c.gpu_type:
@@ -58,12 +59,12 @@ def gpu_model(cfg: RunConfig) -> GPUModel | None:
 
 def device_problems(cfg: RunConfig) -> list[str]:
     c, r = cfg.cluster, cfg.runtime
-    out = []
+    backend, out = backend_class(c.backend), []
     if c.gpu_type is not None and lookup(c.gpu_type) is None:
         out.append(f"cluster.gpu_type ({c.gpu_type!r}) is not a known GPU model; valid: {known_keys()}")
     if c.gpu_type is not None and c.gpus_per_node == 0:
         out.append(f"cluster.gpu_type ({c.gpu_type!r}) is set but cluster.gpus_per_node=0; request GPUs or unset gpu_type")
-    if r.device == "cuda" and c.gpus_per_node == 0 and c.backend != "debug":
+    if r.device == "cuda" and c.gpus_per_node == 0 and not backend.in_process:
         out.append(
             "runtime.device=cuda but cluster.gpus_per_node=0: the job would see no GPU; "
             "request GPUs (cluster.gpus_per_node=N) or set runtime.device=auto"
@@ -74,10 +75,10 @@ def device_problems(cfg: RunConfig) -> list[str]:
                 "runtime.precision=fp16 on a CPU run (cluster.gpus_per_node=0 or runtime.device=cpu): fp16 training needs "
                 "loss scaling, which runs on CUDA here; use runtime.precision=fp32 or bf16, or request GPUs"
             )
-        if r.compile and c.backend in ("local", "debug") and (reason := compiler_problem("cpu")):
+        if r.compile and backend.runs_here and (reason := compiler_problem("cpu")):
             out.append(f"runtime.compile=true cannot work on this machine: {reason}; or set runtime.compile=false")
         return out
-    if r.compile and c.backend in ("local", "debug") and (reason := compiler_problem("cuda")):
+    if r.compile and backend.runs_here and (reason := compiler_problem("cuda")):
         out.append(f"runtime.compile=true cannot work on this machine's GPU: {reason}; or set runtime.compile=false")
     model = gpu_model(cfg)
     if model is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.schema import ConfigError
 from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
@@ -17,7 +18,6 @@ from launch.evaluations.expected import task_eval_config
 from launch.validation.cluster import MIN_TRAINING_S, SIGNAL_TICK_S
 from launch.validation.data import writable
 from rsp.architectures import MODELS
-from rsp.schema import ConfigError
 
 # Evaluation config fields each evaluation job sets itself (launch/evaluations/expected.py): an override would silently
 # replace them (another checkpoint, another dataset) or contradict the key that sets them.

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.schema import ConfigError
 from launch.config import RunConfig, train_config
 from launch.validation.cluster import checkpoint_size, cluster_problems, time_problems
 from launch.validation.data import data_problems, survey, writable
 from launch.validation.devices import device_problems
 from launch.validation.evaluation import evaluation_problems
 from rsp.optim import resolve_schedule
-from rsp.schema import ConfigError
 from rsp.video import DataError
 
 

@@ -1,6 +1,8 @@
 """Submit-time rules of a sweep as a whole (each run's own rules are launch.validation.run's):
 - its select block can rank every run (launch.selection.run_problems: the metric is evaluated, the
   rungs are milestones before the run's last step);
+- its select block fits the sweep (promotion: async with min_reports at most the number of runs) and
+  the runtime can act on it (launch.selection.runtime_problems);
 - its runs share one backend;
 - a sweep whose rungs were decided keeps the select block they were decided under."""
 
@@ -10,13 +12,18 @@ from collections.abc import Sequence
 
 from launch.config import RunConfig
 from launch.rungs import SweepDirectory
-from launch.selection import Selection, run_problems
+from launch.selection import Selection, run_problems, runtime_problems, sweep_size_problems
 from launch.validation.run import known_total_steps
 
 
 def selection_problems(selection: Selection | None, cfg: RunConfig) -> list[str]:
     """Why the sweep's select block cannot rank the run `cfg` ([] without a select block)."""
     return [] if selection is None else run_problems(selection, cfg, known_total_steps(cfg))
+
+
+def sweep_selection_problems(selection: Selection | None, runs: int) -> list[str]:
+    """What the sweep's select block cannot do with `runs` runs, or on the runtime."""
+    return [] if selection is None else sweep_size_problems(selection, runs) + runtime_problems(selection)
 
 
 def backend_problems(cfgs: Sequence[RunConfig]) -> list[str]:

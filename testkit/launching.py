@@ -4,12 +4,16 @@ and explaining a failure with the run's own records and logs."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from launch.rundir import RunDirectory
@@ -105,12 +109,22 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...'
 
 
-def submit(args: Sequence[str]) -> tuple[int, str]:
-    """Run launch/submit.py's main in this process; returns (exit status, everything it printed)."""
+# One command at a time in this process: Hydra's configuration state is process-global, and so are the
+# standard streams the output is captured from (the suite's pooled scenarios run commands from threads).
+_COMMAND = threading.Lock()
+
+
+def run_command(main: Callable[[list[str]], int], args: Sequence[str]) -> tuple[int, str]:
+    """Run a command's `main(argv)` in this process; returns (exit status, everything it printed)."""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-        rc = submit_main(list(args))
+    with _COMMAND, contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        rc = main(list(args))
     return rc, buffer.getvalue()
+
+
+def submit(args: Sequence[str]) -> tuple[int, str]:
+    """launch/submit.py in this process; returns (exit status, everything it printed)."""
+    return run_command(submit_main, args)
 
 
 def only_run(root: Path) -> RunDirectory:
@@ -123,9 +137,13 @@ def job_id(run: RunDirectory) -> str:
     return run.last_submission().job_id
 
 
-def squeue_ids() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+def squeue_ids(under: Path) -> set[str]:
+    """The queued or running jobs whose batch script lies under `under` (an output root: the launcher
+    writes every job's script into the root's scheduler folders). Scoped, because other scenarios of
+    the suite's pool submit jobs to the same cluster at the same time."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%o"], capture_output=True, text=True, check=True).stdout
+    prefix = str(Path(under).resolve())
+    return {job for job, _, command in (line.partition("|") for line in out.splitlines()) if command.startswith(prefix)}
 
 
 def wait_for(
@@ -158,7 +176,7 @@ def explain(run: RunDirectory) -> str:
     return "\n".join(parts)
 
 
-def wait_finished(run: RunDirectory, timeout: float = 420) -> dict:
+def wait_finished(run: RunDirectory, timeout: float = 900) -> dict:
     wait_for(
         lambda: run.final_state() in ("finished", "failed"),
         timeout,
@@ -183,7 +201,7 @@ class Driver(threading.Thread):
         self,
         root: Path,
         ready: Callable[[RunDirectory], bool],
-        action: Callable[[RunDirectory], None],
+        action: Callable[[RunDirectory], object],
         timeout: float = 600,
         poll_s: float = 1.0,
     ):
@@ -191,19 +209,66 @@ class Driver(threading.Thread):
         self.root, self.ready, self.action, self.timeout, self.poll_s = root, ready, action, timeout, poll_s
         self.error: Exception | None = None
         self.done_at: float | None = None
+        self.value: object = None  # what the action returned
         self.start()
 
     def run(self) -> None:
         try:
             run = only_run(self.root)
             wait_for(lambda: self.ready(run), self.timeout, f"{self.root.name} to be ready", lambda: explain(run), self.poll_s)
-            self.action(run)
+            self.value = self.action(run)
             self.done_at = time.time()
         except Exception as exc:  # reported by the test that owns the scenario
             self.error = exc
 
-    def result(self) -> None:
+    def result(self) -> object:
+        """What the action returned, once it has acted; its failure raised here."""
         self.join(self.timeout)
         if self.error is not None:
             raise self.error
         assert self.done_at is not None, f"driver of {self.root} never acted"
+        return self.value
+
+
+# --- racing submits (tests/test_submit_races.py, tests/test_sweep_slurm.py) ------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = [sys.executable, str(REPO / "launch" / "submit.py")]
+
+
+@contextmanager
+def holding_claims(paths: Sequence[Path]) -> Iterator[None]:
+    with ExitStack() as held:
+        for path in sorted(paths):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = held.enter_context(path.open("a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def waiters_on(path: Path) -> int:
+    """Processes blocked on an flock of `path` (/proc/locks lists each waiter with '->')."""
+    inode = os.stat(path).st_ino
+    return sum(
+        1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and line.split()[-3].endswith(f":{inode}")
+    )
+
+
+def race(commands: list[list[str]], claims: list[Path]) -> list[str]:
+    """Start every command while holding `claims`; release once all of them wait on the first claim.
+    Returns each command's output (every command must succeed)."""
+    with holding_claims(claims):
+        procs = [subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+        wait_for(
+            lambda: waiters_on(min(claims)) == len(commands) or any(p.poll() is not None for p in procs),
+            240,
+            f"{len(commands)} submits to queue on {min(claims).name}",
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    return outputs
+
+
+def job_counts(root: Path) -> dict[str, int]:
+    return {p.parent.name: len(list((p.parent / "submissions").glob("*.json"))) for p in root.glob("*/run.json")}

@@ -3,7 +3,7 @@ them there: `--lr 0.1` means `optim.lr=0.1`, `lr=0.1` means `optim.lr=0.1`, `mod
 means `model.kl_scale=0.1`, and a value with characters the override grammar does not take
 unquoted (`~`, non-ASCII letters, quotes, `#`, brackets, ...) must be quoted.
 
-Pure string logic over a schema's dotted keys (rsp.schema.schema_keys), shared by every command
+Pure string logic over a schema's dotted keys (core.schema.schema_keys), shared by every command
 line of the project: launch/submit.py, launch/status.py, launch/results.py, eval/aggregate.py, python -m eval.run,
 python -m launch.evaluations. `HintingArgumentParser` is argparse with these hints on unknown
 arguments (exit status 2, one message, as argparse's own errors).

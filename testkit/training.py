@@ -1,11 +1,13 @@
-"""Shared pieces of the training-engine tests: a tiny config, a torchrun launch and bitwise run
-comparison."""
+"""Shared pieces of the training-engine tests and benchmarks: a tiny config, a torchrun launch,
+bitwise run comparison, and uninterrupted reference runs trained once per configuration."""
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +15,20 @@ from pathlib import Path
 
 import torch
 
+from core.schema import fingerprint, to_dict
 from rsp.checkpoint import CheckpointStore
-from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from rsp.config import (
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from rsp.distributed import DistEnv
 from rsp.lifecycle import StopRequest
-from rsp.schema import to_dict
+from rsp.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,3 +123,32 @@ def assert_same_training_state(run_a: Path, run_b: Path) -> None:
     for key in ("model", "optimizer", "scaler", "counters", "data_position"):
         assert_same_tensors(a[key], b[key], key)
     assert loss_trace(run_a) == loss_trace(run_b)
+
+
+class ReferenceRuns:
+    """Uninterrupted runs of a training config, by (the config's result-affecting fields, its whole runtime
+    section, rank count): the loader's process count, checkpoint cadence and other runtime-only data and
+    checkpoint fields cannot change a trajectory, the runtime section can change what is compared (the
+    logged trace, CPU threads, deterministic kernels). Each is trained once per directory and shared.
+    A file lock per key lets several processes (xdist workers, bench scripts) share one directory: the
+    second asker waits for the first one's run instead of training it again."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, cfg: TrainConfig, ranks: int = 1, timeout: float = 900) -> Path:
+        canonical = fingerprint(cfg, extra={"runtime": to_dict(cfg.runtime), "ranks": ranks})
+        key = f"{canonical[:16]}-{ranks}rank"
+        run_dir, done = self.root / key, self.root / f"{key}.done"
+        with (self.root / f"{key}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.is_file():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run an earlier asker did not finish
+                if ranks == 1:
+                    train(cfg, DistEnv(), run_dir)
+                else:
+                    proc = torchrun(cfg, run_dir, self.root, nproc=ranks, timeout=timeout)
+                    assert proc.returncode == 0, proc.stderr[-3000:]
+                done.write_text(canonical)
+        return run_dir

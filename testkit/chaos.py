@@ -32,12 +32,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launch_helpers import explain, job_id, only_run, overrides, submit
-
 from launch.postmortem import live_job
 from launch.rundir import RunDirectory
 from launch.status import lost_time
 from launch.steplog import read_trace
+from testkit.launching import explain, job_id, only_run, overrides, submit
 
 KINDS = (
     "usr2_startup",
@@ -54,7 +53,7 @@ EFFECT = {  # how the attempt an interruption hits must end (docs/requeue.md#end
     "batch_usr2_startup": ("preempted",),  # the batch shell got it long before the time limit
     "usr2_checkpoint": ("stopped",),
     "requeue_workers": ("requeued",),
-    "kill9_rank": ("interrupted", "crashed"),  # crashed: a surviving rank saw its peer vanish first
+    "kill9_rank": ("interrupted",),  # also when a surviving rank's collective saw its peer vanish (launch/job.py)
     "kill9_worker": ("crashed",),  # a worker killed by SIGKILL (the OOM killer) is a genuine failure
     "preempt": ("preempted",),
 }
@@ -132,18 +131,27 @@ def is_rank(cmdline: bytes) -> bool:
 
 def rank_process(job: str, rank: int, restart: int | None = None) -> int:
     """PID of the process of `rank` in SLURM job `job` (found through /proc); `restart`: of that
-    attempt only (its SLURM_RESTART_COUNT)."""
+    attempt only (its SLURM_RESTART_COUNT). A rank's DataLoader workers are forked from it: same
+    command line, same environment. So a matching process whose parent matches too is a worker,
+    not the rank; whichever comes first in /proc (the PID counter wraps) does not matter."""
+    matching: dict[int, int] = {}  # pid -> parent pid
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or not is_rank((proc / "cmdline").read_bytes()):
                 continue
             env = _environ(proc.name)
-        except OSError:
+            parent = int(re.search(r"^PPid:\s+(\d+)$", (proc / "status").read_text(), re.M).group(1))
+        except (OSError, AttributeError):
             continue
         if env.get("SLURM_JOB_ID") == job and env.get("SLURM_PROCID") == str(rank):
             if restart is None or env.get("SLURM_RESTART_COUNT", "0") == str(restart):
-                return int(proc.name)
-    raise LookupError(f"no process of rank {rank} of job {job}")
+                matching[int(proc.name)] = parent
+    ranks = [pid for pid, parent in matching.items() if parent not in matching]
+    if len(ranks) != 1:
+        raise LookupError(
+            f"{len(ranks)} processes of rank {rank} of job {job} (restart {restart}); expected 1: {sorted(matching)}"
+        )
+    return ranks[0]
 
 
 def rank_exists(job: str, rank: int, restart: int) -> bool:
@@ -154,7 +162,8 @@ def rank_exists(job: str, rank: int, restart: int) -> bool:
 
 
 def worker_processes(pid: int) -> list[int]:
-    """The DataLoader workers of a rank: its children running the same command line."""
+    """The DataLoader workers of a rank: its children running the same command line (a worker's
+    own children, if any, are not workers of the rank)."""
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     out = []
     for proc in Path("/proc").iterdir():

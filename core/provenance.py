@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CODE_PATHS = ("rsp", "launch", "eval", "experiments", "sweeps")  # what a job needs to run
+CODE_PATHS = ("core", "rsp", "launch", "eval", "experiments", "sweeps")  # what a job needs to run
 
 
 def _git(*args: str, cwd: Path) -> str:

@@ -1,0 +1,55 @@
+"""Backends as classes: every difference between local, SLURM and debug is an attribute or a method
+of its class in launch/backends.py, so no other module compares backend names, and a name that is
+no backend answers "none of these" (validation reports it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from launch.backends import BACKENDS, Backend, DebugBackend, LocalBackend, Resources, SlurmBackend, backend_class
+
+REPO = Path(__file__).resolve().parents[1]
+NAME_BRANCH = re.compile(r"""backend(_name)?(\.name)?\)?\s*(==|!=|\bin\b|\bnot in\b)\s*\(?\s*["'](slurm|local|debug)["']""")
+RECORD_BRANCH = re.compile(r"""\.get\(["']backend["']\)\s*(==|!=)""")
+
+
+def test_no_module_but_backends_branches_on_a_backend_name():
+    found = []
+    for package in ("launch", "eval", "rsp"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path == REPO / "launch" / "backends.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if NAME_BRANCH.search(line) or RECORD_BRANCH.search(line):
+                    found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert found == []
+
+
+def test_the_branch_pattern_finds_branches():
+    for line in ('if cfg.cluster.backend == "slurm":', "x = backend != 'debug'", 'if backend in ("slurm", "local"):'):
+        assert NAME_BRANCH.search(line), line
+    assert RECORD_BRANCH.search('if s.get("backend") == "slurm"')
+
+
+def test_each_backend_is_named_by_its_class_and_an_unknown_name_is_none_of_them():
+    assert {name: cls.name for name, cls in BACKENDS.items()} == {"local": "local", "slurm": "slurm", "debug": "debug"}
+    assert backend_class("slurm") is SlurmBackend and backend_class("nope") is Backend and backend_class(None) is Backend
+    assert not any(getattr(Backend, a) for a in ("runs_here", "in_process", "tracks_jobs", "requeues", "accounted_by_sacct"))
+
+
+def test_what_sets_the_backends_apart():
+    assert [cls.runs_here for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [True, False, True]
+    assert [cls.in_process for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [False, False, True]
+    assert [cls.requeues_in_process for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [True, False, False]
+    assert [cls.pauses_at_rungs for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [True, False, False]
+    assert [cls.evaluation_job_per_task for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [False, True, False]
+    assert [cls.accounted_by_sacct for cls in (LocalBackend, SlurmBackend, DebugBackend)] == [False, True, False]
+    assert SlurmBackend.signal_early_s == 30 and LocalBackend.signal_early_s == 0
+
+
+def test_only_a_scheduler_has_a_job_script_and_a_cap_on_jobs_per_submission(tmp_path):
+    assert LocalBackend(tmp_path).job_script(Resources()) is None and LocalBackend(tmp_path).max_array_size(7) == 7
+    assert DebugBackend(tmp_path).max_array_size(0) == 1
+    script = SlurmBackend(tmp_path).job_script(Resources(job_name="x"))
+    assert script is not None and "#SBATCH --job-name=x" in script
