@@ -74,7 +74,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     status = run.status()
     if not status or status.state != "finished":
         attempts = run.attempts()
-        why = attempts[-1].error if attempts and attempts[-1].error else (status or {}).get("reason", "no status recorded")
+        why = attempts[-1].error if attempts and attempts[-1].error else (status.reason if status else "no status recorded")
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}")
         return 1
     print(f"training finished: {status['reason']} ({run.path})")
