@@ -1,4 +1,4 @@
-"""The one owner of run and sweep state transitions: deciding due rungs (launch/rungs.py),
+"""The one owner of run and sweep state transitions: deciding due rungs (launch/sweeps/rungs.py),
 recovering lost evaluations (launch/evaluations/recovery.py) and scheduling missing ones
 (launch/evaluations/schedule.py). Nothing else starts these transitions.
 
@@ -48,8 +48,8 @@ from core.commandline import HintingArgumentParser
 from launch.backends import Resources, backend_class, make_backend
 from launch.evaluations.recovery import evaluation_states, recover
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, decide_due, sweep_directories
 from launch.snapshot import Snapshot
+from launch.sweeps.rungs import SweepDirectory, decide_due, sweep_directories
 from rsp.lifecycle import blocked_stop_signals
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, rung_views
 from launch.state import reconcile
 from launch.status import render
+from launch.sweeps.rungs import SweepDirectory, rung_views
 
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 
@@ -74,8 +74,9 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     status = run.status()
     if not status or status.state != "finished":
         attempts = run.attempts()
-        why = attempts[-1].error if attempts and attempts[-1].error else (status.reason if status else "no status recorded")
-        print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}")
+        error = attempts[-1].error.strip().splitlines()[-1] if attempts and (attempts[-1].error or "").strip() else None
+        why = status.reason if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
+        print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status['reason']} ({run.path})")
     cfg = run.config()

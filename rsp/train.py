@@ -63,6 +63,14 @@ class NonFiniteLossError(FloatingPointError):
     """Raised on every rank at the same step when any rank's loss is not finite."""
 
 
+def nonfinite_hint(lr: float, precision: str) -> str:
+    """What to change after a non-finite loss: the usual causes, with this run's values."""
+    hint = f"The learning rate was {lr:.3g} at that step: lower optim.lr (or optim.blr)"
+    if precision in ("fp16", "bf16"):
+        hint += f", or train in runtime.precision=fp32 ({precision} overflows sooner)"
+    return f"{hint}, or set optim.clip_grad to bound the updates"
+
+
 class ResumeError(RuntimeError):
     """The run directory holds checkpoints this run must not (or cannot) continue from."""
 
@@ -269,9 +277,11 @@ class Trainer:
         """Act on a step's agreed values: every rank raises together on a non-finite loss; data counts."""
         if values.nonfinite_ranks:
             raise NonFiniteLossError(
-                f"non-finite loss at step {values.step} on {values.nonfinite_ranks} rank(s): "
+                f"non-finite loss at step {values.step} on {values.nonfinite_ranks} rank(s), step {values.step - 1} the "
+                "last completed: "
                 + ", ".join(f"{k}={v:.6g}" for k, v in values.means.items())
-                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in values.local.items())}); the last checkpoint is intact"
+                + f" (this rank: {', '.join(f'{k}={v:.6g}' for k, v in values.local.items())}); the last checkpoint is intact. "
+                + nonfinite_hint(self.schedule.lr_at(values.step - 1), self.precision)
             )
         self.counters["broken_videos"] += values.broken
         self.counters["videos_read"] += values.read

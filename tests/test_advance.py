@@ -25,10 +25,10 @@ from launch.evaluations.expected import expected
 from launch.evaluations.recovery import evaluation_states
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, record_dir, rung_views
-from launch.selection import Selection
 from launch.status import main as status_main
 from launch.status import render
+from launch.sweeps.rungs import SweepDirectory, record_dir, rung_views
+from launch.sweeps.selection import Selection
 from rsp.manifest import Manifest, checkpoint_name
 
 SELECT = Selection("davis:J&F-Mean", "max", 0.5, (20, 40))

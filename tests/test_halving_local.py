@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from eval.records import parse_record
 from launch.rundir import RunDirectory
-from launch.rungs import Decision, SweepDirectory, record_dir
+from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
 from testkit.launching import explain, halving_sweep_file, submit
 
 STEPS, RUNG = 40, 20

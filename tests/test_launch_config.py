@@ -17,7 +17,7 @@ from launch.config import absolutize, compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
-from launch.sweep import expand, load_sweep
+from launch.sweeps.expand import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
 from testkit.launching import merged
@@ -298,6 +298,20 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     assert decide(nan, cluster).requeue  # two different errors at the same step
     nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8 on 1 rank(s)"
     assert not decide(nan, cluster).requeue
+
+
+def test_a_non_finite_loss_is_not_retried_and_says_what_to_change(train_videos, tmp_path):
+    """Resuming repeats the same steps exactly, so a retry would fail the same way: failed at once,
+    with the trainer's cause and hint (the learning rate) as the reason, not a traceback."""
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=3)
+    crashed = attempts(("crashed", 1))
+    cause = "non-finite loss at step 2 on 1 rank(s), step 1 the last completed: loss=nan. The learning rate was 1e+09"
+    crashed[0].error = f"Traceback (most recent call last):\n  ...\nrsp.train.NonFiniteLossError: {cause}"
+    decision = decide(crashed, cluster)
+    assert not decision.requeue and decision.final_state == "failed"
+    assert (
+        decision.reason.startswith(cause) and "would fail the same way" in decision.reason and "Traceback" not in decision.reason
+    )
 
 
 def test_stop_signals_are_never_failures(train_videos, tmp_path):

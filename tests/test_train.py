@@ -207,8 +207,13 @@ def test_non_finite_loss_raises_on_every_rank(train_videos, tmp_path):
 
 def test_non_finite_loss_single_process_names_the_step_and_parts(train_videos, tmp_path):
     cfg = tiny_config(train_videos, optim={"lr": 1e30}, schedule={"total_steps": 6, "warmup_steps": 0})
-    with pytest.raises(NonFiniteLossError, match=r"step \d.*kl_loss=.*loss_post=.*mae_loss="):
+    with pytest.raises(NonFiniteLossError, match=r"step \d.*kl_loss=.*loss_post=.*mae_loss=") as info:
         train(cfg, DistEnv(), tmp_path / "run")
+    assert (
+        "The learning rate was" in str(info.value)
+        and "lower optim.lr" in str(info.value)
+        and "optim.clip_grad" in str(info.value)
+    )
 
 
 def test_failed_rendezvous_raises_instead_of_training_alone():

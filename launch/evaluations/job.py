@@ -26,7 +26,7 @@ from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_fail
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.evaluations.reuse import earlier_evaluation
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory
+from launch.sweeps.rungs import SweepDirectory
 from rsp.lifecycle import STOP_SIGNALS, blocked_stop_signals, early_stop_request
 from rsp.manifest import checkpoint_name
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from launch.backends import Resources, make_backend
 from launch.config import RunConfig
 from launch.rundir import run_id
-from launch.rungs import SweepDirectory, membership_changes
-from launch.selection import Selection
 from launch.submission import resources_for
+from launch.sweeps.rungs import SweepDirectory, membership_changes
+from launch.sweeps.selection import Selection
 from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
 from launch.validation.devices import device_warnings

@@ -1,0 +1,31 @@
+"""Known failures reach the terminal as a one-line cause and a next step, never a raw traceback
+(its tail stays in the attempt record): a local run whose loss turns non-finite."""
+
+from __future__ import annotations
+
+import pytest
+
+from testkit.launching import TINY, merged, only_run, submit
+
+
+@pytest.mark.slow  # a tiny local training run followed to its end: ~20 s quiet
+def test_a_non_finite_loss_ends_the_run_at_once_with_the_cause_and_the_learning_rate(train_videos, tmp_path):
+    args = merged(
+        *TINY,
+        "cluster=local",
+        f"data.root={train_videos}",
+        f"output_root={tmp_path / 'out'}",
+        "optim.lr=1e30",
+        "schedule.total_steps=6",
+        "schedule.warmup_steps=0",
+        "checkpoint.every_steps=3",
+        "cluster.max_failures=3",
+    )
+    rc, out = submit(args)
+    assert rc == 1, out
+    assert "run did not finish: non-finite loss at step" in out and "The learning rate was" in out, out
+    assert "would fail the same way" in out and "Traceback" not in out, out
+    run = only_run(tmp_path / "out")
+    assert [a.end_reason for a in run.attempts()] == ["crashed"]  # not retried
+    assert run.status()["state"] == "failed"
+    assert "Traceback" in run.attempts()[0].error  # kept in the attempt record, where the terminal points
