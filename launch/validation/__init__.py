@@ -75,7 +75,7 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
     "(runs: a, b)"). The backend's own judgement (SLURM: `sbatch --test-only` of one script per group
     of equal resources) is asked only once everything else passes. A sweep file whose runs changed
     since a rung was decided: added runs are refused, removed ones warned about
-    (launch.rungs.membership_changes)."""
+    (launch.sweeps.rungs.membership_changes)."""
     found, removed = run_problems(cfgs, sweep), []
     if sweep is not None:
         found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, len(cfgs))
