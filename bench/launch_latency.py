@@ -5,7 +5,7 @@ end to RUNNING again, plus the steps lost to it.
     python bench/launch_latency.py [--repeats 2]
 
 Targets: submit to running under 2 s; requeue to running again under 10 s; 0 steps lost.
-Needs root and the SLURM Debian packages (python -m launch.local_cluster install).
+Needs root and the SLURM Debian packages (python -m localslurm install).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
-from launch.local_cluster import LocalSlurmCluster  # noqa: E402
 from launch.status import find_runs  # noqa: E402
 from launch.submit import main as submit  # noqa: E402
+from localslurm.cluster import LocalSlurmCluster  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_io import report  # noqa: E402
 from launch.plan import plan_sweep  # noqa: E402
 from launch.submission import array_chunks  # noqa: E402
-from launch.sweep import load_sweep  # noqa: E402
+from launch.sweeps.expand import load_sweep  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 
 

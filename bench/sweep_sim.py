@@ -1,5 +1,5 @@
 """A sweep simulator: successive halving on a 1,000-run sweep in seconds, through the project's own
-decision code (launch/promotion.py, which ranks with launch/selection.py), with training and
+decision code (launch/sweeps/promotion.py, which ranks with launch/sweeps/selection.py), with training and
 evaluation replaced by modelled learning curves.
 
     python bench/sweep_sim.py [--runs 1000] [--parallelism 64] [--eta 3] [--rungs 3] [--seeds 10]
@@ -40,8 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
-from launch.promotion import Change, Promotion  # noqa: E402
-from launch.selection import Selection  # noqa: E402
+from launch.sweeps.promotion import Change, Promotion  # noqa: E402
+from launch.sweeps.selection import Selection  # noqa: E402
 
 TOTAL_STEPS = 400 * 27 * 8  # T: divisible by 3^3 and 4^3, so every rung is a whole step
 START, GAIN, TAU_FRACTION = 27.2, 11.1, 1 / 6  # the CPU study's curve (docs/evaluation.md)

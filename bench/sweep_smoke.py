@@ -32,9 +32,9 @@ from launch.config import absolutize, compose  # noqa: E402
 from launch.cost import accounting, projected_to_end, run_cost  # noqa: E402
 from launch.plan import plan_sweep  # noqa: E402
 from launch.rundir import RunDirectory  # noqa: E402
-from launch.rungs import SweepDirectory  # noqa: E402
 from launch.submission import ensure_generated_data  # noqa: E402
-from launch.sweep import load_sweep  # noqa: E402
+from launch.sweeps.expand import load_sweep  # noqa: E402
+from launch.sweeps.rungs import SweepDirectory  # noqa: E402
 
 
 def timed(command: list[str], log: Path) -> dict:

@@ -34,7 +34,7 @@ from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_li
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
 
-DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (launch/cluster/start.sh repeats it: bash cannot import it)
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (localslurm/scripts/start.sh repeats it: bash cannot import it)
 ACTIVE_STATES = {
     "PENDING",
     "RUNNING",
@@ -255,7 +255,7 @@ class SlurmBackend(Backend):
         if any(s in reason for s in ("fetch_config", "Unable to contact", "Zero Bytes were transmitted", "Connection refused")):
             return [
                 f"cannot reach the SLURM controller ({reason}); check SLURM_CONF, "
-                "or start the local test cluster with `python -m launch.local_cluster start`"
+                "or start the local test cluster with `python -m localslurm start`"
             ]
         return [
             "SLURM rejects the requested resources: "

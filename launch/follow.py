@@ -1,6 +1,6 @@
 """Follow a run (or a sweep) on the local backend in the submitting terminal: progress while it
 trains, then its evaluations, then the results table. Ctrl-C stops following, not the runs (they
-are separate processes). Following a sweep also decides its rungs on every poll (launch/rungs.py)."""
+are separate processes). Following a sweep also decides its rungs on every poll (launch/sweeps/rungs.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, decide_due, rung_views
 from launch.state import reconcile
 from launch.status import render
+from launch.sweeps.rungs import SweepDirectory, decide_due, rung_views
 
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 

@@ -9,7 +9,7 @@ would checkpoint inside the handler), closes an earlier attempt that could not r
 how the attempt ended and why (launch.postmortem.stop_reason). What happens next (requeue or not)
 is `launch.requeue.decide`: run by the SLURM batch script's teardown, or here for the local backend.
 
-A sweep's successive halving (launch/rungs.py) prunes a run by writing its prune marker; rank 0
+A sweep's successive halving (launch/sweeps/rungs.py) prunes a run by writing its prune marker; rank 0
 watches for it and turns it into the same cooperative stop (checkpoint, end "pruned", never
 requeued, never counted as a failure).
 """
@@ -36,9 +36,9 @@ from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, pause_reason
 from launch.state import reconcile
 from launch.steplog import StepLog, read_trace
+from launch.sweeps.rungs import SweepDirectory, pause_reason
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
 from rsp.train import TrainHooks, train
@@ -84,7 +84,7 @@ class PruneWatch:
 
 class RungPause:
     """A local sweep's one-process run waits at a rung until the rung is decided, when the decision
-    is coming (launch.rungs.pause_reason): the CPU it would spend training past the rung goes to the
+    is coming (launch.sweeps.rungs.pause_reason): the CPU it would spend training past the rung goes to the
     evaluations the decision waits for, and a run the decision prunes stops right at the rung instead
     of training on until its marker is seen. Not on SLURM, where a paused job would hold its
     allocation idle, nor with several ranks (they would wait in a collective), nor in a sweep with

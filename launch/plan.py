@@ -4,7 +4,7 @@ submission itself (only `submit`/`retry` rows, through launch/submission.py).
 
 States come from the run directories plus one batched scheduler query (launch/state.py): pending,
 running and finished runs are never submitted twice; failed runs only with --retry-failed; runs a
-sweep's successive halving pruned only after `--unprune` (launch/rungs.py).
+sweep's successive halving pruned only after `--unprune` (launch/sweeps/rungs.py).
 
 Problems (a data root that is not set, a batch the data cannot fill, a select block the runs
 cannot honour, resources SLURM would refuse, ...) are found for all runs at once by the one
@@ -22,10 +22,10 @@ from pathlib import Path
 from launch.backends import Resources
 from launch.config import absolutize
 from launch.rundir import RunDirectory, run_id
-from launch.rungs import SweepDirectory
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
-from launch.sweep import Sweep, SweepRun, expand
+from launch.sweeps.expand import Sweep, SweepRun, expand
+from launch.sweeps.rungs import SweepDirectory
 from launch.validation import Findings, SweepContext, validate
 
 
@@ -83,7 +83,7 @@ class Plan:
                 names = ", ".join(r.run.name for r, now in zip(rows, taken, strict=True) if now)
                 print(f"left alone: {sum(map(bool, taken))} run(s) another submit took meanwhile ({names})")
             rows = [r for r, now in zip(rows, taken, strict=True) if now is None]
-            # Membership first: an evaluation that completes a rung looks the sweep up (launch/rungs.py).
+            # Membership first: an evaluation that completes a rung looks the sweep up (launch/sweeps/rungs.py).
             for row in rows:
                 row.rundir.create(row.run.cfg)
             self.record_membership([r for r in self.rows if r.rundir.exists])

@@ -7,7 +7,7 @@ Writes into DIR (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME 
 the files eval/aggregate.py lists. What the join knows and eval does not: where a run's records are
 (<run>/evals/step_*/<task>-<hash>/record.json, docs/formats.md#evaluation-directories), which runs
 belong to a sweep (their sweeps/<name>.json, docs/formats.md#sweep-membership), and which runs the
-sweep's successive halving pruned (their pruned.json, launch/rungs.py).
+sweep's successive halving pruned (their pruned.json, launch/sweeps/rungs.py).
 """
 
 from __future__ import annotations

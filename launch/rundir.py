@@ -52,7 +52,7 @@ RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (
 # (SIGKILL, node failure); pruned: stopped by the sweep's successive halving (docs/sweeps.md).
 # docs/requeue.md has the policy for each.
 END_REASONS = ("finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted", "pruned")
-PRUNED = "pruned.json"  # the prune marker (launch/rungs.py writes it, the job and the teardown obey it)
+PRUNED = "pruned.json"  # the prune marker (launch/sweeps/rungs.py writes it, the job and the teardown obey it)
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
 
@@ -305,7 +305,7 @@ class RunDirectory:
     def clear_status(self) -> None:
         (self.path / "status.json").unlink(missing_ok=True)
 
-    # --- pruning (launch/rungs.py decides; the job and the teardown obey) ------------------------
+    # --- pruning (launch/sweeps/rungs.py decides; the job and the teardown obey) ------------------------
 
     def prune_marker(self) -> dict | None:
         """Why a sweep's successive halving pruned this run (rung, rank, metric ...), None if it did not."""

@@ -6,7 +6,7 @@
     finished    status.json says finished           (the run directory says so)
     failed      status.json says failed             (budget exhausted or breaker tripped)
     pruned      a sweep's successive halving pruned it (pruned.json) and no job of it is alive:
-                never resubmitted, except by `--unprune` (launch/rungs.py)
+                never resubmitted, except by `--unprune` (launch/sweeps/rungs.py)
     incomplete  started, not finished, no job alive (killed from outside, or a requeue was lost):
                 submitting it again resumes from its newest valid checkpoint
 

@@ -16,7 +16,7 @@ record and its state (pending, running, failed, lost, not submitted); each sweep
 successive-halving rungs (decided, or what they wait for), its cost and what pruning saved. Lost
 evaluations (their job vanished without a record) are resubmitted within their budget, and said so
 (--no-recover: only report them). Showing a sweep also decides its rungs that are due
-(launch/rungs.py).
+(launch/sweeps/rungs.py).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 from launch.state import RunState, reconcile
-from launch.sweep import SWEEPS_DIR
+from launch.sweeps.expand import SWEEPS_DIR
+from launch.sweeps.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from launch.config import EXPERIMENTS_DIR, RunConfig, absolutize, compose
 from launch.follow import follow, follow_sweep
 from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
-from launch.rungs import SweepDirectory, unprune
 from launch.state import SUBMITTABLE, RunState, reconcile
 from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
-from launch.sweep import SWEEPS_DIR, load_sweep
+from launch.sweeps.expand import SWEEPS_DIR, load_sweep
+from launch.sweeps.rungs import SweepDirectory, unprune
 from launch.validation import validate
 
 log = logging.getLogger("launch.submit")

@@ -4,14 +4,14 @@ tests/conftest.py makes it available to every test module:
 
     from slurm_fixtures import slurm_cluster  # noqa: F401  (pytest fixture)
 
-The cluster (launch/local_cluster.py) lives in the repository's .slurm-test/, wiped at the start of
+The cluster (localslurm/cluster.py) lives in the repository's .slurm-test/, wiped at the start of
 each session: SLURM's saved state and its accounting database go together (docs/local-slurm.md#pitfalls,
 item 11), and no job of an earlier session can come back. Its logs stay there after the session
 for debugging. SLURM_CONF is exported into os.environ, so sbatch, squeue and submitit reach it.
 
 Ports are machine-wide, so one cluster serves one test session at a time: a session waits for
 another one that is using it (a lock file in the temp dir), and stops a cluster that an earlier,
-ended session or a user left running (any started by launch/cluster/start.sh).
+ended session or a user left running (any started by localslurm/scripts/start.sh).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 from fixtures_data import unavailable
 from slurm_pool import ScenarioPool, scenarios_used
 
-from launch.local_cluster import ClusterError, LocalSlurmCluster, running_clusters
+from localslurm.cluster import ClusterError, LocalSlurmCluster, running_clusters
 
 TEST_STATE_DIR = Path(__file__).resolve().parents[1] / ".slurm-test"
 SESSION_LOCK = Path(tempfile.gettempdir()) / "rsp-local-slurm-session.lock"

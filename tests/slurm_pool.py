@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from launch.local_cluster import LocalSlurmCluster
+from localslurm.cluster import LocalSlurmCluster
 
 SCENARIOS: dict[str, Callable[[ScenarioEnv], Any]] = {}
 RESULT_TIMEOUT_S = 1800  # a scenario that has not ended by then is reported as hung

@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
-CODE_DIRS = ("core", "rsp", "launch", "eval", "tests", "bench", "experiments", "sweeps")
+CODE_DIRS = ("core", "rsp", "launch", "eval", "localslurm", "tests", "bench", "experiments", "sweeps")
 TEXT_SUFFIXES = {".py", ".sh", ".in", ".yaml", ".yml", ".toml", ".md", ".txt", ".cfg"}
 
 SECTION_SIGN = "\u00a7"

@@ -1,4 +1,4 @@
-"""GPU-hours on the real local SLURM cluster. Its nodes have counted GPUs (launch/cluster/gres.conf.in:
+"""GPU-hours on the real local SLURM cluster. Its nodes have counted GPUs (localslurm/scripts/gres.conf.in:
 no devices, nothing runs on them), so SLURM schedules and accounts a GPU request like a GPU cluster
 does. A run asks for two GPUs and trains on the CPU (runtime.device=cpu); the GPU-hours the status
 and the results tables print (launch/cost.py) must agree with sacct's own AllocTRES x ElapsedRaw."""

@@ -10,7 +10,7 @@ import json
 
 from eval.records import parse_record
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, record_dir
+from launch.sweeps.rungs import SweepDirectory, record_dir
 from testkit.launching import explain, halving_sweep_file, submit
 
 STEPS, RUNG = 40, 20

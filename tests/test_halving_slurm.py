@@ -15,8 +15,8 @@ from eval.records import parse_record
 from launch.config import train_config
 from launch.cost import accounting, run_cost
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, record_dir
 from launch.status import render
+from launch.sweeps.rungs import SweepDirectory, record_dir
 from testkit.launching import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
 from testkit.training import assert_same_training_state
 

@@ -17,7 +17,7 @@ from launch.config import absolutize, compose, options
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
 from launch.submission import array_chunks
-from launch.sweep import expand, load_sweep
+from launch.sweeps.expand import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
 from testkit.launching import merged

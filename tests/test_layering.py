@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "rsp", "launch", "eval")
+PACKAGES = ("core", "rsp", "launch", "eval", "localslurm")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def test_launch_reads_top_down():
     directories: nothing imports the front door, and the lower floors never reach an upper one."""
     upper = {"launch.submit", "launch.plan", "launch.submission", "launch.job", "launch.follow", "launch.status"}
     upper |= {m for m in MODULES if m.startswith(("launch.evaluations", "launch.validation"))}
-    lower = ("launch.config", "launch.snapshot", "launch.rundir", "launch.backends", "launch.sweep", "launch.requeue")
+    lower = ("launch.config", "launch.snapshot", "launch.rundir", "launch.backends", "launch.sweeps.expand", "launch.requeue")
     assert [m for m, targets in GRAPH.items() if "launch.submit" in targets] == []
     assert {m: sorted(reachable(m) & upper) for m in lower if reachable(m) & upper} == {}
     assert [m for m, targets in GRAPH.items() if "launch.plan" in targets] == ["launch.submit"]
@@ -210,7 +210,7 @@ def test_eval_knows_nothing_of_the_launchers_layout():
 
 
 # The house by folder, from the top: each package imports only packages after it in this order.
-HOUSE = ("launch", "eval", "rsp", "core")
+HOUSE = ("localslurm", "launch", "eval", "rsp", "core")
 
 
 def folder_arrows() -> set[tuple[str, str]]:
@@ -218,13 +218,14 @@ def folder_arrows() -> set[tuple[str, str]]:
 
 
 def test_folders_import_only_downwards():
-    """0 upward arrows (and so 0 circles) between the project's packages: launch above eval, eval
-    above rsp (the method), rsp above core (the base)."""
+    """0 upward arrows (and so 0 circles) between the project's packages: localslurm (the development
+    cluster) above launch, launch above eval, eval above rsp (the method), rsp above core (the base)."""
     assert set(PACKAGES) == set(HOUSE)
     upward = sorted((a, b) for a, b in folder_arrows() if HOUSE.index(a) > HOUSE.index(b))
     assert upward == []
     assert {"launch", "eval", "rsp"} <= {a for a, b in folder_arrows() if b == "core"}  # the rule is not vacuous
 
 
-def test_core_is_the_base():
+def test_core_is_the_base_and_the_runtime_never_imports_the_development_cluster():
     assert sorted(b for a, b in folder_arrows() if a == "core") == []
+    assert sorted(a for a, b in folder_arrows() if b == "localslurm") == []

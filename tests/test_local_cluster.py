@@ -23,7 +23,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from launch.local_cluster import DEFAULT_MAX_ARRAY_SIZE, ClusterError, LocalSlurmCluster, running_clusters
+from localslurm.cluster import DEFAULT_MAX_ARRAY_SIZE, ClusterError, LocalSlurmCluster, running_clusters
 
 # The `slurm_cluster` fixture comes from tests/conftest.py (tests/slurm_fixtures.py). Importing
 # it here too would define a second session fixture and start the cluster twice.
@@ -141,7 +141,7 @@ def test_cluster_has_two_idle_nodes_and_both_partitions(slurm_cluster: LocalSlur
         fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
         partitions[fields["PartitionName"]] = fields
     assert partitions["debug"]["Default"] == "YES"
-    # the values of launch/cluster/slurm.conf.in (docs/local-slurm.md#what-it-runs)
+    # the values of localslurm/scripts/slurm.conf.in (docs/local-slurm.md#what-it-runs)
     assert (partitions["debug"]["PriorityTier"], partitions["debug"]["PreemptMode"]) == ("1", "REQUEUE")
     assert (partitions["high"]["PriorityTier"], partitions["high"]["PreemptMode"]) == ("10", "OFF")
     config = slurm_cluster.show_config()

@@ -1,4 +1,4 @@
-"""Asynchronous promotion (launch/promotion.py): the rule on hand-made cases, its final state against
+"""Asynchronous promotion (launch/sweeps/promotion.py): the rule on hand-made cases, its final state against
 the synchronous decision on random arrival orders, records that replay to the same outcome, and the
 select block's promotion keys (one test per rule)."""
 
@@ -10,9 +10,9 @@ import random
 import pytest
 
 from launch.plan import plan_sweep
-from launch.promotion import Promotion, Rung, replay
-from launch.selection import Selection, parse_selection, rank_runs, sweep_size_problems
-from launch.sweep import load_sweep
+from launch.sweeps.expand import load_sweep
+from launch.sweeps.promotion import Promotion, Rung, replay
+from launch.sweeps.selection import Selection, parse_selection, rank_runs, sweep_size_problems
 
 ASYNC = Selection("davis:J&F-Mean", "max", 0.5, (20, 40, 80), "async", 2)
 

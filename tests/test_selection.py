@@ -22,11 +22,11 @@ from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory
-from launch.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
-from launch.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.state import reconcile
-from launch.sweep import load_sweep
-from launch.sweepfile import TOP_LEVEL, read_sweep_file
+from launch.sweeps.expand import load_sweep
+from launch.sweeps.file import TOP_LEVEL, read_sweep_file
+from launch.sweeps.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
+from launch.sweeps.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
 

@@ -19,7 +19,7 @@ from launch.rundir import RunDirectory, run_id
 from launch.state import reconcile
 from launch.submission import CLAIMS_DIR, claimed, still_as_decided
 from launch.submit import prepare
-from launch.sweep import load_sweep
+from launch.sweeps.expand import load_sweep
 from testkit.launching import SUBMIT, TINY, job_counts, merged, race, wait_finished
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Sweep files are checked like configs (launch/sweepfile.py), one test per rule: every problem of
+"""Sweep files are checked like configs (launch/sweeps/file.py), one test per rule: every problem of
 the file in one message naming where it is, the value and the fix, no traceback, before anything is
 planned; and a new top-level key is one entry of TOP_LEVEL."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.schema import ConfigError
-from launch.sweep import expand, load_sweep
-from launch.sweepfile import TOP_LEVEL, read_sweep_file
+from launch.sweeps.expand import expand, load_sweep
+from launch.sweeps.file import TOP_LEVEL, read_sweep_file
 from testkit.launching import submit
 
 HEAD = "experiment: smoke\n"

@@ -15,8 +15,8 @@ from fixtures_data import unavailable
 from test_submit_rules import cfg_with, listed_root
 
 from launch.backends import Resources, make_backend
-from launch.rungs import SweepDirectory
 from launch.submit import main
+from launch.sweeps.rungs import SweepDirectory
 from launch.validation import SweepContext, validate
 from launch.validation.sweep import backend_problems
 from rsp.video import LabelEntry
@@ -108,7 +108,7 @@ def test_a_slurm_controller_that_cannot_be_reached_is_named_with_the_fix(tmp_pat
     monkeypatch.setenv("SLURM_CONF", str(conf))
     (problem,) = make_backend("slurm", tmp_path / "jobs").refusals(Resources())
     assert problem.startswith("cannot reach the SLURM controller (") and "check SLURM_CONF" in problem
-    assert "python -m launch.local_cluster start" in problem
+    assert "python -m localslurm start" in problem
 
 
 def test_a_sweep_runs_on_one_backend(tmp_path):

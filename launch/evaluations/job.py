@@ -24,7 +24,7 @@ from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_fail
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.evaluations.reuse import earlier_evaluation
 from launch.rundir import RunDirectory
-from launch.rungs import SweepDirectory, decide_due
+from launch.sweeps.rungs import SweepDirectory, decide_due
 from rsp.lifecycle import STOP_SIGNALS, early_stop_request
 from rsp.manifest import checkpoint_name
 
@@ -160,7 +160,7 @@ def training_cost(run: RunDirectory, created: float) -> dict:
 
 def decide_rungs(run: RunDirectory, step: int, task: str) -> None:
     """A record at a rung of a sweep with a select block may complete the rung: decide it now, so a
-    pruned run stops within one poll of its marker (launch/rungs.py). Never fails the job: status
+    pruned run stops within one poll of its marker (launch/sweeps/rungs.py). Never fails the job: status
     and the next evaluation decide too."""
     for name in run.sweep_names():
         sweep = SweepDirectory(run.path.parent, name)

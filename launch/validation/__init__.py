@@ -26,9 +26,9 @@ from pathlib import Path
 
 from launch.backends import Resources, make_backend
 from launch.config import RunConfig
-from launch.rungs import SweepDirectory
-from launch.selection import Selection
 from launch.submission import resources_for
+from launch.sweeps.rungs import SweepDirectory
+from launch.sweeps.selection import Selection
 from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
 from launch.validation.devices import device_warnings

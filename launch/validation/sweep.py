@@ -1,8 +1,8 @@
 """Submit-time rules of a sweep as a whole (each run's own rules are launch.validation.run's):
-- its select block can rank every run (launch.selection.run_problems: the metric is evaluated, the
+- its select block can rank every run (launch.sweeps.selection.run_problems: the metric is evaluated, the
   rungs are milestones before the run's last step);
 - its select block fits the sweep (promotion: async with min_reports at most the number of runs) and
-  the runtime can act on it (launch.selection.runtime_problems);
+  the runtime can act on it (launch.sweeps.selection.runtime_problems);
 - its runs share one backend;
 - a sweep whose rungs were decided keeps the select block they were decided under."""
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from launch.config import RunConfig
-from launch.rungs import SweepDirectory
-from launch.selection import Selection, run_problems, runtime_problems, sweep_size_problems
+from launch.sweeps.rungs import SweepDirectory
+from launch.sweeps.selection import Selection, run_problems, runtime_problems, sweep_size_problems
 from launch.validation.run import known_total_steps
 
 

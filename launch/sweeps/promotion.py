@@ -4,7 +4,7 @@ scheduler, so the sweep simulator (bench/sweep_sim.py) and the runtime call the 
 
 The rule, per rung, fed its inputs in arrival order:
 - a run that reports is **promoted** (it goes on training) when, among the runs reported at the rung
-  so far, it ranks in the top `keep` fraction (launch.selection.rank_runs: ceil(keep x reported),
+  so far, it ranks in the top `keep` fraction (launch.sweeps.selection.rank_runs: ceil(keep x reported),
   ties with the last kept one kept too), once at least `min_reports` runs have reported; otherwise
   it **pauses** (it holds no allocation while it waits);
 - every new report re-ranks the rung: a paused run that now ranks in the top fraction (enough
@@ -29,7 +29,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from launch.selection import Selection, kept_count, parse_selection, rank_runs, value_key
+from launch.sweeps.selection import Selection, kept_count, parse_selection, rank_runs, value_key
 
 RECORD_FORMAT = "rsp-async-promotion/1"
 

@@ -1,7 +1,7 @@
 """A sweep file read and checked the way a config is: YAML syntax (with the line), structure, types,
 name-template keys, per-value overrides, duplicates. Every problem of the file is reported in one
 message, naming where it is, the value, the rule and the fix, before anything is composed or
-planned (launch/sweep.py expands what `read_sweep_file` returns).
+planned (launch/sweeps/expand.py expands what `read_sweep_file` returns).
 
 The top-level keys are a table (`TOP_LEVEL`): each key's meaning and the function that checks it.
 A new key is one entry there plus its checker; `read_sweep_file` needs no change. A checker gets
@@ -23,7 +23,7 @@ import yaml
 from core.commandline import unknown_key_hint
 from core.schema import field_type, schema_keys, value_fits
 from launch.config import RunConfig, check_overrides, options
-from launch.selection import Selection, parse_selection
+from launch.sweeps.selection import Selection, parse_selection
 
 AXIS_FIELDS = ("key", "values", "zip", "overrides")
 EXAMPLE_AXES = "axes:\n  - key: model.kl_scale\n    values: [0.0, 0.01]"
@@ -263,7 +263,7 @@ def _assignment(text: str, axis: Axis, where: str, r: Reading) -> tuple[str, Any
 
 
 def check_select(raw: Any, r: Reading) -> Selection | None:
-    """Successive halving (launch/selection.py): the block's own rules here; whether each run
+    """Successive halving (launch/sweeps/selection.py): the block's own rules here; whether each run
     evaluates the metric's task and has the rungs as milestones is checked when the runs are
     composed (launch/plan.py)."""
     if raw is None:

@@ -1,6 +1,6 @@
 """A real two-node SLURM cluster on this machine, for trying the tool without a cluster and for tests.
 
-The shell scripts in ``launch/cluster/`` are the single source of truth (install, start, stop,
+The shell scripts in ``localslurm/scripts/`` are the single source of truth (install, start, stop,
 status); this module only runs them and reads what they write. The cluster: nodes n1 and n2 on
 127.0.0.1 with 4 CPUs each, accounting through slurmdbd + MariaDB, a default preemptible
 partition ``debug`` and a partition ``high`` that preempts it (requeue). Everything it writes lives
@@ -9,10 +9,10 @@ Ports are machine-wide, so only one such cluster runs at a time.
 
 Users::
 
-    python -m launch.local_cluster install            # Debian packages, as root
-    python -m launch.local_cluster start              # state in $RSP_SLURM_DIR or ./.slurm
+    python -m localslurm install            # Debian packages, as root
+    python -m localslurm start              # state in $RSP_SLURM_DIR or ./.slurm
     source .slurm/env.sh && sinfo
-    python -m launch.local_cluster stop
+    python -m localslurm stop
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from launch.backends import DEFAULT_MAX_ARRAY_SIZE, parse_slurm_config
 
-SCRIPTS_DIR = Path(__file__).resolve().parent / "cluster"
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 MAX_ARRAY_SIZE_LIMIT = 4_000_001  # SLURM refuses larger values; 0 would disable arrays
 STOP_TIMEOUT_S = 120  # cancelling jobs (30 s) + stopping six daemons (20 s each at worst)
 
@@ -54,7 +54,7 @@ def check_max_array_size(n: int) -> None:
 
 
 def run_script(name: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run launch/cluster/NAME with ARGS, capturing its output (daemons never hold the pipes)."""
+    """Run localslurm/scripts/NAME with ARGS, capturing its output (daemons never hold the pipes)."""
     command = ["bash", str(SCRIPTS_DIR / name), *args]
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -160,7 +160,7 @@ class LocalSlurmCluster:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m launch.local_cluster",
+        prog="python -m localslurm",
         description="A two-node SLURM cluster with accounting and a preemptible partition on this machine.",
     )
     parser.add_argument("command", choices=["install", "start", "stop", "status"])

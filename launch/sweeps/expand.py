@@ -19,7 +19,7 @@ Schema (sweeps/*.yaml; documented in docs/sweeps.md#running-a-sweep):
       - zip:                            # one axis whose keys advance together (equal lengths)
           model.name: [rsp_vit_small_patch16, rsp_vit_base_patch16]
           cluster.nodes: [2, 4]
-    select:                             # optional: successive halving on a milestone metric (launch/selection.py)
+    select:                             # optional: successive halving on a milestone metric (launch/sweeps/selection.py)
       {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
 
 The base experiment is composed by Hydra once; each run applies its axis values to a copy of the
@@ -40,10 +40,10 @@ from typing import Any
 from core.schema import ConfigError, from_dict, to_dict
 from launch.config import RunConfig, compose
 from launch.rundir import run_id
-from launch.selection import Selection
-from launch.sweepfile import read_sweep_file
+from launch.sweeps.file import read_sweep_file
+from launch.sweeps.selection import Selection
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 @dataclass
@@ -80,7 +80,7 @@ def sweep_path(name: str) -> Path:
 
 
 def load_sweep(name: str) -> Sweep:
-    """Read and check a sweep file (launch/sweepfile.py); every problem of the file is reported at once."""
+    """Read and check a sweep file (launch/sweeps/file.py); every problem of the file is reported at once."""
     path = sweep_path(name)
     parsed, problems = read_sweep_file(path)
     if problems:

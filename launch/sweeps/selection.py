@@ -1,5 +1,5 @@
 """Successive halving on milestone metrics: a sweep file's `select:` block, checked, and the ranking
-that decides one rung. Pure (no files, no scheduler): launch/rungs.py makes and applies decisions.
+that decides one rung. Pure (no files, no scheduler): launch/sweeps/rungs.py makes and applies decisions.
 
     select: {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
 
@@ -11,7 +11,7 @@ that decides one rung. Pure (no files, no scheduler): launch/rungs.py makes and 
 - rungs   increasing training steps, each a milestone of every run (a multiple of
           checkpoint.milestone_every_steps) before its last step
 - promotion    sync (the default: a rung is decided once every live run has reported) or async
-               (launch/promotion.py: a run goes on as soon as it ranks in the top `keep` of the runs
+               (launch/sweeps/promotion.py: a run goes on as soon as it ranks in the top `keep` of the runs
                reported so far, once min_reports have reported)
 - min_reports  with promotion: async, how many runs must have reported at a rung before any is
                promoted early (at most the number of runs in the sweep)
@@ -43,7 +43,7 @@ class Selection:
     mode: str  # max | min
     keep: float  # fraction of the live runs kept at each rung, in (0, 1)
     rungs: tuple[int, ...]  # training steps (milestones), increasing
-    promotion: str = "sync"  # sync | async (launch/promotion.py)
+    promotion: str = "sync"  # sync | async (launch/sweeps/promotion.py)
     min_reports: int | None = None  # async: runs reported at a rung before any early promotion
 
     @property
@@ -139,7 +139,7 @@ def sweep_size_problems(selection: Selection, runs: int) -> list[str]:
 
 def runtime_problems(selection: Selection) -> list[str]:
     """What the local and SLURM runtimes cannot act on yet: asynchronous promotion is a rule
-    (launch/promotion.py) and a simulation (bench/sweep_sim.py), not yet paused and resumed jobs."""
+    (launch/sweeps/promotion.py) and a simulation (bench/sweep_sim.py), not yet paused and resumed jobs."""
     if selection.promotion == "async":
         return [
             "select.promotion: async is not acted on by the local or SLURM runtime yet (paused runs that free their "

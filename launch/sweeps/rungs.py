@@ -1,4 +1,4 @@
-"""A sweep's successive-halving decisions (its `select:` block, launch/selection.py): made once per
+"""A sweep's successive-halving decisions (its `select:` block, launch/sweeps/selection.py): made once per
 rung, by whichever process gets there first, written down with their inputs, and applied by
 writing each pruned run's prune marker (its training job stops cooperatively and is never requeued).
 
@@ -40,7 +40,7 @@ from eval.records import RECORD_NAME, parse_record
 from launch.evaluations.claims import FAILED, SUBMITTED
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.rundir import RunDirectory
-from launch.selection import Selection, parse_selection, rank_runs
+from launch.sweeps.selection import Selection, parse_selection, rank_runs
 from rsp.manifest import checkpoint_name
 
 DECISION_FORMAT = "rsp-rung-decision/1"
