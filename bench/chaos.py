@@ -47,7 +47,7 @@ def references(tmp: Path):
     made: dict[int, Path] = {}
 
     def same_as_reference(run) -> bool:
-        ranks = run.info()["world_size"]
+        ranks = run.info().world_size
         if ranks not in made:
             made[ranks] = tmp / f"reference{ranks}"
             if ranks == 1:
@@ -70,7 +70,7 @@ def wait_all(schedule, timeout: float) -> None:
         if chaos.root is None or chaos.error:
             continue
         run = only_run(chaos.root)
-        while (run.status() or {}).get("state") not in ("finished", "failed") and time.monotonic() < deadline:
+        while run.final_state() not in ("finished", "failed") and time.monotonic() < deadline:
             time.sleep(2)
 
 

@@ -66,7 +66,7 @@ def one_run(tmp: Path, videos: Path, i: int) -> dict:
         assert submit(args) == 0
     returned = time.time()
     [run] = find_runs(root, sweep=None)  # one config, one run directory
-    job = run.last_submission()["job_id"]
+    job = run.last_submission().job_id
     running = poll(lambda: scheduler_state(job) == "RUNNING")
     poll(lambda: run.latest_logged_step() >= 5)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -83,7 +83,7 @@ def one_run(tmp: Path, videos: Path, i: int) -> dict:
         "attempt_end_to_running_s": running_again - ended,
         "stop_reason": attempts[0].end_reason,
         "steps_lost": max(0, (attempts[0].end_step or 0) - attempts[1].start_step),
-        "final": run.status()["state"],
+        "final": run.final_state(),
     }
 
 

@@ -15,7 +15,6 @@ before and after each is recorded, because the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -62,19 +61,20 @@ def main() -> None:
     rows = [{"command": "experiment=smoke", **single}, {"command": "sweep=smoke", **sweep}]
     extra: dict = {"ratio": sweep["wall_s"] / single["wall_s"], "target_ratio": 3.0, "output_root": str(tmp)}
     for rung, decision in sorted(decisions.items()):
-        last = max(parse_record(Path(e["record"])).created for e in decision["ranking"])
-        extra[f"decision_after_last_record_s_step{rung}"] = decision["time"] - last
-        extra[f"decided_by_step{rung}"] = decision["decided_by"]["role"]
-    runs = [RunDirectory(tmp / "sweep" / name) for name in (directory.record() or {}).get("runs", {}).values()]
+        last = max(parse_record(Path(e.record)).created for e in decision.ranking)
+        extra[f"decision_after_last_record_s_step{rung}"] = decision.time - last
+        extra[f"decided_by_step{rung}"] = decision.decided_by.role
+    runs = [RunDirectory(tmp / "sweep" / name) for name in (directory.record().runs.values() if directory.record() else [])]
     stops = {}
     for run in runs:
-        marker = json.loads((run.path / "status.json").read_text()).get("pruned")
+        status = run.status()
+        marker = status.pruned if status else None
         if marker:
-            stops[run.path.name] = run.attempts()[-1].end_time - marker["time"]
+            stops[run.path.name] = run.attempts()[-1].end_time - marker.time
     extra["stop_after_marker_s"] = stops
     costs = {run.path: run_cost(run, accounting(runs)) for run in runs}
     used = sum(c.total_s("cpu") for c in costs.values())
-    saved = sum(projected_to_end(run, costs[run.path], "cpu") for run in runs if (run.status() or {}).get("state") == "pruned")
+    saved = sum(projected_to_end(run, costs[run.path], "cpu") for run in runs if run.final_state() == "pruned")
     extra.update(sweep_cpu_h=used / 3600, saved_cpu_h=saved / 3600, saved_share=saved / (used + saved) if used else 0.0)
     report("sweep_smoke", rows, extra)
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 RUNTIME_ONLY = {"affects_results": False}
@@ -94,6 +95,27 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
             value = float(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def read_record(cls: type, path: Path) -> Any:
+    """An on-disk record (a JSON file) as dataclass `cls`: ConfigError naming the file when it is
+    unreadable, lacks a field (an older format) or has one `cls` does not know, never a KeyError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError([f"{path}: unreadable ({exc})"], what=f"{cls.__name__} record") from exc
+    fields, _ = _schema(cls)
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if not isinstance(data, dict) or n not in data]
+    if missing:
+        raise ConfigError(
+            [
+                f"{path}: lacks {', '.join(missing)}: written by another version of this code, or damaged "
+                f"({cls.__name__} needs them)"
+            ],
+            what=f"{cls.__name__} record",
+        )
+    return from_dict(cls, data, where=f"{path}: ")
 
 
 @functools.cache

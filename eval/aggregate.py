@@ -7,7 +7,8 @@ records belong to which runs or sweep, and which runs a sweep pruned, is the lau
 Writes into the output directory (default DIR/results):
     results.csv, results.md        one row per (run, checkpoint step): run, step, sweep axes, metrics,
                                    `gain:<task>:<metric>` (the gain over the run's own step 0, its
-                                   initialization), `generated` (the tasks evaluated on generated sets);
+                                   initialization), `generated` (the tasks evaluated on generated sets:
+                                   decided from the data each record names);
                                    train_gpu_h / train_cpu_h: what training spent to reach the checkpoint
                                    (from its records); pruned_at, pruned_rank, pruned_value: the rung that
                                    pruned the run (given by the launcher: launch/results.py);
@@ -143,7 +144,7 @@ def build_table(records: Sequence[ResultRecord], pruned: Mapping[str, Pruned] | 
             p = pruned[r.run_id]
             row.update(pruned_at=p.rung, pruned_rank=f"{p.rank}/{p.of}", pruned_value=p.value)
         row.setdefault("generated", set())
-        if r.protocol.get("generated_set"):
+        if r.measured_on_generated:  # from the data it names, whatever code wrote it (None: names no data)
             row["generated"].add(r.task)
     table = pd.DataFrame(list(rows.values()))
     if table.empty:

@@ -3,8 +3,11 @@
 Many evaluation jobs on many nodes write results at once, often onto a network filesystem, where
 appends to one shared CSV interleave and SQLite locking is unreliable (docs/formats.md#result-records). So each
 job writes its own file, atomically (temporary file + fsync + rename): a reader sees a complete
-record or none. The aggregator reads them all; a corrupt or partial file is skipped with a warning
-that names it; two records for the same key keep the newer one and report the conflict.
+record or none. Every reader validates what it reads (`parse_record`): the schema, numbers as
+numbers, each metric in its documented range (a registered task's metrics are fractions in [0, 1]),
+and the checkpoint it names against that checkpoint's manifest. The aggregator reads them all; a
+corrupt, partial, out-of-range or inconsistent file is skipped with a warning that names it; two
+records for the same key keep the newer one and report the conflict.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from core.atomicio import atomic_write_json
+from eval.task import GENERATED_MARKER
+from eval.tasks import TASKS
+from rsp.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,19 @@ class ResultRecord:
     @property
     def key(self) -> tuple[str, int, str, str]:
         return (self.run_id, self.step, self.task, self.protocol_hash)
+
+    @property
+    def measured_on_generated(self) -> bool | None:
+        """Whether the numbers were measured on a generated set, decided from the data they were
+        measured on: the marker the record names (`generated_set`), else the data root it names
+        (a generated set's root holds eval.task.GENERATED_MARKER), whatever code wrote it. None:
+        the record names neither (a hand-made record), so the data cannot be told."""
+        if self.protocol.get("generated_set"):
+            return True
+        root = self.protocol.get("data_root")
+        if root and (Path(root) / GENERATED_MARKER).is_file():
+            return True
+        return False if "generated_set" in self.protocol or root else None
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(ResultRecord))
@@ -97,9 +116,38 @@ def parse_record(path: Path) -> ResultRecord:
     if wrong:
         raise ValueError(f"{path}: wrong value types: {', '.join(wrong)}")
     metrics = data["metrics"]
-    if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()):
         raise ValueError(f"{path}: metrics must be finite numbers, got {metrics!r}")
+    if problems := metric_problems(data["task"], metrics):
+        raise ValueError(f"{path}: {'; '.join(problems)}")
     return ResultRecord(**{k: v for k, v in data.items() if k in FIELDS})
+
+
+def metric_problems(task: str, metrics: dict[str, float]) -> list[str]:
+    """A registered task's metrics are fractions in [0, 1] (eval.task.EvalTask; tables show
+    percent): a value outside, or a metric the task does not report, is not a measurement."""
+    if task not in TASKS:
+        return [f"task {task!r} is not a registered evaluation task ({', '.join(TASKS)})"]
+    known = TASKS[task].metrics
+    out = [f"metric {k!r} is not one of {task}'s ({', '.join(known)})" for k in metrics if k not in known]
+    out += [f"{k} = {v!r} is outside [0, 1] (metrics are fractions)" for k, v in metrics.items() if not 0 <= v <= 1]
+    return out
+
+
+def manifest_problem(record: ResultRecord) -> str | None:
+    """A record must be of the weights its checkpoint's manifest describes (rsp.manifest: the JSON
+    beside the checkpoint file). None when they agree, or when the checkpoint's manifest is gone."""
+    path = Path(record.checkpoint_path).with_suffix(".json")
+    try:
+        manifest = Manifest.read(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    if manifest.sha256 == record.checkpoint_sha256:
+        return None
+    return (
+        f"its checkpoint_sha256 ({record.checkpoint_sha256[:12]}...) is not the sha256 in the manifest "
+        f"{path} ({manifest.sha256[:12]}...)"
+    )
 
 
 def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
@@ -111,7 +159,10 @@ def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
         try:
             record = parse_record(path)
         except ValueError as exc:
-            warnings.append(f"skipped corrupt or partial record {exc}")
+            warnings.append(f"skipped corrupt, partial or out-of-range record {exc}")
+            continue
+        if problem := manifest_problem(record):
+            warnings.append(f"skipped inconsistent record {path}: {problem}")
             continue
         if record.key in by_key:
             other, other_path = by_key[record.key]

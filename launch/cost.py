@@ -23,13 +23,14 @@ their records report x evaluation.cpus_per_task.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eval.records import RECORD_NAME, parse_record
 from launch.backends import Allocation, backend_class, slurm_allocations
+from launch.evaluations.claims import SUBMITTED, EvaluationSubmission, submission
 from launch.rundir import Attempt, RunDirectory
 from launch.steplog import read_trace
 
@@ -110,7 +111,7 @@ def redone(run: RunDirectory, attempts: Sequence[Attempt]) -> list[tuple[int, fl
     redone. launch/status.py's lost column sums the same figures. An attempt without a step log
     (recorded before step logs existed) is timed at its mean step time."""
     out = []
-    for a, nxt in zip(attempts, [*attempts[1:], None], strict=True):
+    for a, nxt in zip(attempts, [*attempts[1:], None][: len(attempts)], strict=True):  # none yet: queued
         steps = max(0, (a.end_step or 0) - nxt.start_step) if nxt is not None and a.end_step is not None else 0
         seconds = 0.0
         if steps:
@@ -126,7 +127,7 @@ def redone(run: RunDirectory, attempts: Sequence[Attempt]) -> list[tuple[int, fl
 
 def local_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], fallback: dict[str, int]) -> list[AttemptCost]:
     """Attempts of a run on the local backend (or any run whose scheduler has no accounting)."""
-    submitted = sorted(s["time"] for s in run.submissions())
+    submitted = sorted(s.time for s in run.submissions())
     out = []
     for a, (steps, seconds) in zip(attempts, redone(run, attempts), strict=True):
         since = max([t for t in submitted if t <= a.start_time], default=a.start_time)
@@ -177,27 +178,30 @@ def slurm_attempt_costs(run: RunDirectory, attempts: Sequence[Attempt], allocati
     return sorted(out, key=lambda c: c.start)
 
 
-def evaluation_jobs(run: RunDirectory) -> list[tuple[Path, dict]]:
-    """(evaluation directory, its claim) of every evaluation submitted for the run."""
-    out = []
-    for claim in sorted(run.path.glob("evals/step_*/*/submitted.json")):
-        try:
-            out.append((claim.parent, json.loads(claim.read_text())))
-        except (OSError, json.JSONDecodeError):  # a claim being written: counted on the next call
-            continue
-    return out
+def evaluation_jobs(run: RunDirectory) -> list[tuple[Path, EvaluationSubmission]]:
+    """(evaluation directory, its claim) of every evaluation submitted for the run (a claim being
+    written has no job id yet: counted on the next call)."""
+    return [(claim.parent, submission(claim.parent)) for claim in sorted(run.path.glob(f"evals/step_*/*/{SUBMITTED}"))]
 
 
-def in_accounting(submission: dict) -> bool:
-    """A submission (or an evaluation claim) whose job the scheduler's accounting (sacct) knows; the
-    others' cost comes from the attempt records."""
-    return backend_class(submission.get("backend")).accounted_by_sacct
+def recorded_seconds(directory: Path) -> float:
+    """The wall time an evaluation's record says it took (0 without a valid record)."""
+    try:
+        return parse_record(directory / RECORD_NAME).wall_time_s
+    except ValueError:  # no record, or an invalid one (status names it)
+        return 0.0
+
+
+def in_accounting(backend: str | None) -> bool:
+    """Whether the scheduler's accounting (sacct) knows the jobs of a submission (or an evaluation
+    claim) on `backend`; the others' cost comes from the attempt records."""
+    return backend_class(backend).accounted_by_sacct
 
 
 def run_job_ids(run: RunDirectory) -> list[str]:
     """SLURM job ids of the run's training submissions and evaluation jobs."""
-    ids = [s["job_id"] for s in run.submissions() if in_accounting(s)]
-    ids += [c["job_id"] for _, c in evaluation_jobs(run) if in_accounting(c) and c.get("job_id")]
+    ids = [s.job_id for s in run.submissions() if in_accounting(s.backend)]
+    ids += [c.job_id for _, c in evaluation_jobs(run) if in_accounting(c.backend) and c.job_id]
     return ids
 
 
@@ -210,31 +214,28 @@ def accounting(runs: Sequence[RunDirectory]) -> dict[str, list[Allocation]]:
 def run_cost(run: RunDirectory, allocations: dict[str, list[Allocation]] | None = None, now: float | None = None) -> RunCost:
     """The run's cost; `allocations`: from `accounting` (needed for its SLURM jobs)."""
     allocations = allocations or {}
-    info = run.info()
-    cluster, evaluation = info["config"]["cluster"], info["config"]["evaluation"]
-    processes = cluster.get("tasks_per_node") or cluster.get("gpus_per_node") or 1
+    cfg = run.config()
+    cluster, evaluation = cfg.cluster, cfg.evaluation
     fallback = {
-        "gpus": cluster.get("gpus_per_node", 0) * cluster.get("nodes", 1),
-        "cpus": processes * cluster.get("nodes", 1) * cluster.get("cpus_per_task", 1),
+        "gpus": cluster.gpus_per_node * cluster.nodes,
+        "cpus": cluster.processes_per_node * cluster.nodes * cluster.cpus_per_task,
     }
     attempts = run.attempts()
-    on_slurm = any(in_accounting(s) for s in run.submissions())
+    on_slurm = any(in_accounting(s.backend) for s in run.submissions())
     if on_slurm:
-        rows = [a for s in dict.fromkeys(s["job_id"] for s in run.submissions()) for a in allocations.get(s, [])]
+        rows = [a for s in dict.fromkeys(s.job_id for s in run.submissions()) for a in allocations.get(s, [])]
         costs = slurm_attempt_costs(run, attempts, rows)
     else:
         costs = local_attempt_costs(run, attempts, fallback)
     cost = RunCost(costs, now=now or time.time())
     cost.steps_trained = sum(max(0, (a.end_step or a.start_step) - a.start_step) for a in attempts)
     for directory, claim in evaluation_jobs(run):
-        if in_accounting(claim) and claim.get("job_id") in allocations:
+        if in_accounting(claim.backend) and claim.job_id in allocations:
             continue  # counted below, once per job (a job may evaluate several tasks)
-        record = directory / "record.json"
-        if record.is_file():
-            seconds = float(json.loads(record.read_text()).get("wall_time_s", 0.0))
-            cost.eval_cpu_s += seconds * evaluation.get("cpus_per_task", 1)
-            cost.eval_gpu_s += seconds * evaluation.get("gpus", 0)
-    for job in dict.fromkeys(c["job_id"] for _, c in evaluation_jobs(run) if in_accounting(c)):
+        seconds = recorded_seconds(directory)
+        cost.eval_cpu_s += seconds * evaluation.cpus_per_task
+        cost.eval_gpu_s += seconds * evaluation.gpus
+    for job in dict.fromkeys(c.job_id for _, c in evaluation_jobs(run) if in_accounting(c.backend)):
         for alloc in allocations.get(job, []):
             cost.eval_cpu_s += alloc.elapsed_s * alloc.cpus
             cost.eval_gpu_s += alloc.elapsed_s * alloc.gpus

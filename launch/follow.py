@@ -1,6 +1,7 @@
 """Follow a run (or a sweep) on the local backend in the submitting terminal: progress while it
 trains, then its evaluations, then the results table. Ctrl-C stops following, not the runs (they
-are separate processes). Following a sweep also decides its rungs on every poll (launch/sweeps/rungs.py)."""
+are separate processes). Following a sweep also advances it on every poll (launch/advance.py: due
+rungs decided, lost evaluations resubmitted)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from launch.advance import advance
 from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
@@ -15,7 +17,7 @@ from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.state import reconcile
 from launch.status import render
-from launch.sweeps.rungs import SweepDirectory, decide_due, rung_views
+from launch.sweeps.rungs import SweepDirectory, rung_views
 
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 
@@ -70,10 +72,10 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
         print(f"\nstopped following; the run goes on (job {job_id}). See it with: python launch/status.py {run.path.parent}")
         return 130
     status = run.status()
-    if not status or status["state"] != "finished":
+    if not status or status.state != "finished":
         attempts = run.attempts()
         error = attempts[-1].error.strip().splitlines()[-1] if attempts and (attempts[-1].error or "").strip() else None
-        why = status["reason"] if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
+        why = status.reason if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status['reason']} ({run.path})")
@@ -118,17 +120,16 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
     root, started, shown, decided = sweep.output_root, time.time(), "", set(sweep.decisions())
     try:
         while time.time() - started < timeout_s:
-            decide_due(sweep, "follow")
+            for line in advance(root, sweep.name, role="follow", runs=runs).lines():
+                if not line.startswith("decided "):  # decisions are printed below, with their names
+                    print(line, flush=True)
             for rung, decision in sorted(sweep.decisions().items()):
                 if rung not in decided:
                     decided.add(rung)
-                    names = {r["run_id"]: r["name"] for r in decision["ranking"]}
-                    kept = ", ".join(names[i] for i in decision["kept"])
-                    pruned = ", ".join(names[i] for i in decision["pruned"]) or "none"
-                    print(f"step {rung} decided ({decision['decided_by']['role']}): kept {kept}; pruned {pruned}", flush=True)
+                    print(f"step {rung} decided ({decision.decided_by.role}): {decision.summary()}", flush=True)
             states = reconcile(runs, root)
             progress = "  ".join(
-                f"{s.run.info()['name']} {max(s.run.latest_logged_step(), s.run.last_checkpoint_step() or 0)}/"
+                f"{s.run.info().name} {max(s.run.latest_logged_step(), s.run.last_checkpoint_step() or 0)}/"
                 f"{s.run.total_steps() or '?'}{'' if s.state in ('running', 'pending') else ' ' + s.state}"
                 for s in states
                 if s.run.exists
@@ -150,7 +151,7 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
         return 130
     report = aggregate_runs(root, sweep=sweep.name)
     print(report.summary())
-    print(render(root, sweep.name))
+    print(render(root, sweep.name, advance(root, sweep.name, role="follow", runs=runs)))
     failed = [s.run.path.name for s in reconcile(runs, root) if s.state not in ("finished", "pruned")]
     if failed:
         print(f"runs that did not finish: {', '.join(failed)} (logs under each run's logs/)")

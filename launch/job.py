@@ -30,9 +30,9 @@ from pathlib import Path
 
 import submitit
 
+from launch.advance import schedule_for_checkpoint
 from launch.backends import backend_class, total_cpus
 from launch.config import ClusterConfig, train_config
-from launch.evaluations.schedule import schedule_for_checkpoint
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
@@ -65,7 +65,7 @@ class PruneWatch:
         self.thread.start()
 
     def check(self) -> bool:
-        if self.run.prune_marker() is not None:
+        if self.run.is_pruned():
             self.stop.request("pruned")
             return True
         return False

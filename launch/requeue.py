@@ -34,7 +34,7 @@ from pathlib import Path
 
 from launch.config import ClusterConfig
 from launch.postmortem import close_unrecorded, ended_from_outside, first, infer_end, read_signal_log
-from launch.rundir import RUNS_FILE, Attempt, RunDirectory, prune_reason
+from launch.rundir import RUNS_FILE, Attempt, PruneMarker, RunDirectory, prune_reason
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def failure_signature(attempt: Attempt) -> tuple[str | None, str | None]:
     return attempt.end_reason, kind
 
 
-def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: dict | None = None) -> Decision:
+def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMarker | None = None) -> Decision:
     """Requeue after the last (ended) attempt, or finish/fail/prune the run. `pruned`: the run's
     prune marker (RunDirectory.prune_marker): a pruned run is never requeued, however its last
     attempt ended (a stop signal or a crash may have beaten the prune request to it). An attempt
@@ -171,7 +171,7 @@ def apply(run: RunDirectory, decision: Decision, requeue_command: list[str] | No
         return
     if decision.final_state is not None:
         marker = run.prune_marker() if decision.final_state == "pruned" else None
-        run.set_status(decision.final_state, decision.reason, **({"pruned": marker} if marker else {}))
+        run.set_status(decision.final_state, decision.reason, pruned=marker)
 
 
 def run_of_this_job(folder: Path) -> RunDirectory:

@@ -13,7 +13,6 @@ sweep's successive halving pruned (their pruned.json, launch/sweeps/rungs.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from core.commandline import HintingArgumentParser
+from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
 from launch.rundir import RunDirectory
@@ -47,11 +47,11 @@ def pruned_runs(runs: Sequence[RunDirectory]) -> dict[str, Pruned]:
     for run in runs:
         try:
             marker = run.prune_marker()
-        except (OSError, json.JSONDecodeError):
+        except ConfigError:  # unreadable or of another format: the run is shown unpruned
             continue
         if marker is not None:
             run_id = run.path.name.rsplit("-", 1)[1]
-            out[run_id] = Pruned(int(marker["rung"]), int(marker["rank"]), int(marker["of"]), float(marker["value"]))
+            out[run_id] = Pruned(marker.rung, marker.rank, marker.of, marker.value)
     return out
 
 

@@ -33,14 +33,14 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
-from core.schema import fingerprint, from_dict, to_dict
+from core.schema import fingerprint, from_dict, read_record, to_dict
 from launch.config import RunConfig, train_config
 from launch.steplog import read_trace
 from rsp.manifest import Manifest, list_manifests
@@ -71,12 +71,80 @@ def slug(name: str) -> str:
     return cleaned or "run"
 
 
-def prune_reason(marker: dict) -> str:
+@dataclass
+class RunInfo:
+    """run.json: the run's identity, written once by the first submit."""
+
+    run_id: str  # the first 12 hex digits of config_hash
+    name: str
+    config_hash: str  # rsp.schema.fingerprint of the training config and the world size
+    world_size: int
+    created: float  # unix time
+    config: dict[str, Any]  # the resolved RunConfig as a dict (RunDirectory.config reads it)
+
+
+@dataclass
+class Submission:
+    """submissions/NNN.json: one submit of the run."""
+
+    time: float
+    backend: str  # debug | local | slurm
+    job_id: str
+    # Provenance (what the decisions never need: a record without it still reads)
+    command: list[str] = field(default_factory=list)  # sys.argv of the submitting command
+    cwd: str = ""
+    user: str = ""
+    host: str = ""
+    python: str = ""
+    code_version: str = ""
+    snapshot: str | None = None  # the code snapshot the job runs from (launch/snapshot.py)
+    environment: dict[str, str] = field(default_factory=dict)  # ENV_RECORDED
+    folder: str | None = None  # the scheduler's files of the job
+
+
+@dataclass
+class PruneMarker:
+    """pruned.json: a sweep's successive halving pruned the run (launch/sweeps/rungs.py writes it)."""
+
+    sweep: str
+    rung: int  # the step decided
+    rank: int  # the run's rank at that rung (1: best)
+    of: int  # how many live runs were ranked
+    metric: str
+    mode: str  # max | min
+    value: float
+    decision: str  # the decision file
+    time: float
+
+    def reason(self) -> str:
+        return (
+            f"pruned at step {self.rung} by sweep {self.sweep}: rank {self.rank} of {self.of} "
+            f"by {self.metric} = {self.value:.4g} ({self.mode})"
+        )
+
+
+@dataclass
+class RunStatus:
+    """status.json: written once the run is over."""
+
+    state: str  # finished | failed | pruned
+    reason: str
+    time: float
+    pruned: PruneMarker | None = None  # the marker that stopped it, when pruned
+
+
+@dataclass
+class Progress:
+    """progress.json: where the current attempt started and how long the run is."""
+
+    start_step: int
+    total_steps: int
+    time: float
+
+
+def prune_reason(marker: PruneMarker) -> str:
     """One line from a prune marker (RunDirectory.prune_marker)."""
-    return (
-        f"pruned at step {marker['rung']} by sweep {marker['sweep']}: rank {marker['rank']} of {marker['of']} "
-        f"by {marker['metric']} = {marker['value']:.4g} ({marker['mode']})"
-    )
+    return marker.reason()
 
 
 @dataclass
@@ -135,24 +203,16 @@ class RunDirectory:
         if self.exists:
             return
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        atomic_write_json(
-            self.path / "run.json",
-            {
-                "run_id": run_id(cfg),
-                "name": cfg.name,
-                "config_hash": config_hash(cfg),
-                "world_size": cfg.cluster.world_size,
-                "created": time.time(),
-                "config": to_dict(cfg),
-            },
-        )
+        info = RunInfo(run_id(cfg), cfg.name, config_hash(cfg), cfg.cluster.world_size, time.time(), to_dict(cfg))
+        atomic_write_json(self.path / "run.json", to_dict(info))
 
-    def info(self) -> dict:
-        return json.loads((self.path / "run.json").read_text())
+    def info(self) -> RunInfo:
+        """run.json; rsp.schema.ConfigError naming the file when it is unreadable or of another format."""
+        return read_record(RunInfo, self.path / "run.json")
 
-    def config(self, info: dict | None = None) -> RunConfig:
+    def config(self, info: RunInfo | None = None) -> RunConfig:
         """The run's configuration; pass `info` (run.json, already read) to not read it again."""
-        return from_dict(RunConfig, (info or self.info())["config"])
+        return from_dict(RunConfig, (info or self.info()).config)
 
     @property
     def checkpoints(self):
@@ -168,39 +228,33 @@ class RunDirectory:
     # --- submissions ----------------------------------------------------------------------------
 
     def record_submission(
-        self, backend: str, job_id: str, code_version: str, snapshot: str | None, extra: dict | None = None
+        self, backend: str, job_id: str, code_version: str, snapshot: str | None, folder: str | None = None
     ) -> Path:
         records = self.path / "submissions"
         number = len(list(records.glob("*.json"))) if records.is_dir() else 0
         path = records / f"{number:03d}.json"
-        atomic_write_json(
-            path,
-            {
-                "time": time.time(),
-                "backend": backend,
-                "job_id": job_id,
-                "command": sys.argv,
-                "cwd": os.getcwd(),
-                "user": getpass.getuser(),
-                "host": socket.gethostname(),
-                "python": sys.executable,
-                "code_version": code_version,
-                "snapshot": snapshot,
-                "environment": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ},
-                **(extra or {}),
-            },
-        )
+        environment = {k: os.environ[k] for k in ENV_RECORDED if k in os.environ}
+        submission = Submission(
+            time.time(), backend, job_id, list(sys.argv), os.getcwd(), getpass.getuser(), socket.gethostname(),
+            sys.executable, code_version, snapshot, environment, folder,
+        )  # fmt: skip
+        atomic_write_json(path, to_dict(submission))
         return path
 
-    def submissions(self) -> list[dict]:
+    def submissions(self) -> list[Submission]:
         records = self.path / "submissions"
-        return [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))] if records.is_dir() else []
+        return [read_record(Submission, p) for p in sorted(records.glob("*.json"))] if records.is_dir() else []
 
-    def last_submission(self) -> dict | None:
+    def last_submission(self) -> Submission | None:
         """The newest submission record (reads that one file only), None before the first submit."""
         records = self.path / "submissions"
         newest = max(records.glob("*.json"), default=None) if records.is_dir() else None
-        return json.loads(newest.read_text()) if newest is not None else None
+        return read_record(Submission, newest) if newest is not None else None
+
+    def backend(self) -> str:
+        """The backend the run was last submitted to ("local" before its first submit)."""
+        last = self.last_submission()
+        return last.backend if last is not None else "local"
 
     # --- attempts -------------------------------------------------------------------------------
 
@@ -208,7 +262,7 @@ class RunDirectory:
         records = self.path / "attempts"
         if not records.is_dir():
             return []
-        return [Attempt(**json.loads(p.read_text())) for p in sorted(records.glob("*.json"))]
+        return [read_record(Attempt, p) for p in sorted(records.glob("*.json"))]
 
     def save_attempt(self, attempt: Attempt) -> None:
         atomic_write_json(self.path / "attempts" / f"{attempt.number:03d}.json", dataclasses.asdict(attempt))
@@ -295,31 +349,37 @@ class RunDirectory:
 
     # --- final status ---------------------------------------------------------------------------
 
-    def status(self) -> dict | None:
+    def status(self) -> RunStatus | None:
         path = self.path / "status.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_record(RunStatus, path) if path.is_file() else None
 
-    def set_status(self, state: str, reason: str, **extra: Any) -> None:
-        atomic_write_json(self.path / "status.json", {"state": state, "reason": reason, "time": time.time(), **extra})
+    def final_state(self) -> str | None:
+        """status.json's state (finished | failed | pruned), None while the run is not over."""
+        status = self.status()
+        return status.state if status is not None else None
+
+    def set_status(self, state: str, reason: str, pruned: PruneMarker | None = None) -> None:
+        atomic_write_json(self.path / "status.json", to_dict(RunStatus(state, reason, time.time(), pruned)))
 
     def clear_status(self) -> None:
         (self.path / "status.json").unlink(missing_ok=True)
 
     # --- pruning (launch/sweeps/rungs.py decides; the job and the teardown obey) ------------------------
 
-    def prune_marker(self) -> dict | None:
+    def prune_marker(self) -> PruneMarker | None:
         """Why a sweep's successive halving pruned this run (rung, rank, metric ...), None if it did not."""
         path = self.path / PRUNED
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
+        return read_record(PruneMarker, path) if path.is_file() else None
 
-    def mark_pruned(self, info: dict[str, Any]) -> bool:
+    def is_pruned(self) -> bool:
+        """Whether a prune marker is there, whatever it holds (what the job obeys: one stat)."""
+        return (self.path / PRUNED).is_file()
+
+    def mark_pruned(self, marker: PruneMarker) -> bool:
         """Write the prune marker unless one is there (idempotent: concurrent deciders write one)."""
-        return create_json_exclusive(self.path / PRUNED, info)
+        return create_json_exclusive(self.path / PRUNED, to_dict(marker))
 
-    def unprune(self, why: str = "--unprune") -> dict | None:
+    def unprune(self, why: str = "--unprune") -> PruneMarker | None:
         """Move the prune marker to unpruned/NNN.json (with `why`) and clear a `pruned` status, so the
         run can be resubmitted and resume from its checkpoint. Returns the marker (None: it was not
         pruned). Also used when a run finished before its marker could stop it."""
@@ -328,20 +388,18 @@ class RunDirectory:
             return None
         history = self.path / "unpruned"
         number = len(list(history.glob("*.json"))) if history.is_dir() else 0
-        atomic_write_json(history / f"{number:03d}.json", {**marker, "unpruned": time.time(), "why": why})
+        atomic_write_json(history / f"{number:03d}.json", {**to_dict(marker), "unpruned": time.time(), "why": why})
         (self.path / PRUNED).unlink(missing_ok=True)
-        if (self.status() or {}).get("state") == "pruned":
+        if self.final_state() == "pruned":
             self.clear_status()
         return marker
 
     def record_progress(self, start_step: int, total_steps: int) -> None:
-        atomic_write_json(
-            self.path / "progress.json", {"start_step": start_step, "total_steps": total_steps, "time": time.time()}
-        )
+        atomic_write_json(self.path / "progress.json", to_dict(Progress(start_step, total_steps, time.time())))
 
     def total_steps(self) -> int | None:
         path = self.path / "progress.json"
-        return json.loads(path.read_text())["total_steps"] if path.is_file() else None
+        return read_record(Progress, path).total_steps if path.is_file() else None
 
     def latest_logged_step(self) -> int:
         """Step of the last line of metrics.jsonl (read from the end: cheap on long logs)."""

@@ -37,7 +37,7 @@ class RunState:
 
 def last_job(run: RunDirectory) -> tuple[str | None, str | None]:
     last = run.last_submission()
-    return (last["backend"], last["job_id"]) if last else (None, None)
+    return (last.backend, last.job_id) if last else (None, None)
 
 
 def reconcile(runs: Sequence[RunDirectory], folder: Path | None = None) -> list[RunState]:
@@ -61,12 +61,12 @@ def _state_of(run: RunDirectory, status: dict | None, job_id: str | None, schedu
     if not run.exists:
         return RunState(run, "missing", detail="not submitted yet")
     if status is not None:
-        return RunState(run, status["state"], job_id, status["reason"])
+        return RunState(run, status.state, job_id, status.reason)
     sched = scheduler.get(job_id)
     marker = run.prune_marker()
     if sched in ACTIVE_STATES:
         state = "pending" if sched in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING") else "running"
-        stopping = f"; pruned at step {marker['rung']}, stopping" if marker else ""
+        stopping = f"; pruned at step {marker.rung}, stopping" if marker else ""
         return RunState(run, state, job_id, f"job {job_id} is {sched}{stopping}")
     if marker is not None:  # its job ended (or was killed) before it could record the status
         return RunState(run, "pruned", job_id, prune_reason(marker))

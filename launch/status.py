@@ -12,11 +12,13 @@ attempts and how they ended, last checkpoint, time lost to requeues (gaps betwee
 and the next one's start, plus the steps redone after a non-cooperative end and the time they took,
 measured from each attempt's step log), evaluations done/expected, GPU-hours (CPU-hours where no GPU
 was allocated) of training and evaluation. Below the table: every expected evaluation without a
-record and its state (pending, running, failed, lost, not submitted); each sweep's
-successive-halving rungs (decided, or what they wait for), its cost and what pruning saved. Lost
-evaluations (their job vanished without a record) are resubmitted within their budget, and said so
-(--no-recover: only report them). Showing a sweep also decides its rungs that are due
-(launch/sweeps/rungs.py).
+record and its state (pending, running, failed, lost, invalid, not submitted); each sweep's
+successive-halving rungs (decided, or what they wait for), its cost and what pruning saved.
+
+Before the table, status advances what it shows (launch/advance.py, the one owner of state
+transitions): it decides the rungs that are due and resubmits lost evaluations (their job vanished
+without a record) within their budget, and says what it did. --no-recover: decide rungs, only report
+lost evaluations. --no-advance: read only; nothing on disk changes (`render` is pure).
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from core.commandline import HintingArgumentParser
+from launch.advance import Report, advance, runs_under
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
-from launch.evaluations.recovery import EvaluationState, evaluation_states, recover
+from launch.evaluations.recovery import EvaluationState, evaluation_states
 from launch.rundir import Attempt, RunDirectory
 from launch.state import RunState, reconcile
 from launch.sweeps.expand import SWEEPS_DIR
-from launch.sweeps.rungs import SweepDirectory, decide_due, rung_views, sweep_directories
+from launch.sweeps.rungs import SweepDirectory, rung_views, sweep_directories
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,9 @@ def describe_state(state: RunState) -> str:
     marker = state.run.prune_marker() if state.run.exists else None
     text = state.state + (f" [{state.job_id}]" if state.job_id and state.state in ("pending", "running") else "")
     if marker and state.state == "pruned":
-        text += f"@{marker['rung']} ({marker['rank']}/{marker['of']}, {marker['value']:.3g})"
+        text += f"@{marker.rung} ({marker.rank}/{marker.of}, {marker.value:.3g})"
     elif marker and state.state in ("pending", "running"):
-        text += f", pruned@{marker['rung']}: stopping"
+        text += f", pruned@{marker.rung}: stopping"
     return text
 
 
@@ -103,8 +106,8 @@ def row(
     total = run.total_steps()
     step = max(run.latest_logged_step(), manifests[-1].step if manifests else 0)
     return [
-        info["name"],
-        info["run_id"],
+        info.name,
+        info.run_id,
         describe_state(state),
         f"{step}/{total or '?'}",
         f"{len(attempts)} " + "".join(f"{k}{v}" for k, v in sorted(ends.items())),
@@ -126,23 +129,23 @@ def evaluation_counts(states: Sequence[EvaluationState]) -> dict[Path, str]:
     return {path: f"{done}/{expected}" for path, (done, expected) in out.items()}
 
 
-def evaluation_lines(states: Sequence[EvaluationState], recovered: tuple[list[str], list[str]]) -> list[str]:
-    """Every evaluation without a record and its state; what the recovery did."""
-    lines = [f"resubmitted lost evaluation: {d}" for d in recovered[0]]
-    lines += [f"gave up on lost evaluation (failed.json): {d}" for d in recovered[1]]
+def evaluation_lines(states: Sequence[EvaluationState]) -> list[str]:
+    """Every evaluation without a valid record and its state."""
+    lines = []
     missing = [e for e in states if e.state != "recorded"]
     if missing:
         lines.append("evaluations without a record:")
     for e in missing:
         state = "not submitted yet" if e.state == "unclaimed" else e.state
+        if e.state == "invalid":
+            state = "invalid record, not counted (a backfill moves it aside and evaluates again)"
         job = f" [{e.job_id}]" if e.job_id and e.state in ("pending", "running") else ""
         lines.append(f"  {e.run.path.name} step {e.step} {e.task}: {state}{job}" + (f" ({e.detail})" if e.detail else ""))
     return lines
 
 
 def find_runs(root: Path, sweep: str | None) -> list[RunDirectory]:
-    runs = [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
-    return [r for r in runs if sweep is None or r.in_sweep(sweep)]
+    return runs_under(root, sweep)
 
 
 def costs_of(runs: Sequence[RunDirectory]) -> tuple[dict[Path, RunCost], str | None]:
@@ -161,17 +164,6 @@ def costs_of(runs: Sequence[RunDirectory]) -> tuple[dict[Path, RunCost], str | N
     return out, note
 
 
-def decide_sweeps(root: Path, sweep: str | None) -> list[SweepDirectory]:
-    """Decide the due rungs of the sweeps shown (a status call is one of the deciders)."""
-    directories = [d for d in sweep_directories(root) if sweep is None or d.name == sweep]
-    for directory in directories:
-        try:
-            decide_due(directory, "status")
-        except Exception:  # the table must still print; the next call tries again
-            log.exception("could not decide the rungs of sweep %s", directory.name)
-    return directories
-
-
 def rung_lines(directory: SweepDirectory) -> list[str]:
     selection = directory.selection()
     if selection is None:
@@ -183,11 +175,14 @@ def rung_lines(directory: SweepDirectory) -> list[str]:
             d = view.decision
             members, exempt = directory.members(), directory.exempt()
             pruned = ", ".join(
-                f"{r['name']} ({r['rank']}/{d['live']}, {r['value']:.4g}{late(members.get(r['run_id']), r['run_id'] in exempt)})"
-                for r in d["ranking"]
-                if not r["kept"]
+                f"{r.name} ({r.rank}/{d.live}, {r.value:.4g}{late(members.get(r.run_id), r.run_id in exempt)})"
+                for r in d.ranking
+                if not r.kept
             )
-            lines.append(f"  step {view.rung}: kept {len(d['kept'])} of {d['live']}; pruned {pruned or 'none'}")
+            lines.append(f"  step {view.rung}: kept {len(d.kept)} of {d.live}; pruned {pruned or 'none'}")
+        elif view.due:
+            n = len(view.values)
+            lines.append(f"  step {view.rung}: due ({n} of {n} values in); the next status without --no-advance decides it")
         else:
             waits = "; ".join(f"{names.get(rid, rid)}: {why}" for rid, why in sorted(view.waiting.items()))
             lines.append(f"  step {view.rung}: waiting for {len(view.waiting)} run(s): {waits}")
@@ -198,7 +193,7 @@ def late(run: RunDirectory | None, exempt: bool) -> str:
     """Why a run a decision pruned is not (or no longer) pruned: it finished first, or --unprune."""
     if exempt:
         return "; unpruned since"
-    if run is not None and run.exists and (run.status() or {}).get("state") == "finished":
+    if run is not None and run.exists and run.final_state() == "finished":
         return "; it finished before it could be stopped"
     return ""
 
@@ -225,8 +220,10 @@ def cost_lines(states: Sequence[RunState], costs: dict[Path, RunCost], unit: str
     return lines
 
 
-def render(root: Path, sweep: str | None, recover_lost: bool = True) -> str:
-    directories = decide_sweeps(root, sweep)
+def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
+    """The status table and what is below it; pure: it reads the run and sweep directories and
+    asks the scheduler, and writes nothing. `report`: what the advance before it did (shown first)."""
+    directories = [d for d in sweep_directories(root) if sweep is None or d.name == sweep]
     runs = find_runs(root, sweep)
     if not runs:
         return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
@@ -237,10 +234,6 @@ def render(root: Path, sweep: str | None, recover_lost: bool = True) -> str:
     unit = unit_of(list(costs.values()))
     header = ["run", "id", "state", "step", "attempts", "last checkpoint", "lost", "evals", f"{unit.upper()}-h", *axis_keys]
     evals = evaluation_states(runs)
-    recovered: tuple[list[str], list[str]] = ([], [])
-    if recover_lost and any(e.state == "lost" for e in evals):
-        recovered = recover(evals)
-        evals = evaluation_states(runs)
     done = evaluation_counts(evals)
     body = [row(s, axis_keys, axes.get(s.run.path, {}), costs.get(s.run.path), unit, done.get(s.run.path, "-")) for s in states]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
@@ -254,7 +247,7 @@ def render(root: Path, sweep: str | None, recover_lost: bool = True) -> str:
         + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
         "H pruned, R running)"
     )
-    lines += evaluation_lines(evals, recovered)
+    lines += (report.lines() if report else []) + evaluation_lines(evals)
     for directory in directories:
         lines += rung_lines(directory)
     lines += cost_lines(states, costs, unit) + ([note] if note else [])
@@ -322,18 +315,25 @@ def render_attempts(root: Path, sweep: str | None) -> str:
     return "\n".join(lines + ([note] if note else []))
 
 
+def show(root: Path, sweep: str | None, no_advance: bool = False, no_recover: bool = False) -> str:
+    """`status`: advance what is shown (unless `no_advance`), then render it."""
+    report = None if no_advance else advance(root, sweep, role="status", recover_lost=not no_recover)
+    return render(root, sweep, report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = HintingArgumentParser(prog="launch/status.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("args", nargs="*", help="[OUTPUT_ROOT] [sweep=NAME]")
     p.add_argument("--watch", type=float, default=0, help="refresh every this many seconds")
     p.add_argument("--attempts", action="store_true", help="one row per attempt: allocation, elapsed, queue wait, redone work")
     p.add_argument("--no-recover", action="store_true", help="report lost evaluations, do not resubmit them")
+    p.add_argument("--no-advance", action="store_true", help="read only: decide no rung, resubmit nothing, write nothing")
     ns = p.parse_args(argv)
     root, sweep, problem = target(ns.args)
     if problem:
         p.error(problem)
     while True:
-        print(render_attempts(root, sweep) if ns.attempts else render(root, sweep, recover_lost=not ns.no_recover), flush=True)
+        print(render_attempts(root, sweep) if ns.attempts else show(root, sweep, ns.no_advance, ns.no_recover), flush=True)
         if not ns.watch:
             return 0
         time.sleep(ns.watch)

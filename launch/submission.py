@@ -105,11 +105,11 @@ def submit_runs(
     backend = make_backend(backend_name, folder, snapshot)
     for run, cfg in zip(runs, cfgs, strict=True):
         run.create(cfg)
-        if run.status() and run.status()["state"] == "failed":
+        if run.final_state() == "failed":
             run.clear_status()
             run.reset_budgets()
     jobs = [TrainingJob(str(run.path), backend_name) for run in runs]
     job_ids = backend.submit(jobs, resources[0]) if len(cfgs) == 1 else submit_arrays(backend, jobs, resources)
     for run, job_id in zip(runs, job_ids, strict=True):
-        run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), {"folder": str(folder)})
+        run.record_submission(backend_name, job_id, snapshot.version, str(snapshot.path), str(folder))
     return job_ids

@@ -213,8 +213,8 @@ def unprune_runs(plan: Plan, names: Sequence[str]) -> None:
     if wrong:
         raise ConfigError(wrong, what="command line (nothing was unpruned or submitted)")
     for row in chosen:  # exempt in the sweep that pruned it (a run may belong to several)
-        marker = unprune(SweepDirectory(plan.output_root, row.rundir.prune_marker()["sweep"]), row.rundir)
-        print(f"unpruned {row.run.name} (pruned at step {marker['rung']}): it resumes from its last checkpoint")
+        marker = unprune(SweepDirectory(plan.output_root, row.rundir.prune_marker().sweep), row.rundir)
+        print(f"unpruned {row.run.name} (pruned at step {marker.rung}): it resumes from its last checkpoint")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,10 +19,12 @@ readable as `ckpt["model"]`, like the reference's files.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import pickle
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +41,22 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint where one was required; the message names the files and why."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for want of space; the committed ones are intact."""
+
+
+def disk_full_message(directory: Path, step: int) -> str:
+    """One line: where, how much is free, what was kept, what to do."""
+    free = shutil.disk_usage(directory).free if directory.exists() else 0
+    kept = [m.step for m in list_manifests(directory)]
+    resume = f"it resumes from step {kept[-1]}" if kept else "it starts again from step 0"
+    return (
+        f"no space left on device writing checkpoint step {step} in {directory} ({free / 1024**3:.2f} GiB free); kept: "
+        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), the partial file was removed. "
+        f"Free space there (or move output_root and the run directory), then submit the run again: {resume}"
+    )
 
 
 # Modules whose globals run programs or code when a pickle calls them: never a reason to trust one.
@@ -110,8 +128,13 @@ class CheckpointStore:
             raise ValueError(f"checkpoint payload lacks {', '.join(missing)}; the manifest is made from them")
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / checkpoint_name(step)
-        with atomic_writer(target) as f:
-            torch.save({**payload, "format": FORMAT}, f)
+        try:
+            with atomic_writer(target) as f:
+                torch.save({**payload, "format": FORMAT}, f)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise DiskFullError(disk_full_message(self.dir, step)) from exc
         manifest = Manifest(
             step=step,
             file=target.name,

@@ -207,7 +207,7 @@ class Attempt:
 
     def traps_set(self) -> bool:
         """The batch shell set its traps: it created this attempt's signal log (launch.batch)."""
-        folder = Path(self.run.last_submission()["folder"])
+        folder = Path(self.run.last_submission().folder)
         return any(folder.glob(f"*/signals/{self.job}-{self.k}.log"))
 
 
@@ -294,13 +294,12 @@ def outcome(chaos: ChaosRun, same_as_reference) -> dict:
     measured), bitwise equality with the reference (`same_as_reference(run) -> bool`)."""
     run = only_run(chaos.root)
     attempts = run.attempts()
-    status = run.status() or {}
     gap, redone, redone_s = lost_time(run, attempts)
     measured = 0  # from rank 0's log lines: the last step each ended attempt logged minus the next one's start
     for a, b in zip(attempts, attempts[1:], strict=False):
         logged = last_logged_step(run, a.key)
         measured += max(0, (logged if logged is not None else a.start_step) - b.start_step)
-    finished = status.get("state") == "finished"
+    finished = run.final_state() == "finished"
     job = job_id(run)
     for i in chaos.interruptions:  # what each interruption did to the attempt it hit
         hit = next((a for a in attempts if a.key == f"{job}/{i.attempt}"), None)

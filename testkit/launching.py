@@ -134,7 +134,7 @@ def only_run(root: Path) -> RunDirectory:
 
 
 def job_id(run: RunDirectory) -> str:
-    return run.last_submission()["job_id"]
+    return run.last_submission().job_id
 
 
 def squeue_ids(under: Path) -> set[str]:
@@ -163,12 +163,12 @@ def explain(run: RunDirectory) -> str:
     parts += [f"attempt: {json.dumps(a.__dict__)}" for a in run.attempts()]
     subs = run.submissions()
     if subs:
-        jid = subs[-1]["job_id"]
+        jid = subs[-1].job_id
         sacct = subprocess.run(
             ["sacct", "-n", "-P", "-j", jid, "-o", "JobID,State,ExitCode,Elapsed"], capture_output=True, text=True
         )
         parts.append(f"sacct: {sacct.stdout.strip()}")
-        folder = Path(subs[-1].get("folder", ""))
+        folder = Path(subs[-1].folder or "")
         for log in sorted(folder.glob(f"**/{jid.split('_')[0]}*_log.*"))[-4:]:
             parts.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:]))
     for log in sorted(run.path.glob("logs/*/rank_*.log"))[-3:]:
@@ -178,13 +178,13 @@ def explain(run: RunDirectory) -> str:
 
 def wait_finished(run: RunDirectory, timeout: float = 900) -> dict:
     wait_for(
-        lambda: (run.status() or {}).get("state") in ("finished", "failed"),
+        lambda: run.final_state() in ("finished", "failed"),
         timeout,
         f"{run.path.name} to end",
         lambda: explain(run),
     )
     status = run.status()
-    assert status["state"] == "finished", explain(run)
+    assert status.state == "finished", explain(run)
     return status
 
 

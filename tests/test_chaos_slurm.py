@@ -36,7 +36,7 @@ def test_interrupted_runs_end_bitwise_identical_with_the_lost_steps_measured(cha
     schedule = chaos_runs.result()
 
     def same_as_reference(run) -> bool:
-        assert_same_training_state(run.path, reference_runs.get(train_config(run.config()), run.info()["world_size"]))
+        assert_same_training_state(run.path, reference_runs.get(train_config(run.config()), run.info().world_size))
         return True
 
     for chaos in schedule:

@@ -18,7 +18,7 @@ from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpu
 from launch.config import compose
 from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost, slurm_attempt_costs
 from launch.results import aggregate_runs
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.status import lost_time
 from launch.steplog import StepLog
 from rsp.manifest import Manifest, checkpoint_name
@@ -112,7 +112,8 @@ def test_a_pruned_run_would_still_have_cost_its_remaining_steps_and_milestone_ev
     for step in (20, 40):
         path = run.path / "evals" / f"step_{step:08d}" / "davis-x" / "record.json"
         atomic_write_json(path.parent / "submitted.json", {"job_id": "7", "backend": "local"})
-        atomic_write_json(path, {"wall_time_s": 10.0})
+        record = ResultRecord("rid", "r", "c", step, "davis", "p" * 64, {}, {"J&F-Mean": 0.5}, "s", "x.pt", "v", "7", 10.0)
+        write_record(path, record)  # only a valid record's wall time is counted
     cost = run_cost(run, now=t0 + 50)
     assert cost.eval_s("cpu") == 2 * 10 * 2  # two records x 10 s x evaluation.cpus_per_task (2)
     # 60 steps left at 2 CPU-s per step, and milestones 60, 80, 100 evaluated at 20 CPU-s each
@@ -129,8 +130,8 @@ def test_the_results_table_has_the_cost_to_each_checkpoint_and_the_rung_that_pru
             write_record(tmp_path / f"{name}-{rid}" / "evals" / f"step_{step:08d}" / "davis-p" / "record.json", r)
         atomic_write_json(tmp_path / f"{name}-{rid}" / "run.json", {"run_id": rid})
         atomic_write_json(tmp_path / f"{name}-{rid}" / "sweeps" / "s.json", {"sweep": "s", "axes": {}})
-    marker = {"sweep": "s", "rung": 20, "rank": 2, "of": 2, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
-    atomic_write_json(tmp_path / "a-aaaaaaaaaaaa" / "pruned.json", marker)
+    marker = PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.4, "decisions/step_00000020.json", 0.0)
+    assert RunDirectory(tmp_path / "a-aaaaaaaaaaaa").mark_pruned(marker)
     report = aggregate_runs(tmp_path, sweep="s", plots=False, tensorboard=False)
     assert report.out == tmp_path / "results" / "sweep-s"
     table = pd.read_json(report.out / "results.table.json", orient="table")

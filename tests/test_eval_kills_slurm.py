@@ -1,9 +1,11 @@
 """Evaluation jobs killed on the real local SLURM cluster: each evaluation must still get its record
-with no manual step beyond looking at status, and its checkpoint's pin must be released.
+with no manual step at all (not even a status call), and its checkpoint's pin must be released. The
+killed evaluation is the run's last milestone's, so no later milestone comes to recover it: the
+watcher job (launch/advance.py, afterany on the evaluation jobs) does.
 
-    scancel          the job is cancelled: the evaluation is lost; status resubmits it
+    scancel          the job is cancelled: the evaluation is lost; the watcher resubmits it
     time limit       the job overruns evaluation.time_minutes (its rank is frozen) and SLURM ends it:
-                     lost; status resubmits it
+                     lost; the watcher resubmits it
     stop signal      SIGUSR2 to the batch shell (what a preemption sends): the evaluation stops, its
                      teardown requeues the same job, which records it
 """
@@ -53,7 +55,7 @@ def evaluation_job(root: Path) -> str | None:
     """The job id the evaluation's claim names once it is running (its rank process exists)."""
     run = only_run(root)
     claims = list(run.path.glob("evals/step_*/*/submitted.json"))
-    job = submission(claims[0].parent)["job_id"] if claims else None
+    job = submission(claims[0].parent).job_id if claims else None
     if not job or live_job(job).get("JobState") != "RUNNING":
         return None
     try:
@@ -95,24 +97,7 @@ def killed_evaluations(env: ScenarioEnv) -> None:
         drivers[what].result()
         run = only_run(root)
         wait_finished(run, timeout=900)
-        first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)["job_id"]
-    for what in ("scancel", "freeze"):  # lost once their job is gone
-        run = only_run(roots[what])
-        wait_for(
-            lambda r=run: evaluation_states([r])[0].state == "lost",
-            600,
-            f"{what}: the evaluation to be lost",
-            lambda r=run: explain(r),
-        )
-        rc, printed = run_command(status, [str(roots[what])])
-        assert rc == 0, printed
-        # status resubmits it, unless another path named in docs/requeue.md (its teardown, the next
-        # scheduling) got there between the test's look and status's: either way it is resubmitted once
-        claim = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent)
-        assert "resubmitted lost evaluation" in printed or claim.get("lost") == [first_jobs[what]], (
-            printed,
-            claim,
-        )
+        first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent).job_id
     for what, root in roots.items():
         run = only_run(root)
         wait_for(
@@ -126,10 +111,14 @@ def killed_evaluations(env: ScenarioEnv) -> None:
         assert not list(run.path.glob("checkpoints/pins/*")), what  # released
         claim = submission(state.directory)
         if what == "usr2":  # requeued by its own teardown: the same job, restarted once
-            assert claim["job_id"] == first_jobs[what] and claim["lost"] == []
+            assert claim.job_id == first_jobs[what] and claim.lost == []
             assert live_job(first_jobs[what]).get("Restarts") == "1" and not (state.directory / "stopped.json").exists()
-        else:
-            assert claim["lost"] == [first_jobs[what]] and claim["job_id"] != first_jobs[what], claim
+        else:  # resubmitted by the watcher job, with no manual step
+            assert claim.lost == [first_jobs[what]] and claim.job_id != first_jobs[what], claim
+            watchers = list(run.path.glob("evals/.jobs/watchers/*/*_log.out"))
+            assert any("resubmitted lost evaluation" in w.read_text() for w in watchers), explain(run)
+        rc, printed = run_command(status, [str(root), "--no-advance"])
+        assert rc == 0 and "stopped, requeued" not in printed and " 1/1 " in printed, printed
 
 
 def test_killed_evaluation_jobs_get_their_records_and_release_their_pins(killed_evaluations):

@@ -15,7 +15,7 @@ import pytest
 import launch.evaluations.job
 from eval.records import ResultRecord, parse_record
 from launch.config import compose
-from launch.evaluations.claims import FAILED, claim_and_pin, mark_stopped, mark_submitted
+from launch.evaluations.claims import FAILED, claim_and_pin, failure, mark_stopped, mark_submitted
 from launch.evaluations.expected import expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.recovery import evaluation_states, recover
@@ -139,7 +139,7 @@ def test_every_death_of_an_evaluation_job_leaves_failed_json_and_releases_the_pi
     davis = claimed(run, 2, "davis", "77")
     assert pins(run)
     assert settle(run, "77", 1, [], 0, tmp_path) == "nothing"  # died while importing: no record, no error of its own
-    error = json.loads((davis / FAILED).read_text())["error"]
+    error = failure(davis).error
     assert "exited with status 1 before recording a result or an error" in error and "77_0_log.err" in error
     assert pins(run) == []
 

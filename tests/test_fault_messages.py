@@ -1,10 +1,14 @@
 """Known failures reach the terminal as a one-line cause and a next step, never a raw traceback
-(its tail stays in the attempt record): a local run whose loss turns non-finite."""
+(its tail stays in the attempt record): a local run whose loss turns non-finite, a full disk."""
 
 from __future__ import annotations
 
-import pytest
+import errno
 
+import pytest
+import torch
+
+from rsp.checkpoint import CheckpointStore, disk_full_message
 from testkit.launching import TINY, merged, only_run, submit
 
 
@@ -29,3 +33,20 @@ def test_a_non_finite_loss_ends_the_run_at_once_with_the_cause_and_the_learning_
     assert [a.end_reason for a in run.attempts()] == ["crashed"]  # not retried
     assert run.status()["state"] == "failed"
     assert "Traceback" in run.attempts()[0].error  # kept in the attempt record, where the terminal points
+
+
+def test_a_full_disk_says_where_how_much_is_free_and_what_was_kept(tmp_path):
+    """The message a checkpoint write that ran out of space raises (rsp.checkpoint.DiskFullError),
+    over a directory with two committed checkpoints; the error it answers is the OSError a write
+    to a full device raises (/dev/full: the real ENOSPC)."""
+    store = CheckpointStore(tmp_path / "checkpoints")
+    for step in (10, 20):
+        store.commit(
+            step, {"model": {"w": torch.zeros(3)}, "config_hash": "h", "model_name": "m", "code_version": "v"}, milestone=False
+        )
+    with pytest.raises(OSError) as full, open("/dev/full", "wb") as device:
+        torch.save({"w": torch.zeros(100_000)}, device)
+    assert full.value.errno == errno.ENOSPC
+    text = disk_full_message(store.dir, 30)
+    assert text.startswith(f"no space left on device writing checkpoint step 30 in {store.dir} (") and "GiB free" in text
+    assert "kept: 2 committed checkpoint(s) (steps 10, 20)" in text and "it resumes from step 20" in text and "\n" not in text

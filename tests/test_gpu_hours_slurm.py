@@ -32,7 +32,7 @@ def gpu_run(env: ScenarioEnv) -> None:
     rc, out = submit(overrides(env.videos, root, 8, 4, *gpus))
     assert rc == 0, out
     run = only_run(root)
-    wait_for(lambda: (run.status() or {}).get("state") == "finished", 600, "the run to finish", lambda: explain(run))
+    wait_for(lambda: run.final_state() == "finished", 600, "the run to finish", lambda: explain(run))
     # the status is written by the job's teardown, seconds before SLURM closes the allocation
     wait_for(
         lambda: all(a.end is not None for rows in accounting([run]).values() for a in rows),
@@ -41,7 +41,7 @@ def gpu_run(env: ScenarioEnv) -> None:
         lambda: str(accounting([run])),
     )
     assert [a.alloc["gpus"] for a in run.attempts()] == [2]  # SLURM_GPUS_ON_NODE x nodes, as the job saw it
-    expected = sacct_gpu_seconds([s["job_id"] for s in run.submissions()])
+    expected = sacct_gpu_seconds([s.job_id for s in run.submissions()])
     cost = run_cost(run, accounting([run]))
     print(f"[gpu-hours] launch.cost {cost.train_s('gpu'):.1f} GPU-s, sacct AllocTRES x ElapsedRaw {expected:.1f} GPU-s")
     assert expected > 0 and abs(cost.train_s("gpu") - expected) <= 0.01 * expected, (cost, expected)

@@ -6,11 +6,9 @@ step-0 weights are evaluated once."""
 
 from __future__ import annotations
 
-import json
-
 from eval.records import parse_record
 from launch.rundir import RunDirectory
-from launch.sweeps.rungs import SweepDirectory, record_dir
+from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
 from testkit.launching import explain, halving_sweep_file, submit
 
 STEPS, RUNG = 40, 20
@@ -25,10 +23,10 @@ def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_v
     why = out + "\n".join(map(explain, runs))
     assert rc == 0 and len(runs) == 2, why
 
-    decision = json.loads(SweepDirectory(root, "halving_test").decision_path(RUNG).read_text())
-    values = {r.info()["run_id"]: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
+    decision = Decision.read(SweepDirectory(root, "halving_test").decision_path(RUNG))
+    values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
-    assert decision["pruned"] == [worst] and decision["decided_by"]["role"].startswith("evaluation job"), (decision, values)
+    assert decision.pruned == [worst] and decision.decided_by.role.startswith("evaluation job"), (decision, values)
 
     # the two runs start from one seed: their step-0 weights are identical and evaluated once
     step0 = [parse_record(record_dir(r, 0, "davis") / "record.json") for r in runs]
@@ -39,9 +37,9 @@ def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_v
         assert f"paused at step {RUNG} until the decision of rung {RUNG} of sweep halving_test" in log, why
         assert f"resumed at step {RUNG} after" in log, why
         last = run.attempts()[-1]
-        if run.info()["run_id"] == worst:
+        if run.info().run_id == worst:
             # one step past the rung: the decision was in when the run resumed, and that step carried the stop
-            assert (run.status()["state"], last.end_reason, last.end_step) == ("pruned", "pruned", RUNG + 1), why
+            assert (run.final_state(), last.end_reason, last.end_step) == ("pruned", "pruned", RUNG + 1), why
             assert [m.step for m in run.manifests()][-2:] == [RUNG, RUNG + 1]  # the rung's milestone and the stop's checkpoint
         else:
-            assert (run.status()["state"], last.end_step) == ("finished", STEPS), why
+            assert (run.final_state(), last.end_step) == ("finished", STEPS), why

@@ -5,7 +5,6 @@ agree with sacct and the attempt records, and --unprune resuming the run bitwise
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from launch.config import train_config
 from launch.cost import accounting, run_cost
 from launch.rundir import RunDirectory
 from launch.status import render
-from launch.sweeps.rungs import SweepDirectory, record_dir
+from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
 from testkit.launching import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
 from testkit.training import assert_same_training_state
 
@@ -53,21 +52,21 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     )
 
     # The right run: the lowest J&F at the rung, read from the records themselves.
-    decision = json.loads(directory.decision_path(RUNG).read_text())
-    values = {r.info()["run_id"]: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
+    decision = Decision.read(directory.decision_path(RUNG))
+    values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
-    assert {e["run_id"]: e["value"] for e in decision["ranking"]} == values
-    assert decision["pruned"] == [worst] and sorted(decision["kept"]) == sorted(set(values) - {worst}), (decision, values)
-    assert decision["decided_by"]["role"].startswith("evaluation job")  # the job that wrote the rung's last record
-    last_record = max(parse_record(Path(e["record"])).created for e in decision["ranking"])
-    print(f"[halving] decision {decision['time'] - last_record:.1f} s after the rung's last record")
+    assert {e.run_id: e.value for e in decision.ranking} == values
+    assert decision.pruned == [worst] and sorted(decision.kept) == sorted(set(values) - {worst}), (decision, values)
+    assert decision.decided_by.role.startswith("evaluation job")  # the job that wrote the rung's last record
+    last_record = max(parse_record(Path(e.record)).created for e in decision.ranking)
+    print(f"[halving] decision {decision.time - last_record:.1f} s after the rung's last record")
 
-    by_id = {r.info()["run_id"]: r for r in runs}
+    by_id = {r.info().run_id: r for r in runs}
     pruned = by_id[worst]
     wait_for(lambda: all(r.status() is not None for r in runs), 1500, "every run to end", lambda: "\n".join(map(explain, runs)))
-    assert {r.info()["run_id"]: r.status()["state"] for r in runs} == {
-        rid: "pruned" if rid == worst else "finished" for rid in by_id
-    }, "\n".join(map(explain, runs))
+    assert {r.info().run_id: r.final_state() for r in runs} == {rid: "pruned" if rid == worst else "finished" for rid in by_id}, (
+        "\n".join(map(explain, runs))
+    )
     attempts = pruned.attempts()
     stopped_at = attempts[-1].end_step
     assert attempts[-1].end_reason == "pruned" and RUNG <= stopped_at < STEPS, explain(pruned)
@@ -95,7 +94,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     assert "CPU-h" in table and f"pruned@{RUNG}" in table and "pruning saved ~" in table, table
     for run in runs:
         cost = run_cost(run, allocations)
-        training_jobs = [s["job_id"] for s in run.submissions()]
+        training_jobs = [s.job_id for s in run.submissions()]
         assert abs(cost.train_s("cpu") - sacct_cpu_seconds(training_jobs)) <= 0.01 * sacct_cpu_seconds(training_jobs)
         assert [c.number for c in cost.attempts] == [a.number for a in run.attempts()]
         assert all(c.cpus == a.alloc["cpus"] >= 1 for c, a in zip(cost.attempts, run.attempts(), strict=True))
@@ -107,11 +106,9 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
         assert record.training_cost["cpu_hours"] == pytest.approx((created - cost.attempts[0].start) / 3600, rel=0.01)
         assert cost.eval_s("cpu") > 0  # its evaluation jobs, from their sacct allocations
 
-    rc, out = submit([f"sweep={sweep_file}", "--unprune", pruned.info()["name"]])
+    rc, out = submit([f"sweep={sweep_file}", "--unprune", pruned.info().name])
     assert rc == 0 and "unpruned" in out and "submitted 1 run(s)" in out, out
-    wait_for(
-        lambda: (pruned.status() or {}).get("state") == "finished", 1200, "the unpruned run to finish", lambda: explain(pruned)
-    )
+    wait_for(lambda: pruned.final_state() == "finished", 1200, "the unpruned run to finish", lambda: explain(pruned))
     resumed = pruned.attempts()[-1]
     assert resumed.start_step == stopped_at and resumed.end_reason == "finished"  # from its checkpoint, no step lost
     return pruned

@@ -183,7 +183,7 @@ def test_validation_refuses_generated_videos_of_another_scene(tmp_path):
     assert any("holds generated shapes videos, not the camouflage videos data.synthetic_scene asks for" in p for p in found), (
         found
     )
-    scene = ("data.synthetic_videos=2", "data.batch_size=2", "data.synthetic_scene=shapes")
+    scene = ("data.synthetic_videos=2", "data.batch_size=2", "data.synthetic_scene=shapes", "data.max_gap=3")  # 4-frame videos
     assert problems(cfg_with(tmp_path, tmp_path / "videos", *scene)) == []
 
 

@@ -183,7 +183,7 @@ def test_kill_minus_9_of_one_rank_resumes_from_the_newest_valid_checkpoint(submi
 
 
 def all_logs(run: RunDirectory) -> str:
-    folder = Path(run.last_submission()["folder"])
+    folder = Path(run.last_submission().folder)
     return "".join(p.read_text(errors="replace") for p in [*folder.glob("**/*_log.*"), *run.path.glob("logs/*/*.log")])
 
 
@@ -222,7 +222,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
     assert rc == 0, out
     run = only_run(root)
     wait_finished(run)
-    assert run.info()["name"] == name and "\n" not in run.path.name and "'" not in run.path.name
+    assert run.info().name == name and "\n" not in run.path.name and "'" not in run.path.name
     assert not Path("pwned").exists() and not (root / "pwned").exists()
     rc, out = submit([*args, f"output_root={hydra_quote(f'{tmp_path}/line{chr(10)}break')}"])
     assert rc == 2 and "contains a line break" in out, out

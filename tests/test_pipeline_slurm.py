@@ -4,12 +4,12 @@ milestone checkpoint is committed, result records, and the aggregated table."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
+from launch.evaluations.claims import submission
 from launch.results import aggregate_runs
 from testkit.launching import explain, only_run, submit, wait_finished, wait_for
 
@@ -49,11 +49,11 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
         "6 evaluation records (steps 0 and 10)",
         lambda: explain(run) + "\n" + "\n".join(p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")),
     )
-    markers = [json.loads(p.read_text()) for p in run.path.glob("evals/step_00000010/*/submitted.json")]
-    assert len(markers) == 3 and all(m["backend"] == "slurm" for m in markers)
+    markers = [submission(p.parent) for p in run.path.glob("evals/step_00000010/*/submitted.json")]
+    assert len(markers) == 3 and all(m.backend == "slurm" for m in markers)
 
     def states() -> list[str]:
-        ids = ",".join(m["job_id"] for m in markers)
+        ids = ",".join(m.job_id for m in markers)
         return subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True
         ).stdout.split()

@@ -3,7 +3,6 @@ the debug backend runs evaluation jobs in-process)."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from eval.aggregate import main as aggregate_main
 from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
 from launch.config import absolutize, compose, train_config
-from launch.evaluations.claims import FAILED, claim
+from launch.evaluations.claims import claim, failure
 from launch.evaluations.expected import eval_config_for, eval_dir, expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.schedule import schedule
@@ -273,15 +272,15 @@ def test_each_evaluation_is_claimed_at_most_once(tmp_path):
 def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     due = expected(trained_run)
     assert [(s, t) for s, t, _ in due] == [(0, "davis"), (0, "vip"), (2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]
-    ids = schedule(trained_run, None, "debug")
-    assert len(ids) == 3  # debug/local: one job per checkpoint runs its tasks in turn
-    assert schedule(trained_run, None, "debug") == []  # at most once
+    ids, set_aside = schedule(trained_run, None, "debug")
+    assert len(ids) == 3 and set_aside == []  # debug/local: one job per checkpoint runs its tasks in turn
+    assert schedule(trained_run, None, "debug") == ([], [])  # at most once
     records, warnings = read_records(find_record_files(trained_run.path.parent))
     assert len(records) == 6 and not warnings
     r = next(r for r in records if r.step == 4 and r.task == "davis")
     info = trained_run.info()
     manifest = next(m for m in trained_run.manifests() if m.step == 4)
-    assert (r.run_id, r.config_hash, r.checkpoint_sha256) == (info["run_id"], info["config_hash"], manifest.sha256)
+    assert (r.run_id, r.config_hash, r.checkpoint_sha256) == (info.run_id, info.config_hash, manifest.sha256)
     assert r.protocol["preset"].startswith("rsp") and 0 <= r.metrics["J&F-Mean"] <= 1 and r.wall_time_s > 0
     assert not list((trained_run.path / "checkpoints" / "pins").glob("*"))  # unpinned once recorded
     table = build_table(records)
@@ -301,8 +300,8 @@ def test_an_evaluation_whose_checkpoint_vanished_fails_naming_it(trained_run, tm
         job()
     cfg = trained_run.config()
     ecfg = eval_config_for(cfg, "davis", trained_run.path / "checkpoints" / "step_00000001.pt", Path("."))
-    failure = json.loads((eval_dir(trained_run, 1, "davis", protocol_hash(ecfg)) / FAILED).read_text())
-    assert "step_00000001.pt" in failure["error"] and "vanished" in failure["error"]
+    error = failure(eval_dir(trained_run, 1, "davis", protocol_hash(ecfg))).error
+    assert "step_00000001.pt" in error and "vanished" in error
 
 
 def test_runs_on_two_benchmarks_get_one_figure_with_a_panel_each(tmp_path):

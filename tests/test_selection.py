@@ -21,11 +21,11 @@ from launch.evaluations.claims import FAILED, SUBMITTED
 from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.state import reconcile
 from launch.sweeps.expand import load_sweep
 from launch.sweeps.file import TOP_LEVEL, read_sweep_file
-from launch.sweeps.rungs import SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
+from launch.sweeps.rungs import Decision, SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
 from launch.sweeps.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
@@ -136,7 +136,7 @@ def make_sweep(tmp_path: Path, n: int = 4, selection: Selection = SELECT) -> tup
         run.record_sweep("s", {"optim.lr": cfg.optim.lr})
         runs.append(run)
     sweep = SweepDirectory(tmp_path / "runs", "s")
-    sweep.write_record(selection, {r.info()["run_id"]: r.path.name for r in runs})
+    sweep.write_record(selection, {r.info().run_id: r.path.name for r in runs})
     return sweep, runs
 
 
@@ -144,7 +144,7 @@ def write_metric(run: RunDirectory, step: int, value: float) -> Path:
     info = run.info()
     path = record_dir(run, step, "davis") / "record.json"
     record = ResultRecord(
-        info["run_id"], info["name"], info["config_hash"], step, "davis", "p" * 64, {}, {"J&F-Mean": value},
+        info.run_id, info.name, info.config_hash, step, "davis", "p" * 64, {}, {"J&F-Mean": value},
         "s" * 64, "/x.pt", "v", "1", 1.0,
     )  # fmt: skip
     return write_record(path, record)
@@ -156,17 +156,17 @@ def test_a_rung_waits_for_every_live_run_then_prunes_the_worse_half_once(tmp_pat
         write_metric(run, 20, value)
     assert decide_due(sweep, "test") == []
     (view,) = rung_views(sweep)
-    assert set(view.waiting) == {runs[3].info()["run_id"]} and "training" in next(iter(view.waiting.values()))
+    assert set(view.waiting) == {runs[3].info().run_id} and "training" in next(iter(view.waiting.values()))
     write_metric(runs[3], 20, 0.4)
     (decision,) = decide_due(sweep, "test")
-    ids = [r.info()["run_id"] for r in runs]
-    assert decision["kept"] == [ids[1], ids[2]] and sorted(decision["pruned"]) == sorted([ids[3], ids[0]])
-    assert {r["run_id"]: r["value"] for r in decision["ranking"]} == dict(zip(ids, (0.3, 0.6, 0.5, 0.4), strict=True))
-    assert all(Path(r["record"]).is_file() for r in decision["ranking"])  # its inputs, by file
-    assert json.loads(sweep.decision_path(20).read_text()) == decision
+    ids = [r.info().run_id for r in runs]
+    assert decision.kept == [ids[1], ids[2]] and sorted(decision.pruned) == sorted([ids[3], ids[0]])
+    assert {r.run_id: r.value for r in decision.ranking} == dict(zip(ids, (0.3, 0.6, 0.5, 0.4), strict=True))
+    assert all(Path(r.record).is_file() for r in decision.ranking)  # its inputs, by file
+    assert Decision.read(sweep.decision_path(20)) == decision  # written and read back as the same record
     marker = runs[0].prune_marker()
-    assert (marker["rung"], marker["rank"], marker["of"], marker["value"]) == (20, 4, 4, 0.3)
-    assert runs[1].prune_marker() is None and runs[3].prune_marker()["rank"] == 3
+    assert (marker.rung, marker.rank, marker.of, marker.value) == (20, 4, 4, 0.3)
+    assert runs[1].prune_marker() is None and runs[3].prune_marker().rank == 3
     assert decide_due(sweep, "again") == [] and len(sweep.decisions()) == 1  # idempotent
     (decided, nxt) = rung_views(sweep)
     assert decided.decision == decision and set(nxt.waiting) == {ids[1], ids[2]}  # step 40 ranks the two kept
@@ -198,12 +198,12 @@ def test_a_failed_run_is_excluded_and_a_failed_evaluation_is_waited_for(tmp_path
     failed_eval.mkdir(parents=True)
     (failed_eval / FAILED).write_text("{}")
     (view,) = rung_views(sweep)
-    rid = [r.info()["run_id"] for r in runs]
+    rid = [r.info().run_id for r in runs]
     assert "breaker" in view.excluded[rid[1]] and "--retry-failed" in view.waiting[rid[2]] and not view.due
     (failed_eval / FAILED).unlink()
     write_metric(runs[2], 20, 0.8)
     (decision,) = decide_due(sweep, "test")
-    assert decision["live"] == 2 and decision["pruned"] == [rid[0]] and decision["excluded"][0]["run_id"] == rid[1]
+    assert decision.live == 2 and decision.pruned == [rid[0]] and decision.excluded[0].run_id == rid[1]
 
 
 def test_unprune_exempts_the_run_from_later_rungs_and_its_marker_is_not_rewritten(tmp_path):
@@ -214,12 +214,12 @@ def test_unprune_exempts_the_run_from_later_rungs_and_its_marker_is_not_rewritte
     assert runs[0].prune_marker() is not None
     runs[0].set_status("pruned", "pruned at step 20")
     marker = unprune(sweep, runs[0])
-    assert marker["rung"] == 20 and runs[0].prune_marker() is None and runs[0].status() is None
+    assert marker.rung == 20 and runs[0].prune_marker() is None and runs[0].status() is None
     assert json.loads((runs[0].path / "unpruned" / "000.json").read_text())["rung"] == 20
     decide_due(sweep, "test")  # re-applying step 20 leaves the exempt run alone
     assert runs[0].prune_marker() is None
     (_, step40) = rung_views(sweep)
-    assert set(step40.waiting) == {runs[2].info()["run_id"], runs[3].info()["run_id"]}
+    assert set(step40.waiting) == {runs[2].info().run_id, runs[3].info().run_id}
     with pytest.raises(ValueError, match="is not pruned"):
         unprune(sweep, runs[3])
 
@@ -257,7 +257,7 @@ def test_a_run_pauses_at_a_rung_only_while_its_decision_is_coming(tmp_path):
     write_metric(runs[2], 20, 0.9)
     write_metric(me, 20, 0.1)
     (decision,) = decide_due(sweep, "test")
-    assert decision["pruned"] == [me.info()["run_id"]] and pause_reason(me, 20, everyone) is None  # decided
+    assert decision.pruned == [me.info().run_id] and pause_reason(me, 20, everyone) is None  # decided
     assert pause_reason(me, 40, everyone) is None  # pruned at 20: not live at 40
     assert pause_reason(runs[1], 40, everyone) == "rung 40 of sweep s (0 of 2 values in)"
 
@@ -309,7 +309,7 @@ def test_a_stop_request_ends_a_pause_at_once(tmp_path):
 
 
 def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
-    marker = {"sweep": "s", "rung": 20, "rank": 3, "of": 4, "metric": "davis:J&F-Mean", "value": 0.4, "mode": "max"}
+    marker = PruneMarker("s", 20, 3, 4, "davis:J&F-Mean", "max", 0.4, "decisions/step_00000020.json", 0.0)
     for reason in ("pruned", "preempted", "timeout", "stopped", "requeued", "cancelled", "crashed", "interrupted"):
         attempt = Attempt(0, "1", "1/0", [], 0.0, 0, 10.0, 23, reason)
         decision = decide([attempt], ClusterConfig(), marker)
@@ -329,7 +329,7 @@ def test_a_pruned_run_is_never_requeued_whatever_ended_its_attempt():
 
 def test_a_pruned_run_without_a_live_job_is_pruned_not_incomplete(tmp_path):
     sweep, runs = make_sweep(tmp_path, n=2)
-    runs[0].mark_pruned({"sweep": "s", "rung": 20, "rank": 2, "of": 2, "metric": "davis:J&F-Mean", "value": 0.1, "mode": "max"})
+    runs[0].mark_pruned(PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.1, "decisions/step_00000020.json", 0.0))
     states = reconcile(runs, sweep.output_root)
     assert [s.state for s in states] == ["pruned", "missing" if not runs[1].exists else "incomplete"]
     assert "rank 2 of 2 by davis:J&F-Mean" in states[0].detail
@@ -341,7 +341,8 @@ def test_the_prune_watch_turns_a_marker_into_a_cooperative_stop(tmp_path):
     watch = PruneWatch(runs[0], stop)
     try:
         assert not stop.requested
-        threading.Timer(0.2, runs[0].mark_pruned, [{"rung": 20}]).start()
+        marker = PruneMarker("s", 20, 2, 2, "davis:J&F-Mean", "max", 0.1, "decisions/step_00000020.json", 0.0)
+        threading.Timer(0.2, runs[0].mark_pruned, [marker]).start()
         deadline = time.monotonic() + 10 * PRUNE_POLL_S
         while not stop.requested and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -398,6 +399,24 @@ def test_a_pruned_sweep_resubmitted_with_another_select_is_refused(tmp_path):
     assert again.problems == [] and [r.state.state for r in again.rows].count("pruned") == 1
     assert [r.action for r in again.rows if r.state.state == "pruned"] == ["nothing"]
     print_plan(again)  # renders a plan that holds a pruned run
+
+
+def test_runs_added_after_a_rung_was_decided_are_refused_and_removed_runs_reported(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', keep: 0.5, rungs: [20]}")
+    plan = plan_sweep(load_sweep(sweep_file), [], tmp_path)
+    for row in plan.rows:
+        row.rundir.create(row.run.cfg)
+    plan.record_membership(plan.rows)
+    for row, value in zip(plan.rows, (0.1, 0.5, 0.3), strict=True):
+        write_metric(row.rundir, 20, value)
+    Path(sweep_file).write_text(Path(sweep_file).read_text().replace("[0.001, 0.002, 0.003]", "[0.001, 0.002, 0.004]"))
+    assert plan_sweep(load_sweep(sweep_file), [], tmp_path).problems == []  # nothing decided yet: a new member is ranked too
+    assert "1 run(s) of sweep halving are no longer in sweep file halving: lr0.003-" in capsys.readouterr().err
+    assert len(decide_due(SweepDirectory(tmp_path / "runs", "halving"), "test")) == 1
+    problems = plan_sweep(load_sweep(sweep_file), [], tmp_path).problems
+    assert len(problems) == 1 and "runs added to sweep halving after it decided step(s) 20" in problems[0]
+    assert "lr0.004 cannot be ranked at rungs already decided" in problems[0] and "halving_2.yaml" in problems[0]
+    assert "they stay members (their decisions and prune markers stand)" in capsys.readouterr().err
 
 
 def test_unprune_names_must_be_pruned_runs_of_the_sweep_and_nothing_is_unpruned_otherwise(tmp_path, capsys):

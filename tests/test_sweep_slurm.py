@@ -60,10 +60,10 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
     )
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "submitted 4 run(s) of sweep sweep_test as 1 slurm submission(s)" in out, out
-    ids = {s["job_id"] for r in runs_of(root) for s in r.submissions()}
+    ids = {s.job_id for r in runs_of(root) for s in r.submissions()}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
     wait_for(lambda: all_ended(root, 4), 900, "the 4 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
-    states = {r.info()["name"]: r.status()["state"] for r in runs_of(root)}
+    states = {r.info().name: r.final_state() for r in runs_of(root)}
     assert states == {
         "kl0.001-lr0.001": "finished",
         "kl0.01-lr0.001": "finished",
@@ -79,7 +79,7 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
     assert not squeue_ids(root) - before
 
-    failed = [r for r in runs_of(root) if r.status()["state"] == "failed"]
+    failed = [r for r in runs_of(root) if r.final_state() == "failed"]
     attempts_before = {r.path: len(r.attempts()) for r in failed}
     rc, out = submit([f"sweep={sweep}", "--retry-failed"])
     assert rc == 0 and "submit 0, retry 2, nothing 2" in out and "submitted 2 run(s)" in out, out
@@ -89,7 +89,7 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
         "the retried runs to end",
         lambda: "\n".join(explain(r) for r in failed),
     )
-    counts = {r.info()["name"]: len(r.submissions()) for r in runs_of(root)}
+    counts = {r.info().name: len(r.submissions()) for r in runs_of(root)}
     assert counts == {"kl0.001-lr0.001": 1, "kl0.01-lr0.001": 1, "kl0.001-lr1e+30": 2, "kl0.01-lr1e+30": 2}, counts
 
 
@@ -105,7 +105,7 @@ def test_arrays_split_at_the_clusters_max_array_size(slurm_cluster, train_videos
         sweep = write_sweep(tmp_path, train_videos, root, "  - key: model.kl_scale\n    values: [0.001, 0.002, 0.003]\n", steps=2)
         rc, out = submit([f"sweep={sweep}"])
         assert rc == 0 and "submitted 3 run(s) of sweep sweep_test as 2 slurm submission(s)" in out, out
-        ids = [s["job_id"] for r in runs_of(root) for s in r.submissions()]
+        ids = [s.job_id for r in runs_of(root) for s in r.submissions()]
         arrays = {}
         for job in ids:
             arrays.setdefault(job.split("_")[0], []).append(job)
@@ -125,6 +125,6 @@ def test_two_submits_of_one_sweep_at_once_give_one_slurm_job_per_run(slurm_clust
     assert sum("submitted 2 run(s) of sweep sweep_test as 1 slurm submission(s)" in out for out in outputs) == 1, outputs
     assert sum("left alone: 2 run(s) another submit took meanwhile" in out for out in outputs) == 1, outputs
     assert sorted(job_counts(root).values()) == [1, 1]
-    assert len({s["job_id"].split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
+    assert len({s.job_id.split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
     wait_for(lambda: all_ended(root, 2), 900, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
-    assert {r.status()["state"] for r in runs_of(root)} == {"finished"}
+    assert {r.final_state() for r in runs_of(root)} == {"finished"}

@@ -10,7 +10,12 @@ its checkpoint yet is never needed.
     claims.py     at most once: the claim, submission and failure markers of one evaluation
     job.py        the job that evaluates one checkpoint on its tasks and writes their records
     schedule.py   submitting the evaluations that are due (from the training job, or a backfill)
+    recovery.py   finding lost evaluations (one scheduler query) and resubmitting them
     __main__.py   python -m launch.evaluations schedule|backfill
+
+Every scheduling, recovery and rung decision goes through launch/advance.py, the one owner of state
+transitions (the milestone hook, the evaluation job, follow, backfill, status and the SLURM watcher
+job call it).
 
 - At most once: `<run>/evals/step_XXXXXXXX/<task>-<hash12>/submitted.json` is created with O_EXCL
   before submitting; a second scheduler (a requeued job, a backfill) sees it and skips.

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import launch.evaluations
 from core.commandline import HintingArgumentParser
-from launch.evaluations.schedule import backfill, schedule
+from launch.advance import Missing, advance
+from launch.backends import backend_class
 from launch.rundir import RunDirectory
 
 
@@ -32,10 +33,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--all-checkpoints", action="store_true", help="not only milestones")
     b.add_argument("--retry-failed", action="store_true")
     args = p.parse_args(argv)
-    if args.command == "schedule":
-        print(" ".join(schedule(RunDirectory(args.run_dir), args.step, args.backend)))
+    if args.command == "schedule":  # the training job's milestone hook (launch.advance.schedule_for_checkpoint)
+        run = RunDirectory(args.run_dir)
+        report = advance(
+            run.path.parent,
+            role="training job",
+            runs=[run],
+            decide=False,
+            recover_lost=not backend_class(args.backend).in_process,
+            missing=Missing(args.backend, args.step),
+        )
+        print(" ".join(report.submitted.get(run.path.name, [])))
         return 0
-    for name, ids in backfill(Path(args.output_root), args.backend, args.retry_failed, args.all_checkpoints).items():
+    missing = Missing(args.backend, None, args.retry_failed, args.all_checkpoints)
+    report = advance(Path(args.output_root), role="backfill", missing=missing)
+    for line in report.lines():
+        print(line)
+    for name, ids in report.submitted.items():
         print(f"{name}: {len(ids)} evaluation job(s) submitted {' '.join(ids)}")
     return 0
 

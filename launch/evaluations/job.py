@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,8 @@ from launch.evaluations.claims import STOPPED, is_failed, is_recorded, mark_fail
 from launch.evaluations.expected import eval_config_for, eval_dir
 from launch.evaluations.reuse import earlier_evaluation
 from launch.rundir import RunDirectory
-from launch.sweeps.rungs import SweepDirectory, decide_due
-from rsp.lifecycle import STOP_SIGNALS, early_stop_request
+from launch.sweeps.rungs import SweepDirectory
+from rsp.lifecycle import STOP_SIGNALS, blocked_stop_signals, early_stop_request
 from rsp.manifest import checkpoint_name
 
 log = logging.getLogger(__name__)
@@ -125,9 +127,9 @@ class EvaluationJob:
                 outcome = evaluate(ecfg)
                 metrics, details = outcome.metrics, outcome.protocol
             record = ResultRecord(
-                run_id=info["run_id"],
-                run_name=info["name"],
-                config_hash=info["config_hash"],
+                run_id=info.run_id,
+                run_name=info.name,
+                config_hash=info.config_hash,
                 step=self.step,
                 task=task,
                 protocol_hash=protocol_hash(ecfg),
@@ -139,7 +141,7 @@ class EvaluationJob:
                 job_id=os.environ.get("SLURM_JOB_ID", str(os.getpid())),
                 wall_time_s=time.time() - started,
                 sweep_axes=run.sweep_axes(),
-                model_name=info["config"]["model"]["name"],
+                model_name=run.config(info).model.name,
                 training_cost=cost,
                 same_as=earlier.record_path,
             )
@@ -159,17 +161,22 @@ def training_cost(run: RunDirectory, created: float) -> dict:
 
 
 def decide_rungs(run: RunDirectory, step: int, task: str) -> None:
-    """A record at a rung of a sweep with a select block may complete the rung: decide it now, so a
-    pruned run stops within one poll of its marker (launch/sweeps/rungs.py). Never fails the job: status
-    and the next evaluation decide too."""
+    """A record at a rung of a sweep with a select block may complete the rung: advance the sweep now
+    (launch/advance.py, the one owner of state transitions, in a subprocess: it schedules evaluation
+    jobs like this one), so a pruned run stops within one poll of its marker. Never fails the job:
+    status, follow and the next evaluation advance too."""
+    role = f"evaluation job {os.environ.get('SLURM_JOB_ID', os.getpid())}"
     for name in run.sweep_names():
-        sweep = SweepDirectory(run.path.parent, name)
         try:
-            selection = sweep.selection()
-            if selection is not None and selection.task == task and step in selection.rungs:
-                for decision in decide_due(sweep, f"evaluation job {os.environ.get('SLURM_JOB_ID', os.getpid())}"):
-                    log.info(
-                        "sweep %s, step %d: kept %s, pruned %s", name, decision["rung"], decision["kept"], decision["pruned"]
-                    )
+            selection = SweepDirectory(run.path.parent, name).selection()
+            if selection is None or selection.task != task or step not in selection.rungs:
+                continue
+            cmd = [sys.executable, "-m", "launch.advance", str(run.path.parent), "--sweep", name, "--no-recover", "--role", role]
+            with blocked_stop_signals():  # a stop signal ends the job, not this short decision
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            for line in proc.stdout.splitlines():
+                log.info("%s", line)
+            if proc.returncode != 0:
+                log.error("advancing sweep %s failed: %s", name, (proc.stdout + proc.stderr)[-2000:])
         except Exception:
             log.exception("could not decide the rungs of sweep %s", name)

@@ -8,13 +8,15 @@ every expected evaluation of many runs its state with one scheduler call per bac
 submits a new job for each lost one, at most evaluation.max_resubmissions times, then gives it up
 (failed.json naming the lost jobs; its checkpoint's pin released).
 
-Called before every scheduling of evaluations (the training job's milestones, each attempt's
-start, backfill) and by status (launch/status.py).
+Called through launch/advance.py, the one owner of state transitions: before every scheduling of
+evaluations (the training job's milestones, each attempt's start, backfill), by status (unless
+--no-advance), by follow and by the SLURM watcher job. A record that is invalid (unreadable,
+truncated, out of range, of other weights: claims.record_problem) is `invalid`, not recorded and not
+lost: a backfill moves it aside and evaluates again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,10 +29,12 @@ from launch.backends import ACTIVE_STATES, BACKENDS, backend_class
 from launch.evaluations.claims import (
     FAILED,
     SUBMITTED,
+    failure,
     is_failed,
     is_recorded,
     is_stopped,
     mark_failed,
+    record_problem,
     release,
     submission,
 )
@@ -48,7 +52,7 @@ class EvaluationState:
     step: int
     task: str
     directory: Path
-    state: str  # recorded | failed | unclaimed | submitting | pending | running | lost
+    state: str  # recorded | invalid | failed | unclaimed | submitting | pending | running | lost
     job_id: str | None = None
     backend: str | None = None
     detail: str = ""
@@ -59,15 +63,18 @@ def evaluation_states(runs: Sequence[RunDirectory]) -> list[EvaluationState]:
     the jobs still claimed, however many runs and checkpoints."""
     states, claimed = [], defaultdict(set)
     for run in runs:
-        for step, task, directory in expected(run):
+        manifests, run_id = run.manifests(), run.info().run_id
+        by_step = {m.step: m for m in manifests}
+        for step, task, directory in expected(run, manifests=manifests):
             state = EvaluationState(run, step, task, directory, "unclaimed")
             if is_recorded(directory):
-                state.state = "recorded"
+                problem = record_problem(directory, run_id, by_step.get(step))
+                state.state, state.detail = ("invalid", problem) if problem else ("recorded", "")
             elif is_failed(directory):
                 state.state, state.detail = "failed", _first_line(directory / FAILED)
             elif (directory / SUBMITTED).is_file():
                 sub = submission(directory)
-                state.job_id, state.backend = sub["job_id"], sub.get("backend")
+                state.job_id, state.backend = sub.job_id, sub.backend
                 if state.job_id and backend_class(state.backend).tracks_jobs:
                     claimed[state.backend].add(state.job_id)
                 state.state = "claimed"
@@ -83,7 +90,7 @@ def evaluation_states(runs: Sequence[RunDirectory]) -> list[EvaluationState]:
 
 def _resolve(state: EvaluationState, scheduler: dict[str, str]) -> None:
     sub = submission(state.directory)
-    resubmitted = f", resubmission {len(sub['lost'])}" if sub["lost"] else ""
+    resubmitted = f", a resubmission after lost job(s) {', '.join(sub.lost)}" if sub.lost else ""
     if state.job_id is None:
         age = time.time() - (state.directory / SUBMITTED).stat().st_mtime
         state.state = "lost" if age > SUBMIT_GRACE_S else "submitting"
@@ -93,6 +100,9 @@ def _resolve(state: EvaluationState, scheduler: dict[str, str]) -> None:
         state.state, state.detail = "lost", "its in-process (debug) job ended without a record"
         return
     sched = scheduler.get(state.job_id, "UNKNOWN")
+    if is_recorded(state.directory):  # its job wrote the record and ended after the first look
+        state.state = "recorded"
+        return
     if sched in ACTIVE_STATES:
         waiting = sched in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
         state.state = "pending" if waiting else "running"
@@ -105,8 +115,9 @@ def _resolve(state: EvaluationState, scheduler: dict[str, str]) -> None:
 
 def _first_line(path: Path) -> str:
     try:
-        lines = [line for line in json.loads(path.read_text())["error"].strip().splitlines() if line.strip()]
-    except (OSError, ValueError, KeyError):
+        found = failure(path.parent)
+        lines = [line for line in found.error.strip().splitlines() if line.strip()] if found else []
+    except ValueError:  # rsp.schema.ConfigError: unreadable or of another format
         return "see failed.json"
     return lines[-1] if lines else "see failed.json"
 
@@ -122,7 +133,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
         if state.state != "lost" or backend_class(state.backend).in_process:
             continue
         run, directory = state.run, state.directory
-        lost = [*submission(directory)["lost"], state.job_id or "no job"]
+        lost = [*submission(directory).lost, state.job_id or "no job"]
         if not _take_over(directory, state.job_id):
             continue  # another recovery (a second status, a backfill) has it
         budget = run.config().evaluation.max_resubmissions
@@ -138,7 +149,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
             continue
         todo[run].setdefault(state.step, []).append((state.task, directory))
         lost_jobs[directory] = lost
-        backend_of[run] = state.backend or (run.last_submission() or {"backend": "local"})["backend"]
+        backend_of[run] = state.backend or run.backend()
     for run, items in todo.items():
         # submitting imports the evaluation job, hence torch: only when something was lost
         from launch.evaluations.submitting import submit_evaluations
@@ -146,7 +157,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
         submit_evaluations(run, run.config(), items, backend_of[run], lost_jobs)
         for step, pairs in sorted(items.items()):
             for task, directory in pairs:
-                resubmitted.append(f"{run.path.name} step {step} {task} as job {submission(directory)['job_id']}")
+                resubmitted.append(f"{run.path.name} step {step} {task} as job {submission(directory).job_id}")
     for line in resubmitted:
         log.info("resubmitted lost evaluation: %s", line)
     for line in given_up:

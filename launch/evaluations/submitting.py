@@ -60,4 +60,4 @@ def submit_evaluations(
 def snapshot_of(run: RunDirectory) -> Snapshot | None:
     """The code snapshot the run's training was submitted with: its evaluations run the same code."""
     last = run.last_submission()
-    return Snapshot(Path(last["snapshot"]), last["code_version"]) if last and last.get("snapshot") else None
+    return Snapshot(Path(last.snapshot), last.code_version) if last and last.snapshot else None

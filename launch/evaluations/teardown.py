@@ -38,7 +38,7 @@ def owned(run: RunDirectory, job_id: str) -> list[tuple[int, Path]]:
     out = []
     for marker in sorted(run.path.glob(f"evals/step_*/*/{SUBMITTED}")):
         directory = marker.parent
-        if submission(directory)["job_id"] == job_id and not is_recorded(directory) and not is_failed(directory):
+        if submission(directory).job_id == job_id and not is_recorded(directory) and not is_failed(directory):
             out.append((int(directory.parent.name.split("_")[1]), directory))
     return out
 

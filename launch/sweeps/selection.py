@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.schema import ConfigError
 from eval.tasks import TASKS
 from launch.config import RunConfig
 
@@ -62,6 +63,15 @@ class Selection:
         if self.promotion != "sync":
             out.update(promotion=self.promotion, min_reports=self.min_reports)
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Selection:
+        """A select block as recorded (to_dict, in sweep.json and each decision); ConfigError naming
+        every problem when it is not a valid one."""
+        selection, problems = parse_selection(raw)
+        if selection is None:
+            raise ConfigError(problems, what="recorded select block")
+        return selection
 
     def describe(self) -> str:
         rungs = ", ".join(map(str, self.rungs))

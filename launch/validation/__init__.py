@@ -26,8 +26,9 @@ from pathlib import Path
 
 from launch.backends import Resources, make_backend
 from launch.config import RunConfig
+from launch.rundir import run_id
 from launch.submission import resources_for
-from launch.sweeps.rungs import SweepDirectory
+from launch.sweeps.rungs import SweepDirectory, membership_changes
 from launch.sweeps.selection import Selection
 from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
@@ -72,14 +73,19 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
 
     A sweep's problems are listed once each, ending with the runs they concern ("(all runs)" or
     "(runs: a, b)"). The backend's own judgement (SLURM: `sbatch --test-only` of one script per group
-    of equal resources) is asked only once everything else passes."""
-    found = run_problems(cfgs, sweep)
+    of equal resources) is asked only once everything else passes. A sweep file whose runs changed
+    since a rung was decided: added runs are refused, removed ones warned about
+    (launch.sweeps.rungs.membership_changes)."""
+    found, removed = run_problems(cfgs, sweep), []
     if sweep is not None:
         found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, len(cfgs))
-        found += selection_change_problems(sweep.name, sweep.selection, SweepDirectory(cfgs[0].output_root, sweep.name))
+        directory = SweepDirectory(cfgs[0].output_root, sweep.name)
+        found += selection_change_problems(sweep.name, sweep.selection, directory)
+        changed, removed = membership_changes(directory, {run_id(cfg): cfg.name for cfg in cfgs}, f"sweep file {sweep.name}")
+        found += changed
     if not found:
         found = backend_refusals(cfgs, sweep)
-    warnings = scheduler_warnings(cfgs) + [w for cfg in cfgs for w in device_warnings(cfg)]
+    warnings = scheduler_warnings(cfgs) + [w for cfg in cfgs for w in device_warnings(cfg)] + removed
     notes = [] if found else [n for cfg in cfgs for n in data_notes(cfg)]
     return Findings(found, list(dict.fromkeys(warnings)), list(dict.fromkeys(notes)))
 

@@ -6,6 +6,7 @@ written (a read-only filesystem fails here, not hours later in the queue)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from core.schema import ConfigError
@@ -72,4 +73,38 @@ def problems(cfg: RunConfig, checkpoint_bytes: float | None = None) -> list[str]
         out.append(f"output_root ({cfg.output_root!r}) contains a line break; choose a path without one")
     elif (reason := writable(Path(cfg.output_root))) is not None:
         out.append(f"output_root ({cfg.output_root}) is not writable: {reason}; choose another output_root")
+    else:
+        out += disk_problems(cfg, checkpoint_bytes)
     return out
+
+
+def checkpoints_kept(cfg: RunConfig, total_steps: int) -> int:
+    """How many checkpoints the run holds at its fullest: the newest checkpoint.keep_last ordinary
+    ones, one more being written, and every milestone (kept for good: step 0, every
+    milestone_every_steps, the last step)."""
+    c = cfg.checkpoint
+    milestones = 1 + int(c.initial_milestone) + (total_steps // c.milestone_every_steps if c.milestone_every_steps > 0 else 0)
+    return c.keep_last + 1 + milestones
+
+
+def disk_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
+    """The checkpoints the run will keep against the free space under output_root now (other runs
+    writing there meanwhile are not counted: a floor, not a reservation)."""
+    total = known_total_steps(cfg)
+    if not checkpoint_bytes or total is None or cfg.checkpoint.keep_last < 1 or cfg.checkpoint.milestone_every_steps < 0:
+        return []
+    existing = Path(cfg.output_root)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    kept = checkpoints_kept(cfg, total)
+    need = kept * checkpoint_bytes
+    if need <= free:
+        return []
+    gib = 1024**3
+    return [
+        f"output_root ({cfg.output_root}) has {free / gib:.1f} GiB free, but the run keeps up to {kept} checkpoints of "
+        f"{checkpoint_bytes / gib:.2f} GiB ({need / gib:.1f} GiB: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
+        f"being written + {kept - cfg.checkpoint.keep_last - 1} milestone(s) over {total} steps); free space there, choose "
+        "another output_root, or keep fewer (checkpoint.keep_last, checkpoint.milestone_every_steps)"
+    ]

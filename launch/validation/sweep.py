@@ -38,7 +38,8 @@ def selection_change_problems(name: str, selection: Selection | None, directory:
     decisions = directory.decisions() if directory.path.is_dir() else {}
     if not decisions:
         return []
-    before = (directory.record() or {}).get("select")
+    record = directory.record()
+    before = record.select if record else None
     now = selection.to_dict() if selection else None
     if before == now:
         return []
