@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_io import report, show  # noqa: E402
 from eval.run import evaluate  # noqa: E402
 from launch.config import absolutize, compose, train_config  # noqa: E402
+from launch.dispatch import ensure_generated_data  # noqa: E402
 from launch.evaluations.expected import eval_config_for  # noqa: E402
-from launch.submission import ensure_generated_data  # noqa: E402
 from rsp.distributed import DistEnv  # noqa: E402
 from rsp.manifest import checkpoint_name  # noqa: E402
 from rsp.train import train  # noqa: E402

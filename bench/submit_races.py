@@ -6,7 +6,7 @@ Each race starts `--racers` `launch/submit.py` processes with the same tiny run 
 output root) at the same moment, with `--no-wait`, then counts the jobs recorded for the run and
 waits for the run to finish before the next race. A loser that says "another submit took this run
 meanwhile" decided while the winner was submitting: a real race, which without the claim
-(launch/submission.py `claimed`) would have given a second job; one that says "nothing submitted"
+(launch/dispatch.py `claimed`) would have given a second job; one that says "nothing submitted"
 came after the winner had recorded its job. Nothing forces the overlap (tests/test_submit_races.py
 does); the table says how many races overlapped.
 """

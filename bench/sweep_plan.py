@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
+from launch.dispatch import array_chunks  # noqa: E402
 from launch.plan import plan_sweep  # noqa: E402
-from launch.submission import array_chunks  # noqa: E402
 from launch.sweeps.expand import load_sweep  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 

@@ -29,9 +29,9 @@ from bench.bench_io import report  # noqa: E402
 from eval.records import parse_record  # noqa: E402
 from launch.config import absolutize, compose  # noqa: E402
 from launch.cost import accounting, projected_to_end, run_cost  # noqa: E402
+from launch.dispatch import ensure_generated_data  # noqa: E402
 from launch.plan import plan_sweep  # noqa: E402
 from launch.rundir import RunDirectory  # noqa: E402
-from launch.submission import ensure_generated_data  # noqa: E402
 from launch.sweeps.expand import load_sweep  # noqa: E402
 from launch.sweeps.rungs import SweepDirectory  # noqa: E402
 

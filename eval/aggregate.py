@@ -48,8 +48,8 @@ import pandas as pd
 from core.commandline import HintingArgumentParser
 from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds, plot_benchmarks_side_by_side, plot_over_seeds
 from eval.records import ResultRecord, find_record_files, read_records
+from eval.registry import TASKS
 from eval.task import result_column
-from eval.tasks import TASKS
 
 # Published ViT-S/16 K400 400-epoch results (docs/evaluation.md#published-results), in percent, in the columns of PAPER_COLUMNS.
 PUBLISHED = {

@@ -4,7 +4,7 @@
 as "eval") and for the results pipeline (`eval.run.evaluate(cfg)`). Fields that cannot change the
 numbers (paths, device, batch sizes, worker counts) carry ``metadata=RUNTIME_ONLY``. What a config
 means under its task (the resolved preset, frame size, protocol and its hash, and the rules that
-need the task) is eval/protocol.py, which reads the task registry (eval/tasks.py).
+need the task) is eval/protocol.py, which reads the task registry (eval/registry.py).
 
 Propagation presets (docs/evaluation.md#presets). Published numbers name the protocol that produced them:
     dino     topk 5, queue 7,  radius 12, T 0.1   DINO's DAVIS defaults (ViT-S/16 ~61.8 J&F)
@@ -67,7 +67,7 @@ class EvalConfig:
     trust_checkpoint: bool = field(default=False, metadata=RUNTIME_ONLY)  # allow pickled objects (reference RSP files)
     dino_branch: str = "teacher"  # DINO training checkpoints: which network to evaluate
     num_heads: int | None = None  # attention heads; None: from our registry, else width / 64
-    task: str = "davis"  # a registered task: eval.tasks.TASKS (davis | vip | jhmdb | photo_davis)
+    task: str = "davis"  # a registered task: eval.registry.TASKS (davis | vip | jhmdb | photo_davis)
     preset: str = "auto"  # a name in PRESETS the task accepts, or auto (the task's default)
     topk: int | None = None  # overrides the preset when set
     n_last_frames: int | None = None  # overrides the preset when set

@@ -1,5 +1,5 @@
 """Download and prepare the evaluation datasets (for users with network access): one subcommand per
-registered task (eval/tasks.py), each the task's own preparation step.
+registered task (eval/registry.py), each the task's own preparation step.
 
     python -m eval.prepare davis --root data/DAVIS [--resize 880x480]
     python -m eval.prepare jhmdb --root data/JHMDB
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.tasks import TASKS
+from eval.registry import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import json
 
 from core.schema import ConfigError
 from eval.config import OVERRIDABLE, PRESETS, EvalConfig, PropagationParams
-from eval.tasks import TASKS, get_task, registered
+from eval.registry import TASKS, get_task, registered
 
 
 def preset_problem(task: str, preset: str, key: str = "preset") -> str | None:

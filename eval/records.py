@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from core.atomicio import atomic_write_json
+from eval.registry import TASKS
 from eval.task import GENERATED_MARKER
-from eval.tasks import TASKS
 from rsp.manifest import Manifest
 
 log = logging.getLogger(__name__)

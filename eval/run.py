@@ -29,8 +29,8 @@ from core.schema import ConfigError, schema_keys
 from eval.backbone import load_backbone
 from eval.config import EvalConfig, register_configs
 from eval.protocol import frame_size, propagation_params, protocol, protocol_hash, validate
+from eval.registry import get_task
 from eval.task import GENERATED_MARKER, Evaluation
-from eval.tasks import get_task
 from rsp.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError
 
 @dataclass
 class EvalOutcome:
-    task: str  # a name in eval.tasks.TASKS
+    task: str  # a name in eval.registry.TASKS
     metrics: dict[str, float]  # the task's metrics (EvalTask.metrics), fractions
     protocol: dict  # every setting that produced the numbers, with "protocol_hash"
     output_dir: Path  # predictions + metrics.json

@@ -1,5 +1,5 @@
 """What an evaluation task is: the contract each task module fills in (eval/davis.py, eval/vip.py,
-eval/jhmdb.py) and eval/tasks.py registers.
+eval/jhmdb.py) and eval/registry.py registers.
 
 A task owns everything about itself: how its dataset is laid out and read, how a checkpoint is run
 on it, which metrics it reports (which of them the tables headline, and which one picks a run's best
@@ -7,7 +7,7 @@ checkpoint), its default preset and frame size, the settings of its own that ent
 checks of its dataset (run before anything is evaluated, and at submit time), a small generated set
 in its official layout (tests and smoke runs), and its step of `python -m eval.prepare`. eval.run,
 submit-time validation, scheduling, aggregation and preparation read the registry, so adding a task
-is one module plus one line in eval/tasks.py.
+is one module plus one line in eval/registry.py.
 
 Task modules stay cheap to import (no torch): the status table and the aggregator read the registry
 and never run a network. A task's run function imports the propagation code when it runs.

@@ -69,7 +69,7 @@ class ClusterConfig:
 class EvaluationConfig:
     """Evaluation jobs run for every milestone checkpoint (see eval/ and launch/evaluations/)."""
 
-    tasks: list[str] = field(default_factory=list)  # registered tasks (eval.tasks.TASKS): davis | vip | jhmdb | photo_davis
+    tasks: list[str] = field(default_factory=list)  # registered tasks (eval.registry.TASKS): davis | vip | jhmdb | photo_davis
     presets: dict[str, str] = field(default_factory=dict)  # task -> preset (eval.config.PRESETS); unlisted: the task's default
     data_roots: dict[str, str] = field(default_factory=dict)  # task -> dataset root
     synthetic: bool = False  # generate small benchmark sets in the official layouts when a root is missing

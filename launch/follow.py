@@ -15,7 +15,7 @@ from launch.evaluations.claims import FAILED, is_failed, is_recorded
 from launch.evaluations.expected import expected
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
-from launch.state import reconcile
+from launch.runstate import reconcile
 from launch.status import render
 from launch.sweeps.rungs import SweepDirectory, rung_views
 

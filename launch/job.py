@@ -36,7 +36,7 @@ from launch.config import ClusterConfig, train_config
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
-from launch.state import reconcile
+from launch.runstate import reconcile
 from launch.steplog import StepLog, read_trace
 from launch.sweeps.rungs import SweepDirectory, pause_reason
 from rsp.distributed import DistEnv, RendezvousError

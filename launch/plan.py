@@ -1,8 +1,8 @@
 """The plan of a sweep: for each run its id, name, overrides, resources, current state and the
 action submitting would take, and every problem that keeps it from being submitted; then the
-submission itself (only `submit`/`retry` rows, through launch/submission.py).
+submission itself (only `submit`/`retry` rows, through launch/dispatch.py).
 
-States come from the run directories plus one batched scheduler query (launch/state.py): pending,
+States come from the run directories plus one batched scheduler query (launch/runstate.py): pending,
 running and finished runs are never submitted twice; failed runs only with --retry-failed; runs a
 sweep's successive halving pruned only after `--unprune` (launch/sweeps/rungs.py).
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from launch.backends import Resources
 from launch.config import absolutize
+from launch.dispatch import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
 from launch.rundir import RunDirectory, run_id
-from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
+from launch.runstate import SUBMITTABLE, RunState, reconcile
 from launch.sweeps.expand import Sweep, SweepRun, expand
 from launch.sweeps.rungs import SweepDirectory
 from launch.validation import Findings, SweepContext, validate

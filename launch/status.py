@@ -42,7 +42,7 @@ from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
 from launch.rundir import Attempt, RunDirectory
-from launch.state import RunState, reconcile
+from launch.runstate import RunState, reconcile
 from launch.sweeps.expand import SWEEPS_DIR
 from launch.sweeps.rungs import SweepDirectory, rung_views, sweep_directories
 

@@ -31,11 +31,11 @@ from core.commandline import HintingArgumentParser
 from core.schema import ConfigError, schema_keys, to_dict
 from launch.backends import backend_class
 from launch.config import EXPERIMENTS_DIR, RunConfig, absolutize, compose
+from launch.dispatch import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
 from launch.follow import follow, follow_sweep
 from launch.plan import Plan, plan_sweep, print_plan
 from launch.rundir import RunDirectory, run_id
-from launch.state import SUBMITTABLE, RunState, reconcile
-from launch.submission import claimed, ensure_generated_data, resources_for, still_as_decided, submit_runs
+from launch.runstate import SUBMITTABLE, RunState, reconcile
 from launch.sweeps.expand import SWEEPS_DIR, load_sweep
 from launch.sweeps.rungs import SweepDirectory, unprune
 from launch.validation import validate

@@ -17,7 +17,7 @@ from eval.config import EvalConfig
 from eval.davis import resize_davis, write_davis
 from eval.indexmaps import davis_palette, read_index_png, write_index_png
 from eval.jhmdb import write_jhmdb
-from eval.tasks import get_task
+from eval.registry import get_task
 from eval.vip import write_vip
 
 

@@ -1,4 +1,4 @@
-"""The evaluation-task registry (eval/tasks.py): a task defined in one module, registered with one
+"""The evaluation-task registry (eval/registry.py): a task defined in one module, registered with one
 line, goes through submit-time validation, scheduling, the result record, the aggregated table,
 the status table and `eval.prepare` with no other file touched; bad registrations and bad task
 names or presets in a config get a clear error naming the registered ones (one test per rule).
@@ -29,9 +29,9 @@ from eval.indexmaps import image_hw
 from eval.prepare import main as prepare_main
 from eval.protocol import validate
 from eval.records import find_record_files, read_records
+from eval.registry import TASKS, get_task, register
 from eval.splits import read_listing, select_sequences
 from eval.task import EvalTask, Evaluation
-from eval.tasks import TASKS, get_task, register
 from launch.evaluations.expected import expected
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory

@@ -31,7 +31,7 @@ def test_a_non_finite_loss_ends_the_run_at_once_with_the_cause_and_the_learning_
     assert "would fail the same way" in out and "Traceback" not in out, out
     run = only_run(tmp_path / "out")
     assert [a.end_reason for a in run.attempts()] == ["crashed"]  # not retried
-    assert run.status()["state"] == "failed"
+    assert run.final_state() == "failed"
     assert "Traceback" in run.attempts()[0].error  # kept in the attempt record, where the terminal points
 
 

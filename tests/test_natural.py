@@ -15,7 +15,7 @@ from eval.config import EvalConfig
 from eval.davis import check_davis, read_davis
 from eval.indexmaps import read_index_png
 from eval.photo_davis import benchmark_photos, write_photo_davis
-from eval.tasks import get_task
+from eval.registry import get_task
 from launch.config import absolutize, compose
 from launch.validation.run import problems
 from rsp.natural import NATURAL_STYLE, natural_frames, natural_sources, photo_scene, video_clip

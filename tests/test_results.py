@@ -16,13 +16,13 @@ from eval.aggregate import main as aggregate_main
 from eval.protocol import protocol_hash
 from eval.records import ResultRecord, find_record_files, read_records, write_record
 from launch.config import absolutize, compose, train_config
+from launch.dispatch import ensure_generated_data
 from launch.evaluations.claims import claim, failure
 from launch.evaluations.expected import eval_config_for, eval_dir, expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.schedule import schedule
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
-from launch.submission import ensure_generated_data
 from rsp.distributed import DistEnv
 from rsp.train import train
 

@@ -22,7 +22,7 @@ from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
 from launch.rundir import Attempt, PruneMarker, RunDirectory
-from launch.state import reconcile
+from launch.runstate import reconcile
 from launch.sweeps.expand import load_sweep
 from launch.sweeps.file import TOP_LEVEL, read_sweep_file
 from launch.sweeps.rungs import Decision, SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune

@@ -1,4 +1,4 @@
-"""At most once under any concurrency (launch/submission.py `claimed`): submits of the same run or
+"""At most once under any concurrency (launch/dispatch.py `claimed`): submits of the same run or
 sweep that race give exactly one job per run, on the local backend. The race is made certain: the
 test holds the runs' claims while every submitter starts, decides that the runs need a job and
 queues on the claim (seen in /proc/locks); then it lets them go. Without the check under the claim
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from launch.dispatch import CLAIMS_DIR, claimed, still_as_decided
 from launch.plan import plan_sweep
 from launch.rundir import RunDirectory, run_id
-from launch.state import reconcile
-from launch.submission import CLAIMS_DIR, claimed, still_as_decided
+from launch.runstate import reconcile
 from launch.submit import prepare
 from launch.sweeps.expand import load_sweep
 from testkit.launching import SUBMIT, TINY, job_counts, merged, race, wait_finished

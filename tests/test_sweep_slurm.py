@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
+from launch.dispatch import CLAIMS_DIR
 from launch.plan import plan_sweep
 from launch.rundir import RunDirectory, run_id
 from launch.status import render
-from launch.submission import CLAIMS_DIR
 from launch.sweeps.expand import load_sweep
 from localslurm.cluster import DEFAULT_MAX_ARRAY_SIZE
 from testkit.launching import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for

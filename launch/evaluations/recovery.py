@@ -152,7 +152,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
         backend_of[run] = state.backend or run.backend()
     for run, items in todo.items():
         # submitting imports the evaluation job, hence torch: only when something was lost
-        from launch.evaluations.submitting import submit_evaluations
+        from launch.evaluations.dispatch import submit_evaluations
 
         submit_evaluations(run, run.config(), items, backend_of[run], lost_jobs)
         for step, pairs in sorted(items.items()):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launch.evaluations.claims import claim_and_pin, is_recorded, record_problem, reopen_failed, set_aside
+from launch.evaluations.dispatch import submit_evaluations
 from launch.evaluations.expected import expected
-from launch.evaluations.submitting import submit_evaluations
 from launch.rundir import RunDirectory
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ that decides one rung. Pure (no files, no scheduler): launch/sweeps/rungs.py mak
     select: {metric: "davis:J&F-Mean", mode: max, keep: 0.5, rungs: [5000, 20000]}
 
 - metric  a results-table column "<task>:<metric>" that a registered evaluation task produces
-          (eval/tasks.py); the runs must evaluate that task
+          (eval/registry.py); the runs must evaluate that task
 - mode    max (higher is better: every metric the shipped tasks report) or min
 - keep    the fraction of the live runs kept at each rung, strictly between 0 and 1; the number kept
           is ceil(keep x live runs), at least one, and a run tied with the last kept one is kept too
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.schema import ConfigError
-from eval.tasks import TASKS
+from eval.registry import TASKS
 from launch.config import RunConfig
 
 SELECT_KEYS = ("metric", "mode", "keep", "rungs", "promotion", "min_reports")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from launch.backends import Resources, make_backend
 from launch.config import RunConfig
+from launch.dispatch import resources_for
 from launch.rundir import run_id
-from launch.submission import resources_for
 from launch.sweeps.rungs import SweepDirectory, membership_changes
 from launch.sweeps.selection import Selection
 from launch.validation.cluster import scheduler_warnings

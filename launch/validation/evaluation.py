@@ -12,7 +12,7 @@ from core.schema import ConfigError
 from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
 from eval.protocol import problems as eval_problems
-from eval.tasks import TASKS, get_task, registered
+from eval.registry import TASKS, get_task, registered
 from launch.config import EvaluationConfig
 from launch.evaluations.expected import task_eval_config
 from launch.validation.cluster import MIN_TRAINING_S, SIGNAL_TICK_S

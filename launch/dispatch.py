@@ -3,7 +3,7 @@ snapshot, their run directories, one job per run (a sweep's runs as job arrays),
 each submission. The front door (launch/submit.py) and a sweep's plan (launch/plan.py) submit
 through here, after validation.
 
-At most once under any concurrency: a submit decides from the runs' states (launch/state.py),
+At most once under any concurrency: a submit decides from the runs' states (launch/runstate.py),
 then takes each run's claim (`claimed`) and, holding it across "check again + create + submit +
 record", submits only the runs whose state is still the one it decided on (`still_as_decided`).
 Two submits of the same run or sweep at the same moment thus give one job per run: the second
@@ -18,13 +18,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from eval.tasks import get_task
+from eval.registry import get_task
 from launch.backends import Backend, Resources, make_backend
 from launch.config import RunConfig
 from launch.job import TrainingJob
 from launch.rundir import RunDirectory, run_id, slug
+from launch.runstate import RunState, reconcile
 from launch.snapshot import take_snapshot
-from launch.state import RunState, reconcile
 from rsp.synthetic import ensure_synthetic_dataset
 
 CLAIMS_DIR = ".claims"  # under the output root: one lock file per run id
