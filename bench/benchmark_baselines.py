@@ -30,8 +30,8 @@ from eval import jf  # noqa: E402
 from eval.config import EvalConfig  # noqa: E402
 from eval.davis import read_davis  # noqa: E402
 from eval.protocol import frame_size, propagation_params  # noqa: E402
-from eval.task import Evaluation  # noqa: E402
 from eval.registry import get_task  # noqa: E402
+from eval.task import Evaluation  # noqa: E402
 from launch.config import compose, train_config  # noqa: E402
 from rsp import rng  # noqa: E402
 from rsp.model import create_model  # noqa: E402
