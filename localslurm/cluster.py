@@ -2,7 +2,7 @@
 
 The shell scripts in ``localslurm/scripts/`` are the single source of truth (install, start, stop,
 status); this module only runs them and reads what they write. The cluster: nodes n1 and n2 on
-127.0.0.1 with 4 CPUs each, accounting through slurmdbd + MariaDB, a default preemptible
+127.0.0.1 with 8 CPUs each, accounting through slurmdbd + MariaDB, a default preemptible
 partition ``debug`` and a partition ``high`` that preempts it (requeue). Everything it writes lives
 in one state dir; clients find it through ``SLURM_CONF`` (see :attr:`LocalSlurmCluster.env`).
 Ports are machine-wide, so only one such cluster runs at a time.

@@ -238,7 +238,7 @@ def _act(i: Interruption, a: Attempt) -> str:
         workers = worker_processes(rank_process(a.job, i.rank))
         os.kill(workers[0], signal.SIGKILL)
     elif i.kind == "preempt":
-        high = ["sbatch", "--parsable", "-p", "high", "-N2", "-n8", "--output=/dev/null", "--wrap", "sleep 5"]
+        high = ["sbatch", "--parsable", "-p", "high", "-N2", "-n16", "--output=/dev/null", "--wrap", "sleep 5"]
         return "preempted by job " + subprocess.run(high, capture_output=True, text=True, check=True).stdout.strip()
     return ""
 

@@ -6,9 +6,9 @@
 - Uninterrupted reference runs, trained once per configuration for the whole pytest run
   (testkit.training.ReferenceRuns), shared by every xdist worker.
 
-Under pytest-xdist (`./bootstrap.sh test` passes `-n 2`; pyproject.toml sets `--dist loadgroup`) every
-test marked `slurm` goes to one worker group, so one worker owns the cluster while the others run the
-CPU tests during SLURM's waits. Tiers and timings: tests/README.md.
+Under pytest-xdist (`./bootstrap.sh test` passes `-n 2`) every SLURM test goes to one worker
+(`SlurmOnOneWorker`), so one worker owns the cluster while the others run the CPU tests during
+SLURM's waits. Tiers and timings: tests/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from fixtures_data import needs_ffmpeg, real_videos, synthetic_root  # noqa: F401  (fixtures for every module)
 from slurm_fixtures import slurm_cluster, slurm_pool  # noqa: F401  (session fixtures: the cluster and its scenario pool)
 from slurm_pool import scenarios_used
+from xdist.scheduler import LoadScopeScheduling
 
 from rsp.synthetic import generate_dataset
 from testkit.training import ReferenceRuns
@@ -26,11 +27,27 @@ from testkit.training import ReferenceRuns
 pytest_plugins = ["cpu_durations"]  # --cpu-durations=N (tests/cpu_durations.py)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+SLURM_MODULE_SUFFIX = "_slurm.py"  # every SLURM test lives in tests/*_slurm.py: what the scheduler groups by
+
+
+class SlurmOnOneWorker(LoadScopeScheduling):
+    """pytest-xdist scheduling: the SLURM tests are one unit of work (one worker owns the cluster and its
+    scenario pool), every other test a unit of its own. The controller sees node ids only, hence the
+    module-name rule (checked at collection). xdist's own `xdist_group` mark does not group under this
+    pytest (it rewrites a node id attribute pytest 9 no longer reads)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return "slurm" if nodeid.split("::", 1)[0].endswith(SLURM_MODULE_SUFFIX) else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> SlurmOnOneWorker:
+    return SlurmOnOneWorker(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """SLURM tests form one xdist group, in this order: tests without a pooled scenario (they run while
-    the pool's jobs wait), tests of pooled scenarios, then `cluster_wide` tests, which need the cluster
-    alone. The other tests keep their order."""
+    """SLURM tests run in this order: tests without a pooled scenario (they run while the pool's jobs
+    wait), tests of pooled scenarios, then `cluster_wide` tests, which need the cluster alone. The other
+    tests keep their order."""
 
     def rank(item: pytest.Item) -> int:
         if not item.get_closest_marker("slurm"):
@@ -39,9 +56,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             return 3
         return 2 if scenarios_used([item]) else 1
 
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+    misplaced = [i.nodeid for i in items if i.get_closest_marker("slurm") and not i.path.name.endswith(SLURM_MODULE_SUFFIX)]
+    if misplaced:
+        raise pytest.UsageError(
+            f"SLURM tests must live in tests/*{SLURM_MODULE_SUFFIX} (one worker runs them all): move {', '.join(misplaced)}"
+        )
     items.sort(key=rank)  # stable: the order within each rank is the collection order
 
 

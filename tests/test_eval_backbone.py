@@ -59,7 +59,9 @@ def test_reference_rsp_checkpoint_needs_the_trust_switch(tmp_path):
     args = argparse.Namespace(model="rsp_vit_tiny_patch8_dec512d8b", input_size=64)
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     torch.save({"model": state, "optimizer": {}, "epoch": 199, "scaler": {}, "args": args}, path)
-    with pytest.raises(ValueError, match=r"checkpoint-199\.pth refused: it references code \(argparse\.Namespace\).* trust_checkpoint=true"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint-199\.pth refused: it references code \(argparse\.Namespace\).* trust_checkpoint=true"
+    ):
         load_backbone(path)
     backbone = load_backbone(path, trust_pickle=True)
     assert backbone.format == "rsp_reference"

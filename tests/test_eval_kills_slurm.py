@@ -65,7 +65,8 @@ def evaluation_job(root: Path) -> str | None:
     return job
 
 
-def act(root: Path, what: str) -> None:
+def act(root: Path, what: str) -> str:
+    """Kill the evaluation job as `what` says; returns its id (a resubmission may replace it at once)."""
     job = evaluation_job(root)
     if what == "scancel":
         subprocess.run(["scancel", job], check=True)
@@ -73,6 +74,7 @@ def act(root: Path, what: str) -> None:
         os.kill(rank_process(job, 0), signal.SIGSTOP)
     else:
         subprocess.run(["scancel", "--batch", "--signal=USR2", job], check=True)
+    return job
 
 
 @slurm_scenario
@@ -94,10 +96,8 @@ def killed_evaluations(env: ScenarioEnv) -> None:
         )
     first_jobs = {}
     for what, root in roots.items():
-        drivers[what].result()
-        run = only_run(root)
-        wait_finished(run, timeout=900)
-        first_jobs[what] = submission(next(run.path.glob("evals/step_*/*/submitted.json")).parent).job_id
+        first_jobs[what] = drivers[what].result()
+        wait_finished(only_run(root), timeout=900)
     for what, root in roots.items():
         run = only_run(root)
         wait_for(

@@ -231,7 +231,7 @@ def test_names_and_paths_with_quotes_spaces_and_newlines(slurm_cluster, train_vi
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["experiment=rsp_vitz_k400"], "experiment='rsp_vitz_k400' is not one of: cpu_study, rsp_vitb16_k400"),
+        (["experiment=rsp_vitz_k400"], "experiment='rsp_vitz_k400' is not one of: cpu_study, natural_study, rsp_vitb16_k400"),
         (["model.kl_scal=0.1"], "did you mean model.kl_scale?"),
         (["cluster.nodes=3"], "SLURM rejects the requested resources"),
         (["cluster.cpus_per_task=64"], "SLURM rejects the requested resources"),
@@ -258,7 +258,7 @@ def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, tra
     run = only_run(root)
     wait_for(lambda: run.latest_logged_step() >= 5, 300, "the run to train", lambda: explain(run))
     high = subprocess.run(
-        ["sbatch", "--parsable", "-p", "high", "-N2", "-n8", f"--output={tmp_path / 'high-%j.out'}", "--wrap", "sleep 8"],
+        ["sbatch", "--parsable", "-p", "high", "-N2", "-n16", f"--output={tmp_path / 'high-%j.out'}", "--wrap", "sleep 8"],
         capture_output=True,
         text=True,
         check=True,

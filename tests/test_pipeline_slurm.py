@@ -14,6 +14,7 @@ from launch.results import aggregate_runs
 from testkit.launching import explain, only_run, submit, wait_finished, wait_for
 
 pytestmark = pytest.mark.slurm
+TASKS = ("davis", "photo_davis", "jhmdb", "vip")  # experiments/experiment/smoke.yaml's
 
 
 @slurm_scenario
@@ -27,6 +28,7 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
             f"output_root={root}",
             f"data.root={tmp_path / 'videos'}",
             f"evaluation.data_roots.davis={tmp_path / 'davis'}",
+            f"evaluation.data_roots.photo_davis={tmp_path / 'photo_davis'}",
             f"evaluation.data_roots.photo_davis={tmp_path / 'photo_davis'}",
             f"evaluation.data_roots.jhmdb={tmp_path / 'jhmdb'}",
             f"evaluation.data_roots.vip={tmp_path / 'vip'}",
@@ -44,13 +46,13 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
     wait_finished(run, timeout=1200)
     records = lambda: sorted(run.path.glob("evals/step_*/*/record.json"))  # noqa: E731
     wait_for(
-        lambda: len(records()) == 6,
+        lambda: len(records()) == 2 * len(TASKS),
         1200,
-        "6 evaluation records (steps 0 and 10)",
+        f"{2 * len(TASKS)} evaluation records (steps 0 and 10)",
         lambda: explain(run) + "\n" + "\n".join(p.read_text()[-1500:] for p in run.path.glob("evals/step_*/*/failed.json")),
     )
     markers = [submission(p.parent) for p in run.path.glob("evals/step_00000010/*/submitted.json")]
-    assert len(markers) == 3 and all(m.backend == "slurm" for m in markers)
+    assert len(markers) == len(TASKS) and all(m.backend == "slurm" for m in markers)
 
     def states() -> list[str]:
         ids = ",".join(m.job_id for m in markers)
@@ -58,7 +60,7 @@ def smoke_pipeline(env: ScenarioEnv) -> None:
             ["sacct", "-n", "-X", "-P", "-o", "State", "-j", ids], capture_output=True, text=True
         ).stdout.split()
 
-    wait_for(lambda: states() == ["COMPLETED"] * 3, 120, "the evaluation jobs to complete", lambda: str(states()))
+    wait_for(lambda: states() == ["COMPLETED"] * len(TASKS), 120, "the evaluation jobs to complete", lambda: str(states()))
     report = aggregate_runs(root)
     assert list(report.table["step"]) == [0, 10] and report.table["best"].sum() == 1  # the initialization is a milestone too
     for metric in ("davis:J&F-Mean", "jhmdb:PCK@0.1", "vip:mIoU"):

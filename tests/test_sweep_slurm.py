@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
+from test_validation import generated_sweep, tree
 
 from launch.dispatch import CLAIMS_DIR
 from launch.plan import plan_sweep
 from launch.rundir import RunDirectory, run_id
 from launch.status import render
 from launch.sweeps.expand import load_sweep
+from launch.sweeps.rungs import SweepDirectory
 from localslurm.cluster import DEFAULT_MAX_ARRAY_SIZE
 from testkit.launching import REPO, SUBMIT, TINY, explain, job_counts, race, squeue_ids, submit, wait_for
 
@@ -128,3 +130,14 @@ def test_two_submits_of_one_sweep_at_once_give_one_slurm_job_per_run(slurm_clust
     assert len({s.job_id.split("_")[0] for r in runs_of(root) for s in r.submissions()}) == 1  # one array
     wait_for(lambda: all_ended(root, 2), 900, "the 2 runs to end", lambda: "\n".join(explain(r) for r in runs_of(root)))
     assert {r.final_state() for r in runs_of(root)} == {"finished"}
+
+
+def test_a_sweep_slurm_refuses_writes_nothing(slurm_cluster, tmp_path):
+    """Before the one validation, this sweep passed the plan and failed inside the submission, after
+    its data, run directories and sweep record were written (tests/test_validation.py has the rules)."""
+    sweep = generated_sweep(tmp_path, "cluster=slurm", "cluster.nodes=3")
+    before = tree(tmp_path / "runs", tmp_path / "gen", tmp_path / "eval")
+    rc, out = submit([f"sweep={sweep}"])
+    assert rc == 2 and "SLURM rejects the requested resources" in out and "nothing was submitted" in out, out
+    assert tree(tmp_path / "runs", tmp_path / "gen", tmp_path / "eval") == before == {}
+    assert not SweepDirectory(tmp_path / "runs", "checked").path.exists()

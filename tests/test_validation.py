@@ -10,13 +10,11 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from fixtures_data import unavailable
 from test_submit_rules import cfg_with, listed_root
 
 from launch.backends import Resources, make_backend
 from launch.submit import main
-from launch.sweeps.rungs import SweepDirectory
 from launch.validation import SweepContext, validate
 from launch.validation.sweep import backend_problems
 from rsp.video import LabelEntry
@@ -140,16 +138,3 @@ def test_a_sweep_shows_the_device_warning_a_single_run_shows(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: runtime.compile=true on a CPU run") == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "gen").exists()  # a dry run writes nothing
-
-
-@pytest.mark.slurm
-def test_a_sweep_slurm_refuses_writes_nothing(slurm_cluster, tmp_path, capsys):
-    """Before the one validation, this sweep passed the plan and failed inside the submission, after
-    its data, run directories and sweep record were written."""
-    sweep = generated_sweep(tmp_path, "cluster=slurm", "cluster.nodes=3")
-    before = tree(tmp_path / "runs", tmp_path / "gen", tmp_path / "eval")
-    assert main([f"sweep={sweep}"]) == 2
-    err = capsys.readouterr().err
-    assert "SLURM rejects the requested resources" in err and "nothing was submitted" in err
-    assert tree(tmp_path / "runs", tmp_path / "gen", tmp_path / "eval") == before == {}
-    assert not SweepDirectory(tmp_path / "runs", "checked").path.exists()

@@ -238,5 +238,5 @@ launch slurmctld slurmctld -D -i -f "$SLURM_CONF_PATH"
 wait_until slurmctld "slurmctld to answer" slurm_client scontrol ping
 start_slurmds
 wait_nodes_up
-say "up in ${SECONDS}s: nodes n1 n2 (4 CPUs and 2 counted GPUs each), partitions debug (default, preemptible) and high"
+say "up in ${SECONDS}s: nodes n1 n2 (8 CPUs and 2 counted GPUs each), partitions debug (default, preemptible) and high"
 say "clients need: source $STATE/env.sh"

@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -134,8 +135,8 @@ def node_states() -> list[list[str]]:
 @pytest.mark.cluster_wide  # idle nodes: after every pooled scenario
 def test_cluster_has_two_idle_nodes_and_both_partitions(slurm_cluster: LocalSlurmCluster) -> None:
     # Polled: jobs of tests that ran before may still be completing.
-    idle = [["n1", "idle", "4"], ["n2", "idle", "4"]]
-    wait_for(lambda: node_states() == idle, "2 idle nodes with 4 CPUs", timeout_s=60)
+    idle = [["n1", "idle", "8"], ["n2", "idle", "8"]]
+    wait_for(lambda: node_states() == idle, "2 idle nodes with 8 CPUs", timeout_s=60)
     partitions = {}
     for line in run("scontrol", "show", "partition", "-o").stdout.splitlines():
         fields = dict(word.split("=", 1) for word in line.split() if "=" in word)
@@ -154,8 +155,9 @@ def test_cluster_has_two_idle_nodes_and_both_partitions(slurm_cluster: LocalSlur
 
 
 def test_start_refuses_while_another_state_dirs_cluster_runs(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
+    other = Path(tempfile.mkdtemp(prefix="rsp-other-"))  # short: unix socket paths live under it
     with pytest.raises(ClusterError, match=re.escape(f"from {slurm_cluster.state_dir} is running")):
-        LocalSlurmCluster(tmp_path / "other").start()
+        LocalSlurmCluster(other).start()
     assert slurm_cluster.is_up()
 
 
@@ -258,12 +260,12 @@ def test_scontrol_requeue_restarts_the_job_under_the_same_id(slurm_cluster: Loca
 def test_high_partition_preempts_debug_job_with_usr2_then_requeues_it(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     # Both jobs need all of n1, so the `high` job can only run by preempting the `debug` one.
     low, log_path = submit_signal_logger(
-        tmp_path, "--partition=debug", "--nodelist=n1", "--cpus-per-task=4", "--time=10", "--signal=USR2@60"
+        tmp_path, "--partition=debug", "--nodelist=n1", "--cpus-per-task=8", "--time=10", "--signal=USR2@60"
     )
     with cancelled_at_exit(low):
         wait_for(lambda: "start 0" in events(log_path), f"job {low} to start")
         preempted = time.perf_counter()
-        high = sbatch(tmp_path, "--partition=high", "--nodelist=n1", "--cpus-per-task=4", "--wrap=sleep 1")
+        high = sbatch(tmp_path, "--partition=high", "--nodelist=n1", "--cpus-per-task=8", "--wrap=sleep 1")
         wait_for(lambda: "usr2 0" in events(log_path), "USR2 in the preempted job's Python process")
         wait_for(lambda: sacct_rows(high).get(high) == ("COMPLETED", "0:0"), f"the high job {high}", WAIT_S)
         wait_for(lambda: "start 1" in events(log_path), f"job {low} to run again", WAIT_S)
