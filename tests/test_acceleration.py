@@ -82,6 +82,7 @@ def test_state_of_a_fused_optimizer_continues_in_the_per_parameter_loop():
 # --- the deferred host sync ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two runs compared step by step: ~12 s
 def test_deferred_host_sync_trains_the_same_run(train_videos, tmp_path):
     """Reading each step's values one step late moves no number: an uninterrupted every_step run
     and a deferred run stopped and resumed end bitwise identical, loss trace included."""
@@ -94,6 +95,7 @@ def test_deferred_host_sync_trains_the_same_run(train_videos, tmp_path):
     assert_same_training_state(full, chopped)
 
 
+@pytest.mark.slow  # two runs: ~10 s
 def test_deferred_host_sync_stops_one_step_later_and_checkpoints_that_step(train_videos, tmp_path):
     cfg = tiny_config(train_videos, runtime={"host_sync": "deferred"})
     result = train(cfg, DistEnv(), tmp_path / "run", stop=StopOnRead(5))

@@ -29,7 +29,13 @@ from rsp.kinetics import ffmpeg_command, rescale_video
 from rsp.prepare import write_labels_file
 from rsp.video import OLD_LABELS_HEADER, read_labels
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.usefixtures("needs_ffmpeg")]
+# slow: the module's fixture runs the labels step over every real video (~20 s) and its tests read
+# every frame of them through each decoder (tests/README.md, tiers)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("needs_ffmpeg"),
+    pytest.mark.slow,
+]
 
 # random access is wrong on these in both decoders (timestamps out of decoding order): decord's lands
 # up to 101 frames off on the Megamind files and 2 off after box.mp4's damaged keyframe, torchcodec's 1 off

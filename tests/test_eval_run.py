@@ -166,6 +166,7 @@ def test_evaluate_jhmdb_and_vip(sets, tmp_path):
     assert parts.protocol["preset"] == "vip" and parts.protocol["frame_size"] == 112
 
 
+@pytest.mark.slow  # the evaluation command line in a subprocess: ~10 s
 def test_cli_prints_and_writes_metrics(sets, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(

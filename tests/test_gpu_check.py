@@ -9,11 +9,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from testkit.training import REPO
 
 
+@pytest.mark.slow  # every section of the GPU check at tiny sizes: ~30 s on a CPU
 def test_gpu_check_quick_runs_every_section_and_writes_its_json(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(

@@ -7,6 +7,8 @@ step-0 weights are evaluated once."""
 
 from __future__ import annotations
 
+import pytest
+
 from eval.records import parse_record
 from launch.rundir import RunDirectory
 from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
@@ -16,6 +18,7 @@ STEPS, RUNG = 40, 20
 LRS = (0.0001, 0.01)
 
 
+@pytest.mark.slow  # a local sweep of two runs with evaluation jobs: ~50 s
 def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_videos, tmp_path):
     root = tmp_path / "runs"
     sweep_file = halving_sweep_file(tmp_path, train_videos, root, "local", STEPS, RUNG, LRS)

@@ -73,7 +73,14 @@ def test_small_patch16_encoder_loads_strictly_into_timm_with_equal_features():
     same_features(model, vit, 224)
 
 
-@pytest.mark.parametrize("name", ["rsp_vit_small_patch8", "rsp_vit_base_patch16", "rsp_vit_large_patch16"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rsp_vit_small_patch8",
+        "rsp_vit_base_patch16",
+        pytest.param("rsp_vit_large_patch16", marks=pytest.mark.slow),  # ~12 s on 2 cores
+    ],
+)
 def test_every_encoder_loads_strictly_into_its_timm_model(name):
     # 32 px keeps the large model quick; the position-embedding table shrinks alike on both sides.
     torch.manual_seed(0)

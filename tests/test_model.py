@@ -23,6 +23,8 @@ from rsp.model import RSP, create_model
 SMALL_IMG = 32
 TINY = "rsp_vit_tiny_patch8"
 
+SLOW_MODELS = {"rsp_vit_small_patch8", "rsp_vit_base_patch16", "rsp_vit_large_patch16"}
+
 
 def frames(batch: int, img: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A (src, tgt) pair of N(0, 1) 'normalized frames', (B, 3, img, img) each."""
@@ -58,7 +60,8 @@ def expected_log_keys(latent: str, mae_aux: str, logging_step: bool) -> set[str]
 # --- every registered model ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# the larger models take 8-20 s each on 2 cores: the inner loop keeps the tiny and the paper's S/16
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in sorted(MODELS)])
 def test_registered_model_shapes_gradients_and_finite_loss(name):
     torch.manual_seed(0)
     model = create_model(name, img_size=SMALL_IMG)

@@ -113,6 +113,7 @@ def _prepared(mirror, root: Path) -> KineticsLayout:
     return KineticsLayout(root)
 
 
+@pytest.mark.slow  # every preparation step with ffmpeg: ~10 s
 def test_prepare_all_builds_a_trainable_kinetics_layout(mirror, tmp_path):
     layout = _prepared(mirror, tmp_path)
     made = mirror[1]
@@ -130,6 +131,7 @@ def test_prepare_all_builds_a_trainable_kinetics_layout(mirror, tmp_path):
         assert len(reader) == 40 and reader.get_key_indices() == list(range(40))  # all-intra, the default
 
 
+@pytest.mark.slow  # the whole preparation twice, with ffmpeg: ~12 s
 def test_a_second_run_redoes_nothing(mirror, tmp_path):
     layout = _prepared(mirror, tmp_path)
     videos = {p: p.stat().st_mtime_ns for p in list_videos(layout.videos(64))}
@@ -188,6 +190,7 @@ def test_rescale_drops_audio_keeps_the_aspect_and_makes_sides_even(tmp_path):
         assert (stream.width, stream.height) == (58, 32)  # 90 * 32 / 50 = 57.6 -> even 58
 
 
+@pytest.mark.slow  # the labels step twice in spawned workers: ~12 s
 def test_labels_step_drops_unreadable_and_short_videos_with_reasons_and_resumes(tmp_path):
     videos = tmp_path / "train" / "c"
     write_video(videos / "good.mp4", synthetic_frames(np.random.default_rng(0), 12, 32, 32))

@@ -269,6 +269,7 @@ def test_each_evaluation_is_claimed_at_most_once(tmp_path):
     assert claim(tmp_path / "e") and not claim(tmp_path / "e")
 
 
+@pytest.mark.slow  # a training run and its evaluations: ~9 s
 def test_backfill_evaluates_milestones_once_and_records_provenance(trained_run):
     due = expected(trained_run)
     assert [(s, t) for s, t, _ in due] == [(0, "davis"), (0, "vip"), (2, "davis"), (2, "vip"), (4, "davis"), (4, "vip")]

@@ -85,6 +85,7 @@ def test_ensure_generates_once_and_then_returns_the_existing_labels(tmp_path):
     assert labels.stat().st_mtime_ns == stamp and len(read_labels(labels)) == 3
 
 
+@pytest.mark.slow  # a generated set written twice, once in spawned workers: ~9 s
 def test_a_seed_gives_byte_identical_videos_serial_or_parallel(tmp_path):
     generate_dataset(tmp_path / "a", 4, height=48, width=80, num_frames=12, jobs=1)
     generate_dataset(tmp_path / "b", 4, height=48, width=80, num_frames=12, jobs=2)

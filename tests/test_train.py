@@ -31,9 +31,8 @@ from testkit.training import (
 )
 
 
-def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):
-    full = tmp_path / "uninterrupted"
-    assert train(tiny_config(train_videos), DistEnv(), full).status == "finished"
+def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path, reference_runs):
+    full = reference_runs.get(tiny_config(train_videos))  # uninterrupted, trained once per pytest run
     chopped = tmp_path / "interrupted"
     first = train(tiny_config(train_videos, runtime={"stop_after_steps": 3}), DistEnv(), chopped)
     assert (first.status, first.step) == ("stopped", 3)
@@ -45,6 +44,7 @@ def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path):
     assert [r["step"] for r in loss_trace(chopped)] == list(range(1, 9))
 
 
+@pytest.mark.slow  # three runs with loader workers: ~12 s
 def test_resume_with_loader_workers_and_accumulation(train_videos, tmp_path):
     sections = {"data": {"num_workers": 2, "batch_size": 2}, "optim": {"lr": 1e-3, "accum_iter": 2}}
     full, chopped = tmp_path / "full", tmp_path / "chopped"
@@ -55,6 +55,7 @@ def test_resume_with_loader_workers_and_accumulation(train_videos, tmp_path):
     assert_same_training_state(full, chopped)
 
 
+@pytest.mark.slow  # three torchrun launches of 2 ranks: ~60 s on 2 cores
 def test_two_process_resume_is_bitwise_identical(train_videos, tmp_path):
     full, chopped = tmp_path / "full", tmp_path / "chopped"
     schedule = {"total_steps": 4, "warmup_steps": 1}
@@ -71,7 +72,7 @@ def test_two_process_resume_is_bitwise_identical(train_videos, tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # ranks draw different noise
 
 
-def test_corrupt_and_partial_checkpoints_fall_back_to_the_newest_valid(train_videos, tmp_path):
+def test_corrupt_and_partial_checkpoints_fall_back_to_the_newest_valid(train_videos, tmp_path, reference_runs):
     run = tmp_path / "run"
     cfg = tiny_config(train_videos, runtime={"stop_after_steps": 6})
     train(cfg, DistEnv(), run)
@@ -83,8 +84,7 @@ def test_corrupt_and_partial_checkpoints_fall_back_to_the_newest_valid(train_vid
     result = train(tiny_config(train_videos), DistEnv(), run)
     assert result.resumed_from == 4 and result.status == "finished"
     assert not (ckpts / "step_00000099.pt").exists() and not (ckpts / "step_00000007.pt.tmp-abc").exists()
-    full = tmp_path / "full"
-    train(tiny_config(train_videos), DistEnv(), full)
+    full = reference_runs.get(tiny_config(train_videos))
     assert_same_tensors(final_state(full)["model"], final_state(run)["model"], "model")
 
 
@@ -121,6 +121,7 @@ def test_optimizer_state_for_another_layout_is_detected(train_videos, tmp_path):
         train(tiny_config(train_videos), DistEnv(), run)
 
 
+@pytest.mark.slow  # a checkpoint every step, a subprocess and two runs: ~25 s
 def test_kill_minus_9_during_checkpointing_never_loses_the_run(train_videos, tmp_path):
     """SIGKILL a training process at an arbitrary moment while it checkpoints every step; the
     next start resumes from a valid checkpoint and the run ends bitwise like an uninterrupted one."""
@@ -197,6 +198,7 @@ def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_pat
     assert [e.value for e in acc.Scalars("train_loss")] == [e.value for e in ref.Scalars("train_loss")]
 
 
+@pytest.mark.slow  # a torchrun launch of 2 ranks: ~10 s
 def test_non_finite_loss_raises_on_every_rank(train_videos, tmp_path):
     cfg = tiny_config(train_videos, optim={"lr": 1e30}, schedule={"total_steps": 6, "warmup_steps": 0})
     proc = torchrun(cfg, tmp_path / "run", tmp_path)
@@ -310,11 +312,10 @@ def test_a_resumed_run_keeps_its_original_initialization(train_videos, tmp_path)
     assert not torch.equal(state["model"]["blocks.0.attn.qkv.weight"], final_state(run)["model"]["blocks.0.attn.qkv.weight"])
 
 
-def test_resuming_from_the_step0_checkpoint_is_bitwise_exact(train_videos, tmp_path):
+def test_resuming_from_the_step0_checkpoint_is_bitwise_exact(train_videos, tmp_path, reference_runs):
     """A run killed before its first ordinary checkpoint resumes from step 0 exactly, and does not
     write step 0 again."""
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    train(tiny_config(train_videos), DistEnv(), full)
+    full, killed = reference_runs.get(tiny_config(train_videos)), tmp_path / "killed"
     train(tiny_config(train_videos, runtime={"stop_after_steps": 2}), DistEnv(), killed)
     store = CheckpointStore(killed / "checkpoints")
     for m in store.manifests():
