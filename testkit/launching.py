@@ -8,11 +8,13 @@ import fcntl
 import io
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -109,15 +111,49 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"  # Hydra: \' is the only escape inside '...'
 
 
-# One command at a time in this process: Hydra's configuration state is process-global, and so are the
-# standard streams the output is captured from (the suite's pooled scenarios run commands from threads).
-_COMMAND = threading.Lock()
+# Commands run in this process's main thread, one at a time. Hydra's configuration state is
+# process-global, and so are the standard streams a command's output is captured from; pytest swaps
+# those streams in the main thread at every test phase, so a capture in another thread can lose its
+# output to pytest's. The suite's pooled scenarios (tests/slurm_pool.py) run in threads: they post
+# their commands, and the main thread runs them wherever it waits (`serve_commands`: wait_for, a
+# scenario's or a driver's result).
+_REQUESTS: queue.SimpleQueue = queue.SimpleQueue()
+COMMAND_WAIT_S = 1800  # a thread waits this long for the main thread to run its command
 
 
 def run_command(main: Callable[[list[str]], int], args: Sequence[str]) -> tuple[int, str]:
     """Run a command's `main(argv)` in this process; returns (exit status, everything it printed)."""
+    if threading.current_thread() is threading.main_thread():
+        return _run_here(main, args)
+    done: Future = Future()
+    _REQUESTS.put((main, list(args), done))
+    return done.result(timeout=COMMAND_WAIT_S)
+
+
+def serve_commands() -> None:
+    """In the main thread: run the commands other threads posted. Elsewhere: nothing."""
+    while threading.current_thread() is threading.main_thread():
+        try:
+            main, args, done = _REQUESTS.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            done.set_result(_run_here(main, args))
+        except BaseException as error:  # the posting thread re-raises it
+            done.set_exception(error)
+
+
+def join_serving(thread: threading.Thread, timeout: float) -> None:
+    """thread.join(timeout), running posted commands meanwhile (a scenario may be waiting on one)."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        serve_commands()
+        thread.join(0.2)
+
+
+def _run_here(main: Callable[[list[str]], int], args: Sequence[str]) -> tuple[int, str]:
     buffer = io.StringIO()
-    with _COMMAND, contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
         rc = main(list(args))
     return rc, buffer.getvalue()
 
@@ -153,6 +189,7 @@ def wait_for(
     while time.monotonic() < deadline:
         if predicate():
             return
+        serve_commands()
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
 
@@ -223,7 +260,7 @@ class Driver(threading.Thread):
 
     def result(self) -> object:
         """What the action returned, once it has acted; its failure raised here."""
-        self.join(self.timeout)
+        join_serving(self, self.timeout)
         if self.error is not None:
             raise self.error
         assert self.done_at is not None, f"driver of {self.root} never acted"

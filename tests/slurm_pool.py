@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from localslurm.cluster import LocalSlurmCluster
+from testkit.launching import join_serving
 
 SCENARIOS: dict[str, Callable[[ScenarioEnv], Any]] = {}
 RESULT_TIMEOUT_S = 1800  # a scenario that has not ended by then is reported as hung
@@ -73,7 +74,7 @@ class Scenario(threading.Thread):
 
     def result(self) -> Any:
         """Wait for the scenario to end; its value, or its failure raised here."""
-        self.join(RESULT_TIMEOUT_S)
+        join_serving(self, RESULT_TIMEOUT_S)
         if self.is_alive():
             stack = "".join(traceback.format_stack(sys._current_frames().get(self.ident)))
             raise AssertionError(f"{self.name} still runs after {RESULT_TIMEOUT_S} s; it is at:\n{stack}")
@@ -110,7 +111,7 @@ class ScenarioPool:
     def drain(self) -> None:
         """Wait until every scenario has ended (their failures are their own tests' to report)."""
         for thread in self.threads.values():
-            thread.join(RESULT_TIMEOUT_S)
+            join_serving(thread, RESULT_TIMEOUT_S)
 
 
 def scenarios_used(items: Iterable[pytest.Item]) -> set[str]:

@@ -73,7 +73,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     steps = [m.step for m in pruned.manifests()]
     assert RUNG in steps and steps[-1] == stopped_at  # the rung's milestone and the stop's checkpoint are kept
     assert (pruned.path / "checkpoints" / f"step_{stopped_at:08d}.pt").is_file()
-    print(f"[halving] pruned run stopped {attempts[-1].end_time - pruned.prune_marker()['time']:.1f} s after its marker")
+    print(f"[halving] pruned run stopped {attempts[-1].end_time - pruned.prune_marker().time:.1f} s after its marker")
 
     before = squeue_ids(root)
     rc, out = submit([f"sweep={sweep_file}"])
