@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from rsp.photos import INSTALL_HINT, PHOTO_SUFFIXES, held_out_problem, sources_in, training_photos, training_videos
-from rsp.scenes import Backdrop, Lighting, SceneObject, SceneStyle, to_uint8
+from rsp.scenes import Backdrop, Lighting, SceneObject, SceneStyle, draw_objects, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -142,28 +142,12 @@ def photo_objects(
 ) -> list[SceneObject]:
     """The scene's cut-outs: elliptic windows of real photographs, of the backdrop's with
     probability `same_photo`, else of any."""
-    objects = []
-    for k in range(int(rng.integers(style.objects[0], style.objects[1] + 1))):
-        h = int(rng.uniform(*style.object_height) * height)
-        w = int(h * rng.uniform(0.7, 1.4))
+
+    def cut_out(texture_height: int, texture_width: int) -> np.ndarray:
         source = photos[backdrop] if rng.random() < same_photo else photos[int(rng.integers(len(photos)))]
-        texture = photo_crop(rng, source, 2 * h, 2 * w, zoom=rng.uniform(1.0, 2.0))
-        speed, angle = rng.uniform(*style.speed) * width, rng.uniform(0, 2 * np.pi)
-        objects.append(
-            SceneObject(
-                texture=texture,
-                height=h,
-                width=w,
-                y=rng.uniform(0.1, 0.9) * height,
-                x=rng.uniform(0.15, 0.85) * width,
-                vy=0.6 * speed * np.sin(angle),  # mostly sideways, as in most videos
-                vx=speed * np.cos(angle),
-                scale=1.0,
-                log_zoom=rng.uniform(-style.zoom, style.zoom),
-                label=k + 1,
-            )
-        )
-    return objects
+        return photo_crop(rng, source, texture_height, texture_width, zoom=rng.uniform(1.0, 2.0))
+
+    return draw_objects(rng, height, width, style, cut_out)
 
 
 def photo_scene(

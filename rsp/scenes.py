@@ -19,7 +19,7 @@ Everything is a function of the generator passed in: the same seed gives the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,12 +172,16 @@ class SceneObject:
             self.log_zoom = -self.log_zoom
 
 
-def draw_objects(rng: np.random.Generator, height: int, width: int, colours: np.ndarray, style: SceneStyle) -> list[SceneObject]:
+def draw_objects(
+    rng: np.random.Generator, height: int, width: int, style: SceneStyle, texture_of: Callable[[int, int], np.ndarray]
+) -> list[SceneObject]:
+    """The scene's moving objects: sizes, places and motions drawn from `rng`, each textured by
+    `texture_of(texture_height, texture_width)` (drawing from the same `rng`, at the same point)."""
     objects = []
     for k in range(int(rng.integers(style.objects[0], style.objects[1] + 1))):
         h = int(rng.uniform(*style.object_height) * height)
         w = int(h * rng.uniform(0.7, 1.4))
-        texture = palette_texture(rng, 2 * h, 2 * w, colours, style)
+        texture = texture_of(2 * h, 2 * w)
         speed, angle = rng.uniform(*style.speed) * width, rng.uniform(0, 2 * np.pi)
         objects.append(
             SceneObject(
@@ -206,7 +210,7 @@ def camouflage_scene(
         raise ValueError("invalid scene style: " + "; ".join(problems))
     colours = palette(rng, style)
     backdrop = Backdrop.draw(rng, height, width, colours, style)
-    objects = draw_objects(rng, height, width, colours, style)
+    objects = draw_objects(rng, height, width, style, lambda th, tw: palette_texture(rng, th, tw, colours, style))
     lighting = Lighting.draw(rng, height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for t in range(num_frames):
