@@ -22,6 +22,7 @@ from slurm_pool import scenarios_used
 from xdist.scheduler import LoadScopeScheduling
 
 from rsp.synthetic import generate_dataset
+from testkit.launching import serve_commands
 from testkit.training import ReferenceRuns
 
 pytest_plugins = ["cpu_durations"]  # --cpu-durations=N (tests/cpu_durations.py)
@@ -62,6 +63,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"SLURM tests must live in tests/*{SLURM_MODULE_SUFFIX} (one worker runs them all): move {', '.join(misplaced)}"
         )
     items.sort(key=rank)  # stable: the order within each rank is the collection order
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    serve_commands()  # between tests too: pooled scenarios post their commands to the main thread
 
 
 @pytest.fixture(autouse=True)

@@ -54,36 +54,32 @@ def launch_runs(env: ScenarioEnv) -> dict:
         "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
         "upstream": overrides(train_videos, base / "upstream", LONG, 100),
     }
-    roots = {}
+    interventions = {  # name -> (ready(run), action(run), poll_s)
+        "usr2": (lambda r: r.latest_logged_step() >= 3, scancel_usr2, 1.0),
+        # the moment the rank's Python exists: it is starting and importing
+        "startup_usr2": (lambda r: r.exists and rank_exists(job_id(r), 0, 0), scancel_usr2, 0.05),
+        "requeue": (
+            trained_checkpoint,
+            lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
+            1.0,
+        ),  # workers run
+        "kill9": (trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL), 1.0),
+        # resubmitted while it trains: the check has to happen then, not when its test runs
+        "upstream": (lambda r: r.latest_logged_step() >= 1, lambda r: (r.status(), *submit(plan["upstream"])), 1.0),
+    }
+    roots, drivers = {}, {}
     for name, args in plan.items():
         rc, out = submit(args)
         assert rc == 0 and "submitted slurm job" in out, out
         roots[name] = Path([a for a in args if a.startswith("output_root=")][0].split("=", 1)[1])
-    drivers = {
-        "usr2": Driver(
-            roots["usr2"],
-            lambda r: r.latest_logged_step() >= 3,
-            lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
-        ),
-        "startup_usr2": Driver(  # the moment the rank's Python exists: it is starting and importing
-            roots["startup_usr2"],
-            lambda r: r.exists and rank_exists(job_id(r), 0, 0),
-            lambda r: subprocess.run(["scancel", "--signal=USR2", job_id(r)], check=True),
-            poll_s=0.05,
-        ),
-        "requeue": Driver(  # while its loader workers run
-            roots["requeue"],
-            trained_checkpoint,
-            lambda r: subprocess.run(["scontrol", "requeue", job_id(r)], check=True),
-        ),
-        "kill9": Driver(roots["kill9"], trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL)),
-        "upstream": Driver(  # resubmitted while it trains: the check has to happen then, not when its test runs
-            roots["upstream"],
-            lambda r: r.latest_logged_step() >= 1,
-            lambda r: (r.status(), *submit(plan["upstream"])),
-        ),
-    }
+        if name in interventions:  # at once: the next submits may wait for the main thread (testkit.launching)
+            ready, action, poll_s = interventions[name]
+            drivers[name] = Driver(roots[name], ready, action, poll_s=poll_s)
     return {"roots": roots, "drivers": drivers}
+
+
+def scancel_usr2(run: RunDirectory) -> None:
+    subprocess.run(["scancel", "--signal=USR2", job_id(run)], check=True)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import pytest
 import submitit
 
 from localslurm.cluster import DEFAULT_MAX_ARRAY_SIZE, ClusterError, LocalSlurmCluster, running_clusters
+from testkit.launching import serve_commands
 
 # The `slurm_cluster` fixture comes from tests/conftest.py (tests/slurm_fixtures.py). Importing
 # it here too would define a second session fixture and start the cluster twice.
@@ -82,6 +83,7 @@ def wait_for(condition: Callable[[], T], what: str, timeout_s: float = WAIT_S) -
     while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        serve_commands()  # the pooled scenarios' commands wait for the main thread (testkit.launching)
         time.sleep(0.05)
     return value
 
@@ -170,6 +172,7 @@ def test_submitit_job_returns_its_result_using_this_python(slurm_cluster: LocalS
     executor.update_parameters(timeout_min=5, slurm_partition="debug")
     job = executor.submit(_node_and_sum, 2, 3)
     assert sys.executable in job.paths.submission_file.read_text()
+    wait_for(job.done, f"submitit job {job.job_id}", timeout_s=600)  # the pool's jobs share the cluster
     total, node, python = job.result()
     assert (total, python) == (5, sys.executable)
     assert node in {"n1", "n2"}
@@ -192,7 +195,9 @@ def _gloo_all_reduce() -> tuple[int, int, float, str]:
 def test_two_node_job_runs_a_gloo_all_reduce(slurm_cluster: LocalSlurmCluster, tmp_path: Path) -> None:
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     executor.update_parameters(timeout_min=5, nodes=2, tasks_per_node=1)
-    results = executor.submit(_gloo_all_reduce).results()
+    job = executor.submit(_gloo_all_reduce)
+    wait_for(job.done, f"submitit job {job.job_id}", timeout_s=600)
+    results = job.results()
     assert sorted(rank for rank, _, _, _ in results) == [0, 1]
     assert {world for _, world, _, _ in results} == {2}
     assert [total for _, _, total, _ in results] == [3.0, 3.0]  # (0 + 1) + (1 + 1)
