@@ -163,7 +163,7 @@ class CrashAtStep(StopRequest):
         return False
 
 
-def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_path):
+def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_path, reference_runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
@@ -191,8 +191,7 @@ def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_pat
     steps = [e.step for e in acc.Scalars("train_loss")]
     assert steps == list(range(1, 9)), steps
     assert [r["step"] for r in loss_trace(run)] == list(range(1, 9))
-    reference = tmp_path / "reference"
-    train(cfg, DistEnv(), reference)
+    reference = reference_runs.get(cfg)  # the uninterrupted run (checkpoint cadence is runtime-only)
     ref = EventAccumulator(str(reference / "tb"))
     ref.Reload()
     assert [e.value for e in acc.Scalars("train_loss")] == [e.value for e in ref.Scalars("train_loss")]
