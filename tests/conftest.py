@@ -13,6 +13,15 @@ SLURM's waits. Tiers and timings: tests/README.md.
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported anywhere in the session: OpenMP threads that wait sleep instead of spinning.
+# Two workers, their subprocesses and the pooled SLURM jobs share 2 cores; spinning threads of one
+# process burn the cycles another needs (the inner loop took 2:37 with the default policy and 2:01
+# with this one, back to back on the quiet machine). It changes when threads wait, never a number.
+# Subprocesses and SLURM jobs (sbatch exports the environment) inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pathlib import Path
 
 import pytest
