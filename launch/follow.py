@@ -78,7 +78,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
         why = status.reason if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
-    print(f"training finished: {status['reason']} ({run.path})")
+    print(f"training finished: {status.reason} ({run.path})")
     cfg = run.config()
     if cfg.evaluation.tasks:
         return wait_and_report(run, poll_s)
