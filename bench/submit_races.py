@@ -25,34 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_io import report  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
+from testkit.launching import REPO, SUBMIT, TINY, job_counts, merged  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = [
-    "experiment=smoke",
-    "evaluation.tasks=[]",
-    "data.synthetic_videos=0",
-    "data.num_workers=0",
-    "data.batch_size=2",
-    "data.max_gap=8",
-    "model.img_size=32",
-    "runtime.cpu_threads=1",
-    "checkpoint.milestone_every_steps=0",
-    "cluster.cpus_per_task=1",
-    "schedule.total_steps=2",
-    "schedule.warmup_steps=1",
-    "checkpoint.every_steps=2",
-]
+RUN = merged(*TINY, "schedule.total_steps=2", "schedule.warmup_steps=1", "checkpoint.every_steps=2")
 
 
 def one_race(videos: Path, root: Path, racers: int, backend: str) -> dict:
-    argv = [sys.executable, str(REPO / "launch" / "submit.py"), *TINY, f"cluster={backend}"]
+    argv = [*SUBMIT, *RUN, f"cluster={backend}"]
     argv += [f"data.root={videos}", f"output_root={root}", "--no-wait"]
     start = time.perf_counter()
     procs = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(racers)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     seconds = time.perf_counter() - start
     runs = [p.parent for p in root.glob("*/run.json")]
-    jobs = sum(len(list((r / "submissions").glob("*.json"))) for r in runs)
+    jobs = sum(job_counts(root).values())
     deadline = time.monotonic() + 600
     while runs and not (runs[0] / "status.json").exists() and time.monotonic() < deadline:
         time.sleep(1)

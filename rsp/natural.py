@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from rsp.photos import INSTALL_HINT, PHOTO_SUFFIXES, held_out_problem, sources_in, training_photos, training_videos
-from rsp.scenes import Backdrop, Lighting, SceneObject, SceneStyle, draw_objects, to_uint8
+from rsp.scenes import Backdrop, SceneObject, SceneStyle, draw_objects, film
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +166,7 @@ def photo_scene(
     velocity = rng.uniform(-1, 1, 2) * style.pan * width
     backdrop = Backdrop(texture, np.array([rng.uniform(0, height), rng.uniform(0, width)]), velocity)
     objects = photo_objects(rng, photos, backdrop_index, height, width, style, same_photo)
-    lighting = Lighting.draw(rng, height, width)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    for t in range(num_frames):
-        frame = backdrop.view(height, width, t)
-        labels = np.zeros((height, width), np.uint8)
-        for obj in objects:
-            obj.paint(frame, labels, yy, xx)
-            obj.step(height, width)
-        yield to_uint8(lighting.apply(frame, rng, style, t)), labels
+    yield from film(rng, backdrop, objects, num_frames, height, width, style)
 
 
 def jpeg_roundtrip(frame: np.ndarray, quality: int) -> np.ndarray:

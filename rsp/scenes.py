@@ -211,6 +211,20 @@ def camouflage_scene(
     colours = palette(rng, style)
     backdrop = Backdrop.draw(rng, height, width, colours, style)
     objects = draw_objects(rng, height, width, style, lambda th, tw: palette_texture(rng, th, tw, colours, style))
+    yield from film(rng, backdrop, objects, num_frames, height, width, style)
+
+
+def film(
+    rng: np.random.Generator,
+    backdrop: Backdrop,
+    objects: list[SceneObject],
+    num_frames: int,
+    height: int,
+    width: int,
+    style: SceneStyle,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The frames of a drawn scene under a light drawn next from `rng`: (frame (H, W, 3) uint8,
+    labels (H, W) uint8), objects painted in order over the backdrop (label 0)."""
     lighting = Lighting.draw(rng, height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     for t in range(num_frames):
