@@ -16,13 +16,19 @@ from rsp.data import EpochSampler, FramePairDataset, collate_pairs, make_loader
 
 class TimedItems:
     """Mixin: each item carries the wall and CPU seconds its worker process spent making it (CPU
-    time counts every thread of the worker: decord decodes on a thread of its own)."""
+    time counts every thread of the worker, decord decodes on a thread of its own, and the worker's
+    read process)."""
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), self._cpu_seconds()
         item = super().__getitem__(key)
-        item["seconds"], item["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu
+        item["seconds"], item["cpu_seconds"] = time.perf_counter() - wall, self._cpu_seconds() - cpu
         return item
+
+    def _cpu_seconds(self) -> float:
+        """This process's CPU time and its read process's (rsp/read_process.py), which decodes."""
+        read_process = getattr(self, "read_process_cpu_seconds", None)  # the reference's loader has none
+        return time.process_time() + (read_process() if read_process else 0.0)
 
 
 _TIMED: dict[type, type] = {}

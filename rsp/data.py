@@ -21,16 +21,19 @@ gap can fall below min_gap (the reference's fallback, kept so results compare; t
 such videos when it loads a labels file that records frame counts). A video needs two frames.
 
 Unreadable videos (missing, empty, truncated, not a video, no video stream, fewer than 2 frames,
-not decodable by the configured decoder) are replaced by another
+not decodable by the configured decoder, or crashing it: a loader worker reads through a forked
+process, rsp/read_process.py) are replaced by another
 video chosen from the item's generator, logged with their path (once per process), and reported
 in the item's `broken` / `broken_paths`, so the trainer can count them (`BrokenVideoBudget`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ from torchvision.transforms.v2 import functional as TF
 from rsp.config import DataConfig
 from rsp.decoders import SEQUENTIAL, UNREADABLE, require
 from rsp.lifecycle import blocked_stop_signals, shield_loader_worker
+from rsp.read_process import ReadProcess
 from rsp.synthetic import ensure_synthetic_dataset
 from rsp.video import (
     DataError,
@@ -215,6 +219,8 @@ class FramePairDataset(Dataset):
         log.info("decoding with %s", require(cfg.decoder))  # DecoderUnavailable names what to install
         self._report_seek_modes()
         self._logged: set[str] = set()
+        self._read_process: ReadProcess | None = None  # made in each loader worker (`_read_guarded`)
+        self._read_process_pid = 0
 
     def _check_missing(self) -> None:
         if not self.missing:
@@ -282,7 +288,25 @@ class FramePairDataset(Dataset):
 
     def decode_item(self, key: tuple[int, int]) -> DecodedItem:
         """The frames item `key` reads, before cropping: what __getitem__ transforms."""
-        return self._decode(key)[0]
+        item = self._decode(key)[0]
+        return dataclasses.replace(item, frames=item.frames.copy())  # a loader worker's are in a reused buffer
+
+    def _read_guarded(self, video: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`_read`; in a loader worker, in its forked read process, where a decoder's native crash
+        makes the file unreadable instead of killing the worker (rsp/read_process.py)."""
+        if get_worker_info() is None:
+            return self._read(video, rng)
+        if self._read_process is None or self._read_process_pid != os.getpid():
+            self._read_process, self._read_process_pid = ReadProcess(self._read), os.getpid()
+        return self._read_process(video, str(self.paths[video]), rng)
+
+    def read_process_cpu_seconds(self) -> float:
+        """CPU seconds this process's read processes spent (0 outside loader workers)."""
+        alive = self._read_process is not None and self._read_process_pid == os.getpid()
+        return self._read_process.cpu_seconds() if alive else 0.0
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_read_process": None}  # a child process and its buffer belong to one process
 
     def _decode(self, key: tuple[int, int]) -> tuple[DecodedItem, np.random.Generator]:
         if not (isinstance(key, tuple) and len(key) == 2 and 0 <= key[1] < len(self) and key[0] >= 0):
@@ -293,7 +317,7 @@ class FramePairDataset(Dataset):
             rng = item_rng(self.seed, epoch, index, attempt)
             video = index if attempt == 0 else int(rng.integers(len(self)))
             try:
-                indices, frames = self._read(video, rng)
+                indices, frames = self._read_guarded(video, rng)
             except VideoReadError as err:
                 self._log_broken(err)
                 broken.append(err.path)
