@@ -219,6 +219,8 @@ class FramePairDataset(Dataset):
         log.info("decoding with %s", require(cfg.decoder))  # DecoderUnavailable names what to install
         self._report_seek_modes()
         self._logged: set[str] = set()
+        # where crops are made: the GPU decodes in place (data.decode_device=cuda, docs/data.md#gpu-decoding)
+        self._device = torch.device(cfg.decode_device) if cfg.decode_device != "cpu" else None
         self._read_process: ReadProcess | None = None  # made in each loader worker (`_read_guarded`)
         self._read_process_pid = 0
 
@@ -289,7 +291,9 @@ class FramePairDataset(Dataset):
     def decode_item(self, key: tuple[int, int]) -> DecodedItem:
         """The frames item `key` reads, before cropping: what __getitem__ transforms."""
         item = self._decode(key)[0]
-        return dataclasses.replace(item, frames=item.frames.copy())  # a loader worker's are in a reused buffer
+        if isinstance(item.frames, np.ndarray):  # a loader worker's are in a reused buffer
+            item = dataclasses.replace(item, frames=item.frames.copy())
+        return item
 
     def _read_guarded(self, video: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`_read`; in a loader worker, in its forked read process, where a decoder's native crash
@@ -335,7 +339,7 @@ class FramePairDataset(Dataset):
         entry, cfg = self.entries[video], self.cfg
         if changed := changed_since_labelling(path, entry):
             raise VideoReadError(path, changed)
-        reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames)
+        reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames, cfg.decode_device)
         indices = sample_pair_indices(rng, reader.num_frames, cfg.repeated_sampling, cfg.min_gap, cfg.max_gap, path)
         frames = reader.read(indices.reshape(-1))  # (2R, H, W, 3), one decoder call
         return indices, frames.reshape(cfg.repeated_sampling, 2, *frames.shape[1:])
@@ -344,9 +348,9 @@ class FramePairDataset(Dataset):
         """uint8 (R, 2, H, W, 3) frames -> uint8 src, tgt (R, 3, S, S): one crop and flip per pair,
         written straight into the item's output (no float copy: `normalize_pairs` runs on the device)."""
         cfg, size = self.cfg, self.img_size
-        pairs = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8, a view
+        pairs = torch.as_tensor(frames, device=self._device).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8, a view
         height, width = pairs.shape[-2:]
-        out = torch.empty((2, len(pairs), 3, size, size), dtype=torch.uint8)  # src, tgt
+        out = torch.empty((2, len(pairs), 3, size, size), dtype=torch.uint8, device=self._device)  # src, tgt
         scale = (cfg.crop_min_scale, cfg.crop_max_scale)
         for r, pair in enumerate(pairs):  # one crop and one flip per pair, shared by its two frames
             top, left, h, w = crop_box(rng, height, width, scale)
@@ -418,7 +422,12 @@ class ShieldedLoader(DataLoader):
 def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfig, seed: int) -> DataLoader:
     """A DataLoader whose batches depend only on the sampler position: it draws its base seed from
     its own generator, so starting an iterator never touches the global torch RNG."""
-    workers = cfg.num_workers
+    on_gpu = cfg.decode_device != "cpu"  # decoded and cropped on the GPU, in this process: no workers, no pinning
+    if on_gpu and cfg.num_workers:
+        log.info(
+            "data.decode_device=%s: frames are decoded in the training process; data.num_workers is not used", cfg.decode_device
+        )
+    workers = 0 if on_gpu else cfg.num_workers
     extra = dict(prefetch_factor=cfg.prefetch_factor, persistent_workers=True, worker_init_fn=_init_worker) if workers else {}
     return ShieldedLoader(
         dataset,
@@ -427,7 +436,7 @@ def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfi
         drop_last=True,
         collate_fn=collate_pairs,
         num_workers=workers,
-        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        pin_memory=cfg.pin_memory and torch.cuda.is_available() and not on_gpu,
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )

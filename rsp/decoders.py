@@ -76,9 +76,10 @@ class Reader(Protocol):
         indices in `wanted`, None (or RGB, where skipping the conversion saves nothing) for others."""
 
 
-def open_reader(decoder: str, path: str | Path) -> Reader:
+def open_reader(decoder: str, path: str | Path, device: str = "cpu") -> Reader:
     """Open `path` with `decoder` (one of DECODERS). Raises VideoReadError for a file that cannot be
-    opened and DecoderUnavailable for a decoder that cannot run here."""
+    opened and DecoderUnavailable for a decoder that cannot run here. `device` cuda (torchcodec only)
+    decodes on the GPU: `random` then returns a CUDA tensor, `frames` host arrays."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder ({decoder!r}) must be one of {', '.join(DECODERS)}")
     path = Path(path)
@@ -86,6 +87,10 @@ def open_reader(decoder: str, path: str | Path) -> Reader:
         raise VideoReadError(path, "file does not exist")
     if path.stat().st_size == 0:
         raise VideoReadError(path, "file is empty (0 bytes)")
+    if device != "cpu":
+        if decoder != "torchcodec":
+            raise ValueError(f"device ({device!r}) other than cpu needs the torchcodec decoder, not {decoder}")
+        return TorchcodecReader(path, device)
     return {"pyav": PyavReader, "torchcodec": TorchcodecReader, "decord": DecordReader}[decoder](path)
 
 
@@ -293,9 +298,9 @@ class DecordReader:
 
 
 class TorchcodecReader:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: str = "cpu"):
         require("torchcodec")
-        self.path = path
+        self.path, self.device = path, device
 
     @functools.cached_property
     def _indexed(self):
@@ -311,7 +316,8 @@ class TorchcodecReader:
     def random(self, indices: Sequence[int]) -> np.ndarray:
         decoder = self._indexed
         try:
-            return decoder.get_frames_at(indices=list(indices)).data.numpy()
+            frames = decoder.get_frames_at(indices=list(indices)).data
+            return frames if self.device != "cpu" else frames.numpy()  # on the GPU, frames stay there
         except Exception as err:  # RuntimeError or IndexError with C++ context
             raise VideoReadError(self.path, f"torchcodec cannot decode frames {list(indices)} ({first_line(err)})") from err
 
@@ -328,13 +334,15 @@ class TorchcodecReader:
                 return
             except Exception as err:
                 raise VideoReadError(self.path, f"torchcodec cannot decode it ({first_line(err)})") from err
-            yield frame.numpy()  # the core converts every frame
+            yield frame.cpu().numpy()  # the core converts every frame
 
     def _video_decoder(self, seek_mode: str):
         from torchcodec.decoders import VideoDecoder  # torchcodec loads FFmpeg's shared libraries: only when used
 
         try:
-            return VideoDecoder(str(self.path), num_ffmpeg_threads=1, seek_mode=seek_mode, dimension_order="NHWC")
+            return VideoDecoder(
+                str(self.path), num_ffmpeg_threads=1, seek_mode=seek_mode, dimension_order="NHWC", device=self.device
+            )
         except Exception as err:  # ValueError (no video stream) or RuntimeError with C++ context
             raise VideoReadError(self.path, f"torchcodec cannot open it ({first_line(err)})") from err
 
