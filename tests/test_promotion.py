@@ -190,10 +190,12 @@ def test_the_plan_refuses_a_minimum_count_larger_than_the_sweep(tmp_path):
     assert not any("larger than the sweep" in p for p in plan_sweep(load_sweep(fits), [], tmp_path).problems)
 
 
-def test_the_runtime_refuses_async_promotion_until_it_can_pause_runs(tmp_path):
+def test_async_promotion_is_refused_only_on_a_backend_that_runs_inside_the_submitting_process(tmp_path):
     sweep = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', rungs: [20], promotion: async, min_reports: 2}")
-    problems = plan_sweep(load_sweep(sweep), [], tmp_path).problems
-    assert any("select.promotion: async is not acted on by the local or SLURM runtime yet" in p for p in problems)
+    local = plan_sweep(load_sweep(sweep), ["cluster=local"], tmp_path).problems
+    assert not any("select.promotion" in p for p in local), local
+    debug = plan_sweep(load_sweep(sweep), ["cluster=debug"], tmp_path).problems
+    assert any(p.startswith("select.promotion: async needs runs in jobs of their own") for p in debug), debug
 
 
 def test_the_simulator_drives_the_rule_to_the_synchronous_kept_runs_and_prices_pausing():

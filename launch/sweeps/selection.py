@@ -25,12 +25,13 @@ decision waits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from core.schema import ConfigError
 from eval.registry import TASKS
+from launch.backends import backend_class
 from launch.config import RunConfig
 
 SELECT_KEYS = ("metric", "mode", "keep", "rungs", "promotion", "min_reports")
@@ -147,13 +148,15 @@ def sweep_size_problems(selection: Selection, runs: int) -> list[str]:
     return []
 
 
-def runtime_problems(selection: Selection) -> list[str]:
-    """What the local and SLURM runtimes cannot act on yet: asynchronous promotion is a rule
-    (launch/sweeps/promotion.py) and a simulation (bench/sweep_sim.py), not yet paused and resumed jobs."""
-    if selection.promotion == "async":
+def runtime_problems(selection: Selection, backends: Sequence[str]) -> list[str]:
+    """What the runs' backends cannot act on: asynchronous promotion ends a paused run's job and
+    submits it again when promoted (launch/sweeps/async_rungs.py), which needs jobs of their own
+    (local, slurm), not runs inside the submitting process (debug)."""
+    inside = [b for b in backends if backend_class(b).in_process]
+    if selection.promotion == "async" and inside:
         return [
-            "select.promotion: async is not acted on by the local or SLURM runtime yet (paused runs that free their "
-            "slot and resume when promoted are still to come; bench/sweep_sim.py simulates it); use promotion: sync"
+            f"select.promotion: async needs runs in jobs of their own that can pause and be resubmitted; cluster.backend "
+            f"is {inside[0]} (runs inside the submitting process); use cluster=local or cluster=slurm, or promotion: sync"
         ]
     return []
 

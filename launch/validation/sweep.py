@@ -2,7 +2,7 @@
 - its select block can rank every run (launch.sweeps.selection.run_problems: the metric is evaluated, the
   rungs are milestones before the run's last step);
 - its select block fits the sweep (promotion: async with min_reports at most the number of runs) and
-  the runtime can act on it (launch.sweeps.selection.runtime_problems);
+  the backend can act on it (launch.sweeps.selection.runtime_problems: async pauses and resubmits jobs);
 - its runs share one backend;
 - a sweep whose rungs were decided keeps the select block they were decided under."""
 
@@ -21,9 +21,12 @@ def selection_problems(selection: Selection | None, cfg: RunConfig) -> list[str]
     return [] if selection is None else run_problems(selection, cfg, known_total_steps(cfg))
 
 
-def sweep_selection_problems(selection: Selection | None, runs: int) -> list[str]:
-    """What the sweep's select block cannot do with `runs` runs, or on the runtime."""
-    return [] if selection is None else sweep_size_problems(selection, runs) + runtime_problems(selection)
+def sweep_selection_problems(selection: Selection | None, cfgs: Sequence[RunConfig]) -> list[str]:
+    """What the sweep's select block cannot do with the runs `cfgs`, or on their backend."""
+    if selection is None:
+        return []
+    backends = sorted({cfg.cluster.backend for cfg in cfgs})
+    return sweep_size_problems(selection, len(cfgs)) + runtime_problems(selection, backends)
 
 
 def backend_problems(cfgs: Sequence[RunConfig]) -> list[str]:
