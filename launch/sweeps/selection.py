@@ -25,13 +25,12 @@ decision waits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from core.schema import ConfigError
 from eval.registry import TASKS
-from launch.backends import backend_class
 from launch.config import RunConfig
 
 SELECT_KEYS = ("metric", "mode", "keep", "rungs", "promotion", "min_reports")
@@ -144,19 +143,6 @@ def sweep_size_problems(selection: Selection, runs: int) -> list[str]:
             f"select.min_reports ({selection.min_reports}) is larger than the sweep ({runs} runs): no run could ever be "
             f"promoted early, so promotion: async would wait like sync; set min_reports to at most {runs} "
             "(a few times 1/keep is typical) or use promotion: sync"
-        ]
-    return []
-
-
-def runtime_problems(selection: Selection, backends: Sequence[str]) -> list[str]:
-    """What the runs' backends cannot act on: asynchronous promotion ends a paused run's job and
-    submits it again when promoted (launch/sweeps/async_rungs.py), which needs jobs of their own
-    (local, slurm), not runs inside the submitting process (debug)."""
-    inside = [b for b in backends if backend_class(b).in_process]
-    if selection.promotion == "async" and inside:
-        return [
-            f"select.promotion: async needs runs in jobs of their own that can pause and be resubmitted; cluster.backend "
-            f"is {inside[0]} (runs inside the submitting process); use cluster=local or cluster=slurm, or promotion: sync"
         ]
     return []
 
