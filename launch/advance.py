@@ -50,6 +50,7 @@ from launch.evaluations.recovery import evaluation_states, recover
 from launch.rundir import RunDirectory
 from launch.snapshot import Snapshot
 from launch.sweeps.async_rungs import decide_async
+from launch.sweeps.pruned_jobs import end_pruned_without_jobs
 from launch.sweeps.rungs import SweepDirectory, decide_due, sweep_directories
 from rsp.lifecycle import blocked_stop_signals
 
@@ -73,7 +74,7 @@ class Report:
     """What one `advance` call did."""
 
     decided: list[str] = field(default_factory=list)  # "sweep s step 20 (status): kept a, b; pruned c"
-    promotions: list[str] = field(default_factory=list)  # async sweeps: "sweep s: promoted a at step 20", resumed, ...
+    promotions: list[str] = field(default_factory=list)  # "sweep s: promoted a at step 20", resumed, cancelled, ...
     resubmitted: list[str] = field(default_factory=list)  # lost evaluations submitted again
     given_up: list[str] = field(default_factory=list)  # lost evaluations over their budget: failed.json
     set_aside: list[str] = field(default_factory=list)  # invalid records moved aside for a new evaluation
@@ -199,8 +200,9 @@ def _decide(root: Path, sweep: str | None, runs: Sequence[RunDirectory], role: s
                 *(f"sweep {directory.name}: promoted {line}" for line in done.promoted),
                 *(f"sweep {directory.name}: paused {line}" for line in done.paused),
                 *(f"sweep {directory.name}: resumed {line}" for line in done.resumed),
-                *(f"sweep {directory.name}: cancelled the queued job of pruned {line}" for line in done.cancelled),
             ]
+            for line in end_pruned_without_jobs(directory):
+                report.promotions.append(f"sweep {directory.name}: cancelled the queued job of pruned run {line}")
         except Exception as exc:  # one sweep's trouble must not stop the others; the next call tries again
             log.exception("could not decide the rungs of sweep %s", directory.name)
             report.errors.append(f"could not decide the rungs of sweep {directory.name}: {exc}")

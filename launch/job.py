@@ -38,7 +38,8 @@ from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import reconcile
 from launch.steplog import StepLog, read_trace
-from launch.sweeps.async_rungs import PAUSED, promoted_at
+from launch.sweeps.async_rungs import promoted_at
+from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import SweepDirectory, pause_reason
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals

@@ -82,7 +82,6 @@ def halving_sweep_file(
         f"cluster={backend}",
         f"data.root={videos}",
         f"output_root={root}",
-        *extra,
         f"schedule.total_steps={steps}",
         "schedule.warmup_steps=2",
         "checkpoint.every_steps=10",
@@ -92,6 +91,7 @@ def halving_sweep_file(
         f"evaluation.data_roots.davis={tmp_path / 'davis'}",
         "evaluation.cpus_per_task=1",
         "evaluation.time_minutes=15",
+        *extra,
     )
     path = tmp_path / "halving_test.yaml"
     path.write_text(

@@ -19,8 +19,8 @@ How a run goes through a rung:
 - a paused run the rule promotes is resubmitted (`launch.resume`) and resumes from the rung's
   checkpoint, bitwise like a run never stopped;
 - a rung's close is written as an ordinary decision (decisions/step_XXXXXXXX.json, the synchronous
-  ranking of the same values) and applied as one: prune markers; a pruned run that is paused gets
-  its `pruned` status at once, and a pruned run whose job waits in the queue is cancelled.
+  ranking of the same values) and applied as one: prune markers (launch/advance.py then ends the
+  pruned runs that have no job to obey theirs: launch/sweeps/pruned_jobs.py).
 
 Deciders serialize on the sweep's lock (SweepDirectory.lock); the log is rewritten under it, so
 every input is fed once and a paused run is resubmitted once (its `paused` status is cleared first).
@@ -41,17 +41,14 @@ from pathlib import Path
 
 from core.atomicio import atomic_write_json, create_json_exclusive
 from core.schema import to_dict
-from launch.backends import BACKENDS, backend_class
 from launch.evaluations.claims import valid_record
 from launch.rundir import RunDirectory
 from launch.sweeps.promotion import Change, Promotion
+from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import DECISION_FORMAT, DecidedBy, Decision, RankedRun, SweepDirectory, apply, record_dir
 from launch.sweeps.selection import Selection, rank_runs
 
 log = logging.getLogger(__name__)
-
-PAUSED = "paused"  # the run status (status.json) of a run waiting at a rung, holding no allocation
-QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
 
 
 @dataclass
@@ -62,7 +59,6 @@ class AsyncReport:
     paused: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # "step 20: kept a, b; pruned c"
     resumed: list[str] = field(default_factory=list)  # "lr0.01 from step 20 as job 123"
-    cancelled: list[str] = field(default_factory=list)  # pruned while queued: "lr0.1 job 124"
 
 
 def promotion_dir(sweep: SweepDirectory) -> Path:
@@ -163,7 +159,7 @@ def decide_async(sweep: SweepDirectory, role: str) -> AsyncReport:
                 decision = close_decision(sweep, selection, rung.step, rung.values, role)
                 if create_json_exclusive(sweep.decision_path(rung.step), to_dict(decision)):
                     report.closed.append(f"step {rung.step}: {decision.summary()}")
-                report.cancelled += stop_pruned(sweep, Decision.read(sweep.decision_path(rung.step)))
+                apply(sweep, Decision.read(sweep.decision_path(rung.step)))
         report.resumed += resume_promoted(sweep, promotion)
     return report
 
@@ -203,30 +199,6 @@ def close_decision(sweep: SweepDirectory, selection: Selection, step: int, value
         pruned=[r.run_id for r in ranked if not r.kept],
         excluded=[],
     )
-
-
-def stop_pruned(sweep: SweepDirectory, decision: Decision) -> list[str]:
-    """Apply a close (prune markers); a pruned run that is paused is `pruned` at once (it has no job
-    to obey the marker), and one whose job waits in the queue is cancelled, not left to start."""
-    apply(sweep, decision)
-    members, cancelled = sweep.members(), []
-    for rid in decision.pruned:
-        run = members[rid]
-        marker = run.prune_marker()
-        if marker is None:
-            continue
-        if run.final_state() == PAUSED:
-            run.set_status("pruned", f"{marker.reason()}; it was paused at the rung", pruned=marker)
-            continue
-        last = run.last_submission()
-        if last is None or run.final_state() is not None or not backend_class(last.backend).tracks_jobs:
-            continue
-        backend = BACKENDS[last.backend](Path(last.folder or run.path))
-        if backend.states([last.job_id]).get(last.job_id) in QUEUED:
-            backend.cancel([last.job_id])
-            run.set_status("pruned", f"{marker.reason()}; its queued job {last.job_id} was cancelled", pruned=marker)
-            cancelled.append(f"{run.path.name} job {last.job_id}")
-    return cancelled
 
 
 def resume_promoted(sweep: SweepDirectory, promotion: Promotion) -> list[str]:
