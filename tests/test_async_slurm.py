@@ -9,17 +9,21 @@ stopped."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
-from launch.config import train_config
+from launch.backends import slurm_states
+from launch.config import absolutize, compose, train_config
 from launch.cost import accounting
-from launch.rundir import RunDirectory
+from launch.rundir import PruneMarker, RunDirectory
 from launch.status import render
 from launch.steplog import read_trace
 from launch.sweeps.promotion import replay
+from launch.sweeps.pruned_jobs import end_pruned_without_jobs
 from launch.sweeps.rungs import Decision, SweepDirectory
 from testkit.launching import explain, halving_sweep_file, submit, wait_for
 from testkit.training import assert_same_training_state
@@ -96,3 +100,20 @@ def test_an_async_slurm_sweep_pauses_without_allocations_saves_compute_and_resum
     resumed = kept.attempts()[-1]
     assert (resumed.start_step, resumed.end_reason, resumed.end_step) == (RUNG, "finished", STEPS), explain(kept)
     assert_same_training_state(kept.path, reference_runs.get(train_config(kept.config())))
+
+
+def test_a_pruned_run_whose_job_waits_in_the_queue_is_cancelled_at_once(slurm_cluster, tmp_path):
+    """The job is held in the queue (sbatch --hold), so it is queued when the prune lands."""
+    cfg = absolutize(compose(["experiment=smoke", f"output_root={tmp_path / 'runs'}", "cluster=slurm"]), tmp_path)
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    held = ["sbatch", "--hold", "--parsable", "-o", str(tmp_path / "held.out"), "--wrap", "true"]
+    job = subprocess.run(held, capture_output=True, text=True, check=True).stdout.strip()
+    run.record_submission("slurm", job, "test", None)
+    sweep = SweepDirectory(cfg.output_root, "queued")
+    sweep.write_record(None, {run.info().run_id: run.path.name})
+    run.mark_pruned(PruneMarker("queued", 20, 2, 2, "davis:J&F-Mean", "max", 1.0, "by hand", time.time()))
+
+    assert end_pruned_without_jobs(sweep) == [f"{run.path.name} job {job}"]
+    assert slurm_states([job])[job] == "CANCELLED" and run.final_state() == "pruned", run.status()
+    assert end_pruned_without_jobs(sweep) == []  # once
