@@ -134,19 +134,20 @@ class AsyncRungStop:
     stop with reason "paused", so every rank stops after that step and checkpoints it (the rung's
     milestone, whose evaluation is scheduled as usual); the attempt ends `paused` and frees its
     allocation. A rung where the run is promoted already (it resumed from an earlier checkpoint)
-    is trained through."""
+    is trained through. `promoted`: rung -> whether the run is promoted there now (asked at each
+    rung's step, as the sweep's state changes meanwhile)."""
 
-    def __init__(self, run: RunDirectory, stop: StopRequest, rungs: set[int]):
-        self.run, self.stop, self.rungs = run, stop, rungs
+    def __init__(self, stop: StopRequest, rungs: set[int], promoted: Callable[[], dict[int, bool]]):
+        self.stop, self.rungs, self.promoted = stop, rungs, promoted
 
     @classmethod
     def of(cls, run: RunDirectory, stop: StopRequest) -> AsyncRungStop | None:
         rungs = set(promoted_at(run))
-        return cls(run, stop, rungs) if rungs else None
+        return cls(stop, rungs, partial(promoted_at, run)) if rungs else None
 
     def __call__(self, step: int, keepalive: Callable[[], None]) -> None:
         rung = step + 1
-        if rung in self.rungs and not promoted_at(self.run).get(rung, False):
+        if rung in self.rungs and not self.promoted().get(rung, False):
             log.info("pausing at step %d: not promoted at rung %d of its asynchronous sweep yet", rung, rung)
             self.stop.request(PAUSED)
 

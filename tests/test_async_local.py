@@ -1,4 +1,5 @@
-"""Asynchronous promotion on the local backend, end to end (launch/sweeps/async_rungs.py): a two-run
+"""Asynchronous promotion on the local backend: the training side of a pause in this process (fast),
+then end to end (launch/sweeps/async_rungs.py): a two-run
 sweep with one local slot. Each run stops at the rung and ends `paused` (its process ends, so the
 slot goes to the other run); a resubmission meanwhile starts nothing paused; the rung closes when
 the second value arrives; the kept run is resubmitted by the sweep itself (no follow loop, no
@@ -14,12 +15,16 @@ import pytest
 
 from eval.records import parse_record
 from launch.config import train_config
+from launch.job import AsyncRungStop
 from launch.rundir import RunDirectory
 from launch.status import render
 from launch.sweeps.promotion import replay
 from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
+from rsp.distributed import DistEnv
+from rsp.lifecycle import StopRequest
+from rsp.train import TrainHooks, train
 from testkit.launching import explain, halving_sweep_file, submit, wait_for
-from testkit.training import assert_same_training_state
+from testkit.training import assert_same_training_state, loss_trace, tiny_config
 
 STEPS, RUNG = 20, 10
 LRS = (0.0001, 0.01)
@@ -81,3 +86,21 @@ def test_an_async_local_sweep_pauses_runs_without_a_slot_and_resumes_the_promote
     assert_same_training_state(kept.path, reference_runs.get(train_config(kept.config())))
     table = render(root, "halving_test")
     assert f"pruned@{RUNG}" in table and "promoted 1" in table, table
+
+
+def test_a_run_stops_exactly_at_each_rung_it_is_not_promoted_at_and_resumes_bitwise(train_videos, tmp_path, reference_runs):
+    """The training side of a pause, in this process: the stop lands on the rung's step with its
+    checkpoint, a rung already promoted is trained through, and the run pieced together from its
+    paused attempts is the uninterrupted one (the reference test_train.py shares)."""
+    cfg, run_dir, rungs = tiny_config(train_videos), tmp_path / "paused", {4, 6}
+    promoted: dict[int, bool] = {}
+    ends = []
+    for now in ({}, {4: True}, {4: True, 6: True}):
+        promoted.clear()
+        promoted.update(now)
+        stop = StopRequest()
+        result = train(cfg, DistEnv(), run_dir, stop, TrainHooks(before_step=AsyncRungStop(stop, rungs, lambda: promoted)))
+        ends.append((result.status, result.step, stop.reason))
+    assert ends == [("stopped", 4, "paused"), ("stopped", 6, "paused"), ("finished", 8, None)]
+    assert_same_training_state(reference_runs.get(cfg), run_dir)
+    assert [r["step"] for r in loss_trace(run_dir)] == list(range(1, 9))
