@@ -200,6 +200,7 @@ def _decide(root: Path, sweep: str | None, runs: Sequence[RunDirectory], role: s
                 *(f"sweep {directory.name}: promoted {line}" for line in done.promoted),
                 *(f"sweep {directory.name}: paused {line}" for line in done.paused),
                 *(f"sweep {directory.name}: resumed {line}" for line in done.resumed),
+                *(f"sweep {directory.name}: {line}" for line in done.slots),
             ]
             for line in end_pruned_without_jobs(directory):
                 report.promotions.append(f"sweep {directory.name}: cancelled the queued job of pruned run {line}")

@@ -34,6 +34,7 @@ from launch.batch import SIGNAL_DIR, LifecycleExecutor, setup_lines, teardown_li
 from launch.rundir import RUNS_FILE
 from launch.snapshot import Snapshot
 
+LOCAL_SLOTS = "slots"  # the local backend's slot lock files, in a submission's folder
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default MaxArraySize (localslurm/scripts/start.sh repeats it: bash cannot import it)
 ACTIVE_STATES = {
     "PENDING",
@@ -135,6 +136,10 @@ class Backend:
     # Evaluations and cost
     evaluation_job_per_task = False  # each task of a milestone gets its own job (in parallel), else one job per milestone
     accounted_by_sacct = False  # cost comes from the scheduler's accounting (sacct), else from the attempt records
+    shares_local_slots = (
+        False  # a sweep's jobs take lock-file slots (array_parallelism); a resumed run takes its first submission's
+    )
+    slot_folder: Path | None = None  # set by the submitter: the slots the next jobs wait for (None: this submission's own)
 
     def __init__(self, folder: Path, snapshot: Snapshot | None = None):
         self.folder = Path(folder)
@@ -411,7 +416,7 @@ class LocalBackend(Backend):
 
     name = "local"
     runs_here = counts_gpus_here = tracks_jobs = requeues = requeues_in_process = True
-    pauses_at_rungs = followed_in_terminal = True
+    pauses_at_rungs = followed_in_terminal = shares_local_slots = True
 
     def executor(self, resources: Resources) -> submitit.LocalExecutor:
         ex = submitit.LocalExecutor(folder=self.folder)
@@ -425,12 +430,14 @@ class LocalBackend(Backend):
         return ex
 
     def submit(self, functions: Sequence[Callable[[], Any]], resources: Resources) -> list[str]:
-        """Start every job now. More single-process jobs than resources.array_parallelism (a sweep
-        on a laptop) each wait for one of that many slots first, like the tasks of a SLURM array
-        with %N; a multi-process job cannot share one slot between its ranks and is not limited."""
+        """Start every job now. The single-process jobs of a sweep (several at once, or a resumed run:
+        `slot_folder` names its sweep's slots) each wait for one of resources.array_parallelism slots
+        first, like the tasks of a SLURM array with %N, and hold it until they end (a paused run's
+        process frees it, and its resumed job waits for a slot like any other); a multi-process job
+        cannot share one slot between its ranks and is not limited."""
         ex = self.executor(resources)
-        if len(functions) > resources.array_parallelism and resources.tasks_per_node == 1:
-            slots = self.folder / "slots"
+        if (len(functions) > 1 or self.slot_folder is not None) and resources.tasks_per_node == 1:
+            slots = self.slot_folder or self.folder / LOCAL_SLOTS
             functions = [InLocalSlot(fn, str(slots), resources.array_parallelism) for fn in functions]
         return [ex.submit(fn).job_id for fn in functions]
 

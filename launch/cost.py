@@ -256,13 +256,35 @@ def to_checkpoint(run: RunDirectory, created: float, allocations: dict[str, list
 def projected_to_end(run: RunDirectory, cost: RunCost, unit: str) -> float:
     """Unit-seconds a run stopped early (pruned) would still have cost to reach its last step: its
     remaining steps at its own measured cost per step, plus the evaluations of the milestones it
-    skipped at its own mean cost per evaluation. 0 when it cannot be estimated."""
+    skipped at its own mean cost per evaluation. 0 when it cannot be estimated. The cost per step is
+    the step logs' training rate times the allocation's size (`step_rate_cost`): the run already
+    paid its start-up, so counting start-ups in the rate would overstate what pruning saved; without
+    a step log, its allocations' cost over its steps."""
     total, stopped = run.total_steps(), run.last_checkpoint_step() or 0
     if not total or stopped >= total or cost.steps_trained <= 0:
         return 0.0
+    per_step = step_rate_cost(run, cost, unit)
+    if per_step is None:
+        per_step = cost.train_s(unit) / cost.steps_trained
     cfg = run.config()
     every = cfg.checkpoint.milestone_every_steps
     skipped = {total} | ({m for m in range(every, total + 1, every) if m > stopped} if every > 0 else set())
     evaluations = len(list(run.path.glob("evals/step_*/*/record.json")))
     per_evaluation = cost.eval_s(unit) / evaluations if evaluations else 0.0
-    return (total - stopped) * cost.train_s(unit) / cost.steps_trained + len(skipped) * len(cfg.evaluation.tasks) * per_evaluation
+    return (total - stopped) * per_step + len(skipped) * len(cfg.evaluation.tasks) * per_evaluation
+
+
+def step_rate_cost(run: RunDirectory, cost: RunCost, unit: str) -> float | None:
+    """Unit-seconds per optimizer step while training, from the step logs of the run's attempts
+    (first to last logged step, no start-up or teardown) and the size of its allocations; None
+    without a log of two steps or more."""
+    seconds = steps = 0.0
+    for attempt in run.attempts():
+        trace = read_trace(run.step_log_path(attempt))
+        if trace is not None and trace.last[0] > trace.first[0]:
+            seconds += trace.last[1] - trace.first[1]
+            steps += trace.last[0] - trace.first[0]
+    sizes = [a.gpus if unit == "gpu" else a.cpus for a in cost.attempts]
+    if steps <= 0 or not sizes:
+        return None
+    return seconds / steps * max(sizes)

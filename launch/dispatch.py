@@ -96,13 +96,16 @@ def submit_runs(
     resources: Sequence[Resources],
     backend_name: str,
     output_root: Path,
+    slot_folder: Path | None = None,
 ) -> list[str]:
     """Snapshot the code once, create the run directories (`runs`, one per config:
     RunDirectory.for_config), submit one job per run with its `resources` (resources_for; SLURM:
-    one array per group of identical resources), record each submission."""
+    one array per group of identical resources), record each submission. `slot_folder`: the local
+    backend's slots to wait for (a resumed run's: those of its first submission)."""
     snapshot = take_snapshot(output_root / ".code")
     folder = output_root / ".jobs" / time.strftime("%Y%m%d-%H%M%S")
     backend = make_backend(backend_name, folder, snapshot)
+    backend.slot_folder = slot_folder
     for run, cfg in zip(runs, cfgs, strict=True):
         run.create(cfg)
         if run.final_state() == "failed":

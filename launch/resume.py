@@ -14,32 +14,41 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from launch.backends import backend_class
+from launch.backends import LOCAL_SLOTS, backend_class
 from launch.dispatch import claimed, resources_for, submit_runs
 from launch.rundir import RunDirectory
 
 
-def resume(run: RunDirectory) -> str:
+def resume(run: RunDirectory, after: Sequence[str] = ()) -> str:
     """Clear the run's status (paused) and submit it again; returns the new job id. On a backend
     that holds jobs for others (SLURM), the new job starts only after the run's last job ended
-    (afterany): the paused job's teardown may still be closing its attempt."""
+    (afterany): the paused job's teardown may still be closing its attempt; and after `after` (the
+    job whose slot of the sweep's array it takes: launch/sweeps/slots.py). On the local backend it
+    waits for one of the slots of the run's first submission (the sweep's array_parallelism)."""
     cfg = run.config()
     resources = resources_for(cfg)
     last = run.last_submission()
+    slot_folder = None
     if last is not None and backend_class(last.backend).holds_for_dependencies:
-        resources = dataclasses.replace(resources, dependency=f"afterany:{last.job_id}")
+        jobs = [last.job_id, *(j for j in after if j != last.job_id)]
+        resources = dataclasses.replace(resources, dependency="afterany:" + ":".join(jobs))
+    first = run.submissions()[0] if run.submissions() else None
+    if first is not None and first.folder and backend_class(first.backend).shares_local_slots:
+        slot_folder = Path(first.folder) / LOCAL_SLOTS
     with claimed([cfg]):
         run.clear_status()
-        (job_id,) = submit_runs([cfg], [run], [resources], run.backend(), Path(cfg.output_root))
+        (job_id,) = submit_runs([cfg], [run], [resources], run.backend(), Path(cfg.output_root), slot_folder)
     return job_id
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.resume", description=__doc__)
     parser.add_argument("runs", nargs="+", help="run directories")
-    for path in parser.parse_args(argv).runs:
+    parser.add_argument("--after", action="append", default=[], help="also wait for this job (afterany; repeatable)")
+    ns = parser.parse_args(argv)
+    for path in ns.runs:
         run = RunDirectory(path)
-        print(f"resubmitted {run.path.name} as job {resume(run)}", flush=True)
+        print(f"resubmitted {run.path.name} as job {resume(run, ns.after)}", flush=True)
     return 0
 
 

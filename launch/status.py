@@ -47,6 +47,7 @@ from launch.runstate import RunState, reconcile
 from launch.sweeps.async_rungs import load_promotion, promotion_dir
 from launch.sweeps.expand import SWEEPS_DIR
 from launch.sweeps.rungs import SweepDirectory, rung_views, sweep_directories
+from launch.sweeps.slots import summary as slot_summary
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,12 @@ def promotion_lines(directory: SweepDirectory, states: Sequence[RunState]) -> li
         for a, nxt in zip(attempts, [*attempts[1:], None], strict=True):
             if a.end_reason == "paused" and a.end_time:
                 idle += (nxt.start_time if nxt is not None else time.time()) - a.end_time
+    slots = slot_summary(promotion_dir(directory))
     return [
         f"  async promotion: promoted {promoted} (resubmitted {resumed} from their rung); paused now {len(paused)}"
         + (f" ({', '.join(paused)})" if paused else "")
-        + f"; paused runs held no allocation for {human(idle)} in all ({promotion_dir(directory)})"
+        + f"; paused runs held no allocation for {human(idle)} in all ({promotion_dir(directory)})",
+        *([slots] if slots else []),
     ]
 
 

@@ -317,3 +317,15 @@ def race(commands: list[list[str]], claims: list[Path]) -> list[str]:
 
 def job_counts(root: Path) -> dict[str, int]:
     return {p.parent.name: len(list((p.parent / "submissions").glob("*.json"))) for p in root.glob("*/run.json")}
+
+
+def most_at_once(intervals: Sequence[tuple[float, float]]) -> tuple[int, float]:
+    """The most intervals [start, end) that overlap at one moment, and a moment they do (an
+    allocation that ends when another starts does not overlap it)."""
+    events = sorted([(end, -1) for _, end in intervals] + [(start, 1) for start, _ in intervals])  # ends first on a tie
+    peak, at, now = 0, 0.0, 0
+    for moment, change in events:
+        now += change
+        if now > peak:
+            peak, at = now, moment
+    return peak, at

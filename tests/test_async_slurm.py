@@ -25,7 +25,7 @@ from launch.steplog import read_trace
 from launch.sweeps.promotion import replay
 from launch.sweeps.pruned_jobs import end_pruned_without_jobs
 from launch.sweeps.rungs import Decision, SweepDirectory
-from testkit.launching import explain, halving_sweep_file, submit, wait_for
+from testkit.launching import explain, halving_sweep_file, most_at_once, submit, wait_for
 from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
@@ -91,6 +91,13 @@ def async_sweep(env: ScenarioEnv) -> tuple[RunDirectory, str]:
         first = held[0]
         grid += first.elapsed_s * first.cpus + (STEPS - attempts[0].end_step) * step_seconds(run) * first.cpus
     saved = 1 - used / grid
+    # array_parallelism holds at every moment, array tasks and resubmitted jobs together (the slot
+    # hand-off of launch/sweeps/slots.py): never more than 2 of the sweep's allocations overlap
+    held = [(a.start, a.end, a.job_id) for run in runs for s in run.submissions() for a in allocations.get(s.job_id, [])]
+    peak, at = most_at_once([(start, end) for start, end, _ in held])
+    hand_offs = [json.loads(p.read_text()) for p in sorted((directory.path / "promotion" / "slots").glob("*.json"))]
+    print(f"[async] at most {peak} of the sweep's allocations at once; slot records: {hand_offs}")
+    assert peak <= 2, (peak, time.ctime(at), sorted(held), hand_offs, why())
     print(f"[async] training CPU-s used {used:.0f} of the grid's ~{grid:.0f}: {100 * saved:.0f}% saved")
     print(f"[async] a paused task's allocation ended {max(lags):.1f} s after its pause at most (teardown)")
     assert saved >= 0.4, (used, grid, why())

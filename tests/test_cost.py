@@ -20,7 +20,7 @@ from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost,
 from launch.results import aggregate_runs
 from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.status import lost_time
-from launch.steplog import StepLog
+from launch.steplog import RECORD, StepLog
 from rsp.manifest import Manifest, checkpoint_name
 
 
@@ -118,6 +118,12 @@ def test_a_pruned_run_would_still_have_cost_its_remaining_steps_and_milestone_ev
     assert cost.eval_s("cpu") == 2 * 10 * 2  # two records x 10 s x evaluation.cpus_per_task (2)
     # 60 steps left at 2 CPU-s per step, and milestones 60, 80, 100 evaluated at 20 CPU-s each
     assert projected_to_end(run, cost, "cpu") == pytest.approx(60 * 2 + 3 * 20)
+    # with a step log the rate is the training's own, without the allocation's start-up: 40 steps
+    # logged over 20 s (the other 20 s of the attempt were start-up) is 0.5 s x 2 CPUs per step
+    log = run.step_log_path(run.attempts()[0])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(RECORD.pack(1, t0 + 20) + RECORD.pack(40, t0 + 20 + 39 * 0.5))
+    assert projected_to_end(run, cost, "cpu") == pytest.approx(60 * 0.5 * 2 + 3 * 20)
 
 
 def test_the_results_table_has_the_cost_to_each_checkpoint_and_the_rung_that_pruned_a_run(tmp_path):

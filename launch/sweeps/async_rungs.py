@@ -8,6 +8,8 @@ the training job asks `promoted_at` before each rung.
         records/NNNNNN.json   one per outcome: what an input changed at a rung, with every input of
                               that rung so far (promotion.replay recomputes the outcome from it)
         resumed/NNNNNN.json   each promoted paused run resubmitted: run, rung, job id, time
+        slots/NNNNNN.json     on SLURM, the slot of its array each resubmitted job took, and each slot
+                              given back (launch/sweeps/slots.py)
 
 How a run goes through a rung:
 - it trains to the rung's step (a milestone), unless already promoted there stops cooperatively
@@ -17,7 +19,8 @@ How a run goes through a rung:
 - each record that arrives is an input (ordered by its `created` time); a failed or --unprune'd
   run is excluded (no longer waited for);
 - a paused run the rule promotes is resubmitted (`launch.resume`) and resumes from the rung's
-  checkpoint, bitwise like a run never stopped;
+  checkpoint, bitwise like a run never stopped; on SLURM its job first takes a slot of the run's
+  array (launch/sweeps/slots.py), so the sweep never runs more than cluster.array_parallelism jobs;
 - a rung's close is written as an ordinary decision (decisions/step_XXXXXXXX.json, the synchronous
   ranking of the same values) and applied as one: prune markers (launch/advance.py then ends the
   pruned runs that have no job to obey theirs: launch/sweeps/pruned_jobs.py).
@@ -41,12 +44,15 @@ from pathlib import Path
 
 from core.atomicio import atomic_write_json, create_json_exclusive
 from core.schema import to_dict
+from launch.backends import backend_class
 from launch.evaluations.claims import valid_record
 from launch.rundir import RunDirectory
 from launch.sweeps.promotion import Change, Promotion
 from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import DECISION_FORMAT, DecidedBy, Decision, RankedRun, SweepDirectory, apply, record_dir
 from launch.sweeps.selection import Selection, rank_runs
+from launch.sweeps.slots import read_records as read_slot_records
+from launch.sweeps.slots import reconcile, take_slot
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ class AsyncReport:
     paused: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # "step 20: kept a, b; pruned c"
     resumed: list[str] = field(default_factory=list)  # "lr0.01 from step 20 as job 123"
+    slots: list[str] = field(default_factory=list)  # "array 122: gave back 1 slot(s), throttle 1 -> 2"
 
 
 def promotion_dir(sweep: SweepDirectory) -> Path:
@@ -160,6 +167,7 @@ def decide_async(sweep: SweepDirectory, role: str) -> AsyncReport:
                 if create_json_exclusive(sweep.decision_path(rung.step), to_dict(decision)):
                     report.closed.append(f"step {rung.step}: {decision.summary()}")
                 apply(sweep, Decision.read(sweep.decision_path(rung.step)))
+        report.slots += give_back_slots(sweep)
         report.resumed += resume_promoted(sweep, promotion)
     return report
 
@@ -202,24 +210,56 @@ def close_decision(sweep: SweepDirectory, selection: Selection, step: int, value
 
 
 def resume_promoted(sweep: SweepDirectory, promotion: Promotion) -> list[str]:
-    """Resubmit every paused run that is now promoted (its status is cleared by the resubmission)."""
+    """Resubmit every paused run that is now promoted (its status is cleared by the resubmission).
+    On SLURM each resubmitted job first takes a slot of its array (launch/sweeps/slots.py), after
+    the slots of ended jobs were given back (`give_back_slots`, just before), so the sweep never runs more than array_parallelism
+    jobs at once."""
     out = []
+    to_resume = []
     for rid, run in sorted(sweep.members().items()):
         status = run.status() if run.exists else None
         if status is None or status.state != PAUSED or run.is_pruned():
             continue
         state, rung = promotion.state(rid)
-        if state != "training" or rung is None:
-            continue
-        job_id = resubmit(run)
+        if state == "training" and rung is not None:
+            to_resume.append((rid, run, rung))
+    for rid, run, rung in to_resume:
+        parallelism = run.config().cluster.array_parallelism
+        grant = take_slot(promotion_dir(sweep), run, parallelism, list(sweep.members().values())) if on_slurm(run) else None
+        try:
+            job_id = resubmit(run, grant.after if grant else [])
+        except Exception:
+            if grant is not None:
+                grant.undo()
+            raise
+        if grant is not None:
+            grant.record(run.path.name, job_id)
         folder = promotion_dir(sweep) / "resumed"
         number = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
         atomic_write_json(folder / f"{number:06d}.json", {"run_id": rid, "rung": rung, "job_id": job_id, "time": time.time()})
-        out.append(f"{run.path.name} from step {run.last_checkpoint_step()} as job {job_id}")
+        waits = f", in the slot of job {grant.after[-1]}" if grant is not None and grant.after else ""
+        out.append(f"{run.path.name} from step {run.last_checkpoint_step()} as job {job_id}{waits}")
     return out
 
 
-def resubmit(run: RunDirectory) -> str:
+def on_slurm(run: RunDirectory) -> bool:
+    last = run.last_submission()
+    return last is not None and backend_class(last.backend).holds_for_dependencies
+
+
+def give_back_slots(sweep: SweepDirectory) -> list[str]:
+    """Reconcile every array of the sweep that lent a slot (launch/sweeps/slots.py `reconcile`)."""
+    records = read_slot_records(promotion_dir(sweep))
+    arrays = sorted({r["array"] for r in records if r.get("array")})
+    if not arrays:
+        return []
+    members = list(sweep.members().values())
+    parallelism = next((r.config().cluster.array_parallelism for r in members if r.exists), None)
+    done = [reconcile(promotion_dir(sweep), array, parallelism) for array in arrays] if parallelism else []
+    return [line for line in done if line]
+
+
+def resubmit(run: RunDirectory, after: Sequence[str] = ()) -> str:
     """`python -m launch.resume RUN`, with this process's own SLURM_* identity removed (an evaluation
     or training job deciding must not hand it to the new job); returns the new job id. A subprocess:
     submitting imports the training job (and torch), which only this step needs."""
@@ -229,7 +269,8 @@ def resubmit(run: RunDirectory) -> str:
     # would wait for the whole resumed run.
     with tempfile.TemporaryFile("w+") as output:
         proc = subprocess.run(
-            [sys.executable, "-m", "launch.resume", str(run.path)], cwd=code, env=env, stdout=output,
+            [sys.executable, "-m", "launch.resume", str(run.path), *(f"--after={job}" for job in after)],
+            cwd=code, env=env, stdout=output,
             stderr=subprocess.STDOUT, text=True, timeout=300,
         )  # fmt: skip
         output.seek(0)
