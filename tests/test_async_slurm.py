@@ -2,9 +2,10 @@
 array with array_parallelism=2. Every run stops at the first rung and ends `paused`, its array task
 ending so the next task starts; the rule promotes the best early (after 4 values) and closes the rung
 once all 8 reported, keeping 1 and pruning 7 where they wait; sacct shows no allocation of a run
-while it is paused; at least 40% of the grid's training compute is saved by sacct's own figures; and
-the run that finishes, resumed from its rung checkpoint, is bitwise equal to the same run never
-stopped."""
+while it is paused, and never more than 2 allocations of the sweep at once (array tasks and the
+resubmitted job together: launch/sweeps/slots.py); at least 40% of the grid's training compute is
+saved by sacct's own figures; and the run that finishes, resumed from its rung checkpoint, is
+bitwise equal to the same run never stopped."""
 
 from __future__ import annotations
 
@@ -98,6 +99,10 @@ def async_sweep(env: ScenarioEnv) -> tuple[RunDirectory, str]:
     hand_offs = [json.loads(p.read_text()) for p in sorted((directory.path / "promotion" / "slots").glob("*.json"))]
     print(f"[async] at most {peak} of the sweep's allocations at once; slot records: {hand_offs}")
     assert peak <= 2, (peak, time.ctime(at), sorted(held), hand_offs, why())
+    # the early promotion (after 4 of 8 values) came while the array still had tasks to run: it took
+    # a slot from the array, and every slot taken was given back by the end
+    taken = [r["lane"] for r in hand_offs if r["kind"] == "handoff" and r["from_array"] and r["receiver_job"]]
+    assert taken and sorted(taken) == sorted(x for r in hand_offs if r["kind"] == "return" for x in r["lanes"]), hand_offs
     print(f"[async] training CPU-s used {used:.0f} of the grid's ~{grid:.0f}: {100 * saved:.0f}% saved")
     print(f"[async] a paused task's allocation ended {max(lags):.1f} s after its pause at most (teardown)")
     assert saved >= 0.4, (used, grid, why())
@@ -107,6 +112,7 @@ def async_sweep(env: ScenarioEnv) -> tuple[RunDirectory, str]:
 def test_an_async_slurm_sweep_pauses_without_allocations_saves_compute_and_resumes_bitwise(async_sweep, reference_runs):
     kept, table = async_sweep.result()
     assert "paused@" not in table and f"pruned@{RUNG}" in table and "async promotion: promoted" in table, table
+    assert "slot hand-offs: " in table, table
     resumed = kept.attempts()[-1]
     assert (resumed.start_step, resumed.end_reason, resumed.end_step) == (RUNG, "finished", STEPS), explain(kept)
     assert_same_training_state(kept.path, reference_runs.get(train_config(kept.config())))
