@@ -9,7 +9,7 @@ sacct call for what they cost, when any ran on SLURM).
 
 Columns: run, id, state (pruned runs: the step, rank and metric value that pruned them), step/total,
 attempts and how they ended, last checkpoint, time lost to requeues (gaps between an attempt's end
-and the next one's start, plus the steps redone after a non-cooperative end and the time they took,
+and the next one's start, a paused wait excepted, plus the steps redone after a non-cooperative end and the time they took,
 measured from each attempt's step log), evaluations done/expected, GPU-hours (CPU-hours where no GPU
 was allocated) of training and evaluation. Below the table: every expected evaluation without a
 record and its state (pending, running, failed, lost, invalid, not submitted); each sweep's
@@ -70,7 +70,8 @@ def lost_time(run: RunDirectory, attempts: Sequence[Attempt]) -> tuple[float, in
     minus the step the next one resumed from; their time comes from its step log (launch.cost.redone,
     which the GPU-hour columns price too). A cooperative stop checkpoints the step it stops at:
     nothing is redone."""
-    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
+    # a run paused at an asynchronous rung waits on purpose, holding nothing: not time lost
+    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time and a.end_reason != "paused")
     work = redone(run, attempts)
     return gap, sum(steps for steps, _ in work), sum(seconds for _, seconds in work)
 
