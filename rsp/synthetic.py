@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import logging
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,7 +39,7 @@ import numpy as np
 from core.atomicio import atomic_path, atomic_write_json
 from rsp.decoders import DECODERS
 from rsp.filepool import run_isolated
-from rsp.natural import natural_frames, natural_sources
+from rsp.natural import listed_source_problems, natural_frames, natural_sources
 from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
@@ -210,7 +211,9 @@ def generate_dataset(
     if num_videos < 1 or num_classes < 1:
         raise ValueError(f"num_videos ({num_videos}) and num_classes ({num_classes}) must be >= 1")
     if height % 2 or width % 2:
-        raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma)")
+        raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma); choose even sizes")
+    if scene == "natural" and (refused := listed_source_problems(sources)):
+        raise ValueError("; ".join(refused))
     root = Path(root)
     specs = [
         VideoSpec(
@@ -233,7 +236,10 @@ def generate_dataset(
             raise RuntimeError(f"generated video {spec.path} cannot be decoded: {probe.reason}")
         modes = [probe.seek.get(d, "") for d in DECODERS]
         rel = spec.path.relative_to(root).as_posix()
-        entries.append(LabelEntry(rel, i % num_classes, f"class_{i % num_classes:03d}", probe.num_frames, *modes))
+        # the size (identical content on every rank that writes it), never the time: a file replaced
+        # later (truncated, re-encoded) is caught at submit time and by the loader (rsp.video.changed_since_labelling)
+        size = spec.path.stat().st_size
+        entries.append(LabelEntry(rel, i % num_classes, f"class_{i % num_classes:03d}", probe.num_frames, *modes, size))
     labels = root / OUR_LABELS
     write_labels(labels, entries)
     made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}
@@ -357,7 +363,7 @@ def _annotations_csv(names: list[str], label_of: dict[str, str]) -> str:
 # --- command line -------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rsp.synthetic", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ds = sub.add_parser("dataset", help="a prepared Kinetics-layout dataset with labels.csv")
@@ -384,6 +390,15 @@ def main(argv: list[str] | None = None) -> None:
     raw.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        generate(args)
+    except (OSError, ValueError) as err:  # a bad argument, an unwritable root, a refused source: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def generate(args: argparse.Namespace) -> None:
     if args.command == "dataset":
         labels = generate_dataset(
             args.root,
@@ -409,4 +424,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

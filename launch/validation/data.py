@@ -134,8 +134,13 @@ def listing_problems(s: DatasetSurvey, root: Path) -> list[str]:
         out.append(
             f"{len(s.changed)} of the {s.videos} videos {s.labels} lists changed after it was written (size or "
             f"modification time differ from the recorded ones: {examples(s.changed)}), so their recorded frame counts and "
-            f"seek modes may be another file's: rerun python -m rsp.prepare labels --root {root} (it probes only the "
-            "changed files again), or restore the labelled files (`cp -p` and `rsync -t` keep modification times)"
+            f"seek modes may be another file's: "
+            + (
+                f"{root} is a generated set: delete it and submit again to regenerate it"
+                if generated_scene(root) is not None
+                else f"rerun python -m rsp.prepare labels --root {root} (it probes only the changed files again), or restore "
+                "the labelled files (`cp -p` and `rsync -t` keep modification times)"
+            )
         )
     if s.folders:
         out.append(
@@ -272,6 +277,8 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
     """A set generated at submit time: the root can hold it, it fits the batch, and a dataset already
     there is the one asked for (it would be used as it is)."""
     d = cfg.data
+    if d.synthetic_scene not in SCENE_SIZES:  # the field rule names it (rsp.config.DataConfig); nothing to judge here
+        return []
     if (reason := writable(root)) is not None:
         return [
             f"data.root ({root}) cannot hold the generated videos (data.synthetic_videos={d.synthetic_videos}): {reason}; "
@@ -327,14 +334,12 @@ def generated_gap_problems(cfg: RunConfig) -> list[str]:
 def natural_source_problems(sources: Sequence[str]) -> list[str]:
     """The held-out rule (docs/learning.md#sources-and-licences): no training source of the natural
     clips, installed or in data.natural_sources, is an evaluation-only photograph; every listed
-    source exists."""
-    from rsp.natural import refused_sources  # PIL and PyAV: only a natural scene pays for them
-    from rsp.photos import sources_in, training_photos, training_videos
+    source exists and decodes (rsp.natural.listed_source_problems)."""
+    from rsp.natural import listed_source_problems, refused_sources  # PIL and PyAV: only a natural scene pays for them
+    from rsp.photos import training_photos, training_videos
 
-    missing = [s for s in sources if not Path(s).exists()]
-    out = [f"data.natural_sources: {s} does not exist; fix the path or drop it" for s in missing]
-    listed = sources_in([s for s in sources if s not in missing])
-    return out + [f"data.natural_sources: {p}" for p in refused_sources(training_photos() + training_videos() + listed)]
+    installed = refused_sources(training_photos() + training_videos())
+    return [f"data.natural_sources: {p}" for p in listed_source_problems(sources) + installed]
 
 
 @functools.cache

@@ -100,7 +100,10 @@ def protocol_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
             continue
         try:
             ecfg = task_eval_config(e, task, checkpoint="<checkpoint>")
-        except (ConfigError, TypeError) as exc:
+        except ConfigError as exc:  # a key EvalConfig does not know, a value of the wrong type
+            out += [f"evaluation.overrides.{task}.{p}" for p in exc.problems]
+            continue
+        except TypeError as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue
         found = [p for p in eval_problems(ecfg) if not p.startswith("data_root is empty")]  # reported above
