@@ -269,7 +269,8 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
         return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
     root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
     if not root.is_dir():
-        return root, sweep, f"output root {root} does not exist; pass the output_root your runs were submitted with"
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        return root, sweep, f"output root {root} {what}; pass the output_root your runs were submitted with"
     if sweep is not None and not find_runs(root, sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         return (

@@ -121,9 +121,19 @@ def listed_source_problems(entries: Sequence[str]) -> list[str]:
         for e in entries
         if Path(e).is_dir() and not sources_in([e])
     ]
-    listed = sources_in([e for e in entries if e not in missing])
-    refused = refused_sources(listed)
-    return out + refused + [p for p in map(unreadable_source, listed) if p and not refused]
+    for entry in [e for e in entries if e not in missing]:
+        listed = sources_in([entry])
+        refused = [p for p in listed if held_out_problem(p)]
+        if len(refused) > 3:  # a folder of held-out photographs: one line, not one per file
+            names = ", ".join(p.name for p in refused[:3])
+            out.append(
+                f"{entry} holds {len(refused)} evaluation-only photographs ({names}, ...), held out for the real-photo "
+                "benchmark (docs/learning.md#sources-and-licences); list its videos or other files one by one instead"
+            )
+        else:
+            out += refused_sources(refused)
+        out += [p for p in map(unreadable_source, sorted(set(listed) - set(refused))) if p]
+    return out
 
 
 def refused_sources(paths: Sequence[Path]) -> list[str]:

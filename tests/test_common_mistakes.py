@@ -14,10 +14,15 @@ from fixtures_data import unavailable
 
 from core.schema import ConfigError, from_dict
 from eval.config import EvalConfig
+from eval.davis import sequence_names
+from eval.prepare import main as eval_prepare_main
 from launch.config import absolutize, compose
+from launch.results import main as results_main
+from launch.status import main as status_main
 from launch.validation.run import problems
 from rsp.natural import listed_source_problems
 from rsp.photos import evaluation_only_photos, training_photos
+from rsp.prepare import main as rsp_prepare_main
 from rsp.synthetic import generate_dataset
 from rsp.synthetic import main as synthetic_main
 from rsp.video import read_labels
@@ -138,3 +143,100 @@ def test_the_synthetic_command_refuses_in_one_line(tmp_path, capsys, argv, parts
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and all(p in err for p in parts) and "Traceback" not in err, err
     assert not (tmp_path / "set" / "labels.csv").exists()
+
+
+# --- launch/results.py and launch/status.py ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (
+            ["--sweep", "nosuch"],
+            ("--sweep nosuch matches no run under", "sweeps with runs there: none"),
+        ),  # used to print "no records"
+        (["--out", "/proc/rsp-results"], ("--out /proc/rsp-results cannot be written", "choose another folder")),  # a traceback
+        (["--out", "FILE"], ("cannot be written (", "is not a directory)")),  # a traceback
+    ],
+)
+def test_results_refuses_a_wrong_sweep_or_output_folder(tmp_path, capsys, argv, parts):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        results_main([str(tmp_path / "runs"), *[a.replace("FILE", str(tmp_path / "file")) for a in argv]])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(p in err for p in parts), err
+    assert list((tmp_path / "runs").iterdir()) == []  # nothing written
+
+
+def test_status_and_results_say_when_the_output_root_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for main in (status_main, results_main):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "file")])
+        assert f"output root {tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
+
+
+# --- python -m eval.prepare, python -m rsp.prepare, python -m eval.run ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["vip", "--root", "ROOT", "--archive", "MISSING"], ("error: vip: ", "MISSING does not exist", "pass --archive")),
+        (["vip", "--root", "ROOT", "--archive", "TMP"], ("error: vip: ", "is a directory, not the archive")),
+        (["vip", "--root", "ROOT", "--archive", "JUNK"], ("error: vip: ", "is neither a zip nor a tar archive")),
+        (["photo_davis", "--root", "FILE"], ("--root", "cannot be written", "is not a directory", "choose another folder")),
+    ],
+)
+def test_eval_prepare_refuses_in_one_line(tmp_path, capsys, argv, parts):
+    (tmp_path / "junk.zip").write_bytes(os.urandom(300))
+    (tmp_path / "file").write_text("x")
+    names = {"ROOT": "root", "MISSING": "missing.zip", "TMP": "", "JUNK": "junk.zip", "FILE": "file"}
+    argv = [str(tmp_path / names[a]) if a in names else a for a in argv]
+    try:
+        rc = eval_prepare_main(argv)
+    except SystemExit as exit_:  # argparse's error: usage and one line
+        rc = exit_.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert all(p.replace("MISSING", str(tmp_path / "missing.zip")) in err for p in parts), err
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["labels", "--root", "MISSING"], ("--root", "does not exist", "python -m rsp.prepare all starts one")),
+        (["labels", "--root", "FILE"], ("is a file, not a directory",)),
+        (["labels", "--root", "EMPTY", "--jobs", "-1"], ("--jobs (-1) must be >= 0",)),
+        (["rescale", "--root", "EMPTY", "--crf", "99"], ("--crf (99) must lie in [0, 51]",)),
+    ],
+)
+def test_rsp_prepare_refuses_bad_arguments(tmp_path, capsys, argv, parts):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    names = {"MISSING": "missing", "FILE": "file", "EMPTY": "empty"}
+    with pytest.raises(SystemExit) as exit_:
+        rsp_prepare_main([str(tmp_path / names[a]) if a in names else a for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(p in err for p in parts), err
+
+
+def test_a_prepare_step_with_nothing_to_do_fails(tmp_path, caplog):
+    assert rsp_prepare_main(["rescale", "--root", str(tmp_path)]) == 2  # used to report "0 done" and exit 0
+    assert "rescale: found nothing to do under" in caplog.text
+
+
+def test_eval_config_refuses_an_output_dir_that_cannot_be_written(tmp_path):
+    cfg = EvalConfig(checkpoint="x.pt", data_root=str(tmp_path), output_dir="/proc/rsp-eval")
+    assert any(p.startswith("output_dir (/proc/rsp-eval) cannot be written") for p in cfg.field_problems())
+
+
+def test_a_davis_layout_names_its_splits_and_the_task_to_prepare(tmp_path):
+    (tmp_path / "ImageSets" / "2017").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "2017" / "val.txt").write_text("a\n")
+    with pytest.raises(FileNotFoundError, match=r"split='vall' does not exist; splits in .*: val"):
+        sequence_names(tmp_path, "vall", "480p")
+    with pytest.raises(FileNotFoundError, match=r"python -m eval.prepare photo_davis --root"):  # was: ... prepare davis
+        sequence_names(tmp_path / "nothing", "val", "480p", task="photo_davis")

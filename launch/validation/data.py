@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomicio import writable
 from launch.config import RunConfig
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
 from rsp.synthetic import SCENE_SIZES, generated_scene
@@ -343,24 +343,6 @@ def natural_source_problems(sources: Sequence[str]) -> list[str]:
 
 
 @functools.cache
-def writable(path: Path) -> str | None:
-    """None when `path` could be created and written, else why not (a data root that will hold
-    generated videos, an output root, an evaluation root). Probes the nearest existing ancestor with
-    a temporary file, so a refused submission leaves no directory behind. Cached: a sweep checks
-    each distinct path once."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 def data_notes(cfg: RunConfig) -> list[str]:
     """What the user should know about the data but that is no reason to refuse (logged at submit)."""
     d = cfg.data

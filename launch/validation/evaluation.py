@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.atomicio import writable
 from core.schema import ConfigError
 from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
@@ -16,7 +17,6 @@ from eval.registry import TASKS, get_task, registered
 from launch.config import EvaluationConfig
 from launch.evaluations.expected import task_eval_config
 from launch.validation.cluster import MIN_TRAINING_S, SIGNAL_TICK_S
-from launch.validation.data import writable
 from rsp.architectures import MODELS
 
 # Evaluation config fields each evaluation job sets itself (launch/evaluations/expected.py): an override would silently
