@@ -36,7 +36,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from core.atomicio import atomic_path, atomic_write_json
+from core.atomicio import atomic_path, atomic_write_json, writable
 from rsp.decoders import DECODERS
 from rsp.filepool import run_isolated
 from rsp.natural import listed_source_problems, natural_frames, natural_sources
@@ -210,6 +210,8 @@ def generate_dataset(
     height, width, num_frames = height or default_height, width or default_width, num_frames or default_frames
     if num_videos < 1 or num_classes < 1:
         raise ValueError(f"num_videos ({num_videos}) and num_classes ({num_classes}) must be >= 1")
+    if num_frames < 2 or fps < 1 or keyint < 1:  # one frame holds no frame pair
+        raise ValueError(f"frames ({num_frames}) must be >= 2, fps ({fps}) and keyint ({keyint}) >= 1")
     if height % 2 or width % 2:
         raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma); choose even sizes")
     if scene == "natural" and (refused := listed_source_problems(sources)):
@@ -248,6 +250,16 @@ def generate_dataset(
         made.update(sources=list(found.names), skipped_sources=list(found.skipped))
     atomic_write_json(root / GENERATED_FILE, made)
     return labels
+
+
+def existing_dataset(root: Path) -> dict:
+    """What a dataset already at `root` is ({} when there is none): generate_dataset's record of
+    it, or {"videos": N} for any other labels file."""
+    if (root / GENERATED_FILE).is_file():
+        return json.loads((root / GENERATED_FILE).read_text())
+    if (root / OUR_LABELS).is_file():
+        return {"videos": len(read_labels(root / OUR_LABELS)), "scene": "not generated"}
+    return {}
 
 
 def generated_scene(root: str | Path) -> str | None:
@@ -390,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     raw.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    target = Path(args.root if args.command == "dataset" else args.out)
+    if reason := writable(target):
+        parser.error(f"{target} cannot be written ({reason}); choose another folder")
     try:
         generate(args)
     except (OSError, ValueError) as err:  # a bad argument, an unwritable root, a refused source: one line, no traceback
@@ -399,7 +414,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generate(args: argparse.Namespace) -> None:
+    if args.videos < 1:
+        raise ValueError(f"--videos ({args.videos}) must be >= 1")
     if args.command == "dataset":
+        made = existing_dataset(Path(args.root))
+        if made and (made.get("videos") != args.videos or made.get("scene") != args.scene):
+            raise ValueError(
+                f"{args.root} already holds a dataset ({made.get('videos')} {made.get('scene')} videos); writing "
+                f"{args.videos} {args.scene} videos would replace its labels file: choose an empty --root, or delete it first"
+            )
         labels = generate_dataset(
             args.root,
             args.videos,

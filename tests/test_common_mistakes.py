@@ -17,6 +17,7 @@ from eval.config import EvalConfig
 from eval.davis import sequence_names
 from eval.prepare import main as eval_prepare_main
 from launch.config import absolutize, compose
+from launch.evaluations.__main__ import main as evaluations_main
 from launch.results import main as results_main
 from launch.status import main as status_main
 from launch.validation.run import problems
@@ -133,9 +134,10 @@ def test_installed_training_photos_pass():
 @pytest.mark.parametrize(
     "argv, parts",
     [
-        (["--videos", "0"], ("num_videos (0) and num_classes (4) must be >= 1",)),
+        (["--videos", "0"], ("--videos (0) must be >= 1",)),
         (["--videos", "2", "--height", "7"], ("height (7) and width (128) must be even", "choose even sizes")),
         (["--videos", "2", "--scene", "natural", "--sources", "/nonexistent/x.jpg"], ("/nonexistent/x.jpg does not exist",)),
+        (["--videos", "2", "--frames", "1"], ("frames (1) must be >= 2",)),  # used to write videos without a frame pair
     ],
 )
 def test_the_synthetic_command_refuses_in_one_line(tmp_path, capsys, argv, parts):
@@ -143,6 +145,12 @@ def test_the_synthetic_command_refuses_in_one_line(tmp_path, capsys, argv, parts
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and all(p in err for p in parts) and "Traceback" not in err, err
     assert not (tmp_path / "set" / "labels.csv").exists()
+
+
+def test_the_synthetic_command_refuses_a_root_it_cannot_write(capsys):
+    with pytest.raises(SystemExit):  # used to print a bare "[Errno 2] No such file or directory"
+        synthetic_main(["dataset", "--root", "/proc/rsp-videos", "--videos", "2"])
+    assert "/proc/rsp-videos cannot be written (No such file or directory); choose another folder" in capsys.readouterr().err
 
 
 # --- launch/results.py and launch/status.py ---------------------------------------------------------------
@@ -240,3 +248,34 @@ def test_a_davis_layout_names_its_splits_and_the_task_to_prepare(tmp_path):
         sequence_names(tmp_path, "vall", "480p")
     with pytest.raises(FileNotFoundError, match=r"python -m eval.prepare photo_davis --root"):  # was: ... prepare davis
         sequence_names(tmp_path / "nothing", "val", "480p", task="photo_davis")
+
+
+def test_the_synthetic_command_never_replaces_another_datasets_labels(tmp_path, capsys):
+    generate_dataset(tmp_path, 2, num_classes=1, height=32, width=32, num_frames=8)
+    before = (tmp_path / "labels.csv").read_text()
+    assert synthetic_main(["dataset", "--root", str(tmp_path), "--videos", "1"]) == 2  # used to rewrite labels.csv
+    assert "already holds a dataset (2 shapes videos)" in capsys.readouterr().err
+    assert (tmp_path / "labels.csv").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["backfill", "MISSING"], ("output root", "does not exist")),  # used to print nothing and exit 0
+        (["backfill", "FILE"], ("is a file, not a directory",)),
+        (["backfill", "EMPTY", "--backend", "slrum"], ("invalid choice: 'slrum'", "'slurm'")),  # used to submit nothing, silently
+    ],
+)
+def test_backfill_refuses_a_wrong_root_or_backend(tmp_path, capsys, argv, parts):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    names = {"MISSING": "missing", "FILE": "file", "EMPTY": "empty"}
+    with pytest.raises(SystemExit) as exit_:
+        evaluations_main([str(tmp_path / names[a]) if a in names else a for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(p in err for p in parts), err
+
+
+def test_backfill_says_when_there_is_nothing_to_do(tmp_path, capsys):
+    assert evaluations_main(["backfill", str(tmp_path)]) == 0
+    assert f"no runs under {tmp_path}: nothing to backfill" in capsys.readouterr().out
