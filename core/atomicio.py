@@ -10,6 +10,7 @@ anything is written, whether a folder could be (submit-time checks, --out option
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -149,6 +150,7 @@ def remove_stale_temporaries(directory: str | Path, recursive: bool = False) -> 
     return stale
 
 
+@functools.cache
 def writable(path: Path) -> str | None:
     """None when `path` could be created and written, else why not (a data root that will hold
     generated videos, an output root, an evaluation root). Probes the nearest existing ancestor with

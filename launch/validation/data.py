@@ -342,7 +342,6 @@ def natural_source_problems(sources: Sequence[str]) -> list[str]:
     return [f"data.natural_sources: {p}" for p in listed_source_problems(sources) + installed]
 
 
-@functools.cache
 def data_notes(cfg: RunConfig) -> list[str]:
     """What the user should know about the data but that is no reason to refuse (logged at submit)."""
     d = cfg.data
