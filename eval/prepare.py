@@ -23,6 +23,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m eval.prepare", "downloaded archives are kept; run it again to continue")
+
 from core.atomicio import writable
 from eval.registry import TASKS
 

@@ -20,6 +20,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("launch/results.py", "the tables are written whole or not at all; run it again")
+
 from core.atomicio import writable
 from core.commandline import HintingArgumentParser
 from core.schema import ConfigError

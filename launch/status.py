@@ -36,6 +36,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("launch/status.py", "nothing was left half-done")
+
 from core.commandline import HintingArgumentParser
 from launch.advance import Report, advance, runs_under
 from launch.backends import Allocation

@@ -33,6 +33,11 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m rsp.prepare", "finished files are kept; run it again to continue")
+
 from core.download import DownloadError
 from rsp import kinetics
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require

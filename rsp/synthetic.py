@@ -30,6 +30,12 @@ import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m rsp.synthetic", "finished videos are kept; run it again to continue")
+
 from fractions import Fraction
 from pathlib import Path
 

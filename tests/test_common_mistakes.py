@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from fixtures_data import unavailable
 
+from core.commandline import interrupts_in_one_line
 from core.schema import ConfigError, from_dict
 from eval.config import EvalConfig
 from eval.davis import sequence_names
@@ -279,3 +281,13 @@ def test_backfill_refuses_a_wrong_root_or_backend(tmp_path, capsys, argv, parts)
 def test_backfill_says_when_there_is_nothing_to_do(tmp_path, capsys):
     assert evaluations_main(["backfill", str(tmp_path)]) == 0
     assert f"no runs under {tmp_path}: nothing to backfill" in capsys.readouterr().out
+
+
+def test_a_ctrl_c_ends_a_front_door_in_one_line(monkeypatch, capsys):
+    """launch/submit.py and the other front doors install this before their heavy imports: a ctrl-C
+    while torch loads used to print a 40-line traceback."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    interrupts_in_one_line("launch/submit.py", "the same command again submits only what is missing")
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    err = capsys.readouterr().err
+    assert err == "\nlaunch/submit.py: interrupted (ctrl-C); the same command again submits only what is missing\n"

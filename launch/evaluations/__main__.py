@@ -9,6 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import launch.evaluations
+
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m launch.evaluations", "submitted evaluations go on; run it again for the rest")
+
 from core.commandline import HintingArgumentParser
 from launch.advance import Missing, advance
 from launch.backends import BACKENDS, backend_class
