@@ -260,11 +260,13 @@ def main() -> None:
         result["cores_per_gpu"] = demand["pairs_per_s"] / result["pairs_per_cpu_s_per_worker"]
         rows.append(result)
         rss, uss = max(result["worker_peak_rss_mib"], default=0), max(result["worker_peak_uss_mib"], default=0)
+        read_rss, read_uss = (max(result[f"read_process_peak_{m}_mib"], default=0) for m in ("rss", "uss"))
         print(
             f"{comparison:8s} {storage:10s} {loader:16s} workers {workers}  "
             f"{result['pairs_per_s_per_worker']:6.1f} pairs/s/worker "
             f"(CPU {result['pairs_per_cpu_s_per_worker']:6.1f}, {result['cores_per_gpu']:5.1f} cores/GPU)  "
-            f"{result['pairs_per_s_end_to_end']:6.1f} end to end  peak RSS {rss:4.0f} / unique {uss:4.0f} MiB  "
+            f"{result['pairs_per_s_end_to_end']:6.1f} end to end  peak RSS {rss:4.0f} / unique {uss:4.0f} MiB "
+            f"(read process {read_rss:4.0f} / {read_uss:4.0f})  "
             f"load {result['load_before'][0]:.1f}->{result['load_after'][0]:.1f}",
             flush=True,
         )

@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_io import RESULTS, machine  # noqa: E402
@@ -68,6 +69,7 @@ TARGETS = {
     "propagation s/frame (patch 8, 480p)": "< 0.1",
     "propagation peak GiB": "< 8",
     "data-wait share at the S/16 compiled rate": "< 0.05",
+    "host CPU per pair, decoding on the GPU vs the CPU": "<= 1/5",
 }
 
 
@@ -319,35 +321,56 @@ def propagation(s: dict, device: torch.device) -> dict:
 
 
 def loader(s: dict, gpu_pairs_per_s: float | None, worker_counts: list[int], budget: Budget) -> list[dict]:
-    """Per worker count: the loader's pairs/s alone, and the share of time a consumer at the GPU's
-    rate (it sleeps for each batch's GPU time; the host only queues work then) waits for data."""
+    """Per worker count, and for decoding on the GPU (data.decode_device=cuda, torchcodec on NVDEC,
+    in the training process) where there is one: the loader's pairs/s alone, the host CPU seconds
+    per pair (this process, its loader workers and their read processes), and the share of time a
+    consumer at the GPU's rate (it sleeps for each batch's GPU time; the host only queues work then)
+    waits for data."""
 
     batch_videos, rows = max(1, s["pairs"] // 2), []
+    setups = [(workers, "cpu") for workers in worker_counts] + ([(0, "cuda")] if torch.cuda.is_available() else [])
     gpu_s = batch_videos * 2 / gpu_pairs_per_s if gpu_pairs_per_s else 0.0  # one batch's GPU time
     with tempfile.TemporaryDirectory() as tmp:
         root, (h, w) = Path(tmp) / "videos", s["video_hw"]
         generate_dataset(
             root, s["videos"], height=h, width=w, num_frames=s["video_frames"], keyint=DEFAULT_KEYINT, jobs=os.cpu_count() or 1
         )
-        for workers in worker_counts:
-            if not budget.allows(f"loader with {workers} workers", 0 if s["quick"] else 40):
+        for workers, decode_device in setups:
+            what = f"{workers} workers" if decode_device == "cpu" else "decoding on the GPU"
+            if not budget.allows(f"loader, {what}", 0 if s["quick"] else 40):
                 continue
-            log(f"loader: {workers} workers, consumer at {gpu_pairs_per_s or 0:.0f} pairs/s")
-            cfg = DataConfig(root=str(root), batch_size=batch_videos, num_workers=workers, pin_memory=torch.cuda.is_available())
+            log(f"loader: {what}, consumer at {gpu_pairs_per_s or 0:.0f} pairs/s")
+            decoder = "torchcodec" if decode_device == "cuda" else DataConfig().decoder
+            cfg = DataConfig(root=str(root), batch_size=batch_videos, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                             decoder=decoder, decode_device=decode_device)  # fmt: skip
             dataset = FramePairDataset(cfg, s["img"], seed=0)
             sampler = EpochSampler(len(dataset), batch_videos, 0, 1, seed=0)
             loader_ = make_loader(dataset, sampler, cfg, seed=0)
-            row = {"workers": workers, "batch_pairs": batch_videos * 2, "gpu_pairs_per_s": gpu_pairs_per_s}
+            row = {"workers": workers, "decode_device": decode_device, "decoder": decoder, "batch_pairs": batch_videos * 2,
+                   "gpu_pairs_per_s": gpu_pairs_per_s}  # fmt: skip
             for mode, sleep_s in (("alone", 0.0), ("at_gpu_rate", gpu_s)):
+                cpu_before = host_cpu_seconds()
                 waited, elapsed = consume(loader_, sampler, s["loader_batches"], sleep_s)
                 pairs = s["loader_batches"] * batch_videos * 2
                 row[f"{mode}_pairs_per_s"] = pairs / elapsed
+                if mode == "alone":  # includes the first (start-up) batch: an upper bound
+                    row["host_cpu_s_per_pair"] = (host_cpu_seconds() - cpu_before) / pairs
                 if mode == "at_gpu_rate":
                     row["data_wait_share"] = waited / elapsed
             row["videos"] = f"{s['videos']} of {w}x{h}, {s['video_frames']} frames, keyframe every {DEFAULT_KEYINT}"
             rows.append(row)
             del loader_  # its persistent workers stop before the videos are deleted
     return rows
+
+
+def host_cpu_seconds() -> float:
+    """CPU seconds of this process and its living descendants (loader workers, read processes)."""
+    total = 0.0
+    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def consume(loader_, sampler, batches: int, sleep_s: float) -> tuple[float, float]:
@@ -402,9 +425,10 @@ def format_table(result: dict) -> str:
         )
     for row in result.get("loader", []):
         gpu = f"{row['gpu_pairs_per_s']:.0f}" if row["gpu_pairs_per_s"] else "-"
+        where = f"{row['workers']} workers" if row.get("decode_device", "cpu") == "cpu" else "decoding on the GPU"
         lines.append(
-            f"loader {row['workers']} workers: {row['alone_pairs_per_s']:.0f} pairs/s alone; "
-            f"consumed at the GPU's {gpu} pairs/s: data-wait share {row['data_wait_share']:.1%}"
+            f"loader, {where}: {row['alone_pairs_per_s']:.0f} pairs/s alone, {row['host_cpu_s_per_pair'] * 1e3:.2f} host CPU-ms "
+            f"per pair; consumed at the GPU's {gpu} pairs/s: data-wait share {row['data_wait_share']:.1%}"
         )
     lines += [f"skipped: {s}" for s in result["skipped"]]
     lines.append("targets: " + "; ".join(f"{k} {v}" for k, v in TARGETS.items()))

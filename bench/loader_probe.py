@@ -16,13 +16,19 @@ from rsp.data import EpochSampler, FramePairDataset, collate_pairs, make_loader
 
 class TimedItems:
     """Mixin: each item carries the wall and CPU seconds its worker process spent making it (CPU
-    time counts every thread of the worker: decord decodes on a thread of its own)."""
+    time counts every thread of the worker, decord decodes on a thread of its own, and the worker's
+    read process)."""
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), self._cpu_seconds()
         item = super().__getitem__(key)
-        item["seconds"], item["cpu_seconds"] = time.perf_counter() - wall, time.process_time() - cpu
+        item["seconds"], item["cpu_seconds"] = time.perf_counter() - wall, self._cpu_seconds() - cpu
         return item
+
+    def _cpu_seconds(self) -> float:
+        """This process's CPU time and its read process's (rsp/read_process.py), which decodes."""
+        read_process = getattr(self, "read_process_cpu_seconds", None)  # the reference's loader has none
+        return time.process_time() + (read_process() if read_process else 0.0)
 
 
 _TIMED: dict[type, type] = {}
@@ -42,18 +48,19 @@ def timed_collate(items: list[dict]) -> dict:
     return batch
 
 
-def worker_peak_rss_mib() -> list[float]:
-    """Peak resident memory (VmHWM) of each child process, the loader workers. An upper bound:
-    a forked worker's RSS also counts the parent's pages (torch, decoders) it shares."""
-    peaks = []
-    for child in psutil.Process().children():
+def peak_rss_mib() -> tuple[list[float], list[float]]:
+    """Peak resident memory (VmHWM) of each loader worker (a child process) and of each read process
+    (a worker's child, rsp/read_process.py). An upper bound: a forked process's RSS also counts the
+    pages (torch, decoders) it shares with its parent."""
+    me, workers, readers = os.getpid(), [], []
+    for child in psutil.Process().children(recursive=True):
         try:
-            status = Path(f"/proc/{child.pid}/status").read_text()
-        except OSError:
+            status, parent = Path(f"/proc/{child.pid}/status").read_text(), child.ppid()
+        except (OSError, psutil.Error):
             continue
         kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        peaks.append(kib / 1024)
-    return peaks
+        (workers if parent == me else readers).append(kib / 1024)
+    return workers, readers
 
 
 class UniqueMemoryPoller:
@@ -61,6 +68,7 @@ class UniqueMemoryPoller:
 
     def __init__(self, interval_s: float = 0.25):
         self.interval_s, self.peaks, self._stop = interval_s, {}, threading.Event()
+        self.read_process_peaks: dict[int, float] = {}  # the workers' read processes (rsp/read_process.py)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> UniqueMemoryPoller:
@@ -72,13 +80,15 @@ class UniqueMemoryPoller:
         self._thread.join()
 
     def _run(self) -> None:
+        me = os.getpid()
         while not self._stop.wait(self.interval_s):
-            for child in psutil.Process().children():
+            for child in psutil.Process().children(recursive=True):
                 try:
-                    uss = child.memory_full_info().uss / 2**20
+                    uss, is_worker = child.memory_full_info().uss / 2**20, child.ppid() == me
                 except psutil.Error:
                     continue
-                self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), uss)
+                peaks = self.peaks if is_worker else self.read_process_peaks
+                peaks[child.pid] = max(peaks.get(child.pid, 0.0), uss)
 
 
 def measure(cls: type[FramePairDataset], cfg: DataConfig, img_size: int, batches: int, seed: int) -> dict:
@@ -94,7 +104,7 @@ def measure(cls: type[FramePairDataset], cfg: DataConfig, img_size: int, batches
         iterator = iter(loader)
         timed_batches = [{k: v for k, v in next(iterator).items() if k not in ("src", "tgt")} for _ in range(batches)]
         wall = time.perf_counter() - start
-        peaks = worker_peak_rss_mib()
+        peaks, read_peaks = peak_rss_mib()
     del iterator, loader
     pairs = batches * cfg.batch_size * cfg.repeated_sampling
     worker_seconds = sum(b["worker_seconds"] for b in timed_batches)
@@ -109,6 +119,8 @@ def measure(cls: type[FramePairDataset], cfg: DataConfig, img_size: int, batches
         "broken_reads": sum(b["broken"] for b in timed_batches),
         "worker_peak_rss_mib": peaks,
         "worker_peak_uss_mib": sorted(poller.peaks.values()),
+        "read_process_peak_rss_mib": read_peaks,
+        "read_process_peak_uss_mib": sorted(poller.read_process_peaks.values()),
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }

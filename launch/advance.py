@@ -49,6 +49,8 @@ from launch.backends import Resources, backend_class, make_backend
 from launch.evaluations.recovery import evaluation_states, recover
 from launch.rundir import RunDirectory
 from launch.snapshot import Snapshot
+from launch.sweeps.async_rungs import decide_async
+from launch.sweeps.pruned_jobs import end_pruned_without_jobs
 from launch.sweeps.rungs import SweepDirectory, decide_due, sweep_directories
 from rsp.lifecycle import blocked_stop_signals
 
@@ -72,6 +74,7 @@ class Report:
     """What one `advance` call did."""
 
     decided: list[str] = field(default_factory=list)  # "sweep s step 20 (status): kept a, b; pruned c"
+    promotions: list[str] = field(default_factory=list)  # "sweep s: promoted a at step 20", resumed, cancelled, ...
     resubmitted: list[str] = field(default_factory=list)  # lost evaluations submitted again
     given_up: list[str] = field(default_factory=list)  # lost evaluations over their budget: failed.json
     set_aside: list[str] = field(default_factory=list)  # invalid records moved aside for a new evaluation
@@ -81,11 +84,14 @@ class Report:
 
     @property
     def changed(self) -> bool:
-        return bool(self.decided or self.resubmitted or self.given_up or self.set_aside or any(self.submitted.values()))
+        return bool(
+            self.decided or self.promotions or self.resubmitted or self.given_up or self.set_aside or any(self.submitted.values())
+        )
 
     def lines(self) -> list[str]:
         return [
             *(f"decided {d}" for d in self.decided),
+            *self.promotions,
             *(f"resubmitted lost evaluation: {d}" for d in self.resubmitted),
             *(f"gave up on lost evaluation (failed.json): {d}" for d in self.given_up),
             *(f"moved an invalid record aside, to be evaluated again: {d}" for d in self.set_aside),
@@ -188,6 +194,15 @@ def _decide(root: Path, sweep: str | None, runs: Sequence[RunDirectory], role: s
         try:
             for d in decide_due(directory, role):
                 report.decided.append(f"sweep {directory.name} step {d.rung} ({role}): {d.summary()}")
+            done = decide_async(directory, role)
+            report.decided += [f"sweep {directory.name} {line} ({role}, async close)" for line in done.closed]
+            report.promotions += [
+                *(f"sweep {directory.name}: promoted {line}" for line in done.promoted),
+                *(f"sweep {directory.name}: paused {line}" for line in done.paused),
+                *(f"sweep {directory.name}: resumed {line}" for line in done.resumed),
+            ]
+            for line in end_pruned_without_jobs(directory):
+                report.promotions.append(f"sweep {directory.name}: cancelled the queued job of pruned run {line}")
         except Exception as exc:  # one sweep's trouble must not stop the others; the next call tries again
             log.exception("could not decide the rungs of sweep %s", directory.name)
             report.errors.append(f"could not decide the rungs of sweep {directory.name}: {exc}")

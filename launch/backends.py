@@ -159,6 +159,11 @@ class Backend:
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         raise NotImplementedError
 
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """End these jobs now, queued or running (a pruned run's queued job). Only backends that
+        track jobs can."""
+        raise NotImplementedError(f"the {self.name} backend cannot cancel jobs")
+
     def refusals(self, resources: Resources) -> list[str]:
         """Why this backend would refuse a job with `resources`, asked before anything is written
         (submit-time validation). A scheduler judges for itself; this machine's limits are validated
@@ -242,6 +247,9 @@ class SlurmBackend(Backend):
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         return slurm_states(job_ids)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        subprocess.run(["scancel", *job_ids], check=True, capture_output=True, timeout=60)
 
     def refusals(self, resources: Resources) -> list[str]:
         """Ask SLURM whether it could run the job (`sbatch --test-only` queues nothing)."""

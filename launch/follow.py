@@ -120,7 +120,8 @@ def open_evaluations(run: RunDirectory) -> int:
 
 def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float = 3.0, timeout_s: float = 4 * 3600) -> int:
     """Follow a sweep's runs on the local backend until every run ended (finished, failed or
-    pruned) and every evaluation of their milestones has a record or failed; print each run's
+    pruned, or paused at a rung no evaluation in flight can close) and every evaluation of their
+    milestones has a record or failed; print each run's
     progress when it changes and each rung's decision when it lands; then the results table and
     the sweep's status (rungs, cost, what pruning saved)."""
     root, started, shown, decided = sweep.output_root, time.time(), "", set(sweep.decisions())
@@ -149,8 +150,8 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
             if line != shown:
                 print(f"[{time.time() - started:5.0f}s] {line}", flush=True)
                 shown = line
-            if all(s.state in ENDED for s in states) and not evaluating:
-                break
+            if all(s.state in ENDED or s.state == "paused" for s in states) and not evaluating:
+                break  # a run still paused now waits for a value no job is computing (a failed evaluation)
             time.sleep(poll_s)
     except KeyboardInterrupt:
         print(f"\nstopped following; the sweep goes on. See it with: python launch/status.py {root} sweep={sweep.name}")
@@ -158,7 +159,15 @@ def follow_sweep(runs: list[RunDirectory], sweep: SweepDirectory, poll_s: float 
     report = aggregate_runs(root, sweep=sweep.name)
     print(report.summary())
     print(render(root, sweep.name, advance(root, sweep.name, role="follow", runs=runs)))
-    failed = [s.run.path.name for s in reconcile(runs, root) if s.state not in ("finished", "pruned")]
+    states = reconcile(runs, root)
+    failed = [s.run.path.name for s in states if s.state not in ("finished", "pruned")]
+    paused = [s.run.path.name for s in states if s.state == "paused"]
+    if paused:
+        print(
+            f"runs paused at a rung that cannot close (a value is missing, see the rungs above): {', '.join(paused)}; "
+            f"once the evaluation is retried (python -m launch.evaluations backfill {root} --retry-failed), "
+            f"python launch/status.py {root} sweep={sweep.name} promotes or prunes them"
+        )
     if failed:
         print(f"runs that did not finish: {', '.join(failed)} (logs under each run's logs/)")
     return 1 if failed else 0

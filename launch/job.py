@@ -30,7 +30,7 @@ from pathlib import Path
 
 import submitit
 
-from launch.advance import schedule_for_checkpoint
+from launch.advance import advance, schedule_for_checkpoint
 from launch.backends import backend_class, total_cpus
 from launch.config import ClusterConfig, train_config
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
@@ -38,6 +38,8 @@ from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import reconcile
 from launch.steplog import StepLog, read_trace
+from launch.sweeps.async_rungs import promoted_at
+from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import SweepDirectory, pause_reason
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
@@ -98,7 +100,7 @@ class RungPause:
         for name in run.sweep_names():
             sweep = SweepDirectory(run.path.parent, name)
             selection = sweep.selection()
-            if selection is not None and len(sweep.members()) <= cluster.array_parallelism:
+            if selection is not None and selection.promotion == "sync" and len(sweep.members()) <= cluster.array_parallelism:
                 self.rungs.update(selection.rungs)
 
     def __call__(self, step: int, keepalive: Callable[[], None]) -> None:
@@ -124,6 +126,30 @@ class RungPause:
         if told:
             log.info("resumed at step %d after %.1f s", step, time.monotonic() - started)
         self.watch.check()  # pruned: the stop request travels with the next step, which ends the run
+
+
+class AsyncRungStop:
+    """A run of an asynchronous sweep (select: {promotion: async}) stops at each rung it is not yet
+    promoted at (launch/sweeps/async_rungs.py): before the rung's step it requests the cooperative
+    stop with reason "paused", so every rank stops after that step and checkpoints it (the rung's
+    milestone, whose evaluation is scheduled as usual); the attempt ends `paused` and frees its
+    allocation. A rung where the run is promoted already (it resumed from an earlier checkpoint)
+    is trained through. `promoted`: rung -> whether the run is promoted there now (asked at each
+    rung's step, as the sweep's state changes meanwhile)."""
+
+    def __init__(self, stop: StopRequest, rungs: set[int], promoted: Callable[[], dict[int, bool]]):
+        self.stop, self.rungs, self.promoted = stop, rungs, promoted
+
+    @classmethod
+    def of(cls, run: RunDirectory, stop: StopRequest) -> AsyncRungStop | None:
+        rungs = set(promoted_at(run))
+        return cls(stop, rungs, partial(promoted_at, run)) if rungs else None
+
+    def __call__(self, step: int, keepalive: Callable[[], None]) -> None:
+        rung = step + 1
+        if rung in self.rungs and not self.promoted().get(rung, False):
+            log.info("pausing at step %d: not promoted at rung %d of its asynchronous sweep yet", rung, rung)
+            self.stop.request(PAUSED)
 
 
 def running_locally(run: RunDirectory) -> bool:
@@ -209,6 +235,8 @@ class TrainingJob:
             )
             if backend_class(self.backend).pauses_at_rungs and env.world_size == 1 and run.sweep_names():
                 hooks.before_step = RungPause(run, stop, watch, cfg.cluster, cfg.evaluation.time_minutes * 60)
+            if not backend_class(self.backend).in_process and (async_stop := AsyncRungStop.of(run, stop)) is not None:
+                hooks.before_step = async_stop
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
         try:
@@ -227,8 +255,8 @@ class TrainingJob:
         reason = "finished" if result.status == "finished" else "stopped"
         if env.is_main:
             steps.close()
-            if result.status != "finished" and stop.reason == "pruned":
-                reason = "pruned"  # a cooperative stop of ours: never requeued, never a failure
+            if result.status != "finished" and stop.reason in ("pruned", PAUSED):
+                reason = stop.reason  # a cooperative stop of ours: never requeued, never a failure
             elif result.status != "finished":
                 why = stop.reason if stop.requested else result.stop_reason
                 reason = stop_reason(attempt, cfg.cluster, self.backend, why, stop.received_at or time.time())
@@ -236,6 +264,8 @@ class TrainingJob:
             if reason == "finished":
                 run.set_status("finished", f"finished at step {result.step}")
                 run.unprune(why=f"finished at step {result.step} before the prune marker could stop it")
+            if reason == PAUSED:
+                self._pause(run, result.step)
             self._after_attempt(run, cfg.cluster)
         return {"status": result.status, "reason": reason, "step": result.step, "total_steps": result.total_steps}
 
@@ -291,6 +321,16 @@ class TrainingJob:
             run.set_status("failed", decision.reason)
         elif decision.final_state == "pruned":
             run.set_status("pruned", decision.reason, pruned=marker)
+
+    @staticmethod
+    def _pause(run: RunDirectory, step: int) -> None:
+        """The run waits at rung `step` holding nothing: its status says so (never resubmitted,
+        never requeued), then its sweeps advance, so a promotion that came before this status
+        resubmits it now (the evaluation job's advance could not, while this job still ran)."""
+        run.set_status(PAUSED, f"paused at rung {step} of its asynchronous sweep: holds no allocation until promoted")
+        report = advance(run.path.parent, role="paused job", runs=[run], recover_lost=False)
+        for line in report.lines():
+            log.info("%s", line)
 
     def _milestone_hook(self, run: RunDirectory, cfg):
         if not cfg.evaluation.tasks:

@@ -4,7 +4,8 @@ submission itself (only `submit`/`retry` rows, through launch/dispatch.py).
 
 States come from the run directories plus one batched scheduler query (launch/runstate.py): pending,
 running and finished runs are never submitted twice; failed runs only with --retry-failed; runs a
-sweep's successive halving pruned only after `--unprune` (launch/sweeps/rungs.py).
+sweep's successive halving pruned only after `--unprune` (launch/sweeps/rungs.py); paused runs
+(asynchronous promotion) only by the sweep itself, when promoted (launch/sweeps/async_rungs.py).
 
 Problems (a data root that is not set, a batch the data cannot fill, a select block the runs
 cannot honour, resources SLURM would refuse, ...) are found for all runs at once by the one
@@ -71,7 +72,7 @@ class Plan:
         if not rows:
             print(
                 f"nothing to submit: all {len(self.rows)} runs of sweep {self.sweep.name} "
-                "are pending, running, finished, failed or pruned"
+                "are pending, running, finished, failed, paused or pruned"
             )
             self.record_membership([r for r in self.rows if r.rundir.exists])
             return 0

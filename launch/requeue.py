@@ -47,6 +47,7 @@ CATEGORY = {
     "crashed": "failure",
     "interrupted": "failure",  # killed without a word: SIGKILL, OOM killer, node failure
     "pruned": None,  # a cooperative stop for the sweep's successive halving (docs/sweeps.md): no budget, no failure
+    "paused": None,  # stopped at a rung of an asynchronous sweep: resubmitted when promoted (launch/sweeps/async_rungs.py)
 }
 
 
@@ -83,6 +84,8 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
         return Decision(False, f"{prune_reason(pruned)}; stopped at step {last.end_step}, not requeued", "pruned")
     if last.end_reason == "pruned":
         return Decision(True, f"pruned at step {last.end_step}, unpruned since: requeue (no budget used)")
+    if last.end_reason == "paused":  # its status says paused (the job wrote it); the sweep resubmits it when promoted
+        return Decision(False, f"paused at rung {last.end_step}: not requeued, holds nothing until promoted")
     if last.end_reason not in CATEGORY:  # an open attempt (another job may be running this run) or an unknown reason
         return Decision(
             False,

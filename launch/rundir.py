@@ -14,7 +14,8 @@
         sweeps/<sweep>.json membership of each sweep that includes the run, with its axis values
         pruned.json         a sweep's successive halving pruned it (rung, rank, metric): stop, never requeue
         unpruned/NNN.json   earlier prune markers, moved here by --unprune
-        status.json         written once the run is over: finished | failed | pruned (+ why)
+        status.json         written once the run is over: finished | failed | pruned (+ why); or
+                            paused: waiting at a rung of an asynchronous sweep, no job alive
 The whole layout, with every file's fields: docs/formats.md#run-directory.
 
 Run id = the first 12 hex digits of the hash of every result-affecting setting (core.schema
@@ -49,9 +50,11 @@ RUNS_FILE = "runs.json"  # in each sbatch folder: array index -> run directory (
 # finished; timeout, preempted: the time-limit / preemption signal; stopped: a stop signal sent to
 # the ranks from outside (scancel --signal=USR2); requeued, cancelled: ended from outside by the
 # scheduler (scontrol requeue, scancel); crashed: an error; interrupted: killed without a word
-# (SIGKILL, node failure); pruned: stopped by the sweep's successive halving (docs/sweeps.md).
-# docs/requeue.md has the policy for each.
-END_REASONS = ("finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted", "pruned")
+# (SIGKILL, node failure); pruned: stopped by the sweep's successive halving (docs/sweeps.md);
+# paused: stopped at a rung of an asynchronous sweep until promoted. docs/requeue.md has the policy for each.
+END_REASONS = (
+    "finished", "timeout", "preempted", "stopped", "requeued", "cancelled", "crashed", "interrupted", "pruned", "paused",
+)  # fmt: skip
 PRUNED = "pruned.json"  # the prune marker (launch/sweeps/rungs.py writes it, the job and the teardown obey it)
 ENV_RECORDED = ("CUDA_VISIBLE_DEVICES", "SLURM_CONF", "OMP_NUM_THREADS", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 
@@ -127,7 +130,7 @@ class PruneMarker:
 class RunStatus:
     """status.json: written once the run is over."""
 
-    state: str  # finished | failed | pruned
+    state: str  # finished | failed | pruned; paused (async rung: cleared when it is resubmitted)
     reason: str
     time: float
     pruned: PruneMarker | None = None  # the marker that stopped it, when pruned

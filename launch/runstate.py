@@ -7,6 +7,9 @@
     failed      status.json says failed             (budget exhausted or breaker tripped)
     pruned      a sweep's successive halving pruned it (pruned.json) and no job of it is alive:
                 never resubmitted, except by `--unprune` (launch/sweeps/rungs.py)
+    paused      status.json says paused: it waits at a rung of an asynchronous sweep with no job
+                alive; resubmitted by the sweep when promoted (launch/sweeps/async_rungs.py), never
+                by a submit
     incomplete  started, not finished, no job alive (killed from outside, or a requeue was lost):
                 submitting it again resumes from its newest valid checkpoint
 

@@ -9,11 +9,12 @@ sacct call for what they cost, when any ran on SLURM).
 
 Columns: run, id, state (pruned runs: the step, rank and metric value that pruned them), step/total,
 attempts and how they ended, last checkpoint, time lost to requeues (gaps between an attempt's end
-and the next one's start, plus the steps redone after a non-cooperative end and the time they took,
+and the next one's start, a paused wait excepted, plus the steps redone after a non-cooperative end and the time they took,
 measured from each attempt's step log), evaluations done/expected, GPU-hours (CPU-hours where no GPU
 was allocated) of training and evaluation. Below the table: every expected evaluation without a
 record and its state (pending, running, failed, lost, invalid, not submitted); each sweep's
-successive-halving rungs (decided, or what they wait for), its cost and what pruning saved.
+successive-halving rungs (decided, or what they wait for), an asynchronous sweep's promotions and
+paused runs (state `paused@STEP`: waiting at a rung with no job), its cost and what pruning saved.
 
 Before the table, status advances what it shows (launch/advance.py, the one owner of state
 transitions): it decides the rungs that are due and resubmits lost evaluations (their job vanished
@@ -48,6 +49,7 @@ from launch.cost import RunCost, accounting, hours, projected_to_end, redone, ru
 from launch.evaluations.recovery import EvaluationState, evaluation_states
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import RunState, reconcile
+from launch.sweeps.async_rungs import load_promotion, promotion_dir
 from launch.sweeps.expand import SWEEPS_DIR
 from launch.sweeps.rungs import SweepDirectory, rung_views, sweep_directories
 
@@ -63,6 +65,7 @@ SHORT = {
     "interrupted": "K",
     "finished": "F",
     "pruned": "H",  # successive halving
+    "paused": "W",  # waited at a rung of an asynchronous sweep, holding nothing
 }
 
 
@@ -72,7 +75,8 @@ def lost_time(run: RunDirectory, attempts: Sequence[Attempt]) -> tuple[float, in
     minus the step the next one resumed from; their time comes from its step log (launch.cost.redone,
     which the GPU-hour columns price too). A cooperative stop checkpoints the step it stops at:
     nothing is redone."""
-    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time)
+    # a run paused at an asynchronous rung waits on purpose, holding nothing: not time lost
+    gap = sum(max(0.0, b.start_time - a.end_time) for a, b in pairwise(attempts) if a.end_time and a.end_reason != "paused")
     work = redone(run, attempts)
     return gap, sum(steps for steps, _ in work), sum(seconds for _, seconds in work)
 
@@ -88,6 +92,8 @@ def human(seconds: float) -> str:
 def describe_state(state: RunState) -> str:
     marker = state.run.prune_marker() if state.run.exists else None
     text = state.state + (f" [{state.job_id}]" if state.job_id and state.state in ("pending", "running") else "")
+    if state.state == "paused" and (attempts := state.run.attempts()):
+        text += f"@{attempts[-1].end_step}"
     if marker and state.state == "pruned":
         text += f"@{marker.rung} ({marker.rank}/{marker.of}, {marker.value:.3g})"
     elif marker and state.state in ("pending", "running"):
@@ -194,6 +200,30 @@ def rung_lines(directory: SweepDirectory) -> list[str]:
     return lines
 
 
+def promotion_lines(directory: SweepDirectory, states: Sequence[RunState]) -> list[str]:
+    """An asynchronous sweep's promotions so far, its paused runs, and how long paused runs held no
+    allocation (time a synchronous sweep on SLURM spends training them past the rung)."""
+    selection = directory.selection()
+    if selection is None or selection.promotion != "async":
+        return []
+    promotion = load_promotion(directory, selection)
+    promoted = sum(len(rung.promoted) for rung in promotion.rungs)
+    resumed = len(list((promotion_dir(directory) / "resumed").glob("*.json")))
+    members = {run.path for run in directory.members().values()}
+    paused = sorted(s.run.path.name for s in states if s.state == "paused" and s.run.path in members)
+    idle = 0.0
+    for run in (s.run for s in states if s.run.path in members and s.run.exists):
+        attempts = run.attempts()
+        for a, nxt in zip(attempts, [*attempts[1:], None], strict=True):
+            if a.end_reason == "paused" and a.end_time:
+                idle += (nxt.start_time if nxt is not None else time.time()) - a.end_time
+    return [
+        f"  async promotion: promoted {promoted} (resubmitted {resumed} from their rung); paused now {len(paused)}"
+        + (f" ({', '.join(paused)})" if paused else "")
+        + f"; paused runs held no allocation for {human(idle)} in all ({promotion_dir(directory)})"
+    ]
+
+
 def late(run: RunDirectory | None, exempt: bool) -> str:
     """Why a run a decision pruned is not (or no longer) pruned: it finished first, or --unprune."""
     if exempt:
@@ -250,11 +280,11 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
     lines.append(
         ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
-        "H pruned, R running)"
+        "H pruned, W paused, R running)"
     )
     lines += (report.lines() if report else []) + evaluation_lines(evals)
     for directory in directories:
-        lines += rung_lines(directory)
+        lines += rung_lines(directory) + promotion_lines(directory, states)
     lines += cost_lines(states, costs, unit) + ([note] if note else [])
     return "\n".join(lines)
 

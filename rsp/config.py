@@ -136,6 +136,10 @@ class DataConfig:
     # pyav | torchcodec | decord (docs/data.md#decoding-and-seek-modes). Part of the run's identity: decoders (and the FFmpeg
     # builds under them) may convert colours differently, so the choice can change pixels
     decoder: str = "pyav"
+    # cpu | cuda: where frames are decoded (docs/data.md#gpu-decoding). cuda decodes with torchcodec on the
+    # GPU's video decoder (NVDEC) in the training process, and crops there: no loader workers, a fraction of
+    # the host CPU per pair. Part of the run's identity: GPU colour conversion and resizing round differently
+    decode_device: str = "cpu"
     # auto: random access where `rsp.prepare labels` verified it for the file and decoder, else decoding
     # from the first frame | sequential: always the latter. Both give the same frames, so only speed changes
     seek: str = field(default="auto", metadata=RUNTIME_ONLY)
@@ -170,6 +174,13 @@ class DataConfig:
             out.append(f"data.batch_size ({self.batch_size}) must be >= 1 video per process")
         if self.decoder not in DECODERS:
             out.append(f"data.decoder ({self.decoder!r}) must be one of {', '.join(DECODERS)}")
+        if self.decode_device not in ("cpu", "cuda"):
+            out.append(f"data.decode_device ({self.decode_device!r}) must be cpu or cuda")
+        elif self.decode_device == "cuda" and self.decoder != "torchcodec":
+            out.append(
+                f"data.decode_device=cuda decodes with torchcodec's GPU decoder, not {self.decoder}; "
+                "set data.decoder=torchcodec or data.decode_device=cpu"
+            )
         if self.seek not in SEEK_POLICIES:
             renamed = {"fast": "auto", "accurate": "sequential"}.get(self.seek)
             hint = f"; {self.seek!r} is now {renamed!r} (random access only where verified per file)" if renamed else ""

@@ -21,16 +21,19 @@ gap can fall below min_gap (the reference's fallback, kept so results compare; t
 such videos when it loads a labels file that records frame counts). A video needs two frames.
 
 Unreadable videos (missing, empty, truncated, not a video, no video stream, fewer than 2 frames,
-not decodable by the configured decoder) are replaced by another
+not decodable by the configured decoder, or crashing it: a loader worker reads through a forked
+process, rsp/read_process.py) are replaced by another
 video chosen from the item's generator, logged with their path (once per process), and reported
 in the item's `broken` / `broken_paths`, so the trainer can count them (`BrokenVideoBudget`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ from torchvision.transforms.v2 import functional as TF
 from rsp.config import DataConfig
 from rsp.decoders import SEQUENTIAL, UNREADABLE, require
 from rsp.lifecycle import blocked_stop_signals, shield_loader_worker
+from rsp.read_process import ReadProcess
 from rsp.synthetic import ensure_synthetic_dataset
 from rsp.video import (
     DataError,
@@ -215,6 +219,10 @@ class FramePairDataset(Dataset):
         log.info("decoding with %s", require(cfg.decoder))  # DecoderUnavailable names what to install
         self._report_seek_modes()
         self._logged: set[str] = set()
+        # where crops are made: the GPU decodes in place (data.decode_device=cuda, docs/data.md#gpu-decoding)
+        self._device = torch.device(cfg.decode_device) if cfg.decode_device != "cpu" else None
+        self._read_process: ReadProcess | None = None  # made in each loader worker (`_read_guarded`)
+        self._read_process_pid = 0
 
     def _check_missing(self) -> None:
         if not self.missing:
@@ -282,7 +290,27 @@ class FramePairDataset(Dataset):
 
     def decode_item(self, key: tuple[int, int]) -> DecodedItem:
         """The frames item `key` reads, before cropping: what __getitem__ transforms."""
-        return self._decode(key)[0]
+        item = self._decode(key)[0]
+        if isinstance(item.frames, np.ndarray):  # a loader worker's are in a reused buffer
+            item = dataclasses.replace(item, frames=item.frames.copy())
+        return item
+
+    def _read_guarded(self, video: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`_read`; in a loader worker, in its forked read process, where a decoder's native crash
+        makes the file unreadable instead of killing the worker (rsp/read_process.py)."""
+        if get_worker_info() is None:
+            return self._read(video, rng)
+        if self._read_process is None or self._read_process_pid != os.getpid():
+            self._read_process, self._read_process_pid = ReadProcess(self._read), os.getpid()
+        return self._read_process(video, str(self.paths[video]), rng)
+
+    def read_process_cpu_seconds(self) -> float:
+        """CPU seconds this process's read processes spent (0 outside loader workers)."""
+        alive = self._read_process is not None and self._read_process_pid == os.getpid()
+        return self._read_process.cpu_seconds() if alive else 0.0
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_read_process": None}  # a child process and its buffer belong to one process
 
     def _decode(self, key: tuple[int, int]) -> tuple[DecodedItem, np.random.Generator]:
         if not (isinstance(key, tuple) and len(key) == 2 and 0 <= key[1] < len(self) and key[0] >= 0):
@@ -293,7 +321,7 @@ class FramePairDataset(Dataset):
             rng = item_rng(self.seed, epoch, index, attempt)
             video = index if attempt == 0 else int(rng.integers(len(self)))
             try:
-                indices, frames = self._read(video, rng)
+                indices, frames = self._read_guarded(video, rng)
             except VideoReadError as err:
                 self._log_broken(err)
                 broken.append(err.path)
@@ -311,7 +339,7 @@ class FramePairDataset(Dataset):
         entry, cfg = self.entries[video], self.cfg
         if changed := changed_since_labelling(path, entry):
             raise VideoReadError(path, changed)
-        reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames)
+        reader = VideoFile(path, cfg.decoder, self.seek_mode(entry), entry.num_frames, cfg.decode_device)
         indices = sample_pair_indices(rng, reader.num_frames, cfg.repeated_sampling, cfg.min_gap, cfg.max_gap, path)
         frames = reader.read(indices.reshape(-1))  # (2R, H, W, 3), one decoder call
         return indices, frames.reshape(cfg.repeated_sampling, 2, *frames.shape[1:])
@@ -320,9 +348,9 @@ class FramePairDataset(Dataset):
         """uint8 (R, 2, H, W, 3) frames -> uint8 src, tgt (R, 3, S, S): one crop and flip per pair,
         written straight into the item's output (no float copy: `normalize_pairs` runs on the device)."""
         cfg, size = self.cfg, self.img_size
-        pairs = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8, a view
+        pairs = torch.as_tensor(frames, device=self._device).permute(0, 1, 4, 2, 3)  # (R, 2, 3, H, W) uint8, a view
         height, width = pairs.shape[-2:]
-        out = torch.empty((2, len(pairs), 3, size, size), dtype=torch.uint8)  # src, tgt
+        out = torch.empty((2, len(pairs), 3, size, size), dtype=torch.uint8, device=self._device)  # src, tgt
         scale = (cfg.crop_min_scale, cfg.crop_max_scale)
         for r, pair in enumerate(pairs):  # one crop and one flip per pair, shared by its two frames
             top, left, h, w = crop_box(rng, height, width, scale)
@@ -394,7 +422,12 @@ class ShieldedLoader(DataLoader):
 def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfig, seed: int) -> DataLoader:
     """A DataLoader whose batches depend only on the sampler position: it draws its base seed from
     its own generator, so starting an iterator never touches the global torch RNG."""
-    workers = cfg.num_workers
+    on_gpu = cfg.decode_device != "cpu"  # decoded and cropped on the GPU, in this process: no workers, no pinning
+    if on_gpu and cfg.num_workers:
+        log.info(
+            "data.decode_device=%s: frames are decoded in the training process; data.num_workers is not used", cfg.decode_device
+        )
+    workers = 0 if on_gpu else cfg.num_workers
     extra = dict(prefetch_factor=cfg.prefetch_factor, persistent_workers=True, worker_init_fn=_init_worker) if workers else {}
     return ShieldedLoader(
         dataset,
@@ -403,7 +436,7 @@ def make_loader(dataset: FramePairDataset, sampler: EpochSampler, cfg: DataConfi
         drop_last=True,
         collate_fn=collate_pairs,
         num_workers=workers,
-        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        pin_memory=cfg.pin_memory and torch.cuda.is_available() and not on_gpu,
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )

@@ -76,9 +76,10 @@ class Reader(Protocol):
         indices in `wanted`, None (or RGB, where skipping the conversion saves nothing) for others."""
 
 
-def open_reader(decoder: str, path: str | Path) -> Reader:
+def open_reader(decoder: str, path: str | Path, device: str = "cpu") -> Reader:
     """Open `path` with `decoder` (one of DECODERS). Raises VideoReadError for a file that cannot be
-    opened and DecoderUnavailable for a decoder that cannot run here."""
+    opened and DecoderUnavailable for a decoder that cannot run here. `device` cuda (torchcodec only)
+    decodes on the GPU: `random` then returns a CUDA tensor, `frames` host arrays."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder ({decoder!r}) must be one of {', '.join(DECODERS)}")
     path = Path(path)
@@ -86,6 +87,10 @@ def open_reader(decoder: str, path: str | Path) -> Reader:
         raise VideoReadError(path, "file does not exist")
     if path.stat().st_size == 0:
         raise VideoReadError(path, "file is empty (0 bytes)")
+    if device != "cpu":
+        if decoder != "torchcodec":
+            raise ValueError(f"device ({device!r}) other than cpu needs the torchcodec decoder, not {decoder}")
+        return TorchcodecReader(path, device)
     return {"pyav": PyavReader, "torchcodec": TorchcodecReader, "decord": DecordReader}[decoder](path)
 
 
@@ -113,7 +118,11 @@ class PyavReader:
 
     @functools.cached_property
     def _container(self):
-        return self._open()  # closed when the reader is dropped (PyAV closes on deallocation)
+        # closed when the reader is dropped (PyAV closes on deallocation). Opened without FFmpeg's
+        # stream probing (`LIGHT_OPEN`), which decodes frames only to learn what an all-intra MP4's
+        # sample table and the codec's own headers already say (1.3 of an item's ~8 ms CPU); any
+        # other file is reopened with it (`_index`)
+        return self._open(light=True)
 
     @functools.cached_property
     def _index(self) -> tuple[list[int], list[int]]:
@@ -122,6 +131,7 @@ class PyavReader:
         intra = intra_index(self._container)
         if intra is not None:
             return intra, intra
+        self._container = self._open()  # with predicted frames, the decoder's reorder delay comes from the probing
         pts, keys = [], []
         try:
             for packet in self._container.demux(self._container.streams.video[0]):
@@ -182,11 +192,11 @@ class PyavReader:
             except Exception as err:  # av.FFmpegError subclasses
                 raise VideoReadError(self.path, f"PyAV cannot decode it ({first_line(err)})") from err
 
-    def _open(self):
+    def _open(self, light: bool = False):
         import av  # imported on first use: a process loads only the decoder it reads with
 
         try:
-            container = av.open(str(self.path))
+            container = av.open(str(self.path), options=LIGHT_OPEN if light else None)
         except Exception as err:  # av.FFmpegError subclasses
             raise VideoReadError(self.path, f"PyAV cannot open it ({first_line(err)})") from err
         if not container.streams.video:
@@ -216,6 +226,15 @@ def intra_index(container) -> list[int] | None:
             return None
         stamps.append(entry.timestamp)
     return sorted(stamps)
+
+
+# The random-access container's open options: stop FFmpeg's stream probing at the first packet
+# and decode nothing there (`skip_frame` reaches the probing decoder; ours sets its own per packet).
+# An MP4's streams, frame count, sample table and display matrix come from its header; an all-intra
+# stream has no reorder delay to guess, and the h264 decoder reads its parameters from the codec's
+# own header. rsp.probe verifies random access through this container against a sequential decode
+# through a fully probed one.
+LIGHT_OPEN = {"probesize": "32", "skip_frame": "all"}
 
 
 def upright_rgb(frame) -> np.ndarray:
@@ -279,9 +298,9 @@ class DecordReader:
 
 
 class TorchcodecReader:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: str = "cpu"):
         require("torchcodec")
-        self.path = path
+        self.path, self.device = path, device
 
     @functools.cached_property
     def _indexed(self):
@@ -297,7 +316,8 @@ class TorchcodecReader:
     def random(self, indices: Sequence[int]) -> np.ndarray:
         decoder = self._indexed
         try:
-            return decoder.get_frames_at(indices=list(indices)).data.numpy()
+            frames = decoder.get_frames_at(indices=list(indices)).data
+            return frames if self.device != "cpu" else frames.numpy()  # on the GPU, frames stay there
         except Exception as err:  # RuntimeError or IndexError with C++ context
             raise VideoReadError(self.path, f"torchcodec cannot decode frames {list(indices)} ({first_line(err)})") from err
 
@@ -314,13 +334,15 @@ class TorchcodecReader:
                 return
             except Exception as err:
                 raise VideoReadError(self.path, f"torchcodec cannot decode it ({first_line(err)})") from err
-            yield frame.numpy()  # the core converts every frame
+            yield frame.cpu().numpy()  # the core converts every frame
 
     def _video_decoder(self, seek_mode: str):
         from torchcodec.decoders import VideoDecoder  # torchcodec loads FFmpeg's shared libraries: only when used
 
         try:
-            return VideoDecoder(str(self.path), num_ffmpeg_threads=1, seek_mode=seek_mode, dimension_order="NHWC")
+            return VideoDecoder(
+                str(self.path), num_ffmpeg_threads=1, seek_mode=seek_mode, dimension_order="NHWC", device=self.device
+            )
         except Exception as err:  # ValueError (no video stream) or RuntimeError with C++ context
             raise VideoReadError(self.path, f"torchcodec cannot open it ({first_line(err)})") from err
 

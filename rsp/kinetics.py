@@ -244,6 +244,13 @@ def arrange(layout: KineticsLayout) -> StepReport:
 # --- rescale --------------------------------------------------------------------------------------
 
 
+def x264_tune(keyint: int) -> dict[str, str]:
+    """x264's tuning for a keyframe interval: all-intra (1) is encoded for fast decoding (no CABAC,
+    no deblocking), which halves the decode of a frame for ~6% more bytes on real videos
+    (docs/data.md#choosing-a-storage); other intervals keep x264's default."""
+    return {"tune": "fastdecode"} if keyint == 1 else {}
+
+
 def ffmpeg_command(
     ffmpeg: str, src: Path, dst: Path, short_side: int, keyint: int, preset: str, crf: int, passthrough: str = "-fps_mode"
 ) -> list[str]:
@@ -252,11 +259,11 @@ def ffmpeg_command(
     ffmpeg's default for mp4 is a constant frame rate, which duplicates frames of low-rate and
     variable-rate sources, and a frame gap k would no longer mean k source frames), in the
     source's time base (`-enc_time_base -1`; the encoder's own would round times by up to 4 ms); a keyframe
-    every `keyint` frames (the default 1, all-intra: reading a frame decodes that frame only, ~3x the
-    bytes of a keyframe every 30; random access at 30 is ~4x cheaper than at x264's default 250,
-    docs/data.md#choosing-a-storage); no B-frame used as a reference (`b-pyramid=none`: PyAV's
-    random access skips every B-frame it does not return, ~20% less decoding per item for ~2% more
-    bytes); no audio.
+    every `keyint` frames (the default 1, all-intra: reading a frame decodes that frame only, ~3.8x
+    the bytes of a keyframe every 30; random access at 30 is ~4x cheaper than at x264's default 250,
+    docs/data.md#choosing-a-storage), all-intra tuned for fast decoding (`x264_tune`); no B-frame
+    used as a reference (`b-pyramid=none`: PyAV's random access skips every B-frame it does not
+    return, ~20% less decoding per item for ~2% more bytes); no audio.
     A rotated source comes out upright (ffmpeg applies the display matrix)."""
     s = short_side
     scale = f"scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)'"  # quoted: the commas belong to if()
@@ -264,6 +271,7 @@ def ffmpeg_command(
         ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
         "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", scale, passthrough, "passthrough", "-enc_time_base", "-1",
         "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-g", str(keyint), "-x264-params", "b-pyramid=none",
+        *(arg for option, value in x264_tune(keyint).items() for arg in (f"-{option}", value)),
         "-pix_fmt", "yuv420p",
         "-threads", "1", "-movflags", "+faststart", "-f", "mp4", str(dst),
     ]  # fmt: skip

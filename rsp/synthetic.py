@@ -45,6 +45,7 @@ import numpy as np
 from core.atomicio import atomic_path, atomic_write_json, writable
 from rsp.decoders import DECODERS
 from rsp.filepool import run_isolated
+from rsp.kinetics import x264_tune
 from rsp.natural import listed_source_problems, natural_frames, natural_sources
 from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
@@ -135,7 +136,7 @@ def write_video(
                 # different video for the same frames from run to run; threads=1: the output of
                 # x264 depends on its thread count, which would differ between machines.
                 params = f"keyint={keyint}:scenecut=0:mbtree=0:threads=1"
-                stream.options = {"preset": preset, "crf": str(crf), "x264-params": params}
+                stream.options = {"preset": preset, "crf": str(crf), "x264-params": params, **x264_tune(keyint)}
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = index
             for packet in stream.encode(picture):

@@ -91,13 +91,13 @@ class VideoFile:
     `num_frames` is the labels file's true count when known, else the decoder's. Raises
     `VideoReadError` naming the path for anything that goes wrong with the file."""
 
-    def __init__(self, path: str | Path, decoder: str, seek: str = SEQUENTIAL, num_frames: int = -1):
+    def __init__(self, path: str | Path, decoder: str, seek: str = SEQUENTIAL, num_frames: int = -1, device: str = "cpu"):
         if seek not in FILE_SEEK_MODES:
             raise ValueError(f"seek ({seek!r}) must be one of {', '.join(FILE_SEEK_MODES)}")
         self.path, self.decoder, self.seek = Path(path), decoder, seek
         if seek == UNREADABLE:
             raise VideoReadError(self.path, f"{decoder} cannot decode it (found by rsp.prepare labels)")
-        self._reader = open_reader(decoder, self.path)
+        self._reader = open_reader(decoder, self.path, device)
         self.num_frames = num_frames if num_frames >= 0 else self._reader.num_frames
         if seek == RANDOM and self._reader.num_frames < num_frames:
             raise VideoReadError(
@@ -107,7 +107,8 @@ class VideoFile:
             )
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        """Frames `indices` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB."""
+        """Frames `indices` (any order, repeats allowed) as uint8 (N, H, W, 3) RGB (a CUDA tensor when
+        decoded on the GPU by random access)."""
         unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)  # sorted
         if len(unique) and (unique[0] < 0 or unique[-1] >= self.num_frames):
             raise VideoReadError(self.path, f"frame indices {unique.tolist()} outside [0, {self.num_frames - 1}]")

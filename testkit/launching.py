@@ -64,17 +64,24 @@ def overrides(videos: Path, root: Path, steps: int, every: int, *extra: str, bac
 
 
 def halving_sweep_file(
-    tmp_path: Path, videos: Path, root: Path, backend: str, steps: int, rung: int, lrs: Sequence[float]
+    tmp_path: Path,
+    videos: Path,
+    root: Path,
+    backend: str,
+    steps: int,
+    rung: int,
+    lrs: Sequence[float],
+    promotion: str = "",
+    extra: Sequence[str] = ("model.img_size=64", "data.batch_size=8"),  # a step long enough next to an evaluation
 ) -> Path:
     """A sweep file `halving_test` over optim.lr of a tiny smoke model with one rung (its only
-    milestone before the end besides step 0), each run evaluated on a generated DAVIS set."""
+    milestone before the end besides step 0), each run evaluated on a generated DAVIS set.
+    `promotion`: more keys of the select block (", promotion: async, min_reports: 2")."""
     common = merged(
         *[o for o in TINY if not o.startswith("experiment=")],
         f"cluster={backend}",
         f"data.root={videos}",
         f"output_root={root}",
-        "model.img_size=64",  # a step long enough next to an evaluation
-        "data.batch_size=8",
         f"schedule.total_steps={steps}",
         "schedule.warmup_steps=2",
         "checkpoint.every_steps=10",
@@ -84,13 +91,14 @@ def halving_sweep_file(
         f"evaluation.data_roots.davis={tmp_path / 'davis'}",
         "evaluation.cpus_per_task=1",
         "evaluation.time_minutes=15",
+        *extra,
     )
     path = tmp_path / "halving_test.yaml"
     path.write_text(
         "experiment: smoke\nname: 'lr{optim.lr}'\n"
         f"overrides: {json.dumps(common)}\n"
         f"axes:\n  - key: optim.lr\n    values: {json.dumps(list(lrs))}\n"
-        f"select: {{metric: 'davis:J&F-Mean', mode: max, keep: 0.5, rungs: [{rung}]}}\n"
+        f"select: {{metric: 'davis:J&F-Mean', mode: max, keep: 0.5, rungs: [{rung}]{promotion}}}\n"
     )
     return path
 

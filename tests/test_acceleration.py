@@ -195,6 +195,18 @@ def test_submit_refuses_fp16_on_a_cpu_run():
     assert any("runtime.precision=fp16 on a CPU run" in p for p in submit_problems(cfg))
 
 
+def test_submit_refuses_gpu_decoding_on_a_cpu_run():
+    cpu = gpu_run(None, data={"decoder": "torchcodec", "decode_device": "cuda"}, cluster={"gpus_per_node": 0})
+    (problem,) = [p for p in submit_problems(cpu) if "data.decode_device" in p]
+    assert "decodes videos on the GPU (NVDEC), but this is a CPU run" in problem and "set data.decode_device=cpu" in problem
+    on_gpus = gpu_run(data={"decoder": "torchcodec", "decode_device": "cuda"})
+    assert not [p for p in submit_problems(on_gpus) if "decode_device" in p]
+    assert DataConfig(decode_device="cuda").problems() == [
+        "data.decode_device=cuda decodes with torchcodec's GPU decoder, not pyav; set data.decoder=torchcodec or "
+        "data.decode_device=cpu"
+    ]
+
+
 def test_submit_refuses_bf16_on_a_gpu_type_without_it():
     (problem,) = submit_problems(gpu_run("v100"))
     assert "runtime.precision=auto means bf16 autocast, which v100 GPUs (compute capability 7.0)" in problem

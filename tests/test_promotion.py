@@ -9,7 +9,10 @@ import random
 
 import pytest
 
+from launch.config import ClusterConfig
 from launch.plan import plan_sweep
+from launch.requeue import decide
+from launch.rundir import Attempt
 from launch.sweeps.expand import load_sweep
 from launch.sweeps.promotion import Promotion, Rung, replay
 from launch.sweeps.selection import Selection, parse_selection, rank_runs, sweep_size_problems
@@ -190,10 +193,12 @@ def test_the_plan_refuses_a_minimum_count_larger_than_the_sweep(tmp_path):
     assert not any("larger than the sweep" in p for p in plan_sweep(load_sweep(fits), [], tmp_path).problems)
 
 
-def test_the_runtime_refuses_async_promotion_until_it_can_pause_runs(tmp_path):
+def test_async_promotion_is_refused_only_on_a_backend_that_runs_inside_the_submitting_process(tmp_path):
     sweep = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', rungs: [20], promotion: async, min_reports: 2}")
-    problems = plan_sweep(load_sweep(sweep), [], tmp_path).problems
-    assert any("select.promotion: async is not acted on by the local or SLURM runtime yet" in p for p in problems)
+    local = plan_sweep(load_sweep(sweep), ["cluster=local"], tmp_path).problems
+    assert not any("select.promotion" in p for p in local), local
+    debug = plan_sweep(load_sweep(sweep), ["cluster=debug"], tmp_path).problems
+    assert any(p.startswith("select.promotion: async needs runs in jobs of their own") for p in debug), debug
 
 
 def test_the_simulator_drives_the_rule_to_the_synchronous_kept_runs_and_prices_pausing():
@@ -218,3 +223,19 @@ def test_the_simulator_drives_the_rule_to_the_synchronous_kept_runs_and_prices_p
     survivors = [60, 20, 7, 3]  # ceil(n / 3) per rung (ties aside)
     exact = sum(n * (b - a) for n, a, b in zip(survivors, [0, *steps], steps, strict=False))
     assert compute["sync-pause"] == exact < compute["async"] < compute["sync"] < 60 * TOTAL_STEPS
+
+
+def test_a_paused_attempt_is_never_requeued_and_its_status_stays_the_jobs():
+    paused = Attempt(0, "1", "1/0", ["node"], 0.0, 0, end_time=5.0, end_step=20, end_reason="paused")
+    decision = decide([paused], ClusterConfig())
+    assert (decision.requeue, decision.final_state) == (False, None), decision
+    assert "paused at rung 20" in decision.reason
+
+
+def test_resubmitting_an_async_sweep_starts_nothing_paused(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', rungs: [20], promotion: async, min_reports: 2}"))
+    first = plan_sweep(sweep, ["cluster=local"], tmp_path).rows[0]
+    first.rundir.create(first.run.cfg)
+    first.rundir.set_status("paused", "paused at rung 20 of its asynchronous sweep")
+    rows = plan_sweep(sweep, ["cluster=local"], tmp_path).rows
+    assert [(r.state.state, r.action) for r in rows] == [("paused", "nothing"), ("missing", "submit"), ("missing", "submit")]

@@ -315,7 +315,7 @@ def pause_reason(run: RunDirectory, step: int, running: Callable[[RunDirectory],
     for name in run.sweep_names():
         sweep = SweepDirectory(run.path.parent, name)
         selection = sweep.selection()
-        if selection is None or step not in selection.rungs:
+        if selection is None or step not in selection.rungs or selection.promotion == "async":
             continue
         view = rung_views(sweep, selection)[-1]
         if view.rung != step or view.decision is not None or run_id not in {*view.waiting, *view.values}:
@@ -328,9 +328,10 @@ def pause_reason(run: RunDirectory, step: int, running: Callable[[RunDirectory],
 
 def decide_due(sweep: SweepDirectory, role: str) -> list[Decision]:
     """Decide every rung that is due, in order, and (re)apply every decision; returns the decisions
-    this call created. `role`: who decides, for the record ("status", "evaluation job 123", ...)."""
+    this call created. `role`: who decides, for the record ("status", "evaluation job 123", ...).
+    An asynchronous sweep's rungs close by its own rule (launch/sweeps/async_rungs.py), not here."""
     selection = sweep.selection()
-    if selection is None:
+    if selection is None or selection.promotion == "async":
         return []
     made = []
     with sweep.lock():

@@ -147,17 +147,6 @@ def sweep_size_problems(selection: Selection, runs: int) -> list[str]:
     return []
 
 
-def runtime_problems(selection: Selection) -> list[str]:
-    """What the local and SLURM runtimes cannot act on yet: asynchronous promotion is a rule
-    (launch/sweeps/promotion.py) and a simulation (bench/sweep_sim.py), not yet paused and resumed jobs."""
-    if selection.promotion == "async":
-        return [
-            "select.promotion: async is not acted on by the local or SLURM runtime yet (paused runs that free their "
-            "slot and resume when promoted are still to come; bench/sweep_sim.py simulates it); use promotion: sync"
-        ]
-    return []
-
-
 def run_problems(selection: Selection, cfg: RunConfig, total_steps: int | None) -> list[str]:
     """Why `selection` cannot rank the run `cfg` (total_steps: its length in optimizer steps, None
     when it cannot be known before its data exists)."""

@@ -78,7 +78,7 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
     (launch.sweeps.rungs.membership_changes)."""
     found, removed = run_problems(cfgs, sweep), []
     if sweep is not None:
-        found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, len(cfgs))
+        found += backend_problems(cfgs) + sweep_selection_problems(sweep.selection, cfgs)
         directory = SweepDirectory(cfgs[0].output_root, sweep.name)
         found += selection_change_problems(sweep.name, sweep.selection, directory)
         changed, removed = membership_changes(directory, {run_id(cfg): cfg.name for cfg in cfgs}, f"sweep file {sweep.name}")

@@ -9,7 +9,7 @@ message; the requeue breaker then ends the run after two attempts failing at the
 
 Rules (docs/training.md#gpu-options):
 - runtime.device=cuda needs GPUs; cluster.gpu_type needs GPUs and must be a known model;
-- fp16 needs a GPU (loss scaling runs on CUDA);
+- fp16 needs a GPU (loss scaling runs on CUDA); so does data.decode_device=cuda (NVDEC);
 - bf16 (runtime.precision=bf16 or auto) needs a GPU with bf16 tensor cores (compute capability 8.0+);
 - a batch whose memory lower bound exceeds the GPU's memory cannot fit;
 - runtime.compile needs the compiler toolchain (checked on this machine for local runs); on a CPU
@@ -77,6 +77,12 @@ def device_problems(cfg: RunConfig) -> list[str]:
             )
         if r.compile and backend.runs_here and (reason := compiler_problem("cpu")):
             out.append(f"runtime.compile=true cannot work on this machine: {reason}; or set runtime.compile=false")
+        if cfg.data.decode_device != "cpu":
+            out.append(
+                f"data.decode_device={cfg.data.decode_device} decodes videos on the GPU (NVDEC), but this is a CPU run "
+                "(cluster.gpus_per_node=0, runtime.device=cpu, or no GPU on this machine for an in-process run); "
+                "set data.decode_device=cpu, or request GPUs"
+            )
         return out
     if r.compile and backend.runs_here and (reason := compiler_problem("cuda")):
         out.append(f"runtime.compile=true cannot work on this machine's GPU: {reason}; or set runtime.compile=false")
