@@ -1,5 +1,5 @@
-"""Mistakes a new user makes, found by trying every front door as one would (docs/launching.md#common-
-mistakes), each answered by one clear line that names the key or file and the fix, never a traceback
+"""Mistakes a new user makes, found by trying every front door as one would
+(docs/launching.md#common-mistakes), each answered by one clear line that names the key or file and the fix, never a traceback
 and never a silent success. One table per front door, in this process: submit-time validation,
 the generated and natural training sets, `python -m rsp.synthetic`, records and typed configs."""
 

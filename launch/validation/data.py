@@ -137,7 +137,7 @@ def listing_problems(s: DatasetSurvey, root: Path) -> list[str]:
             f"seek modes may be another file's: "
             + (
                 f"{root} is a generated set: delete it and submit again to regenerate it"
-                if generated_scene(root) is not None
+                if generated_by_us(root, Path(s.labels))
                 else f"rerun python -m rsp.prepare labels --root {root} (it probes only the changed files again), or restore "
                 "the labelled files (`cp -p` and `rsync -t` keep modification times)"
             )
@@ -329,6 +329,15 @@ def generated_gap_problems(cfg: RunConfig) -> list[str]:
         "would come from the short-video fallback (two random frames) instead of t, t+k with k in "
         f"[data.min_gap, data.max_gap]; {fit}"
     ]
+
+
+def generated_by_us(root: Path, labels: Path) -> bool:
+    """A set generate_dataset wrote and labelled (it records sizes, never times), not one relabelled
+    since by `python -m rsp.prepare labels`: regenerating it is the fix, not relabelling."""
+    try:
+        return generated_scene(root) is not None and all(e.mtime_ns < 0 for e in read_labels(labels))
+    except DataError:
+        return False
 
 
 def natural_source_problems(sources: Sequence[str]) -> list[str]:
