@@ -138,7 +138,9 @@ def read_record(cls: type, path: Path) -> Any:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError([f"{path}: unreadable ({exc})"], what=f"{cls.__name__} record") from exc
+        raise ConfigError(
+            [f"{path}: unreadable ({exc}); restore it from a copy, or move it aside"], what=f"{cls.__name__} record"
+        ) from exc
     fields, _ = _schema(cls)
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [n for n in required if not isinstance(data, dict) or n not in data]

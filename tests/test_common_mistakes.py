@@ -21,6 +21,7 @@ from eval.prepare import main as eval_prepare_main
 from launch.config import absolutize, compose
 from launch.evaluations.__main__ import main as evaluations_main
 from launch.results import main as results_main
+from launch.rundir import RunDirectory
 from launch.status import main as status_main
 from launch.validation.run import problems
 from rsp.natural import listed_source_problems
@@ -291,3 +292,21 @@ def test_a_ctrl_c_ends_a_front_door_in_one_line(monkeypatch, capsys):
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
     err = capsys.readouterr().err
     assert err == "\nlaunch/submit.py: interrupted (ctrl-C); the same command again submits only what is missing\n"
+
+
+@pytest.mark.parametrize("damaged", ["run.json", "status.json", "attempts/000.json", "progress.json", "submissions/000.json"])
+def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_path, capsys, damaged):
+    """A hand-edited or truncated run record used to make status print a traceback and show nothing."""
+    runs = []
+    for name in ("good", "bad"):
+        cfg = compose(["cluster=debug", f"output_root={tmp_path}", f"name={name}"])
+        run = RunDirectory.for_config(cfg)
+        run.create(cfg)
+        runs.append(run)
+    (runs[1].path / damaged).parent.mkdir(exist_ok=True)
+    (runs[1].path / damaged).write_text("{bad")
+    assert status_main([str(tmp_path), "--no-advance"]) == 0
+    out = capsys.readouterr().out
+    assert runs[0].path.name in out and "1 run(s) not shown: a record cannot be read" in out, out
+    assert f"{runs[1].path.name}: {runs[1].path / damaged}: unreadable (" in out and "restore it from a copy" in out, out
+    assert (runs[1].path / damaged).read_text() == "{bad"  # nothing was changed
