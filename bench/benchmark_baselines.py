@@ -79,6 +79,10 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="where the sets and predictions go (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print only)")
     args = p.parse_args()
+    if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+        p.error(f"--seeds ({args.seeds!r}) must be comma-separated integers, e.g. 0,1,2")
+    if unknown := [t for t in args.tasks.split(",") if t not in TASKS]:
+        p.error(f"--tasks: {', '.join(unknown)} not registered; valid: {', '.join(TASKS)}")
     torch.set_num_threads(1)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

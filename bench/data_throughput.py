@@ -15,9 +15,9 @@ workers, batch 64, R = 2 pairs per video; both loaders draw the same frames, cro
      crop, flip, ToTensor and Normalize.
 2. System level: the same generated "raw" clips (360x480, 10 s at 30 fps, keyframe every 250 as
    web video, with an AAC audio track) prepared two ways, each read by its own loader:
-   - ours: `rsp.prepare rescale`'s ffmpeg command (short side 256, keyframe every 30, frames passed
-     through with their timestamps, no audio) + the labels step, read by our loader with the
-     default decoder;
+   - ours: `rsp.prepare rescale`'s ffmpeg command (short side 256, all-intra with fast decoding,
+     the default, and a keyframe every 30; frames passed through with their timestamps, no audio)
+     + the labels step, read by our loader with the default decoder;
    - the reference: a plain `ffmpeg -i raw -vf scale=-2:256 out.mp4` (x264 defaults: preset
      medium, keyframe every 250, audio kept), read by the reference loader.
    Preparation seconds per clip are reported too (not part of pairs/s: it runs once).
@@ -28,10 +28,11 @@ an H100 (from --gpu-json, a bench/gpu_check.py result, else the FLOP count) over
 CPU-core-second.
 
 Reported per configuration: pairs/s per worker (pairs over the wall seconds workers spent making
-items and batches, so prefetching cannot flatter it), the same over their CPU seconds (steadier on a
-shared machine), pairs/s end to end (iterator creation to the last batch), and each worker's peak
-memory: resident (VmHWM, an upper bound that counts pages shared with the parent) and unique (USS,
-polled every 0.25 s). The load average (`uptime`) is recorded before and after each measurement.
+items and batches, so prefetching cannot flatter it), the same over their CPU seconds (the worker's
+and its read process's, rsp/read_process.py; steadier on a shared machine), pairs/s end to end
+(iterator creation to the last batch), and the peak memory of each worker and of its read process:
+resident (VmHWM, an upper bound that counts pages shared with the parent) and unique (USS, polled
+every 0.25 s). The load average (`uptime`) is recorded before and after each measurement.
 
     python bench/data_throughput.py                      # table + JSON outside the checkout (printed)
     python bench/data_throughput.py --batches 1 --videos 8 --workers 1 --out bench/results

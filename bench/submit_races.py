@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--racers", type=int, default=2)
     p.add_argument("--backend", default="local", choices=("local", "slurm"))
     args = p.parse_args()
+    if args.races < 1 or args.racers < 2:
+        p.error(f"--races ({args.races}) must be >= 1 and --racers ({args.racers}) >= 2 (a race needs two submits)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         videos = Path(tmp) / "videos"

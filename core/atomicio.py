@@ -3,12 +3,14 @@ the directory. A reader sees either the old file or the complete new one, never 
 when the writer is killed with SIGKILL or the node loses power after the call returns.
 
 Used for checkpoints, manifests, run records and evaluation result records, i.e. everything that
-many processes on a shared filesystem may read while it is being replaced.
+many processes on a shared filesystem may read while it is being replaced. `writable` asks, before
+anything is written, whether a folder could be (submit-time checks, --out options).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -146,3 +148,22 @@ def remove_stale_temporaries(directory: str | Path, recursive: bool = False) -> 
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return stale
+
+
+@functools.cache
+def writable(path: Path) -> str | None:
+    """None when `path` could be created and written, else why not (a data root that will hold
+    generated videos, an output root, an evaluation root). Probes the nearest existing ancestor with
+    a temporary file, so a refused submission leaves no directory behind. Cached: a sweep checks
+    each distinct path once."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

@@ -179,3 +179,18 @@ class HintingArgumentParser(argparse.ArgumentParser):
         if own and "=" in extra:
             return f"write it as {own[0]} {shlex.quote(extra.partition('=')[2])}", False
         return f"not expected here; see {self.prog} --help", False
+
+
+def interrupts_in_one_line(command: str, next_step: str) -> None:
+    """Make a ctrl-C anywhere in `command` (while its imports load, while it validates or writes)
+    end with one line that says what to do next, not a traceback. Called by each front door when it
+    runs as the program, before its heavy imports; the exception still unwinds first, so every
+    `with` block (atomic writes, claims) cleans up, and the exit status stays that of SIGINT."""
+
+    def hook(kind: type[BaseException], value: BaseException, traceback) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"\n{command}: interrupted (ctrl-C); {next_step}", file=sys.stderr)
+        else:
+            sys.__excepthook__(kind, value, traceback)
+
+    sys.excepthook = hook

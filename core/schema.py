@@ -86,15 +86,50 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError([f"{where}{k} is not a field of {cls.__name__}; valid: {', '.join(known)}" for k in unknown])
-    kwargs = {}
+    kwargs, wrong = {}, []
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = from_dict(hint, value, f"{where}{name}.")
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+        elif float in _scalars(hint) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if (problem := _type_problem(_hints(cls)[name], value)) is not None:
+            wrong.append(f"{where}{name} ({value!r}) {problem}")
         kwargs[name] = value
+    if wrong:
+        raise ConfigError(wrong)
     return cls(**kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of `cls`, Optional kept (a None where null is allowed is no problem)."""
+    return typing.get_type_hints(cls)
+
+
+def _scalars(hint: Any) -> tuple[type, ...]:
+    """The scalar types a hint admits (int, float, bool, str, None), or () when it admits anything else."""
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    admitted = tuple(a for a in args if a in (int, float, bool, str, type(None)))
+    return admitted if len(admitted) == len(args) else ()
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """Why `value` does not fit a scalar hint (a string where a number goes, ...); None when it fits
+    or the hint is not a plain scalar one."""
+    admitted = _scalars(hint)
+    if not admitted or any(_fits(value, t) for t in admitted):
+        return None
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in admitted)
+    return f"must be {'an' if names[0] in 'aeiou' else 'a'} {names}, not {type(value).__name__}"
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind in (int, float) and isinstance(value, bool):  # True is an int to Python, never to a config
+        return False
+    return isinstance(value, kind)
 
 
 def read_record(cls: type, path: Path) -> Any:
@@ -103,7 +138,9 @@ def read_record(cls: type, path: Path) -> Any:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError([f"{path}: unreadable ({exc})"], what=f"{cls.__name__} record") from exc
+        raise ConfigError(
+            [f"{path}: unreadable ({exc}); restore it from a copy, or move it aside"], what=f"{cls.__name__} record"
+        ) from exc
     fields, _ = _schema(cls)
     required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [n for n in required if not isinstance(data, dict) or n not in data]

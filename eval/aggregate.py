@@ -360,7 +360,7 @@ class Report:
 
     def summary(self) -> str:
         if self.table.empty:
-            return f"no result records found; warnings: {len(self.warnings)}"
+            return "\n".join(["no result records found", *(f"warning: {w}" for w in self.warnings)])
         headline = headline_columns(self.table)
         key = best_by_column(self.table)
         shown = ["run", "step", "best", *filter(is_axis, self.table.columns), *headline]

@@ -19,7 +19,9 @@ radius, temperature set explicitly overrides the preset's value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from core.atomicio import writable
 from core.schema import RUNTIME_ONLY
 
 CHECKPOINT_FORMATS = ("auto", "ours", "rsp_reference", "timm", "dino", "mae")
@@ -120,6 +122,8 @@ class EvalConfig:
             out.append(f"cpu_threads ({self.cpu_threads}) must be >= 0 (0: torch's default, one per core)")
         if self.num_heads is not None and self.num_heads < 1:
             out.append(f"num_heads ({self.num_heads}) must be >= 1 or null")
+        if self.output_dir and (reason := writable(Path(self.output_dir))):
+            out.append(f"output_dir ({self.output_dir}) cannot be written ({reason}); choose another output_dir")
         return out
 
 

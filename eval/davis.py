@@ -64,13 +64,19 @@ def read_davis(
     return [_read_sequence(Path(root), resolution, name) for name in sequence_names(root, split, resolution, sequences)]
 
 
-def sequence_names(root: str | Path, split: str, resolution: str, sequences: Sequence[str] = ()) -> list[str]:
+def sequence_names(
+    root: str | Path, split: str, resolution: str, sequences: Sequence[str] = (), task: str = "davis"
+) -> list[str]:
+    """The split's sequence names (of `task`: davis, or photo_davis in the same layout)."""
     root = Path(root)
     listing = root / "ImageSets" / "2017" / f"{split}.txt"
+    what = "a DAVIS-2017 root" if task == "davis" else f"a {task} root (DAVIS-2017 layout)"
+    splits = sorted(p.stem for p in listing.parent.glob("*.txt"))
     names = read_listing(
         listing,
-        f"{root} is not a DAVIS-2017 root (prepare one with "
-        f"`python -m eval.prepare davis --root {root}`) or split={split!r} does not exist",
+        f"split={split!r} does not exist; splits in {listing.parent}: {', '.join(splits)}"
+        if splits
+        else f"{root} is not {what} (prepare one with `python -m eval.prepare {task} --root {root}`)",
     )
     if not (root / "JPEGImages" / resolution).is_dir():
         found = sorted(p.name for p in (root / "JPEGImages").iterdir() if p.is_dir()) if (root / "JPEGImages").is_dir() else []
@@ -118,7 +124,7 @@ def check_davis(cfg: EvalConfig, full: bool) -> list[str]:
     `full` (evaluation) also reads every later annotation: no id beyond the first frame's objects,
     the first annotation's size; without it (submit time) only layout and first frames are read."""
     try:
-        names = sequence_names(cfg.data_root, cfg.split, cfg.davis_resolution, cfg.sequences)
+        names = sequence_names(cfg.data_root, cfg.split, cfg.davis_resolution, cfg.sequences, cfg.task)
     except (FileNotFoundError, ValueError) as exc:
         return [str(exc)]
     out = []

@@ -19,9 +19,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m eval.prepare", "downloaded archives are kept; run it again to continue")
+
+from core.atomicio import writable
 from eval.registry import TASKS
 
 
@@ -36,9 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if reason := writable(args.root):
+        parser.error(f"--root {args.root} cannot be written ({reason}); choose another folder")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    items = TASKS[args.task].prepare(args)
+    try:
+        items = TASKS[args.task].prepare(args)
+    except (OSError, ValueError) as err:  # no network, a missing or damaged archive: one line, no traceback
+        print(f"error: {args.task}: {err}", file=sys.stderr)
+        return 2
     print(f"{args.task}: {len(items)} evaluation videos ready in {args.root}")
     return 0
 

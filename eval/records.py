@@ -159,7 +159,10 @@ def read_records(paths: Iterable[Path]) -> tuple[list[ResultRecord], list[str]]:
         try:
             record = parse_record(path)
         except ValueError as exc:
-            warnings.append(f"skipped corrupt, partial or out-of-range record {exc}")
+            warnings.append(
+                f"skipped corrupt, partial or out-of-range record {exc} (`python -m launch.evaluations backfill` "
+                "moves it aside and evaluates again)"
+            )
             continue
         if problem := manifest_problem(record):
             warnings.append(f"skipped inconsistent record {path}: {problem}")

@@ -21,6 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m eval.run", "run it again to evaluate")
+
 import torch
 
 from core.atomicio import atomic_write_json

@@ -283,7 +283,8 @@ def _paste(frame: np.ndarray, labels: np.ndarray, texture: np.ndarray, label: in
 def prepare_vip(root: Path, archive: Path) -> list:
     """Extract a downloaded VIP_Fine archive (its cloud drives need a browser)."""
     if not archive.is_file():
-        raise FileNotFoundError(f"{archive} does not exist; download VIP_Fine (see the VIP dataset page) and pass --archive")
+        what = "is a directory, not the archive" if archive.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{archive} {what}; download VIP_Fine (see the VIP dataset page) and pass --archive")
     extract(archive, root, LAYOUT)
     return read_vip(root, "val")
 

@@ -101,9 +101,16 @@ class Report:
 
 
 def runs_under(root: Path, sweep: str | None = None) -> list[RunDirectory]:
-    """Every run directory under `root` (of `sweep` when given), by name."""
+    """Every run directory under `root` (of `sweep` when given) whose records read, by name; the
+    others are named by `damaged_runs` and left as they are."""
     runs = [RunDirectory(p.parent) for p in sorted(Path(root).glob("*/run.json"))]
-    return [r for r in runs if sweep is None or r.in_sweep(sweep)]
+    return [r for r in runs if r.damage() is None and (sweep is None or r.in_sweep(sweep))]
+
+
+def damaged_runs(root: Path) -> dict[str, str]:
+    """Run directory name -> why its records cannot be read, for every such run under `root`."""
+    runs = [RunDirectory(p.parent) for p in sorted(Path(root).glob("*/run.json"))]
+    return {r.path.name: problem for r in runs if (problem := r.damage()) is not None}
 
 
 def advance(

@@ -192,7 +192,8 @@ DICT_FIELDS = ("cluster.extra_sbatch", "evaluation.presets", "evaluation.data_ro
 def _is_dict_entry(key: str) -> bool:
     """cluster.extra_sbatch.reservation, evaluation.overrides.davis.topk: entries of dict fields
     (also true of a whole override, key=value)."""
-    return any(key.startswith(f"{d}.") for d in DICT_FIELDS)
+    name = key.split("=", 1)[0]
+    return any(name == d or name.startswith(f"{d}.") for d in DICT_FIELDS)
 
 
 def compose(overrides: list[str], experiment: str | None = None) -> RunConfig:

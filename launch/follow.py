@@ -54,7 +54,7 @@ class MetricsTail:
 
 
 def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
-    shown = 0
+    shown, broken = 0, 0
     tail = MetricsTail(run.path / "metrics.jsonl")
     try:
         while True:
@@ -65,6 +65,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
                 values = "  ".join(f"{k} {record[k]:.4g}" for k in SHOWN if isinstance(record.get(k), (int, float)))
                 print(f"step {record['step']}/{total}  {values}", flush=True)
                 shown = record["step"]
+                broken = int(record.get("broken_videos", broken))
             if not alive:
                 break
             time.sleep(poll_s)
@@ -79,6 +80,11 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status.reason} ({run.path})")
+    if broken:  # skipped and counted, never silent (rsp.data.BrokenVideoBudget stops a run past data.max_broken_fraction)
+        print(
+            f"{broken} video read(s) failed and were replaced by other videos; which ones: the rank logs under "
+            f"{run.path / 'logs'}. Re-prepare the data (python -m rsp.prepare labels) to drop them"
+        )
     cfg = run.config()
     if cfg.evaluation.tasks:
         return wait_and_report(run, poll_s)

@@ -20,6 +20,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("launch/results.py", "the tables are written whole or not at all; run it again")
+
+from core.atomicio import writable
 from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
@@ -81,10 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     root = Path(args.output_root).expanduser()
     if not root.is_dir():
-        p.error(f"output root {root} does not exist; pass the output_root your runs were submitted with")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        p.error(f"output root {root} {what}; pass the output_root your runs were submitted with")
+    if args.sweep is not None and not run_directories(root, args.sweep):
+        known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
+        p.error(f"--sweep {args.sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'}")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and (reason := writable(out)):
+        p.error(f"--out {out} cannot be written ({reason}); choose another folder")
     report = aggregate_runs(
         root,
-        Path(args.out).expanduser() if args.out else None,
+        out,
         plots=not args.no_plots,
         tensorboard=not args.no_tensorboard,
         sweep=args.sweep,

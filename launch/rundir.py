@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from core.atomicio import atomic_write_json, atomic_write_text, create_json_exclusive
-from core.schema import fingerprint, from_dict, read_record, to_dict
+from core.schema import ConfigError, fingerprint, from_dict, read_record, to_dict
 from launch.config import RunConfig, train_config
 from launch.steplog import read_trace
 from rsp.manifest import Manifest, list_manifests
@@ -208,6 +208,18 @@ class RunDirectory:
         atomic_write_text(self.path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         info = RunInfo(run_id(cfg), cfg.name, config_hash(cfg), cfg.cluster.world_size, time.time(), to_dict(cfg))
         atomic_write_json(self.path / "run.json", to_dict(info))
+
+    def damage(self) -> str | None:
+        """Why this run's own records cannot be read (a hand edit, a truncated copy, a full disk at the
+        wrong moment), naming the file; None when every one of them reads. Status and the other
+        readers set such a run aside and name it instead of failing on it."""
+        try:
+            self.config()
+            self.status(), self.prune_marker(), self.total_steps()
+            self.submissions(), self.attempts()
+        except ConfigError as exc:
+            return "; ".join(exc.problems)
+        return None
 
     def info(self) -> RunInfo:
         """run.json; rsp.schema.ConfigError naming the file when it is unreadable or of another format."""

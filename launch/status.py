@@ -37,8 +37,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("launch/status.py", "nothing was left half-done")
+
 from core.commandline import HintingArgumentParser
-from launch.advance import Report, advance, runs_under
+from launch.advance import Report, advance, damaged_runs, runs_under
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
@@ -257,9 +262,9 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
     """The status table and what is below it; pure: it reads the run and sweep directories and
     asks the scheduler, and writes nothing. `report`: what the advance before it did (shown first)."""
     directories = [d for d in sweep_directories(root) if sweep is None or d.name == sweep]
-    runs = find_runs(root, sweep)
+    runs, damaged = find_runs(root, sweep), damaged_lines(root)
     if not runs:
-        return f"no runs under {root}" + (f" in sweep {sweep}" if sweep else "")
+        return "\n".join([f"no runs under {root}" + (f" in sweep {sweep}" if sweep else ""), *damaged])
     axes = {r.path: r.sweep_axes() for r in runs} if sweep else {}
     axis_keys = sorted({k for values in axes.values() for k in values})
     states = reconcile(runs, root)
@@ -284,7 +289,19 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
     for directory in directories:
         lines += rung_lines(directory) + promotion_lines(directory, states)
     lines += cost_lines(states, costs, unit) + ([note] if note else [])
-    return "\n".join(lines)
+    return "\n".join(lines + damaged)
+
+
+def damaged_lines(root: Path) -> list[str]:
+    """The runs set aside because a record of theirs cannot be read: each named with its file."""
+    damaged = damaged_runs(root)
+    if not damaged:
+        return []
+    return [
+        f"{len(damaged)} run(s) not shown: a record cannot be read (nothing was changed; restore the file from a copy, "
+        "or move the run directory aside and submit again to retrain):",
+        *(f"  {name}: {problem}" for name, problem in damaged.items()),
+    ]
 
 
 def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
@@ -302,7 +319,8 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
         return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
     root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
     if not root.is_dir():
-        return root, sweep, f"output root {root} does not exist; pass the output_root your runs were submitted with"
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        return root, sweep, f"output root {root} {what}; pass the output_root your runs were submitted with"
     if sweep is not None and not find_runs(root, sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         return (
@@ -345,7 +363,7 @@ def render_attempts(root: Path, sweep: str | None) -> str:
             )
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in [header, *body]]
-    return "\n".join(lines + ([note] if note else []))
+    return "\n".join(lines + ([note] if note else []) + damaged_lines(root))
 
 
 def show(root: Path, sweep: str | None, no_advance: bool = False, no_recover: bool = False) -> str:

@@ -25,6 +25,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line(
+        "launch/submit.py",
+        "what was submitted goes on (python launch/status.py shows it); the same command again submits only what is missing",
+    )
+
 import yaml
 
 from core.commandline import HintingArgumentParser

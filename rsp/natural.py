@@ -29,7 +29,15 @@ import av
 import numpy as np
 from PIL import Image
 
-from rsp.photos import INSTALL_HINT, PHOTO_SUFFIXES, held_out_problem, sources_in, training_photos, training_videos
+from rsp.photos import (
+    INSTALL_HINT,
+    PHOTO_SUFFIXES,
+    VIDEO_SUFFIXES,
+    held_out_problem,
+    sources_in,
+    training_photos,
+    training_videos,
+)
 from rsp.scenes import Backdrop, SceneObject, SceneStyle, draw_objects, film
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,54 @@ def load_video(path: Path, short_side: int = VIDEO_SHORT_SIDE, max_frames: int =
     if len(frames) < 2:
         raise ValueError(f"{len(frames)} decodable frame(s)")
     return np.stack(frames)
+
+
+def unreadable_source(path: Path) -> str | None:
+    """Why a source the user listed cannot serve (not a photograph or video by its suffix, or it
+    does not decode); None when it can. The installed sources are skipped and counted instead."""
+    suffix = path.suffix.lower()
+    if suffix not in PHOTO_SUFFIXES + VIDEO_SUFFIXES:
+        return (
+            f"{path} is neither a photograph ({', '.join(PHOTO_SUFFIXES)}) nor a video ({', '.join(VIDEO_SUFFIXES)}); "
+            "list photographs, videos or folders of them"
+        )
+    try:
+        if suffix in PHOTO_SUFFIXES:
+            with Image.open(path) as image:
+                image.verify()
+        else:
+            with av.open(str(path)) as container:
+                next(container.decode(video=0))
+    except (OSError, ValueError, StopIteration, av.FFmpegError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{path} cannot be decoded ({reason}); replace the file or drop it"
+    return None
+
+
+def listed_source_problems(entries: Sequence[str]) -> list[str]:
+    """Every problem of the extra sources a user listed (data.natural_sources, --sources): a path
+    that does not exist, a folder with nothing to use, an evaluation-only photograph, a file that
+    does not decode. Each names the file and the fix."""
+    missing = [e for e in entries if not Path(e).exists()]
+    out = [f"{e} does not exist; fix the path or drop it" for e in missing]
+    out += [
+        f"folder {e} holds no photographs or videos; fix the path or drop it"
+        for e in entries
+        if Path(e).is_dir() and not sources_in([e])
+    ]
+    for entry in [e for e in entries if e not in missing]:
+        listed = sources_in([entry])
+        refused = [p for p in listed if held_out_problem(p)]
+        if len(refused) > 3:  # a folder of held-out photographs: one line, not one per file
+            names = ", ".join(p.name for p in refused[:3])
+            out.append(
+                f"{entry} holds {len(refused)} evaluation-only photographs ({names}, ...), held out for the real-photo "
+                "benchmark (docs/learning.md#sources-and-licences); list its videos or other files one by one instead"
+            )
+        else:
+            out += refused_sources(refused)
+        out += [p for p in map(unreadable_source, sorted(set(listed) - set(refused))) if p]
+    return out
 
 
 def refused_sources(paths: Sequence[Path]) -> list[str]:

@@ -33,6 +33,11 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m rsp.prepare", "finished files are kept; run it again to continue")
+
 from core.download import DownloadError
 from rsp import kinetics
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
@@ -308,8 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def argument_problems(args: argparse.Namespace) -> list[str]:
+    """Arguments no step can run with: a root that is missing (only download creates one) or not a
+    folder, counts and sizes out of range. Each names the option and the fix."""
+    root = Path(args.root)
+    out = []
+    if root.exists() and not root.is_dir():
+        out.append(f"--root {root} is a file, not a directory; pass the preparation folder")
+    elif not root.exists() and args.step not in ("download", "all"):
+        out.append(f"--root {root} does not exist; pass the folder earlier steps prepared (python -m rsp.prepare all starts one)")
+    if getattr(args, "jobs", 0) < 0:
+        out.append(f"--jobs ({args.jobs}) must be >= 0 (0: in this process)")
+    for name in ("timeout", "short_side", "keyint", "min_frames"):
+        if getattr(args, name, 1) <= 0:
+            out.append(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be > 0")
+    if not 0 <= getattr(args, "crf", 23) <= 51:
+        out.append(f"--crf ({args.crf}) must lie in [0, 51] (libx264)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if problems := argument_problems(args):
+        parser.error("; ".join(problems))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for step in STEPS if args.step == "all" else (args.step,):
         try:
@@ -318,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s: %s", step, err)
             return 2
         log.info(report.summary())
+        if args.step != "all" and report.done == report.skipped == len(report.failed) == 0:
+            log.error(
+                "%s: found nothing to do under %s; run the earlier steps first (python -m rsp.prepare --help)", step, args.root
+            )
+            return 2
         for path, reason in report.failed[:5]:
             log.warning("%s failed: %s: %s", step, path, reason)
         written = report.write_failures(Path(args.root))

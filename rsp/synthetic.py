@@ -25,21 +25,28 @@ import csv
 import io
 import json
 import logging
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m rsp.synthetic", "finished videos are kept; run it again to continue")
+
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
-from core.atomicio import atomic_path, atomic_write_json
+from core.atomicio import atomic_path, atomic_write_json, writable
 from rsp.decoders import DECODERS
 from rsp.filepool import run_isolated
 from rsp.kinetics import x264_tune
-from rsp.natural import natural_frames, natural_sources
+from rsp.natural import listed_source_problems, natural_frames, natural_sources
 from rsp.probe import VideoProbe, probe_video
 from rsp.scenes import camouflage_frames
 from rsp.video import OUR_LABELS, LabelEntry, read_labels, write_labels
@@ -210,8 +217,12 @@ def generate_dataset(
     height, width, num_frames = height or default_height, width or default_width, num_frames or default_frames
     if num_videos < 1 or num_classes < 1:
         raise ValueError(f"num_videos ({num_videos}) and num_classes ({num_classes}) must be >= 1")
+    if num_frames < 2 or fps < 1 or keyint < 1:  # one frame holds no frame pair
+        raise ValueError(f"frames ({num_frames}) must be >= 2, fps ({fps}) and keyint ({keyint}) >= 1")
     if height % 2 or width % 2:
-        raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma)")
+        raise ValueError(f"height ({height}) and width ({width}) must be even (h264 with 4:2:0 chroma); choose even sizes")
+    if scene == "natural" and (refused := listed_source_problems(sources)):
+        raise ValueError("; ".join(refused))
     root = Path(root)
     specs = [
         VideoSpec(
@@ -234,7 +245,10 @@ def generate_dataset(
             raise RuntimeError(f"generated video {spec.path} cannot be decoded: {probe.reason}")
         modes = [probe.seek.get(d, "") for d in DECODERS]
         rel = spec.path.relative_to(root).as_posix()
-        entries.append(LabelEntry(rel, i % num_classes, f"class_{i % num_classes:03d}", probe.num_frames, *modes))
+        # the size (identical content on every rank that writes it), never the time: a file replaced
+        # later (truncated, re-encoded) is caught at submit time and by the loader (rsp.video.changed_since_labelling)
+        size = spec.path.stat().st_size
+        entries.append(LabelEntry(rel, i % num_classes, f"class_{i % num_classes:03d}", probe.num_frames, *modes, size))
     labels = root / OUR_LABELS
     write_labels(labels, entries)
     made = {"scene": scene, "videos": num_videos, "height": height, "width": width, "frames": num_frames, "seed": seed}
@@ -243,6 +257,16 @@ def generate_dataset(
         made.update(sources=list(found.names), skipped_sources=list(found.skipped))
     atomic_write_json(root / GENERATED_FILE, made)
     return labels
+
+
+def existing_dataset(root: Path) -> dict:
+    """What a dataset already at `root` is ({} when there is none): generate_dataset's record of
+    it, or {"videos": N} for any other labels file."""
+    if (root / GENERATED_FILE).is_file():
+        return json.loads((root / GENERATED_FILE).read_text())
+    if (root / OUR_LABELS).is_file():
+        return {"videos": len(read_labels(root / OUR_LABELS)), "scene": "not generated"}
+    return {}
 
 
 def generated_scene(root: str | Path) -> str | None:
@@ -358,7 +382,7 @@ def _annotations_csv(names: list[str], label_of: dict[str, str]) -> str:
 # --- command line -------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rsp.synthetic", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ds = sub.add_parser("dataset", help="a prepared Kinetics-layout dataset with labels.csv")
@@ -385,7 +409,27 @@ def main(argv: list[str] | None = None) -> None:
     raw.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    target = Path(args.root if args.command == "dataset" else args.out)
+    if reason := writable(target):
+        parser.error(f"{target} cannot be written ({reason}); choose another folder")
+    try:
+        generate(args)
+    except (OSError, ValueError) as err:  # a bad argument, an unwritable root, a refused source: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def generate(args: argparse.Namespace) -> None:
+    if args.videos < 1:
+        raise ValueError(f"--videos ({args.videos}) must be >= 1")
     if args.command == "dataset":
+        made = existing_dataset(Path(args.root))
+        if made and (made.get("videos") != args.videos or made.get("scene") != args.scene):
+            raise ValueError(
+                f"{args.root} already holds a dataset ({made.get('videos')} {made.get('scene')} videos); writing "
+                f"{args.videos} {args.scene} videos would replace its labels file: choose an empty --root, or delete it first"
+            )
         labels = generate_dataset(
             args.root,
             args.videos,
@@ -410,4 +454,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

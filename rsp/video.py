@@ -125,7 +125,10 @@ def resolve_labels_file(root: Path, labels: str) -> Path:
     if labels != "auto":
         path = root / labels
         if not path.is_file():
-            raise DataError(f"data.labels ({labels!r}) does not exist under data.root {root}; expected file {path}")
+            raise DataError(
+                f"data.labels ({labels!r}) does not exist under data.root {root}; expected file {path}; "
+                "fix data.labels, or drop it (auto: labels.csv, else the reference's pickle)"
+            )
         return path
     for name in (OUR_LABELS, *REFERENCE_LABELS):
         if (root / name).is_file():
@@ -144,7 +147,9 @@ def read_labels(path: Path) -> list[LabelEntry]:
     except DataError:
         raise
     except (OSError, pickle.UnpicklingError, EOFError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"labels file {path} cannot be read: {err}") from err
+        raise DataError(
+            f"labels file {path} cannot be read: {err}; regenerate it with `python -m rsp.prepare labels --root {path.parent}`"
+        ) from err
     if not entries:
         raise DataError(f"labels file {path} lists no videos; regenerate it with `python -m rsp.prepare labels`")
     return entries
@@ -168,7 +173,8 @@ def _read_csv(path: Path) -> list[LabelEntry]:
         got = ",".join(header) if rows else "an empty file"
         raise DataError(
             f"labels file {path} must start with the header {','.join(LABELS_HEADER)} (or, written before sizes or seek "
-            f"modes were recorded, {','.join(SEEK_LABELS_HEADER)} or {','.join(OLD_LABELS_HEADER)}), found {got}"
+            f"modes were recorded, {','.join(SEEK_LABELS_HEADER)} or {','.join(OLD_LABELS_HEADER)}), found {got}; "
+            "rewrite it with `python -m rsp.prepare labels`"
         )
     entries = []
     for line, row in enumerate(rows[1:], start=2):
@@ -180,7 +186,10 @@ def _read_csv(path: Path) -> list[LabelEntry]:
             seeks, stat = row[4 : len(SEEK_LABELS_HEADER)], [int(v) for v in row[len(SEEK_LABELS_HEADER) :]]
             entry = LabelEntry(row[0], int(row[1]), row[2], int(row[3]), *seeks, *stat)
         except ValueError as err:
-            raise DataError(f"labels file {path}, line {line}: expected {','.join(header)}, got {row} ({err})") from err
+            raise DataError(
+                f"labels file {path}, line {line}: expected {','.join(header)}, got {row} ({err}); fix the line, or "
+                "rewrite the file with `python -m rsp.prepare labels`"
+            ) from err
         bad = [f"{d}={entry.seek(d)!r}" for d in DECODERS if entry.seek(d) not in ("", *FILE_SEEK_MODES)]
         if bad:
             raise DataError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -171,6 +172,21 @@ def test_ffmpeg_gets_an_argument_list_not_a_shell_line(tmp_path):
     assert command(src, tmp_path / "o.mp4")[command(src, tmp_path / "o.mp4").index("-i") + 1] == str(src)
     assert rescale_video((src, tmp_path / "out" / "o.mp4"), command, 60)
     assert (tmp_path / "out" / "o.mp4").is_file() and not list(tmp_path.rglob("pwned"))
+
+
+def test_all_intra_is_encoded_for_fast_decoding(tmp_path):
+    """x264 writes its settings into the stream (an SEI message): all-intra has no CABAC and no
+    deblocking (`-tune fastdecode`), a keyframe every 30 keeps x264's defaults."""
+    src = tmp_path / "src.mp4"
+    write_video(src, synthetic_frames(np.random.default_rng(0), 4, 64, 80))
+    settings = {}
+    for keyint in (1, 30):
+        command = partial(ffmpeg_command, "ffmpeg", short_side=32, keyint=keyint, preset="veryfast", crf=23)  # the recipe's
+        assert rescale_video((src, tmp_path / f"k{keyint}.mp4"), command, 60)
+        with av.open(str(tmp_path / f"k{keyint}.mp4")) as container:
+            first = bytes(next(container.demux(video=0)))
+        settings[keyint] = re.findall(rb"(cabac|deblock)=(\d)", first)
+    assert settings == {1: [(b"cabac", b"0"), (b"deblock", b"0")], 30: [(b"cabac", b"1"), (b"deblock", b"1")]}
 
 
 def test_rescale_drops_audio_keeps_the_aspect_and_makes_sides_even(tmp_path):

@@ -9,9 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import launch.evaluations
+
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load is one line too
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m launch.evaluations", "submitted evaluations go on; run it again for the rest")
+
 from core.commandline import HintingArgumentParser
 from launch.advance import Missing, advance
-from launch.backends import backend_class
+from launch.backends import BACKENDS, backend_class
 from launch.rundir import RunDirectory
 
 
@@ -26,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("schedule", help="submit the evaluations of one run's checkpoint(s)")
     s.add_argument("run_dir")
     s.add_argument("--step", type=int, action="append")
-    s.add_argument("--backend", required=True)
+    s.add_argument("--backend", required=True, choices=sorted(BACKENDS))
     b = sub.add_parser("backfill", help="evaluate existing checkpoints that lack results")
     b.add_argument("output_root", nargs="?", default="runs")
-    b.add_argument("--backend", default=None, help="default: each run's own backend")
+    b.add_argument("--backend", default=None, choices=sorted(BACKENDS), help="default: each run's own backend")
     b.add_argument("--all-checkpoints", action="store_true", help="not only milestones")
     b.add_argument("--retry-failed", action="store_true")
     args = p.parse_args(argv)
@@ -45,8 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(" ".join(report.submitted.get(run.path.name, [])))
         return 0
+    root = Path(args.output_root).expanduser()
+    if not root.is_dir():
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        p.error(f"output root {root} {what}; pass the output_root your runs were submitted with")
+    if not any(root.glob("*/run.json")):
+        print(f"no runs under {root}: nothing to backfill (runs live in OUTPUT_ROOT/<name>-<id>/run.json)")
+        return 0
     missing = Missing(args.backend, None, args.retry_failed, args.all_checkpoints)
-    report = advance(Path(args.output_root), role="backfill", missing=missing)
+    report = advance(root, role="backfill", missing=missing)
     for line in report.lines():
         print(line)
     for name, ids in report.submitted.items():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.atomicio import writable
 from launch.config import RunConfig
 from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
 from rsp.synthetic import SCENE_SIZES, generated_scene
@@ -134,8 +134,13 @@ def listing_problems(s: DatasetSurvey, root: Path) -> list[str]:
         out.append(
             f"{len(s.changed)} of the {s.videos} videos {s.labels} lists changed after it was written (size or "
             f"modification time differ from the recorded ones: {examples(s.changed)}), so their recorded frame counts and "
-            f"seek modes may be another file's: rerun python -m rsp.prepare labels --root {root} (it probes only the "
-            "changed files again), or restore the labelled files (`cp -p` and `rsync -t` keep modification times)"
+            f"seek modes may be another file's: "
+            + (
+                f"{root} is a generated set: delete it and submit again to regenerate it"
+                if generated_by_us(root, Path(s.labels))
+                else f"rerun python -m rsp.prepare labels --root {root} (it probes only the changed files again), or restore "
+                "the labelled files (`cp -p` and `rsync -t` keep modification times)"
+            )
         )
     if s.folders:
         out.append(
@@ -272,6 +277,8 @@ def generated_problems(cfg: RunConfig, root: Path) -> list[str]:
     """A set generated at submit time: the root can hold it, it fits the batch, and a dataset already
     there is the one asked for (it would be used as it is)."""
     d = cfg.data
+    if d.synthetic_scene not in SCENE_SIZES:  # the field rule names it (rsp.config.DataConfig); nothing to judge here
+        return []
     if (reason := writable(root)) is not None:
         return [
             f"data.root ({root}) cannot hold the generated videos (data.synthetic_videos={d.synthetic_videos}): {reason}; "
@@ -324,36 +331,24 @@ def generated_gap_problems(cfg: RunConfig) -> list[str]:
     ]
 
 
+def generated_by_us(root: Path, labels: Path) -> bool:
+    """A set generate_dataset wrote and labelled (it records sizes, never times), not one relabelled
+    since by `python -m rsp.prepare labels`: regenerating it is the fix, not relabelling."""
+    try:
+        return generated_scene(root) is not None and all(e.mtime_ns < 0 for e in read_labels(labels))
+    except DataError:
+        return False
+
+
 def natural_source_problems(sources: Sequence[str]) -> list[str]:
     """The held-out rule (docs/learning.md#sources-and-licences): no training source of the natural
     clips, installed or in data.natural_sources, is an evaluation-only photograph; every listed
-    source exists."""
-    from rsp.natural import refused_sources  # PIL and PyAV: only a natural scene pays for them
-    from rsp.photos import sources_in, training_photos, training_videos
+    source exists and decodes (rsp.natural.listed_source_problems)."""
+    from rsp.natural import listed_source_problems, refused_sources  # PIL and PyAV: only a natural scene pays for them
+    from rsp.photos import training_photos, training_videos
 
-    missing = [s for s in sources if not Path(s).exists()]
-    out = [f"data.natural_sources: {s} does not exist; fix the path or drop it" for s in missing]
-    listed = sources_in([s for s in sources if s not in missing])
-    return out + [f"data.natural_sources: {p}" for p in refused_sources(training_photos() + training_videos() + listed)]
-
-
-@functools.cache
-def writable(path: Path) -> str | None:
-    """None when `path` could be created and written, else why not (a data root that will hold
-    generated videos, an output root, an evaluation root). Probes the nearest existing ancestor with
-    a temporary file, so a refused submission leaves no directory behind. Cached: a sweep checks
-    each distinct path once."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rsp-write-test-"):
-            pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
+    installed = refused_sources(training_photos() + training_videos())
+    return [f"data.natural_sources: {p}" for p in listed_source_problems(sources) + installed]
 
 
 def data_notes(cfg: RunConfig) -> list[str]:

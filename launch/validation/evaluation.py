@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.atomicio import writable
 from core.schema import ConfigError
 from eval.config import DEVICES as EVAL_DEVICES
 from eval.protocol import preset_problem
@@ -16,7 +17,6 @@ from eval.registry import TASKS, get_task, registered
 from launch.config import EvaluationConfig
 from launch.evaluations.expected import task_eval_config
 from launch.validation.cluster import MIN_TRAINING_S, SIGNAL_TICK_S
-from launch.validation.data import writable
 from rsp.architectures import MODELS
 
 # Evaluation config fields each evaluation job sets itself (launch/evaluations/expected.py): an override would silently
@@ -100,7 +100,10 @@ def protocol_problems(e: EvaluationConfig, model_name: str = "") -> list[str]:
             continue
         try:
             ecfg = task_eval_config(e, task, checkpoint="<checkpoint>")
-        except (ConfigError, TypeError) as exc:
+        except ConfigError as exc:  # a key EvalConfig does not know, a value of the wrong type
+            out += [f"evaluation.overrides.{task}.{p}" for p in exc.problems]
+            continue
+        except TypeError as exc:
             out.append(f"evaluation.overrides.{task}: {exc}")
             continue
         found = [p for p in eval_problems(ecfg) if not p.startswith("data_root is empty")]  # reported above

@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from core.atomicio import writable
 from core.schema import ConfigError
 from launch.config import RunConfig, train_config
 from launch.validation.cluster import checkpoint_size, cluster_problems, time_problems
-from launch.validation.data import data_problems, survey, writable
+from launch.validation.data import data_problems, survey
 from launch.validation.devices import device_problems
 from launch.validation.evaluation import evaluation_problems
 from rsp.optim import resolve_schedule
