@@ -310,3 +310,15 @@ def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_p
     assert runs[0].path.name in out and "1 run(s) not shown: a record cannot be read" in out, out
     assert f"{runs[1].path.name}: {runs[1].path / damaged}: unreadable (" in out and "restore it from a copy" in out, out
     assert (runs[1].path / damaged).read_text() == "{bad"  # nothing was changed
+
+
+def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    run.record_sweep("x", {"optim.lr": 0.1})
+    (tmp_path / "sweeps" / "x").mkdir(parents=True)
+    (tmp_path / "sweeps" / "x" / "sweep.json").write_text('{"trunc')
+    assert status_main([str(tmp_path), "sweep=x", "--no-advance"]) == 2  # used to be a traceback
+    err = capsys.readouterr().err
+    assert "sweeps/x/sweep.json: unreadable (" in err and "restore it from a copy, or move it aside" in err, err
