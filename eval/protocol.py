@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 from core.schema import ConfigError
 from eval.config import OVERRIDABLE, PRESETS, EvalConfig, PropagationParams
 from eval.registry import TASKS, get_task, registered
+from eval.task import GENERATED_MARKER
 
 
 def preset_problem(task: str, preset: str, key: str = "preset") -> str | None:
@@ -35,8 +37,22 @@ def problems(cfg: EvalConfig) -> list[str]:
     elif problem := preset_problem(cfg.task, cfg.preset):
         out.append(problem)
     else:
-        out += propagation_params(cfg).problems()
+        out += propagation_params(cfg).problems() + other_task_problem(cfg)
     return out
+
+
+def other_task_problem(cfg: EvalConfig) -> list[str]:
+    """A generated set of another task at data_root (photo_davis and davis share a layout, so one
+    would be scored and labelled as the other, silently): its marker names its task."""
+    marker = Path(cfg.data_root) / GENERATED_MARKER if cfg.data_root else None
+    found = marker.read_text().split() if marker is not None and marker.is_file() else []
+    other = found[1] if len(found) > 1 and found[0] == "generated" else None
+    if other is None or other == cfg.task or other not in TASKS:
+        return []
+    return [
+        f"data_root ({cfg.data_root}) holds the generated {other} set, not a {cfg.task} set ({marker}): point data_root "
+        f"at a {cfg.task} dataset, or set task={other}"
+    ]
 
 
 def validate(cfg: EvalConfig) -> EvalConfig:

@@ -43,6 +43,7 @@ if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load
     interrupts_in_one_line("launch/status.py", "nothing was left half-done")
 
 from core.commandline import HintingArgumentParser
+from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
 from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
@@ -384,7 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         p.error(problem)
     while True:
-        print(render_attempts(root, sweep) if ns.attempts else show(root, sweep, ns.no_advance, ns.no_recover), flush=True)
+        try:
+            print(render_attempts(root, sweep) if ns.attempts else show(root, sweep, ns.no_advance, ns.no_recover), flush=True)
+        except ConfigError as exc:  # a damaged sweep record (a run's own are set aside by damaged_lines): named, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if not ns.watch:
             return 0
         time.sleep(ns.watch)

@@ -56,9 +56,12 @@ class ReadProcess:
         return self._cpu_done + self._cpu_live
 
     def __call__(self, video: int, path: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        if not self._pid:
-            self._start()
-        self._conn.send((video, rng.bit_generator.state))
+        request = (video, rng.bit_generator.state)
+        try:
+            self._send(request)
+        except OSError:  # the child died between reads (killed from outside): not this file's doing
+            self._stop()
+            self._send(request)
         if not self._conn.poll(READ_TIMEOUT_S):
             self._stop(signal.SIGKILL)
             raise VideoReadError(path, f"reading it made no progress for {READ_TIMEOUT_S:.0f} s; its read process was killed")
@@ -77,6 +80,11 @@ class ReadProcess:
             shape, dtype = frames
             frames = np.frombuffer(self._buffer, dtype, int(np.prod(shape))).reshape(shape)
         return indices, frames
+
+    def _send(self, request: tuple) -> None:
+        if not self._pid:
+            self._start()
+        self._conn.send(request)
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()

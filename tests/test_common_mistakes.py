@@ -18,6 +18,8 @@ from core.schema import ConfigError, from_dict
 from eval.config import EvalConfig
 from eval.davis import sequence_names
 from eval.prepare import main as eval_prepare_main
+from eval.protocol import problems as eval_problems
+from eval.task import GENERATED_MARKER
 from launch.config import absolutize, compose
 from launch.evaluations.__main__ import main as evaluations_main
 from launch.results import main as results_main
@@ -310,3 +312,24 @@ def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_p
     assert runs[0].path.name in out and "1 run(s) not shown: a record cannot be read" in out, out
     assert f"{runs[1].path.name}: {runs[1].path / damaged}: unreadable (" in out and "restore it from a copy" in out, out
     assert (runs[1].path / damaged).read_text() == "{bad"  # nothing was changed
+
+
+def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    run.record_sweep("x", {"optim.lr": 0.1})
+    (tmp_path / "sweeps" / "x").mkdir(parents=True)
+    (tmp_path / "sweeps" / "x" / "sweep.json").write_text('{"trunc')
+    assert status_main([str(tmp_path), "sweep=x", "--no-advance"]) == 2  # used to be a traceback
+    err = capsys.readouterr().err
+    assert "sweeps/x/sweep.json: unreadable (" in err and "restore it from a copy, or move it aside" in err, err
+
+
+@pytest.mark.parametrize("task, other", [("photo_davis", "davis"), ("davis", "photo_davis")])
+def test_a_generated_set_of_another_task_is_refused(tmp_path, task, other):
+    """photo_davis and davis share a layout: the one used to be scored and labelled as the other."""
+    (tmp_path / GENERATED_MARKER).write_text(f"generated {other} set (design) {{}}\n")
+    found = eval_problems(EvalConfig(checkpoint="x.pt", task=task, data_root=str(tmp_path)))
+    one_with(found, f"holds the generated {other} set, not a {task} set", f"set task={other}")
+    assert not eval_problems(EvalConfig(checkpoint="x.pt", task=other, data_root=str(tmp_path)))

@@ -28,7 +28,7 @@ from rsp.data import (
     sample_pair_indices,
 )
 from rsp.synthetic import synthetic_frames, write_video
-from rsp.video import LabelEntry, VideoReadError, write_labels
+from rsp.video import LabelEntry, VideoReadError, read_labels, write_labels
 
 # --- sampler --------------------------------------------------------------------------------------
 
@@ -243,7 +243,11 @@ def test_collate_stacks_items_and_sums_broken_reads():
 
 
 def _damage(root) -> dict[str, str]:
-    """Break videos of a copied dataset in the ways the issue lists; returns name -> kind."""
+    """Break videos of a copied dataset in the ways the issue lists; returns name -> kind. The labels
+    file forgets the sizes it recorded, so each file fails for its own reason rather than for having
+    changed since the labels step (tests/test_data_changes.py tests that)."""
+    labels = root / "labels.csv"
+    write_labels(labels, [e._replace(size=-1, mtime_ns=-1) for e in read_labels(labels)])
     videos = sorted((root / "train").glob("*/*.mp4"))
     kinds = {}
     videos[0].write_bytes(b"")

@@ -3,6 +3,9 @@ real SIGSEGVs in native code while reading one generated video."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +42,10 @@ def test_a_crashing_read_fails_one_file_and_the_next_read_forks_a_fresh_process(
     assert err.value.path == str(ds.paths[1])
     _, frames = reads(2, str(ds.paths[2]), item_rng(0, 0, 2))  # a new read process
     assert np.array_equal(frames, ds._read(2, item_rng(0, 0, 2))[1]) and reads.cpu_seconds() > 0
+    os.kill(reads._pid, signal.SIGKILL)  # killed from outside between reads: the next read still succeeds
+    os.waitid(os.P_PID, reads._pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: the read process reaps it
+    _, frames = reads(3, str(ds.paths[3]), item_rng(0, 0, 3))
+    assert np.array_equal(frames, ds._read(3, item_rng(0, 0, 3))[1])
 
 
 def _batches(ds, workers: int, start: int, count: int) -> list[dict]:
