@@ -5,6 +5,10 @@ that identifies a run, readable differences, and the schema's dotted keys and th
 Fields that cannot change the numbers a run produces (worker counts, log cadence, where
 checkpoints go, ...) carry ``metadata=RUNTIME_ONLY``. `fingerprint()` leaves them out, so a run
 keeps its identity when only they change, and a checkpoint stays resumable.
+
+A result-affecting field added after runs already exist carries ``metadata=ADDED_TO_IDENTITY``: it
+enters the fingerprint only when set to something other than its default, so the runs made before
+it existed (which ran as the default does) keep their ids, and submitting their sweeps again finds them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 RUNTIME_ONLY = {"affects_results": False}
+ADDED_TO_IDENTITY = {"affects_results": "unless default"}
 
 
 class ConfigError(ValueError):
@@ -51,9 +56,19 @@ def without_runtime_only(data: dict, cls: type) -> dict:
     for key, value in data.items():
         if key in known and not known[key].metadata.get("affects_results", True):
             continue
+        if (
+            key in known
+            and known[key].metadata.get("affects_results") == ADDED_TO_IDENTITY["affects_results"]
+            and value == _default(known[key])
+        ):
+            continue
         hint = hints.get(key)
         out[key] = without_runtime_only(value, hint) if dataclasses.is_dataclass(hint) and isinstance(value, dict) else value
     return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def fingerprint(cfg: Any, extra: dict | None = None) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.schema import RUNTIME_ONLY, ConfigError, ignored
+from core.schema import ADDED_TO_IDENTITY, RUNTIME_ONLY, ConfigError, ignored
 from rsp.architectures import MODELS
 from rsp.decoders import DECODERS
 
@@ -138,8 +138,9 @@ class DataConfig:
     decoder: str = "pyav"
     # cpu | cuda: where frames are decoded (docs/data.md#gpu-decoding). cuda decodes with torchcodec on the
     # GPU's video decoder (NVDEC) in the training process, and crops there: no loader workers, a fraction of
-    # the host CPU per pair. Part of the run's identity: GPU colour conversion and resizing round differently
-    decode_device: str = "cpu"
+    # the host CPU per pair. Part of the run's identity when not cpu (GPU colour conversion and resizing round
+    # differently); cpu is how every run made before the setting existed decoded, so their ids stay
+    decode_device: str = field(default="cpu", metadata=ADDED_TO_IDENTITY)
     # auto: random access where `rsp.prepare labels` verified it for the file and decoder, else decoding
     # from the first frame | sequential: always the latter. Both give the same frames, so only speed changes
     seek: str = field(default="auto", metadata=RUNTIME_ONLY)

@@ -93,6 +93,17 @@ def test_kinetics_experiments_are_one_recipe_plus_the_model_size(monkeypatch):
     assert "rsp_k400" not in " ".join(options("experiment"))  # the recipe is not an experiment of its own
 
 
+def test_a_setting_added_to_the_identity_changes_ids_only_when_set():
+    """data.decode_device came after runs existed: at its default (how those runs decoded) the ids
+    stay as pinned above; decoding on the GPU is another trajectory, so another run."""
+    base = compose(["experiment=rsp_vits16_k400", "cluster=slurm"])
+    same = compose(["experiment=rsp_vits16_k400", "cluster=slurm", "data.decode_device=cpu"])
+    gpu = compose(["experiment=rsp_vits16_k400", "cluster=slurm", "data.decoder=torchcodec", "data.decode_device=cuda"])
+    cpu_torchcodec = compose(["experiment=rsp_vits16_k400", "cluster=slurm", "data.decoder=torchcodec"])
+    assert run_id(base) == run_id(same) == "55e1f2a89286"
+    assert len({run_id(base), run_id(gpu), run_id(cpu_torchcodec)}) == 3
+
+
 # --- validation: one test per rule ---------------------------------------------------------------
 
 
