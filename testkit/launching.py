@@ -181,13 +181,17 @@ def job_id(run: RunDirectory) -> str:
     return run.last_submission().job_id
 
 
-def squeue_ids(under: Path) -> set[str]:
+def squeue_ids(under: Path, evaluations: bool = True) -> set[str]:
     """The queued or running jobs whose batch script lies under `under` (an output root: the launcher
     writes every job's script into the root's scheduler folders). Scoped, because other scenarios of
-    the suite's pool submit jobs to the same cluster at the same time."""
+    the suite's pool submit jobs to the same cluster at the same time. `evaluations=False` leaves out
+    evaluation and watcher jobs (scripts under a run's evals/.jobs/): a finished run's last evaluation
+    and the watchers that chain behind it are queued by jobs already running, whenever those get there,
+    so "a resubmit queued nothing" is a statement about training jobs."""
     out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%o"], capture_output=True, text=True, check=True).stdout
     prefix = str(Path(under).resolve())
-    return {job for job, _, command in (line.partition("|") for line in out.splitlines()) if command.startswith(prefix)}
+    jobs = ((job, command) for job, _, command in (line.partition("|") for line in out.splitlines()))
+    return {job for job, command in jobs if command.startswith(prefix) and (evaluations or "/evals/.jobs/" not in command)}
 
 
 def wait_for(

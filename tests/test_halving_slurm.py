@@ -75,10 +75,10 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     assert (pruned.path / "checkpoints" / f"step_{stopped_at:08d}.pt").is_file()
     print(f"[halving] pruned run stopped {attempts[-1].end_time - pruned.prune_marker().time:.1f} s after its marker")
 
-    before = squeue_ids(root)
+    before = squeue_ids(root, evaluations=False)
     rc, out = submit([f"sweep={sweep_file}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 3" in out, out
-    assert not squeue_ids(root) - before and len(pruned.submissions()) == 1
+    assert not squeue_ids(root, evaluations=False) - before and len(pruned.submissions()) == 1
 
     # Costs: sacct's own AllocCPUS x Elapsed, attempt by attempt, and the records' cost to each checkpoint.
     # A run's status is written by its job's teardown, seconds before SLURM closes the allocation:

@@ -107,10 +107,10 @@ def test_single_node_run_finishes_and_resubmitting_starts_nothing(submitted, ref
     wait_finished(run)
     attempts = run.attempts()
     assert [a.end_reason for a in attempts] == ["finished"] and attempts[0].exit_code == 0
-    before = squeue_ids(submitted["roots"]["single"])
+    before = squeue_ids(submitted["roots"]["single"], evaluations=False)
     rc, out = submit(overrides(run.config().data.root, submitted["roots"]["single"], 12, 4))
     assert rc == 0 and "nothing submitted" in out and "finished" in out and str(run.path) in out
-    assert not squeue_ids(submitted["roots"]["single"]) - before and len(run.submissions()) == 1
+    assert not squeue_ids(submitted["roots"]["single"], evaluations=False) - before and len(run.submissions()) == 1
     assert_same_training_state(run.path, reference(run, reference_runs))
 
 

@@ -76,10 +76,10 @@ def two_by_two_sweep(env: ScenarioEnv) -> None:
     assert "model.kl_scale" in table.splitlines()[0] and "optim.lr" in table.splitlines()[0]
     assert table.count("finished") >= 2 and table.count("failed") >= 2
 
-    before = squeue_ids(root)
+    before = squeue_ids(root, evaluations=False)
     rc, out = submit([f"sweep={sweep}"])
     assert rc == 0 and "nothing to submit" in out and "submit 0, retry 0, nothing 4" in out, out
-    assert not squeue_ids(root) - before
+    assert not squeue_ids(root, evaluations=False) - before
 
     failed = [r for r in runs_of(root) if r.final_state() == "failed"]
     attempts_before = {r.path: len(r.attempts()) for r in failed}
