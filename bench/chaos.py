@@ -19,12 +19,14 @@ machine's local-cluster lock (the test suite's) first: one such cluster per mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +43,21 @@ from testkit.launching import only_run  # noqa: E402
 from testkit.training import assert_same_training_state, torchrun  # noqa: E402
 
 LOCK = Path(tempfile.gettempdir()) / "rsp-local-slurm-session.lock"  # tests/slurm_fixtures.py's
+
+
+@contextlib.contextmanager
+def private_cluster(prefix: str) -> Iterator[Path]:
+    """A temporary directory with a local SLURM cluster of its own (its environment exported to this
+    process), started under the machine-wide lock the test suite also takes, stopped on the way out."""
+    with open(LOCK, "a") as lock, tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cluster = LocalSlurmCluster(Path(tmp) / "slurm")
+        cluster.start()
+        os.environ.update(cluster.env)
+        try:
+            yield Path(tmp)
+        finally:
+            cluster.stop()
 
 
 def references(tmp: Path):
@@ -92,25 +109,17 @@ def main() -> None:
     if args.only is not None:
         schedule = [schedule[args.only]]
     started = time.time()
-    with open(LOCK, "a") as lock, tempfile.TemporaryDirectory(prefix="rsp-chaos-") as tmp:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        tmp = Path(tmp)
-        cluster = LocalSlurmCluster(tmp / "slurm")
-        cluster.start()
-        os.environ.update(cluster.env)
-        try:
-            generate_dataset(tmp / "videos", 16, num_classes=2, height=64, width=80, num_frames=40, keyint=30)
-            for i in range(0, len(schedule), args.parallel):
-                batch = schedule[i : i + args.parallel]
-                for thread in submit_schedule(batch, tmp / "videos", tmp / "runs", seed):
-                    thread.join(args.timeout)
-                wait_all(batch, args.timeout)
-            same = references(tmp)
-            for chaos in schedule:
-                if chaos.error is None:
-                    chaos.outcome = outcome(chaos, same)
-        finally:
-            cluster.stop()
+    with private_cluster("rsp-chaos-") as tmp:
+        generate_dataset(tmp / "videos", 16, num_classes=2, height=64, width=80, num_frames=40, keyint=30)
+        for i in range(0, len(schedule), args.parallel):
+            batch = schedule[i : i + args.parallel]
+            for thread in submit_schedule(batch, tmp / "videos", tmp / "runs", seed):
+                thread.join(args.timeout)
+            wait_all(batch, args.timeout)
+        same = references(tmp)
+        for chaos in schedule:
+            if chaos.error is None:
+                chaos.outcome = outcome(chaos, same)
     result = summary(schedule, seed)
     result["wall_s"] = round(time.time() - started, 1)
     result["load_average"] = os.getloadavg()

@@ -25,13 +25,11 @@ local-cluster lock (the test suite's) first.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,12 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bench_io import report  # noqa: E402
-from bench.chaos import LOCK, references  # noqa: E402
+from bench.chaos import private_cluster, references  # noqa: E402
 from launch.evaluations.claims import submission  # noqa: E402
 from launch.evaluations.recovery import evaluation_states  # noqa: E402
 from launch.postmortem import live_job  # noqa: E402
 from launch.results import aggregate_runs  # noqa: E402
-from localslurm.cluster import LocalSlurmCluster  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402
 from testkit.chaos import rank_process  # noqa: E402
 from testkit.launching import merged, only_run, submit  # noqa: E402
@@ -160,27 +157,19 @@ def main() -> None:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     print(f"evaluation chaos seed {seed} (replay: python bench/eval_chaos.py --seed {seed} --runs {args.runs})", flush=True)
     started = time.time()
-    with open(LOCK, "a") as lock, tempfile.TemporaryDirectory(prefix="rsp-eval-chaos-") as tmp:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        tmp = Path(tmp)
-        cluster = LocalSlurmCluster(tmp / "slurm")
-        cluster.start()
-        os.environ.update(cluster.env)
-        try:
-            generate_dataset(tmp / "videos", 8, num_classes=2, height=64, width=80, num_frames=24, keyint=30)
-            killers = {}
-            for i in range(args.runs):
-                root = tmp / f"run{i}"
-                rc, out = submit(run_overrides(tmp, root))
-                if rc != 0:
-                    raise RuntimeError(f"submit of run {i} failed:\n{out}")
-                killers[root] = EvaluationKiller(root, random.Random(f"{seed}-{i}"), args.timeout)
-            for killer in killers.values():
-                killer.join(args.timeout)
-            same = references(tmp)
-            rows = [outcome(root, killer, same) for root, killer in killers.items()]
-        finally:
-            cluster.stop()
+    with private_cluster("rsp-eval-chaos-") as tmp:
+        generate_dataset(tmp / "videos", 8, num_classes=2, height=64, width=80, num_frames=24, keyint=30)
+        killers = {}
+        for i in range(args.runs):
+            root = tmp / f"run{i}"
+            rc, out = submit(run_overrides(tmp, root))
+            if rc != 0:
+                raise RuntimeError(f"submit of run {i} failed:\n{out}")
+            killers[root] = EvaluationKiller(root, random.Random(f"{seed}-{i}"), args.timeout)
+        for killer in killers.values():
+            killer.join(args.timeout)
+        same = references(tmp)
+        rows = [outcome(root, killer, same) for root, killer in killers.items()]
     result = {
         "seed": seed,
         "runs": len(rows),
