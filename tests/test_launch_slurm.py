@@ -36,7 +36,13 @@ from testkit.launching import (
 from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
-LONG = 400  # steps: a run that is still training when the test interferes with it
+# Steps: a run still training when the test interferes with it (~10 s here after the interference at
+# step 3 or at its first checkpoint, EVERY; the signals and kills land within a second or two). Every
+# step of these runs is paid twice, by the job and by its reference: the suite's largest CPU item.
+LONG, EVERY = 150, 25
+# The upstream run must outlast its resubmission, which waits for the main thread (testkit.launching.run_command)
+# while that thread may be training a reference: a longer run, with no reference to pay for.
+UPSTREAM = 400
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")  # loader workers: the scheduler's signals reach them too
 
 
@@ -47,12 +53,12 @@ def launch_runs(env: ScenarioEnv) -> dict:
     plan = {
         "single": overrides(train_videos, base / "single", 12, 4),
         "two_nodes": overrides(train_videos, base / "two_nodes", 12, 4, "cluster.nodes=2"),
-        "usr2": overrides(train_videos, base / "usr2", LONG, 50),
+        "usr2": overrides(train_videos, base / "usr2", LONG, EVERY),
         "startup_usr2": overrides(train_videos, base / "startup_usr2", 40, 10, "model.kl_scale=0.02"),
-        "requeue": overrides(train_videos, base / "requeue", LONG, 50, *WORKERS),
-        "kill9": overrides(train_videos, base / "kill9", LONG, 50, "cluster.nodes=2"),  # same training as "preempt"
+        "requeue": overrides(train_videos, base / "requeue", LONG, EVERY, *WORKERS),
+        "kill9": overrides(train_videos, base / "kill9", LONG, EVERY, "cluster.nodes=2"),  # same training as "preempt"
         "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
-        "upstream": overrides(train_videos, base / "upstream", LONG, 100),
+        "upstream": overrides(train_videos, base / "upstream", UPSTREAM, 100),
     }
     interventions = {  # name -> (ready(run), action(run), poll_s)
         "usr2": (lambda r: r.latest_logged_step() >= 3, scancel_usr2, 1.0),
@@ -160,7 +166,7 @@ def test_external_scontrol_requeue_with_loader_workers_is_a_requeue_with_the_red
     attempts = run.attempts()
     assert len(attempts) >= 2 and attempts[0].end_reason == "requeued", explain(run)
     assert "DataLoader worker" not in all_logs(run)
-    assert attempts[1].start_step >= 50 and attempts[0].end_step >= attempts[1].start_step
+    assert attempts[1].start_step >= EVERY and attempts[0].end_step >= attempts[1].start_step
     assert last_logged_step(run, attempts[0].key) in (attempts[0].end_step, attempts[0].end_step - 1), explain(run)
     assert steps_lost(run) >= attempts[0].end_step - attempts[1].start_step  # the lost column counts what was redone
     assert_same_training_state(run.path, reference(run, reference_runs))
@@ -249,7 +255,7 @@ def test_preemption_of_a_two_node_run_resumes_bitwise_identically(submitted, tra
     for root in submitted["roots"].values():
         wait_finished(only_run(root), timeout=900)
     root = tmp_path / "preempt"
-    rc, out = submit(overrides(train_videos, root, LONG, 100, "cluster.nodes=2"))
+    rc, out = submit(overrides(train_videos, root, LONG, 2 * EVERY, "cluster.nodes=2"))
     assert rc == 0, out
     run = only_run(root)
     wait_for(lambda: run.latest_logged_step() >= 5, 300, "the run to train", lambda: explain(run))
