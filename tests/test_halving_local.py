@@ -21,7 +21,9 @@ LRS = (0.0001, 0.01)
 @pytest.mark.slow  # a local sweep of two runs with evaluation jobs: ~50 s
 def test_a_local_sweep_pauses_at_the_rung_and_its_pruned_run_stops_there(train_videos, tmp_path):
     root = tmp_path / "runs"
-    sweep_file = halving_sweep_file(tmp_path, train_videos, root, "local", STEPS, RUNG, LRS)
+    # 32 px, batch 2 (TINY): the runs pause at the rung until it is decided, so no step needs to
+    # outlast an evaluation (the SLURM sweeps' 64 px, batch 8 steps)
+    sweep_file = halving_sweep_file(tmp_path, train_videos, root, "local", STEPS, RUNG, LRS, extra=())
     rc, out = submit([f"sweep={sweep_file}"])  # follows the sweep until every run and evaluation ended
     runs = [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
     why = out + "\n".join(map(explain, runs))
