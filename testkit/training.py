@@ -61,7 +61,9 @@ def tiny_config(root: Path, **sections) -> TrainConfig:
         optim=OptimConfig(lr=1e-3),
         schedule=ScheduleConfig(total_steps=8, warmup_steps=2),
         checkpoint=CheckpointConfig(every_steps=2, keep_last=2),
-        runtime=RuntimeConfig(log_every_steps=1, deterministic=True),
+        # One thread: on this model's small ops a second intra-op thread triples the CPU time of a
+        # step and is slower besides (2 cores shared by the suite's workers and jobs, tests/README.md)
+        runtime=RuntimeConfig(log_every_steps=1, deterministic=True, cpu_threads=1),
     )
     for section, values in sections.items():
         setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
