@@ -1,0 +1,123 @@
+"""A real device that fills up during a run (a tmpfs mounted as the run's output_root): the
+terminal gets the one-line cause, the run ends failed and is not retried while the disk stays full,
+what was kept on the disk is intact, and once space is made the same command resumes from the
+newest kept checkpoint and ends bitwise equal to a run never interrupted.
+
+Mounting needs root (CI runs as root); a failed mount is a failure in CI (CI=true), a skip elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from launch.config import absolutize, compose, train_config
+from rsp.checkpoint import CheckpointStore
+from testkit.launching import TINY, merged, only_run, submit
+from testkit.training import assert_same_training_state
+from tests.fixtures_data import unavailable
+
+MiB = 2**20
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
+    """A tmpfs of `size_mib` MiB mounted at `where`: a real device with a real ENOSPC, unmounted after."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a {size_mib} MiB tmpfs at {where} (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Another writer grows into the disk until `leave_bytes` are free (the run's own files fit, the
+    next checkpoint does not)."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave_bytes))
+    return filler
+
+
+class FillOnceSubmitted(threading.Thread):
+    """Fills the disk under `root` as soon as submit has created the run (its free-space check has
+    passed by then), before the job's first checkpoint: the run meets a disk that filled up after it
+    was accepted."""
+
+    def __init__(self, root: Path, leave_bytes: int, timeout_s: float = 300):
+        super().__init__(daemon=True)
+        self.root, self.leave_bytes, self.timeout_s = root, leave_bytes, timeout_s
+        self.filler: Path | None = None
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while not any(self.root.glob("*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.filler = fill(self.root, self.leave_bytes)
+
+    def result(self) -> Path:
+        self.join(self.timeout_s)
+        assert self.filler is not None, f"no run appeared under {self.root}"
+        return self.filler
+
+
+def committed_intact(store: CheckpointStore) -> list[int]:
+    """The steps of every committed checkpoint, each loaded and verified against its manifest."""
+    steps = []
+    for manifest in store.manifests():
+        assert store.verify(manifest) is None, manifest
+        assert store.load(manifest)["step"] == manifest.step
+        steps.append(manifest.step)
+    return steps
+
+
+@pytest.mark.slow  # a tiny local run that fails, and its resumption: ~30 s quiet
+def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_bitwise(train_videos, tmp_path, reference_runs):
+    root = tmp_path / "disk"
+    args = merged(
+        *TINY,
+        "cluster=local",
+        f"data.root={train_videos}",
+        f"output_root={root}",
+        "schedule.total_steps=6",
+        "schedule.warmup_steps=2",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=1",
+    )
+    reference = reference_runs.get(train_config(absolutize(compose(args), Path.cwd())))
+    first, *_, last = CheckpointStore(reference / "checkpoints").manifests()
+    # Room for the step-0 checkpoint (weights only), the step-2 one (weights and the optimizer's
+    # moments, as large as the last one) and the run's small records; not for the step-4 one beside them.
+    room = first.bytes + last.bytes + last.bytes // 2
+    with small_disk(root, 80):  # submit checks room for 4 checkpoints of the run (12 MiB each) at both submissions
+        filler = FillOnceSubmitted(root, room)
+        rc, out = submit(args)
+        filled = filler.result()
+        run = only_run(root)
+        assert rc == 1, out
+        line = next((text for text in out.splitlines() if "no space left on device" in text), "")
+        assert f"writing checkpoint step 4 in {run.path / 'checkpoints'}" in line and "MiB free" in line, out
+        assert "kept: 2 committed checkpoint(s) (steps 0, 2)" in line and "Traceback" not in out, out
+        assert [a.end_reason for a in run.attempts()] == ["crashed"], out  # not retried while the disk stays full
+        assert run.final_state() == "failed" and "no space left on device" in run.status().reason
+        assert "Traceback" in run.attempts()[0].error and "DiskFullError" in run.attempts()[0].error
+        assert committed_intact(CheckpointStore(run.path / "checkpoints")) == [0, 2]
+        assert not [p for p in run.path.joinpath("checkpoints").iterdir() if p.name.startswith("step_00000004")]
+
+        filled.unlink()  # space is made: the same command (with --retry-failed) resumes from step 2
+        rc, out = submit([*args, "--retry-failed"])
+        assert rc == 0, out
+        assert [(a.start_step, a.end_reason) for a in run.attempts()] == [(0, "crashed"), (2, "finished")], out
+        assert_same_training_state(run.path, reference)
