@@ -104,8 +104,8 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
     if category is None:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
     if last.end_reason == "crashed" and (hopeless := HOPELESS.get((failure_signature(last)[1] or "").rsplit(".", 1)[-1])):
-        cause = (last.error or "").strip().splitlines()[-1].split(":", 1)[-1].strip()
-        return Decision(False, f"{cause} Not requeued: {hopeless}", "failed")
+        cause = (last.error or "").strip().splitlines()[-1].split(":", 1)[-1].strip().rstrip(".")
+        return Decision(False, f"{cause}. Not requeued: {hopeless}", "failed")
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
         if before.end_step == last.end_step and failure_signature(before) == failure_signature(last):

@@ -64,14 +64,15 @@ def size_text(n_bytes: float) -> str:
     return f"{n_bytes / 1024**3:.2f} GiB" if n_bytes >= 1024**3 else f"{n_bytes / 1024**2:.1f} MiB"
 
 
-def disk_full_message(directory: Path, step: int) -> str:
-    """One line: where, how much is free, what was kept, what to do."""
+def disk_full_message(directory: Path, writing: str) -> str:
+    """One line: what could not be written (`writing`: "checkpoint step 40 in <dir>"), how much is
+    free there, what was kept (the checkpoints in `directory`), what to do."""
     free = shutil.disk_usage(directory).free if directory.exists() else 0
     kept = [m.step for m in list_manifests(directory)]
     resume = f"it resumes from step {kept[-1]}" if kept else "it starts again from step 0"
     return (
-        f"no space left on device writing checkpoint step {step} in {directory} ({size_text(free)} free); kept: "
-        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), the partial file was removed. "
+        f"no space left on device writing {writing} ({size_text(free)} free); kept: "
+        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), no partial checkpoint. "
         f"Free space there (or move output_root and the run directory), then submit the run again: {resume}"
     )
 
@@ -152,7 +153,7 @@ class CheckpointStore:
                 raise
             if not self._manifest_path(target).exists():  # the .pt got in, its manifest did not: never committed
                 target.unlink(missing_ok=True)
-            raise DiskFullError(disk_full_message(self.dir, step)) from exc
+            raise DiskFullError(disk_full_message(self.dir, f"checkpoint step {step} in {self.dir}")) from exc
 
     def _write(self, target: Path, step: int, payload: dict, milestone: bool) -> Manifest:
         with atomic_writer(target) as f:

@@ -8,7 +8,9 @@ Mounting needs root (CI runs as root); a failed mount is a failure in CI (CI=tru
 from __future__ import annotations
 
 import contextlib
-import os
+import errno
+import json
+import shutil
 import subprocess
 import threading
 import time
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from core.atomicio import SpaceReserve, atomic_write_json
 from launch.config import absolutize, compose, train_config
+from launch.runstate import reconcile
 from rsp.checkpoint import CheckpointStore
 from testkit.launching import TINY, merged, only_run, submit
 from testkit.training import assert_same_training_state
@@ -42,11 +46,17 @@ def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
 
 
 def fill(disk: Path, leave_bytes: int) -> Path:
-    """Another writer grows into the disk until `leave_bytes` are free (the run's own files fit, the
-    next checkpoint does not)."""
+    """Another writer grows into the disk until `leave_bytes` are free, or until the disk is full
+    when the run's own writes take the rest meanwhile."""
     filler = disk / "filler.bin"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave_bytes))
+    with open(filler, "wb", buffering=0) as f:
+        while (free := shutil.disk_usage(disk).free - leave_bytes) > 0:
+            try:
+                f.write(b"\0" * min(free, MiB))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
     return filler
 
 
@@ -83,19 +93,16 @@ def committed_intact(store: CheckpointStore) -> list[int]:
     return steps
 
 
+def tiny_run(videos: Path, root: Path) -> list[str]:
+    """A 6-step local run checkpointing every 2 steps, keeping 1 besides its milestones (steps 0 and 6)."""
+    steps = ("schedule.total_steps=6", "schedule.warmup_steps=2", "checkpoint.every_steps=2", "checkpoint.keep_last=1")
+    return merged(*TINY, "cluster=local", f"data.root={videos}", f"output_root={root}", *steps)
+
+
 @pytest.mark.slow  # a tiny local run that fails, and its resumption: ~30 s quiet
 def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_bitwise(train_videos, tmp_path, reference_runs):
     root = tmp_path / "disk"
-    args = merged(
-        *TINY,
-        "cluster=local",
-        f"data.root={train_videos}",
-        f"output_root={root}",
-        "schedule.total_steps=6",
-        "schedule.warmup_steps=2",
-        "checkpoint.every_steps=2",
-        "checkpoint.keep_last=1",
-    )
+    args = tiny_run(train_videos, root)
     reference = reference_runs.get(train_config(absolutize(compose(args), Path.cwd())))
     first, *_, last = CheckpointStore(reference / "checkpoints").manifests()
     # Room for the step-0 checkpoint (weights only), the step-2 one (weights and the optimizer's
@@ -121,3 +128,36 @@ def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_b
         assert rc == 0, out
         assert [(a.start_step, a.end_reason) for a in run.attempts()] == [(0, "crashed"), (2, "finished")], out
         assert_same_training_state(run.path, reference)
+
+
+@pytest.mark.slow  # a local job that starts (imports torch) and fails at once: ~8 s under load
+def test_a_run_whose_disk_is_full_before_it_records_anything_says_so_and_stays_resubmittable(train_videos, tmp_path):
+    """Full before the job starts: it can write nothing, not even that it failed. The terminal says
+    why from what it can see (the free space under the run), and the run is left incomplete (the
+    same command resubmits it), never failed nor retried."""
+    root = tmp_path / "disk"
+    with small_disk(root, 80):
+        filler = FillOnceSubmitted(root, 0)
+        rc, out = submit(tiny_run(train_videos, root))
+        filler.result()
+        run = only_run(root)
+        assert rc == 1 and "Traceback" not in out, out
+        assert f"run did not finish: no status recorded: the disk of {run.path} is full (" in out, out
+        assert "submit the same command again" in out, out
+        assert run.attempts() == [] and len(run.submissions()) == 1 and run.status() is None
+        assert [state.state for state in reconcile([run])] == ["incomplete"]  # submittable as it is
+
+
+def test_a_space_reserve_makes_room_for_the_records_on_a_full_disk(tmp_path):
+    """The 1 MiB a training job holds while it trains (launch/job.py): on a real disk filled to the
+    last byte, a record cannot be written until the reserve is released."""
+    with small_disk(tmp_path / "disk", 4) as disk:
+        reserve = SpaceReserve(disk / ".space-reserve")
+        assert (disk / ".space-reserve").stat().st_blocks * 512 >= MiB  # real blocks, not a sparse file
+        fill(disk, 0)
+        with pytest.raises(OSError) as full:
+            atomic_write_json(disk / "status.json", {"state": "failed"})
+        assert full.value.errno == errno.ENOSPC and not (disk / "status.json").exists()
+        assert reserve.release() and not reserve.release()
+        atomic_write_json(disk / "status.json", {"state": "failed"})
+        assert json.loads((disk / "status.json").read_text()) == {"state": "failed"}
