@@ -21,8 +21,10 @@ import pytest
 
 from core.atomicio import SpaceReserve, atomic_write_json
 from launch.config import absolutize, compose, train_config
+from launch.job import disk_full
+from launch.rundir import RunDirectory
 from launch.runstate import reconcile
-from rsp.checkpoint import CheckpointStore
+from rsp.checkpoint import CheckpointStore, DiskFullError
 from testkit.launching import TINY, merged, only_run, submit
 from testkit.training import assert_same_training_state
 from tests.fixtures_data import unavailable
@@ -161,3 +163,16 @@ def test_a_space_reserve_makes_room_for_the_records_on_a_full_disk(tmp_path):
         assert reserve.release() and not reserve.release()
         atomic_write_json(disk / "status.json", {"state": "failed"})
         assert json.loads((disk / "status.json").read_text()) == {"state": "failed"}
+
+
+def test_any_write_of_an_attempt_that_met_a_full_disk_ends_it_as_a_full_disk(tmp_path):
+    """A step log or metrics append that met ENOSPC (not only a checkpoint) is recorded as the
+    DiskFullError the requeue policy does not retry, its own error kept as the cause; the reserve is freed."""
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    reserve = SpaceReserve(run.path / ".space-reserve")
+    appended = OSError(errno.ENOSPC, "No space left on device")
+    full = disk_full(run, appended, reserve)
+    assert isinstance(full, DiskFullError) and full.__cause__ is appended and not reserve.path.exists()
+    assert str(full).startswith(f"no space left on device writing the run's records under {run.path} (")
+    assert disk_full(run, OSError(errno.EIO, "I/O error"), reserve) is None
