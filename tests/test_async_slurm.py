@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
-from launch.backends import slurm_states
 from launch.config import absolutize, compose, train_config
 from launch.cost import accounting
 from launch.rundir import PruneMarker, RunDirectory
+from launch.slurm_queries import slurm_states
 from launch.status import render
 from launch.steplog import read_trace
 from launch.sweeps.promotion import replay
