@@ -32,12 +32,13 @@ import submitit
 
 from core.atomicio import SpaceReserve
 from launch.advance import advance, schedule_for_checkpoint
-from launch.backends import backend_class, total_cpus
+from launch.backends import backend_class
 from launch.config import ClusterConfig, train_config
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import reconcile
+from launch.slurm_queries import total_cpus
 from launch.steplog import StepLog, read_trace
 from launch.sweeps.async_rungs import promoted_at
 from launch.sweeps.pruned_jobs import PAUSED

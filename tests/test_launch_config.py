@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from core.schema import ConfigError, diff, to_dict
-from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
+from launch.backends import InLocalSlot, Resources, SlurmBackend
 from launch.config import absolutize, compose, options
 from launch.dispatch import array_chunks
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
+from launch.slurm_queries import parse_slurm_config
 from launch.sweeps.expand import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
