@@ -167,3 +167,27 @@ def writable(path: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+class SpaceReserve:
+    """A file of `size` bytes kept on a disk so that, once the disk is full, the records that say
+    why (an attempt's end, a run's status, a log line) can still be written: `release()` deletes it
+    when a write ran out of space. Best effort: on a disk already full it reserves nothing, and on a
+    shared disk another writer may take the space first."""
+
+    def __init__(self, path: str | Path, size: int = 1 << 20):
+        self.path = Path(path)
+        try:
+            with open(self.path, "wb") as f:
+                f.truncate(0)
+                os.posix_fallocate(f.fileno(), 0, size)  # real blocks (a sparse file would free nothing)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        """Free the reserved space; False when there was none."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True

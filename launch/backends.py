@@ -326,10 +326,15 @@ class InLocalSlot:
 
 
 def local_state(job_id: str) -> str:
-    """RUNNING while the local controller process lives, else DONE."""
+    """RUNNING while the local controller process lives, else DONE. Its command line names submitit
+    (a process id reused since is not it); a process in the middle of its exec shows an empty one for
+    a moment after it was started, and so does a zombie (ended, not yet reaped)."""
     try:
         cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        if not cmdline:
+            stat = Path(f"/proc/{int(job_id)}/stat").read_text()
+            return "DONE" if stat.rpartition(")")[2].split()[0] == "Z" else "RUNNING"
+    except (OSError, ValueError, IndexError):
         return "DONE"
     return "RUNNING" if b"submitit" in cmdline else "DONE"
 

@@ -47,14 +47,32 @@ class DiskFullError(CheckpointError):
     """A checkpoint could not be written for want of space; the committed ones are intact."""
 
 
-def disk_full_message(directory: Path, step: int) -> str:
-    """One line: where, how much is free, what was kept, what to do."""
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc` or an exception it was raised from is ENOSPC. torch.save hides it: its zip
+    writer answers the OSError a full device raised with a RuntimeError ("unexpected pos ...")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in GiB, or in MiB below one GiB (a nearly full disk reads "6.1 MiB", not "0.00 GiB")."""
+    return f"{n_bytes / 1024**3:.2f} GiB" if n_bytes >= 1024**3 else f"{n_bytes / 1024**2:.1f} MiB"
+
+
+def disk_full_message(directory: Path, writing: str) -> str:
+    """One line: what could not be written (`writing`: "checkpoint step 40 in <dir>"), how much is
+    free there, what was kept (the checkpoints in `directory`), what to do."""
     free = shutil.disk_usage(directory).free if directory.exists() else 0
     kept = [m.step for m in list_manifests(directory)]
     resume = f"it resumes from step {kept[-1]}" if kept else "it starts again from step 0"
     return (
-        f"no space left on device writing checkpoint step {step} in {directory} ({free / 1024**3:.2f} GiB free); kept: "
-        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), the partial file was removed. "
+        f"no space left on device writing {writing} ({size_text(free)} free); kept: "
+        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), no partial checkpoint. "
         f"Free space there (or move output_root and the run directory), then submit the run again: {resume}"
     )
 
@@ -129,12 +147,17 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / checkpoint_name(step)
         try:
-            with atomic_writer(target) as f:
-                torch.save({**payload, "format": FORMAT}, f)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
+            return self._write(target, step, payload, milestone)
+        except (OSError, RuntimeError) as exc:
+            if not out_of_space(exc):
                 raise
-            raise DiskFullError(disk_full_message(self.dir, step)) from exc
+            if not self._manifest_path(target).exists():  # the .pt got in, its manifest did not: never committed
+                target.unlink(missing_ok=True)
+            raise DiskFullError(disk_full_message(self.dir, f"checkpoint step {step} in {self.dir}")) from exc
+
+    def _write(self, target: Path, step: int, payload: dict, milestone: bool) -> Manifest:
+        with atomic_writer(target) as f:
+            torch.save({**payload, "format": FORMAT}, f)
         manifest = Manifest(
             step=step,
             file=target.name,

@@ -16,6 +16,7 @@ from launch.validation.cluster import checkpoint_size, cluster_problems, time_pr
 from launch.validation.data import data_problems, survey
 from launch.validation.devices import device_problems
 from launch.validation.evaluation import evaluation_problems
+from rsp.checkpoint import size_text
 from rsp.optim import resolve_schedule
 from rsp.video import DataError
 
@@ -102,10 +103,9 @@ def disk_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
     need = kept * checkpoint_bytes
     if need <= free:
         return []
-    gib = 1024**3
     return [
-        f"output_root ({cfg.output_root}) has {free / gib:.1f} GiB free, but the run keeps up to {kept} checkpoints of "
-        f"{checkpoint_bytes / gib:.2f} GiB ({need / gib:.1f} GiB: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
+        f"output_root ({cfg.output_root}) has {size_text(free)} free, but the run keeps up to {kept} checkpoints of "
+        f"{size_text(checkpoint_bytes)} ({size_text(need)}: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
         f"being written + {kept - cfg.checkpoint.keep_last - 1} milestone(s) over {total} steps); free space there, choose "
         "another output_root, or keep fewer (checkpoint.keep_last, checkpoint.milestone_every_steps)"
     ]

@@ -1,0 +1,178 @@
+"""A real device that fills up during a run (a tmpfs mounted as the run's output_root): the
+terminal gets the one-line cause, the run ends failed and is not retried while the disk stays full,
+what was kept on the disk is intact, and once space is made the same command resumes from the
+newest kept checkpoint and ends bitwise equal to a run never interrupted.
+
+Mounting needs root (CI runs as root); a failed mount is a failure in CI (CI=true), a skip elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.atomicio import SpaceReserve, atomic_write_json
+from launch.config import absolutize, compose, train_config
+from launch.job import disk_full
+from launch.rundir import RunDirectory
+from launch.runstate import reconcile
+from rsp.checkpoint import CheckpointStore, DiskFullError
+from testkit.launching import TINY, merged, only_run, submit
+from testkit.training import assert_same_training_state
+from tests.fixtures_data import unavailable
+
+MiB = 2**20
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size_mib: int) -> Iterator[Path]:
+    """A tmpfs of `size_mib` MiB mounted at `where`: a real device with a real ENOSPC, unmounted after."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a {size_mib} MiB tmpfs at {where} (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Another writer grows into the disk until `leave_bytes` are free, or until the disk is full
+    when the run's own writes take the rest meanwhile."""
+    filler = disk / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:
+        while (free := shutil.disk_usage(disk).free - leave_bytes) > 0:
+            try:
+                f.write(b"\0" * min(free, MiB))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    return filler
+
+
+class FillOnceSubmitted(threading.Thread):
+    """Fills the disk under `root` as soon as submit has created the run (its free-space check has
+    passed by then), before the job's first checkpoint: the run meets a disk that filled up after it
+    was accepted."""
+
+    def __init__(self, root: Path, leave_bytes: int, timeout_s: float = 300):
+        super().__init__(daemon=True)
+        self.root, self.leave_bytes, self.timeout_s = root, leave_bytes, timeout_s
+        self.filler: Path | None = None
+        self.start()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while not any(self.root.glob("*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.filler = fill(self.root, self.leave_bytes)
+
+    def result(self) -> Path:
+        self.join(self.timeout_s)
+        assert self.filler is not None, f"no run appeared under {self.root}"
+        return self.filler
+
+
+def committed_intact(store: CheckpointStore) -> list[int]:
+    """The steps of every committed checkpoint, each loaded and verified against its manifest."""
+    steps = []
+    for manifest in store.manifests():
+        assert store.verify(manifest) is None, manifest
+        assert store.load(manifest)["step"] == manifest.step
+        steps.append(manifest.step)
+    return steps
+
+
+def tiny_run(videos: Path, root: Path) -> list[str]:
+    """A 6-step local run checkpointing every 2 steps, keeping 1 besides its milestones (steps 0 and 6)."""
+    steps = ("schedule.total_steps=6", "schedule.warmup_steps=2", "checkpoint.every_steps=2", "checkpoint.keep_last=1")
+    return merged(*TINY, "cluster=local", f"data.root={videos}", f"output_root={root}", *steps)
+
+
+@pytest.mark.slow  # a tiny local run that fails, and its resumption: ~30 s quiet
+def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_bitwise(train_videos, tmp_path, reference_runs):
+    root = tmp_path / "disk"
+    args = tiny_run(train_videos, root)
+    reference = reference_runs.get(train_config(absolutize(compose(args), Path.cwd())))
+    first, *_, last = CheckpointStore(reference / "checkpoints").manifests()
+    # Room for the step-0 checkpoint (weights only), the step-2 one (weights and the optimizer's
+    # moments, as large as the last one) and the run's small records; not for the step-4 one beside them.
+    room = first.bytes + last.bytes + last.bytes // 2
+    with small_disk(root, 80):  # submit checks room for 4 checkpoints of the run (12 MiB each) at both submissions
+        filler = FillOnceSubmitted(root, room)
+        rc, out = submit(args)
+        filled = filler.result()
+        run = only_run(root)
+        assert rc == 1, out
+        line = next((text for text in out.splitlines() if "no space left on device" in text), "")
+        assert f"writing checkpoint step 4 in {run.path / 'checkpoints'}" in line and "MiB free" in line, out
+        assert "kept: 2 committed checkpoint(s) (steps 0, 2)" in line and "Traceback" not in out, out
+        assert [a.end_reason for a in run.attempts()] == ["crashed"], out  # not retried while the disk stays full
+        assert run.final_state() == "failed" and "no space left on device" in run.status().reason
+        assert "Traceback" in run.attempts()[0].error and "DiskFullError" in run.attempts()[0].error
+        assert committed_intact(CheckpointStore(run.path / "checkpoints")) == [0, 2]
+        assert not [p for p in run.path.joinpath("checkpoints").iterdir() if p.name.startswith("step_00000004")]
+
+        filled.unlink()  # space is made: the same command (with --retry-failed) resumes from step 2
+        rc, out = submit([*args, "--retry-failed"])
+        assert rc == 0, out
+        assert [(a.start_step, a.end_reason) for a in run.attempts()] == [(0, "crashed"), (2, "finished")], out
+        assert_same_training_state(run.path, reference)
+
+
+@pytest.mark.slow  # a local job that starts (imports torch) and fails at once: ~8 s under load
+def test_a_run_whose_disk_is_full_before_it_records_anything_says_so_and_stays_resubmittable(train_videos, tmp_path):
+    """Full before the job starts: it can write nothing, not even that it failed. The terminal says
+    why from what it can see (the free space under the run), and the run is left incomplete (the
+    same command resubmits it), never failed nor retried."""
+    root = tmp_path / "disk"
+    with small_disk(root, 80):
+        filler = FillOnceSubmitted(root, 0)
+        rc, out = submit(tiny_run(train_videos, root))
+        filler.result()
+        run = only_run(root)
+        assert rc == 1 and "Traceback" not in out, out
+        assert f"run did not finish: no status recorded: the disk of {run.path} is full (" in out, out
+        assert "submit the same command again" in out, out
+        assert run.attempts() == [] and len(run.submissions()) == 1 and run.status() is None
+        assert [state.state for state in reconcile([run])] == ["incomplete"]  # submittable as it is
+
+
+def test_a_space_reserve_makes_room_for_the_records_on_a_full_disk(tmp_path):
+    """The 1 MiB a training job holds while it trains (launch/job.py): on a real disk filled to the
+    last byte, a record cannot be written until the reserve is released."""
+    with small_disk(tmp_path / "disk", 4) as disk:
+        reserve = SpaceReserve(disk / ".space-reserve")
+        assert (disk / ".space-reserve").stat().st_blocks * 512 >= MiB  # real blocks, not a sparse file
+        fill(disk, 0)
+        with pytest.raises(OSError) as full:
+            atomic_write_json(disk / "status.json", {"state": "failed"})
+        assert full.value.errno == errno.ENOSPC and not (disk / "status.json").exists()
+        assert reserve.release() and not reserve.release()
+        atomic_write_json(disk / "status.json", {"state": "failed"})
+        assert json.loads((disk / "status.json").read_text()) == {"state": "failed"}
+
+
+def test_any_write_of_an_attempt_that_met_a_full_disk_ends_it_as_a_full_disk(tmp_path):
+    """A step log or metrics append that met ENOSPC (not only a checkpoint) is recorded as the
+    DiskFullError the requeue policy does not retry, its own error kept as the cause; the reserve is freed."""
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    reserve = SpaceReserve(run.path / ".space-reserve")
+    appended = OSError(errno.ENOSPC, "No space left on device")
+    full = disk_full(run, appended, reserve)
+    assert isinstance(full, DiskFullError) and full.__cause__ is appended and not reserve.path.exists()
+    assert str(full).startswith(f"no space left on device writing the run's records under {run.path} (")
+    assert disk_full(run, OSError(errno.EIO, "I/O error"), reserve) is None
