@@ -10,6 +10,7 @@ anything is written, whether a folder could be (submit-time checks, --out option
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -191,3 +192,20 @@ class SpaceReserve:
         except FileNotFoundError:
             return False
         return True
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc` or an exception it was raised from is ENOSPC. torch.save hides it: its zip
+    writer answers the OSError a full device raised with a RuntimeError ("unexpected pos ...")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in GiB, or in MiB below one GiB (a nearly full disk reads "6.1 MiB", not "0.00 GiB")."""
+    return f"{n_bytes / 1024**3:.2f} GiB" if n_bytes >= 1024**3 else f"{n_bytes / 1024**2:.1f} MiB"

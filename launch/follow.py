@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+from core.atomicio import size_text
 from launch.advance import advance
 from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
@@ -19,7 +20,6 @@ from launch.rundir import RunDirectory
 from launch.runstate import reconcile
 from launch.status import render
 from launch.sweeps.rungs import SweepDirectory, rung_views
-from rsp.checkpoint import size_text
 
 FULL_DISK_BYTES = 1 << 20  # less free than this under a run that recorded nothing: its disk is the likely cause
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")

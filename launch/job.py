@@ -30,7 +30,7 @@ from pathlib import Path
 
 import submitit
 
-from core.atomicio import SpaceReserve
+from core.atomicio import SpaceReserve, out_of_space
 from launch.advance import advance, schedule_for_checkpoint
 from launch.backends import backend_class
 from launch.config import ClusterConfig, train_config
@@ -43,7 +43,7 @@ from launch.steplog import StepLog, read_trace
 from launch.sweeps.async_rungs import promoted_at
 from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import SweepDirectory, pause_reason
-from rsp.checkpoint import DiskFullError, disk_full_message, out_of_space
+from rsp.checkpoint import DiskFullError, disk_full_message
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
 from rsp.train import TrainHooks, train
@@ -371,11 +371,14 @@ def disk_full(run: RunDirectory, exc: BaseException, reserve: SpaceReserve) -> D
     full disk first (a checkpoint, the step log, the metrics log)."""
     if not out_of_space(exc):
         return None
-    reserve.release()
-    if isinstance(exc, DiskFullError):
-        return exc
-    full = DiskFullError(disk_full_message(run.path / "checkpoints", f"the run's records under {run.path}"))
-    full.__cause__ = exc
+    full = (
+        exc
+        if isinstance(exc, DiskFullError)
+        else DiskFullError(disk_full_message(run.path / "checkpoints", f"the run's records under {run.path}"))
+    )
+    if full is not exc:
+        full.__cause__ = exc
+    reserve.release()  # after measuring the free space the write met
     return full
 
 

@@ -19,7 +19,6 @@ readable as `ckpt["model"]`, like the reference's files.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import pickle
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from core.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
+from core.atomicio import atomic_write_json, atomic_writer, out_of_space, remove_stale_temporaries, size_text
 from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, pin, pinned_steps, unpin, verify
 
 log = logging.getLogger(__name__)
@@ -45,23 +44,6 @@ class CheckpointError(RuntimeError):
 
 class DiskFullError(CheckpointError):
     """A checkpoint could not be written for want of space; the committed ones are intact."""
-
-
-def out_of_space(exc: BaseException | None) -> bool:
-    """Whether `exc` or an exception it was raised from is ENOSPC. torch.save hides it: its zip
-    writer answers the OSError a full device raised with a RuntimeError ("unexpected pos ...")."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def size_text(n_bytes: float) -> str:
-    """A size in GiB, or in MiB below one GiB (a nearly full disk reads "6.1 MiB", not "0.00 GiB")."""
-    return f"{n_bytes / 1024**3:.2f} GiB" if n_bytes >= 1024**3 else f"{n_bytes / 1024**2:.1f} MiB"
 
 
 def disk_full_message(directory: Path, writing: str) -> str:

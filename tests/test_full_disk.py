@@ -18,16 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures_data import unavailable
 
+import launch.evaluations.job
 from core.atomicio import SpaceReserve, atomic_write_json
+from eval.records import parse_record
 from launch.config import absolutize, compose, train_config
+from launch.evaluations.__main__ import main as evaluations_main
+from launch.evaluations.claims import claim_and_pin, mark_submitted
+from launch.evaluations.expected import expected
+from launch.evaluations.job import EvaluationJob
+from launch.evaluations.recovery import evaluation_states
 from launch.job import disk_full
 from launch.rundir import RunDirectory
 from launch.runstate import reconcile
 from rsp.checkpoint import CheckpointStore, DiskFullError
 from testkit.launching import TINY, merged, only_run, submit
 from testkit.training import assert_same_training_state
-from tests.fixtures_data import unavailable
 
 MiB = 2**20
 
@@ -176,3 +183,41 @@ def test_any_write_of_an_attempt_that_met_a_full_disk_ends_it_as_a_full_disk(tmp
     assert isinstance(full, DiskFullError) and full.__cause__ is appended and not reserve.path.exists()
     assert str(full).startswith(f"no space left on device writing the run's records under {run.path} (")
     assert disk_full(run, OSError(errno.EIO, "I/O error"), reserve) is None
+
+
+def test_an_evaluation_that_meets_a_full_disk_fails_whole_and_is_evaluated_again_once_space_is_made(tmp_path, monkeypatch):
+    """Another writer fills the disk while the evaluation computes (its numbers are stood in for:
+    the evaluation is not what is tested, its records are): no record.json, failed.json with the
+    one-line cause, the evaluation failed (never counted as done); backfill --retry-failed records it
+    once space is made."""
+    from test_advance import run_with_checkpoint
+
+    from eval.run import EvalOutcome
+
+    def evaluation(fills_the_disk: bool):
+        def evaluate(ecfg):
+            if fills_the_disk:
+                fill(root, 0)
+            return EvalOutcome(ecfg.task, {"J&F-Mean": 0.25}, {"preset": "rsp"}, Path(ecfg.output_dir), 0.1)
+
+        return evaluate
+
+    with small_disk(tmp_path / "disk", 8) as root:
+        run = run_with_checkpoint(root, "r", 2)
+        (_, _, directory), *_ = expected(run)
+        assert claim_and_pin(run, 2, directory)
+        mark_submitted(directory, "1", "debug")
+        monkeypatch.setattr(launch.evaluations.job, "evaluate", evaluation(fills_the_disk=True))
+        with pytest.raises(RuntimeError, match="evaluation of step 2 failed for davis"):
+            EvaluationJob(str(run.path), 2, ["davis"])()
+        assert not (directory / "record.json").exists() and not list(directory.glob(".*"))  # no temporary, no reserve
+        (state,) = evaluation_states([run])
+        assert state.state == "failed" and "no space left on device writing the davis evaluation of step 2" in state.detail
+        assert f"in {directory} (0.0 MiB free); nothing was recorded for it" in state.detail, state.detail
+        assert f"backfill {root} --retry-failed" in state.detail, state.detail
+
+        (root / "filler.bin").unlink()
+        monkeypatch.setattr(launch.evaluations.job, "evaluate", evaluation(fills_the_disk=False))
+        assert evaluations_main(["backfill", str(root), "--backend", "debug", "--retry-failed"]) == 0
+        (state,) = evaluation_states([run])
+        assert state.state == "recorded" and parse_record(directory / "record.json").metrics == {"J&F-Mean": 0.25}

@@ -9,14 +9,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from core.atomicio import writable
+from core.atomicio import size_text, writable
 from core.schema import ConfigError
 from launch.config import RunConfig, train_config
 from launch.validation.cluster import checkpoint_size, cluster_problems, time_problems
 from launch.validation.data import data_problems, survey
 from launch.validation.devices import device_problems
 from launch.validation.evaluation import evaluation_problems
-from rsp.checkpoint import size_text
 from rsp.optim import resolve_schedule
 from rsp.video import DataError
 
