@@ -29,7 +29,7 @@ from launch.evaluations.claims import claim_and_pin, mark_submitted
 from launch.evaluations.expected import expected
 from launch.evaluations.job import EvaluationJob
 from launch.evaluations.recovery import evaluation_states
-from launch.job import disk_full
+from launch.job import RESERVE_FILE, disk_full
 from launch.rundir import RunDirectory
 from launch.runstate import reconcile
 from rsp.checkpoint import CheckpointStore, DiskFullError
@@ -69,26 +69,26 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     return filler
 
 
-class FillOnceSubmitted(threading.Thread):
-    """Fills the disk under `root` as soon as submit has created the run (its free-space check has
-    passed by then), before the job's first checkpoint: the run meets a disk that filled up after it
-    was accepted."""
+class FillOnce(threading.Thread):
+    """Fills the disk under `root` as soon as a file matching `when` exists there. By default the
+    run's record (submit's free-space check has passed by then, the job has not started): the run
+    meets a disk that filled up after it was accepted."""
 
-    def __init__(self, root: Path, leave_bytes: int, timeout_s: float = 300):
+    def __init__(self, root: Path, leave_bytes: int, when: str = "*/run.json", timeout_s: float = 300):
         super().__init__(daemon=True)
-        self.root, self.leave_bytes, self.timeout_s = root, leave_bytes, timeout_s
+        self.root, self.leave_bytes, self.when, self.timeout_s = root, leave_bytes, when, timeout_s
         self.filler: Path | None = None
         self.start()
 
     def run(self) -> None:
         deadline = time.monotonic() + self.timeout_s
-        while not any(self.root.glob("*/run.json")) and time.monotonic() < deadline:
+        while not any(self.root.glob(self.when)) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.filler = fill(self.root, self.leave_bytes)
 
     def result(self) -> Path:
         self.join(self.timeout_s)
-        assert self.filler is not None, f"no run appeared under {self.root}"
+        assert self.filler is not None, f"nothing matched {self.when} under {self.root}"
         return self.filler
 
 
@@ -118,7 +118,7 @@ def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_b
     # moments, as large as the last one) and the run's small records; not for the step-4 one beside them.
     room = first.bytes + last.bytes + last.bytes // 2
     with small_disk(root, 80):  # submit checks room for 4 checkpoints of the run (12 MiB each) at both submissions
-        filler = FillOnceSubmitted(root, room)
+        filler = FillOnce(root, room)
         rc, out = submit(args)
         filled = filler.result()
         run = only_run(root)
@@ -139,6 +139,27 @@ def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_b
         assert_same_training_state(run.path, reference)
 
 
+@pytest.mark.slow  # a tiny local run that fails: ~12 s quiet
+def test_a_disk_filled_to_the_last_byte_during_a_run_still_gets_its_end_recorded(train_videos, tmp_path):
+    """Filled to the last byte once the step-0 checkpoint is committed: the next write of the run,
+    whichever it is (TensorBoard events, metrics or step log, the step-6 checkpoint), meets ENOSPC.
+    The attempt's end, its traceback and the run's status are still written (the job's 1 MiB reserve),
+    and the terminal says it in one line (resuming once space is made: the test above)."""
+    root = tmp_path / "disk"
+    args = merged(*tiny_run(train_videos, root), "checkpoint.every_steps=6")  # no checkpoint between 0 and 6
+    with small_disk(root, 80):
+        filler = FillOnce(root, 0, when="*/checkpoints/step_00000000.json")
+        rc, out = submit(args)
+        filler.result()
+        run = only_run(root)
+        line = next((text for text in out.splitlines() if "no space left on device writing" in text), "")
+        assert rc == 1 and "(0.0 MiB free); kept: 1 committed checkpoint(s) (steps 0)" in line and "Traceback" not in out, out
+        assert [a.end_reason for a in run.attempts()] == ["crashed"] and "DiskFullError" in run.attempts()[0].error
+        assert run.final_state() == "failed" and "--retry-failed" in run.status().reason
+        assert committed_intact(CheckpointStore(run.path / "checkpoints")) == [0]
+        assert not (run.path / RESERVE_FILE).exists()
+
+
 @pytest.mark.slow  # a local job that starts (imports torch) and fails at once: ~8 s under load
 def test_a_run_whose_disk_is_full_before_it_records_anything_says_so_and_stays_resubmittable(train_videos, tmp_path):
     """Full before the job starts: it can write nothing, not even that it failed. The terminal says
@@ -146,7 +167,7 @@ def test_a_run_whose_disk_is_full_before_it_records_anything_says_so_and_stays_r
     same command resubmits it), never failed nor retried."""
     root = tmp_path / "disk"
     with small_disk(root, 80):
-        filler = FillOnceSubmitted(root, 0)
+        filler = FillOnce(root, 0)
         rc, out = submit(tiny_run(train_videos, root))
         filler.result()
         run = only_run(root)
