@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import shutil
 import subprocess
@@ -18,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures_data import unavailable
 
 import launch.evaluations.job
-from core.atomicio import SpaceReserve, atomic_write_json
+from core.atomicio import SpaceReserve, atomic_write_json, out_of_space
 from eval.records import parse_record
 from launch.config import absolutize, compose, train_config
 from launch.evaluations.__main__ import main as evaluations_main
@@ -34,10 +36,12 @@ from launch.rundir import RunDirectory
 from launch.runstate import reconcile
 from launch.status import render
 from rsp.checkpoint import CheckpointStore, DiskFullError
+from rsp.manifest import FORMAT
 from testkit.launching import TINY, merged, only_run, submit
 from testkit.training import assert_same_training_state
 
 MiB = 2**20
+PAGE = 4096  # tmpfs allocates whole pages
 
 
 @contextlib.contextmanager
@@ -244,3 +248,20 @@ def test_an_evaluation_that_meets_a_full_disk_fails_whole_and_is_evaluated_again
         assert evaluations_main(["backfill", str(root), "--backend", "debug", "--retry-failed"]) == 0
         (state,) = evaluation_states([run])
         assert state.state == "recorded" and parse_record(directory / "record.json").metrics == {"J&F-Mean": 0.25}
+
+
+def test_a_checkpoint_whose_manifest_does_not_fit_is_removed_whole(tmp_path):
+    """Room for the checkpoint file to the last page, none for its manifest: the .pt is in, but
+    never committed. It is removed at once (it would hold the space), and the error is the full disk's."""
+    payload = {"model": {"w": torch.arange(3000.0)}, "config_hash": "h", "model_name": "m", "code_version": "v"}
+    written = io.BytesIO()
+    torch.save({**payload, "format": FORMAT}, written)
+    pages = -(-len(written.getvalue()) // PAGE) * PAGE
+    with small_disk(tmp_path / "disk", 4) as disk:
+        store = CheckpointStore(disk / "checkpoints")
+        store.dir.mkdir()
+        fill(disk, pages)
+        with pytest.raises(DiskFullError, match=r"writing checkpoint step 5 in .* kept: 0 committed checkpoint\(s\)") as full:
+            store.commit(5, payload, milestone=False)
+        assert isinstance(full.value.__cause__, OSError)  # the manifest's write (torch.save's would be a RuntimeError)
+        assert out_of_space(full.value.__cause__) and list(store.dir.iterdir()) == []
