@@ -286,6 +286,7 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
         + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
         "H pruned, W paused, R running)"
     )
+    lines += [f"{s.run.path.name} failed: {s.detail}" for s in states if s.state == "failed"]  # why, in its own words
     lines += (report.lines() if report else []) + evaluation_lines(evals)
     for directory in directories:
         lines += rung_lines(directory) + promotion_lines(directory, states)

@@ -32,6 +32,7 @@ from launch.evaluations.recovery import evaluation_states
 from launch.job import RESERVE_FILE, disk_full
 from launch.rundir import RunDirectory
 from launch.runstate import reconcile
+from launch.status import render
 from rsp.checkpoint import CheckpointStore, DiskFullError
 from testkit.launching import TINY, merged, only_run, submit
 from testkit.training import assert_same_training_state
@@ -128,6 +129,7 @@ def test_a_disk_full_during_a_run_says_so_keeps_what_was_committed_and_resumes_b
         assert "kept: 2 committed checkpoint(s) (steps 0, 2)" in line and "Traceback" not in out, out
         assert [a.end_reason for a in run.attempts()] == ["crashed"], out  # not retried while the disk stays full
         assert run.final_state() == "failed" and "no space left on device" in run.status().reason
+        assert f"{run.path.name} failed: no space left on device writing checkpoint step 4" in render(root, None)  # status
         assert "Traceback" in run.attempts()[0].error and "DiskFullError" in run.attempts()[0].error
         assert committed_intact(CheckpointStore(run.path / "checkpoints")) == [0, 2]
         assert not [p for p in run.path.joinpath("checkpoints").iterdir() if p.name.startswith("step_00000004")]
