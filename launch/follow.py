@@ -96,7 +96,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
 
 def unrecorded_end(run: RunDirectory) -> str:
     """Why a run that ended has no record of how: on a full disk its job could not write one."""
-    free = shutil.disk_usage(run.path).free
+    free = shutil.disk_usage(run.path).free if run.path.is_dir() else FULL_DISK_BYTES
     if free >= FULL_DISK_BYTES:
         return "no status recorded"
     return (
