@@ -129,7 +129,17 @@ class RungPause:
             time.sleep(PAUSE_POLL_S)
         if told:
             log.info("resumed at step %d after %.1f s", step, time.monotonic() - started)
+        self.after_deciders()
         self.watch.check()  # pruned: the stop request travels with the next step, which ends the run
+
+    def after_deciders(self) -> None:
+        """A decider writes a rung's decision and then its prune markers under the sweep's lock
+        (launch.sweeps.rungs.decide_due): taking that lock once after the decision appeared sees the
+        markers too. Else, on a busy machine, a run the decision prunes trained on a step or two
+        before its marker was written."""
+        for name in self.run.sweep_names():
+            with SweepDirectory(self.run.path.parent, name).lock():
+                pass
 
 
 class AsyncRungStop:

@@ -290,6 +290,15 @@ class BackgroundCommitter:
             error, self._error = self._error, None
             raise error
 
+    def settle(self) -> None:
+        """`wait` for a training loop that is raising already: the checkpoint on its way is committed
+        before the error leaves (a retry in the same process finds it, and no writer outlives its
+        attempt); a failed write is logged, not raised over the error in flight."""
+        try:
+            self.wait()
+        except Exception:
+            log.exception("the checkpoint being written when training failed could not be committed")
+
 
 def describe(manifest: Manifest) -> str:
     kind = "milestone" if manifest.milestone else "checkpoint"
