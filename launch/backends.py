@@ -34,6 +34,7 @@ from launch.rundir import RUNS_FILE
 from launch.slurm_queries import max_array_size, slurm_config, slurm_states
 from launch.snapshot import Snapshot
 
+PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread (linux/sched.h)
 LOCAL_SLOTS = "slots"  # the local backend's slot lock files, in a submission's folder
 
 
@@ -328,12 +329,14 @@ class InLocalSlot:
 def local_state(job_id: str) -> str:
     """RUNNING while the local controller process lives, else DONE. Its command line names submitit
     (a process id reused since is not it); a process in the middle of its exec shows an empty one for
-    a moment after it was started, and so does a zombie (ended, not yet reaped)."""
+    a moment after it was started, and so do a zombie (ended, not yet reaped) and a kernel thread
+    (which may have taken the id since: never our job)."""
     try:
         cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
         if not cmdline:
-            stat = Path(f"/proc/{int(job_id)}/stat").read_text()
-            return "DONE" if stat.rpartition(")")[2].split()[0] == "Z" else "RUNNING"
+            fields = Path(f"/proc/{int(job_id)}/stat").read_text().rpartition(")")[2].split()
+            state, flags = fields[0], int(fields[6])
+            return "DONE" if state == "Z" or flags & PF_KTHREAD else "RUNNING"
     except (OSError, ValueError, IndexError):
         return "DONE"
     return "RUNNING" if b"submitit" in cmdline else "DONE"

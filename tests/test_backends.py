@@ -12,6 +12,7 @@ from pathlib import Path
 
 from launch.backends import (
     BACKENDS,
+    PF_KTHREAD,
     Backend,
     DebugBackend,
     LocalBackend,
@@ -84,6 +85,11 @@ def test_a_local_job_reads_as_running_from_the_moment_it_is_started_until_it_end
     assert local_state(str(ended.pid)) == "DONE"  # a zombie
     ended.wait()
     assert local_state(str(ended.pid)) == "DONE" and local_state("not-a-pid") == "DONE"
+    # a kernel thread (empty command line too) that took a job's id since is not the job
+    kernel_threads = [
+        p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if int(p.read_text().rpartition(")")[2].split()[6]) & PF_KTHREAD
+    ]
+    assert kernel_threads and {local_state(pid) for pid in kernel_threads[:20]} == {"DONE"}, kernel_threads
 
 
 def start_like_submitit() -> subprocess.Popen:
