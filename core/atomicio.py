@@ -10,6 +10,7 @@ anything is written, whether a folder could be (submit-time checks, --out option
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -167,3 +168,44 @@ def writable(path: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+class SpaceReserve:
+    """A file of `size` bytes kept on a disk so that, once the disk is full, the records that say
+    why (an attempt's end, a run's status, a log line) can still be written: `release()` deletes it
+    when a write ran out of space. Best effort: on a disk already full it reserves nothing, and on a
+    shared disk another writer may take the space first."""
+
+    def __init__(self, path: str | Path, size: int = 1 << 20):
+        self.path = Path(path)
+        try:
+            with open(self.path, "wb") as f:
+                f.truncate(0)
+                os.posix_fallocate(f.fileno(), 0, size)  # real blocks (a sparse file would free nothing)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> bool:
+        """Free the reserved space; False when there was none."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc` or an exception it was raised from is ENOSPC. torch.save hides it: its zip
+    writer answers the OSError a full device raised with a RuntimeError ("unexpected pos ...")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in GiB, or in MiB below one GiB (a nearly full disk reads "6.1 MiB", not "0.00 GiB")."""
+    return f"{n_bytes / 1024**3:.2f} GiB" if n_bytes >= 1024**3 else f"{n_bytes / 1024**2:.1f} MiB"

@@ -19,6 +19,7 @@ Writes into the output directory (default DIR/results):
                                    setting of the other axes and step (eval/over_seeds.py)
     paper.md                       our best checkpoints and their step 0 beside the published table
                                    (docs/evaluation.md#published-results); never numbers of generated sets
+    plots/                         the figures of eval/plots.py:
     plots/<metric>_vs_step.png     every run's curve over training, from its step 0
     plots/<metric>_vs_<axis>.png   each sweep axis against the metric at each run's best checkpoint (solid)
                                    and step 0 (dashed), one line per combination of the other axes' values
@@ -32,7 +33,6 @@ the newer one and the conflict is reported.
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import shutil
 import sys
@@ -46,7 +46,9 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import pandas as pd
 
 from core.commandline import HintingArgumentParser
-from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds, plot_benchmarks_side_by_side, plot_over_seeds
+from eval.columns import AXIS, GAIN, best_by_column, headline_columns, is_axis, is_metric, is_value
+from eval.over_seeds import SEED_AXIS, markdown_over_seeds, over_seeds
+from eval.plots import plot_benchmarks_side_by_side, plot_over_seeds, plot_table
 from eval.records import ResultRecord, find_record_files, read_records
 from eval.registry import TASKS
 from eval.task import result_column
@@ -68,39 +70,6 @@ PAPER_COLUMNS = {  # the published table's header -> our column
     "JHMDB PCK@0.1": "jhmdb:PCK@0.1",
     "PCK@0.2": "jhmdb:PCK@0.2",
 }
-MAX_LEGEND = 12
-
-
-AXIS = "axis:"  # prefix of a sweep axis's column; a metric's is "<task>:"
-GAIN = "gain:"  # prefix of a metric's gain over the run's step 0: "gain:davis:J&F-Mean"
-
-
-def headline_columns(table: pd.DataFrame) -> list[str]:
-    """The registered tasks' headline metric columns that `table` has, in registration order."""
-    return [c for task in TASKS.values() for c in map(task.column, task.headline) if c in table]
-
-
-def best_by_column(table: pd.DataFrame) -> str | None:
-    """The column that picks a run's best checkpoint: the first registered task's best_by that `table` has."""
-    return next((task.column(task.best_by) for task in TASKS.values() if task.column(task.best_by) in table), None)
-
-
-def is_axis(name: str) -> bool:
-    return name.startswith(AXIS)
-
-
-def is_gain(name: str) -> bool:
-    return name.startswith(GAIN)
-
-
-def is_metric(name: str) -> bool:
-    return ":" in name and not is_axis(name) and not is_gain(name)
-
-
-def is_value(name: str) -> bool:
-    """A metric or a gain: fractions, shown in percent (points)."""
-    return is_metric(name) or is_gain(name)
-
 
 COST_COLUMNS = {"gpu_hours": "train_gpu_h", "cpu_hours": "train_cpu_h"}  # record.training_cost key -> column
 PRUNED_COLUMNS = ("pruned_at", "pruned_rank", "pruned_value")
@@ -243,84 +212,6 @@ def _paper_cells(row: dict) -> list[str]:
     return cells
 
 
-def plot_all(table: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib  # matplotlib: ~1 s to import; only drawing plots pays for it (--no-plots does not)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # (same reason; after choosing the headless backend)
-
-    # Axis values are drawn as categories on purpose (evenly spaced, in sorted order): matplotlib's
-    # INFO line about strings that parse as numbers, once per line drawn, says nothing here.
-    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    metrics = headline_columns(table)  # every metric is in the CSV
-    axes = list(filter(is_axis, table.columns))
-    best = table[table["best"]]
-    start = table[table["step"] == 0]
-    for metric in metrics:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        groups = table.dropna(subset=[metric]).groupby("run")
-        for run, group in groups:
-            (line,) = ax.plot(group["step"], group[metric], marker="o", label=run)
-            at_start = group[group["step"] == 0]  # the run's own initialization: a hollow marker
-            ax.plot(at_start["step"], at_start[metric], marker="s", markersize=9, fillstyle="none", color=line.get_color())
-        ax.set(xlabel="training step (hollow square: step 0, the initialization)", ylabel=metric, title=f"{metric} over training")
-        if groups.ngroups <= MAX_LEGEND:  # beyond that a legend hides the plot; the CSV names the runs
-            ax.legend(fontsize="small")
-        paths.append(_save(fig, out / f"{_safe(metric)}_vs_step.png"))
-        for axis in axes:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            order = sorted(best.dropna(subset=[metric, axis])[axis].unique(), key=_sort_key)  # one categorical x
-            ax.plot([str(v) for v in order], [math.nan] * len(order))  # fixes the x order before the lines
-            others = [a for a in axes if a != axis]
-            count = 0
-            for rows, style, what in ((best, "-", "best checkpoint"), (start, "--", "step 0")):
-                points = rows.dropna(subset=[metric, axis])
-                groups = points.groupby([points[o].astype(str) for o in others]) if others else [((), points)]
-                for index, (values, group) in enumerate(groups):
-                    if group.empty:
-                        continue
-                    group = group.sort_values(axis, key=lambda s: s.map(_sort_key))
-                    where = ", ".join(f"{o.removeprefix(AXIS)}={v}" for o, v in zip(others, values, strict=True))
-                    ax.plot(
-                        [str(v) for v in group[axis]],
-                        group[metric],
-                        linestyle=style,
-                        marker="o" if style == "-" else "s",
-                        color=f"C{index % 10}",
-                        label=f"{what}, {where}" if where else what,
-                    )
-                    count += 1
-            if count <= MAX_LEGEND:
-                ax.legend(fontsize="small")
-            ax.set(
-                xlabel=axis.removeprefix(AXIS),
-                ylabel=metric,
-                title=f"{metric} vs {axis.removeprefix(AXIS)} (solid: best checkpoint, dashed: step 0)",
-            )
-            paths.append(_save(fig, out / f"{_safe(metric)}_vs_{_safe(axis.removeprefix(AXIS))}.png"))
-    return paths
-
-
-def _sort_key(v):
-    return (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v))
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt  # already imported by plot_all, which alone calls this
-
-    plt.close(fig)
-    return path
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def write_hparams(table: pd.DataFrame, out: Path) -> None:
     """One hparams session per run (its best checkpoint): TensorBoard's HPARAMS tab compares a sweep.
     Written with torch's summary protos and one event file per run (no SummaryWriter thread each)."""
@@ -411,7 +302,7 @@ def aggregate_records(
         report.seeds.to_csv(out / "over_seeds.csv", index=False)
         (out / "over_seeds.md").write_text(markdown_over_seeds(report.seeds, seed_values(table)) + "\n")
     if plots:
-        report.plots = plot_all(table, out / "plots")
+        report.plots = plot_table(table, headline_columns(table), out / "plots")  # every metric is in the CSV
         if report.seeds is not None:
             report.plots += plot_over_seeds(report.seeds, seed_values(table), out / "plots")
             best = [c for t in TASKS.values() if (c := result_column(t.name, t.best_by)) in seed_values(table)]

@@ -88,6 +88,31 @@ class Report:
             self.decided or self.promotions or self.resubmitted or self.given_up or self.set_aside or any(self.submitted.values())
         )
 
+    def jobs_of(self, name: str) -> tuple[list[str], list[str]]:
+        """The evaluation jobs this call submitted for run directory `name`: (new ones, resubmissions of lost ones)."""
+        again = [line.rsplit(" as job ", 1)[1] for line in self.resubmitted if line.startswith(f"{name} step ")]
+        return list(self.submitted.get(name, [])), again
+
+    def submission_summary(self) -> list[str]:
+        """One line per run that got evaluation jobs, and the total: new and resubmitted ones alike."""
+        names = sorted({*self.submitted, *(line.partition(" step ")[0] for line in self.resubmitted)})
+        lines, new_total, again_total = [], 0, 0
+        for name in names:
+            new, again = self.jobs_of(name)
+            new_total, again_total = new_total + len(new), again_total + len(again)
+            if new or again:
+                lines.append(
+                    f"{name}: {len(new) + len(again)} evaluation job(s) submitted ({len(new)} new, {len(again)} "
+                    f"resubmitted after a lost job) {' '.join(new + again)}"
+                )
+        total = new_total + again_total
+        lines.append(
+            f"{total} evaluation job(s) submitted: {new_total} new, {again_total} resubmitted after a lost job"
+            if total
+            else "no evaluation job submitted"
+        )
+        return lines
+
     def lines(self) -> list[str]:
         return [
             *(f"decided {d}" for d in self.decided),
@@ -149,8 +174,8 @@ def watch(runs: Sequence[RunDirectory], report: Report, after: dict[str, list[st
     status or backfill still recovers what a missing watcher would have."""
     after = dict(after or {})
     for run in runs:
-        ids = [*report.submitted.get(run.path.name, []), *after.get(run.path.name, [])]
-        ids += [line.rsplit(" as job ", 1)[1] for line in report.resubmitted if line.startswith(f"{run.path.name} step ")]
+        new, again = report.jobs_of(run.path.name)
+        ids = [*new, *again, *after.get(run.path.name, [])]
         last = run.last_submission() if run.exists and ids else None
         if not ids or last is None or not backend_class(last.backend).holds_for_dependencies:
             continue

@@ -8,7 +8,7 @@
                 record and step log (launch/steplog.py), and the time and GPU-hours they took
 
 On SLURM every number comes from the scheduler's accounting: ONE batched `sacct -D -X` call for all
-runs and their evaluation jobs (launch.backends.slurm_allocations), AllocTRES x ElapsedRaw per
+runs and their evaluation jobs (launch.slurm_queries.slurm_allocations), AllocTRES x ElapsedRaw per
 allocation, so GPU-hours are exactly what sacct charges; a requeued job has one allocation per
 start, matched to the attempt that recorded its start inside it. Elsewhere they come from the
 attempt records (launch/rundir.py): the local backend has no queue, and a process holds its CPUs
@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.records import RECORD_NAME, parse_record
-from launch.backends import Allocation, backend_class, slurm_allocations
+from launch.backends import backend_class
 from launch.evaluations.claims import SUBMITTED, EvaluationSubmission, submission
 from launch.rundir import Attempt, RunDirectory
+from launch.slurm_queries import Allocation, slurm_allocations
 from launch.steplog import read_trace
 
 MATCH_SLACK_S = 5.0  # an attempt's start record lies inside its allocation, give or take clock skew

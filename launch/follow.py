@@ -6,9 +6,11 @@ rungs decided, lost evaluations resubmitted)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
+from core.atomicio import size_text
 from launch.advance import advance
 from launch.backends import local_state
 from launch.evaluations.claims import FAILED, is_failed, is_recorded
@@ -19,6 +21,7 @@ from launch.runstate import reconcile
 from launch.status import render
 from launch.sweeps.rungs import SweepDirectory, rung_views
 
+FULL_DISK_BYTES = 1 << 20  # less free than this under a run that recorded nothing: its disk is the likely cause
 SHOWN = ("loss", "loss_post", "kl_value", "mae_loss", "lr", "pairs_per_s")
 
 
@@ -76,7 +79,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     if not status or status.state != "finished":
         attempts = run.attempts()
         error = attempts[-1].error.strip().splitlines()[-1] if attempts and (attempts[-1].error or "").strip() else None
-        why = status.reason if status else error or "no status recorded"  # a cause in one line: the traceback is in the log
+        why = status.reason if status else error or unrecorded_end(run)  # a cause in one line: the traceback is in the log
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status.reason} ({run.path})")
@@ -89,6 +92,17 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     if cfg.evaluation.tasks:
         return wait_and_report(run, poll_s)
     return 0
+
+
+def unrecorded_end(run: RunDirectory) -> str:
+    """Why a run that ended has no record of how: on a full disk its job could not write one."""
+    free = shutil.disk_usage(run.path).free if run.path.is_dir() else FULL_DISK_BYTES
+    if free >= FULL_DISK_BYTES:
+        return "no status recorded"
+    return (
+        f"no status recorded: the disk of {run.path} is full ({size_text(free)} free), so the job could not record how it "
+        "ended; free space there, then submit the same command again (it resumes from the newest kept checkpoint)"
+    )
 
 
 def wait_and_report(run: RunDirectory, poll_s: float = 2.0, timeout_s: float = 3600) -> int:

@@ -30,17 +30,20 @@ from pathlib import Path
 
 import submitit
 
+from core.atomicio import SpaceReserve, out_of_space
 from launch.advance import advance, schedule_for_checkpoint
-from launch.backends import backend_class, total_cpus
+from launch.backends import backend_class
 from launch.config import ClusterConfig, train_config
 from launch.postmortem import close_unrecorded, scheduler_query, stop_reason
 from launch.requeue import attempt_key, decide
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import reconcile
+from launch.slurm_queries import total_cpus
 from launch.steplog import StepLog, read_trace
 from launch.sweeps.async_rungs import promoted_at
 from launch.sweeps.pruned_jobs import PAUSED
 from launch.sweeps.rungs import SweepDirectory, pause_reason
+from rsp.checkpoint import DiskFullError, disk_full_message
 from rsp.distributed import DistEnv, RendezvousError
 from rsp.lifecycle import StopRequest, early_stop_request, install_stop_signals
 from rsp.train import TrainHooks, train
@@ -53,6 +56,7 @@ PRUNE_POLL_S = 2.0  # how often rank 0 looks for the prune marker: one stat of a
 # OOM killer, a node failure): gloo's transport errors (torch's RuntimeError text), NCCL's.
 PEER_VANISHED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited")
 PAUSE_POLL_S = 1.0  # how often a run paused at a rung looks for the decision
+RESERVE_FILE = ".space-reserve"  # rank 0 holds 1 MiB here while it trains: room to record a full disk
 
 
 class PruneWatch:
@@ -125,7 +129,17 @@ class RungPause:
             time.sleep(PAUSE_POLL_S)
         if told:
             log.info("resumed at step %d after %.1f s", step, time.monotonic() - started)
+        self.after_deciders()
         self.watch.check()  # pruned: the stop request travels with the next step, which ends the run
+
+    def after_deciders(self) -> None:
+        """A decider writes a rung's decision and then its prune markers under the sweep's lock
+        (launch.sweeps.rungs.decide_due): taking that lock once after the decision appeared sees the
+        markers too. Else, on a busy machine, a run the decision prunes trained on a step or two
+        before its marker was written."""
+        for name in self.run.sweep_names():
+            with SweepDirectory(self.run.path.parent, name).lock():
+                pass
 
 
 class AsyncRungStop:
@@ -239,6 +253,7 @@ class TrainingJob:
                 hooks.before_step = async_stop
         if env.is_main and cfg.evaluation.tasks and run.manifests():
             self._schedule_evaluations(run, None)  # milestones an earlier attempt could not schedule
+        reserve = SpaceReserve(run.path / RESERVE_FILE) if env.is_main else None
         try:
             result = train(train_config(cfg), env, run.path, stop, hooks)
         except BaseException as exc:
@@ -246,12 +261,15 @@ class TrainingJob:
                 steps.close()
                 trace = read_trace(run.step_log_path(attempt))
                 reason = "interrupted" if peer_vanished(exc) else "crashed"
-                run.end_attempt(attempt, reason, trace.last[0] if trace else attempt.start_step, exit_code=1, error=_tail(exc))
+                error = _tail(disk_full(run, exc, reserve) or exc)
+                run.end_attempt(attempt, reason, trace.last[0] if trace else attempt.start_step, exit_code=1, error=error)
                 self._after_attempt(run, cfg.cluster)
             raise
         finally:
             if watch is not None:
                 watch.close()
+            if reserve is not None:
+                reserve.release()
         reason = "finished" if result.status == "finished" else "stopped"
         if env.is_main:
             steps.close()
@@ -354,6 +372,24 @@ def peer_vanished(exc: BaseException) -> bool:
     killed rank itself), not `crashed` (docs/requeue.md#end-reasons). A real crash of the peer
     (an exception) is recorded by that peer's traceback in its log; rank 0 sees only its absence."""
     return isinstance(exc, RuntimeError) and any(words in str(exc) for words in PEER_VANISHED)
+
+
+def disk_full(run: RunDirectory, exc: BaseException, reserve: SpaceReserve) -> DiskFullError | None:
+    """When the attempt failed for want of space: the space held in reserve is freed, so that its
+    end and the run's status can still be written, and the failure is a DiskFullError (the one line
+    the terminal shows, and what the requeue policy knows not to retry), whichever writer met the
+    full disk first (a checkpoint, the step log, the metrics log)."""
+    if not out_of_space(exc):
+        return None
+    full = (
+        exc
+        if isinstance(exc, DiskFullError)
+        else DiskFullError(disk_full_message(run.path / "checkpoints", f"the run's records under {run.path}"))
+    )
+    if full is not exc:
+        full.__cause__ = exc
+    reserve.release()  # after measuring the free space the write met
+    return full
 
 
 def _tail(exc: BaseException, lines: int = 12) -> str:

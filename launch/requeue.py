@@ -51,6 +51,14 @@ CATEGORY = {
 }
 
 
+# Crashes a requeue would repeat: exception type -> why it is not requeued (docs/requeue.md#cooperative-stop).
+HOPELESS = {
+    "NonFiniteLossError": "resuming from the last checkpoint repeats the same steps exactly (docs/requeue.md), "
+    "so it would fail the same way",
+    "DiskFullError": "a retry would meet the same full disk; once space is made, submit the same command with --retry-failed",
+}
+
+
 @dataclass(frozen=True)
 class Decision:
     requeue: bool
@@ -95,14 +103,9 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
     category = CATEGORY[last.end_reason]
     if category is None:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
-    if last.end_reason == "crashed" and (failure_signature(last)[1] or "").endswith("NonFiniteLossError"):
-        cause = (last.error or "").strip().splitlines()[-1].split(":", 1)[-1].strip()
-        return Decision(
-            False,
-            f"{cause} Not requeued: resuming from the last checkpoint repeats the same steps exactly (docs/requeue.md), "
-            "so it would fail the same way",
-            "failed",
-        )
+    if last.end_reason == "crashed" and (hopeless := HOPELESS.get((failure_signature(last)[1] or "").rsplit(".", 1)[-1])):
+        cause = (last.error or "").strip().splitlines()[-1].split(":", 1)[-1].strip().rstrip(".")
+        return Decision(False, f"{cause}. Not requeued: {hopeless}", "failed")
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
         if before.end_step == last.end_step and failure_signature(before) == failure_signature(last):

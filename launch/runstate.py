@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.backends import ACTIVE_STATES, BACKENDS, backend_class
+from launch.backends import BACKENDS, backend_class
 from launch.rundir import RunDirectory, prune_reason
+from launch.slurm_queries import ACTIVE_STATES
 
 SUBMITTABLE = ("missing", "incomplete")
 

@@ -45,11 +45,11 @@ if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load
 from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
-from launch.backends import Allocation
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
 from launch.rundir import Attempt, RunDirectory
 from launch.runstate import RunState, reconcile
+from launch.slurm_queries import Allocation
 from launch.sweeps.async_rungs import load_promotion, promotion_dir
 from launch.sweeps.expand import SWEEPS_DIR
 from launch.sweeps.rungs import SweepDirectory, rung_views, sweep_directories
@@ -286,6 +286,7 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
         + "   (attempts: F finished, T timeout, P preempted, S stopped, Q requeued, X cancelled, C crashed, K killed, "
         "H pruned, W paused, R running)"
     )
+    lines += [f"{s.run.path.name} failed: {s.detail}" for s in states if s.state == "failed"]  # why, in its own words
     lines += (report.lines() if report else []) + evaluation_lines(evals)
     for directory in directories:
         lines += rung_lines(directory) + promotion_lines(directory, states)

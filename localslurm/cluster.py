@@ -24,7 +24,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from launch.backends import DEFAULT_MAX_ARRAY_SIZE, parse_slurm_config
+from launch.slurm_queries import DEFAULT_MAX_ARRAY_SIZE, parse_slurm_config
 
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 MAX_ARRAY_SIZE_LIMIT = 4_000_001  # SLURM refuses larger values; 0 would disable arrays

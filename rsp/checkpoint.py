@@ -19,7 +19,6 @@ readable as `ckpt["model"]`, like the reference's files.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import pickle
@@ -33,7 +32,7 @@ from typing import Any
 
 import torch
 
-from core.atomicio import atomic_write_json, atomic_writer, remove_stale_temporaries
+from core.atomicio import atomic_write_json, atomic_writer, out_of_space, remove_stale_temporaries, size_text
 from rsp.manifest import FORMAT, Manifest, checkpoint_name, list_manifests, pin, pinned_steps, unpin, verify
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,15 @@ class DiskFullError(CheckpointError):
     """A checkpoint could not be written for want of space; the committed ones are intact."""
 
 
-def disk_full_message(directory: Path, step: int) -> str:
-    """One line: where, how much is free, what was kept, what to do."""
+def disk_full_message(directory: Path, writing: str) -> str:
+    """One line: what could not be written (`writing`: "checkpoint step 40 in <dir>"), how much is
+    free there, what was kept (the checkpoints in `directory`), what to do."""
     free = shutil.disk_usage(directory).free if directory.exists() else 0
     kept = [m.step for m in list_manifests(directory)]
     resume = f"it resumes from step {kept[-1]}" if kept else "it starts again from step 0"
     return (
-        f"no space left on device writing checkpoint step {step} in {directory} ({free / 1024**3:.2f} GiB free); kept: "
-        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), the partial file was removed. "
+        f"no space left on device writing {writing} ({size_text(free)} free); kept: "
+        f"{len(kept)} committed checkpoint(s) (steps {', '.join(map(str, kept)) or 'none'}), no partial checkpoint. "
         f"Free space there (or move output_root and the run directory), then submit the run again: {resume}"
     )
 
@@ -129,12 +129,17 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / checkpoint_name(step)
         try:
-            with atomic_writer(target) as f:
-                torch.save({**payload, "format": FORMAT}, f)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
+            return self._write(target, step, payload, milestone)
+        except (OSError, RuntimeError) as exc:
+            if not out_of_space(exc):
                 raise
-            raise DiskFullError(disk_full_message(self.dir, step)) from exc
+            if not self._manifest_path(target).exists():  # the .pt got in, its manifest did not: never committed
+                target.unlink(missing_ok=True)
+            raise DiskFullError(disk_full_message(self.dir, f"checkpoint step {step} in {self.dir}")) from exc
+
+    def _write(self, target: Path, step: int, payload: dict, milestone: bool) -> Manifest:
+        with atomic_writer(target) as f:
+            torch.save({**payload, "format": FORMAT}, f)
         manifest = Manifest(
             step=step,
             file=target.name,
@@ -284,6 +289,15 @@ class BackgroundCommitter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def settle(self) -> None:
+        """`wait` for a training loop that is raising already: the checkpoint on its way is committed
+        before the error leaves (a retry in the same process finds it, and no writer outlives its
+        attempt); a failed write is logged, not raised over the error in flight."""
+        try:
+            self.wait()
+        except Exception:
+            log.exception("the checkpoint being written when training failed could not be committed")
 
 
 def describe(manifest: Manifest) -> str:

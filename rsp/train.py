@@ -424,6 +424,9 @@ class Trainer:
                     if stopped:
                         break
                 self.committer.wait()
+        except BaseException:
+            self.committer.settle()
+            raise
         finally:
             metrics.close()
         barrier(self.env)

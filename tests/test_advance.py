@@ -18,7 +18,7 @@ import pytest
 
 import launch.evaluations.job
 from eval.records import ResultRecord, parse_record, read_records, write_record
-from launch.advance import Missing, advance
+from launch.advance import Missing, Report, advance
 from launch.config import compose
 from launch.evaluations.claims import claim_and_pin, mark_stopped, mark_submitted
 from launch.evaluations.expected import expected
@@ -216,3 +216,16 @@ def test_aggregation_keeps_an_older_generated_record_out_of_paper_md(tmp_path):
     report = aggregate_runs(tmp_path / "runs", tmp_path / "results", plots=False, tensorboard=False)
     assert "| ours:" not in (report.out / "paper.md").read_text()
     assert set(report.table["generated"]) == {"davis"}
+
+
+def test_backfill_counts_the_lost_evaluations_it_resubmitted_with_the_new_ones():
+    """Backfill printed "resubmitted lost evaluation: ... as job 7" and then "0 evaluation job(s)
+    submitted": its summary now counts every job it submitted, new and resubmitted, by run."""
+    report = Report(resubmitted=["r-1 step 2 davis as job 7"], submitted={"r-1": [], "q-2": ["8", "9"], "p-3": []})
+    assert report.jobs_of("r-1") == ([], ["7"]) and report.jobs_of("q-2") == (["8", "9"], [])
+    assert report.submission_summary() == [
+        "q-2: 2 evaluation job(s) submitted (2 new, 0 resubmitted after a lost job) 8 9",
+        "r-1: 1 evaluation job(s) submitted (0 new, 1 resubmitted after a lost job) 7",
+        "3 evaluation job(s) submitted: 2 new, 1 resubmitted after a lost job",
+    ]
+    assert Report(submitted={"p-3": []}).submission_summary() == ["no evaluation job submitted"]

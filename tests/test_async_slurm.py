@@ -17,15 +17,16 @@ from pathlib import Path
 import pytest
 from slurm_pool import ScenarioEnv, slurm_scenario
 
-from launch.backends import slurm_states
 from launch.config import absolutize, compose, train_config
 from launch.cost import accounting
 from launch.rundir import PruneMarker, RunDirectory
+from launch.slurm_queries import slurm_states
 from launch.status import render
 from launch.steplog import read_trace
 from launch.sweeps.promotion import replay
 from launch.sweeps.pruned_jobs import end_pruned_without_jobs
 from launch.sweeps.rungs import Decision, SweepDirectory
+from launch.sweeps.slots import array_of, read_records
 from testkit.launching import explain, halving_sweep_file, most_at_once, submit, wait_for
 from testkit.training import assert_same_training_state
 
@@ -61,6 +62,16 @@ def async_sweep(env: ScenarioEnv) -> tuple[RunDirectory, str]:
     runs = runs_of(root)
     directory = SweepDirectory(root, "halving_test")
     why = lambda: render(root, "halving_test") + "\n" + "\n".join(map(explain, runs))  # noqa: E731
+    # The array's last two tasks are held until the early promotion has taken its slot, so that the
+    # promotion meets an array with tasks left to run whatever the machine's load: on a busy machine
+    # the evaluation jobs (queued behind the older array tasks) can otherwise lag the whole array.
+    gated = [f"{array_of(runs[0])}_{task}" for task in (len(LRS) - 2, len(LRS) - 1)]
+    subprocess.run(["scontrol", "hold", *gated], check=True, capture_output=True, timeout=60)
+    try:
+        promotion = directory.path / "promotion"
+        wait_for(lambda: any(r.get("receiver_job") for r in read_records(promotion)), 1500, "the early promotion", why)
+    finally:
+        subprocess.run(["scontrol", "release", *gated], check=True, capture_output=True, timeout=60)
     wait_for(lambda: all(r.final_state() in ("finished", "pruned") for r in runs), 1500, "every run to end", why)
 
     # Every run paused at the rung; the close kept one and pruned seven.

@@ -5,9 +5,22 @@ no backend answers "none of these" (validation reports it)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from launch.backends import BACKENDS, Backend, DebugBackend, LocalBackend, Resources, SlurmBackend, backend_class
+from launch.backends import (
+    BACKENDS,
+    PF_KTHREAD,
+    Backend,
+    DebugBackend,
+    LocalBackend,
+    Resources,
+    SlurmBackend,
+    backend_class,
+    local_state,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NAME_BRANCH = re.compile(r"""backend(_name)?(\.name)?\)?\s*(==|!=|\bin\b|\bnot in\b)\s*\(?\s*["'](slurm|local|debug)["']""")
@@ -53,3 +66,32 @@ def test_only_a_scheduler_has_a_job_script_and_a_cap_on_jobs_per_submission(tmp_
     assert DebugBackend(tmp_path).max_array_size(0) == 1
     script = SlurmBackend(tmp_path).job_script(Resources(job_name="x"))
     assert script is not None and "#SBATCH --job-name=x" in script
+
+
+def test_a_local_job_reads_as_running_from_the_moment_it_is_started_until_it_ends():
+    """A local job's id is its controller's process id. Right after the start, during its exec, the
+    process shows an empty command line for a moment: following the run must not read that as ended
+    (it printed "no status recorded" and left the run training). A zombie and a reaped process are ended."""
+    jobs, states = [], []
+    for _ in range(20):
+        jobs.append(start_like_submitit())
+        states.append(local_state(str(jobs[-1].pid)))  # read at once, as the submitting terminal does
+    for job in jobs:
+        job.wait()
+    assert states == ["RUNNING"] * 20
+    ended = subprocess.Popen(["true"])
+    while not Path(f"/proc/{ended.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+        time.sleep(0.01)
+    assert local_state(str(ended.pid)) == "DONE"  # a zombie
+    ended.wait()
+    assert local_state(str(ended.pid)) == "DONE" and local_state("not-a-pid") == "DONE"
+    # a kernel thread (empty command line too) that took a job's id since is not the job
+    kernel_threads = [
+        p.parent.name for p in Path("/proc").glob("[0-9]*/stat") if int(p.read_text().rpartition(")")[2].split()[6]) & PF_KTHREAD
+    ]
+    assert kernel_threads and {local_state(pid) for pid in kernel_threads[:20]} == {"DONE"}, kernel_threads
+
+
+def start_like_submitit() -> subprocess.Popen:
+    """A process started as submitit starts a local controller: a shell whose command names submitit."""
+    return subprocess.Popen(f"cd / && {sys.executable} -c 'import time; time.sleep(0.5)' submitit", shell=True)

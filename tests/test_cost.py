@@ -14,11 +14,11 @@ import pytest
 
 from core.atomicio import atomic_write_json
 from eval.records import ResultRecord, write_record
-from launch.backends import parse_alloc_tres, parse_sacct_allocations, total_cpus
 from launch.config import compose
 from launch.cost import local_attempt_costs, projected_to_end, redone, run_cost, slurm_attempt_costs
 from launch.results import aggregate_runs
 from launch.rundir import Attempt, PruneMarker, RunDirectory
+from launch.slurm_queries import parse_alloc_tres, parse_sacct_allocations, total_cpus
 from launch.status import lost_time
 from launch.steplog import RECORD, StepLog
 from rsp.manifest import Manifest, checkpoint_name

@@ -47,6 +47,6 @@ def test_a_full_disk_says_where_how_much_is_free_and_what_was_kept(tmp_path):
     with pytest.raises(OSError) as full, open("/dev/full", "wb") as device:
         torch.save({"w": torch.zeros(100_000)}, device)
     assert full.value.errno == errno.ENOSPC
-    text = disk_full_message(store.dir, 30)
-    assert text.startswith(f"no space left on device writing checkpoint step 30 in {store.dir} (") and "GiB free" in text
+    text = disk_full_message(store.dir, f"checkpoint step 30 in {store.dir}")
+    assert text.startswith(f"no space left on device writing checkpoint step 30 in {store.dir} (") and "iB free)" in text
     assert "kept: 2 committed checkpoint(s) (steps 10, 20)" in text and "it resumes from step 20" in text and "\n" not in text

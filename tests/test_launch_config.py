@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from core.schema import ConfigError, diff, to_dict
-from launch.backends import InLocalSlot, Resources, SlurmBackend, parse_slurm_config
+from launch.backends import InLocalSlot, Resources, SlurmBackend
 from launch.config import absolutize, compose, options
 from launch.dispatch import array_chunks
 from launch.requeue import decide
 from launch.rundir import Attempt, RunDirectory, run_id, slug
+from launch.slurm_queries import parse_slurm_config
 from launch.sweeps.expand import expand, load_sweep
 from launch.validation.cluster import cluster_warnings, preemption_warnings
 from launch.validation.run import problems
@@ -324,6 +325,18 @@ def test_a_non_finite_loss_is_not_retried_and_says_what_to_change(train_videos, 
     assert (
         decision.reason.startswith(cause) and "would fail the same way" in decision.reason and "Traceback" not in decision.reason
     )
+
+
+def test_a_full_disk_is_not_retried_and_says_how_to_resume(train_videos, tmp_path):
+    """A retry would meet the same full disk: failed at once, the checkpoint writer's one line as the
+    reason, and how to resume once space is made (the run is failed: --retry-failed)."""
+    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=3)
+    crashed = attempts(("crashed", 6))
+    cause = "no space left on device writing checkpoint step 4 in /x/checkpoints (6.1 MiB free); kept: 2 committed"
+    crashed[0].error = f"Traceback (most recent call last):\n  ...\nrsp.checkpoint.DiskFullError: {cause}"
+    decision = decide(crashed, cluster)
+    assert not decision.requeue and decision.final_state == "failed"
+    assert decision.reason.startswith(cause) and "--retry-failed" in decision.reason and "Traceback" not in decision.reason
 
 
 def test_stop_signals_are_never_failures(train_videos, tmp_path):

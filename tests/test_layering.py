@@ -155,7 +155,15 @@ def test_launch_reads_top_down():
     directories: nothing imports the front door, and the lower floors never reach an upper one."""
     upper = {"launch.submit", "launch.plan", "launch.dispatch", "launch.job", "launch.follow", "launch.status"}
     upper |= {m for m in MODULES if m.startswith(("launch.evaluations", "launch.validation"))}
-    lower = ("launch.config", "launch.snapshot", "launch.rundir", "launch.backends", "launch.sweeps.expand", "launch.requeue")
+    lower = (
+        "launch.config",
+        "launch.snapshot",
+        "launch.rundir",
+        "launch.backends",
+        "launch.slurm_queries",
+        "launch.sweeps.expand",
+        "launch.requeue",
+    )
     assert [m for m, targets in GRAPH.items() if "launch.submit" in targets] == []
     assert {m: sorted(reachable(m) & upper) for m in lower if reachable(m) & upper} == {}
     assert [m for m, targets in GRAPH.items() if "launch.plan" in targets] == ["launch.submit"]

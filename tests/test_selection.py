@@ -14,18 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from core.schema import ConfigError
+from core.atomicio import create_json_exclusive
+from core.schema import ConfigError, to_dict
 from eval.records import ResultRecord, write_record
 from launch.config import ClusterConfig, absolutize, compose
 from launch.evaluations.claims import FAILED, SUBMITTED
-from launch.job import PRUNE_POLL_S, PruneWatch, RungPause
+from launch.job import PAUSE_POLL_S, PRUNE_POLL_S, PruneWatch, RungPause
 from launch.plan import plan_sweep, print_plan
 from launch.requeue import decide
 from launch.rundir import Attempt, PruneMarker, RunDirectory
 from launch.runstate import reconcile
 from launch.sweeps.expand import load_sweep
 from launch.sweeps.file import TOP_LEVEL, read_sweep_file
-from launch.sweeps.rungs import Decision, SweepDirectory, decide_due, pause_reason, record_dir, rung_views, unprune
+from launch.sweeps.rungs import (
+    Decision,
+    SweepDirectory,
+    apply,
+    build_decision,
+    decide_due,
+    pause_reason,
+    record_dir,
+    rung_views,
+    unprune,
+)
 from launch.sweeps.selection import Selection, kept_count, parse_selection, rank_runs, run_problems
 from launch.validation.run import known_total_steps
 from rsp.lifecycle import StopRequest
@@ -289,6 +300,31 @@ def test_a_paused_run_resumes_when_its_rung_is_decided_and_stops_there_when_prun
         watch.close()
     # a sweep with more runs than run at once never pauses: a paused run could hold the slot of one it waits for
     assert RungPause(other, StopRequest(), watch, ClusterConfig(array_parallelism=1), 120).rungs == set()
+
+
+def test_a_paused_run_sees_the_prune_marker_of_a_decision_that_is_slow_to_apply(tmp_path):
+    """A decider writes the decision, then (on a busy machine, seconds later) the prune markers, all
+    under the sweep's lock: the paused run waits for that lock, so the stop lands at the rung."""
+    sweep, (me, other) = make_sweep(tmp_path, n=2)
+    submit_evaluation(other, 20)
+    stop = StopRequest()
+    watch = PruneWatch(me, stop)
+
+    def slow_decider():
+        write_metric(me, 20, 0.1)
+        write_metric(other, 20, 0.9)
+        with sweep.lock():
+            decision = build_decision(sweep, sweep.selection(), rung_views(sweep)[-1], "a slow decider")
+            create_json_exclusive(sweep.decision_path(20), to_dict(decision))
+            time.sleep(3 * PAUSE_POLL_S + 1)  # the paused run sees the decision meanwhile
+            apply(sweep, decision)
+
+    try:
+        threading.Timer(1.0, slow_decider).start()
+        RungPause(me, stop, watch, ClusterConfig(), max_wait_s=120)(20, lambda: None)
+        assert stop.requested and stop.reason == "pruned"
+    finally:
+        watch.close()
 
 
 def test_a_stop_request_ends_a_pause_at_once(tmp_path):

@@ -313,9 +313,9 @@ def test_a_run_whose_kept_checkpoints_exceed_the_free_space_is_refused(tmp_path)
     would keep 10^7 checkpoints, more than any disk here holds; the smoke defaults fit."""
     steps = ("schedule.total_steps=10000000", "checkpoint.every_steps=1", "checkpoint.milestone_every_steps=1")
     cfg = cfg_with(tmp_path, tmp_path / "gen", "experiment=smoke", "data.synthetic_videos=16", *steps)
-    only_problem(problems(cfg), f"output_root ({cfg.output_root}) has", "GiB free", "milestone(s) over 10000000 steps")
+    only_problem(problems(cfg), f"output_root ({cfg.output_root}) has", "iB free", "milestone(s) over 10000000 steps")
     fits = cfg_with(tmp_path, tmp_path / "gen", "experiment=smoke", "data.synthetic_videos=16")
-    assert not [p for p in problems(fits) if "GiB free" in p]
+    assert not [p for p in problems(fits) if "iB free" in p]
 
 
 def test_a_max_gap_beyond_the_generated_videos_length_is_refused(tmp_path):

@@ -18,7 +18,7 @@ from rsp.checkpoint import CheckpointStore, weights_digest
 from rsp.distributed import DistEnv, RendezvousError, init_process_group
 from rsp.lifecycle import StopRequest
 from rsp.model import create_model
-from rsp.train import NonFiniteLossError, ResumeError, train
+from rsp.train import NonFiniteLossError, ResumeError, TrainHooks, train
 from testkit.training import (
     REPO,
     StopOnRead,
@@ -161,6 +161,23 @@ class CrashAtStep(StopRequest):
         if self.reads == self.step:
             raise RuntimeError("simulated crash")
         return False
+
+
+def test_a_crash_returns_only_once_the_checkpoint_on_its_way_is_committed(train_videos, tmp_path):
+    """A crash while the writer thread still works on a checkpoint: train() raises only after that
+    checkpoint is committed and its hook ran, so no writer outlives its attempt and a retry in the
+    same process resumes from it (under load a slow write used to lose it to the retry)."""
+    hooked = []
+
+    def slow_hook(manifest) -> None:
+        if manifest.step == 4:
+            time.sleep(2)  # the writer is still busy when step 7 crashes
+        hooked.append(manifest.step)
+
+    cfg = tiny_config(train_videos, checkpoint={"every_steps": 4, "keep_last": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, DistEnv(), tmp_path / "run", CrashAtStep(7), TrainHooks(on_commit=slow_hook))
+    assert hooked == [0, 4]
 
 
 def test_tensorboard_run_continues_without_duplicate_steps(train_videos, tmp_path, reference_runs):

@@ -62,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = advance(root, role="backfill", missing=missing)
     for line in report.lines():
         print(line)
-    for name, ids in report.submitted.items():
-        print(f"{name}: {len(ids)} evaluation job(s) submitted {' '.join(ids)}")
+    for line in report.submission_summary():
+        print(line)
     return 0
 
 

@@ -9,8 +9,10 @@ An evaluation is not checkpointed: on SLURM a stop signal (time limit, preemptio
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.atomicio import SpaceReserve, out_of_space, size_text
 from core.provenance import code_version
 from eval.protocol import protocol_hash
 from eval.records import RECORD_NAME, ResultRecord, write_record
@@ -31,6 +34,8 @@ from rsp.lifecycle import STOP_SIGNALS, blocked_stop_signals, early_stop_request
 from rsp.manifest import checkpoint_name
 
 log = logging.getLogger(__name__)
+
+RESERVE_FILE = ".space-reserve"  # 1 MiB held while a task is evaluated: room for its failed.json on a full disk
 
 
 def evaluate(ecfg):
@@ -91,12 +96,18 @@ class EvaluationJob:
                 if is_recorded(out):  # a requeued job: this task finished in an earlier attempt
                     continue
                 (out / STOPPED).unlink(missing_ok=True)
+                reserve = SpaceReserve(out / RESERVE_FILE)
                 try:
                     written.append(self._evaluate(run, info, task, ecfg, out, manifest, checkpoint, cost))
                 except Exception as exc:
                     failed.append(task)
+                    if out_of_space(exc):  # its failure must still be written: the reserve makes room for it
+                        exc = disk_full(run, self.step, task, out, exc)
+                        reserve.release()
                     mark_failed(out, exc)
                     log.exception("evaluation %s of %s step %d failed", task, run.path.name, self.step)
+                finally:
+                    reserve.release()
                 release(run, self.step, out)  # recorded or failed: the checkpoint may be pruned again
                 if is_recorded(out):
                     decide_rungs(run, self.step, task)
@@ -149,6 +160,19 @@ class EvaluationJob:
             if earlier.record is None:
                 earlier.register(path)
         return str(path)
+
+
+def disk_full(run: RunDirectory, step: int, task: str, out: Path, exc: BaseException) -> OSError:
+    """The one line a full disk leaves in failed.json (record.json is written whole or not at all:
+    nothing half written is ever counted), with the original error as its cause."""
+    full = OSError(
+        errno.ENOSPC,
+        f"no space left on device writing the {task} evaluation of step {step} in {out} "
+        f"({size_text(shutil.disk_usage(out).free)} free); nothing was recorded for it. Free space there, then: "
+        f"python -m launch.evaluations backfill {run.path.parent} --retry-failed",
+    )
+    full.__cause__ = exc
+    return full
 
 
 def training_cost(run: RunDirectory, created: float) -> dict:

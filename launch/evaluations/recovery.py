@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.backends import ACTIVE_STATES, BACKENDS, backend_class
+from launch.backends import BACKENDS, backend_class
 from launch.evaluations.claims import (
     FAILED,
     SUBMITTED,
@@ -40,6 +40,7 @@ from launch.evaluations.claims import (
 )
 from launch.evaluations.expected import expected
 from launch.rundir import RunDirectory
+from launch.slurm_queries import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.atomicio import atomic_write_json
-from launch.backends import ACTIVE_STATES, slurm_states
 from launch.rundir import RunDirectory
+from launch.slurm_queries import ACTIVE_STATES, slurm_states
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from core.atomicio import writable
+from core.atomicio import size_text, writable
 from core.schema import ConfigError
 from launch.config import RunConfig, train_config
 from launch.validation.cluster import checkpoint_size, cluster_problems, time_problems
@@ -102,10 +102,9 @@ def disk_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
     need = kept * checkpoint_bytes
     if need <= free:
         return []
-    gib = 1024**3
     return [
-        f"output_root ({cfg.output_root}) has {free / gib:.1f} GiB free, but the run keeps up to {kept} checkpoints of "
-        f"{checkpoint_bytes / gib:.2f} GiB ({need / gib:.1f} GiB: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
+        f"output_root ({cfg.output_root}) has {size_text(free)} free, but the run keeps up to {kept} checkpoints of "
+        f"{size_text(checkpoint_bytes)} ({size_text(need)}: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
         f"being written + {kept - cfg.checkpoint.keep_last - 1} milestone(s) over {total} steps); free space there, choose "
         "another output_root, or keep fewer (checkpoint.keep_last, checkpoint.milestone_every_steps)"
     ]

@@ -13,7 +13,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/common.sh"
 
-MAX_ARRAY_SIZE=${RSP_SLURM_MAX_ARRAY_SIZE:-1001}  # SLURM's default; launch.backends.DEFAULT_MAX_ARRAY_SIZE in Python
+MAX_ARRAY_SIZE=${RSP_SLURM_MAX_ARRAY_SIZE:-1001}  # SLURM's default; launch.slurm_queries.DEFAULT_MAX_ARRAY_SIZE in Python
 TIMEOUT_S=90
 STATE_ARG=
 while [ $# -gt 0 ]; do
