@@ -313,30 +313,29 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     assert not decide(nan, cluster).requeue
 
 
-def test_a_non_finite_loss_is_not_retried_and_says_what_to_change(train_videos, tmp_path):
-    """Resuming repeats the same steps exactly, so a retry would fail the same way: failed at once,
-    with the trainer's cause and hint (the learning rate) as the reason, not a traceback."""
-    cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=3)
-    crashed = attempts(("crashed", 1))
-    cause = "non-finite loss at step 2 on 1 rank(s), step 1 the last completed: loss=nan. The learning rate was 1e+09"
-    crashed[0].error = f"Traceback (most recent call last):\n  ...\nrsp.train.NonFiniteLossError: {cause}"
-    decision = decide(crashed, cluster)
-    assert not decision.requeue and decision.final_state == "failed"
-    assert (
-        decision.reason.startswith(cause) and "would fail the same way" in decision.reason and "Traceback" not in decision.reason
-    )
-
-
-def test_a_full_disk_is_not_retried_and_says_how_to_resume(train_videos, tmp_path):
-    """A retry would meet the same full disk: failed at once, the checkpoint writer's one line as the
-    reason, and how to resume once space is made (the run is failed: --retry-failed)."""
+@pytest.mark.parametrize(
+    "error, cause, next_step",
+    [
+        (  # resuming repeats the same steps exactly: a retry would fail the same way; the hint is the learning rate
+            "rsp.train.NonFiniteLossError",
+            "non-finite loss at step 2 on 1 rank(s), step 1 the last completed: loss=nan. The learning rate was 1e+09",
+            "would fail the same way",
+        ),
+        (  # a retry would meet the same full disk: the run is failed, --retry-failed resumes it once space is made
+            "rsp.checkpoint.DiskFullError",
+            "no space left on device writing checkpoint step 4 in /x/checkpoints (6.1 MiB free); kept: 2 committed",
+            "--retry-failed",
+        ),
+    ],
+)
+def test_a_crash_a_retry_would_repeat_is_not_retried_and_says_what_to_do(train_videos, tmp_path, error, cause, next_step):
+    """Failed at once, with the error's own one line as the reason and what to do next, not a traceback."""
     cluster = dataclasses.replace(cfg_with(tmp_path, train_videos).cluster, max_failures=3)
     crashed = attempts(("crashed", 6))
-    cause = "no space left on device writing checkpoint step 4 in /x/checkpoints (6.1 MiB free); kept: 2 committed"
-    crashed[0].error = f"Traceback (most recent call last):\n  ...\nrsp.checkpoint.DiskFullError: {cause}"
+    crashed[0].error = f"Traceback (most recent call last):\n  ...\n{error}: {cause}"
     decision = decide(crashed, cluster)
     assert not decision.requeue and decision.final_state == "failed"
-    assert decision.reason.startswith(cause) and "--retry-failed" in decision.reason and "Traceback" not in decision.reason
+    assert decision.reason.startswith(cause) and next_step in decision.reason and "Traceback" not in decision.reason
 
 
 def test_stop_signals_are_never_failures(train_videos, tmp_path):
