@@ -227,13 +227,19 @@ def test_eval_prepare_refuses_in_one_line(tmp_path, capsys, argv, parts):
     ],
 )
 def test_rsp_prepare_refuses_bad_arguments(tmp_path, capsys, argv, parts):
+    code, err = refused(rsp_prepare_main, argv, tmp_path, capsys)
+    assert code == 2 and all(p in err for p in parts), err
+
+
+def refused(main, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
+    """A front door's argparse refusal: its exit code and stderr. In `argv`, MISSING, FILE and EMPTY
+    stand for a path that does not exist, a file and an empty directory."""
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
     names = {"MISSING": "missing", "FILE": "file", "EMPTY": "empty"}
     with pytest.raises(SystemExit) as exit_:
-        rsp_prepare_main([str(tmp_path / names[a]) if a in names else a for a in argv])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and all(p in err for p in parts), err
+        main([str(tmp_path / names[a]) if a in names else a for a in argv])
+    return exit_.value.code, capsys.readouterr().err
 
 
 def test_a_prepare_step_with_nothing_to_do_fails(tmp_path, caplog):
@@ -272,13 +278,8 @@ def test_the_synthetic_command_never_replaces_another_datasets_labels(tmp_path, 
     ],
 )
 def test_backfill_refuses_a_wrong_root_or_backend(tmp_path, capsys, argv, parts):
-    (tmp_path / "file").write_text("x")
-    (tmp_path / "empty").mkdir()
-    names = {"MISSING": "missing", "FILE": "file", "EMPTY": "empty"}
-    with pytest.raises(SystemExit) as exit_:
-        evaluations_main([str(tmp_path / names[a]) if a in names else a for a in argv])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and all(p in err for p in parts), err
+    code, err = refused(evaluations_main, argv, tmp_path, capsys)
+    assert code == 2 and all(p in err for p in parts), err
 
 
 def test_backfill_says_when_there_is_nothing_to_do(tmp_path, capsys):
