@@ -11,6 +11,7 @@ neighbouring frames."""
 from __future__ import annotations
 
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,7 @@ def _first_batches(root: Path, device: str, count: int = 2) -> list[dict]:
     cfg = data_config(root, decoder="torchcodec", decode_device=device, batch_size=2, num_workers=2)
     ds = FramePairDataset(cfg, img_size=32, seed=3)
     sampler = EpochSampler(len(ds), 2, 0, 1, seed=3)
-    out = []
-    for batch in make_loader(ds, sampler, cfg, seed=3):
-        out.append(batch)
-        if len(out) == count:
-            return out
-    return out
+    return list(islice(make_loader(ds, sampler, cfg, seed=3), count))
 
 
 def test_gpu_batches_are_deterministic_and_match_the_cpu_crops(intra_root):

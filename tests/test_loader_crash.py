@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -52,12 +53,7 @@ def _batches(ds, workers: int, start: int, count: int) -> list[dict]:
     cfg = data_config(ds.cfg.root, batch_size=3, num_workers=workers, prefetch_factor=1)
     sampler = EpochSampler(len(ds), 3, rank=0, world_size=1, seed=5)
     sampler.set_position(1, start)
-    out = []
-    for batch in make_loader(ds, sampler, cfg, seed=5):
-        out.append(batch)
-        if len(out) == count:
-            return out
-    return out
+    return list(islice(make_loader(ds, sampler, cfg, seed=5), count))
 
 
 def test_a_worker_crashing_on_one_file_counts_it_broken_and_resumes_exactly(synthetic_root):
