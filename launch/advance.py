@@ -46,7 +46,7 @@ from submitit.helpers import CommandFunction
 
 from core.commandline import HintingArgumentParser
 from launch.backends import Resources, backend_class, make_backend
-from launch.evaluations.recovery import evaluation_states, recover
+from launch.evaluations.recovery import Resubmission, evaluation_states, recover
 from launch.rundir import RunDirectory
 from launch.snapshot import Snapshot
 from launch.sweeps.async_rungs import decide_async
@@ -75,7 +75,7 @@ class Report:
 
     decided: list[str] = field(default_factory=list)  # "sweep s step 20 (status): kept a, b; pruned c"
     promotions: list[str] = field(default_factory=list)  # "sweep s: promoted a at step 20", resumed, cancelled, ...
-    resubmitted: list[str] = field(default_factory=list)  # lost evaluations submitted again
+    resubmitted: list[Resubmission] = field(default_factory=list)  # lost evaluations submitted again
     given_up: list[str] = field(default_factory=list)  # lost evaluations over their budget: failed.json
     set_aside: list[str] = field(default_factory=list)  # invalid records moved aside for a new evaluation
     submitted: dict[str, list[str]] = field(default_factory=dict)  # run directory name -> new evaluation job ids
@@ -90,12 +90,11 @@ class Report:
 
     def jobs_of(self, name: str) -> tuple[list[str], list[str]]:
         """The evaluation jobs this call submitted for run directory `name`: (new ones, resubmissions of lost ones)."""
-        again = [line.rsplit(" as job ", 1)[1] for line in self.resubmitted if line.startswith(f"{name} step ")]
-        return list(self.submitted.get(name, [])), again
+        return list(self.submitted.get(name, [])), [r.job for r in self.resubmitted if r.run == name]
 
     def submission_summary(self) -> list[str]:
         """One line per run that got evaluation jobs, and the total: new and resubmitted ones alike."""
-        names = sorted({*self.submitted, *(line.partition(" step ")[0] for line in self.resubmitted)})
+        names = sorted({*self.submitted, *(r.run for r in self.resubmitted)})
         lines, new_total, again_total = [], 0, 0
         for name in names:
             new, again = self.jobs_of(name)

@@ -22,7 +22,7 @@ from launch.advance import Missing, Report, advance
 from launch.config import compose
 from launch.evaluations.claims import claim_and_pin, mark_stopped, mark_submitted
 from launch.evaluations.expected import expected
-from launch.evaluations.recovery import evaluation_states
+from launch.evaluations.recovery import Resubmission, evaluation_states
 from launch.results import aggregate_runs
 from launch.rundir import RunDirectory
 from launch.status import main as status_main
@@ -221,7 +221,8 @@ def test_aggregation_keeps_an_older_generated_record_out_of_paper_md(tmp_path):
 def test_backfill_counts_the_lost_evaluations_it_resubmitted_with_the_new_ones():
     """Backfill printed "resubmitted lost evaluation: ... as job 7" and then "0 evaluation job(s)
     submitted": its summary now counts every job it submitted, new and resubmitted, by run."""
-    report = Report(resubmitted=["r-1 step 2 davis as job 7"], submitted={"r-1": [], "q-2": ["8", "9"], "p-3": []})
+    report = Report(resubmitted=[Resubmission("r-1", 2, "davis", "7")], submitted={"r-1": [], "q-2": ["8", "9"], "p-3": []})
+    assert str(report.resubmitted[0]) == "r-1 step 2 davis as job 7"
     assert report.jobs_of("r-1") == ([], ["7"]) and report.jobs_of("q-2") == (["8", "9"], [])
     assert report.submission_summary() == [
         "q-2: 2 evaluation job(s) submitted (2 new, 0 resubmitted after a lost job) 8 9",

@@ -123,9 +123,22 @@ def _first_line(path: Path) -> str:
     return lines[-1] if lines else "see failed.json"
 
 
-def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
+@dataclass(frozen=True)
+class Resubmission:
+    """A lost evaluation submitted again; prints as "<run> step <step> <task> as job <job>"."""
+
+    run: str  # run directory name
+    step: int
+    task: str
+    job: str
+
+    def __str__(self) -> str:
+        return f"{self.run} step {self.step} {self.task} as job {self.job}"
+
+
+def recover(states: Sequence[EvaluationState]) -> tuple[list[Resubmission], list[str]]:
     """Resubmit the lost evaluations among `states` (evaluation_states) within their run's budget,
-    give up on the others. Returns (descriptions of the resubmitted, of the given up)."""
+    give up on the others. Returns (the resubmissions, descriptions of the given up)."""
     todo: dict[RunDirectory, dict[int, list[tuple[str, Path]]]] = defaultdict(dict)
     lost_jobs: dict[Path, list[str]] = {}
     backend_of: dict[RunDirectory, str] = {}
@@ -158,7 +171,7 @@ def recover(states: Sequence[EvaluationState]) -> tuple[list[str], list[str]]:
         submit_evaluations(run, run.config(), items, backend_of[run], lost_jobs)
         for step, pairs in sorted(items.items()):
             for task, directory in pairs:
-                resubmitted.append(f"{run.path.name} step {step} {task} as job {submission(directory).job_id}")
+                resubmitted.append(Resubmission(run.path.name, step, task, submission(directory).job_id))
     for line in resubmitted:
         log.info("resubmitted lost evaluation: %s", line)
     for line in given_up:
