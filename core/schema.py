@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -195,6 +196,20 @@ def ignored(cfg: Any, section: str, name: str, because: str, fix: str) -> list[s
     if value == default:
         return []
     return [f"{section}.{name} ({value}) is ignored because {because}; {fix}"]
+
+
+def nonfinite(cfg: Any, prefix: str = "") -> list[str]:
+    """[a problem] per number of config dataclass `cfg` (nested ones, dict values included) that is
+    nan or inf: `optim.lr=nan` parses as a float and passes every `> 0` rule, since nan compares
+    false with everything, so it would train on NaN; inf is never a setting either."""
+    out = []
+    items = dataclasses.asdict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+    for name, value in items:
+        if isinstance(value, dict):
+            out += nonfinite(value, f"{prefix}{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{prefix}{name} ({value}) must be a finite number")
+    return out
 
 
 # --- the schema's keys and types -----------------------------------------------------------------

@@ -134,7 +134,12 @@ def runs_under(root: Path, sweep: str | None = None) -> list[RunDirectory]:
 def damaged_runs(root: Path) -> dict[str, str]:
     """Run directory name -> why its records cannot be read, for every such run under `root`."""
     runs = [RunDirectory(p.parent) for p in sorted(Path(root).glob("*/run.json"))]
-    return {r.path.name: problem for r in runs if (problem := r.damage()) is not None}
+    damaged = {r.path.name: problem for r in runs if (problem := r.damage()) is not None}
+    for records in sorted({*Path(root).glob("*/attempts"), *Path(root).glob("*/checkpoints")}):
+        # a job wrote these, so run.json was there once: deleted or lost since, not a run being created
+        if not (info := records.parent / "run.json").exists():
+            damaged[records.parent.name] = f"{info} is missing (the run's {records.name}/ is there)"
+    return damaged
 
 
 def advance(

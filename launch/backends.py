@@ -175,6 +175,8 @@ class SlurmBackend(Backend):
         return slurm_config()
 
     def job_script(self, resources: Resources) -> str | None:
+        if shutil.which("srun") is None:  # submitit renders the script only where SLURM is installed
+            return "# not shown: `srun` is not on PATH here (submitit renders the script only on a SLURM login node)"
         return self.sbatch_script(resources)
 
     def max_array_size(self, jobs: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.schema import ADDED_TO_IDENTITY, RUNTIME_ONLY, ConfigError, ignored
+from core.schema import ADDED_TO_IDENTITY, RUNTIME_ONLY, ConfigError, ignored, nonfinite
 from rsp.architectures import MODELS
 from rsp.decoders import DECODERS
 
@@ -227,6 +227,10 @@ class OptimConfig:
             out.append(f"optim.lr ({self.lr}) must be > 0, or null to derive it from optim.blr")
         if self.min_lr < 0:
             out.append(f"optim.min_lr ({self.min_lr}) must be >= 0")
+        elif self.lr is not None and self.min_lr > self.lr:  # the cosine would climb from lr to min_lr
+            out.append(
+                f"optim.min_lr ({self.min_lr}) must be <= optim.lr ({self.lr}): the schedule decays to it; lower optim.min_lr"
+            )
         if self.accum_iter < 1:
             out.append(f"optim.accum_iter ({self.accum_iter}) must be >= 1")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -383,7 +387,7 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def problems(self) -> list[str]:
-        out = []
+        out = nonfinite(self)  # a RunConfig's cluster and evaluation sections too
         for section in ("model", "data", "optim", "schedule", "checkpoint", "runtime"):
             out += getattr(self, section).problems()
         stop, total = self.runtime.stop_after_steps, self.schedule.total_steps

@@ -44,7 +44,7 @@ from rsp.decoders import DECODERS, UNREADABLE, DecoderUnavailable, require
 from rsp.filepool import WorkerLost, WorkerStartError
 from rsp.kinetics import KineticsLayout, StepReport, run_parallel, write_failure_list
 from rsp.probe import VideoProbe, probe_video
-from rsp.video import OUR_LABELS, LabelEntry, list_videos, write_labels
+from rsp.video import OUR_LABELS, VIDEO_SUFFIXES, LabelEntry, list_videos, write_labels
 
 log = logging.getLogger("rsp.prepare")
 
@@ -121,7 +121,7 @@ def write_labels_file(
         raise ValueError(f"video_dir ({video_dir}) must lie inside the data root ({root}): labels paths are relative to it")
     videos = list_videos(video_dir)
     if not videos:
-        raise FileNotFoundError(f"no videos in class folders under {video_dir}; run the rescale step first")
+        raise FileNotFoundError(no_videos_message(root, video_dir))
     classes = {name: i for i, name in enumerate(sorted({v.parent.name for v in videos}))}
     cache_path = root / ".labels_probe_cache.jsonl"
     cache = _read_probe_cache(cache_path)
@@ -162,10 +162,32 @@ def write_labels_file(
             modes = [seek.get(d, "") for d in DECODERS]
             stat = (keys[video]["size"], keys[video]["mtime_ns"])  # what was probed: a later change is caught
             kept.append(LabelEntry(rel, classes[video.parent.name], video.parent.name, frames, *modes, *stat))
-    write_labels(root / OUR_LABELS, kept)
     report.listed_in = root / "labels_dropped.csv"  # written even when empty: no stale list survives a rerun
     write_failure_list(report.listed_in, report.failed)
+    if not kept:  # an empty labels file would only fail later, at submit, far from the cause
+        reasons = sorted({reason for _, reason in report.failed})
+        raise ValueError(
+            f"none of the {len(videos)} videos under {video_dir} was kept ({'; '.join(reasons[:3])}); "
+            f"{root / OUR_LABELS} was not written, the reasons per file are in {report.listed_in}"
+        )
+    write_labels(root / OUR_LABELS, kept)
     return report
+
+
+def no_videos_message(root: Path, video_dir: Path) -> str:
+    """Why `video_dir` offers the labels step nothing, and what to pass instead: the folder is
+    missing (the folders under `root` are listed), or its videos lack class folders."""
+    fix = "pass --videos-dir SUBDIR, the folder of class folders under --root (Kinetics: run the rescale step first)"
+    if not video_dir.is_dir():
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+        return f"{video_dir} does not exist (folders under {root}: {', '.join(folders) or 'none'}); {fix}"
+    loose = [p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    if loose:
+        return (
+            f"{len(loose)} video(s) lie directly in {video_dir}, but the labels step reads one folder per class "
+            f"({video_dir}/<class>/<video>); move them into class folders"
+        )
+    return f"no videos in class folders under {video_dir} ({', '.join(VIDEO_SUFFIXES)}); {fix}"
 
 
 def _probe_one_decoder(video_and_decoder: tuple[Path, str], probe_file: ProbeFile) -> dict:

@@ -315,6 +315,18 @@ def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_p
     assert (runs[1].path / damaged).read_text() == "{bad"  # nothing was changed
 
 
+def test_status_names_a_run_whose_run_json_was_deleted(tmp_path, capsys):
+    """A run directory with checkpoints but no run.json used to vanish: status said "no runs"."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=orphan"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    (run.path / "checkpoints").mkdir()
+    (run.path / "run.json").unlink()
+    assert status_main([str(tmp_path), "--no-advance"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run.path.name}: {run.path / 'run.json'} is missing (the run's checkpoints/ is there)" in out, out
+
+
 def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
     cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
     run = RunDirectory.for_config(cfg)

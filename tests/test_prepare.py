@@ -261,7 +261,19 @@ def test_a_step_that_cannot_run_says_why_and_exits_non_zero(tmp_path, caplog):
     assert prepare.main(["extract", "--root", str(tmp_path)]) == 2
     assert "no archives under" in caplog.text and "run the download step first" in caplog.text
     assert prepare.main(["labels", "--root", str(tmp_path)]) == 2
-    assert f"no videos in class folders under {tmp_path / 'train_256'}" in caplog.text
+    assert f"{tmp_path / 'train_256'} does not exist" in caplog.text and "pass --videos-dir SUBDIR" in caplog.text
+
+
+def test_the_labels_step_names_loose_videos_and_refuses_to_keep_none(tmp_path, caplog):
+    loose = tmp_path / "train" / "clip.mp4"
+    write_video(loose, synthetic_frames(np.random.default_rng(0), 3, 32, 32))
+    assert prepare.main(["labels", "--root", str(tmp_path), "--videos-dir", "train", "--jobs", "0"]) == 2
+    assert "1 video(s) lie directly in" in caplog.text and "move them into class folders" in caplog.text
+    (tmp_path / "train" / "c").mkdir()
+    loose.rename(tmp_path / "train" / "c" / "clip.mp4")  # 3 frames: fewer than --min-frames' default 5
+    assert prepare.main(["labels", "--root", str(tmp_path), "--videos-dir", "train", "--jobs", "0"]) == 2
+    assert "none of the 1 videos" in caplog.text and "fewer than --min-frames 5" in caplog.text
+    assert not (tmp_path / "labels.csv").exists() and (tmp_path / "labels_dropped.csv").is_file()
 
 
 def test_each_step_help_shows_that_steps_options(capsys):

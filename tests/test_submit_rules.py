@@ -139,6 +139,10 @@ def test_ignored_setting_is_refused(train_videos, tmp_path, overrides, parts):
         (["name="], ("name ('') is empty", "pass name=NAME")),
         (["output_root="], ("output_root is empty", "output_root=DIR")),
         (["checkpoint.every_steps=0"], ("checkpoint.every_steps (0) must be >= 1",)),  # no ZeroDivisionError
+        (["optim.lr=nan"], ("optim.lr (nan) must be a finite number",)),  # nan passed every `> 0` rule
+        (["model.kl_scale=inf"], ("model.kl_scale (inf) must be a finite number",)),
+        (["evaluation.overrides.davis.temperature=nan"], ("evaluation.overrides.davis.temperature (nan) must be a finite",)),
+        (["optim.lr=0.001", "optim.min_lr=0.01"], ("optim.min_lr (0.01) must be <= optim.lr (0.001)", "lower optim.min_lr")),
         (["evaluation.device=gpu"], ("evaluation.device ('gpu') must be one of auto, cpu, cuda",)),
         (["evaluation.mem_gb=-4"], ("evaluation.mem_gb (-4.0) must be > 0", "or null")),
         (["evaluation.gpus=-1"], ("evaluation.gpus (-1) must be >= 0",)),

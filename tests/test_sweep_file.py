@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.schema import ConfigError
-from launch.sweeps.expand import expand, load_sweep
+from launch.sweeps.expand import expand, load_sweep, sweep_path
 from launch.sweeps.file import TOP_LEVEL, read_sweep_file
 from testkit.launching import submit
 
@@ -71,6 +71,10 @@ def only_problem(found: list[str], *parts: str) -> str:
         (
             HEAD + "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",
             ("model.kl_scale='high' has the wrong type (expected float)",),
+        ),
+        (  # YAML 1.1 reads 1e-3 as text: the type error alone left the user staring at a number
+            HEAD + "axes:\n  - key: model.kl_scale\n    values: [0.1, 1e-5]\n",
+            ("model.kl_scale='1e-5' has the wrong type", "YAML reads 1e-5 as text; write 0.00001"),
         ),
         (
             HEAD + "axes:\n  - key: model.kl_scale\n    values: [1, 1.0]\n",
@@ -150,6 +154,13 @@ def test_a_malformed_sweep_submits_nothing_and_prints_no_traceback(tmp_path):
     rc, out = submit([f"sweep={path}", f"output_root={tmp_path / 'runs'}"])
     assert rc == 2 and "Traceback" not in out and "axes: must be a list of axes" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_named_like_a_sweep_file_is_called_a_folder(tmp_path):
+    (tmp_path / "s.yaml").mkdir()
+    with pytest.raises(ConfigError) as err:
+        sweep_path(str(tmp_path / "s.yaml"))
+    assert "is a directory, not a sweep file" in str(err.value)
 
 
 def test_per_value_overrides_match_the_value_whatever_its_spelling(tmp_path):

@@ -71,6 +71,15 @@ def test_a_slurm_sweep_without_sbatch_is_refused_and_writes_nothing(tmp_path, mo
     assert tree(tmp_path / "runs", tmp_path / "gen", tmp_path / "eval") == before
 
 
+def test_a_slurm_dry_run_without_slurm_shows_the_plan_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """submitit renders the sbatch script only where `srun` is: the dry run used to end in its RuntimeError."""
+    (tmp_path / "no-slurm").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))
+    assert main(["experiment=smoke", "cluster=slurm", f"output_root={tmp_path / 'runs'}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# not shown: `srun` is not on PATH here" in out and "`sbatch` is not on PATH" in out, out
+
+
 def test_a_sweep_is_judged_once_per_group_of_equal_resources(tmp_path, monkeypatch):
     root = listed_root(tmp_path)
     runs = (["optim.lr=0.1"], ["optim.lr=0.2"], ["cluster.cpus_per_task=1"])  # two groups of equal resources

@@ -75,7 +75,8 @@ def sweep_path(name: str) -> Path:
     path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else SWEEPS_DIR / f"{name}.yaml"
     if not path.is_file():
         valid = ", ".join(sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml")))
-        raise ConfigError([f"sweep {name!r} not found ({path}); valid: {valid}"], what="sweep")
+        what = "is a directory, not a sweep file" if path.is_dir() else "not found"
+        raise ConfigError([f"sweep {name!r} {what} ({path}); valid: {valid}"], what="sweep")
     return path
 
 

@@ -15,6 +15,7 @@ import difflib
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,20 @@ def _check_column(key: str, values: Any, where: str, r: Reading) -> None:
     hint = field_type(RunConfig, key)
     for value in values:
         if not value_fits(hint, value):
-            r.add(where, f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+            r.add(where, wrong_type(key, value, hint))
+
+
+def wrong_type(key: str, value: Any, hint: Any) -> str:
+    """Why `value` cannot be `key`'s; for a number YAML read as text (`1e-3`: YAML 1.1, which PyYAML
+    reads, takes a float only with a dot and a signed exponent), the spelling it reads as a number."""
+    message = f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})"
+    try:
+        number = Decimal(value.strip()) if isinstance(value, str) else None
+    except InvalidOperation:
+        number = None
+    if number is not None and number.is_finite() and value_fits(hint, float(number)):
+        message += f": YAML reads {value} as text; write {format(number, 'f')} (or 1.0e-3 style: a dot and a signed exponent)"
+    return message
 
 
 def _check_per_value(raw: Any, axis: Axis, where: str, r: Reading) -> dict[str, list[tuple[str, Any]]]:
@@ -257,7 +271,7 @@ def _assignment(text: str, axis: Axis, where: str, r: Reading) -> tuple[str, Any
         return None
     hint = field_type(RunConfig, key)
     if not value_fits(hint, value):
-        r.add(where, f"{key}={value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+        r.add(where, wrong_type(key, value, hint))
         return None
     return key, value
 
