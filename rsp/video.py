@@ -130,13 +130,17 @@ def resolve_labels_file(root: Path, labels: str) -> Path:
                 "fix data.labels, or drop it (auto: labels.csv, else the reference's pickle)"
             )
         return path
-    for name in (OUR_LABELS, *REFERENCE_LABELS):
+    names = (OUR_LABELS, *REFERENCE_LABELS)
+    for name in names:
         if (root / name).is_file():
             return root / name
+    above = next((p for p in root.parents[:2] for name in names if (p / name).is_file()), None)
+    if above is not None:  # data.root names the videos folder or a class folder of a prepared root
+        raise DataError(f"no labels file in data root {root}, but {above} has one: set data.root={above} (the folder of the labels file)")
     raise DataError(
-        f"no labels file in data root {root}: looked for {', '.join((OUR_LABELS, *REFERENCE_LABELS))}. "
-        f"Write one with `python -m rsp.prepare labels --root {root}`, name another with data.labels, "
-        "or set data.synthetic_videos to generate a synthetic dataset there"
+        f"no labels file in data root {root}: looked for {', '.join(names)}. Write one with "
+        f"`python -m rsp.prepare labels --root {root} --videos-dir SUBDIR` (SUBDIR: the folder of class folders), "
+        "name another with data.labels, or set data.synthetic_videos to generate a synthetic dataset there"
     )
 
 

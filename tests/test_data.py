@@ -318,6 +318,12 @@ def test_data_root_problems_name_the_path(tmp_path):
         FramePairDataset(data_config(tmp_path / "nope"), 16, 0)
     with pytest.raises(DataError, match=rf"no labels file in data root {re.escape(str(tmp_path))}.*rsp.prepare labels"):
         FramePairDataset(data_config(tmp_path), 16, 0)
+    (tmp_path / "train" / "c").mkdir(parents=True)
+    (tmp_path / "labels.csv").write_text("")
+    for inside in (tmp_path / "train", tmp_path / "train" / "c"):  # the videos folder, a class folder
+        with pytest.raises(DataError, match=rf"but {re.escape(str(tmp_path))} has one: set data.root={re.escape(str(tmp_path))}"):
+            FramePairDataset(data_config(inside), 16, 0)
+    (tmp_path / "labels.csv").unlink()
     with pytest.raises(DataError, match="data.labels .'other.csv'. does not exist"):
         FramePairDataset(data_config(tmp_path, labels="other.csv"), 16, 0)
     (tmp_path / "labels.csv").write_text("a,b\n")
