@@ -199,12 +199,19 @@ def reachable_address(host: str, is_slurm: bool) -> str:
 
 
 def configure_logging(path: Path, rank: int) -> None:
+    """Log to stderr and the attempt's rank log. The handlers of an earlier job in this interpreter
+    (the debug backend runs a sweep's jobs one after another in the caller's) are removed first:
+    kept, they wrote every later run's lines into that run's log file too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
+    for earlier in [h for h in root.handlers if getattr(h, "rank_log", False)]:
+        root.removeHandler(earlier)
+        earlier.close()
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path)):
         handler.setFormatter(fmt)
+        handler.rank_log = True
         root.addHandler(handler)
 
 

@@ -136,7 +136,9 @@ def resolve_labels_file(root: Path, labels: str) -> Path:
             return root / name
     above = next((p for p in root.parents[:2] for name in names if (p / name).is_file()), None)
     if above is not None:  # data.root names the videos folder or a class folder of a prepared root
-        raise DataError(f"no labels file in data root {root}, but {above} has one: set data.root={above} (the folder of the labels file)")
+        raise DataError(
+            f"no labels file in data root {root}, but {above} has one: set data.root={above} (the folder of the labels file)"
+        )
     raise DataError(
         f"no labels file in data root {root}: looked for {', '.join(names)}. Write one with "
         f"`python -m rsp.prepare labels --root {root} --videos-dir SUBDIR` (SUBDIR: the folder of class folders), "

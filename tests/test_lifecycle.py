@@ -275,3 +275,26 @@ def test_a_collective_that_lost_its_peer_to_kill_9_is_an_interruption_not_a_cras
     for process in context.processes:
         process.join(120)
     assert out.read_text().startswith("True: "), out.read_text()
+
+
+def test_a_second_in_process_job_logs_only_to_its_own_rank_log(tmp_path):
+    """The debug backend runs a sweep's jobs in one interpreter: the first job's handlers stayed, so the
+    second run's lines went into the first run's rank log too (and every line showed once more)."""
+    import logging
+
+    from launch.job import configure_logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        configure_logging(tmp_path / "a" / "rank_0.log", 0)
+        configure_logging(tmp_path / "b" / "rank_0.log", 0)
+        logging.getLogger("rsp.train").info("second run's line")
+        assert len(root.handlers) == len(before) + 2
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+    assert "second run's line" in (tmp_path / "b" / "rank_0.log").read_text()
+    assert "second run's line" not in (tmp_path / "a" / "rank_0.log").read_text()

@@ -519,3 +519,18 @@ def test_every_shipped_sweep_plans_on_a_fresh_clone_and_a_submission_with_proble
     else:  # only sweeps whose runs generate their own data (smoke, cpu_study) plan cleanly on a fresh clone
         plan = plan_sweep(load_sweep(name), [f"output_root={root}"], tmp_path)
         assert plan.problems == [] and all(r.run.cfg.data.synthetic_videos > 0 for r in plan.rows), name
+
+
+def test_another_sweep_of_the_same_name_is_told_how_to_keep_apart(tmp_path, capsys):
+    """Two sweep files named alike (in two folders) into one output_root merge into one sweep: the note
+    used to read as if the file had been edited."""
+    sweep_file = write_sweep(tmp_path, "{metric: 'davis:J&F-Mean', keep: 0.5, rungs: [20]}")
+    plan = plan_sweep(load_sweep(sweep_file), [], tmp_path)
+    for row in plan.rows:
+        row.rundir.create(row.run.cfg)
+    plan.record_membership(plan.rows)
+    Path(sweep_file).write_text(Path(sweep_file).read_text().replace("[0.001, 0.002, 0.003]", "[0.01, 0.02]"))
+    assert plan_sweep(load_sweep(sweep_file), [], tmp_path).problems == []
+    err = capsys.readouterr().err
+    assert "3 run(s) of sweep halving are no longer in sweep file halving" in err
+    assert "if this is another sweep that shares the name, give its file another name" in err, err

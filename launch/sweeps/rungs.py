@@ -199,9 +199,15 @@ def membership_changes(sweep: SweepDirectory, planned: dict[str, str], file: str
             f"file to a new name (e.g. {sweep.name}_2.yaml) to start a sweep of its own"
         )
     if removed:
+        unrelated = not set(planned) & set(members)  # likely another file of the same name, not an edit
         notes.append(
             f"{len(removed)} run(s) of sweep {sweep.name} are no longer in {file}: {', '.join(removed)}; they stay "
             "members (their decisions and prune markers stand) and this file does not resubmit them"
+            + (
+                f"; none of its runs is in {sweep.path}: if this is another sweep that shares the name, give its file "
+                "another name (a sweep is named by its file) or use another output_root"
+            )
+            * unrelated
         )
     return problems, notes
 
