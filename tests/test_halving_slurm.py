@@ -1,10 +1,18 @@
 """Successive halving on the real local SLURM cluster: a 3-run sweep with one rung, its evaluation
 jobs on SLURM, the decision made by the evaluation job that completes the rung, the right run
 stopped cooperatively with its checkpoints kept, a resubmission that starts nothing, costs that
-agree with sacct and the attempt records, and --unprune resuming the run bitwise."""
+agree with sacct and the attempt records, and --unprune resuming the run bitwise.
+
+The runs must still be training when the rung is decided, as on a real cluster, where a rung's
+evaluations take a small part of the training. Rather than train on through the evaluations (CPU
+the machine's two cores need for them), each training job is suspended (`scontrol suspend`) once
+it has handed its rung over to evaluation and resumed once the rung is decided: still running,
+with no step trained meanwhile."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,21 +20,60 @@ from slurm_pool import ScenarioEnv, slurm_scenario
 
 from eval.records import parse_record
 from launch.config import train_config
-from launch.cost import accounting, run_cost
+from launch.cost import accounting, evaluation_jobs, run_cost
 from launch.rundir import RunDirectory
 from launch.status import render
+from launch.steplog import read_trace
 from launch.sweeps.rungs import Decision, SweepDirectory, record_dir
-from testkit.launching import explain, halving_sweep_file, sacct_rows, squeue_ids, submit, wait_for
+from testkit.launching import explain, halving_sweep_file, job_id, sacct_rows, squeue_ids, submit, wait_for
 from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
 
-STEPS, RUNG = 240, 80  # the rung is the only milestone before the end; runs still train when it is decided
+# The rung is the only milestone before the end (STEPS <= 2 x RUNG). STEPS - RUNG is the margin a
+# job trains on before it is suspended: it must outlast the milestone hook (a subprocess that queues
+# the rung's evaluation and watcher, 2-8 s on a busy machine) plus a poll, at ~0.3-2.5 s a step.
+STEPS, RUNG = 100, 50
 LRS = (0.0001, 0.001, 0.01)
 
 
 def runs_of(root: Path) -> list[RunDirectory]:
     return [RunDirectory(p.parent) for p in sorted(root.glob("*/run.json"))]
+
+
+def handed_over(run: RunDirectory) -> bool:
+    """The run's rung evaluation is queued and its milestone hook has ended: its training job holds
+    nothing the rung's decision waits for (a frozen hook could hold a lock or an unsent sbatch)."""
+    claims = [claim for directory, claim in evaluation_jobs(run) if directory.parent.name == f"step_{RUNG:08d}"]
+    hook = subprocess.run(["pgrep", "-f", f"launch.evaluations schedule .*{run.path.name}"], capture_output=True)
+    return bool(claims) and all(claim.job_id for claim in claims) and hook.returncode == 1
+
+
+def last_step(run: RunDirectory) -> int:
+    trace = read_trace(run.step_log_path(run.attempts()[-1]))
+    return trace.last[0] if trace else -1
+
+
+def scontrol(action: str, run: RunDirectory) -> None:
+    done = subprocess.run(["scontrol", action, job_id(run)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"scontrol {action} {job_id(run)}: {done.stderr}\n{explain(run)}"
+
+
+def suspend_after_rung(runs: list[RunDirectory], timeout: float) -> dict[str, int]:
+    """Suspend each run's training job as soon as it has handed its rung over (SIGSTOP to its
+    processes; SLURM frees its CPUs, and neither its time limit nor sacct's Elapsed counts the
+    time); returns the step each one had reached by then."""
+    reached: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(reached) < len(runs):
+        for run in runs:
+            if run.path.name not in reached and handed_over(run):
+                scontrol("suspend", run)
+                reached[run.path.name] = last_step(run)
+                assert reached[run.path.name] < STEPS, f"trained to the end before it was suspended\n{explain(run)}"
+        assert time.monotonic() < deadline, f"runs not at their rung after {timeout:.0f} s\n" + "\n".join(map(explain, runs))
+        time.sleep(0.2)
+    return reached
 
 
 def sacct_cpu_seconds(job_ids: list[str]) -> float:
@@ -44,15 +91,21 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
     runs = runs_of(root)
     directory = SweepDirectory(root, "halving_test")
+    reached = suspend_after_rung(runs, 1500)
+    print(f"[halving] suspended at steps {sorted(reached.values())} (rung {RUNG}, end {STEPS})")
     wait_for(
         lambda: directory.decision_path(RUNG).is_file(),
         1500,
         "the rung to be decided",
         lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
     )
+    decision = Decision.read(directory.decision_path(RUNG))
+    # the deciders write the prune marker after the decision: the pruned run sees it on resuming
+    wait_for(lambda: all(r.is_pruned() for r in runs if r.info().run_id in decision.pruned), 300, "the prune marker")
+    for run in runs:
+        scontrol("resume", run)
 
     # The right run: the lowest J&F at the rung, read from the records themselves.
-    decision = Decision.read(directory.decision_path(RUNG))
     values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
     worst = min(values, key=values.get)
     assert {e.run_id: e.value for e in decision.ranking} == values
@@ -101,7 +154,8 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
         assert [c.number for c in cost.attempts] == [a.number for a in run.attempts()]
         assert all(c.cpus == a.alloc["cpus"] >= 1 for c, a in zip(cost.attempts, run.attempts(), strict=True))
         for c, a in zip(cost.attempts, run.attempts(), strict=True):  # sacct's allocation holds the attempt
-            assert c.start <= a.start_time and a.end_time <= c.end + 5
+            (held,) = (x for x in allocations[c.job_id] if x.start == c.start)  # its End: Elapsed leaves out suspension
+            assert c.start <= a.start_time and a.end_time <= held.end + 5
         record = parse_record(record_dir(run, RUNG, "davis") / "record.json")
         created = next(m.created for m in run.manifests() if m.step == RUNG)
         assert record.training_cost["source"] == "sacct"
