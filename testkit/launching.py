@@ -72,11 +72,12 @@ def halving_sweep_file(
     rung: int,
     lrs: Sequence[float],
     promotion: str = "",
-    extra: Sequence[str] = ("model.img_size=64", "data.batch_size=8"),  # a step long enough next to an evaluation
+    extra: Sequence[str] = (),
 ) -> Path:
     """A sweep file `halving_test` over optim.lr of a tiny smoke model with one rung (its only
     milestone before the end besides step 0), each run evaluated on a generated DAVIS set.
-    `promotion`: more keys of the select block (", promotion: async, min_reports: 2")."""
+    `promotion`: more keys of the select block (", promotion: async, min_reports: 2"); `extra`:
+    more overrides (a bigger step, no step-0 milestone ...)."""
     common = merged(
         *[o for o in TINY if not o.startswith("experiment=")],
         f"cluster={backend}",

@@ -30,10 +30,12 @@ from testkit.training import assert_same_training_state
 
 pytestmark = pytest.mark.slurm
 
-# The rung is the only milestone before the end (STEPS <= 2 x RUNG). STEPS - RUNG is the margin a
-# job trains on before it is suspended: it must outlast the milestone hook (a subprocess that queues
-# the rung's evaluation and watcher, 2-8 s on a busy machine) plus a poll, at ~0.3-2.5 s a step.
-STEPS, RUNG = 100, 50
+# The rung is the only milestone before the end (STEPS < 2 x RUNG; no step-0 milestone: SLURM_RUN).
+# STEPS - RUNG is the margin a job trains on before it is suspended: it must outlast the milestone
+# hook (a subprocess that queues the rung's evaluation and its watcher, 1-8 s on a busy machine) and
+# a poll, at ~0.3-2.5 s a step; the jobs were suspended 2 steps past the rung, with two CPU hogs too.
+STEPS, RUNG = 70, 40
+SLURM_RUN = ("model.img_size=64", "data.batch_size=8", "checkpoint.initial_milestone=false")
 LRS = (0.0001, 0.001, 0.01)
 
 
@@ -86,7 +88,7 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     """The sweep end to end, through the unpruned run's end; returns that run (pooled: runs in a thread)."""
     tmp_path = env.tmp
     root = tmp_path / "runs"
-    sweep_file = halving_sweep_file(tmp_path, env.videos, root, "slurm", STEPS, RUNG, LRS)
+    sweep_file = halving_sweep_file(tmp_path, env.videos, root, "slurm", STEPS, RUNG, LRS, extra=SLURM_RUN)
     rc, out = submit([f"sweep={sweep_file}"])
     assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
     runs = runs_of(root)
