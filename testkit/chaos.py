@@ -57,7 +57,9 @@ EFFECT = {  # how the attempt an interruption hits must end (docs/requeue.md#end
     "kill9_worker": ("crashed",),  # a worker killed by SIGKILL (the OOM killer) is a genuine failure
     "preempt": ("preempted",),
 }
-STEPS, EVERY = 200, 20  # a run: 200 steps, a checkpoint every 20 (long enough for a late interruption to land)
+# A run: 120 steps, a checkpoint every 20. The latest interruption is sent by step ~40 (a second one
+# at the next checkpoint of a resumed attempt, or 10 steps into it); 80 steps more let it land.
+STEPS, EVERY = 120, 20
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")
 
 

@@ -19,6 +19,7 @@ from slurm_pool import ScenarioEnv, slurm_scenario
 
 from launch.config import train_config
 from launch.rundir import RunDirectory
+from launch.submit import main as submit_main
 from testkit.chaos import last_logged_step, rank_exists, rank_process
 from testkit.launching import (
     Driver,
@@ -27,6 +28,7 @@ from testkit.launching import (
     job_id,
     only_run,
     overrides,
+    run_command,
     squeue_ids,
     steps_lost,
     submit,
@@ -41,8 +43,9 @@ pytestmark = pytest.mark.slurm
 # step of these runs is paid twice, by the job and by its reference: the suite's largest CPU item.
 LONG, EVERY = 150, 25
 # The upstream run must outlast its resubmission, which waits for the main thread (testkit.launching.run_command)
-# while that thread may be training a reference: a longer run, with no reference to pay for.
-UPSTREAM = 400
+# while that thread may be training a reference: its job is suspended meanwhile (scontrol suspend) and
+# resumed as the resubmission starts, with ~200 steps (10-40 s) left to outlast it.
+UPSTREAM = 200
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")  # loader workers: the scheduler's signals reach them too
 
 
@@ -57,7 +60,8 @@ def launch_runs(env: ScenarioEnv) -> dict:
         "startup_usr2": overrides(train_videos, base / "startup_usr2", 40, 10, "model.kl_scale=0.02"),
         "requeue": overrides(train_videos, base / "requeue", LONG, EVERY, *WORKERS),
         "kill9": overrides(train_videos, base / "kill9", LONG, EVERY, "cluster.nodes=2"),  # same training as "preempt"
-        "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
+        # SLURM signals it ~15 s into each allocation (at most ~10 s of training, ~200 steps on a quiet machine)
+        "timeout": overrides(train_videos, base / "timeout", 400, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
         "upstream": overrides(train_videos, base / "upstream", UPSTREAM, 100),
     }
     interventions = {  # name -> (ready(run), action(run), poll_s)
@@ -71,7 +75,7 @@ def launch_runs(env: ScenarioEnv) -> dict:
         ),  # workers run
         "kill9": (trained_checkpoint, lambda r: os.kill(rank_process(job_id(r), rank=1), signal.SIGKILL), 1.0),
         # resubmitted while it trains: the check has to happen then, not when its test runs
-        "upstream": (lambda r: r.latest_logged_step() >= 1, lambda r: (r.status(), *submit(plan["upstream"])), 1.0),
+        "upstream": (lambda r: r.latest_logged_step() >= 1, lambda r: resubmit_while_running(r, plan["upstream"]), 1.0),
     }
     roots, drivers = {}, {}
     for name, args in plan.items():
@@ -82,6 +86,19 @@ def launch_runs(env: ScenarioEnv) -> dict:
             ready, action, poll_s = interventions[name]
             drivers[name] = Driver(roots[name], ready, action, poll_s=poll_s)
     return {"roots": roots, "drivers": drivers}
+
+
+def resubmit_while_running(run: RunDirectory, args: list[str]) -> tuple:
+    """(the run's status then, the resubmission's exit status and output). The job waits suspended
+    until the main thread takes the resubmission, then runs again while it is made."""
+    subprocess.run(["scontrol", "suspend", job_id(run)], check=True, capture_output=True, timeout=60)
+    status_then = run.status()
+
+    def resumed_then_submitted(argv: list[str]) -> int:
+        subprocess.run(["scontrol", "resume", job_id(run)], check=True, capture_output=True, timeout=60)
+        return submit_main(argv)
+
+    return (status_then, *run_command(resumed_then_submitted, args))
 
 
 def scancel_usr2(run: RunDirectory) -> None:
