@@ -30,7 +30,7 @@ from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
-from launch.rundir import RunDirectory
+from launch.rundir import RunDirectory, sweep_name
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
+    args.sweep = sweep_name(args.sweep) if args.sweep is not None else None
     root = Path(args.output_root).expanduser()
     if not root.is_dir():
         what = "is a file, not a directory" if root.exists() else "does not exist"

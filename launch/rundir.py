@@ -74,6 +74,12 @@ def slug(name: str) -> str:
     return cleaned or "run"
 
 
+def sweep_name(given: str) -> str:
+    """The name a sweep's runs record, from a sweep as a command line gives it: its name, or its
+    file's path (launch/submit.py takes sweep=path/to/file.yaml; a sweep is named by its file)."""
+    return Path(given).stem if given.endswith((".yaml", ".yml")) else given
+
+
 @dataclass
 class RunInfo:
     """run.json: the run's identity, written once by the first submit."""

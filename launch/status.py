@@ -47,7 +47,7 @@ from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, RunDirectory, sweep_name
 from launch.runstate import RunState, reconcile
 from launch.slurm_queries import Allocation
 from launch.sweeps.async_rungs import load_promotion, promotion_dir
@@ -319,7 +319,7 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
         )
     if len(roots) > 1 or len(sweeps) > 1:
         return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
-    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
+    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweep_name(sweeps[0]) if sweeps else None
     if not root.is_dir():
         what = "is a file, not a directory" if root.exists() else "does not exist"
         return root, sweep, f"output root {root} {what}; pass the output_root your runs were submitted with"
@@ -385,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root, sweep, problem = target(ns.args)
     if problem:
         p.error(problem)
+    if ns.watch < 0 or ns.watch != ns.watch:  # nan too: time.sleep raised on it after the first table
+        p.error(f"--watch ({ns.watch}) must be >= 0 seconds (0: print once)")
     while True:
         try:
             print(render_attempts(root, sweep) if ns.attempts else show(root, sweep, ns.no_advance, ns.no_recover), flush=True)

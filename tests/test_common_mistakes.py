@@ -339,6 +339,22 @@ def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
     assert "sweeps/x/sweep.json: unreadable (" in err and "restore it from a copy, or move it aside" in err, err
 
 
+def test_status_and_results_take_the_sweep_file_path_submit_took(tmp_path, capsys):
+    """sweep=path/to/exp.yaml is how submit takes a sweep outside sweeps/; status and results answered
+    "matches no run" to it."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    run.record_sweep("exp", {"optim.lr": 0.1})
+    assert status_main([str(tmp_path), f"sweep={tmp_path / 'elsewhere' / 'exp.yaml'}", "--no-advance"]) == 0
+    assert run.path.name.split("-")[0] in capsys.readouterr().out
+    assert results_main([str(tmp_path), "--sweep", "sweeps/exp.yaml", "--no-plots", "--no-tensorboard"]) == 0
+    assert "no result records found" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # used to print the table, then a ValueError from time.sleep
+        status_main([str(tmp_path), "--watch", "-5"])
+    assert "--watch (-5.0) must be >= 0 seconds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task, other", [("photo_davis", "davis"), ("davis", "photo_davis")])
 def test_a_generated_set_of_another_task_is_refused(tmp_path, task, other):
     """photo_davis and davis share a layout: the one used to be scored and labelled as the other."""

@@ -57,6 +57,10 @@ def command_line_problems(*overrides: str) -> list[str]:
         (["model.kl_scale=0.1,0.01"], ("model.kl_scale=0.1,0.01", "write a sweep file")),
         (["~model.kl_scale"], ("deletes model.kl_scale", "set it instead (model.kl_scale=VALUE)")),
         (["evaluation.tasks=davis"], ("evaluation.tasks='davis'", "write evaluation.tasks=[davis]")),
+        (
+            ["model=vit_base"],
+            ("model is a section of settings, not one value", "e.g. model.name=vit_base"),
+        ),  # was "not a subclass"
     ],
 )
 def test_command_line_rule(overrides, parts):

@@ -111,6 +111,17 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:
     """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
     (load_sweep reported bad keys, bad values and keys set twice)."""
+    swept = {*sweep.axis_keys, *(key for per_value in sweep.per_value for pairs in per_value.values() for key, _ in pairs)}
+    ignored = [o for o in extra_overrides if o.partition("=")[0].lstrip("+~") in swept]
+    if ignored:  # the axes are set after the overrides: each would be silently replaced
+        raise ConfigError(
+            [
+                f"{o}: sweep {sweep.name} sets {o.partition('=')[0]} for every run (an axis or a per-value override), "
+                "so this would be ignored; change the values in the sweep file, or drop it"
+                for o in ignored
+            ],
+            what="command line (nothing was submitted)",
+        )
     base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
     base_tree = to_dict(base)
     runs = []
