@@ -75,6 +75,10 @@ def test_command_line_rule(overrides, parts):
         (["--nodes=2"], ("--nodes=2", "write cluster.nodes=2")),
         (["--data_path", "/d"], ("--data_path /d", "write data.root=/d")),  # the reference's flag name
         (["--dryrun"], ("--dryrun", "did you mean --dry-run?")),
+        (
+            ["--resume", "ckpt.pth"],
+            ("--resume ckpt.pth: runs resume by themselves: submit the same command again",),
+        ),  # the reference's flag
     ],
 )
 def test_unknown_flags_suggest_the_override_form(argv, parts, capsys):
