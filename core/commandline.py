@@ -31,6 +31,11 @@ FLAG_ALIASES = {
     "log_dir": "output_root",
     "gpus": "cluster.gpus_per_node",
 }
+# Flags of the reference with no key here, because the launcher does what they did: the answer instead.
+FLAG_ANSWERS = {
+    "resume": "runs resume by themselves: submit the same command again (an interrupted run continues from its "
+    "last checkpoint, a finished one starts nothing)",
+}
 # Keys a user may try to set that are derived from another one: the message says where they come from.
 DERIVED = {
     "patch_size": "the patch size is part of the architecture: choose it with model.name (e.g. rsp_vit_small_patch8); "
@@ -165,6 +170,8 @@ class HintingArgumentParser(argparse.ArgumentParser):
         name = extra.partition("=")[0]
         if extra.startswith("-"):
             leaf = name.lstrip("-").replace("-", "_")
+            if leaf in FLAG_ANSWERS and self.override_keys:  # a front door that takes overrides: submit
+                return FLAG_ANSWERS[leaf], following is not None and "=" not in extra
             exact = leaf in FLAG_ALIASES or any(k.rsplit(".", 1)[-1] == leaf for k in self.override_keys)
             own = difflib.get_close_matches(name, options, n=1, cutoff=0.75)
             own = own or [o for o in options if len(o) > 4 and (name.startswith(o) or o.startswith(name))][:1]

@@ -326,6 +326,12 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
             "no space left on device writing checkpoint step 4 in /x/checkpoints (6.1 MiB free); kept: 2 committed",
             "--retry-failed",
         ),
+        (  # a checkpoint of another model in the run directory: retried once, then a breaker naming only the type
+            "rsp.train.ResumeError",
+            "/r/checkpoints/step_00000004.pt was written by a different configuration (model.img_size: 32 != 64); "
+            "refusing to continue it with this one. Use the original configuration, or a new run directory",
+            "a retry would read the same checkpoints",
+        ),
     ],
 )
 def test_a_crash_a_retry_would_repeat_is_not_retried_and_says_what_to_do(train_videos, tmp_path, error, cause, next_step):

@@ -13,6 +13,7 @@ import pytest
 
 from core.schema import ConfigError
 from launch.config import absolutize, compose
+from launch.rundir import RunDirectory
 from launch.validation import validate
 from launch.validation.data import unlisted
 from launch.validation.run import problems
@@ -75,6 +76,10 @@ def test_command_line_rule(overrides, parts):
         (["--nodes=2"], ("--nodes=2", "write cluster.nodes=2")),
         (["--data_path", "/d"], ("--data_path /d", "write data.root=/d")),  # the reference's flag name
         (["--dryrun"], ("--dryrun", "did you mean --dry-run?")),
+        (
+            ["--resume", "ckpt.pth"],
+            ("--resume ckpt.pth: runs resume by themselves: submit the same command again",),
+        ),  # the reference's flag
     ],
 )
 def test_unknown_flags_suggest_the_override_form(argv, parts, capsys):
@@ -383,3 +388,14 @@ def test_a_refused_submit_creates_nothing_on_disk(tmp_path, extra):
     rc, out = submit(args)
     assert rc == 2 and "nothing was submitted" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused submit left files behind"
+
+
+def test_a_new_run_beside_one_of_the_same_name_says_it_starts_at_step_0(train_videos, tmp_path):
+    """Raising schedule.total_steps "to train longer" started a new run from step 0 without a word."""
+    first = cfg_with(tmp_path, train_videos, "experiment=smoke", "schedule.total_steps=40")
+    RunDirectory.for_config(first).create(first)
+    longer = validate([cfg_with(tmp_path, train_videos, "experiment=smoke", "schedule.total_steps=80")])
+    assert longer.problems == []
+    (warning,) = [w for w in longer.warnings if "of the same name" in w]
+    assert "(schedule.total_steps: 40 != 80)" in warning and "this is a new run and trains from step 0" in warning
+    assert not [w for w in validate([first]).warnings if "of the same name" in w]  # the run itself, submitted again
