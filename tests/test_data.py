@@ -27,7 +27,7 @@ from rsp.data import (
     normalize_pairs,
     sample_pair_indices,
 )
-from rsp.synthetic import synthetic_frames, write_video
+from rsp.generated_videos import synthetic_frames, write_video
 from rsp.video import LabelEntry, VideoReadError, read_labels, write_labels
 
 # --- sampler --------------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ from fixtures_data import TINY, http_server
 
 from core.download import DownloadError, download_file
 from rsp import kinetics, prepare
+from rsp.generated_videos import synthetic_frames, write_video
 from rsp.kinetics import KineticsLayout, ffmpeg_command, rescale_video
-from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
+from rsp.kinetics_raw import generate_kinetics_raw
+from rsp.synthetic import generate_dataset
 from rsp.video import list_videos
 
 pytestmark = pytest.mark.usefixtures("needs_ffmpeg")
