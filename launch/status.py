@@ -42,6 +42,7 @@ if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load
 
     interrupts_in_one_line("launch/status.py", "nothing was left half-done")
 
+from core.atomicio import writable
 from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
@@ -370,6 +371,8 @@ def render_attempts(root: Path, sweep: str | None) -> str:
 
 def show(root: Path, sweep: str | None, no_advance: bool = False, no_recover: bool = False) -> str:
     """`status`: advance what is shown (unless `no_advance`), then render it."""
+    if not no_advance and (reason := writable(root)) is not None:  # e.g. a read-only copy: show it as it is
+        return render(root, sweep, None) + f"\n{root} cannot be written ({reason}): nothing was decided or resubmitted"
     report = None if no_advance else advance(root, sweep, role="status", recover_lost=not no_recover)
     return render(root, sweep, report)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -353,6 +354,26 @@ def test_status_and_results_take_the_sweep_file_path_submit_took(tmp_path, capsy
     with pytest.raises(SystemExit):  # used to print the table, then a ValueError from time.sleep
         status_main([str(tmp_path), "--watch", "-5"])
     assert "--watch (-5.0) must be >= 0 seconds" in capsys.readouterr().err
+
+
+def test_status_backfill_and_results_on_a_read_only_output_root(tmp_path, capsys):
+    """A read-only copy of an output root (a bind mount): backfill and results used to end in an
+    OSError traceback; status shows the table and says that it decided nothing."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path / 'runs'}", "name=kept"])
+    RunDirectory.for_config(cfg).create(cfg)
+    (tmp_path / "ro").mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "runs"), str(tmp_path / "ro")], capture_output=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot bind-mount a read-only copy (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        assert status_main([str(tmp_path / "ro")]) == 0
+        assert f"{tmp_path / 'ro'} cannot be written (Read-only file system): nothing was decided" in capsys.readouterr().out
+        for main, argv in ((evaluations_main, ["backfill"]), (results_main, [])):
+            with pytest.raises(SystemExit):
+                main([*argv, str(tmp_path / "ro")])
+            assert "cannot be written (Read-only file system)" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
 
 
 @pytest.mark.parametrize("task, other", [("photo_davis", "davis"), ("davis", "photo_davis")])
