@@ -434,6 +434,17 @@ def test_bad_sweeps_report_every_problem_and_submit_nothing(tmp_path, text, expe
     assert any(expected in p for p in err.value.problems), err.value.problems
 
 
+def test_an_axis_over_two_spellings_of_one_data_folder_is_one_experiment(tmp_path):
+    """data.root through a symlink got its own run id: the same training, twice."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "videos")
+    text = f"experiment: smoke\naxes:\n  - key: data.root\n    values: [{tmp_path / 'videos'}, {tmp_path / 'link'}]\n"
+    with pytest.raises(ConfigError) as err:
+        expand(load_sweep(write_sweep(tmp_path, text)), ["evaluation.tasks=[]"])
+    (problem,) = err.value.problems
+    assert "are the same experiment" in problem and "a data.root through a symlink is the folder it names" in problem
+
+
 def _busy_interval(out: str, name: str) -> None:
     start = time.time()
     time.sleep(1.0)  # long beside the 0.05 s poll: the second slot is taken while the first is busy
