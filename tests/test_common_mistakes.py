@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -374,6 +375,29 @@ def test_status_backfill_and_results_on_a_read_only_output_root(tmp_path, capsys
             assert "cannot be written (Read-only file system)" in capsys.readouterr().err
     finally:
         subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["--ratio", "0.5"], ("--ratio 0.5: subsets are not supported",)),
+        (["--batch_size", "0"], ("data.batch_size (0) must be >= 1",)),
+        (["--data_path", "MISSING"], ("data.root (", "missing) is not a directory")),  # the default is /data/kinetics400
+    ],
+)
+def test_the_papers_command_line_refuses_in_one_line(tmp_path, capsys, argv, parts):
+    """main_pretrain_rsp.py (the reference's command) printed a traceback for each of these."""
+    from rsp.paper_cli import run_as_program  # torch: only this test needs it
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        argv = [a.replace("MISSING", str(tmp_path / "missing")) for a in argv]
+        assert run_as_program([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and all(p in err for p in parts) and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("task, other", [("photo_davis", "davis"), ("davis", "photo_davis")])
