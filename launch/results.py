@@ -30,7 +30,7 @@ from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
-from launch.rundir import RunDirectory, sweep_name
+from launch.rundir import RunDirectory, output_root_problem, sweep_name
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:
@@ -92,9 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.sweep = sweep_name(args.sweep) if args.sweep is not None else None
     root = Path(args.output_root).expanduser()
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        p.error(f"output root {root} {what}; pass the output_root your runs were submitted with")
+    if (problem := output_root_problem(root)) is not None:
+        p.error(problem)
     if args.sweep is not None and not run_directories(root, args.sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         p.error(f"--sweep {args.sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'}")

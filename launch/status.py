@@ -48,7 +48,7 @@ from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
-from launch.rundir import Attempt, RunDirectory, sweep_name
+from launch.rundir import Attempt, RunDirectory, output_root_problem, sweep_name
 from launch.runstate import RunState, reconcile
 from launch.slurm_queries import Allocation
 from launch.sweeps.async_rungs import load_promotion, promotion_dir
@@ -321,9 +321,8 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
     if len(roots) > 1 or len(sweeps) > 1:
         return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
     root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweep_name(sweeps[0]) if sweeps else None
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        return root, sweep, f"output root {root} {what}; pass the output_root your runs were submitted with"
+    if (problem := output_root_problem(root)) is not None:
+        return root, sweep, problem
     if sweep is not None and not find_runs(root, sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         return (

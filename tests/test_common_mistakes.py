@@ -192,6 +192,19 @@ def test_status_and_results_say_when_the_output_root_is_a_file(tmp_path, capsys)
         assert f"output root {tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
 
 
+def test_a_run_directory_given_as_the_output_root_names_its_parent(tmp_path, capsys):
+    """status said "no runs", results "no result records found" (the run had some), backfill nothing to do."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=one"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    for main, argv in ((status_main, []), (results_main, []), (evaluations_main, ["backfill"])):
+        with pytest.raises(SystemExit):
+            main([*argv, str(run.path)])
+        assert f"{run.path} is a run directory, not an output root; pass the folder that holds it: {tmp_path}" in (
+            capsys.readouterr().err
+        )
+
+
 # --- python -m eval.prepare, python -m rsp.prepare, python -m eval.run ----------------------------------
 
 
