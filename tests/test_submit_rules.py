@@ -148,6 +148,11 @@ def test_ignored_setting_is_refused(train_videos, tmp_path, overrides, parts):
         (["name="], ("name ('') is empty", "pass name=NAME")),
         (["output_root="], ("output_root is empty", "output_root=DIR")),
         (["checkpoint.every_steps=0"], ("checkpoint.every_steps (0) must be >= 1",)),  # no ZeroDivisionError
+        (  # every evaluation job failed after training ("no CUDA device")
+            ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=cuda"],
+            ("evaluation.device=cuda but evaluation.gpus=0", "request GPUs (evaluation.gpus=N)"),
+        ),
+        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.gpus=64"], ("evaluation.gpus (64) exceeds the",)),
         (["optim.lr=nan"], ("optim.lr (nan) must be a finite number",)),  # nan passed every `> 0` rule
         (["model.kl_scale=inf"], ("model.kl_scale (inf) must be a finite number",)),
         (["evaluation.overrides.davis.temperature=nan"], ("evaluation.overrides.davis.temperature (nan) must be a finite",)),
