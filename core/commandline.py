@@ -142,7 +142,7 @@ class HintingArgumentParser(argparse.ArgumentParser):
         return ns
 
     def unrecognized_message(self, argv: list[str], extras: list[str]) -> str:
-        options = list(dict.fromkeys(s for a in self._all_actions() for s in a.option_strings if s.startswith("--")))
+        options = list(dict.fromkeys(s for a in self._all_actions(argv) for s in a.option_strings if s.startswith("--")))
         lines, consumed = [], set()
         for extra in extras:
             if extra in consumed:
@@ -157,12 +157,15 @@ class HintingArgumentParser(argparse.ArgumentParser):
             lines.append(f"{extra}{' ' + following if used and following else ''}: {hint}")
         return "unrecognized arguments:\n  " + "\n  ".join(lines)
 
-    def _all_actions(self) -> list[argparse.Action]:
-        """This parser's actions and its subcommands' (unknown arguments of a subcommand reach this parser)."""
+    def _all_actions(self, argv: Sequence[str] = ()) -> list[argparse.Action]:
+        """This parser's actions and its subcommands' (unknown arguments of a subcommand reach this
+        parser): only the chosen subcommand's when `argv` names one (`backfill --step 4` used to be
+        answered "did you mean --step?", an option of `schedule`)."""
         out = list(self._actions)
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                out += [a for sub in action.choices.values() for a in sub._actions]
+                chosen = [name for name in action.choices if name in argv][:1] or list(action.choices)
+                out += [a for name in chosen for a in action.choices[name]._actions]
         return out
 
     def hint_for(self, extra: str, following: str | None, options: list[str]) -> tuple[str, bool]:

@@ -290,6 +290,10 @@ def test_the_synthetic_command_never_replaces_another_datasets_labels(tmp_path, 
         (["backfill", "MISSING"], ("output root", "does not exist")),  # used to print nothing and exit 0
         (["backfill", "FILE"], ("is a file, not a directory",)),
         (["backfill", "EMPTY", "--backend", "slrum"], ("invalid choice: 'slrum'", "'slurm'")),  # used to submit nothing, silently
+        (  # used to answer "did you mean --step?": an option of the `schedule` subcommand
+            ["backfill", "EMPTY", "--step", "4"],
+            ("--step: not an option of python -m launch.evaluations; options: --help, --backend, --all-checkpoints",),
+        ),
     ],
 )
 def test_backfill_refuses_a_wrong_root_or_backend(tmp_path, capsys, argv, parts):
