@@ -5,7 +5,7 @@
 Everything is in rsp/paper_cli.py (flag mapping) and rsp/train.py (the one training loop).
 """
 
-from rsp.paper_cli import main
+from rsp.paper_cli import run_as_program
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_as_program())

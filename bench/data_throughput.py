@@ -1,6 +1,6 @@
 """Frame-pair loading throughput: our loader against the reference's, per decoder and system level.
 
-Two comparisons, in one run, through the same DataLoader (`rsp.data.make_loader`) with 1 and 2
+Two comparisons, in one run, through the same DataLoader (`rsp.loading.make_loader`) with 1 and 2
 workers, batch 64, R = 2 pairs per video; both loaders draw the same frames, crops and flips:
 
 1. Per storage (same content): generated videos shaped like prepared Kinetics clips (256x340, 300

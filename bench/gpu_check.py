@@ -54,10 +54,11 @@ from eval.propagation import propagate  # noqa: E402
 from rsp.acceleration import autocast, compile_step, device_settings, memory_lower_bound  # noqa: E402
 from rsp.blocks import set_fused_attention  # noqa: E402
 from rsp.config import DataConfig, ModelConfig, OptimConfig, RuntimeConfig, TrainConfig  # noqa: E402
-from rsp.data import EpochSampler, FramePairDataset, make_loader  # noqa: E402
+from rsp.data import EpochSampler, FramePairDataset  # noqa: E402
 from rsp.encoder import ViTEncoder  # noqa: E402
 from rsp.gpus import lookup  # noqa: E402
 from rsp.kinetics import DEFAULT_KEYINT  # noqa: E402
+from rsp.loading import make_loader  # noqa: E402
 from rsp.model import create_model  # noqa: E402
 from rsp.optim import build_optimizer, param_groups  # noqa: E402
 from rsp.synthetic import generate_dataset  # noqa: E402

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 
 from rsp.config import DataConfig
-from rsp.data import EpochSampler, FramePairDataset, collate_pairs, make_loader
+from rsp.data import EpochSampler, FramePairDataset
+from rsp.loading import collate_pairs, make_loader
 
 
 class TimedItems:

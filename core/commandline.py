@@ -31,6 +31,11 @@ FLAG_ALIASES = {
     "log_dir": "output_root",
     "gpus": "cluster.gpus_per_node",
 }
+# Flags of the reference with no key here, because the launcher does what they did: the answer instead.
+FLAG_ANSWERS = {
+    "resume": "runs resume by themselves: submit the same command again (an interrupted run continues from its "
+    "last checkpoint, a finished one starts nothing)",
+}
 # Keys a user may try to set that are derived from another one: the message says where they come from.
 DERIVED = {
     "patch_size": "the patch size is part of the architecture: choose it with model.name (e.g. rsp_vit_small_patch8); "
@@ -137,7 +142,7 @@ class HintingArgumentParser(argparse.ArgumentParser):
         return ns
 
     def unrecognized_message(self, argv: list[str], extras: list[str]) -> str:
-        options = list(dict.fromkeys(s for a in self._all_actions() for s in a.option_strings if s.startswith("--")))
+        options = list(dict.fromkeys(s for a in self._all_actions(argv) for s in a.option_strings if s.startswith("--")))
         lines, consumed = [], set()
         for extra in extras:
             if extra in consumed:
@@ -152,12 +157,15 @@ class HintingArgumentParser(argparse.ArgumentParser):
             lines.append(f"{extra}{' ' + following if used and following else ''}: {hint}")
         return "unrecognized arguments:\n  " + "\n  ".join(lines)
 
-    def _all_actions(self) -> list[argparse.Action]:
-        """This parser's actions and its subcommands' (unknown arguments of a subcommand reach this parser)."""
+    def _all_actions(self, argv: Sequence[str] = ()) -> list[argparse.Action]:
+        """This parser's actions and its subcommands' (unknown arguments of a subcommand reach this
+        parser): only the chosen subcommand's when `argv` names one (`backfill --step 4` used to be
+        answered "did you mean --step?", an option of `schedule`)."""
         out = list(self._actions)
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                out += [a for sub in action.choices.values() for a in sub._actions]
+                chosen = [name for name in action.choices if name in argv][:1] or list(action.choices)
+                out += [a for name in chosen for a in action.choices[name]._actions]
         return out
 
     def hint_for(self, extra: str, following: str | None, options: list[str]) -> tuple[str, bool]:
@@ -165,6 +173,8 @@ class HintingArgumentParser(argparse.ArgumentParser):
         name = extra.partition("=")[0]
         if extra.startswith("-"):
             leaf = name.lstrip("-").replace("-", "_")
+            if leaf in FLAG_ANSWERS and self.override_keys:  # a front door that takes overrides: submit
+                return FLAG_ANSWERS[leaf], following is not None and "=" not in extra
             exact = leaf in FLAG_ALIASES or any(k.rsplit(".", 1)[-1] == leaf for k in self.override_keys)
             own = difflib.get_close_matches(name, options, n=1, cutoff=0.75)
             own = own or [o for o in options if len(o) > 4 and (name.startswith(o) or o.startswith(name))][:1]

@@ -197,7 +197,8 @@ def override_problems(overrides: list[str]) -> list[str]:
         try:
             OmegaConf.update(base, key, override.value(), merge=True)
         except Exception as exc:  # omegaconf's ValidationError: a value of the wrong type
-            problems.append(f"{key}={override.value()!r}: {str(exc).splitlines()[0]}")
+            one = "; it takes one value: run python -m eval.run once per value" if isinstance(override.value(), list) else ""
+            problems.append(f"{key}={override.value()!r}: {str(exc).splitlines()[0]}{one}")
     return problems
 
 

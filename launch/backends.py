@@ -18,10 +18,13 @@ import fcntl
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,10 +298,28 @@ class LocalBackend(Backend):
         if (len(functions) > 1 or self.slot_folder is not None) and resources.tasks_per_node == 1:
             slots = self.slot_folder or self.folder / LOCAL_SLOTS
             functions = [InLocalSlot(fn, str(slots), resources.array_parallelism) for fn in functions]
-        return [ex.submit(fn).job_id for fn in functions]
+        with deaf_to_ctrl_c():
+            return [ex.submit(fn).job_id for fn in functions]
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         return {j: local_state(j) for j in job_ids}
+
+
+@contextmanager
+def deaf_to_ctrl_c() -> Iterator[None]:
+    """Ignore SIGINT in this process while submitit starts local jobs. A terminal's ctrl-C goes to
+    every process of its foreground group, and submitit starts a job's controller in ours: a ctrl-C
+    meant to stop following a run killed the run (counted as a crash) and printed the controller's
+    traceback. An ignored disposition survives exec, and Python then installs no KeyboardInterrupt
+    handler, so the controller and its tasks ignore a ctrl-C; they stop by their stop signals."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 @dataclass

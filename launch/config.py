@@ -179,6 +179,10 @@ def _type_message(key: str, value: Any, exc: Exception) -> str:
         hint = field_type(RunConfig, key)
     except (KeyError, TypeError, AttributeError):
         return first
+    if dataclasses.is_dataclass(hint):  # model=vit_base: a section, not a group with options
+        fields = [f.name for f in dataclasses.fields(hint)]
+        example = f"{key}.name={value}" if "name" in fields else f"{key}.{fields[0]}={value}"
+        return f"{key} is a section of settings, not one value; set its fields, e.g. {example} ({key}.*: {', '.join(fields)})"
     origin = getattr(hint, "__origin__", None)
     if origin is list or hint is list:
         return f"{first}; {key} is a list: write {key}=[{value}]" if isinstance(value, str) else first

@@ -12,12 +12,15 @@ waits for the first's claims, then finds its jobs recorded and leaves those runs
 from __future__ import annotations
 
 import fcntl
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.atomicio import size_text
+from core.schema import ConfigError
 from eval.registry import get_task
 from launch.backends import Backend, Resources, make_backend
 from launch.config import RunConfig
@@ -39,12 +42,33 @@ def ensure_generated_data(cfg: RunConfig) -> None:
     """Smoke-style runs generate their data at submit time, once (idempotent): the training videos
     (data.synthetic_videos) and each evaluation task's generated set (evaluation.synthetic)."""
     if cfg.data.synthetic_videos:
-        ensure_synthetic_dataset(
-            cfg.data.root, cfg.data.synthetic_videos, scene=cfg.data.synthetic_scene, sources=cfg.data.natural_sources
-        )
+        with generating(cfg.data.root, f"data.synthetic_videos={cfg.data.synthetic_videos}", "data.root"):
+            ensure_synthetic_dataset(
+                cfg.data.root, cfg.data.synthetic_videos, scene=cfg.data.synthetic_scene, sources=cfg.data.natural_sources
+            )
     if cfg.evaluation.synthetic:
         for task in cfg.evaluation.tasks:
-            get_task(task).ensure_generated(cfg.evaluation.data_roots[task])
+            root = cfg.evaluation.data_roots[task]
+            with generating(root, f"the generated {task} set", f"evaluation.data_roots.{task}"):
+                get_task(task).ensure_generated(root)
+
+
+@contextmanager
+def generating(root: str, what: str, key: str) -> Iterator[None]:
+    """A disk that fills (or fails) while generated data is written at submit time: a ConfigError
+    naming the folder, the free space and the fix, never a traceback. Nothing is queued yet, and
+    the set is completed by the next submit (it is complete only once its labels file is written)."""
+    try:
+        yield
+    except OSError as exc:
+        free = shutil.disk_usage(root).free if Path(root).exists() else 0
+        raise ConfigError(
+            [
+                f"writing {what} under {key} {root} failed: {exc.strerror or exc} ({size_text(free)} free there); "
+                f"free space there or point {key} at another folder, then submit again"
+            ],
+            what="generated data (nothing was submitted)",
+        ) from exc
 
 
 @contextmanager

@@ -83,7 +83,7 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
         print(f"run did not finish: {why}\nlogs: {run.path / 'logs'}; the traceback's tail: {run.path / 'attempts'}")
         return 1
     print(f"training finished: {status.reason} ({run.path})")
-    if broken:  # skipped and counted, never silent (rsp.data.BrokenVideoBudget stops a run past data.max_broken_fraction)
+    if broken:  # skipped and counted, never silent (rsp.loading.BrokenVideoBudget stops a run past data.max_broken_fraction)
         print(
             f"{broken} video read(s) failed and were replaced by other videos; which ones: the rank logs under "
             f"{run.path / 'logs'}. Re-prepare the data (python -m rsp.prepare labels) to drop them"

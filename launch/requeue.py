@@ -56,6 +56,8 @@ HOPELESS = {
     "NonFiniteLossError": "resuming from the last checkpoint repeats the same steps exactly (docs/requeue.md), "
     "so it would fail the same way",
     "DiskFullError": "a retry would meet the same full disk; once space is made, submit the same command with --retry-failed",
+    # checkpoints of another configuration, none valid, another parameter layout: a retry reads the same files
+    "ResumeError": "a retry would read the same checkpoints",
 }
 
 

@@ -30,7 +30,7 @@ from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from eval.aggregate import Pruned, Report, aggregate_records
 from eval.records import RECORD_NAME, read_records
-from launch.rundir import RunDirectory
+from launch.rundir import RunDirectory, output_root_problem, sweep_name
 
 
 def run_directories(root: Path, sweep: str | None = None) -> list[RunDirectory]:
@@ -61,6 +61,11 @@ def pruned_runs(runs: Sequence[RunDirectory]) -> dict[str, Pruned]:
     return out
 
 
+def default_out(root: Path, sweep: str | None) -> Path:
+    """Where the tables and plots go without --out: OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-NAME."""
+    return root / "results" / (f"sweep-{sweep}" if sweep else "")
+
+
 def aggregate_runs(
     output_root: str | Path,
     out: str | Path | None = None,
@@ -71,7 +76,7 @@ def aggregate_runs(
     """Aggregate every record under `output_root` (of `sweep`'s runs only, when given) into `out`
     (default OUTPUT_ROOT/results, or OUTPUT_ROOT/results/sweep-<name>)."""
     root = Path(output_root)
-    out = Path(out) if out else root / "results" / (f"sweep-{sweep}" if sweep else "")
+    out = Path(out) if out else default_out(root, sweep)
     runs = run_directories(root, sweep)
     records, warnings = read_records(record_files(root, runs if sweep is not None else None))
     return aggregate_records(records, out, warnings, pruned_runs(runs), plots=plots, tensorboard=tensorboard)
@@ -85,16 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-tensorboard", action="store_true")
     args = p.parse_args(argv)
+    args.sweep = sweep_name(args.sweep) if args.sweep is not None else None
     root = Path(args.output_root).expanduser()
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        p.error(f"output root {root} {what}; pass the output_root your runs were submitted with")
+    if (problem := output_root_problem(root)) is not None:
+        p.error(problem)
     if args.sweep is not None and not run_directories(root, args.sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         p.error(f"--sweep {args.sweep} matches no run under {root}; sweeps with runs there: {', '.join(known) or 'none'}")
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and (reason := writable(out)):
-        p.error(f"--out {out} cannot be written ({reason}); choose another folder")
+    out = Path(args.out).expanduser() if args.out else default_out(root, args.sweep)
+    if reason := writable(out):
+        given = "--out" if args.out else "--out (default: under the output root)"
+        p.error(f"{given} {out} cannot be written ({reason}); choose another folder with --out DIR")
     report = aggregate_runs(
         root,
         out,

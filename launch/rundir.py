@@ -74,6 +74,23 @@ def slug(name: str) -> str:
     return cleaned or "run"
 
 
+def output_root_problem(root: Path) -> str | None:
+    """Why `root` is not an output root to read runs from (missing, a file, or one run's directory:
+    its runs would read as none), for the commands that take one; None when it can be one."""
+    if not root.is_dir():
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        return f"output root {root} {what}; pass the output_root your runs were submitted with"
+    if (root / "run.json").is_file():
+        return f"{root} is a run directory, not an output root; pass the folder that holds it: {root.parent}"
+    return None
+
+
+def sweep_name(given: str) -> str:
+    """The name a sweep's runs record, from a sweep as a command line gives it: its name, or its
+    file's path (launch/submit.py takes sweep=path/to/file.yaml; a sweep is named by its file)."""
+    return Path(given).stem if given.endswith((".yaml", ".yml")) else given
+
+
 @dataclass
 class RunInfo:
     """run.json: the run's identity, written once by the first submit."""

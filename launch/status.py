@@ -42,12 +42,13 @@ if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load
 
     interrupts_in_one_line("launch/status.py", "nothing was left half-done")
 
+from core.atomicio import writable
 from core.commandline import HintingArgumentParser
 from core.schema import ConfigError
 from launch.advance import Report, advance, damaged_runs, runs_under
 from launch.cost import RunCost, accounting, hours, projected_to_end, redone, run_cost, unit_of
 from launch.evaluations.recovery import EvaluationState, evaluation_states
-from launch.rundir import Attempt, RunDirectory
+from launch.rundir import Attempt, RunDirectory, output_root_problem, sweep_name
 from launch.runstate import RunState, reconcile
 from launch.slurm_queries import Allocation
 from launch.sweeps.async_rungs import load_promotion, promotion_dir
@@ -319,10 +320,9 @@ def target(args: Sequence[str]) -> tuple[Path, str | None, str | None]:
         )
     if len(roots) > 1 or len(sweeps) > 1:
         return Path("runs"), None, f"give at most one OUTPUT_ROOT and one sweep=NAME, got {' '.join(args)}"
-    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweeps[0] if sweeps else None
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        return root, sweep, f"output root {root} {what}; pass the output_root your runs were submitted with"
+    root, sweep = Path(roots[0] if roots else "runs").expanduser(), sweep_name(sweeps[0]) if sweeps else None
+    if (problem := output_root_problem(root)) is not None:
+        return root, sweep, problem
     if sweep is not None and not find_runs(root, sweep):
         known = sorted({p.stem for p in root.glob("*/sweeps/*.json")})
         return (
@@ -370,6 +370,8 @@ def render_attempts(root: Path, sweep: str | None) -> str:
 
 def show(root: Path, sweep: str | None, no_advance: bool = False, no_recover: bool = False) -> str:
     """`status`: advance what is shown (unless `no_advance`), then render it."""
+    if not no_advance and (reason := writable(root)) is not None:  # e.g. a read-only copy: show it as it is
+        return render(root, sweep, None) + f"\n{root} cannot be written ({reason}): nothing was decided or resubmitted"
     report = None if no_advance else advance(root, sweep, role="status", recover_lost=not no_recover)
     return render(root, sweep, report)
 
@@ -385,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root, sweep, problem = target(ns.args)
     if problem:
         p.error(problem)
+    if ns.watch < 0 or ns.watch != ns.watch:  # nan too: time.sleep raised on it after the first table
+        p.error(f"--watch ({ns.watch}) must be >= 0 seconds (0: print once)")
     while True:
         try:
             print(render_attempts(root, sweep) if ns.attempts else show(root, sweep, ns.no_advance, ns.no_recover), flush=True)

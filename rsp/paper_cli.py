@@ -22,14 +22,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rsp.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from core.schema import ConfigError
+from rsp.checkpoint import CheckpointError
+from rsp.config import (
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TrainConfig,
+    validate,
+)
 from rsp.distributed import DistEnv
 from rsp.interop import model_config_from_reference_args
 from rsp.lifecycle import StopRequest, install_stop_signals
-from rsp.train import train
+from rsp.train import NonFiniteLossError, ResumeError, train
+from rsp.video import DataError
 
 EXIT_STOPPED = 3
 
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.ratio != "1.0":
-        raise ValueError(f"--ratio {args.ratio}: subsets are not supported; prepare a labels file for the subset instead")
+        raise ConfigError([f"--ratio {args.ratio}: subsets are not supported; prepare a labels file for the subset instead"])
     return TrainConfig(
         model=model_config_from_reference_args(vars(args)),
         data=DataConfig(
@@ -116,10 +129,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def check_resume_flag(resume: str, output_dir: Path) -> None:
     if resume and Path(resume).resolve().parent != (output_dir / "checkpoints").resolve():
-        raise ValueError(
-            f"--resume {resume}: this trainer resumes from the run directory's own checkpoints "
-            f"({output_dir / 'checkpoints'}), exactly; pass the --output_dir that holds it. To start from "
-            "reference (epoch-granular) weights use rsp.interop instead."
+        raise ConfigError(
+            [
+                f"--resume {resume}: this trainer resumes from the run directory's own checkpoints "
+                f"({output_dir / 'checkpoints'}), exactly; pass the --output_dir that holds it. To start from "
+                "reference (epoch-granular) weights use rsp.interop instead."
+            ]
         )
 
 
@@ -132,8 +147,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     output_dir = Path(args.output_dir)
     check_resume_flag(args.resume, output_dir)
-    cfg = config_from_args(args)
+    cfg = validate(config_from_args(args))  # before the stop handlers: a bad flag changes nothing
     stop = StopRequest()
     install_stop_signals(stop)
     result = train(cfg, env, output_dir, stop, tb_dir=Path(args.log_dir) if args.log_dir else None)
     return 0 if result.status == "finished" else EXIT_STOPPED
+
+
+# Failures whose message names the flag, the file or the fix: one line on the terminal, no traceback.
+USER_ERRORS = (ConfigError, DataError, ResumeError, CheckpointError, NonFiniteLossError)
+
+
+def run_as_program(argv: Sequence[str] | None = None) -> int:
+    """`main` as main_pretrain_rsp.py runs it: a known failure is one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

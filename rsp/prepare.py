@@ -122,6 +122,14 @@ def write_labels_file(
     videos = list_videos(video_dir)
     if not videos:
         raise FileNotFoundError(no_videos_message(root, video_dir))
+    if others := not_videos(video_dir):
+        log.warning(
+            "labels: %d file(s) in the class folders are not listed, their suffix being none of %s (e.g. %s); "
+            "rename them if they are videos",
+            len(others),
+            ", ".join(VIDEO_SUFFIXES),
+            ", ".join(str(p.relative_to(video_dir)) for p in others[:3]),
+        )
     classes = {name: i for i, name in enumerate(sorted({v.parent.name for v in videos}))}
     cache_path = root / ".labels_probe_cache.jsonl"
     cache = _read_probe_cache(cache_path)
@@ -187,7 +195,16 @@ def no_videos_message(root: Path, video_dir: Path) -> str:
             f"{len(loose)} video(s) lie directly in {video_dir}, but the labels step reads one folder per class "
             f"({video_dir}/<class>/<video>); move them into class folders"
         )
-    return f"no videos in class folders under {video_dir} ({', '.join(VIDEO_SUFFIXES)}); {fix}"
+    others = not_videos(video_dir)
+    found = f"; found only {len(others)} other file(s), e.g. {others[0].relative_to(video_dir)}" if others else ""
+    return f"no videos in class folders under {video_dir} ({', '.join(VIDEO_SUFFIXES)}){found}; {fix}"
+
+
+def not_videos(video_dir: Path) -> list[Path]:
+    """The files in `video_dir`'s class folders that the labels step passes over (no video suffix;
+    hidden and partial files aside): a folder of .m4v clips must not shrink to nothing without a word."""
+    videos = set(list_videos(video_dir))
+    return sorted(p for p in video_dir.glob("*/[!.]*") if p.is_file() and p not in videos)
 
 
 def _probe_one_decoder(video_and_decoder: tuple[Path, str], probe_file: ProbeFile) -> dict:

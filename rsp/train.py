@@ -40,7 +40,7 @@ from rsp.acceleration import (
 from rsp.agreement import StepReadback, StepValues, reduce_step, resolve_host_sync
 from rsp.checkpoint import BackgroundCommitter, CheckpointStore, Manifest, cpu_snapshot, describe
 from rsp.config import TrainConfig, validate
-from rsp.data import BrokenVideoBudget, EpochSampler, FramePairDataset, make_loader, normalize_pairs
+from rsp.data import EpochSampler, FramePairDataset, normalize_pairs
 from rsp.distributed import (
     DistEnv,
     all_gather_objects,
@@ -52,6 +52,7 @@ from rsp.distributed import (
 )
 from rsp.encoder import load_strict
 from rsp.lifecycle import ProgressWatchdog, StopRequest
+from rsp.loading import BrokenVideoBudget, make_loader
 from rsp.metrics import MetricsLogger
 from rsp.model import create_model
 from rsp.optim import build_optimizer, load_optimizer_state, resolve_schedule

@@ -4,11 +4,15 @@ no backend answers "none of these" (validation reports it)."""
 
 from __future__ import annotations
 
+import functools
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from submitit.local.local import LocalJob
 
 from launch.backends import (
     BACKENDS,
@@ -95,3 +99,13 @@ def test_a_local_job_reads_as_running_from_the_moment_it_is_started_until_it_end
 def start_like_submitit() -> subprocess.Popen:
     """A process started as submitit starts a local controller: a shell whose command names submitit."""
     return subprocess.Popen(f"cd / && {sys.executable} -c 'import time; time.sleep(0.5)' submitit", shell=True)
+
+
+def test_a_local_job_ignores_the_ctrl_c_that_stops_following_it(tmp_path):
+    """A terminal's ctrl-C reaches its whole foreground group, and submitit starts a local job's
+    controller in the submitting command's: ctrl-C to stop following a run killed the run (a crash)
+    and printed the controller's traceback. The job's processes start with SIGINT ignored."""
+    backend = LocalBackend(tmp_path)
+    (job_id,) = backend.submit([functools.partial(signal.getsignal, signal.SIGINT)], Resources(time_minutes=5))
+    assert LocalJob(folder=backend.folder, job_id=job_id).result() == signal.SIG_IGN  # in the job's task process
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own is restored

@@ -18,8 +18,8 @@ from fixtures_data import data_config
 
 from rsp.data import FramePairDataset
 from rsp.decoders import DECODERS
+from rsp.generated_videos import synthetic_frames, write_video
 from rsp.prepare import write_labels_file
-from rsp.synthetic import synthetic_frames, write_video
 from rsp.video import OLD_LABELS_HEADER, read_labels
 
 pytestmark = pytest.mark.usefixtures("needs_ffmpeg")

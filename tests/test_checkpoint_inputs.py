@@ -260,6 +260,7 @@ def test_the_reference_checkpoint_loads_when_trusted(files):
         (["patch_size=8"], ("patch_size is not a key", "evaluation reads it from the checkpoint's weights")),
         (["task=davis", "task=vip"], ("task is given twice ('davis' and 'vip')", "give it once")),
         (["topk=5,7"], ("'topk=5,7'", "give topk one value")),
+        (["task=[davis,vip]"], ("task=['davis', 'vip']", "it takes one value: run python -m eval.run once per value")),
     ],
 )
 def test_evaluation_command_line_rule(argv, parts):

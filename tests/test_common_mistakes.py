@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -190,6 +192,19 @@ def test_status_and_results_say_when_the_output_root_is_a_file(tmp_path, capsys)
         assert f"output root {tmp_path / 'file'} is a file, not a directory" in capsys.readouterr().err
 
 
+def test_a_run_directory_given_as_the_output_root_names_its_parent(tmp_path, capsys):
+    """status said "no runs", results "no result records found" (the run had some), backfill nothing to do."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=one"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    for main, argv in ((status_main, []), (results_main, []), (evaluations_main, ["backfill"])):
+        with pytest.raises(SystemExit):
+            main([*argv, str(run.path)])
+        assert f"{run.path} is a run directory, not an output root; pass the folder that holds it: {tmp_path}" in (
+            capsys.readouterr().err
+        )
+
+
 # --- python -m eval.prepare, python -m rsp.prepare, python -m eval.run ----------------------------------
 
 
@@ -275,6 +290,10 @@ def test_the_synthetic_command_never_replaces_another_datasets_labels(tmp_path, 
         (["backfill", "MISSING"], ("output root", "does not exist")),  # used to print nothing and exit 0
         (["backfill", "FILE"], ("is a file, not a directory",)),
         (["backfill", "EMPTY", "--backend", "slrum"], ("invalid choice: 'slrum'", "'slurm'")),  # used to submit nothing, silently
+        (  # used to answer "did you mean --step?": an option of the `schedule` subcommand
+            ["backfill", "EMPTY", "--step", "4"],
+            ("--step: not an option of python -m launch.evaluations; options: --help, --backend, --all-checkpoints",),
+        ),
     ],
 )
 def test_backfill_refuses_a_wrong_root_or_backend(tmp_path, capsys, argv, parts):
@@ -337,6 +356,65 @@ def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
     assert status_main([str(tmp_path), "sweep=x", "--no-advance"]) == 2  # used to be a traceback
     err = capsys.readouterr().err
     assert "sweeps/x/sweep.json: unreadable (" in err and "restore it from a copy, or move it aside" in err, err
+
+
+def test_status_and_results_take_the_sweep_file_path_submit_took(tmp_path, capsys):
+    """sweep=path/to/exp.yaml is how submit takes a sweep outside sweeps/; status and results answered
+    "matches no run" to it."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
+    run = RunDirectory.for_config(cfg)
+    run.create(cfg)
+    run.record_sweep("exp", {"optim.lr": 0.1})
+    assert status_main([str(tmp_path), f"sweep={tmp_path / 'elsewhere' / 'exp.yaml'}", "--no-advance"]) == 0
+    assert run.path.name.split("-")[0] in capsys.readouterr().out
+    assert results_main([str(tmp_path), "--sweep", "sweeps/exp.yaml", "--no-plots", "--no-tensorboard"]) == 0
+    assert "no result records found" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # used to print the table, then a ValueError from time.sleep
+        status_main([str(tmp_path), "--watch", "-5"])
+    assert "--watch (-5.0) must be >= 0 seconds" in capsys.readouterr().err
+
+
+def test_status_backfill_and_results_on_a_read_only_output_root(tmp_path, capsys):
+    """A read-only copy of an output root (a bind mount): backfill and results used to end in an
+    OSError traceback; status shows the table and says that it decided nothing."""
+    cfg = compose(["cluster=debug", f"output_root={tmp_path / 'runs'}", "name=kept"])
+    RunDirectory.for_config(cfg).create(cfg)
+    (tmp_path / "ro").mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "runs"), str(tmp_path / "ro")], capture_output=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot bind-mount a read-only copy (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        assert status_main([str(tmp_path / "ro")]) == 0
+        assert f"{tmp_path / 'ro'} cannot be written (Read-only file system): nothing was decided" in capsys.readouterr().out
+        for main, argv in ((evaluations_main, ["backfill"]), (results_main, [])):
+            with pytest.raises(SystemExit):
+                main([*argv, str(tmp_path / "ro")])
+            assert "cannot be written (Read-only file system)" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+
+
+@pytest.mark.parametrize(
+    "argv, parts",
+    [
+        (["--ratio", "0.5"], ("--ratio 0.5: subsets are not supported",)),
+        (["--batch_size", "0"], ("data.batch_size (0) must be >= 1",)),
+        (["--data_path", "MISSING"], ("data.root (", "missing) is not a directory")),  # the default is /data/kinetics400
+    ],
+)
+def test_the_papers_command_line_refuses_in_one_line(tmp_path, capsys, argv, parts):
+    """main_pretrain_rsp.py (the reference's command) printed a traceback for each of these."""
+    from rsp.paper_cli import run_as_program  # torch: only this test needs it
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        argv = [a.replace("MISSING", str(tmp_path / "missing")) for a in argv]
+        assert run_as_program([*argv, "--output_dir", str(tmp_path / "out")]) == 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and all(p in err for p in parts) and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("task, other", [("photo_davis", "davis"), ("davis", "photo_davis")])

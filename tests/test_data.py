@@ -17,17 +17,15 @@ from torchvision.transforms.v2 import functional as TF
 from rsp.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    BrokenVideoBudget,
     DataError,
     EpochSampler,
     FramePairDataset,
-    collate_pairs,
     crop_box,
-    make_loader,
     normalize_pairs,
     sample_pair_indices,
 )
-from rsp.synthetic import synthetic_frames, write_video
+from rsp.generated_videos import synthetic_frames, write_video
+from rsp.loading import BrokenVideoBudget, collate_pairs, make_loader
 from rsp.video import LabelEntry, VideoReadError, read_labels, write_labels
 
 # --- sampler --------------------------------------------------------------------------------------

@@ -265,3 +265,14 @@ def test_a_checkpoint_whose_manifest_does_not_fit_is_removed_whole(tmp_path):
             store.commit(5, payload, milestone=False)
         assert isinstance(full.value.__cause__, OSError)  # the manifest's write (torch.save's would be a RuntimeError)
         assert out_of_space(full.value.__cause__) and list(store.dir.iterdir()) == []
+
+
+def test_a_disk_that_fills_while_submit_generates_data_is_one_line(tmp_path):
+    """Generating a smoke set onto a full device used to end in PyAV's OSError traceback."""
+    with small_disk(tmp_path / "disk", 1) as disk:
+        args = ["experiment=smoke", "evaluation.tasks=[]", "data.synthetic_scene=shapes", "data.synthetic_videos=64"]
+        rc, out = submit([*args, f"data.root={disk / 'videos'}", f"output_root={tmp_path / 'runs'}", "--no-wait"])
+    assert rc == 2 and "Traceback" not in out, out
+    assert f"writing data.synthetic_videos=64 under data.root {disk / 'videos'} failed: No space left on device" in out, out
+    assert "point data.root at another folder, then submit again" in out and "nothing was submitted" in out
+    assert not list((tmp_path / "runs").glob("*/run.json"))  # nothing queued

@@ -20,8 +20,9 @@ import torch
 from fixtures_data import data_config
 from test_data_real import pyav_frames
 
-from rsp.data import EpochSampler, FramePairDataset, make_loader
+from rsp.data import EpochSampler, FramePairDataset
 from rsp.kinetics import ffmpeg_command, rescale_video
+from rsp.loading import make_loader
 from rsp.prepare import write_labels_file
 
 pytestmark = [

@@ -326,6 +326,12 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
             "no space left on device writing checkpoint step 4 in /x/checkpoints (6.1 MiB free); kept: 2 committed",
             "--retry-failed",
         ),
+        (  # a checkpoint of another model in the run directory: retried once, then a breaker naming only the type
+            "rsp.train.ResumeError",
+            "/r/checkpoints/step_00000004.pt was written by a different configuration (model.img_size: 32 != 64); "
+            "refusing to continue it with this one. Use the original configuration, or a new run directory",
+            "a retry would read the same checkpoints",
+        ),
     ],
 )
 def test_a_crash_a_retry_would_repeat_is_not_retried_and_says_what_to_do(train_videos, tmp_path, error, cause, next_step):
@@ -426,6 +432,17 @@ def test_bad_sweeps_report_every_problem_and_submit_nothing(tmp_path, text, expe
     with pytest.raises(ConfigError) as err:
         expand(load_sweep(write_sweep(tmp_path, "experiment: smoke\n" + text)), ["evaluation.tasks=[]"])
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_an_axis_over_two_spellings_of_one_data_folder_is_one_experiment(tmp_path):
+    """data.root through a symlink got its own run id: the same training, twice."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "videos")
+    text = f"experiment: smoke\naxes:\n  - key: data.root\n    values: [{tmp_path / 'videos'}, {tmp_path / 'link'}]\n"
+    with pytest.raises(ConfigError) as err:
+        expand(load_sweep(write_sweep(tmp_path, text)), ["evaluation.tasks=[]"])
+    (problem,) = err.value.problems
+    assert "are the same experiment" in problem and "a data.root through a symlink is the folder it names" in problem
 
 
 def _busy_interval(out: str, name: str) -> None:

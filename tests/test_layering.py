@@ -237,3 +237,23 @@ def test_folders_import_only_downwards():
 def test_core_is_the_base_and_the_runtime_never_imports_the_development_cluster():
     assert sorted(b for a, b in folder_arrows() if a == "core") == []
     assert sorted(a for a, b in folder_arrows() if b == "localslurm") == []
+
+
+def module_level_reach(start: str) -> set[str]:
+    """The project modules importing `start` loads: module-level imports only, followed through."""
+    seen, todo = {start}, [start]
+    while todo:
+        source = todo.pop()
+        for i in IMPORTS:
+            if i.source == source and i.target and not i.local and i.target not in seen:
+                seen.add(i.target)
+                todo.append(i.target)
+    return seen
+
+
+@pytest.mark.parametrize("job", ["launch.job", "eval.run"])
+def test_a_job_that_finds_its_generated_data_in_place_never_loads_the_scene_painters(job):
+    """rsp.scenes and rsp.natural import scipy.ndimage and PIL at module level (~0.35 CPU-s): every
+    training and evaluation job would pay for them, though only writing generated videos draws scenes."""
+    assert job in MODULES and "rsp.data" in module_level_reach("launch.job")
+    assert not module_level_reach(job) & {"rsp.scenes", "rsp.natural", "rsp.kinetics_raw"}

@@ -13,7 +13,8 @@ import torch
 from crashing_probe import segfault
 from fixtures_data import data_config
 
-from rsp.data import EpochSampler, FramePairDataset, item_rng, make_loader
+from rsp.data import EpochSampler, FramePairDataset, item_rng
+from rsp.loading import make_loader
 from rsp.read_process import ReadProcess
 from rsp.video import VideoReadError
 

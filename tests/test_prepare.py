@@ -23,8 +23,10 @@ from fixtures_data import TINY, http_server
 
 from core.download import DownloadError, download_file
 from rsp import kinetics, prepare
+from rsp.generated_videos import synthetic_frames, write_video
 from rsp.kinetics import KineticsLayout, ffmpeg_command, rescale_video
-from rsp.synthetic import generate_dataset, generate_kinetics_raw, synthetic_frames, write_video
+from rsp.kinetics_raw import generate_kinetics_raw
+from rsp.synthetic import generate_dataset
 from rsp.video import list_videos
 
 pytestmark = pytest.mark.usefixtures("needs_ffmpeg")
@@ -269,9 +271,15 @@ def test_the_labels_step_names_loose_videos_and_refuses_to_keep_none(tmp_path, c
     write_video(loose, synthetic_frames(np.random.default_rng(0), 3, 32, 32))
     assert prepare.main(["labels", "--root", str(tmp_path), "--videos-dir", "train", "--jobs", "0"]) == 2
     assert "1 video(s) lie directly in" in caplog.text and "move them into class folders" in caplog.text
+    (tmp_path / "other" / "d").mkdir(parents=True)
+    (tmp_path / "other" / "d" / "clip.m4v").write_bytes(b"not listed")
+    assert prepare.main(["labels", "--root", str(tmp_path), "--videos-dir", "other", "--jobs", "0"]) == 2
+    assert "found only 1 other file(s), e.g. d/clip.m4v" in caplog.text
     (tmp_path / "train" / "c").mkdir()
     loose.rename(tmp_path / "train" / "c" / "clip.mp4")  # 3 frames: fewer than --min-frames' default 5
+    (tmp_path / "train" / "c" / "clip.m4v").write_bytes(b"not listed")
     assert prepare.main(["labels", "--root", str(tmp_path), "--videos-dir", "train", "--jobs", "0"]) == 2
+    assert "1 file(s) in the class folders are not listed" in caplog.text and "(e.g. c/clip.m4v)" in caplog.text
     assert "none of the 1 videos" in caplog.text and "fewer than --min-frames 5" in caplog.text
     assert not (tmp_path / "labels.csv").exists() and (tmp_path / "labels_dropped.csv").is_file()
 

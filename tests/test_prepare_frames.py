@@ -21,9 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rsp.generated_videos import synthetic_frames
 from rsp.kinetics import ffmpeg_command, passthrough_option, rescale_video
 from rsp.prepare import write_labels_file
-from rsp.synthetic import synthetic_frames
 from rsp.video import read_labels
 
 pytestmark = pytest.mark.usefixtures("needs_ffmpeg")

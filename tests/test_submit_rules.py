@@ -13,6 +13,7 @@ import pytest
 
 from core.schema import ConfigError
 from launch.config import absolutize, compose
+from launch.rundir import RunDirectory
 from launch.validation import validate
 from launch.validation.data import unlisted
 from launch.validation.run import problems
@@ -57,6 +58,10 @@ def command_line_problems(*overrides: str) -> list[str]:
         (["model.kl_scale=0.1,0.01"], ("model.kl_scale=0.1,0.01", "write a sweep file")),
         (["~model.kl_scale"], ("deletes model.kl_scale", "set it instead (model.kl_scale=VALUE)")),
         (["evaluation.tasks=davis"], ("evaluation.tasks='davis'", "write evaluation.tasks=[davis]")),
+        (
+            ["model=vit_base"],
+            ("model is a section of settings, not one value", "e.g. model.name=vit_base"),
+        ),  # was "not a subclass"
     ],
 )
 def test_command_line_rule(overrides, parts):
@@ -71,6 +76,10 @@ def test_command_line_rule(overrides, parts):
         (["--nodes=2"], ("--nodes=2", "write cluster.nodes=2")),
         (["--data_path", "/d"], ("--data_path /d", "write data.root=/d")),  # the reference's flag name
         (["--dryrun"], ("--dryrun", "did you mean --dry-run?")),
+        (
+            ["--resume", "ckpt.pth"],
+            ("--resume ckpt.pth: runs resume by themselves: submit the same command again",),
+        ),  # the reference's flag
     ],
 )
 def test_unknown_flags_suggest_the_override_form(argv, parts, capsys):
@@ -139,6 +148,11 @@ def test_ignored_setting_is_refused(train_videos, tmp_path, overrides, parts):
         (["name="], ("name ('') is empty", "pass name=NAME")),
         (["output_root="], ("output_root is empty", "output_root=DIR")),
         (["checkpoint.every_steps=0"], ("checkpoint.every_steps (0) must be >= 1",)),  # no ZeroDivisionError
+        (  # every evaluation job failed after training ("no CUDA device")
+            ["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.device=cuda"],
+            ("evaluation.device=cuda but evaluation.gpus=0", "request GPUs (evaluation.gpus=N)"),
+        ),
+        (["evaluation.tasks=[davis]", "evaluation.synthetic=true", "evaluation.gpus=64"], ("evaluation.gpus (64) exceeds the",)),
         (["optim.lr=nan"], ("optim.lr (nan) must be a finite number",)),  # nan passed every `> 0` rule
         (["model.kl_scale=inf"], ("model.kl_scale (inf) must be a finite number",)),
         (["evaluation.overrides.davis.temperature=nan"], ("evaluation.overrides.davis.temperature (nan) must be a finite",)),
@@ -379,3 +393,14 @@ def test_a_refused_submit_creates_nothing_on_disk(tmp_path, extra):
     rc, out = submit(args)
     assert rc == 2 and "nothing was submitted" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "a refused submit left files behind"
+
+
+def test_a_new_run_beside_one_of_the_same_name_says_it_starts_at_step_0(train_videos, tmp_path):
+    """Raising schedule.total_steps "to train longer" started a new run from step 0 without a word."""
+    first = cfg_with(tmp_path, train_videos, "experiment=smoke", "schedule.total_steps=40")
+    RunDirectory.for_config(first).create(first)
+    longer = validate([cfg_with(tmp_path, train_videos, "experiment=smoke", "schedule.total_steps=80")])
+    assert longer.problems == []
+    (warning,) = [w for w in longer.warnings if "of the same name" in w]
+    assert "(schedule.total_steps: 40 != 80)" in warning and "this is a new run and trains from step 0" in warning
+    assert not [w for w in validate([first]).warnings if "of the same name" in w]  # the run itself, submitted again

@@ -173,6 +173,18 @@ def test_per_value_overrides_match_the_value_whatever_its_spelling(tmp_path):
     assert {r.cfg.model.kl_scale: r.cfg.model.kl_freebit for r in runs} == {0.0: 0.0, 0.1: 0.1}
 
 
+def test_a_command_line_override_of_a_swept_key_is_refused(tmp_path):
+    """The axes are applied after the command line's overrides: optim.lr=0.5 beside an lr axis was ignored."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + AXIS + "    overrides:\n      0.1: [model.kl_freebit=0]\n")
+    sweep = load_sweep(str(path))
+    with pytest.raises(ConfigError) as err:
+        expand(sweep, ["model.kl_scale=0.5", "model.kl_freebit=0.2", "optim.lr=0.1"])
+    assert len(err.value.problems) == 2 and "nothing was submitted" in str(err.value)
+    only_problem(err.value.problems, "model.kl_scale=0.5: sweep s sets model.kl_scale for every run", "would be ignored")
+    only_problem(err.value.problems, "model.kl_freebit=0.2: sweep s sets model.kl_freebit")
+
+
 def test_a_new_top_level_key_is_one_table_entry(tmp_path, monkeypatch):
     """How a new top-level block (e.g. a sweep's `select:`) plugs in: a checker in TOP_LEVEL, nothing else."""
 

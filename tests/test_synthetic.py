@@ -8,8 +8,9 @@ import pytest
 
 from rsp import synthetic
 from rsp.config import SYNTHETIC_SCENES
+from rsp.generated_videos import synthetic_frames
 from rsp.scenes import SceneStyle, camouflage_scene
-from rsp.synthetic import SCENE_SIZES, ensure_synthetic_dataset, generate_dataset, synthetic_frames
+from rsp.synthetic import SCENE_SIZES, ensure_synthetic_dataset, generate_dataset
 from rsp.video import read_labels
 
 

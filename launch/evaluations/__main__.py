@@ -15,10 +15,11 @@ if __name__ == "__main__":  # before the heavy imports: a ctrl-C while they load
 
     interrupts_in_one_line("python -m launch.evaluations", "submitted evaluations go on; run it again for the rest")
 
+from core.atomicio import writable
 from core.commandline import HintingArgumentParser
 from launch.advance import Missing, advance
 from launch.backends import BACKENDS, backend_class
-from launch.rundir import RunDirectory
+from launch.rundir import RunDirectory, output_root_problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,9 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(" ".join(report.submitted.get(run.path.name, [])))
         return 0
     root = Path(args.output_root).expanduser()
-    if not root.is_dir():
-        what = "is a file, not a directory" if root.exists() else "does not exist"
-        p.error(f"output root {root} {what}; pass the output_root your runs were submitted with")
+    if (problem := output_root_problem(root)) is not None:
+        p.error(problem)
+    if (reason := writable(root)) is not None:  # claims, records and job folders are written there
+        p.error(f"output root {root} cannot be written ({reason}); backfill writes claims and records there")
     if not any(root.glob("*/run.json")):
         print(f"no runs under {root}: nothing to backfill (runs live in OUTPUT_ROOT/<name>-<id>/run.json)")
         return 0

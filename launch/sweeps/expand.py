@@ -31,7 +31,9 @@ resume, per-attempt logs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -108,9 +110,28 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def one_data_spelling(cfg: RunConfig) -> RunConfig:
+    """`cfg` with data.root as the folder it names (symlinks resolved), for finding duplicate runs: an
+    axis over two spellings of one folder trains the same thing twice under two run ids."""
+    if not cfg.data.root:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.realpath(cfg.data.root)))
+
+
 def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | None = None) -> list[SweepRun]:
     """All runs of the sweep with their configs. Raises ConfigError listing every duplicate run
     (load_sweep reported bad keys, bad values and keys set twice)."""
+    swept = {*sweep.axis_keys, *(key for per_value in sweep.per_value for pairs in per_value.values() for key, _ in pairs)}
+    ignored = [o for o in extra_overrides if o.partition("=")[0].lstrip("+~") in swept]
+    if ignored:  # the axes are set after the overrides: each would be silently replaced
+        raise ConfigError(
+            [
+                f"{o}: sweep {sweep.name} sets {o.partition('=')[0]} for every run (an axis or a per-value override), "
+                "so this would be ignored; change the values in the sweep file, or drop it"
+                for o in ignored
+            ],
+            what="command line (nothing was submitted)",
+        )
     base = base or compose([f"experiment={sweep.experiment}", *sweep.overrides, *extra_overrides])
     base_tree = to_dict(base)
     runs = []
@@ -135,9 +156,12 @@ def expand(sweep: Sweep, extra_overrides: Sequence[str] = (), base: RunConfig | 
         )
     by_id: dict[str, list[str]] = {}
     for run in runs:
-        by_id.setdefault(run_id(run.cfg), []).append(" ".join(run.overrides))
+        by_id.setdefault(run_id(one_data_spelling(run.cfg)), []).append(" ".join(run.overrides))
     duplicates = [
-        f"runs {' | '.join(v)} are the same experiment (run id {k}); remove one" for k, v in by_id.items() if len(v) > 1
+        f"runs {' | '.join(v)} are the same experiment (run id {k}; a data.root through a symlink is the folder it "
+        "names); remove one"
+        for k, v in by_id.items()
+        if len(v) > 1
     ]
     if duplicates:
         raise ConfigError(duplicates, what=f"sweep {sweep.name} (nothing was submitted)")

@@ -33,7 +33,7 @@ from launch.sweeps.selection import Selection
 from launch.validation.cluster import scheduler_warnings
 from launch.validation.data import data_notes
 from launch.validation.devices import device_warnings
-from launch.validation.run import problems
+from launch.validation.run import problems, same_name_warnings
 from launch.validation.sweep import (
     backend_problems,
     selection_change_problems,
@@ -86,6 +86,8 @@ def validate(cfgs: Sequence[RunConfig], sweep: SweepContext | None = None) -> Fi
     if not found:
         found = backend_refusals(cfgs, sweep)
     warnings = scheduler_warnings(cfgs) + [w for cfg in cfgs for w in device_warnings(cfg)] + removed
+    if sweep is None and not found:  # a sweep's runs differ from each other by design
+        warnings += same_name_warnings(cfgs[0])
     notes = [] if found else [n for cfg in cfgs for n in data_notes(cfg)]
     return Findings(found, list(dict.fromkeys(warnings)), list(dict.fromkeys(notes)))
 

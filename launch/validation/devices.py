@@ -57,6 +57,22 @@ def gpu_model(cfg: RunConfig) -> GPUModel | None:
     return None
 
 
+def evaluation_device_problems(cfg: RunConfig) -> list[str]:
+    """The evaluation jobs' device: evaluation.device=cuda without evaluation.gpus fails every job
+    ("no CUDA device") after training; GPUs this machine lacks are asked of a backend that runs here."""
+    e, backend, out = cfg.evaluation, backend_class(cfg.cluster.backend), []
+    if not e.tasks:
+        return out
+    if e.device == "cuda" and e.gpus == 0 and not backend.in_process:
+        out.append(
+            "evaluation.device=cuda but evaluation.gpus=0: every evaluation job would see no GPU; "
+            "request GPUs (evaluation.gpus=N) or set evaluation.device=auto"
+        )
+    if backend.counts_gpus_here and e.gpus > (visible := torch.cuda.device_count()):
+        out.append(f"evaluation.gpus ({e.gpus}) exceeds the {visible} GPU(s) of this machine; set evaluation.gpus={visible}")
+    return out
+
+
 def device_problems(cfg: RunConfig) -> list[str]:
     c, r = cfg.cluster, cfg.runtime
     backend, out = backend_class(c.backend), []
@@ -69,6 +85,7 @@ def device_problems(cfg: RunConfig) -> list[str]:
             "runtime.device=cuda but cluster.gpus_per_node=0: the job would see no GPU; "
             "request GPUs (cluster.gpus_per_node=N) or set runtime.device=auto"
         )
+    out += evaluation_device_problems(cfg)
     if runs_on_cpu(cfg):
         if r.precision == "fp16":
             out.append(

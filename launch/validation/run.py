@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 
 from core.atomicio import size_text, writable
-from core.schema import ConfigError
+from core.schema import ConfigError, diff, identity_dict
 from launch.config import RunConfig, train_config
+from launch.rundir import RunDirectory, slug
 from launch.validation.cluster import checkpoint_size, cluster_problems, time_problems
 from launch.validation.data import data_problems, survey
 from launch.validation.devices import device_problems
@@ -107,4 +108,29 @@ def disk_problems(cfg: RunConfig, checkpoint_bytes: float) -> list[str]:
         f"{size_text(checkpoint_bytes)} ({size_text(need)}: checkpoint.keep_last {cfg.checkpoint.keep_last} + one "
         f"being written + {kept - cfg.checkpoint.keep_last - 1} milestone(s) over {total} steps); free space there, choose "
         "another output_root, or keep fewer (checkpoint.keep_last, checkpoint.milestone_every_steps)"
+    ]
+
+
+def same_name_warnings(cfg: RunConfig, most: int = 3) -> list[str]:
+    """[a warning] when `cfg` is a new run and output_root holds a run of the same name whose
+    result-affecting settings differ in at most `most` keys: raising schedule.total_steps "to train
+    longer", or lowering the batch after running out of memory, starts a new run at step 0 (a run
+    never continues another's checkpoints, docs/launching.md#launching), which the user may not expect."""
+    if RunDirectory.for_config(cfg).exists:
+        return []
+    mine = {**identity_dict(train_config(cfg)), "world_size": cfg.cluster.world_size}
+    closest: tuple[str, list[str]] | None = None
+    for path in sorted(Path(cfg.output_root).glob(f"{slug(cfg.name)}-*/run.json")):
+        try:
+            other = RunDirectory(path.parent).config()
+        except ConfigError:  # a damaged run: status names it
+            continue
+        found = diff({**identity_dict(train_config(other)), "world_size": other.cluster.world_size}, mine)
+        if found and (closest is None or len(found) < len(closest[1])):
+            closest = (path.parent.name, found)
+    if closest is None or len(closest[1]) > most:
+        return []
+    return [
+        f"{cfg.output_root} holds run {closest[0]} of the same name, with other settings ({'; '.join(closest[1])}): "
+        "this is a new run and trains from step 0, since a run never continues another's checkpoints"
     ]
