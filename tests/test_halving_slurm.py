@@ -56,9 +56,9 @@ def last_step(run: RunDirectory) -> int:
     return trace.last[0] if trace else -1
 
 
-def scontrol(action: str, run: RunDirectory) -> None:
-    done = subprocess.run(["scontrol", action, job_id(run)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"scontrol {action} {job_id(run)}: {done.stderr}\n{explain(run)}"
+def suspend(run: RunDirectory) -> None:
+    done = subprocess.run(["scontrol", "suspend", job_id(run)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"scontrol suspend {job_id(run)}: {done.stderr}\n{explain(run)}"
 
 
 def suspend_after_rung(runs: list[RunDirectory], timeout: float) -> dict[str, int]:
@@ -70,7 +70,7 @@ def suspend_after_rung(runs: list[RunDirectory], timeout: float) -> dict[str, in
     while len(reached) < len(runs):
         for run in runs:
             if run.path.name not in reached and handed_over(run):
-                scontrol("suspend", run)
+                suspend(run)
                 reached[run.path.name] = last_step(run)
                 assert reached[run.path.name] < STEPS, f"trained to the end before it was suspended\n{explain(run)}"
         assert time.monotonic() < deadline, f"runs not at their rung after {timeout:.0f} s\n" + "\n".join(map(explain, runs))
@@ -93,19 +93,21 @@ def pruned_sweep(env: ScenarioEnv) -> RunDirectory:
     assert rc == 0 and "submitted 3 run(s) of sweep halving_test as 1 slurm submission(s)" in out, out
     runs = runs_of(root)
     directory = SweepDirectory(root, "halving_test")
-    reached = suspend_after_rung(runs, 1500)
-    print(f"[halving] suspended at steps {sorted(reached.values())} (rung {RUNG}, end {STEPS})")
-    wait_for(
-        lambda: directory.decision_path(RUNG).is_file(),
-        1500,
-        "the rung to be decided",
-        lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
-    )
-    decision = Decision.read(directory.decision_path(RUNG))
-    # the deciders write the prune marker after the decision: the pruned run sees it on resuming
-    wait_for(lambda: all(r.is_pruned() for r in runs if r.info().run_id in decision.pruned), 300, "the prune marker")
-    for run in runs:
-        scontrol("resume", run)
+    try:
+        reached = suspend_after_rung(runs, 1500)
+        print(f"[halving] suspended at steps {sorted(reached.values())} (rung {RUNG}, end {STEPS})")
+        wait_for(
+            lambda: directory.decision_path(RUNG).is_file(),
+            1500,
+            "the rung to be decided",
+            lambda: render(root, "halving_test") + "\n" + "\n".join(explain(r) for r in runs),
+        )
+        decision = Decision.read(directory.decision_path(RUNG))
+        # the deciders write the prune marker after the decision: the pruned run sees it on resuming
+        wait_for(lambda: all(r.is_pruned() for r in runs if r.info().run_id in decision.pruned), 300, "the prune marker")
+    finally:  # no job stays suspended, even when the scenario fails (every run must end below)
+        for run in runs:
+            subprocess.run(["scontrol", "resume", job_id(run)], capture_output=True, timeout=60)
 
     # The right run: the lowest J&F at the rung, read from the records themselves.
     values = {r.info().run_id: parse_record(record_dir(r, RUNG, "davis") / "record.json").metrics["J&F-Mean"] for r in runs}
