@@ -60,8 +60,7 @@ def launch_runs(env: ScenarioEnv) -> dict:
         "startup_usr2": overrides(train_videos, base / "startup_usr2", 40, 10, "model.kl_scale=0.02"),
         "requeue": overrides(train_videos, base / "requeue", LONG, EVERY, *WORKERS),
         "kill9": overrides(train_videos, base / "kill9", LONG, EVERY, "cluster.nodes=2"),  # same training as "preempt"
-        # SLURM signals it ~15 s into each allocation (at most ~10 s of training, ~200 steps on a quiet machine)
-        "timeout": overrides(train_videos, base / "timeout", 400, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
+        "timeout": overrides(train_videos, base / "timeout", 600, 100, "cluster.time_minutes=1", "cluster.signal_delay_s=45"),
         "upstream": overrides(train_videos, base / "upstream", UPSTREAM, 100),
     }
     interventions = {  # name -> (ready(run), action(run), poll_s)
