@@ -57,9 +57,11 @@ EFFECT = {  # how the attempt an interruption hits must end (docs/requeue.md#end
     "kill9_worker": ("crashed",),  # a worker killed by SIGKILL (the OOM killer) is a genuine failure
     "preempt": ("preempted",),
 }
-# A run: 120 steps, a checkpoint every 20. The latest interruption is sent by step ~40 (a second one
-# at the next checkpoint of a resumed attempt, or 10 steps into it); 80 steps more let it land.
-STEPS, EVERY = 120, 20
+# A run: 150 steps, a checkpoint every 20. The latest interruption is sent by step ~40 (a second one
+# at the next checkpoint of a resumed attempt, or 10 steps into it); 110 steps more let it land. The
+# same training as tests/test_launch_slurm.py's LONG runs (cadence and loader workers aside): the
+# suite's uninterrupted references (testkit.training.ReferenceRuns) serve both.
+STEPS, EVERY = 150, 20
 WORKERS = ("data.num_workers=2", "data.prefetch_factor=1")
 
 

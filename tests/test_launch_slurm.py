@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slurm
 # Steps: a run still training when the test interferes with it (~10 s here after the interference at
 # step 3 or at its first checkpoint, EVERY; the signals and kills land within a second or two). Every
 # step of these runs is paid twice, by the job and by its reference: the suite's largest CPU item.
+# testkit/chaos.py's runs train the same 150 steps, so their references are these.
 LONG, EVERY = 150, 25
 # The upstream run must outlast its resubmission, which waits for the main thread (testkit.launching.run_command)
 # while that thread may be training a reference: its job is suspended meanwhile (scontrol suspend) and
