@@ -346,6 +346,15 @@ def test_status_names_a_run_whose_run_json_was_deleted(tmp_path, capsys):
     assert f"{run.path.name}: {run.path / 'run.json'} is missing (the run's checkpoints/ is there)" in out, out
 
 
+def test_following_a_run_whose_directory_was_deleted_says_so(tmp_path, capsys):
+    """rm -rf of the output root while a run trained: the terminal showed the job's FileNotFoundError and
+    pointed at logs that no longer exist."""
+    from launch.follow import follow
+
+    assert follow(RunDirectory(tmp_path / "runs" / "gone-0123456789ab"), "not-a-pid", poll_s=0) == 1
+    assert "its run directory" in (out := capsys.readouterr().out) and "no longer exists (deleted or moved" in out, out
+
+
 def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
     cfg = compose(["cluster=debug", f"output_root={tmp_path}", "name=member"])
     run = RunDirectory.for_config(cfg)
