@@ -316,6 +316,16 @@ def test_a_ctrl_c_ends_a_front_door_in_one_line(monkeypatch, capsys):
     assert err == "\nlaunch/submit.py: interrupted (ctrl-C); the same command again submits only what is missing\n"
 
 
+def test_a_python_without_the_projects_packages_is_told_which_to_use(monkeypatch, capsys):
+    """`python launch/submit.py` with a Python outside the environment: a ModuleNotFoundError traceback."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    interrupts_in_one_line("python -m eval.run", "run it again")
+    sys.excepthook(ModuleNotFoundError, ModuleNotFoundError("No module named 'submitit'", name="submitit"), None)
+    err = capsys.readouterr().err
+    assert err.startswith("python -m eval.run: No module named 'submitit' in this Python (") and "Traceback" not in err
+    assert "./bootstrap.sh python -m eval.run ..." in err, err
+
+
 @pytest.mark.parametrize("damaged", ["run.json", "status.json", "attempts/000.json", "progress.json", "submissions/000.json"])
 def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_path, capsys, damaged):
     """A hand-edited or truncated run record used to make status print a traceback and show nothing."""
