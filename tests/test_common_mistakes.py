@@ -27,6 +27,7 @@ from launch.evaluations.__main__ import main as evaluations_main
 from launch.results import main as results_main
 from launch.rundir import RunDirectory
 from launch.status import main as status_main
+from launch.sweeps.rungs import SweepDirectory
 from launch.validation.run import problems
 from rsp.natural import listed_source_problems
 from rsp.photos import evaluation_only_photos, training_photos
@@ -363,6 +364,21 @@ def test_following_a_run_whose_directory_was_deleted_says_so(tmp_path, capsys):
 
     assert follow(RunDirectory(tmp_path / "runs" / "gone-0123456789ab"), "not-a-pid", poll_s=0) == 1
     assert "its run directory" in (out := capsys.readouterr().out) and "no longer exists (deleted or moved" in out, out
+
+
+def test_status_names_a_sweep_member_whose_directory_was_deleted(tmp_path, capsys):
+    """Deleting a run directory to free space made the run vanish from its sweep's table without a word."""
+    runs = []
+    for name, lr in (("kept", 0.1), ("deleted", 0.2)):
+        cfg = compose(["cluster=debug", f"output_root={tmp_path}", f"name={name}", f"optim.lr={lr}"])
+        runs.append(RunDirectory.for_config(cfg))
+        runs[-1].create(cfg)
+        runs[-1].record_sweep("x", {"optim.lr": 0.1})
+    SweepDirectory(tmp_path, "x").write_record(None, {r.path.name.rsplit("-", 1)[1]: r.path.name for r in runs})
+    shutil.rmtree(runs[1].path)
+    assert status_main([str(tmp_path), "sweep=x", "--no-advance"]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep x: 1 member(s) have no run directory (deleted or moved): {runs[1].path.name}" in out, out
 
 
 def test_status_names_a_damaged_sweep_record(tmp_path, capsys):
