@@ -17,6 +17,15 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+PROJECT_PACKAGES = (
+    "core",
+    "rsp",
+    "launch",
+    "eval",
+    "localslurm",
+    "testkit",
+)  # a missing one of these is a bug, not the environment
+
 # Flags of the reference's main_pretrain_rsp.py (and common spellings) whose name is not the leaf of
 # the key they set; every other flag is matched on the leaf (--batch_size -> data.batch_size).
 FLAG_ALIASES = {
@@ -195,11 +204,20 @@ def interrupts_in_one_line(command: str, next_step: str) -> None:
     """Make a ctrl-C anywhere in `command` (while its imports load, while it validates or writes)
     end with one line that says what to do next, not a traceback. Called by each front door when it
     runs as the program, before its heavy imports; the exception still unwinds first, so every
-    `with` block (atomic writes, claims) cleans up, and the exit status stays that of SIGINT."""
+    `with` block (atomic writes, claims) cleans up, and the exit status stays that of SIGINT.
+    The same hook answers a third-party package that will not import (a new user's first mistake:
+    `python launch/submit.py` with a Python outside the project's environment) with the command to use."""
 
     def hook(kind: type[BaseException], value: BaseException, traceback) -> None:
         if issubclass(kind, KeyboardInterrupt):
             print(f"\n{command}: interrupted (ctrl-C); {next_step}", file=sys.stderr)
+        elif issubclass(kind, ModuleNotFoundError) and (value.name or "").split(".")[0] not in PROJECT_PACKAGES:
+            invocation = command if command.startswith("python ") else f"python {command}"
+            print(
+                f"{command}: {value} in this Python ({sys.executable}), which lacks the project's packages; run it in "
+                f"the project's environment: ./bootstrap.sh {invocation} ... (it builds .venv once), or .venv/bin/python",
+                file=sys.stderr,
+            )
         else:
             sys.__excepthook__(kind, value, traceback)
 

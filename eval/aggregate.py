@@ -43,6 +43,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C, or a Python without pandas, is one line
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("eval/aggregate.py", "run it again")
+
 import pandas as pd
 
 from core.commandline import HintingArgumentParser

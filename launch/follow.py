@@ -75,6 +75,9 @@ def follow(run: RunDirectory, job_id: str, poll_s: float = 2.0) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following; the run goes on (job {job_id}). See it with: python launch/status.py {run.path.parent}")
         return 130
+    if not run.path.is_dir():  # deleted or moved while it trained: its records, logs and checkpoints went with it
+        print(f"run did not finish: its run directory {run.path} no longer exists (deleted or moved while the run trained)")
+        return 1
     status = run.status()
     if not status or status.state != "finished":
         attempts = run.attempts()

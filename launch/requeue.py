@@ -105,8 +105,9 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
     category = CATEGORY[last.end_reason]
     if category is None:
         return Decision(False, f"{last.end_reason} at step {last.end_step} from outside: nothing is requeued")
+    lines = (last.error or "").strip().splitlines()
+    cause = lines[-1].split(":", 1)[-1].strip().rstrip(".") if lines else ""  # the exception's own line
     if last.end_reason == "crashed" and (hopeless := HOPELESS.get((failure_signature(last)[1] or "").rsplit(".", 1)[-1])):
-        cause = (last.error or "").strip().splitlines()[-1].split(":", 1)[-1].strip().rstrip(".")
         return Decision(False, f"{cause}. Not requeued: {hopeless}", "failed")
     if category == "failure" and len(attempts) >= 2:
         before = attempts[-2]
@@ -114,7 +115,8 @@ def decide(attempts: Sequence[Attempt], cluster: ClusterConfig, pruned: PruneMar
             return Decision(
                 False,
                 f"breaker: attempts {before.number} and {last.number} both failed at step {last.end_step} the same way "
-                f"({' '.join(filter(None, failure_signature(last)))}); resuming does not help (see their logs and errors)",
+                f"({' '.join(filter(None, failure_signature(last)))}); resuming does not help (see their logs and errors)"
+                + (f". The error: {cause}" if cause else ""),  # the cause on the terminal, not only in the logs
                 "failed",
             )
     used = Counter(CATEGORY.get(a.end_reason) for a in attempts)[category]

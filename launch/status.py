@@ -178,6 +178,18 @@ def costs_of(runs: Sequence[RunDirectory]) -> tuple[dict[Path, RunCost], str | N
     return out, note
 
 
+def missing_member_lines(directory: SweepDirectory) -> list[str]:
+    """Members of the sweep whose run directory is gone (deleted to free space, or moved): the table,
+    built from the run directories, would leave them out without a word."""
+    gone = sorted(run.path.name for run in directory.members().values() if not run.path.is_dir())
+    if not gone:
+        return []
+    return [
+        f"sweep {directory.name}: {len(gone)} member(s) have no run directory (deleted or moved): {', '.join(gone)}; "
+        "submitting the sweep file again trains those it lists from step 0"
+    ]
+
+
 def rung_lines(directory: SweepDirectory) -> list[str]:
     selection = directory.selection()
     if selection is None:
@@ -290,7 +302,7 @@ def render(root: Path, sweep: str | None, report: Report | None = None) -> str:
     lines += [f"{s.run.path.name} failed: {s.detail}" for s in states if s.state == "failed"]  # why, in its own words
     lines += (report.lines() if report else []) + evaluation_lines(evals)
     for directory in directories:
-        lines += rung_lines(directory) + promotion_lines(directory, states)
+        lines += missing_member_lines(directory) + rung_lines(directory) + promotion_lines(directory, states)
     lines += cost_lines(states, costs, unit) + ([note] if note else [])
     return "\n".join(lines + damaged)
 

@@ -37,6 +37,11 @@ from collections.abc import Callable, Container, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+if __name__ == "__main__":  # before the heavy imports: a ctrl-C, or a Python without numpy, is one line
+    from core.commandline import interrupts_in_one_line
+
+    interrupts_in_one_line("python -m rsp.decoders", "run it again")
+
 import numpy as np
 
 DECODERS = ("pyav", "torchcodec", "decord")

@@ -27,6 +27,7 @@ from launch.evaluations.__main__ import main as evaluations_main
 from launch.results import main as results_main
 from launch.rundir import RunDirectory
 from launch.status import main as status_main
+from launch.sweeps.rungs import SweepDirectory
 from launch.validation.run import problems
 from rsp.natural import listed_source_problems
 from rsp.photos import evaluation_only_photos, training_photos
@@ -316,6 +317,16 @@ def test_a_ctrl_c_ends_a_front_door_in_one_line(monkeypatch, capsys):
     assert err == "\nlaunch/submit.py: interrupted (ctrl-C); the same command again submits only what is missing\n"
 
 
+def test_a_python_without_the_projects_packages_is_told_which_to_use(monkeypatch, capsys):
+    """`python launch/submit.py` with a Python outside the environment: a ModuleNotFoundError traceback."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    interrupts_in_one_line("python -m eval.run", "run it again")
+    sys.excepthook(ModuleNotFoundError, ModuleNotFoundError("No module named 'submitit'", name="submitit"), None)
+    err = capsys.readouterr().err
+    assert err.startswith("python -m eval.run: No module named 'submitit' in this Python (") and "Traceback" not in err
+    assert "./bootstrap.sh python -m eval.run ..." in err, err
+
+
 @pytest.mark.parametrize("damaged", ["run.json", "status.json", "attempts/000.json", "progress.json", "submissions/000.json"])
 def test_status_names_a_run_whose_records_are_damaged_and_shows_the_others(tmp_path, capsys, damaged):
     """A hand-edited or truncated run record used to make status print a traceback and show nothing."""
@@ -344,6 +355,30 @@ def test_status_names_a_run_whose_run_json_was_deleted(tmp_path, capsys):
     assert status_main([str(tmp_path), "--no-advance"]) == 0
     out = capsys.readouterr().out
     assert f"{run.path.name}: {run.path / 'run.json'} is missing (the run's checkpoints/ is there)" in out, out
+
+
+def test_following_a_run_whose_directory_was_deleted_says_so(tmp_path, capsys):
+    """rm -rf of the output root while a run trained: the terminal showed the job's FileNotFoundError and
+    pointed at logs that no longer exist."""
+    from launch.follow import follow
+
+    assert follow(RunDirectory(tmp_path / "runs" / "gone-0123456789ab"), "not-a-pid", poll_s=0) == 1
+    assert "its run directory" in (out := capsys.readouterr().out) and "no longer exists (deleted or moved" in out, out
+
+
+def test_status_names_a_sweep_member_whose_directory_was_deleted(tmp_path, capsys):
+    """Deleting a run directory to free space made the run vanish from its sweep's table without a word."""
+    runs = []
+    for name, lr in (("kept", 0.1), ("deleted", 0.2)):
+        cfg = compose(["cluster=debug", f"output_root={tmp_path}", f"name={name}", f"optim.lr={lr}"])
+        runs.append(RunDirectory.for_config(cfg))
+        runs[-1].create(cfg)
+        runs[-1].record_sweep("x", {"optim.lr": 0.1})
+    SweepDirectory(tmp_path, "x").write_record(None, {r.path.name.rsplit("-", 1)[1]: r.path.name for r in runs})
+    shutil.rmtree(runs[1].path)
+    assert status_main([str(tmp_path), "sweep=x", "--no-advance"]) == 0
+    out = capsys.readouterr().out
+    assert f"sweep x: 1 member(s) have no run directory (deleted or moved): {runs[1].path.name}" in out, out
 
 
 def test_status_names_a_damaged_sweep_record(tmp_path, capsys):

@@ -270,6 +270,7 @@ def test_a_checkpoint_whose_manifest_does_not_fit_is_removed_whole(tmp_path):
 def test_a_disk_that_fills_while_submit_generates_data_is_one_line(tmp_path):
     """Generating a smoke set onto a full device used to end in PyAV's OSError traceback."""
     with small_disk(tmp_path / "disk", 1) as disk:
+        (disk / "filler").write_bytes(bytes(shutil.disk_usage(disk).free - 24 * PAGE))  # room for a video or two
         args = ["experiment=smoke", "evaluation.tasks=[]", "data.synthetic_scene=shapes", "data.synthetic_videos=64"]
         rc, out = submit([*args, f"data.root={disk / 'videos'}", f"output_root={tmp_path / 'runs'}", "--no-wait"])
     assert rc == 2 and "Traceback" not in out, out

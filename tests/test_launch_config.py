@@ -311,6 +311,9 @@ def test_breaker_stops_two_failures_at_the_same_step(train_videos, tmp_path):
     assert decide(nan, cluster).requeue  # two different errors at the same step
     nan[1].error = "Traceback ...\nrsp.train.NonFiniteLossError: non-finite loss at step 8 on 1 rank(s)"
     assert not decide(nan, cluster).requeue
+    data = attempts(("crashed", 7), ("crashed", 7))  # videos deleted under a training run: the files, on the terminal
+    data[0].error = data[1].error = "Traceback ...\nrsp.video.DataError: 16 videos in a row could not be read (a.mp4: gone)"
+    assert decide(data, cluster).reason.endswith("The error: 16 videos in a row could not be read (a.mp4: gone)")
 
 
 @pytest.mark.parametrize(

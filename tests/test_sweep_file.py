@@ -67,6 +67,10 @@ def only_problem(found: list[str], *parts: str) -> str:
             ("axes[0]: model.kl_scal is not a configuration key", "did you mean model.kl_scale?"),
         ),
         (HEAD + "axes:\n  - key: model.kl_scale\n    values: []\n", ("model.kl_scale has no values", "list at least one")),
+        (  # the dash forgotten: the fix offered used to be "- key: key" and "- key: values"
+            HEAD + "axes:\n  key: model.kl_scale\n  values: [0.1, 0.2]\n",
+            ("begin each axis with a dash", "axes:\n  - key: model.kl_scale\n    values: [0.1, 0.2]"),
+        ),
         (HEAD + "axes:\n  - key: model.kl_scale\n    values: 0.1\n", ("model.kl_scale needs a list of values", "got 0.1")),
         (
             HEAD + "axes:\n  - key: model.kl_scale\n    values: [0.1, high]\n",

@@ -120,6 +120,10 @@ def getattr_dotted(obj: Any, dotted: str) -> Any:
 
 
 def check_axes(raw: Any, r: Reading) -> list[Axis]:
+    if isinstance(raw, dict) and set(raw) & set(AXIS_FIELDS):  # one axis without its dash
+        listed = "\n".join(f"{'  - ' if i == 0 else '    '}{k}: {v}" for i, (k, v) in enumerate(raw.items()))
+        r.add("axes", f"must be a list of axes: begin each axis with a dash; write\naxes:\n{listed}")
+        return []
     if isinstance(raw, dict):
         listed = "\n".join(f"  - key: {k}\n    values: {v}" for k, v in list(raw.items())[:2])
         r.add("axes", f"must be a list of axes, not a mapping; write\naxes:\n{listed}")
