@@ -148,7 +148,10 @@ class ReferenceRuns:
             if not done.is_file():
                 shutil.rmtree(run_dir, ignore_errors=True)  # a run an earlier asker did not finish
                 if ranks == 1:
-                    train(cfg, DistEnv(), run_dir)
+                    # Without loader workers (the key leaves them out: they cannot change the run).
+                    # Persistent ones forked here would inherit this lock and outlive train(),
+                    # holding it: the next asker of the key in this process would wait forever.
+                    train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=0)), DistEnv(), run_dir)
                 else:
                     proc = torchrun(cfg, run_dir, self.root, nproc=ranks, timeout=timeout)
                     assert proc.returncode == 0, proc.stderr[-3000:]

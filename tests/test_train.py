@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from rsp.model import create_model
 from rsp.train import NonFiniteLossError, ResumeError, TrainHooks, train
 from testkit.training import (
     REPO,
+    ReferenceRuns,
     StopOnRead,
     assert_same_tensors,
     assert_same_training_state,
@@ -42,6 +44,21 @@ def test_resume_at_several_steps_is_bitwise_identical(train_videos, tmp_path, re
     assert (third.status, third.resumed_from, third.step) == ("finished", 5, 8)
     assert_same_training_state(full, chopped)
     assert [r["step"] for r in loss_trace(chopped)] == list(range(1, 9))
+
+
+def test_a_reference_asked_with_loader_workers_is_shared_and_frees_its_lock(train_videos, tmp_path):
+    """ReferenceRuns' key leaves the loader's workers out: a run with workers and one without share
+    one reference, trained once, and the second asker in this process gets it at once (persistent
+    workers forked while the key's lock was held kept it held for good: the suite hung)."""
+    refs, short = ReferenceRuns(tmp_path / "refs"), {"total_steps": 2, "warmup_steps": 1}
+    first = refs.get(tiny_config(train_videos, data={"num_workers": 2}, schedule=short))
+    asker = threading.Thread(
+        target=lambda: setattr(asker, "path", refs.get(tiny_config(train_videos, schedule=short))), daemon=True
+    )
+    asker.start()
+    asker.join(60)
+    assert not asker.is_alive(), "the second asker still waits for the reference's lock"
+    assert asker.path == first and len(list((tmp_path / "refs").glob("*.done"))) == 1
 
 
 @pytest.mark.slow  # three runs with loader workers: ~12 s
