@@ -15,6 +15,7 @@ Values that reach the script are quoted (shlex) or passed as sbatch flags by sub
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shlex
 import shutil
@@ -379,13 +380,32 @@ class DebugBackend(Backend):
         ids = []
         for fn in functions:
             job_id = f"debug-{os.getpid()}-{self.submitted}"
-            fn()
+            with logging_restored():
+                fn()
             self.submitted += 1
             ids.append(job_id)
         return ids
 
     def states(self, job_ids: Sequence[str]) -> dict[str, str]:
         return {j: "DONE" for j in job_ids}
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """A job run in this interpreter logs to its rank log through handlers it adds to the root logger
+    (launch.job.configure_logging). Once it returns they go, and the root's level is the caller's
+    again: kept, they wrote the caller's later lines into that run's log, and into a stream that
+    may be closed by then."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        if root.level != level:
+            root.setLevel(level)
 
 
 BACKENDS = {"local": LocalBackend, "slurm": SlurmBackend, "debug": DebugBackend}  # the values of cluster.backend

@@ -36,13 +36,8 @@ STEPS, RUNG = 320, 80  # the rung at a quarter of the run: a pruned run skips 3/
 LRS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
 ASYNC = ", promotion: async, min_reports: 4"
 KEEP = 0.125  # one run of eight goes on
-# no step-0 milestone: its eight evaluation jobs (and their watchers) serve no assertion here
-TINY_RUNS = (
-    "cluster.array_parallelism=2",
-    "checkpoint.every_steps=40",
-    "evaluation.time_minutes=10",
-    "checkpoint.initial_milestone=false",
-)
+# the step-0 milestone stays: without it the saving measured 39-44% against the 40% asserted
+TINY_RUNS = ("cluster.array_parallelism=2", "checkpoint.every_steps=40", "evaluation.time_minutes=10")
 TEARDOWN_S = 60  # a paused task's allocation ends this soon after its attempt (the teardown, on a busy machine)
 
 

@@ -5,6 +5,7 @@ no backend answers "none of these" (validation reports it)."""
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import signal
 import subprocess
@@ -106,6 +107,26 @@ def test_a_local_job_ignores_the_ctrl_c_that_stops_following_it(tmp_path):
     controller in the submitting command's: ctrl-C to stop following a run killed the run (a crash)
     and printed the controller's traceback. The job's processes start with SIGINT ignored."""
     backend = LocalBackend(tmp_path)
-    (job_id,) = backend.submit([functools.partial(signal.getsignal, signal.SIGINT)], Resources(time_minutes=5))
+    # a handler of our own, as a terminal's Python has (a pytest-xdist worker starts with SIGINT ignored,
+    # which the job would then inherit whatever the backend did)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        (job_id,) = backend.submit([functools.partial(signal.getsignal, signal.SIGINT)], Resources(time_minutes=5))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own is restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert LocalJob(folder=backend.folder, job_id=job_id).result() == signal.SIG_IGN  # in the job's task process
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own is restored
+
+
+def test_a_debug_job_leaves_the_callers_logging_as_it_found_it(tmp_path):
+    """The debug backend runs a job in the caller's interpreter; the job's rank-log handlers must not
+    outlive it (they wrote the caller's later lines into that run's log, or into a closed stream)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def job() -> None:
+        root.addHandler(logging.FileHandler(tmp_path / "rank_0.log"))
+        root.setLevel(logging.DEBUG if level != logging.DEBUG else logging.INFO)
+
+    DebugBackend(tmp_path).submit([job], Resources(time_minutes=5))
+    assert root.handlers == handlers and root.level == level
